@@ -1,0 +1,59 @@
+"""symgrad.tape: a small dynamic-tape reverse-mode autograd engine on NumPy.
+
+It uses PyTorch's names and semantics so that PyTorch code runs with the import changed
+(`from symgrad import tape as torch`), and it computes every gradient with its own
+per-op backward functions, never with the symbolic compiler, so that agreement between
+the two means something. Floats default to float64 (torch: float32).
+"""
+
+import numpy as np
+
+from . import nn, optim
+from .autograd import is_grad_enabled, no_grad
+from .creation import (
+    arange,
+    default_generator,
+    empty,
+    from_numpy,
+    full,
+    manual_seed,
+    ones,
+    ones_like,
+    rand,
+    randint,
+    randn,
+    tensor,
+    zeros,
+    zeros_like,
+)
+from .functions import cat, stack, where
+from .tensor import Tensor
+
+__all__ = ["Tensor", "tensor", "from_numpy", "no_grad", "is_grad_enabled", "nn"]
+__all__ += ["optim", "cat", "stack", "where", "manual_seed", "default_generator"]
+__all__ += ["zeros", "ones", "zeros_like", "ones_like", "full", "empty", "arange"]
+__all__ += ["rand", "randn", "randint"]
+__all__ += ["float32", "float", "float64", "double", "int32", "int64", "long", "bool"]
+__all__ += (  # torch-level functions, defined below
+    "neg exp log sqrt sin cos tan tanh sinh cosh asin acos atan abs sign sigmoid relu "
+    "clamp softmax log_softmax logsumexp sum mean amax max argmax matmul gather clone "
+    "reshape flatten squeeze unsqueeze transpose permute"
+).split()
+
+float32 = float = np.float32
+float64 = double = np.float64
+int32 = np.int32
+int64 = long = np.int64
+bool = np.bool_
+
+# torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.
+neg, exp, log, sqrt, sin = Tensor.neg, Tensor.exp, Tensor.log, Tensor.sqrt, Tensor.sin
+cos, tan, tanh, sinh = Tensor.cos, Tensor.tan, Tensor.tanh, Tensor.sinh
+cosh, asin, acos, atan = Tensor.cosh, Tensor.asin, Tensor.acos, Tensor.atan
+abs, sign, sigmoid, relu = Tensor.abs, Tensor.sign, Tensor.sigmoid, Tensor.relu
+clamp, softmax, log_softmax = Tensor.clamp, Tensor.softmax, Tensor.log_softmax
+logsumexp, sum, mean, amax = Tensor.logsumexp, Tensor.sum, Tensor.mean, Tensor.amax
+max, argmax, matmul, gather = Tensor.max, Tensor.argmax, Tensor.matmul, Tensor.gather
+clone, reshape, flatten = Tensor.clone, Tensor.reshape, Tensor.flatten
+squeeze, unsqueeze, transpose = Tensor.squeeze, Tensor.unsqueeze, Tensor.transpose
+permute = Tensor.permute

@@ -1,0 +1,100 @@
+"""Grad mode, graph nodes and the backward pass (a topological sort plus reversed closures).
+
+Nothing here knows about Tensor itself: a tensor is anything with `requires_grad`,
+`grad_fn`, `retains_grad` and `_accumulate_grad(array)`.
+"""
+
+import contextlib
+
+_grad_enabled = True
+
+FREED_GRAPH = (
+    "Trying to backward through the graph a second time (or directly access saved "
+    "tensors after they have already been freed). Saved intermediate values of the "
+    "graph are freed when you call .backward() or autograd.grad(). Specify "
+    "retain_graph=True if you need to backward through the graph a second time or if "
+    "you need to access saved tensors after calling backward."
+)
+
+
+def is_grad_enabled():
+    return _grad_enabled
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager and decorator that stops ops from being recorded."""
+
+    def __init__(self):
+        self._saved = []  # a stack, so one instance can decorate a recursive function
+
+    def __enter__(self):
+        global _grad_enabled
+        self._saved.append(_grad_enabled)
+        _grad_enabled = False
+
+    def __exit__(self, *exc_info):
+        global _grad_enabled
+        _grad_enabled = self._saved.pop()
+
+
+class Node:
+    """One recorded op: its input tensors and the closure mapping d(out) to d(inputs).
+
+    `backward(g)` returns one NumPy gradient (or None) per input. Ops whose closure
+    holds saved arrays (`saves=True`) drop it after a backward pass without
+    retain_graph, as PyTorch frees saved tensors; ops that save nothing can be
+    traversed again, also as in PyTorch.
+    """
+
+    def __init__(self, name, inputs, backward, saves):
+        self._name = name
+        self.inputs = inputs
+        self._backward = backward
+        self._saves = saves
+
+    def name(self):
+        return self._name
+
+    def __repr__(self):
+        return f"<{self._name} object>"
+
+    def apply(self, g, retain_graph):
+        if self._backward is None:
+            raise RuntimeError(FREED_GRAPH)
+        grads = self._backward(g)
+        if self._saves and not retain_graph:
+            self._backward = None
+        return grads
+
+
+def _topological_order(root):
+    """Tensors that need a gradient, each after all of its inputs (iterative DFS)."""
+    order, seen, stack = [], set(), [(root, False)]
+    while stack:
+        t, inputs_done = stack.pop()
+        if inputs_done:
+            order.append(t)
+        elif id(t) not in seen:
+            seen.add(id(t))
+            stack.append((t, True))
+            if t.grad_fn is not None:
+                stack.extend((p, False) for p in t.grad_fn.inputs if p.requires_grad)
+    return order
+
+
+def backward(root, grad, retain_graph=False):
+    """Propagate `grad` (d root / d root) to every leaf reachable from `root`."""
+    grads = {id(root): grad}
+    for t in reversed(_topological_order(root)):
+        g = grads.pop(id(t), None)
+        if g is None:
+            continue
+        if t.grad_fn is None or t.retains_grad:
+            t._accumulate_grad(g)
+        if t.grad_fn is None:
+            continue
+        for p, pg in zip(
+            t.grad_fn.inputs, t.grad_fn.apply(g, retain_graph), strict=True
+        ):
+            if pg is not None and p.requires_grad:
+                grads[id(p)] = pg if id(p) not in grads else grads[id(p)] + pg

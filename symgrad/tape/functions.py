@@ -1,0 +1,49 @@
+"""Differentiable functions of several tensors: cat, stack and where."""
+
+import numpy as np
+
+from .arithmetic import broadcast_shape, unbroadcast
+from .tensor import Tensor
+
+
+def cat(tensors, dim=0):
+    """Join tensors along an existing dim; g is split back into the pieces."""
+    tensors = list(tensors)
+    out = np.concatenate([t._data for t in tensors], axis=dim)
+    cuts = np.cumsum([t.shape[dim] for t in tensors])[:-1]
+
+    def backward(g):
+        return tuple(np.split(g, cuts, axis=dim))
+
+    return Tensor._result(out, tensors, backward, "CatBackward0", saves=False)
+
+
+def stack(tensors, dim=0):
+    """Join tensors along a new dim."""
+    return cat([t.unsqueeze(dim) for t in tensors], dim)
+
+
+def where(condition, input, other):
+    """input where condition holds, else other; either may be a Python number."""
+    if not isinstance(input, Tensor):
+        input = Tensor(input) if not isinstance(other, Tensor) else other._lift(input)
+    other = input._lift(other)
+    cond = condition._data.astype(bool)
+    broadcast_shape(broadcast_shape(cond.shape, input.shape), other.shape)
+    out = np.where(cond, input._data, other._data)
+
+    def backward(g):
+        return (
+            (
+                unbroadcast(np.where(cond, g, 0), input.shape)
+                if input.requires_grad
+                else None
+            ),
+            (
+                unbroadcast(np.where(cond, 0, g), other.shape)
+                if other.requires_grad
+                else None
+            ),
+        )
+
+    return Tensor._result(out, (input, other), backward, "WhereBackward0")

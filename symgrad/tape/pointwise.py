@@ -1,0 +1,83 @@
+"""Elementwise functions: one table row per op, `rule(g, x, out)` is its backward.
+
+Rules use the forward result `out` where that is cheaper (exp, sigmoid, tanh, tan).
+"""
+
+import numpy as np
+
+
+def _unary(name, forward, rule, saves=True):
+    """A Tensor method applying `forward`; rule(g, x, out) gives d(input)."""
+    name += "Backward0"
+
+    def method(self):
+        x = self._data
+        out = forward(x)
+        return self._result(out, (self,), lambda g: (rule(g, x, out),), name, saves)
+
+    return method
+
+
+def _sigmoid(x):
+    """1/(1+e^-x) for x >= 0 and e^x/(1+e^x) below: no overflow, full relative precision."""
+    z = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + z), z / (1 + z))
+
+
+class PointwiseOps:
+    __neg__ = _unary("Neg", np.negative, lambda g, x, out: -g, saves=False)
+    neg = __neg__
+    exp = _unary("Exp", np.exp, lambda g, x, out: g * out)
+    log = _unary("Log", np.log, lambda g, x, out: g / x)
+    sqrt = _unary("Sqrt", np.sqrt, lambda g, x, out: g / (2 * out))
+    sin = _unary("Sin", np.sin, lambda g, x, out: g * np.cos(x))
+    cos = _unary("Cos", np.cos, lambda g, x, out: -g * np.sin(x))
+    tan = _unary("Tan", np.tan, lambda g, x, out: g * (1 + out * out))
+    sinh = _unary("Sinh", np.sinh, lambda g, x, out: g * np.cosh(x))
+    cosh = _unary("Cosh", np.cosh, lambda g, x, out: g * np.sinh(x))
+    tanh = _unary("Tanh", np.tanh, lambda g, x, out: g * (1 - out * out))
+    asin = _unary("Asin", np.arcsin, lambda g, x, out: g / np.sqrt(1 - x * x))
+    acos = _unary("Acos", np.arccos, lambda g, x, out: -g / np.sqrt(1 - x * x))
+    atan = _unary("Atan", np.arctan, lambda g, x, out: g / (1 + x * x))
+    abs = _unary("Abs", np.abs, lambda g, x, out: g * np.sign(x))
+    sign = _unary("Sign", np.sign, lambda g, x, out: np.zeros_like(g))
+    sigmoid = _unary("Sigmoid", _sigmoid, lambda g, x, out: g * out * (1 - out))
+    relu = _unary("Relu", lambda x: np.maximum(x, 0), lambda g, x, out: g * (x > 0))
+
+    def clamp(self, min=None, max=None):
+        """Clip to [min, max]; the gradient passes where min <= x <= max, as in torch."""
+        if min is None and max is None:
+            raise RuntimeError(
+                "torch.clamp: At least one of 'min' or 'max' must not be None"
+            )
+        x = self._data
+        inside = (x >= (-np.inf if min is None else min)) & (
+            x <= (np.inf if max is None else max)
+        )
+        out = np.clip(x, min, max)
+        return self._result(out, (self,), lambda g: (g * inside,), "ClampBackward1")
+
+    def clone(self):
+        out = self._data.copy()
+        return self._result(out, (self,), lambda g: (g,), "CloneBackward0", saves=False)
+
+    def to(self, dtype):
+        """Cast to `dtype`; the gradient is cast back to this tensor's dtype."""
+        if np.dtype(dtype) == self.dtype:
+            return self
+        x = self._data
+        out = x.astype(dtype)
+
+        def backward(g):
+            return (g.astype(x.dtype),)
+
+        return self._result(out, (self,), backward, "ToCopyBackward0", saves=False)
+
+    def double(self):
+        return self.to(np.float64)
+
+    def float(self):
+        return self.to(np.float32)
+
+    def long(self):
+        return self.to(np.int64)

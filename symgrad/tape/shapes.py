@@ -1,0 +1,127 @@
+"""Shape ops, indexing and gather. Their backward moves g back to the input layout;
+indexing scatter-adds, so repeated indices accumulate."""
+
+import numpy as np
+
+from .arithmetic import unbroadcast
+
+
+def _shape_arg(shape):
+    """Accept both f(2, 3) and f((2, 3)), as torch does."""
+    return (
+        tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
+    )
+
+
+def _is_basic(index):
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(
+        isinstance(p, int | np.integer | slice) or p is None or p is Ellipsis
+        for p in parts
+    )
+
+
+class ShapeOps:
+    def reshape(self, *shape):
+        x = self._data
+        out = x.reshape(_shape_arg(shape))
+
+        def backward(g):
+            return (g.reshape(x.shape),)
+
+        return self._result(out, (self,), backward, "ViewBackward0", saves=False)
+
+    view = reshape
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        shape = self.shape or (1,)
+        start, end = start_dim % len(shape), end_dim % len(shape)
+        return self.reshape(shape[:start] + (-1,) + shape[end + 1 :])
+
+    def unsqueeze(self, dim):
+        return self.reshape(np.expand_dims(self._data, dim).shape)
+
+    def squeeze(self, dim=None):
+        """Drop size-1 dims (only those in `dim` if given; other dims are kept)."""
+        dims = range(self.ndim) if dim is None else np.atleast_1d(dim) % self.ndim
+        return self.reshape(
+            tuple(n for d, n in enumerate(self.shape) if not (d in dims and n == 1))
+        )
+
+    def expand(self, *sizes):
+        """Broadcast to `sizes` (-1 keeps a dim) without copying."""
+        sizes = _shape_arg(sizes)
+        lead = len(sizes) - self.ndim
+        shape = tuple(
+            n if n != -1 else self.shape[i - lead] for i, n in enumerate(sizes)
+        )
+        x = self._data
+        out = np.broadcast_to(x, shape)
+
+        def backward(g):
+            return (unbroadcast(g, x.shape),)
+
+        return self._result(out, (self,), backward, "ExpandBackward0", saves=False)
+
+    def permute(self, *dims):
+        dims = [d % self.ndim for d in _shape_arg(dims)]
+        out = np.transpose(self._data, dims)
+
+        def backward(g):
+            return (np.transpose(g, np.argsort(dims)),)
+
+        return self._result(out, (self,), backward, "PermuteBackward0", saves=False)
+
+    def transpose(self, dim0, dim1):
+        dims = list(range(self.ndim))
+        dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
+        return self.permute(dims)
+
+    @property
+    def T(self):
+        """Reversed dims (the matrix transpose for 2-D tensors)."""
+        return self.permute(list(reversed(range(self.ndim))))
+
+    @property
+    def mT(self):
+        """Transpose of the last two dims (a batch of matrices)."""
+        return self.transpose(-2, -1)
+
+    @staticmethod
+    def _index(index):
+        """NumPy index for a torch index: Tensors inside become their arrays."""
+        parts = index if isinstance(index, tuple) else (index,)
+        parts = tuple(getattr(p, "_data", p) for p in parts)
+        return parts if isinstance(index, tuple) else parts[0]
+
+    def __getitem__(self, index):
+        index = self._index(index)
+        x = self._data
+        out = x[index]
+
+        def backward(g):
+            grad = np.zeros_like(x, dtype=g.dtype)
+            np.add.at(grad, index, g)  # unbuffered: duplicate indices accumulate
+            return (grad,)
+
+        saves = not _is_basic(index)  # torch keeps index arrays, not slices
+        return self._result(out, (self,), backward, "IndexBackward0", saves)
+
+    def gather(self, dim, index):
+        """out[i][j][k] = self[index[i][j][k]][j][k] for dim 0, and so on."""
+        if index.ndim != self.ndim:
+            raise RuntimeError(
+                "Index tensor must have the same number of dimensions as input tensor"
+            )
+        x = self._data
+        where = list(np.indices(index.shape, sparse=True))
+        where[dim] = index._data
+        where = tuple(where)
+        out = x[where]
+
+        def backward(g):
+            grad = np.zeros_like(x, dtype=g.dtype)
+            np.add.at(grad, where, g)
+            return (grad,)
+
+        return self._result(out, (self,), backward, "GatherBackward0")

@@ -1,0 +1,264 @@
+"""Tensor: a NumPy array plus the bookkeeping reverse-mode autograd needs.
+
+The differentiable ops live in the mixins (one module per family); each builds its
+output with `_result`, passing the closure that maps d(out) to d(inputs).
+"""
+
+import numpy as np
+
+from . import autograd
+from .arithmetic import ArithmeticOps
+from .pointwise import PointwiseOps
+from .reductions import ReductionOps
+from .shapes import ShapeOps
+
+LEAF_INPLACE = (
+    "a leaf Variable that requires grad is being used in an in-place operation."
+)
+
+
+def as_array(data, dtype=None):
+    """NumPy's dtype rules give float64 for Python floats and int64 for Python ints."""
+    arr = np.asarray(data._data if isinstance(data, Tensor) else data, dtype=dtype)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"can't convert {arr.dtype} data to a Tensor")
+    return arr
+
+
+class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
+    """An n-d array that can record the ops applied to it (PyTorch's torch.Tensor)."""
+
+    __array_priority__ = 1000  # `ndarray + tensor` defers to Tensor.__radd__
+    __hash__ = object.__hash__  # __eq__ is elementwise; hash by identity like torch
+
+    def __init__(self, data, requires_grad=False):
+        self._data = as_array(data)
+        self.grad = None
+        self.grad_fn = None
+        self.retains_grad = False
+        self._requires_grad = False
+        self.requires_grad = requires_grad
+
+    @staticmethod
+    def _result(data, inputs=(), backward=None, name=None, saves=True):
+        """Wrap an op's output; record it when grad mode is on and an input needs grad."""
+        out = Tensor(data)
+        if (
+            autograd.is_grad_enabled()
+            and out.dtype.kind == "f"
+            and any(t.requires_grad for t in inputs)
+        ):
+            out._requires_grad = True
+            out.grad_fn = autograd.Node(name, tuple(inputs), backward, saves)
+        return out
+
+    def _lift(self, value):
+        """Tensor for `value`; Python numbers take this tensor's float dtype, as in torch."""
+        if isinstance(value, Tensor):
+            return value
+        weak = isinstance(value, int | float) and self.dtype.kind == "f"
+        return Tensor(np.asarray(value, dtype=self.dtype if weak else None))
+
+    # ---- autograd state -------------------------------------------------------
+
+    @property
+    def requires_grad(self):
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, flag):
+        self.requires_grad_(flag)
+
+    def requires_grad_(self, requires_grad=True):
+        if self.grad_fn is not None and not requires_grad:
+            raise RuntimeError(
+                "you can only change requires_grad flags of leaf variables. If you "
+                "want to use a computed variable in a subgraph that doesn't require "
+                "differentiation use var_no_grad = var.detach()."
+            )
+        if requires_grad and self.dtype.kind != "f":
+            raise RuntimeError(
+                "Only Tensors of floating point and complex dtype can require gradients"
+            )
+        self._requires_grad = bool(requires_grad)
+        return self
+
+    @property
+    def is_leaf(self):
+        return self.grad_fn is None
+
+    def retain_grad(self):
+        """Ask backward() to fill .grad on this non-leaf too."""
+        if not self.requires_grad:
+            raise RuntimeError(
+                "can't retain_grad on Tensor that has requires_grad=False"
+            )
+        self.retains_grad = not self.is_leaf
+
+    def detach(self):
+        """A Tensor sharing this data but cut from the graph."""
+        return Tensor(self._data)
+
+    def backward(self, gradient=None, retain_graph=False):
+        """Accumulate d self / d leaf into each leaf's .grad (gradient defaults to 1)."""
+        if not self.requires_grad:
+            raise RuntimeError(
+                "element 0 of tensors does not require grad and does not have a grad_fn"
+            )
+        if gradient is None:
+            if self._data.size != 1:
+                raise RuntimeError(
+                    "grad can be implicitly created only for scalar outputs"
+                )
+            gradient = np.ones_like(self._data)
+        gradient = as_array(gradient, self.dtype)
+        if gradient.shape != self.shape:
+            raise RuntimeError(
+                f"Mismatch in shape: grad_output[0] has a shape of {gradient.shape} "
+                f"and output[0] has a shape of {self.shape}."
+            )
+        autograd.backward(self, gradient, retain_graph)
+
+    def _accumulate_grad(self, g):
+        if self.grad is None:
+            self.grad = Tensor(np.array(g, dtype=self.dtype))  # copy: g may be a view
+        else:
+            self.grad._data += g
+
+    # ---- in-place ops: only on tensors the graph does not track ------------------
+
+    def _check_inplace(self):
+        if autograd.is_grad_enabled() and self.requires_grad:
+            if self.is_leaf:
+                raise RuntimeError(LEAF_INPLACE)
+            raise RuntimeError(
+                "symgrad.tape does not record in-place ops on tensors that require "
+                "grad; use the out-of-place form or detach() first"
+            )
+
+    def zero_(self):
+        return self.fill_(0)
+
+    def fill_(self, value):
+        self._check_inplace()
+        self._data[...] = value
+        return self
+
+    def __setitem__(self, index, value):
+        self._check_inplace()
+        self._data[self._index(index)] = as_array(value)
+
+    def _inplace(self, other, ufunc, op):
+        """`x += y`: in place when untracked, else recorded out of place (x is rebound)."""
+        other = self._lift(other)
+        if autograd.is_grad_enabled() and (self.requires_grad or other.requires_grad):
+            if self.is_leaf and self.requires_grad:
+                raise RuntimeError(LEAF_INPLACE)
+            return op(self, other)
+        ufunc(self._data, other._data, out=self._data)
+        return self
+
+    def __iadd__(self, other):
+        return self._inplace(other, np.add, Tensor.__add__)
+
+    def __isub__(self, other):
+        return self._inplace(other, np.subtract, Tensor.__sub__)
+
+    def __imul__(self, other):
+        return self._inplace(other, np.multiply, Tensor.__mul__)
+
+    def __itruediv__(self, other):
+        return self._inplace(other, np.divide, Tensor.__truediv__)
+
+    # ---- properties and conversions --------------------------------------------
+
+    @property
+    def data(self):
+        """The same storage as a Tensor that does not require grad (torch's .data)."""
+        return Tensor(self._data)
+
+    @data.setter
+    def data(self, value):
+        self._data = as_array(value)
+
+    @property
+    def shape(self):
+        return self._data.shape
+
+    @property
+    def ndim(self):
+        return self._data.ndim
+
+    @property
+    def dtype(self):
+        return self._data.dtype
+
+    def size(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self):
+        return self.ndim
+
+    def numel(self):
+        return self._data.size
+
+    def item(self):
+        if self._data.size != 1:
+            raise RuntimeError(
+                f"a Tensor with {self._data.size} elements cannot be converted to Scalar"
+            )
+        return self._data.item()
+
+    def tolist(self):
+        return self._data.tolist()
+
+    def numpy(self):
+        """The underlying array (shared, not copied)."""
+        if self.requires_grad:
+            raise RuntimeError(
+                "Can't call numpy() on Tensor that requires grad. "
+                "Use tensor.detach().numpy() instead."
+            )
+        return self._data
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array(self.numpy(), dtype=dtype, copy=copy)
+
+    def __len__(self):
+        return len(self._data)
+
+    def __bool__(self):
+        if self._data.size != 1:
+            raise RuntimeError(
+                "Boolean value of Tensor with more than one value is ambiguous"
+            )
+        return bool(self._data)
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __format__(self, spec):
+        return format(self.item(), spec) if self.ndim == 0 else repr(self)
+
+    def __repr__(self):
+        x = self._data
+        finite = x[np.isfinite(x)] if x.dtype.kind == "f" else x
+        fixed = x.dtype.kind == "f" and np.any(finite != np.round(finite))
+        body = np.array2string(
+            x,
+            separator=", ",
+            prefix="tensor(",
+            precision=4 if fixed else 8,
+            floatmode="fixed" if fixed else "maxprec",
+        )
+        extras = (
+            [] if x.dtype in (np.float64, np.int64, np.bool_) else [f"dtype={x.dtype}"]
+        )
+        if self.grad_fn is not None:
+            extras.append(f"grad_fn=<{self.grad_fn.name()}>")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        return f"tensor({', '.join([body, *extras])})"
