@@ -1,0 +1,413 @@
+"""Program -> NumPy module source: scheduling, naming, CSE, template, black, atomic write.
+
+Every map node becomes one assignment of a printed SymPy expression; ``sympy.cse`` runs
+over all of them at once, so a subexpression shared by the forward and the backward pass is
+computed once (in the forward pass) and cached. View operations (``W.T``, ``g[:, None]``)
+and scalar constants are written inline where they are used.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import black
+import jinja2
+import sympy as sp
+
+from . import __version__
+from . import symbolic as ew
+from .compiler import Program
+from .ir import Node, broadcast, format_shape, toposort
+from .ops import PRIMITIVES, is_const
+from .printer import to_numpy
+
+VIEWS = ("transpose", "index", "reshape")
+LEAVES = ("input", "param", "seed")
+TEMPLATES = [
+    Path(__file__).parent / "templates",
+    Path(__file__).parent.parent / "templates",
+]
+
+
+@dataclass(eq=False)
+class Statement:
+    """One assignment (or a few lines, for scatters) of the generated code."""
+
+    target: Node | sp.Symbol  # a CSE temporary is a symbol
+    backward: bool
+    expr: sp.Expr | None = None  # maps and CSE temporaries: over placeholder symbols
+    reads: set = field(default_factory=set)  # Nodes and symbols this statement uses
+    name: str = ""
+
+
+class Emitter:
+    """Turns a Program into ordered, named statements and prints them."""
+
+    def __init__(self, program: Program):
+        self.program = program
+        forward_roots = [program.loss, *program.outputs.values()]
+        self.roots = set(forward_roots) | set(program.grads.values())
+        forward = toposort(forward_roots)
+        everything = toposort(forward_roots + list(program.grads.values()))
+        in_forward = set(forward)
+        self.order = forward + [n for n in everything if n not in in_forward]
+        self.backward_nodes = set(self.order) - in_forward
+        self.symbol = {
+            n: sp.Symbol(f"_v{i}", real=True) for i, n in enumerate(self.order)
+        }
+        self.node_of = {s: n for n, s in self.symbol.items()}
+        self.dims = set(program.model.dims.values())
+        self.statements: list[Statement] = []
+        self.names: dict[object, str] = {}
+        with program.timed("cse"):
+            self._schedule()
+        self._name()
+        self.statement_of = {st.target: st for st in self.statements}
+
+    # ------------------------------------------------------------------ scheduling
+
+    def inline(self, node: Node) -> bool:
+        """Views and scalar constants are written where used, not assigned."""
+        if node in self.roots or node.name or node.op in LEAVES:
+            return node.op in LEAVES
+        return node.op in VIEWS or (is_const(node) and node.shape == ())
+
+    def _expr(self, node: Node) -> sp.Expr:
+        """A map's formula over placeholders, with activations lowered to stable forms."""
+        args = {ew.arg(i): self._operand(a) for i, a in enumerate(node.args)}
+        return ew.lower(node.attrs[0]).xreplace(args)
+
+    def _operand(self, node: Node) -> sp.Expr:
+        if is_const(node) and node.shape == () and node not in self.roots:
+            return node.attrs[0]
+        return self.symbol[node]
+
+    def _schedule(self) -> None:
+        computed = [n for n in self.order if not self.inline(n)]
+        maps = [n for n in computed if n.op == "map" and n.args]
+        exprs = [self._expr(n) for n in maps]
+        # Expressions of sizes alone (1/batch) are free to recompute: never worth caching.
+        temps, reduced = sp.cse(
+            exprs, symbols=sp.numbered_symbols("_c", real=True), ignore=tuple(self.dims)
+        )
+        reduced_of = dict(zip(maps, reduced, strict=True))
+        pending = dict(temps)
+        for node in computed:
+            backward = node in self.backward_nodes
+            if node in reduced_of:
+                expr = reduced_of[node]
+                self._emit_temps(expr, pending, backward)
+                self.statements.append(
+                    Statement(node, backward, expr, self._reads(expr))
+                )
+            else:
+                reads = set().union(
+                    *(self._resolve(a) for a in node.args)
+                ) | self._dims(node)
+                self.statements.append(Statement(node, backward, reads=reads))
+
+    def _emit_temps(self, expr: sp.Expr, pending: dict, backward: bool) -> None:
+        """Emit the CSE temporaries ``expr`` needs, each right before its first use."""
+        for symbol in sorted(expr.free_symbols & pending.keys(), key=lambda s: s.name):
+            if symbol in pending:
+                value = pending.pop(symbol)
+                self._emit_temps(value, pending, backward)
+                self.statements.append(
+                    Statement(symbol, backward, value, self._reads(value))
+                )
+
+    def _reads(self, expr: sp.Expr) -> set:
+        reads = set()
+        for s in expr.free_symbols:
+            reads |= self._resolve(self.node_of[s]) if s in self.node_of else {s}
+        return reads
+
+    def _resolve(self, node: Node) -> set:
+        """What using ``node`` reads: itself, or for an inlined view, what it views."""
+        if not self.inline(node) or node.op in LEAVES:
+            return {node}
+        reads = self._dims(node)
+        for a in node.args:
+            reads |= self._resolve(a)
+        return reads
+
+    def _dims(self, node: Node) -> set:
+        free = set()
+        for d in node.shape:
+            if isinstance(d, sp.Expr):
+                free |= d.free_symbols
+        return free & self.dims
+
+    # ------------------------------------------------------------------ naming
+
+    def _name(self) -> None:
+        """User names first, then hints (grad_h), then t1, t2, ... in order of appearance."""
+        for node in self.order:
+            if node.name:
+                self.names[node] = node.name
+        if self.program.loss.op not in LEAVES:
+            self.names.setdefault(self.program.loss, "loss")
+        for pname, g in self.program.grads.items():
+            self.names.setdefault(g, f"grad_{pname}")
+        for d in self.dims:
+            self.names[d] = d.name
+        used = set(self.names.values())
+        counter = 0
+        for st in self.statements:
+            if st.target in self.names:
+                st.name = self.names[st.target]
+                continue
+            hint = getattr(st.target, "hint", None)
+            if hint and hint not in used:
+                name = hint
+            else:
+                counter += 1
+                name = f"t{counter}"
+            used.add(name)
+            st.name = self.names[st.target] = name
+
+    # ------------------------------------------------------------------ printing
+
+    def code(self, node: Node, seed: str) -> str:
+        """Source for using ``node``: its name, or the inlined view or constant."""
+        if node.op == "seed":
+            return seed
+        if node in self.names:
+            return self.names[node]
+        if is_const(node):
+            return to_numpy(node.attrs[0])
+        return PRIMITIVES[node.op].numpy([self.code(a, seed) for a in node.args], node)
+
+    def lines(self, st: Statement, seed: str) -> list[str]:
+        if st.expr is not None:
+            return [f"{st.name} = {self._print_map(st, seed)}"]
+        node = st.target
+        if is_const(node):
+            return [f"{st.name} = {self._print_constant(node)}"]
+        code = PRIMITIVES[node.op].numpy([self.code(a, seed) for a in node.args], node)
+        if isinstance(code, str):
+            return [f"{st.name} = {code}"]
+        return [line.replace("{out}", st.name) for line in code]
+
+    def _print_map(self, st: Statement, seed: str) -> str:
+        names = {
+            s: sp.Symbol(self._symbol_code(s, seed), real=True)
+            for s in st.expr.free_symbols
+        }
+        if seed != "grad_loss":  # value_and_grad: the seed is the constant 1
+            names.update(
+                {
+                    s: sp.Integer(1)
+                    for s in names
+                    if self.node_of.get(s, 0) == self.program.seed
+                }
+            )
+        text = to_numpy(st.expr.xreplace(names))
+        node = st.target
+        if isinstance(node, Node) and broadcast(*node.args) != node.shape:
+            fn = "np.full" if node in self.roots else "np.broadcast_to"
+            return (
+                f"{fn}({format_shape(node.shape)}, {text})"
+                if fn == "np.full"
+                else (f"np.broadcast_to({text}, {format_shape(node.shape)})")
+            )
+        return text
+
+    def _symbol_code(self, s: sp.Symbol, seed: str) -> str:
+        if s in self.node_of:
+            return self.code(self.node_of[s], seed)
+        return self.names[s]
+
+    def _print_constant(self, node: Node) -> str:
+        value = node.attrs[0]
+        if node.shape == ():
+            return repr(float(value))
+        if value == 0:
+            return f"np.zeros({format_shape(node.shape)})"
+        return f"np.full({format_shape(node.shape)}, {float(value)!r})"
+
+    # ------------------------------------------------------------------ functions
+
+    def needed(self, statements: list[Statement], results: set) -> list[Statement]:
+        """The statements that ``results`` depend on, in order (dead ones dropped)."""
+        needed = set(results)
+        kept = []
+        for st in reversed(statements):
+            if st.target in needed:
+                needed |= st.reads
+                kept.append(st)
+        return kept[::-1]
+
+    def body(self, statements: list[Statement], seed: str) -> list[str]:
+        return [line for st in statements for line in self.lines(st, seed)]
+
+    def op_count(self, backward: bool) -> int:
+        total = 0
+        for st in self.statements:
+            if st.backward == backward:
+                total += sp.count_ops(st.expr) if st.expr is not None else 1
+        return total
+
+
+def _return(values: dict[str, Node], emitter: Emitter) -> str:
+    """A dict literal of results; leaves are copied so results never alias arguments."""
+    items = []
+    for key, node in values.items():
+        value = emitter.code(node, "grad_loss")
+        items.append(
+            f'"{key}": {value}.copy()' if node.op in LEAVES else f'"{key}": {value}'
+        )
+    return "{" + ", ".join(items) + "}"
+
+
+def _unpack(model) -> tuple[list[str], list[str]]:
+    """Lines of ``_unpack`` and the names it returns: arrays then symbolic dims."""
+    lines, bound = [], []
+    for group, arrays in (("params", model.params), ("inputs", model.inputs)):
+        for name, node in arrays.items():
+            kind = "integer" if node.dtype == "int64" else "float"
+            check = 'not in "iu"' if node.dtype == "int64" else '!= "f"'
+            lines.append(f'{name} = np.asarray({group}["{name}"])')
+            new = [
+                d
+                for d in node.shape
+                if isinstance(d, sp.Symbol) and d.name not in bound
+            ]
+            if new:
+                lines.append(f"if {name}.ndim != {node.ndim}:")
+                lines.append(
+                    f'    _bad("{group}", "{name}", {name}, "{format_shape(node.shape)}", "{kind}")'
+                )
+                for axis, d in enumerate(node.shape):
+                    if d in new and d.name not in bound:
+                        lines.append(f"{d.name} = {name}.shape[{axis}]")
+                        bound.append(d.name)
+            expected = format_shape(node.shape)
+            shown = ", ".join(
+                f"{d}={{{d}}}" if isinstance(d, sp.Symbol) else str(d)
+                for d in node.shape
+            )
+            shown = f"({shown},)" if node.ndim == 1 else f"({shown})"
+            lines.append(f"if {name}.shape != {expected} or {name}.dtype.kind {check}:")
+            lines.append(f'    _bad("{group}", "{name}", {name}, f"{shown}", "{kind}")')
+    return lines, [*model.params, *model.inputs, *bound]
+
+
+def _init(model) -> list[tuple[str, str]]:
+    """PyTorch's nn.Linear init for 2-D weights and the biases after them; zeros otherwise."""
+    values, weight = [], None
+    for name, node in model.params.items():
+        shape = format_shape(node.shape)
+        fan_in = None
+        if node.ndim == 2:
+            fan_in, weight = node.shape[1], node
+        elif node.ndim == 1 and weight is not None and weight.shape[0] == node.shape[0]:
+            fan_in = weight.shape[1]
+        if fan_in is None:
+            values.append((name, f"np.zeros({shape})"))
+            continue
+        bound = (
+            repr(fan_in**-0.5) if isinstance(fan_in, int) else f"1 / np.sqrt({fan_in})"
+        )
+        values.append((name, f"rng.uniform(-{bound}, {bound}, {shape})"))
+    return values
+
+
+def _docstring(text: str) -> str:
+    text = text.strip()
+    if text and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"""{text}"""'
+    return repr(text)  # a plain literal: nothing in the doc can end the string early
+
+
+def render(program: Program) -> str:
+    """The generated module's source, formatted with black."""
+    model = program.model
+    emitter = Emitter(program)
+    with program.timed("print"):
+        grads = set(program.grads.values())
+        backward = emitter.needed(
+            [st for st in emitter.statements if st.backward], grads
+        )
+        cached = set().union(*(st.reads for st in backward)) - {
+            st.target for st in backward
+        }
+        cached.discard(program.seed)
+        forward = emitter.needed(
+            [st for st in emitter.statements if not st.backward],
+            {program.loss, *program.outputs.values(), *cached},
+        )
+        cache_names = sorted(emitter.names[r] for r in cached)
+        fused = emitter.needed(emitter.statements, {program.loss, *grads})
+        unpack, unpacked = _unpack(model)
+        context = dict(
+            version=__version__,
+            model=model.name,
+            digest=model.digest(),
+            ops_forward=emitter.op_count(False),
+            ops_backward=emitter.op_count(True),
+            docstring=_docstring(
+                model.doc or f"Loss and gradients of model {model.name}."
+            ),
+            params=_shapes(model.params),
+            inputs=_shapes(model.inputs),
+            outputs=repr(tuple(model.outputs)),
+            output_names=list(model.outputs),
+            unpack=unpack,
+            unpacked=", ".join(unpacked),
+            forward=emitter.body(forward, "grad_loss"),
+            forward_return=_return({"loss": program.loss, **program.outputs}, emitter),
+            cache="{" + ", ".join(f'"{n}": {n}' for n in cache_names) + "}",
+            cache_names=cache_names,
+            backward=emitter.body(backward, "grad_loss"),
+            value_and_grad=emitter.body(fused, "1.0"),
+            loss=emitter.code(program.loss, "1.0"),
+            grads_return=_return(program.grads, emitter),
+            init_dims=sorted(
+                {d.name for n in model.params.values() for d in _symbols(n.shape)}
+            ),
+            init=_init(model),
+        )
+        source = _environment().get_template("module.py.j2").render(context)
+    with program.timed("black"):
+        return black.format_str(source, mode=black.Mode())
+
+
+def _symbols(shape) -> list[sp.Symbol]:
+    return [d for d in shape if isinstance(d, sp.Symbol)]
+
+
+def _shapes(arrays: dict[str, Node]) -> str:
+    """``{"x": ("batch", 3)}``: symbolic dims as strings, as the contract says."""
+    shapes = {
+        name: tuple(str(d) if isinstance(d, sp.Expr) else d for d in node.shape)
+        for name, node in arrays.items()
+    }
+    return repr(shapes)
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(p) for p in TEMPLATES]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and ``os.replace``: readers never see half a module."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,67 @@
+"""The pipeline from a declared model to optimized forward and gradient graphs."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+from . import optimize
+from .grad import gradients
+from .ir import Node
+from .model import Model
+
+
+@dataclass
+class Program:
+    """A model's loss, named outputs and parameter gradients, ready to print."""
+
+    model: Model
+    loss: Node
+    outputs: dict[str, Node]
+    grads: dict[str, Node]
+    seed: Node  # grad_loss: backward() computes the gradient of grad_loss * loss
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, phase: str):
+        start = time.perf_counter()
+        yield
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
+
+
+def compile_model(model: Model) -> Program:
+    """Differentiate the model's loss with respect to every parameter and optimize."""
+    program = Program(
+        model, model.loss_node, {}, {}, Node("seed", (), (), name="grad_loss")
+    )
+    with program.timed("fuse"):
+        roots = [model.loss_node, *model.outputs.values()]
+        roots = optimize.rewrite(
+            roots, lambda old, new: _named(new, model.names.get(old))
+        )
+        loss, *outputs = optimize.fuse(roots)
+    with program.timed("differentiate"):
+        params = list(model.params.values())
+        grads, origin = gradients(loss, params, program.seed)
+    with program.timed("optimize"):
+        hints = {
+            g: f"grad_{f.name}" for g, f in origin.items() if f.name and not g.name
+        }
+        roots = [loss, *outputs, *grads]
+        roots = optimize.rewrite(roots, lambda old, new: _hinted(new, hints.get(old)))
+        roots = optimize.optimize(roots)
+    program.loss = roots[0]
+    program.outputs = dict(zip(model.outputs, roots[1 : 1 + len(outputs)], strict=True))
+    program.grads = dict(zip(model.params, roots[1 + len(outputs) :], strict=True))
+    return program
+
+
+def _named(node: Node, name: str | None) -> Node:
+    return replace(node, name=name) if name else node
+
+
+def _hinted(node: Node, hint: str | None) -> Node:
+    return (
+        replace(node, hint=hint) if hint and node.op not in ("param", "input") else node
+    )

@@ -1,0 +1,140 @@
+"""The tensor expression DAG: immutable nodes, shapes with symbolic dims, traversal.
+
+A shape is a tuple of dims; a dim is an ``int`` or a SymPy integer expression in named size
+symbols (``batch``, ``n - 1``), so slices of symbolic dims still compare equal when they
+should. Nodes are compared by identity; structural sharing is the optimizer's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sympy as sp
+
+Dim = int | sp.Expr
+Shape = tuple[Dim, ...]
+
+
+class ShapeError(ValueError):
+    """Operands of an operation have incompatible shapes (raised at declaration time)."""
+
+
+def size_symbol(name: str) -> sp.Symbol:
+    """The SymPy symbol of a symbolic dim such as ``"batch"``."""
+    return sp.Symbol(name, integer=True, positive=True)
+
+
+def as_dim(d: Any) -> Dim:
+    if isinstance(d, str):
+        return size_symbol(d)
+    if isinstance(d, sp.Expr):
+        d = sp.sympify(d)
+        return int(d) if d.is_Integer else d
+    if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+        raise ShapeError(f"invalid dimension {d!r}: use a non-negative int or a name")
+    return d
+
+
+def as_shape(shape: Iterable[Any]) -> Shape:
+    if isinstance(shape, (int, str)):
+        shape = (shape,)
+    return tuple(as_dim(d) for d in shape)
+
+
+def format_shape(shape: Shape) -> str:
+    """``(batch, 3)``: how shapes read in messages and generated code."""
+    inner = ", ".join(str(d) for d in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+def size(shape: Shape) -> Dim:
+    return (
+        sp.Mul(*shape) if any(isinstance(d, sp.Expr) for d in shape) else _prod(shape)
+    )
+
+
+def _prod(dims: Iterable[int]) -> int:
+    out = 1
+    for d in dims:
+        out *= d
+    return out
+
+
+def broadcast(*operands: Node) -> Shape:
+    """NumPy broadcasting of the operands' shapes; symbolic dims must match exactly."""
+    ndim = max((len(x.shape) for x in operands), default=0)
+    padded = [(1,) * (ndim - len(x.shape)) + x.shape for x in operands]
+    out = []
+    for axis, dims in enumerate(zip(*padded, strict=True)):
+        sized = [d for d in dims if d != 1]
+        if any(d != sized[0] for d in sized):
+            a, b = (x for x, p in zip(operands, padded, strict=True) if p[axis] != 1)
+            raise ShapeError(
+                f"cannot broadcast {a.describe()} of shape {format_shape(a.shape)} "
+                f"with {b.describe()} of shape {format_shape(b.shape)}"
+            )
+        out.append(sized[0] if sized else 1)
+    return tuple(out)
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One operation of the graph. ``op`` names a primitive in ``ops.PRIMITIVES``."""
+
+    op: str
+    args: tuple[Node, ...]
+    shape: Shape
+    dtype: str = "float64"
+    attrs: tuple = ()
+    name: str | None = None  # given by the user: always computed and shown under it
+    hint: str | None = None  # a suggested name (grad_h), used if the node is computed
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def describe(self, depth: int = 2) -> str:
+        """A short readable rendering for error messages."""
+        if self.name is not None:
+            return self.name
+        if depth == 0 or not self.args:
+            return f"<{self.op}>"
+        if self.op == "map":  # the formula, with arguments in place of placeholders
+            names = {sp.Symbol(f"_{i}", real=True): sp.Symbol(a.describe(depth - 1))
+                     for i, a in enumerate(self.args)}  # fmt: skip
+            return str(self.attrs[0].xreplace(names))
+        inner = ", ".join(a.describe(depth - 1) for a in self.args)
+        return f"{self.op}({inner})"
+
+    def __repr__(self) -> str:
+        return f"Node({self.describe()}, shape={format_shape(self.shape)})"
+
+
+def toposort(roots: Iterable[Node]) -> list[Node]:
+    """Nodes reachable from ``roots``, each after its args, in a deterministic order."""
+    order: list[Node] = []
+    seen: set[int] = set()
+    for root in roots:
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            stack.append((node, True))
+            stack.extend((a, False) for a in reversed(node.args) if id(a) not in seen)
+    return order
+
+
+def consumers(order: list[Node]) -> dict[Node, list[Node]]:
+    """Map each node to the nodes that use it (one entry per use)."""
+    users: dict[Node, list[Node]] = {n: [] for n in order}
+    for n in order:
+        for a in n.args:
+            users[a].append(n)
+    return users

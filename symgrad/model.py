@@ -1,0 +1,521 @@
+"""The declaration API: ``sg.Model`` and the expressions users build models from.
+
+``Expr`` wraps an IR node and gives it NumPy's operators; shapes are checked as each
+operation is declared, so a mismatch is reported at the line that caused it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import keyword
+import math
+import numbers
+import re
+from collections.abc import Callable, Sequence
+
+import sympy as sp
+
+from . import symbolic as ew
+from . import ops
+from .ir import (
+    Node,
+    ShapeError,
+    as_dim,
+    as_shape,
+    format_shape,
+    size,
+    size_symbol,
+    toposort,
+)
+
+
+class ModelError(ValueError):
+    """A model declaration is invalid: a bad or duplicate name, a non-scalar loss, ..."""
+
+
+# Names the generated module itself uses; a model name equal to one of them would shadow it.
+RESERVED = {
+    "np", "numpy", "params", "inputs", "cache", "grads", "outputs", "loss", "grad_loss",
+    "forward", "backward", "value_and_grad", "init_params", "hessian", "hvp",
+    "PARAMS", "INPUTS", "OUTPUTS", "v", "seed", "rng",
+}  # fmt: skip
+_TEMPORARY = re.compile(r"t\d+|grad_.*|_.*")
+
+
+def check_name(name: object, what: str) -> str:
+    """Reject anything that is not a plain identifier we can safely write into source."""
+    if not isinstance(name, str) or not name.isidentifier() or not name.isascii():
+        raise ModelError(f"{what} name {name!r} is not a Python identifier")
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        raise ModelError(f"{what} name {name!r} is a Python keyword")
+    if name in RESERVED or hasattr(builtins, name):
+        raise ModelError(
+            f"{what} name {name!r} would shadow a name the generated module uses"
+        )
+    if _TEMPORARY.fullmatch(name):
+        raise ModelError(
+            f"{what} name {name!r} is reserved for generated code (t<N>, grad_*, _*)"
+        )
+    return name
+
+
+def _number(value) -> sp.Expr:
+    """A Python number as an exact SymPy constant, so that 0.1 prints back as 0.1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"expected an sg expression or a real number, got {value!r}")
+    if not math.isfinite(value):
+        raise ModelError(f"non-finite constant {value!r} is not supported")
+    return sp.Integer(value) if float(value).is_integer() else sp.Rational(float(value))
+
+
+class Expr:
+    """A symbolic array: the result of an operation in a model."""
+
+    __array_ufunc__ = None  # make numpy defer to our reflected operators
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(d if isinstance(d, int) else str(d) for d in self.node.shape)
+
+    @property
+    def ndim(self) -> int:
+        return self.node.ndim
+
+    def __repr__(self) -> str:
+        return f"Expr({self.node.describe()}, shape={format_shape(self.node.shape)})"
+
+    def __add__(self, o):
+        return _elementwise(lambda a, b: a + b, self, o)  # noqa: E704
+
+    def __radd__(self, o):
+        return _elementwise(lambda a, b: a + b, o, self)  # noqa: E704
+
+    def __sub__(self, o):
+        return _elementwise(lambda a, b: a - b, self, o)  # noqa: E704
+
+    def __rsub__(self, o):
+        return _elementwise(lambda a, b: a - b, o, self)  # noqa: E704
+
+    def __mul__(self, o):
+        return _elementwise(lambda a, b: a * b, self, o)  # noqa: E704
+
+    def __rmul__(self, o):
+        return _elementwise(lambda a, b: a * b, o, self)  # noqa: E704
+
+    def __truediv__(self, o):
+        return _elementwise(lambda a, b: a / b, self, o)  # noqa: E704
+
+    def __rtruediv__(self, o):
+        return _elementwise(lambda a, b: a / b, o, self)  # noqa: E704
+
+    def __pow__(self, o):
+        return _elementwise(lambda a, b: a**b, self, o)  # noqa: E704
+
+    def __rpow__(self, o):
+        return _elementwise(lambda a, b: a**b, o, self)  # noqa: E704
+
+    def __neg__(self):
+        return _elementwise(lambda a: -a, self)  # noqa: E704
+
+    def __pos__(self):
+        return self  # noqa: E704
+
+    def __lt__(self, o):
+        return _compare(sp.StrictLessThan, self, o)  # noqa: E704
+
+    def __le__(self, o):
+        return _compare(sp.LessThan, self, o)  # noqa: E704
+
+    def __gt__(self, o):
+        return _compare(sp.StrictGreaterThan, self, o)  # noqa: E704
+
+    def __ge__(self, o):
+        return _compare(sp.GreaterThan, self, o)  # noqa: E704
+
+    def __matmul__(self, other: Expr) -> Expr:
+        return Expr(ops.matmul(self.node, _expr(other, "@").node))
+
+    def __rmatmul__(self, other: Expr) -> Expr:
+        return Expr(ops.matmul(_expr(other, "@").node, self.node))
+
+    def __getitem__(self, key) -> Expr:
+        if isinstance(key, Expr):
+            return Expr(ops.gather(self.node, key.node))
+        if any(isinstance(k, Expr) for k in (key if isinstance(key, tuple) else ())):
+            raise ShapeError(
+                "index arrays are supported alone only: x[idx], not x[idx, 0]"
+            )
+        return Expr(ops.index(self.node, ops.normalize_index(self.node, key)))
+
+    def __bool__(self):
+        raise TypeError(
+            "a symbolic expression has no truth value; use sg.where for branches"
+        )
+
+    __hash__ = object.__hash__
+
+    @property
+    def T(self) -> Expr:  # noqa: N802 - NumPy's name
+        return Expr(ops.transpose(self.node))
+
+    def transpose(self, *axes) -> Expr:
+        axes = (
+            axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        )
+        return Expr(ops.transpose(self.node, axes or None))
+
+    def reshape(self, *shape) -> Expr:
+        shape = (
+            shape[0]
+            if len(shape) == 1 and isinstance(shape[0], (tuple, list))
+            else shape
+        )
+        return reshape(self, shape)
+
+    def sum(self, axis=None, keepdims=False) -> Expr:
+        return sum(self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False) -> Expr:
+        return mean(self, axis, keepdims)
+
+    def max(self, axis=None, keepdims=False) -> Expr:
+        return max(self, axis, keepdims)
+
+
+class Cond:
+    """A comparison of expressions: only meaningful as the condition of ``sg.where``."""
+
+    def __init__(self, relation: sp.Basic, args: tuple[Node, ...]):
+        self.relation, self.args = relation, args
+
+    def _combine(self, other: Cond, fn) -> Cond:
+        if not isinstance(other, Cond):
+            raise TypeError(f"cannot combine a condition with {other!r}")
+        n = len(self.args)
+        shifted = other.relation.xreplace(
+            {ew.arg(i): ew.arg(n + i) for i in range(len(other.args))}
+        )
+        return Cond(fn(self.relation, shifted), self.args + other.args)
+
+    def __and__(self, other):
+        return self._combine(other, sp.And)  # noqa: E704
+
+    def __or__(self, other):
+        return self._combine(other, sp.Or)  # noqa: E704
+
+    def __invert__(self):
+        return Cond(sp.Not(self.relation), self.args)  # noqa: E704
+
+    def __bool__(self):
+        raise TypeError(
+            "a symbolic condition has no truth value; use sg.where(cond, a, b)"
+        )
+
+
+def _expr(x, what: str) -> Expr:
+    if not isinstance(x, Expr):
+        raise TypeError(f"{what} needs sg expressions, got {x!r}")
+    return x
+
+
+def _lift(operands) -> tuple[list[sp.Expr], list[Node]]:
+    """Placeholders for expression operands, SymPy constants for numbers."""
+    symbols, nodes = [], []
+    for x in operands:
+        if isinstance(x, Expr):
+            symbols.append(ew.arg(len(nodes)))
+            nodes.append(x.node)
+        else:
+            symbols.append(_number(x))
+    return symbols, nodes
+
+
+def _elementwise(fn: Callable[..., sp.Expr], *operands) -> Expr:
+    symbols, nodes = _lift(operands)
+    return Expr(ops.map_(fn(*symbols), nodes))
+
+
+def _compare(relation, a, b) -> Cond:
+    symbols, nodes = _lift((a, b))
+    ops.map_(symbols[0] + symbols[1], nodes)  # checks that the operands broadcast
+    return Cond(relation(*symbols), tuple(nodes))
+
+
+def where(cond: Cond, a, b) -> Expr:
+    """``np.where``: ``a`` where ``cond`` holds, else ``b``; the gradient follows the branch."""
+    if not isinstance(cond, Cond):
+        raise TypeError("sg.where needs a comparison of expressions, e.g. x > 0")
+    n = len(cond.args)
+    symbols, nodes = _lift((a, b))
+    symbols = [
+        s.xreplace({ew.arg(i): ew.arg(n + i) for i in range(len(nodes))})
+        for s in symbols
+    ]
+    expr = sp.Piecewise((symbols[0], cond.relation), (symbols[1], True))
+    return Expr(ops.map_(expr, cond.args + tuple(nodes)))
+
+
+def elementwise(fn: Callable[..., sp.Expr], *args) -> Expr:
+    """Apply any elementwise function given as a SymPy formula; SymPy derives its gradient.
+
+    ``sg.elementwise(lambda z: z / (1 + sp.exp(-z)), t)``.
+    """
+    symbols, nodes = _lift(args)
+    expr = sp.sympify(fn(*symbols))
+    what = f"sg.elementwise({getattr(fn, '__name__', fn)})"
+    check_user_formula(expr, {ew.arg(i) for i in range(len(nodes))}, what)
+    return Expr(ops.map_(expr, nodes))
+
+
+def check_user_formula(expr: sp.Basic, allowed: set, what: str) -> None:
+    """A formula from a user may use known functions of its own arguments only."""
+    if not isinstance(expr, sp.Expr):
+        raise ModelError(f"{what}: expected a SymPy expression, got {expr!r}")
+    if expr.has(sp.Piecewise):
+        raise ModelError(f"{what}: Piecewise in {expr} is not supported; use sg.where")
+    ew.check_supported(expr, what)
+    unknown = expr.free_symbols - allowed
+    if unknown:
+        names = ", ".join(sorted(str(s) for s in unknown))
+        raise ModelError(f"{what}: undefined symbol(s) {names} in {expr}")
+
+
+def _unary(fn: Callable[[sp.Expr], sp.Expr]) -> Callable[[Expr], Expr]:
+    def op(x):
+        return _elementwise(fn, x)
+
+    op.__name__ = fn.__name__ if hasattr(fn, "__name__") else str(fn)
+    return op
+
+
+exp = _unary(sp.exp)
+log = _unary(sp.log)
+sqrt = _unary(sp.sqrt)
+sin = _unary(sp.sin)
+cos = _unary(sp.cos)
+tanh = _unary(sp.tanh)
+abs = _unary(sp.Abs)  # noqa: A001 - NumPy's name
+sigmoid = _unary(ew.sigmoid)
+softplus = _unary(ew.softplus)
+relu = _unary(ew.relu)
+
+
+def sum(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
+    return Expr(ops.reduce_sum(_expr(x, "sg.sum").node, axis, keepdims))
+
+
+def mean(x: Expr, axis=None, keepdims: bool = False) -> Expr:
+    node = _expr(x, "sg.mean").node
+    axes = ops._axes(node, axis)
+    count = sp.Mul(*(node.shape[a] for a in axes))
+    return _elementwise(lambda s: s / count, sum(x, axis, keepdims))
+
+
+def max(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
+    """NumPy's max; ties share the gradient equally (PyTorch's amax)."""
+    return Expr(ops.reduce_max(_expr(x, "sg.max").node, axis, keepdims))
+
+
+def transpose(x: Expr, axes=None) -> Expr:
+    return Expr(ops.transpose(_expr(x, "sg.transpose").node, axes))
+
+
+def reshape(x: Expr, shape) -> Expr:
+    """NumPy's reshape; one dim may be -1, and dims may be names such as ``"batch"``."""
+    node = _expr(x, "sg.reshape").node
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    known = as_shape(d for d in shape if d != -1)
+    if shape.count(-1) > 1:
+        raise ShapeError(f"reshape of {node.describe()}: only one dimension can be -1")
+    if -1 in shape:
+        missing = sp.simplify(size(node.shape) / size(known))
+        if not (missing.is_integer and missing.is_positive):
+            raise ShapeError(
+                f"cannot infer -1 reshaping {node.describe()} into {shape}"
+            )
+        known = tuple(as_dim(missing) if d == -1 else as_dim(d) for d in shape)
+    return Expr(ops.reshape(node, known))
+
+
+def take_along_axis(x: Expr, indices: Expr, axis: int) -> Expr:
+    """NumPy's take_along_axis: e.g. each row's entry at its label."""
+    return Expr(
+        ops.take_along_axis(_expr(x, "take_along_axis").node, indices.node, axis)
+    )
+
+
+def logsumexp(x: Expr, axis=None, keepdims: bool = False) -> Expr:
+    """log(sum(exp(x))), shifted by the (detached) max so it never overflows."""
+    node = _expr(x, "sg.logsumexp").node
+    axes = ops._axes(node, axis)
+    shift = Expr(ops.detach(ops.reduce_max(node, axes, keepdims=True)))
+    total = sum(exp(x - shift), axes, keepdims=True)
+    out = log(total) + shift
+    if keepdims:
+        return out
+    return out[tuple(0 if i in axes else slice(None) for i in range(node.ndim))]
+
+
+def log_softmax(x: Expr, axis: int = -1) -> Expr:
+    return x - logsumexp(x, axis, keepdims=True)
+
+
+def softmax(x: Expr, axis: int = -1) -> Expr:
+    node = _expr(x, "sg.softmax").node
+    shift = Expr(ops.detach(ops.reduce_max(node, axis, keepdims=True)))
+    e = exp(x - shift)
+    return e / sum(e, axis, keepdims=True)
+
+
+class Model:
+    """A model: inputs, parameters, named outputs and a scalar loss."""
+
+    def __init__(self, name: str, doc: str = "", hessian: bool = False):
+        self.name = check_name(name, "model")
+        self.doc = str(doc)
+        self.hessian = hessian
+        self.inputs: dict[str, Node] = {}
+        self.params: dict[str, Node] = {}
+        self.outputs: dict[str, Node] = {}
+        self.dims: dict[str, sp.Symbol] = {}
+        self.names: dict[Node, str] = {}  # intermediate values named with let/output
+        self._loss: Node | None = None
+
+    def _claim(self, name: str, what: str) -> str:
+        check_name(name, what)
+        if name in self._taken():
+            raise ModelError(f"duplicate name {name!r} in model {self.name!r}")
+        return name
+
+    def _taken(self) -> set[str]:
+        return {
+            *self.inputs,
+            *self.params,
+            *self.outputs,
+            *self.dims,
+            *self.names.values(),
+        }
+
+    def _shape(self, shape, what: str) -> tuple:
+        shape = as_shape(shape)
+        for d in shape:
+            if isinstance(d, sp.Symbol) and d.name not in self.dims:
+                self.dims[self._claim(d.name, f"dimension of {what}")] = d
+        return shape
+
+    def input(self, name: str, shape, dtype: str = "float64") -> Expr:
+        """A data array; ``dtype="int64"`` for labels and index arrays."""
+        if dtype not in ("float64", "int64"):
+            raise ModelError(
+                f"input {name!r}: dtype must be 'float64' or 'int64', not {dtype!r}"
+            )
+        self._claim(name, "input")
+        node = ops.leaf("input", name, self._shape(shape, name), dtype)
+        self.inputs[name] = node
+        return Expr(node)
+
+    def param(self, name: str, shape=()) -> Expr:
+        """A float64 parameter: the loss is differentiated with respect to it."""
+        self._claim(name, "parameter")
+        node = ops.leaf("param", name, self._shape(shape, name))
+        self.params[name] = node
+        return Expr(node)
+
+    def let(self, name: str, x: Expr) -> Expr:
+        """Name an intermediate value, so the generated code computes and names it."""
+        self._name(name, _expr(x, "let").node, "value")
+        return x
+
+    def output(self, name: str, x: Expr) -> Expr:
+        """Return this value from ``forward`` as ``outputs[name]``."""
+        node = _expr(x, "output").node
+        if node.op in ("input", "param"):
+            raise ModelError(
+                f"output {name!r} is {node.name} itself; outputs must be computed"
+            )
+        self._name(name, node, "output")
+        self.outputs[name] = node
+        return x
+
+    def _name(self, name: str, node: Node, what: str) -> None:
+        if node in self.names:
+            raise ModelError(f"{what} {name!r} is already named {self.names[node]!r}")
+        self.names[node] = self._claim(name, what)
+
+    def loss(self, x: Expr) -> Expr:
+        node = _expr(x, "loss").node
+        if node.shape != ():
+            raise ModelError(
+                f"the loss must be a scalar, got shape {format_shape(node.shape)}"
+            )
+        if self._loss is not None:
+            raise ModelError(f"model {self.name!r} already has a loss")
+        self._loss = node
+        return x
+
+    @property
+    def loss_node(self) -> Node:
+        if self._loss is None:
+            raise ModelError(f"model {self.name!r} has no loss: call m.loss(...)")
+        return self._loss
+
+    def digest(self) -> str:
+        """A short hash of the declaration, shown in the generated header."""
+        order = toposort([self.loss_node, *self.outputs.values()])
+        index = {n: i for i, n in enumerate(order)}
+        lines = [self.name, repr(self.doc), str(self.hessian)]
+        lines += [f"{n.op} {n.name} {n.shape} {n.dtype}" for n in self.params.values()]
+        lines += [f"{n.op} {n.name} {n.shape} {n.dtype}" for n in self.inputs.values()]
+        lines += [f"output {k} {index[n]}" for k, n in self.outputs.items()]
+        for n in order:
+            args = [index[a] for a in n.args]
+            lines.append(
+                f"{n.op} {args} {n.shape} {n.dtype} {n.attrs} {self.names.get(n)}"
+            )
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_expr(
+        cls,
+        name: str,
+        loss: sp.Expr,
+        params: Sequence[sp.Symbol],
+        inputs: Sequence[sp.Symbol] = (),
+        reduce: str = "mean",
+        doc: str = "",
+        hessian: bool = False,
+    ) -> Model:
+        """A model from one SymPy formula: ``inputs`` are data along a ``batch`` axis."""
+        if reduce not in ("mean", "sum"):
+            raise ModelError(f"reduce must be 'mean' or 'sum', not {reduce!r}")
+        m = cls(name, doc=doc, hessian=hessian)
+        loss = sp.sympify(loss)
+        symbols = [*params, *inputs]
+        for s in symbols:
+            if not isinstance(s, sp.Symbol):
+                raise ModelError(
+                    f"model {name!r}: params and inputs must be SymPy symbols, got {s!r}"
+                )
+        args = [m.param(s.name).node for s in params]
+        args += [m.input(s.name, ("batch",)).node for s in inputs]
+        placeholders = {s: ew.arg(i) for i, s in enumerate(symbols)}
+        check_user_formula(loss, set(symbols), f"model {name!r} loss")
+        per_sample = Expr(ops.map_(loss.xreplace(placeholders), args))
+        m.loss(
+            (mean if reduce == "mean" else sum)(per_sample)
+            if per_sample.ndim
+            else per_sample
+        )
+        return m
+
+
+__all__ = [
+    "Cond", "Expr", "Model", "ModelError", "abs", "cos", "elementwise", "exp", "log",
+    "log_softmax", "logsumexp", "max", "mean", "relu", "reshape", "sigmoid", "sin",
+    "size_symbol", "softmax", "softplus", "sqrt", "sum", "take_along_axis", "tanh",
+    "transpose", "where",
+]  # fmt: skip

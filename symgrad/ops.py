@@ -1,0 +1,509 @@
+"""The primitive table: for each primitive, its shape rule, NumPy spelling and adjoint.
+
+Builders (``matmul(a, b)``, ``reduce_sum(a, axes)``, ...) check shapes and create nodes.
+``PRIMITIVES[op]`` holds the rest, one entry per primitive:
+
+- ``numpy(args, node)``: NumPy source for the node, given its arguments' source. It returns
+  an expression, or a list of statements assigning ``{out}`` for scatters.
+- ``vjp(g, node, i)``: the cotangent of argument ``i`` as a new node, given the cotangent
+  ``g`` of the node (the little language of PyTorch's derivatives.yaml, in graph form).
+  ``None`` means the argument gets no gradient (integer indices, ``detach``).
+
+Every elementwise function is one primitive, ``map``, whose adjoint SymPy derives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sympy as sp
+
+from . import symbolic as ew
+from .ir import Node, Shape, ShapeError, broadcast, format_shape
+
+# --------------------------------------------------------------------------- builders
+
+
+def leaf(op: str, name: str, shape: Shape, dtype: str = "float64") -> Node:
+    return Node(op, (), shape, dtype, name=name)
+
+
+def map_(expr: sp.Expr, args: Sequence[Node] = (), shape: Shape | None = None) -> Node:
+    """Elementwise node computing ``expr`` (in placeholders ``_0.._k``) over ``args``.
+
+    ``shape`` defaults to the broadcast of the arguments; a larger ``shape`` broadcasts the
+    result (the adjoint of a reduction). Repeated or unused arguments are dropped.
+    """
+    expr = sp.sympify(expr)
+    if shape is None:
+        shape = broadcast(*args)
+    kept: list[Node] = []
+    renames = {}
+    for i, a in enumerate(args):
+        if expr.has(ew.arg(i)):
+            if a not in kept:
+                kept.append(a)
+            renames[ew.arg(i)] = ew.arg(kept.index(a))
+    expr = expr.xreplace(renames)  # simultaneous, so _1 -> _0 never collides
+    if expr == ew.arg(0) and kept[0].shape == tuple(shape):
+        return kept[0]
+    dtype = "bool" if expr.is_Relational else "float64"
+    return Node("map", tuple(kept), tuple(shape), dtype, attrs=(expr,))
+
+
+def apply(fn: Callable[..., sp.Expr], *args: Node, shape: Shape | None = None) -> Node:
+    """``map_`` from a Python function of SymPy placeholders: ``apply(lambda a: 2 * a, x)``."""
+    return map_(fn(*(ew.arg(i) for i in range(len(args)))), args, shape)
+
+
+def const(value, shape: Shape = ()) -> Node:
+    return map_(sp.sympify(value), (), shape)
+
+
+def is_const(node: Node, value=None) -> bool:
+    if node.op != "map" or node.args:
+        return False
+    return value is None or node.attrs[0] == value
+
+
+def matmul(a: Node, b: Node) -> Node:
+    if a.ndim == 0 or b.ndim == 0:
+        raise ShapeError(
+            f"matmul needs arrays of rank >= 1: {a.describe()} has shape "
+            f"{format_shape(a.shape)}, {b.describe()} has shape {format_shape(b.shape)}"
+        )
+    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+        raise ShapeError(
+            f"matmul {a.describe()} @ {b.describe()}: inner dimensions differ, "
+            f"{format_shape(a.shape)} @ {format_shape(b.shape)}"
+        )
+    batch = ()
+    if a.ndim > 2 or b.ndim > 2:
+        batch_a = leaf("input", a.describe(), a.shape[:-2])
+        batch_b = leaf("input", b.describe(), b.shape[:-2])
+        batch = broadcast(batch_a, batch_b)
+    rows = a.shape[-2:-1] if a.ndim > 1 else ()
+    cols = b.shape[-1:] if b.ndim > 1 else ()
+    return Node("matmul", (a, b), batch + rows + cols)
+
+
+def transpose(a: Node, perm: Sequence[int] | None = None) -> Node:
+    perm = tuple(reversed(range(a.ndim))) if perm is None else tuple(perm)
+    if sorted(p % a.ndim for p in perm) != list(range(a.ndim)) or len(perm) != a.ndim:
+        raise ShapeError(f"transpose of {a.describe()}: {perm} is not a permutation")
+    perm = tuple(p % a.ndim for p in perm)
+    if perm == tuple(range(a.ndim)):
+        return a
+    if a.op == "transpose":  # compose, so the adjoint of .T of .T is free
+        return transpose(a.args[0], [a.attrs[0][p] for p in perm])
+    return Node("transpose", (a,), tuple(a.shape[p] for p in perm), a.dtype, (perm,))
+
+
+def reshape(a: Node, shape: Shape) -> Node:
+    if shape == a.shape:
+        return a
+    if sp.simplify(sp.Mul(*shape) - sp.Mul(*a.shape)) != 0:
+        raise ShapeError(
+            f"cannot reshape {a.describe()} of shape {format_shape(a.shape)} "
+            f"into {format_shape(shape)}"
+        )
+    return Node("reshape", (a,), tuple(shape), a.dtype, (tuple(shape),))
+
+
+def _axes(a: Node, axis) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(a.ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    for ax in axes:
+        if not -a.ndim <= ax < a.ndim:
+            raise ShapeError(
+                f"axis {ax} is out of range for {a.describe()} of rank {a.ndim}"
+            )
+    return tuple(sorted({ax % a.ndim for ax in axes}))
+
+
+def _reduced(a: Node, axes: tuple[int, ...], keepdims: bool) -> Shape:
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(a.shape))
+    return tuple(d for i, d in enumerate(a.shape) if i not in axes)
+
+
+def reduce_sum(a: Node, axis=None, keepdims: bool = False) -> Node:
+    axes = _axes(a, axis)
+    if not axes:
+        return a
+    return Node("sum", (a,), _reduced(a, axes, keepdims), attrs=(axes, keepdims))
+
+
+def reduce_max(a: Node, axis=None, keepdims: bool = False) -> Node:
+    axes = _axes(a, axis)
+    return Node("max", (a,), _reduced(a, axes, keepdims), attrs=(axes, keepdims))
+
+
+def detach(a: Node) -> Node:
+    return Node("detach", (a,), a.shape, a.dtype)
+
+
+# Index specs are tuples of ("slice", start, stop, step) | ("new",) | ("int", i), one per
+# result-producing entry, covering every axis of the operand.
+
+
+def normalize_index(a: Node, key) -> tuple:
+    key = key if isinstance(key, tuple) else (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        raise ShapeError(f"index of {a.describe()}: at most one ... allowed")
+    consumed = sum(k is not None and k is not Ellipsis for k in key)
+    if consumed > a.ndim:
+        raise ShapeError(f"too many indices for {a.describe()} of rank {a.ndim}")
+    fill = [slice(None)] * (a.ndim - consumed)
+    key = (
+        key[: key.index(Ellipsis)] + tuple(fill) + key[key.index(Ellipsis) + 1 :]
+        if Ellipsis in key
+        else key + tuple(fill)
+    )
+    spec = []
+    for k in key:
+        if k is None:
+            spec.append(("new",))
+        elif isinstance(k, slice):
+            for part in (k.start, k.stop, k.step):
+                if part is not None and (
+                    isinstance(part, bool) or not isinstance(part, int)
+                ):
+                    raise ShapeError(
+                        f"index of {a.describe()}: slice bounds must be ints"
+                    )
+            if k.step is not None and k.step <= 0:
+                raise ShapeError(
+                    f"index of {a.describe()}: slice step must be positive"
+                )
+            spec.append(("slice", k.start, k.stop, k.step))
+        elif isinstance(k, int) and not isinstance(k, bool):
+            spec.append(("int", k))
+        else:
+            raise ShapeError(f"index of {a.describe()}: unsupported index {k!r}")
+    return tuple(spec)
+
+
+def _slice_len(dim, start, stop, step, what: str):
+    if isinstance(dim, int):
+        return len(range(*slice(start, stop, step).indices(dim)))
+    if step not in (None, 1):
+        raise ShapeError(f"{what}: a step needs a fixed-size axis, not {dim}")
+
+    def bound(b, default):
+        return default if b is None else (dim + b if b < 0 else sp.Integer(b))
+
+    length = bound(stop, dim) - bound(start, 0)
+    if length.is_nonpositive:
+        raise ShapeError(f"{what}: slice {start}:{stop} of axis {dim} is empty")
+    return length
+
+
+def index(a: Node, spec: tuple) -> Node:
+    shape, axis = [], 0
+    for entry in spec:
+        if entry[0] == "new":
+            shape.append(1)
+            continue
+        dim = a.shape[axis]
+        axis += 1
+        if entry[0] == "int":
+            if isinstance(dim, int) and not -dim <= entry[1] < dim:
+                raise ShapeError(
+                    f"index {entry[1]} is out of bounds for axis of size {dim}"
+                )
+            continue
+        shape.append(_slice_len(dim, *entry[1:], f"index of {a.describe()}"))
+    if all(e == ("slice", None, None, None) for e in spec):
+        return a
+    return Node("index", (a,), tuple(shape), a.dtype, (spec,))
+
+
+def _check_index_array(idx: Node, what: str) -> None:
+    if idx.dtype != "int64":
+        raise ShapeError(f"{what}: index {idx.describe()} must be an int64 input")
+
+
+def gather(a: Node, idx: Node) -> Node:
+    """``a[idx]``: rows of ``a`` picked by an integer array (adjoint: scatter-add)."""
+    _check_index_array(idx, f"gather from {a.describe()}")
+    if a.ndim == 0:
+        raise ShapeError(f"cannot index 0-d {a.describe()}")
+    return Node("gather", (a, idx), idx.shape + a.shape[1:], a.dtype)
+
+
+def take_along_axis(a: Node, idx: Node, axis: int) -> Node:
+    what = f"take_along_axis({a.describe()}, {idx.describe()})"
+    _check_index_array(idx, what)
+    if idx.ndim != a.ndim:
+        raise ShapeError(
+            f"{what}: index rank {idx.ndim} differs from array rank {a.ndim}"
+        )
+    (axis,) = _axes(a, axis)
+    for k, (d_a, d_i) in enumerate(zip(a.shape, idx.shape, strict=True)):
+        if k != axis and d_a != d_i:
+            raise ShapeError(
+                f"{what}: shapes {format_shape(a.shape)} and {format_shape(idx.shape)} "
+                f"differ outside axis {axis}"
+            )
+    return Node("take_along_axis", (a, idx), idx.shape, a.dtype, (axis,))
+
+
+def index_add(base: Node, updates: Sequence[tuple[tuple, Node]]) -> Node:
+    """``base`` with each ``value`` added at its index spec: the adjoint of slicing."""
+    specs = tuple(spec for spec, _ in updates)
+    args = (base, *(value for _, value in updates))
+    return Node("index_add", args, base.shape, attrs=(specs,))
+
+
+def scatter_add(g: Node, idx: Node, shape: Shape) -> Node:
+    return Node("scatter_add", (g, idx), shape)
+
+
+def scatter_along_axis(g: Node, idx: Node, axis: int, shape: Shape) -> Node:
+    return Node("scatter_along_axis", (g, idx), shape, attrs=(axis,))
+
+
+def zeros(shape: Shape) -> Node:
+    return const(0, shape)
+
+
+def unbroadcast(g: Node, shape: Shape) -> Node:
+    """Sum ``g`` down to ``shape``: the adjoint of NumPy broadcasting."""
+    lead = g.ndim - len(shape)
+    g = reduce_sum(g, tuple(range(lead)))
+    ones = tuple(i for i, d in enumerate(shape) if d == 1 and g.shape[i] != 1)
+    return reduce_sum(g, ones, keepdims=True)
+
+
+def expand(g: Node, axes: tuple[int, ...], ndim: int) -> Node:
+    """Reinsert reduced ``axes`` as size-1 axes, so ``g`` broadcasts against the input."""
+    if not axes or g.ndim == 0:
+        return g
+    spec = tuple(
+        ("new",) if i in axes else ("slice", None, None, None) for i in range(ndim)
+    )
+    return index(g, spec)
+
+
+# --------------------------------------------------------------------------- adjoints
+
+
+def _vjp_map(g: Node, out: Node, i: int) -> Node:
+    expr = out.attrs[0]
+    d = ew.partial(expr, i)
+    args = (*out.args, g, out)
+    n = len(out.args)
+    local = d.xreplace({ew.OUT: ew.arg(n + 1)}) * ew.arg(n)
+    return unbroadcast(map_(local, args, out.shape), out.args[i].shape)
+
+
+def _mul(x: sp.Expr, y: sp.Expr) -> sp.Expr:
+    return x * y
+
+
+def _swap(ndim: int) -> tuple[int, ...]:
+    return (*range(ndim - 2), ndim - 1, ndim - 2)
+
+
+def _col(x: Node) -> Node:  # x[..., None]
+    return index(x, normalize_index(x, (Ellipsis, None)))
+
+
+def _row(x: Node) -> Node:  # x[..., None, :]
+    return index(x, normalize_index(x, (Ellipsis, None, slice(None))))
+
+
+def _matvec(m: Node, v: Node) -> Node:
+    """(..., p, q) @ (..., q) -> (..., p), for batched vectors too."""
+    if v.ndim == 1:
+        return matmul(m, v)
+    product = matmul(m, _col(v))
+    return index(product, normalize_index(product, (Ellipsis, 0)))
+
+
+def _vjp_matmul(g: Node, out: Node, i: int) -> Node:
+    a, b = out.args
+    if a.ndim == 1 and b.ndim == 1:
+        return apply(_mul, g, b if i == 0 else a)
+    if a.ndim == 1:  # (k,) @ (..., k, m) -> (..., m)
+        if i == 0:
+            return unbroadcast(_matvec(b, g), a.shape)
+        return unbroadcast(apply(_mul, _col(a), _row(g)), b.shape)
+    if b.ndim == 1:  # (..., n, k) @ (k,) -> (..., n)
+        if i == 0:
+            return apply(_mul, _col(g), b)
+        return unbroadcast(_matvec(transpose(a, _swap(a.ndim)), g), b.shape)
+    if i == 0:
+        return unbroadcast(matmul(g, transpose(b, _swap(b.ndim))), a.shape)
+    return unbroadcast(matmul(transpose(a, _swap(a.ndim)), g), b.shape)
+
+
+def _vjp_transpose(g: Node, out: Node, i: int) -> Node:
+    perm = out.attrs[0]
+    if g.op == "matmul" and g.ndim == 2 and g.args[0].ndim == g.args[1].ndim == 2:
+        # (A @ B).T == B.T @ A.T: saves a transposed copy of the product.
+        return matmul(transpose(g.args[1]), transpose(g.args[0]))
+    return transpose(g, sorted(range(len(perm)), key=perm.__getitem__))
+
+
+def _vjp_sum(g: Node, out: Node, i: int) -> Node:
+    (a,) = out.args
+    axes, keepdims = out.attrs
+    g = g if keepdims else expand(g, axes, a.ndim)
+    return map_(ew.arg(0), (g,), a.shape)
+
+
+def _vjp_max(g: Node, out: Node, i: int) -> Node:
+    """Ties share the gradient equally, as PyTorch's amax does."""
+    (a,) = out.args
+    axes, keepdims = out.attrs
+    if not keepdims:
+        g, out = expand(g, axes, a.ndim), expand(out, axes, a.ndim)
+    x, m = ew.arg(0), ew.arg(1)
+    hit = map_(sp.Piecewise((1, sp.Eq(x, m)), (0, True)), (a, out))
+    count = reduce_sum(hit, axes, keepdims=True)
+    return apply(lambda h, c, g_: h * g_ / c, hit, count, g)
+
+
+def _vjp_index(g: Node, out: Node, i: int) -> Node:
+    return index_add(zeros(out.args[0].shape), [(out.attrs[0], g)])
+
+
+def _vjp_gather(g: Node, out: Node, i: int) -> Node | None:
+    return scatter_add(g, out.args[1], out.args[0].shape) if i == 0 else None
+
+
+def _vjp_take_along_axis(g: Node, out: Node, i: int) -> Node | None:
+    if i == 1:
+        return None
+    return scatter_along_axis(g, out.args[1], out.attrs[0], out.args[0].shape)
+
+
+def _vjp_index_add(g: Node, out: Node, i: int) -> Node:
+    return g if i == 0 else index(g, out.attrs[0][i - 1])
+
+
+def _vjp_scatter_add(g: Node, out: Node, i: int) -> Node | None:
+    return gather(g, out.args[1]) if i == 0 else None
+
+
+def _vjp_scatter_along_axis(g: Node, out: Node, i: int) -> Node | None:
+    return take_along_axis(g, out.args[1], out.attrs[0]) if i == 0 else None
+
+
+# --------------------------------------------------------------------------- NumPy spelling
+
+
+def _axis_kw(axes: tuple[int, ...], keepdims: bool, ndim: int) -> str:
+    parts = []
+    if len(axes) != ndim:
+        parts.append(f"axis={axes[0] if len(axes) == 1 else axes}")
+    if keepdims:
+        parts.append("keepdims=True")
+    return "".join(", " + p for p in parts)
+
+
+def _reduction(fn: str) -> Callable[[list[str], Node], str]:
+    def numpy(args: list[str], node: Node) -> str:
+        axes, keepdims = node.attrs
+        return f"np.{fn}({args[0]}{_axis_kw(axes, keepdims, node.args[0].ndim)})"
+
+    return numpy
+
+
+def format_index(spec: tuple) -> str:
+    """``[1:, None]``: trailing full slices are left out, as a person would write it."""
+    parts = []
+    for entry in spec:
+        if entry[0] == "new":
+            parts.append("None")
+        elif entry[0] == "int":
+            parts.append(str(entry[1]))
+        else:
+            start, stop, step = ("" if v is None else str(v) for v in entry[1:])
+            parts.append(f"{start}:{stop}" + (f":{step}" if step else ""))
+    while len(parts) > 1 and parts[-1] == ":":
+        parts.pop()
+    return "[" + ", ".join(parts) + "]"
+
+
+def _numpy_transpose(args: list[str], node: Node) -> str:
+    perm = node.attrs[0]
+    if perm == tuple(reversed(range(len(perm)))):
+        return f"{args[0]}.T"
+    if perm == _swap(len(perm)):
+        return f"np.swapaxes({args[0]}, -1, -2)"
+    return f"np.transpose({args[0]}, {perm})"
+
+
+def _numpy_index_add(args: list[str], node: Node) -> list[str]:
+    base, *values = args
+    if is_const(node.args[0], 0):
+        lines = [f"{{out}} = np.zeros({format_shape(node.shape)})"]
+    else:
+        lines = [f"{{out}} = {base}.copy()"]
+    for spec, value in zip(node.attrs[0], values, strict=True):
+        lines.append(f"{{out}}{format_index(spec)} += {value}")
+    return lines
+
+
+def _numpy_scatter_add(args: list[str], node: Node) -> list[str]:
+    return [
+        f"{{out}} = np.zeros({format_shape(node.shape)})",
+        f"np.add.at({{out}}, {args[1]}, {args[0]})",
+    ]
+
+
+def _numpy_scatter_along_axis(args: list[str], node: Node) -> list[str]:
+    g, idx = args
+    (axis,) = node.attrs
+    lines = [f"{{out}} = np.zeros({format_shape(node.shape)})"]
+    if node.args[1].shape[axis] == 1:  # one index per row: no duplicates to accumulate
+        lines.append(f"np.put_along_axis({{out}}, {idx}, {g}, axis={axis})")
+    else:
+        grid = f"np.indices({idx}.shape, sparse=True)"
+        where = f"tuple({idx} if k == {axis} else r for k, r in enumerate({grid}))"
+        lines.append(f"np.add.at({{out}}, {where}, {g})")
+    return lines
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Primitive:
+    numpy: Callable[[list[str], Node], str | list[str]] | None
+    vjp: Callable[[Node, Node, int], Node | None] | None
+
+
+def _no_grad(g: Node, out: Node, i: int) -> None:
+    return None
+
+
+PRIMITIVES: dict[str, Primitive] = {
+    "input": Primitive(None, None),
+    "seed": Primitive(None, None),  # grad_loss, the cotangent of the loss
+    "param": Primitive(None, None),
+    "map": Primitive(None, _vjp_map),  # printed by the SymPy printer
+    "matmul": Primitive(lambda a, n: f"{a[0]} @ {a[1]}", _vjp_matmul),
+    "transpose": Primitive(_numpy_transpose, _vjp_transpose),
+    "reshape": Primitive(
+        lambda a, n: f"{a[0]}.reshape({format_shape(n.shape)})",
+        lambda g, out, i: reshape(g, out.args[0].shape),
+    ),
+    "sum": Primitive(_reduction("sum"), _vjp_sum),
+    "max": Primitive(_reduction("max"), _vjp_max),
+    "index": Primitive(lambda a, n: a[0] + format_index(n.attrs[0]), _vjp_index),
+    "gather": Primitive(lambda a, n: f"{a[0]}[{a[1]}]", _vjp_gather),
+    "take_along_axis": Primitive(
+        lambda a, n: f"np.take_along_axis({a[0]}, {a[1]}, axis={n.attrs[0]})",
+        _vjp_take_along_axis,
+    ),
+    "detach": Primitive(None, _no_grad),  # removed by the optimizer
+    "index_add": Primitive(_numpy_index_add, _vjp_index_add),
+    "scatter_add": Primitive(_numpy_scatter_add, _vjp_scatter_add),
+    "scatter_along_axis": Primitive(_numpy_scatter_along_axis, _vjp_scatter_along_axis),
+}

@@ -1,0 +1,125 @@
+"""SymPy expression -> NumPy source, as a person would write it (``np.exp(x)``, ``1 / x``)."""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.numpy import NumPyPrinter as _SymPyNumPyPrinter
+from sympy.printing.precedence import precedence
+
+
+class NumPyPrinter(_SymPyNumPyPrinter):
+    """SymPy's NumPy printer with ``np.`` names and plain operators where NumPy has them.
+
+    ``ranks`` gives the number of dimensions of each named array: sums and products put
+    lower-rank operands first, so ``2 * s * X`` scales the scalar before the array.
+    """
+
+    def __init__(self, ranks: dict[str, int] | None = None):
+        super().__init__(
+            {"fully_qualified_modules": True, "allow_unknown_functions": False}
+        )
+        self.ranks = ranks or {}
+
+    def _module_format(self, fqn: str, register: bool = True) -> str:
+        return "np." + fqn.removeprefix("numpy.")
+
+    def _rank(self, expr: sp.Expr) -> int:
+        if expr.is_Number:
+            return -1
+        return max((self.ranks.get(s.name, 0) for s in expr.free_symbols), default=-1)
+
+    def _print_Add(self, expr, order=None):
+        terms = sorted(
+            expr.as_ordered_terms(),
+            key=lambda t: (self._rank(t), t.as_coeff_Mul()[0].is_negative),
+        )
+        out = self._print(terms[0])
+        for term in terms[1:]:
+            if term.as_coeff_Mul()[0].is_negative:
+                out += " - " + self.parenthesize(-term, precedence(expr), strict=True)
+            else:
+                out += " + " + self.parenthesize(term, precedence(expr), strict=True)
+        return out
+
+    def _print_Mul(self, expr):
+        c, rest = expr.as_coeff_Mul()
+        prec = precedence(expr)
+        if c.is_negative:
+            return "-" + self.parenthesize(-expr, prec, strict=True)
+        numer, denom = [], []
+        if (
+            c.is_Rational and c.q >= 1000
+        ):  # an exact form of a user's float: print it back
+            numer.append(sp.Symbol(repr(float(c))))
+        else:
+            numer += [sp.Integer(c.p)] if c.p != 1 else []
+            denom += [sp.Integer(c.q)] if c.q != 1 else []
+        for f in sp.Mul.make_args(rest):
+            if f.is_Pow and f.exp.is_Rational and f.exp.is_negative:
+                denom.append(f.base**-f.exp)
+            else:
+                numer.append(f)
+        out = "*".join(
+            self.parenthesize(f, prec) for f in self._ordered(numer or [sp.S.One])
+        )
+        if not denom:
+            return out
+        below = "*".join(self.parenthesize(f, prec) for f in self._ordered(denom))
+        return (
+            f"{out}/{below}"
+            if len(denom) == 1 and not denom[0].is_Mul
+            else f"{out}/({below})"
+        )
+
+    def _ordered(self, factors: list[sp.Expr]) -> list[sp.Expr]:
+        return sorted(
+            sp.Mul(*factors, evaluate=False).as_ordered_factors(), key=self._rank
+        )
+
+    def _print_Pow(self, expr, rational=False):
+        if expr.exp.is_Rational and expr.exp.is_negative:  # 1/x**2, not x**(-2.0)
+            return f"1/{self.parenthesize(1 / expr, precedence(expr), strict=True)}"
+        return self._hprint_Pow(expr, rational=rational, sqrt="numpy.sqrt")
+
+    def _print_Rational(self, expr):
+        if abs(expr.q) < 1000:  # 1/3 reads better than 0.3333333333333333
+            return f"{expr.p}/{expr.q}"
+        return repr(float(expr))
+
+    def _print_Relational(self, expr):
+        lhs = self.parenthesize(expr.lhs, precedence(expr))
+        rhs = self.parenthesize(expr.rhs, precedence(expr))
+        return f"({lhs} {expr.rel_op} {rhs})"
+
+    def _print_Piecewise(self, expr):
+        *pairs, (last, cond) = expr.args
+        if cond != sp.true:
+            raise ValueError(f"Piecewise without a default branch: {expr}")
+        out = self._print(last)
+        for value, cond in reversed(pairs):
+            out = f"np.where({self._print(cond)}, {self._print(value)}, {out})"
+        return out
+
+    def _print_minmax(self, fn: str, args) -> str:
+        first, *rest = sorted(args, key=lambda a: a.is_Number)  # np.minimum(x, 709)
+        out = self._print(first)
+        for a in rest:
+            out = f"np.{fn}({out}, {self._print(a)})"
+        return out
+
+    def _print_Max(self, expr):
+        return self._print_minmax("maximum", expr.args)
+
+    def _print_Min(self, expr):
+        return self._print_minmax("minimum", expr.args)
+
+    def _print_Heaviside(self, expr):
+        x, h0 = expr.args if len(expr.args) == 2 else (expr.args[0], sp.S.Half)
+        return f"np.heaviside({self._print(x)}, {float(h0)!r})"
+
+    def _print_Abs(self, expr):
+        return f"np.abs({self._print(expr.args[0])})"
+
+
+def to_numpy(expr: sp.Expr, ranks: dict[str, int] | None = None) -> str:
+    return NumPyPrinter(ranks).doprint(expr)

@@ -1,0 +1,134 @@
+"""The SymPy side of elementwise maps: placeholders, stable activations, partial derivatives.
+
+An elementwise node carries a SymPy expression in placeholder symbols ``_0, _1, ...`` (one
+per argument array). Its adjoint for argument ``i`` is ``g * d(expr)/d(_i)``, derived here
+by ``sympy.diff`` and rewritten in terms of the node's own output ``_out`` where that is
+cheaper (sigmoid' = out*(1 - out), tanh' = 1 - out**2, exp' = out).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import sympy as sp
+from sympy.codegen.cfunctions import log1p
+from sympy.functions.elementary.piecewise import ExprCondPair
+from sympy.logic.boolalg import BooleanAtom
+
+OUT = sp.Symbol("_out", real=True)
+
+
+class UnsupportedError(ValueError):
+    """A SymPy construct that symgrad cannot print or differentiate."""
+
+
+@cache
+def arg(i: int) -> sp.Symbol:
+    """Placeholder for the ``i``-th argument array of an elementwise node."""
+    return sp.Symbol(f"_{i}", real=True)
+
+
+class sigmoid(sp.Function):  # noqa: N801 - SymPy function classes are lower case
+    """Logistic function; printed in a form that never overflows."""
+
+    def fdiff(self, argindex=1):
+        return self * (1 - self)
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_zero:
+            return sp.S.Half
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+
+class softplus(sp.Function):  # noqa: N801
+    """log(1 + exp(x)), printed in a form that never overflows."""
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_zero:
+            return sp.log(2)
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+
+class relu(sp.Function):  # noqa: N801
+    """max(x, 0); its derivative at 0 is 0, as in PyTorch."""
+
+    def fdiff(self, argindex=1):
+        return sp.Heaviside(self.args[0], 0)
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+
+def lower(expr: sp.Expr) -> sp.Expr:
+    """Rewrite the activations above into stable primitive forms, so CSE sees inside them."""
+    return (
+        expr.replace(
+            sigmoid, lambda x: 1 / (1 + sp.exp(sp.Min(-x, 709)))  # exp(709) is finite
+        )
+        .replace(softplus, lambda x: sp.Max(x, 0) + log1p(sp.exp(-sp.Abs(x))))
+        .replace(relu, lambda x: sp.Max(x, 0))
+    )
+
+
+# Functions an elementwise expression may use: each has a NumPy spelling in the printer.
+FUNCTIONS = (
+    sp.exp, sp.log, sp.sin, sp.cos, sp.tan, sp.sinh, sp.cosh, sp.tanh, sp.asin,
+    sp.acos, sp.atan, sp.Abs, sp.sign, sp.Heaviside, sp.Max, sp.Min, sp.floor,
+    sp.ceiling, sigmoid, softplus, relu, log1p,
+)  # fmt: skip
+_ATOMS = (sp.Symbol, sp.Number, sp.NumberSymbol)
+_OPERATORS = (
+    sp.Add, sp.Mul, sp.Pow, sp.Piecewise, ExprCondPair, sp.core.relational.Relational,
+    BooleanAtom,
+)  # fmt: skip
+
+
+def check_supported(expr: sp.Basic, what: str) -> None:
+    """Raise ``UnsupportedError`` naming the first subexpression symgrad cannot handle."""
+    for sub in sp.preorder_traversal(expr):
+        if isinstance(sub, _ATOMS + _OPERATORS) or type(sub) in FUNCTIONS:
+            if sub.is_Number and not sub.is_finite:
+                raise UnsupportedError(
+                    f"{what}: infinite constant {sub} is not supported"
+                )
+            continue
+        if isinstance(sub, sp.Derivative):
+            raise UnsupportedError(
+                f"{what}: unevaluated derivative {sub} is not supported"
+            )
+        if isinstance(sub, sp.core.function.AppliedUndef):
+            raise UnsupportedError(
+                f"{what}: undefined function {sub.func} in {sub}; "
+                "use sg.elementwise with an explicit formula"
+            )
+        raise UnsupportedError(
+            f"{what}: {type(sub).__name__} in {sub} is not supported"
+        )
+
+
+@cache
+def partial(expr: sp.Expr, i: int) -> sp.Expr:
+    """d(expr)/d(_i), simplified, with ``expr`` itself replaced by ``OUT`` where it recurs.
+
+    Simplification is limited to ``factor_terms``: ``sympy.simplify`` may rewrite stable
+    forms into ones that overflow (it turns a logistic derivative into cosh(x/2)**-2).
+    DiracDelta (the derivative of sign and Heaviside) is zero almost everywhere and is
+    dropped, which matches PyTorch's gradients of sign, abs and relu.
+    """
+    d = sp.diff(expr, arg(i)).replace(sp.DiracDelta, lambda *a: sp.S.Zero)
+    if d.has(sp.Derivative, sp.Subs):
+        raise UnsupportedError(
+            f"cannot differentiate {expr} with respect to {arg(i)}: got {d}"
+        )
+    if not expr.is_Symbol and not expr.is_Number:
+        d = d.subs(expr, OUT)
+    return sp.factor_terms(d)
