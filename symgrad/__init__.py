@@ -6,7 +6,6 @@ writes a NumPy module with ``forward``/``backward``/``value_and_grad``.
 
 __version__ = "0.1.0"
 
-from .symbolic import UnsupportedError
 from .grad import GradientError
 from .ir import ShapeError
 from .model import (
@@ -36,6 +35,7 @@ from .model import (
     transpose,
     where,
 )
+from .symbolic import UnsupportedError
 
 __all__ = [
     "Cond", "Expr", "GradientError", "Model", "ModelError", "ShapeError",

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 
 import sympy as sp
 
-from . import symbolic as ew
 from . import ops
+from . import symbolic as ew
 from .ir import (
     Node,
     ShapeError,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from . import symbolic as ew
 from . import ops
+from . import symbolic as ew
 from .ir import Node, consumers, toposort
 
 
