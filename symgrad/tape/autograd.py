@@ -6,7 +6,14 @@ Nothing here knows about Tensor itself: a tensor is anything with `requires_grad
 
 import contextlib
 
+import numpy as np
+
 _grad_enabled = True
+
+# A result too small for float64 rounds to 0: in the tails of exp that is the correctly
+# rounded answer, not an error, so it is not reported. Overflow, invalid and
+# divide-by-zero are never silenced.
+underflow_ok = np.errstate(under="ignore")
 
 FREED_GRAPH = (
     "Trying to backward through the graph a second time (or directly access saved "
@@ -82,6 +89,7 @@ def _topological_order(root):
     return order
 
 
+@underflow_ok
 def backward(root, grad, retain_graph=False):
     """Propagate `grad` (d root / d root) to every leaf reachable from `root`."""
     grads = {id(root): grad}

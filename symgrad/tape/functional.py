@@ -9,6 +9,8 @@ import warnings
 
 import numpy as np
 
+from .autograd import underflow_ok
+
 
 def sigmoid(input):
     return input.sigmoid()
@@ -30,6 +32,7 @@ def log_softmax(input, dim):
     return input.log_softmax(dim)
 
 
+@underflow_ok
 def softplus(input, beta=1.0, threshold=20.0):
     """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (as torch)."""
     x = input._data
@@ -43,6 +46,7 @@ def softplus(input, beta=1.0, threshold=20.0):
     return input._result(out, (input,), backward, "SoftplusBackward0")
 
 
+@underflow_ok
 def logsigmoid(input):
     """log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)); its gradient is sigmoid(-x)."""
     x = input._data

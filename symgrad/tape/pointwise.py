@@ -5,6 +5,8 @@ Rules use the forward result `out` where that is cheaper (exp, sigmoid, tanh, ta
 
 import numpy as np
 
+from .autograd import underflow_ok
+
 
 def _unary(name, forward, rule, saves=True):
     """A Tensor method applying `forward`; rule(g, x, out) gives d(input)."""
@@ -18,6 +20,7 @@ def _unary(name, forward, rule, saves=True):
     return method
 
 
+@underflow_ok
 def _sigmoid(x):
     """1/(1+e^-x) for x >= 0 and e^x/(1+e^x) below: no overflow, full relative precision."""
     z = np.exp(-np.abs(x))

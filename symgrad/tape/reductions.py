@@ -9,6 +9,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from .autograd import underflow_ok
+
 MaxResult = namedtuple("max", ["values", "indices"])
 
 
@@ -89,6 +91,7 @@ class ReductionOps:
             return self._result(np.argmax(x))
         return self._result(np.argmax(x, axis=dim, keepdims=keepdim))
 
+    @underflow_ok
     def logsumexp(self, dim, keepdim=False):
         """log(sum(exp(x))) computed as m + log(sum(exp(x - m))) with m the max."""
         x, dims = self._data, _dims(dim, self.ndim)
@@ -101,6 +104,7 @@ class ReductionOps:
 
         return _reduced(self, out, dims, keepdim, backward, "LogsumexpBackward0")
 
+    @underflow_ok
     def softmax(self, dim):
         x = self._data
         e = np.exp(x - x.max(axis=dim, keepdims=True))
@@ -111,6 +115,7 @@ class ReductionOps:
 
         return self._result(out, (self,), backward, "SoftmaxBackward0")
 
+    @underflow_ok
     def log_softmax(self, dim):
         x = self._data
         shifted = x - x.max(axis=dim, keepdims=True)
