@@ -55,24 +55,31 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
-    def named_modules(self, prefix=""):
-        """This module and every submodule, depth first, with dotted names."""
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        """This module and its submodules, depth first, with dotted names."""
+        memo = set() if memo is None else memo
+        if remove_duplicate and id(self) in memo:
+            return
+        memo.add(id(self))
         yield prefix, self
         for name, module in self._modules.items():
-            yield from module.named_modules(f"{prefix}.{name}" if prefix else name)
+            path = f"{prefix}.{name}" if prefix else name
+            yield from module.named_modules(memo, path, remove_duplicate)
 
     def modules(self):
         return (module for _, module in self.named_modules())
 
-    def named_parameters(self, prefix="", recurse=True):
-        """(dotted name, Parameter) pairs; a shared Parameter is listed once."""
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        """(dotted name, Parameter) pairs; a shared Parameter is listed once unless
+        remove_duplicate=False (as state_dict lists it under every name)."""
         seen = set()
-        modules = self.named_modules(prefix) if recurse else [(prefix, self)]
-        for module_prefix, module in modules:
+        walk = self.named_modules(None, prefix, remove_duplicate)
+        for module_prefix, module in walk if recurse else [(prefix, self)]:
             for name, param in module._parameters.items():
-                if id(param) not in seen:
-                    seen.add(id(param))
-                    yield (f"{module_prefix}.{name}" if module_prefix else name), param
+                if remove_duplicate and id(param) in seen:
+                    continue
+                seen.add(id(param))
+                yield (f"{module_prefix}.{name}" if module_prefix else name), param
 
     def parameters(self, recurse=True):
         return (param for _, param in self.named_parameters(recurse=recurse))
@@ -94,11 +101,12 @@ class Module:
 
     def state_dict(self):
         """Name -> detached tensor sharing the parameter's storage."""
-        return OrderedDict((n, p.detach()) for n, p in self.named_parameters())
+        params = self.named_parameters(remove_duplicate=False)
+        return OrderedDict((name, param.detach()) for name, param in params)
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy values into the existing parameters (in place, keeping identities)."""
-        own = dict(self.named_parameters())
+        own = dict(self.named_parameters(remove_duplicate=False))
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         values = {k: Tensor(v)._data for k, v in state_dict.items() if k in own}

@@ -4,6 +4,8 @@ The differentiable ops live in the mixins (one module per family); each builds i
 output with `_result`, passing the closure that maps d(out) to d(inputs).
 """
 
+import warnings
+
 import numpy as np
 
 from . import autograd
@@ -12,6 +14,12 @@ from .pointwise import PointwiseOps
 from .reductions import ReductionOps
 from .shapes import ShapeOps
 
+NON_LEAF_GRAD = (
+    "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. Its "
+    ".grad attribute won't be populated during autograd.backward(). If you indeed want "
+    "the .grad field to be populated for a non-leaf Tensor, use .retain_grad() on the "
+    "non-leaf Tensor."
+)
 LEAF_INPLACE = (
     "a leaf Variable that requires grad is being used in an in-place operation."
 )
@@ -84,6 +92,17 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         return self
 
     @property
+    def grad(self):
+        """d(root)/d(self) accumulated by backward(): leaves and retain_grad() only."""
+        if self.grad_fn is not None and not self.retains_grad:
+            warnings.warn(NON_LEAF_GRAD, UserWarning, stacklevel=2)
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad = value
+
+    @property
     def is_leaf(self):
         return self.grad_fn is None
 
@@ -120,10 +139,10 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         autograd.backward(self, gradient, retain_graph)
 
     def _accumulate_grad(self, g):
-        if self.grad is None:
-            self.grad = Tensor(np.array(g, dtype=self.dtype))  # copy: g may be a view
+        if self._grad is None:
+            self._grad = Tensor(np.array(g, dtype=self.dtype))  # copy: g may be a view
         else:
-            self.grad._data += g
+            self._grad._data += g
 
     # ---- in-place ops: only on tensors the graph does not track ------------------
 
