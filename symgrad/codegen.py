@@ -19,8 +19,8 @@ import sympy as sp
 
 from . import __version__
 from . import symbolic as ew
-from .compiler import Program
-from .ir import Node, broadcast, format_shape, toposort
+from .compiler import Program, unit_seed
+from .ir import Node, broadcast, consumers, format_shape, toposort
 from .ops import PRIMITIVES, is_const
 from .printer import to_numpy
 
@@ -60,8 +60,10 @@ class Emitter:
         }
         self.node_of = {s: n for n, s in self.symbol.items()}
         self.dims = set(program.model.dims.values())
+        self.users = consumers(self.order)
         self.statements: list[Statement] = []
         self.names: dict[object, str] = {}
+        self.alias: dict[Node, object] = {}  # nodes whose value a CSE temporary holds
         with program.timed("cse"):
             self._schedule()
         self._name()
@@ -73,7 +75,7 @@ class Emitter:
         """Views and scalar constants are written where used, not assigned."""
         if node in self.roots or node.name or node.op in LEAVES:
             return node.op in LEAVES
-        return node.op in VIEWS or (is_const(node) and node.shape == ())
+        return node.op in VIEWS or is_const(node) or _scalar_map(node)
 
     def _expr(self, node: Node) -> sp.Expr:
         """A map's formula over placeholders, with activations lowered to stable forms."""
@@ -81,8 +83,8 @@ class Emitter:
         return ew.lower(node.attrs[0]).xreplace(args)
 
     def _operand(self, node: Node) -> sp.Expr:
-        if is_const(node) and node.shape == () and node not in self.roots:
-            return node.attrs[0]
+        if node.op == "map" and self.inline(node) and node.shape == ():
+            return self._expr(node)  # scalar arithmetic: written into the formula
         return self.symbol[node]
 
     def _schedule(self) -> None:
@@ -93,21 +95,28 @@ class Emitter:
         temps, reduced = sp.cse(
             exprs, symbols=sp.numbered_symbols("_c", real=True), ignore=tuple(self.dims)
         )
+        self.cse_targets = {symbol for symbol, _ in temps}
         reduced_of = dict(zip(maps, reduced, strict=True))
         pending = dict(temps)
         for node in computed:
             backward = node in self.backward_nodes
-            if node in reduced_of:
-                expr = reduced_of[node]
-                self._emit_temps(expr, pending, backward)
-                self.statements.append(
-                    Statement(node, backward, expr, self._reads(expr))
+            if node not in reduced_of:
+                reads = {d for a in node.args for d in self._resolve(a)} | self._dims(
+                    node
                 )
-            else:
-                reads = set().union(
-                    *(self._resolve(a) for a in node.args)
-                ) | self._dims(node)
                 self.statements.append(Statement(node, backward, reads=reads))
+                continue
+            expr = reduced_of[node]
+            if (
+                expr in pending
+            ):  # the whole formula is shared: compute it under this name
+                self.node_of[expr] = node
+                expr = pending.pop(expr)
+            elif expr in self.cse_targets and node not in self.roots and not node.name:
+                self.alias[node] = self.node_of.get(expr, expr)  # computed already
+                continue
+            self._emit_temps(expr, pending, backward)
+            self.statements.append(Statement(node, backward, expr, self._reads(expr)))
 
     def _emit_temps(self, expr: sp.Expr, pending: dict, backward: bool) -> None:
         """Emit the CSE temporaries ``expr`` needs, each right before its first use."""
@@ -127,6 +136,8 @@ class Emitter:
 
     def _resolve(self, node: Node) -> set:
         """What using ``node`` reads: itself, or for an inlined view, what it views."""
+        if node in self.alias:
+            return {self.alias[node]}
         if not self.inline(node) or node.op in LEAVES:
             return {node}
         reads = self._dims(node)
@@ -171,63 +182,76 @@ class Emitter:
 
     # ------------------------------------------------------------------ printing
 
-    def code(self, node: Node, seed: str) -> str:
+    def code(self, node: Node) -> str:
         """Source for using ``node``: its name, or the inlined view or constant."""
-        if node.op == "seed":
-            return seed
+        if node in self.alias:
+            return self.names[self.alias[node]]
         if node in self.names:
             return self.names[node]
         if is_const(node):
-            return to_numpy(node.attrs[0])
-        return PRIMITIVES[node.op].numpy([self.code(a, seed) for a in node.args], node)
+            return self._print_constant(node)
+        if node.op == "map":
+            return f"({self._print_expr(self._expr(node))})"
+        return PRIMITIVES[node.op].numpy([self.code(a) for a in node.args], node)
 
-    def lines(self, st: Statement, seed: str) -> list[str]:
+    def lines(self, st: Statement) -> list[str]:
         if st.expr is not None:
-            return [f"{st.name} = {self._print_map(st, seed)}"]
+            return [f"{st.name} = {self._print_map(st)}"]
         node = st.target
         if is_const(node):
             return [f"{st.name} = {self._print_constant(node)}"]
-        code = PRIMITIVES[node.op].numpy([self.code(a, seed) for a in node.args], node)
+        code = PRIMITIVES[node.op].numpy([self.code(a) for a in node.args], node)
         if isinstance(code, str):
             return [f"{st.name} = {code}"]
+        if node.op == "scatter" and node.attrs[1] and self.owned(node.args[0], st):
+            code[0] = code[0].removesuffix(".copy()")  # nothing else reads the base
         return [line.replace("{out}", st.name) for line in code]
 
-    def _print_map(self, st: Statement, seed: str) -> str:
-        names = {
-            s: sp.Symbol(self._symbol_code(s, seed), real=True)
-            for s in st.expr.free_symbols
-        }
-        if seed != "grad_loss":  # value_and_grad: the seed is the constant 1
-            names.update(
-                {
-                    s: sp.Integer(1)
-                    for s in names
-                    if self.node_of.get(s, 0) == self.program.seed
-                }
-            )
-        text = to_numpy(st.expr.xreplace(names))
+    def owned(self, node: Node, user: Statement) -> bool:
+        """Whether ``user`` is the only reader of ``node``, so it may update it in place."""
+        st = self.statement_of.get(node)
+        return (
+            st is not None
+            and st.backward == user.backward
+            and node not in self.roots
+            and not node.name
+            and self.users[node] == [user.target]
+        )
+
+    def _print_map(self, st: Statement) -> str:
+        text = self._print_expr(st.expr)
         node = st.target
         if isinstance(node, Node) and broadcast(*node.args) != node.shape:
-            fn = "np.full" if node in self.roots else "np.broadcast_to"
-            return (
-                f"{fn}({format_shape(node.shape)}, {text})"
-                if fn == "np.full"
-                else (f"np.broadcast_to({text}, {format_shape(node.shape)})")
-            )
+            if node in self.roots:  # returned arrays must own their memory
+                return f"np.full({format_shape(node.shape)}, {text})"
+            return f"np.broadcast_to({text}, {format_shape(node.shape)})"
         return text
 
-    def _symbol_code(self, s: sp.Symbol, seed: str) -> str:
-        if s in self.node_of:
-            return self.code(self.node_of[s], seed)
-        return self.names[s]
+    def _print_expr(self, expr: sp.Expr) -> str:
+        names, ranks = {}, {}
+        for s in expr.free_symbols:
+            target = self.node_of.get(s, s)
+            code = self.code(target) if isinstance(target, Node) else self.names[target]
+            names[s] = sp.Symbol(code, real=True)
+            ranks[code] = self.rank(target)
+        return to_numpy(expr.xreplace(names), ranks)
+
+    def rank(self, target) -> int:
+        """Number of dimensions of a value (a CSE temporary: the most of its inputs)."""
+        if isinstance(target, Node):
+            return target.ndim
+        if target in self.dims:
+            return 0
+        return max((self.rank(r) for r in self.statement_of[target].reads), default=0)
 
     def _print_constant(self, node: Node) -> str:
         value = node.attrs[0]
+        text = repr(float(value)) if value.is_Number else f"({to_numpy(value)})"
         if node.shape == ():
-            return repr(float(value))
+            return text
         if value == 0:
             return f"np.zeros({format_shape(node.shape)})"
-        return f"np.full({format_shape(node.shape)}, {float(value)!r})"
+        return f"np.full({format_shape(node.shape)}, {text})"
 
     # ------------------------------------------------------------------ functions
 
@@ -241,8 +265,8 @@ class Emitter:
                 kept.append(st)
         return kept[::-1]
 
-    def body(self, statements: list[Statement], seed: str) -> list[str]:
-        return [line for st in statements for line in self.lines(st, seed)]
+    def body(self, statements: list[Statement]) -> list[str]:
+        return [line for st in statements for line in self.lines(st)]
 
     def op_count(self, backward: bool) -> int:
         total = 0
@@ -252,11 +276,16 @@ class Emitter:
         return total
 
 
+def _scalar_map(node: Node) -> bool:
+    """Arithmetic on scalars (``-grad_loss / batch``): written where it is used."""
+    return node.op == "map" and node.shape == () and all(a.ndim == 0 for a in node.args)
+
+
 def _return(values: dict[str, Node], emitter: Emitter) -> str:
     """A dict literal of results; leaves are copied so results never alias arguments."""
     items = []
     for key, node in values.items():
-        value = emitter.code(node, "grad_loss")
+        value = emitter.code(node)
         items.append(
             f'"{key}": {value}.copy()' if node.op in LEAVES else f'"{key}": {value}'
         )
@@ -327,28 +356,28 @@ def render(program: Program) -> str:
     """The generated module's source, formatted with black."""
     model = program.model
     emitter = Emitter(program)
+    unit = Emitter(unit_seed(program))  # value_and_grad: grad_loss = 1 folded in
     with program.timed("print"):
         grads = set(program.grads.values())
-        backward = emitter.needed(
-            [st for st in emitter.statements if st.backward], grads
-        )
-        cached = set().union(*(st.reads for st in backward)) - {
-            st.target for st in backward
-        }
-        cached.discard(program.seed)
+        backward = [st for st in emitter.statements if st.backward]
+        backward = emitter.needed(backward, grads)
+        cached = set().union(*(st.reads for st in backward))
+        cached -= {st.target for st in backward} | {program.seed}
         forward = emitter.needed(
             [st for st in emitter.statements if not st.backward],
             {program.loss, *program.outputs.values(), *cached},
         )
         cache_names = sorted(emitter.names[r] for r in cached)
-        fused = emitter.needed(emitter.statements, {program.loss, *grads})
+        fused = unit.needed(
+            unit.statements, {unit.program.loss, *unit.program.grads.values()}
+        )
         unpack, unpacked = _unpack(model)
         context = dict(
             version=__version__,
             model=model.name,
             digest=model.digest(),
-            ops_forward=emitter.op_count(False),
-            ops_backward=emitter.op_count(True),
+            ops_forward=emitter.op_count(backward=False),
+            ops_backward=emitter.op_count(backward=True),
             docstring=_docstring(
                 model.doc or f"Loss and gradients of model {model.name}."
             ),
@@ -358,14 +387,15 @@ def render(program: Program) -> str:
             output_names=list(model.outputs),
             unpack=unpack,
             unpacked=", ".join(unpacked),
-            forward=emitter.body(forward, "grad_loss"),
+            forward=emitter.body(forward),
             forward_return=_return({"loss": program.loss, **program.outputs}, emitter),
             cache="{" + ", ".join(f'"{n}": {n}' for n in cache_names) + "}",
             cache_names=cache_names,
-            backward=emitter.body(backward, "grad_loss"),
-            value_and_grad=emitter.body(fused, "1.0"),
-            loss=emitter.code(program.loss, "1.0"),
+            backward=emitter.body(backward),
             grads_return=_return(program.grads, emitter),
+            value_and_grad=unit.body(fused),
+            loss=unit.code(unit.program.loss),
+            unit_grads_return=_return(unit.program.grads, unit),
             init_dims=sorted(
                 {d.name for n in model.params.values() for d in _symbols(n.shape)}
             ),

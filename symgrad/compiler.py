@@ -6,7 +6,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-from . import optimize
+from . import ops, optimize
 from .grad import gradients
 from .ir import Node
 from .model import Model
@@ -22,6 +22,15 @@ class Program:
     grads: dict[str, Node]
     seed: Node  # grad_loss: backward() computes the gradient of grad_loss * loss
     timings: dict[str, float] = field(default_factory=dict)
+
+    def roots(self) -> list[Node]:
+        return [self.loss, *self.outputs.values(), *self.grads.values()]
+
+    def set_roots(self, roots: list[Node]) -> None:
+        n = 1 + len(self.model.outputs)
+        self.loss = roots[0]
+        self.outputs = dict(zip(self.model.outputs, roots[1:n], strict=True))
+        self.grads = dict(zip(self.model.params, roots[n:], strict=True))
 
     @contextmanager
     def timed(self, phase: str):
@@ -51,10 +60,20 @@ def compile_model(model: Model) -> Program:
         roots = [loss, *outputs, *grads]
         roots = optimize.rewrite(roots, lambda old, new: _hinted(new, hints.get(old)))
         roots = optimize.optimize(roots)
-    program.loss = roots[0]
-    program.outputs = dict(zip(model.outputs, roots[1 : 1 + len(outputs)], strict=True))
-    program.grads = dict(zip(model.params, roots[1 + len(outputs) :], strict=True))
+    program.set_roots(roots)
     return program
+
+
+def unit_seed(program: Program) -> Program:
+    """The same program with ``grad_loss = 1`` folded in: what value_and_grad computes."""
+    one = ops.const(1)
+    unit = replace(program, timings=program.timings)
+    with program.timed("optimize"):
+        roots = optimize.rewrite(
+            program.roots(), lambda old, new: one if old is program.seed else new
+        )
+        unit.set_roots(optimize.optimize(roots))
+    return unit
 
 
 def _named(node: Node, name: str | None) -> Node:

@@ -46,22 +46,14 @@ def gradients(
 
 
 def accumulate(parts: list[Node]) -> Node:
-    """Sum the contributions to one cotangent; slice adjoints merge into one scatter."""
+    """Sum the contributions to one cotangent; scatters merge into one buffer."""
     if len(parts) == 1:
         return parts[0]
     shape = parts[0].shape
-    scatters = [p for p in parts if p.op == "index_add" and ops.is_const(p.args[0], 0)]
+    scatters = [p for p in parts if p.op == "scatter" and not p.attrs[1]]
     dense = [p for p in parts if p not in scatters]
-    base = (
-        ops.apply(lambda *xs: sum(xs), *dense, shape=shape)
-        if dense
-        else ops.zeros(shape)
-    )
+    base = ops.apply(lambda *xs: sum(xs), *dense, shape=shape) if dense else None
     if not scatters:
         return base
-    updates = [
-        (spec, v)
-        for s in scatters
-        for spec, v in zip(s.attrs[0], s.args[1:], strict=True)
-    ]
-    return ops.index_add(base, updates)
+    updates = [u for s in scatters for u in ops.scatter_updates(s)]
+    return ops.scatter(shape, updates, base)

@@ -251,19 +251,30 @@ def take_along_axis(a: Node, idx: Node, axis: int) -> Node:
     return Node("take_along_axis", (a, idx), idx.shape, a.dtype, (axis,))
 
 
-def index_add(base: Node, updates: Sequence[tuple[tuple, Node]]) -> Node:
-    """``base`` with each ``value`` added at its index spec: the adjoint of slicing."""
-    specs = tuple(spec for spec, _ in updates)
-    args = (base, *(value for _, value in updates))
-    return Node("index_add", args, base.shape, attrs=(specs,))
+# A scatter adds updates into zeros (or into a dense ``base``): the adjoint of picking
+# elements. Each update is ("slice", spec) for a basic index, ("rows",) for ``x[idx]``
+# (np.add.at) or ("along", axis) for take_along_axis; the last two carry an index array.
+# Merging all updates of one cotangent into one scatter writes one buffer, not several.
 
 
-def scatter_add(g: Node, idx: Node, shape: Shape) -> Node:
-    return Node("scatter_add", (g, idx), shape)
+def scatter(shape: Shape, updates: Sequence[tuple], base: Node | None = None) -> Node:
+    """``updates`` are (kind, value) or (kind, value, idx) tuples."""
+    kinds = tuple(u[0] for u in updates)
+    args = tuple(a for u in updates for a in u[1:])
+    return Node("scatter", (() if base is None else (base,)) + args, shape,
+                attrs=(kinds, base is not None))  # fmt: skip
 
 
-def scatter_along_axis(g: Node, idx: Node, axis: int, shape: Shape) -> Node:
-    return Node("scatter_along_axis", (g, idx), shape, attrs=(axis,))
+def scatter_updates(node: Node) -> list[tuple]:
+    """The (kind, value[, idx]) updates of a scatter node, and its base or None."""
+    kinds, has_base = node.attrs
+    args = list(node.args[1:] if has_base else node.args)
+    updates = []
+    for kind in kinds:
+        take = 1 if kind[0] == "slice" else 2
+        updates.append((kind, *args[:take]))
+        del args[:take]
+    return updates
 
 
 def zeros(shape: Shape) -> Node:
@@ -369,29 +380,33 @@ def _vjp_max(g: Node, out: Node, i: int) -> Node:
 
 
 def _vjp_index(g: Node, out: Node, i: int) -> Node:
-    return index_add(zeros(out.args[0].shape), [(out.attrs[0], g)])
+    return scatter(out.args[0].shape, [(("slice", out.attrs[0]), g)])
 
 
 def _vjp_gather(g: Node, out: Node, i: int) -> Node | None:
-    return scatter_add(g, out.args[1], out.args[0].shape) if i == 0 else None
+    return scatter(out.args[0].shape, [(("rows",), g, out.args[1])]) if i == 0 else None
 
 
 def _vjp_take_along_axis(g: Node, out: Node, i: int) -> Node | None:
     if i == 1:
         return None
-    return scatter_along_axis(g, out.args[1], out.attrs[0], out.args[0].shape)
+    return scatter(out.args[0].shape, [(("along", out.attrs[0]), g, out.args[1])])
 
 
-def _vjp_index_add(g: Node, out: Node, i: int) -> Node:
-    return g if i == 0 else index(g, out.attrs[0][i - 1])
-
-
-def _vjp_scatter_add(g: Node, out: Node, i: int) -> Node | None:
-    return gather(g, out.args[1]) if i == 0 else None
-
-
-def _vjp_scatter_along_axis(g: Node, out: Node, i: int) -> Node | None:
-    return take_along_axis(g, out.args[1], out.attrs[0]) if i == 0 else None
+def _vjp_scatter(g: Node, out: Node, i: int) -> Node | None:
+    """Each update's value gets the cotangent picked back out; the base gets it all."""
+    if out.attrs[1] and i == 0:
+        return g
+    position = 1 if out.attrs[1] else 0
+    for kind, _, *idx in scatter_updates(out):
+        if i == position:
+            if kind[0] == "slice":
+                return index(g, kind[1])
+            if kind[0] == "rows":
+                return gather(g, idx[0])
+            return take_along_axis(g, idx[0], kind[1])
+        position += 1 + len(idx)
+    return None  # an index array
 
 
 # --------------------------------------------------------------------------- NumPy spelling
@@ -439,34 +454,30 @@ def _numpy_transpose(args: list[str], node: Node) -> str:
     return f"np.transpose({args[0]}, {perm})"
 
 
-def _numpy_index_add(args: list[str], node: Node) -> list[str]:
-    base, *values = args
-    if is_const(node.args[0], 0):
+def _numpy_scatter(args: list[str], node: Node) -> list[str]:
+    kinds, has_base = node.attrs
+    if has_base:
+        lines = [f"{{out}} = {args[0]}.copy()"]
+        args = args[1:]
+    else:
         lines = [f"{{out}} = np.zeros({format_shape(node.shape)})"]
-    else:
-        lines = [f"{{out}} = {base}.copy()"]
-    for spec, value in zip(node.attrs[0], values, strict=True):
-        lines.append(f"{{out}}{format_index(spec)} += {value}")
-    return lines
-
-
-def _numpy_scatter_add(args: list[str], node: Node) -> list[str]:
-    return [
-        f"{{out}} = np.zeros({format_shape(node.shape)})",
-        f"np.add.at({{out}}, {args[1]}, {args[0]})",
-    ]
-
-
-def _numpy_scatter_along_axis(args: list[str], node: Node) -> list[str]:
-    g, idx = args
-    (axis,) = node.attrs
-    lines = [f"{{out}} = np.zeros({format_shape(node.shape)})"]
-    if node.args[1].shape[axis] == 1:  # one index per row: no duplicates to accumulate
-        lines.append(f"np.put_along_axis({{out}}, {idx}, {g}, axis={axis})")
-    else:
-        grid = f"np.indices({idx}.shape, sparse=True)"
-        where = f"tuple({idx} if k == {axis} else r for k, r in enumerate({grid}))"
-        lines.append(f"np.add.at({{out}}, {where}, {g})")
+    for kind, _, *idx in scatter_updates(node):
+        value, *index_code = args[: 1 + len(idx)]
+        args = args[1 + len(idx) :]
+        if kind[0] == "slice":
+            lines.append(f"{{out}}{format_index(kind[1])} += {value}")
+        elif kind[0] == "rows":
+            lines.append(f"np.add.at({{out}}, {index_code[0]}, {value})")
+        elif idx[0].shape[kind[1]] == 1:  # one index per row: no duplicates to add up
+            if len(kinds) > 1 or has_base:
+                value = f"np.take_along_axis({{out}}, {index_code[0]}, axis={kind[1]}) + {value}"
+            lines.append(
+                f"np.put_along_axis({{out}}, {index_code[0]}, {value}, axis={kind[1]})"
+            )
+        else:
+            grid = f"np.indices({index_code[0]}.shape, sparse=True)"
+            where = f"tuple({index_code[0]} if k == {kind[1]} else r for k, r in enumerate({grid}))"
+            lines.append(f"np.add.at({{out}}, {where}, {value})")
     return lines
 
 
@@ -503,7 +514,5 @@ PRIMITIVES: dict[str, Primitive] = {
         _vjp_take_along_axis,
     ),
     "detach": Primitive(None, _no_grad),  # removed by the optimizer
-    "index_add": Primitive(_numpy_index_add, _vjp_index_add),
-    "scatter_add": Primitive(_numpy_scatter_add, _vjp_scatter_add),
-    "scatter_along_axis": Primitive(_numpy_scatter_along_axis, _vjp_scatter_along_axis),
+    "scatter": Primitive(_numpy_scatter, _vjp_scatter),
 }

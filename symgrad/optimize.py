@@ -43,21 +43,25 @@ def eliminate_common(roots: Sequence[Node]) -> list[Node]:
 
 
 def fuse(roots: Sequence[Node]) -> list[Node]:
-    """Inline each elementwise node into its only consumer when that is elementwise too.
+    """Inline elementwise nodes into the elementwise nodes that use them.
 
-    Fused chains become one SymPy expression, so SymPy differentiates and simplifies them
-    as a whole. Roots and named nodes stay separate: their values are needed as such.
+    A node is inlined into its only consumer, or into all of them when it is cheap to
+    repeat (a broadcast, or arithmetic on scalars). Fused chains become one SymPy
+    expression, so SymPy differentiates and simplifies them as a whole. Roots and named
+    nodes stay separate: their values are needed as such.
     """
     users = consumers(toposort(roots))
     keep = {id(r) for r in roots}
     fusible = {
         id(n)
         for n, us in users.items()
-        if n.op == "map" and n.name is None and id(n) not in keep
-        and len(us) == 1 and us[0].op == "map"
+        if n.op == "map" and n.name is None and id(n) not in keep and us
+        and all(u.op == "map" for u in us) and (len(us) == 1 or _cheap(n))
     }  # fmt: skip
 
     def inline(old: Node, node: Node) -> Node:
+        if node.op == "scatter":
+            return _unbroadcast_values(node)
         if node.op != "map" or not any(id(a) in fusible for a in old.args):
             return node
         args: list[Node] = []
@@ -71,11 +75,25 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
             else:
                 pieces[ew.arg(i)] = ew.arg(len(args))
                 args.append(a)
-        expr = node.attrs[0].xreplace(pieces)
-        fused = ops.map_(expr, args, node.shape)
+        fused = ops.map_(node.attrs[0].xreplace(pieces), args, node.shape)
         return replace(fused, name=node.name) if node.name else fused
 
     return rewrite(roots, inline)
+
+
+def _cheap(node: Node) -> bool:
+    """A broadcast of one array, or arithmetic on scalars: free to recompute."""
+    return node.attrs[0].is_Symbol or all(a.ndim == 0 for a in node.args)
+
+
+def _unbroadcast_values(node: Node) -> Node:
+    """Scatter values broadcast on their own (``+=``, ``np.add.at``): drop broadcasts."""
+    first = 1 if node.attrs[1] else 0  # a base must keep its shape
+    args = node.args[:first] + tuple(
+        ops.map_(a.attrs[0], a.args) if a.op == "map" and a.args and _cheap(a) else a
+        for a in node.args[first:]
+    )
+    return node if args == node.args else replace(node, args=args)
 
 
 def optimize(roots: Sequence[Node]) -> list[Node]:

@@ -29,6 +29,9 @@ class NumPyPrinter(_SymPyNumPyPrinter):
         return max((self.ranks.get(s.name, 0) for s in expr.free_symbols), default=-1)
 
     def _print_Add(self, expr, order=None):
+        content, rest = expr.as_content_primitive()
+        if content != 1 and content.is_Rational:  # 200*(x - y), not 200*x - 200*y
+            return self._print_Mul(sp.Mul(content, sp.Symbol(f"({self._print(rest)})")))
         terms = sorted(
             expr.as_ordered_terms(),
             key=lambda t: (self._rank(t), t.as_coeff_Mul()[0].is_negative),
@@ -48,8 +51,8 @@ class NumPyPrinter(_SymPyNumPyPrinter):
             return "-" + self.parenthesize(-expr, prec, strict=True)
         numer, denom = [], []
         if (
-            c.is_Rational and c.q >= 1000
-        ):  # an exact form of a user's float: print it back
+            c.is_Float or c.q >= 1000
+        ):  # a user's float (or its exact form): print it back
             numer.append(sp.Symbol(repr(float(c))))
         else:
             numer += [sp.Integer(c.p)] if c.p != 1 else []
