@@ -500,6 +500,17 @@ def test_parameter_registration_matches_torch():
     )
 
 
+@pytest.mark.parametrize("lib", [tape, torch], ids=["tape", "torch"])
+def test_assigning_a_parameter_before_module_init_raises_like_torch(lib):
+    class Broken(lib.nn.Module):
+        def __init__(self):
+            self.note = "plain attributes are fine"
+            self.w = lib.nn.Parameter(lib.ones(1))
+
+    with pytest.raises(AttributeError, match=r"before Module.__init__\(\) call"):
+        Broken()
+
+
 def test_state_dict_round_trip_and_errors():
     src, dst = nn.Linear(3, 2), nn.Linear(3, 2)
     weight = dst.weight

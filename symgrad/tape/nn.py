@@ -6,7 +6,6 @@ import sys
 from collections import OrderedDict, namedtuple
 
 from . import functional
-from . import functional as F
 from .creation import default_generator
 from .tensor import Tensor
 
@@ -35,16 +34,20 @@ class Module:
         self.training = True
 
     def __setattr__(self, name, value):
-        if "_parameters" not in self.__dict__:
+        params, modules = self.__dict__.get("_parameters"), self.__dict__.get(
+            "_modules"
+        )
+        if params is None and isinstance(value, Parameter | Module):
             raise AttributeError(
-                "cannot assign attributes before Module.__init__() call"
+                "cannot assign parameters or modules before Module.__init__() call"
             )
-        self._parameters.pop(name, None)
-        self._modules.pop(name, None)
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
+        if params is not None:
+            params.pop(name, None)
+            modules.pop(name, None)
+            if isinstance(value, Parameter):
+                params[name] = value
+            elif isinstance(value, Module):
+                modules[name] = value
         object.__setattr__(self, name, value)
 
     def forward(self, *args, **kwargs):
@@ -154,7 +157,7 @@ class Linear(Module):
         self.bias = Parameter(uniform(-bound, bound, out_features)) if bias else None
 
     def forward(self, input):
-        return F.linear(input, self.weight, self.bias)
+        return functional.linear(input, self.weight, self.bias)
 
     def extra_repr(self):
         return (
@@ -185,17 +188,17 @@ class Sequential(Module):
 
 class Sigmoid(Module):
     def forward(self, input):
-        return F.sigmoid(input)
+        return functional.sigmoid(input)
 
 
 class Tanh(Module):
     def forward(self, input):
-        return F.tanh(input)
+        return functional.tanh(input)
 
 
 class ReLU(Module):
     def forward(self, input):
-        return F.relu(input)
+        return functional.relu(input)
 
 
 class _Loss(Module):
@@ -206,16 +209,16 @@ class _Loss(Module):
 
 class MSELoss(_Loss):
     def forward(self, input, target):
-        return F.mse_loss(input, target, reduction=self.reduction)
+        return functional.mse_loss(input, target, reduction=self.reduction)
 
 
 class CrossEntropyLoss(_Loss):
     def forward(self, input, target):
-        return F.cross_entropy(input, target, reduction=self.reduction)
+        return functional.cross_entropy(input, target, reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(_Loss):
     def forward(self, input, target):
-        return F.binary_cross_entropy_with_logits(
+        return functional.binary_cross_entropy_with_logits(
             input, target, reduction=self.reduction
         )

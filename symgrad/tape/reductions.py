@@ -18,7 +18,7 @@ def _dims(dim, ndim):
     """Sorted non-negative axes for `dim`, with torch's error for out-of-range dims."""
     if dim is None or dim == ():
         return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    dims = (dim,) if isinstance(dim, int | np.integer) else tuple(dim)
     n = max(ndim, 1)  # a 0-d tensor accepts dim 0 and -1
     for d in dims:
         if not -n <= d < n:
