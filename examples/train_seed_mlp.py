@@ -25,11 +25,14 @@ optimizer = optim.SGD(net.parameters(), lr=0.1)
 x = torch.tensor([1.0, 2.0, 3.0])
 target = torch.tensor([0.5])
 
+print(net)
+for name, param in net.named_parameters():
+    print(f"{name}:", param.data)
+
 optimizer.zero_grad()
 output = net(x)
 loss = criterion(output, target)
 loss.backward()
-print(net)
 print("output:", output)
 print("loss:", loss)
 for name, param in net.named_parameters():

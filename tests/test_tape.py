@@ -312,6 +312,17 @@ def test_deep_graphs_do_not_hit_the_recursion_limit():
     assert x.grad.item() == pytest.approx(1.0001**5000, rel=1e-9)
 
 
+def test_inplace_ops_the_tape_cannot_record_raise_instead_of_dropping_gradients():
+    x = tape.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="does not record in-place"):
+        (x * 2).zero_()
+    with pytest.raises(RuntimeError, match="does not record in-place"):
+        tape.zeros(2)[0] = x[1]
+    with tape.no_grad():
+        x[0] = 5.0  # allowed outside the graph, as in torch
+    assert x.tolist() == [5.0, 2.0]
+
+
 def test_requires_grad_and_zero_():
     x = tape.tensor([1.0, 2.0]).requires_grad_()
     assert x.requires_grad and x.is_leaf

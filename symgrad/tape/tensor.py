@@ -146,9 +146,10 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
 
     # ---- in-place ops: only on tensors the graph does not track ------------------
 
-    def _check_inplace(self):
-        if autograd.is_grad_enabled() and self.requires_grad:
-            if self.is_leaf:
+    def _check_inplace(self, value=None):
+        tracked = self.requires_grad or getattr(value, "requires_grad", False)
+        if autograd.is_grad_enabled() and tracked:
+            if self.is_leaf and self.requires_grad:
                 raise RuntimeError(LEAF_INPLACE)
             raise RuntimeError(
                 "symgrad.tape does not record in-place ops on tensors that require "
@@ -164,7 +165,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         return self
 
     def __setitem__(self, index, value):
-        self._check_inplace()
+        self._check_inplace(value)
         self._data[self._index(index)] = as_array(value)
 
     def _inplace(self, other, ufunc, op):
