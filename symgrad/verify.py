@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from . import symbolic, tape
-from .ir import Node, toposort
+from .ir import toposort
 from .model import Model
-from .tape.nn import functional as F
+from .reference import bound_dims, reference
 
 TAPE_TOLERANCE = 1e-10
 FD_TOLERANCE = 1e-6
@@ -100,7 +99,7 @@ def verify(model: Model, module, dim_sets=None, seed: int = 0) -> Report:
     rng = np.random.default_rng(seed)
     for dims in dim_sets or default_dims(model):
         params, inputs = sample(model, rng, dims)
-        report.dims.append(_bound_dims(model, params, inputs))
+        report.dims.append(bound_dims(model, params, inputs))
         _check_one(model, module, params, inputs, report, rng)
     return report
 
@@ -114,7 +113,7 @@ def _check_one(model, module, params, inputs, report: Report, rng) -> None:
     loss, grads = module.value_and_grad(params, inputs)
     outputs, cache = module.forward(params, inputs)
     scaled = module.backward(cache, grad_loss=-2.5)
-    ref_loss, ref_outputs, ref_grads = tape_reference(model, params, inputs)
+    ref_loss, ref_outputs, ref_grads = reference(model, params, inputs)
     loss_error = max(
         relative_error(loss, ref_loss), relative_error(outputs["loss"], ref_loss)
     )
@@ -226,159 +225,3 @@ def _index_bounds(model: Model, sizes: dict) -> dict[str, int]:
                 leaf = leaf.args[0]
             bounds[leaf.name] = min(size, bounds.get(leaf.name, size))
     return bounds
-
-
-def _bound_dims(model: Model, params: dict, inputs: dict) -> dict[str, int]:
-    dims = {}
-    for nodes, arrays in ((model.params, params), (model.inputs, inputs)):
-        for name, node in nodes.items():
-            for d, n in zip(node.shape, np.shape(arrays[name]), strict=True):
-                if isinstance(d, sp.Symbol):
-                    dims[d.name] = n
-    return dims
-
-
-# --------------------------------------------------------------------------- tape reference
-
-
-def tape_reference(
-    model: Model, params: dict, inputs: dict
-) -> tuple[float, dict, dict]:
-    """Loss, outputs and gradients computed by the tape engine from the declaration."""
-    leaves = {
-        n: tape.tensor(np.asarray(params[k], dtype=float), requires_grad=True)
-        for k, n in model.params.items()
-    }
-    for k, n in model.inputs.items():
-        leaves[n] = tape.tensor(np.asarray(inputs[k]))
-    sizes = {model.dims[k]: v for k, v in _bound_dims(model, params, inputs).items()}
-    values: dict[Node, object] = {}
-    for node in toposort([model.loss_node, *model.outputs.values()]):
-        if node in leaves:
-            values[node] = leaves[node]
-        else:
-            values[node] = _RULES[node.op](node, [values[a] for a in node.args], sizes)
-    loss = values[model.loss_node]
-    loss.backward()
-    grads = {
-        k: (
-            leaves[n].grad.numpy()
-            if leaves[n].grad is not None
-            else np.zeros(np.shape(params[k]))
-        )
-        for k, n in model.params.items()
-    }
-    outputs = {k: values[n].detach().numpy() for k, n in model.outputs.items()}
-    return loss.item(), outputs, grads
-
-
-def _index_key(spec: tuple) -> tuple:
-    key = []
-    for entry in spec:
-        if entry[0] == "new":
-            key.append(None)
-        elif entry[0] == "int":
-            key.append(entry[1])
-        else:
-            key.append(slice(*entry[1:]))
-    return tuple(key)
-
-
-_RULES = {
-    "map": lambda n, a, sizes: _evaluate(n.attrs[0], a, sizes),
-    "matmul": lambda n, a, sizes: a[0] @ a[1],
-    "transpose": lambda n, a, sizes: a[0].permute(*n.attrs[0]),
-    "reshape": lambda n, a, sizes: a[0].reshape(_concrete(n.attrs[0], sizes)),
-    "sum": lambda n, a, sizes: a[0].sum(dim=n.attrs[0], keepdim=n.attrs[1]),
-    "max": lambda n, a, sizes: a[0].amax(dim=n.attrs[0], keepdim=n.attrs[1]),
-    "index": lambda n, a, sizes: a[0][_index_key(n.attrs[0])],
-    "gather": lambda n, a, sizes: a[0][a[1]],
-    "take_along_axis": lambda n, a, sizes: a[0].gather(n.attrs[0], a[1]),
-    "detach": lambda n, a, sizes: a[0].detach(),
-}
-
-_FUNCTIONS = {
-    sp.exp: tape.exp, sp.log: tape.log, sp.sin: tape.sin, sp.cos: tape.cos,
-    sp.tan: tape.tan, sp.sinh: tape.sinh, sp.cosh: tape.cosh, sp.tanh: tape.tanh,
-    sp.asin: tape.asin, sp.acos: tape.acos, sp.atan: tape.atan, sp.Abs: tape.abs,
-    sp.sign: tape.sign, symbolic.sigmoid: tape.sigmoid, symbolic.relu: tape.relu,
-    symbolic.softplus: F.softplus, symbolic.log1p: lambda x: tape.log(1 + x),
-}  # fmt: skip
-
-
-def _evaluate(expr: sp.Expr, args: list, sizes: dict):
-    """Evaluate a map's SymPy formula with tape operations on its argument tensors."""
-    env = {symbolic.arg(i): a for i, a in enumerate(args)}
-
-    def ev(e):
-        if e in env:
-            return env[e]
-        if not (e.free_symbols - sizes.keys()):
-            return float(e.subs(sizes))
-        parts = [ev(x) for x in e.args] if not isinstance(e, sp.Piecewise) else None
-        if e.is_Add:
-            return _fold(parts, lambda x, y: x + y)
-        if e.is_Mul:
-            return _fold(parts, lambda x, y: x * y)
-        if e.is_Pow:
-            return parts[0] ** parts[1]
-        if type(e) in _FUNCTIONS:
-            return _FUNCTIONS[type(e)](_tensor(parts[0]))
-        if isinstance(e, (sp.Max, sp.Min)):
-            pick = (
-                (lambda x, y: x >= y)
-                if isinstance(e, sp.Max)
-                else (lambda x, y: x <= y)
-            )
-            return _fold(parts, lambda x, y: tape.where(_condition(pick(x, y)), x, y))
-        if isinstance(e, sp.Piecewise):
-            (value, cond), (default, _) = e.args[0], e.args[-1]
-            rest = sp.Piecewise(*e.args[1:]) if len(e.args) > 2 else default
-            return tape.where(_condition(ev_cond(cond)), ev(value), ev(rest))
-        if isinstance(e, (sp.floor, sp.ceiling, sp.Heaviside)):
-            data = [
-                p.detach().numpy() if isinstance(p, tape.Tensor) else p for p in parts
-            ]
-            fn = {sp.floor: np.floor, sp.ceiling: np.ceil, sp.Heaviside: np.heaviside}[
-                type(e)
-            ]
-            return tape.tensor(
-                fn(*data)
-                if len(data) > 1 or not isinstance(e, sp.Heaviside)
-                else fn(data[0], 0.5)
-            )
-        raise symbolic.UnsupportedError(f"the tape engine cannot evaluate {e}")
-
-    def ev_cond(c):
-        if isinstance(c, sp.core.relational.Relational):
-            lhs, rhs = (_data(ev(x)) for x in c.args)
-            return {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
-                    "==": np.equal, "!=": np.not_equal}[c.rel_op](lhs, rhs)  # fmt: skip
-        if isinstance(c, sp.And):
-            return np.logical_and.reduce([ev_cond(x) for x in c.args])
-        if isinstance(c, sp.Or):
-            return np.logical_or.reduce([ev_cond(x) for x in c.args])
-        if isinstance(c, sp.Not):
-            return np.logical_not(ev_cond(c.args[0]))
-        return np.asarray(bool(c))
-
-    return _tensor(ev(expr))
-
-
-def _fold(parts, fn):
-    out = parts[0]
-    for p in parts[1:]:
-        out = fn(out, p)
-    return out
-
-
-def _tensor(x):
-    return x if isinstance(x, tape.Tensor) else tape.tensor(float(x))
-
-
-def _data(x):
-    return x.detach().numpy() if isinstance(x, tape.Tensor) else x
-
-
-def _condition(x):
-    return tape.tensor(np.asarray(_data(x), dtype=bool))

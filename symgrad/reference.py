@@ -1,0 +1,190 @@
+"""Evaluate a declared model with a PyTorch-like engine: ``symgrad.tape``, or torch itself.
+
+This interprets the model as declared, before any symbolic work, and lets the engine's own
+autograd compute the gradients: the reference the generated code is checked against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from . import symbolic, tape
+from .ir import Node, toposort
+from .model import Model
+
+
+def reference(model: Model, params: dict, inputs: dict, engine=tape) -> tuple:
+    """(loss, outputs, grads) of the model computed by ``engine`` (float64 throughout)."""
+    run = _Interpreter(engine)
+    leaves = {
+        n: engine.tensor(np.asarray(params[k], dtype=float), requires_grad=True)
+        for k, n in model.params.items()
+    }
+    for k, n in model.inputs.items():
+        leaves[n] = engine.tensor(np.asarray(inputs[k]))
+    sizes = {model.dims[k]: v for k, v in bound_dims(model, params, inputs).items()}
+    values: dict[Node, object] = {}
+    for node in toposort([model.loss_node, *model.outputs.values()]):
+        if node in leaves:
+            values[node] = leaves[node]
+        else:
+            values[node] = run.node(node, [values[a] for a in node.args], sizes)
+    loss = values[model.loss_node]
+    loss.backward()
+    grads = {
+        k: (
+            np.zeros(np.shape(params[k]))
+            if leaves[n].grad is None
+            else leaves[n].grad.numpy()
+        )
+        for k, n in model.params.items()
+    }
+    outputs = {k: values[n].detach().numpy() for k, n in model.outputs.items()}
+    return loss.item(), outputs, grads
+
+
+def bound_dims(model: Model, params: dict, inputs: dict) -> dict[str, int]:
+    """The size of every symbolic dim, read off the arrays."""
+    dims = {}
+    for nodes, arrays in ((model.params, params), (model.inputs, inputs)):
+        for name, node in nodes.items():
+            for d, n in zip(node.shape, np.shape(arrays[name]), strict=True):
+                if isinstance(d, sp.Symbol):
+                    dims[d.name] = n
+    return dims
+
+
+def _index_key(spec: tuple) -> tuple:
+    key = {
+        "new": lambda e: None,
+        "int": lambda e: e[1],
+        "slice": lambda e: slice(*e[1:]),
+    }
+    return tuple(key[entry[0]](entry) for entry in spec)
+
+
+_COMPARE = {
+    "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
+    "==": np.equal, "!=": np.not_equal,
+}  # fmt: skip
+
+
+class _Interpreter:
+    """Each IR primitive and SymPy function as the engine's operation."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        F = engine.nn.functional
+        self.functions = {
+            sp.exp: engine.exp, sp.log: engine.log, sp.sin: engine.sin, sp.cos: engine.cos,
+            sp.tan: engine.tan, sp.sinh: engine.sinh, sp.cosh: engine.cosh,
+            sp.tanh: engine.tanh, sp.asin: engine.asin, sp.acos: engine.acos,
+            sp.atan: engine.atan, sp.Abs: engine.abs, sp.sign: engine.sign,
+            symbolic.sigmoid: engine.sigmoid, symbolic.relu: engine.relu,
+            symbolic.softplus: F.softplus, symbolic.log1p: lambda x: engine.log(1 + x),
+        }  # fmt: skip
+
+    def node(self, node: Node, args: list, sizes: dict):
+        op, attrs = node.op, node.attrs
+        if op == "map":
+            return self.formula(attrs[0], args, sizes)
+        if op == "matmul":
+            return args[0] @ args[1]
+        if op == "transpose":
+            return args[0].permute(*attrs[0])
+        if op == "reshape":
+            return args[0].reshape(
+                tuple(int(sp.sympify(d).subs(sizes)) for d in attrs[0])
+            )
+        if op == "sum":
+            return args[0].sum(dim=attrs[0], keepdim=attrs[1])
+        if op == "max":
+            return args[0].amax(dim=attrs[0], keepdim=attrs[1])
+        if op == "index":
+            return args[0][_index_key(attrs[0])]
+        if op == "gather":
+            return args[0][args[1]]
+        if op == "take_along_axis":
+            return args[0].gather(attrs[0], args[1])
+        if op == "detach":
+            return args[0].detach()
+        raise symbolic.UnsupportedError(f"no reference rule for {op}")
+
+    def formula(self, expr: sp.Expr, args: list, sizes: dict):
+        """A map's SymPy formula computed with the engine's ops on its argument tensors."""
+        env = {symbolic.arg(i): a for i, a in enumerate(args)}
+        return self.tensor(self._eval(expr, env, sizes))
+
+    def _eval(self, e, env, sizes):
+        if e in env:
+            return env[e]
+        if not (e.free_symbols - sizes.keys()):
+            return float(e.subs(sizes))
+        if isinstance(e, sp.Piecewise):
+            (value, cond), rest = e.args[0], e.args[1:]
+            other = sp.Piecewise(*rest) if len(rest) > 1 else rest[0][0]
+            mask = self.engine.tensor(self._condition(cond, env, sizes))
+            return self.engine.where(
+                mask,
+                self.tensor(self._eval(value, env, sizes)),
+                self.tensor(self._eval(other, env, sizes)),
+            )
+        parts = [self._eval(x, env, sizes) for x in e.args]
+        if e.is_Add:
+            return _fold(parts, lambda x, y: x + y)
+        if e.is_Mul:
+            return _fold(parts, lambda x, y: x * y)
+        if e.is_Pow:
+            return parts[0] ** parts[1]
+        if type(e) in self.functions:
+            return self.functions[type(e)](self.tensor(parts[0]))
+        if isinstance(e, (sp.Max, sp.Min)):
+            keep = np.greater_equal if isinstance(e, sp.Max) else np.less_equal
+            return _fold(
+                parts,
+                lambda x, y: self.engine.where(
+                    self.engine.tensor(keep(_data(x), _data(y))), x, y
+                ),
+            )
+        data = [_data(p) for p in parts]
+        if isinstance(
+            e, sp.Heaviside
+        ):  # no gradient, like its derivative almost everywhere
+            return self.engine.tensor(
+                np.heaviside(data[0], data[1] if len(data) > 1 else 0.5)
+            )
+        if isinstance(e, (sp.floor, sp.ceiling)):
+            return self.engine.tensor(
+                (np.floor if isinstance(e, sp.floor) else np.ceil)(data[0])
+            )
+        raise symbolic.UnsupportedError(f"the reference engine cannot evaluate {e}")
+
+    def _condition(self, c, env, sizes) -> np.ndarray:
+        if isinstance(c, sp.core.relational.Relational):
+            lhs, rhs = (_data(self._eval(x, env, sizes)) for x in c.args)
+            return _COMPARE[c.rel_op](lhs, rhs)
+        parts = [self._condition(x, env, sizes) for x in c.args]
+        if isinstance(c, sp.And):
+            return np.logical_and.reduce(parts)
+        if isinstance(c, sp.Or):
+            return np.logical_or.reduce(parts)
+        if isinstance(c, sp.Not):
+            return np.logical_not(parts[0])
+        return np.asarray(bool(c))
+
+    def tensor(self, x):
+        if isinstance(x, float):
+            return self.engine.tensor(x, dtype=self.engine.float64)
+        return x
+
+
+def _fold(parts, fn):
+    out = parts[0]
+    for p in parts[1:]:
+        out = fn(out, p)
+    return out
+
+
+def _data(x):
+    return x.detach().numpy() if hasattr(x, "detach") else x
