@@ -207,6 +207,23 @@ def test_reductions_with_dim_and_keepdim(name, dim, keepdim):
     check(lambda m, x: getattr(m, name)(x, dim=dim, keepdim=keepdim), rand(2, 3, 4))
 
 
+@given(
+    shape=hnp.array_shapes(min_dims=1, max_dims=4, max_side=3),
+    data=st.data(),
+    keepdim=st.booleans(),
+    name=st.sampled_from(["sum", "mean", "amax", "logsumexp"]),
+)
+@settings(max_examples=40, deadline=None)
+def test_random_reduction_dims_match_torch(shape, data, keepdim, name):
+    axes = st.integers(-len(shape), len(shape) - 1)
+    dims = data.draw(
+        st.lists(
+            axes, min_size=1, max_size=len(shape), unique_by=lambda d: d % len(shape)
+        )
+    )
+    check(lambda m, x: getattr(x, name)(tuple(dims), keepdim=keepdim), rand(*shape))
+
+
 @pytest.mark.parametrize("keepdim", [False, True])
 @pytest.mark.parametrize("dim", [0, 1, -1])
 def test_max_along_dim_returns_values_and_indices(dim, keepdim):
