@@ -589,7 +589,7 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_optimizer_steps_match_torch(name):
-    """Six steps on a 3-4-3 tanh network with cross-entropy, params compared each step."""
+    """Six steps of a 3-4-3 tanh network on cross-entropy; params compared each step."""
 
     def build(lib):
         return lib.nn.Sequential(

@@ -115,7 +115,7 @@ class ArithmeticOps:
         return self._lift(other).matmul(self)
 
     def matmul(self, other):
-        """torch.matmul: 1-D operands are promoted to matrices and the extra dim dropped."""
+        """torch.matmul: a 1-D operand becomes a matrix and the extra dim is dropped."""
         other = self._lift(other)
         _matmul_check(self, other)
         a, b = self._data, other._data

@@ -1,4 +1,5 @@
-"""Grad mode, graph nodes and the backward pass (a topological sort plus reversed closures).
+"""Grad mode, graph nodes and the backward pass: a topological sort plus the
+recorded closures run in reverse.
 
 Nothing here knows about Tensor itself: a tensor is anything with `requires_grad`,
 `grad_fn`, `retains_grad` and `_accumulate_grad(array)`.

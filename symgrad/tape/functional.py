@@ -91,8 +91,8 @@ def cross_entropy(input, target, reduction="mean"):
     `target` holds integer class indices."""
     if target.dtype.kind not in "iu":
         raise RuntimeError(
-            f"expected target dtype to be an integer class index, but got {target.dtype}"
-            " (class-probability targets are not supported)"
+            "expected target dtype to be an integer class index, but got "
+            f"{target.dtype} (class-probability targets are not supported)"
         )
     dim = 0 if input.ndim == 1 else 1
     picked = input.log_softmax(dim).gather(dim, target.unsqueeze(dim)).squeeze(dim)

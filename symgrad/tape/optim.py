@@ -81,8 +81,9 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """m = lerp(m, g, 1-beta1); v = beta2*v + (1-beta2)*g^2 (v = max of all v so far with
-    amsgrad); p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)."""
+    """g = grad + weight_decay*p; m = lerp(m, g, 1-beta1); v = beta2*v + (1-beta2)*g^2
+    (amsgrad: v = the max of all v so far);
+    p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)."""
 
     def __init__(
         self,

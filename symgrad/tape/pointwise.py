@@ -22,7 +22,7 @@ def _unary(name, forward, rule, saves=True):
 
 @underflow_ok
 def _sigmoid(x):
-    """1/(1+e^-x) for x >= 0 and e^x/(1+e^x) below: no overflow, full relative precision."""
+    """1/(1+e^-x) for x >= 0, e^x/(1+e^x) below: never overflows, full precision."""
     z = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + z), z / (1 + z))
 
@@ -48,7 +48,7 @@ class PointwiseOps:
     relu = _unary("Relu", lambda x: np.maximum(x, 0), lambda g, x, out: g * (x > 0))
 
     def clamp(self, min=None, max=None):
-        """Clip to [min, max]; the gradient passes where min <= x <= max, as in torch."""
+        """Clip to [min, max]; the gradient passes where min <= x <= max (as torch)."""
         if min is None and max is None:
             raise RuntimeError(
                 "torch.clamp: At least one of 'min' or 'max' must not be None"

@@ -49,7 +49,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
 
     @staticmethod
     def _result(data, inputs=(), backward=None, name=None, saves=True):
-        """Wrap an op's output; record it when grad mode is on and an input needs grad."""
+        """Wrap an op's output; record it if grad mode is on and an input needs grad."""
         out = Tensor(data)
         if (
             autograd.is_grad_enabled()
@@ -61,7 +61,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         return out
 
     def _lift(self, value):
-        """Tensor for `value`; Python numbers take this tensor's float dtype, as in torch."""
+        """Tensor for `value`; a Python number takes this tensor's float dtype."""
         if isinstance(value, Tensor):
             return value
         weak = isinstance(value, int | float) and self.dtype.kind == "f"
@@ -119,7 +119,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         return Tensor(self._data)
 
     def backward(self, gradient=None, retain_graph=False):
-        """Accumulate d self / d leaf into each leaf's .grad (gradient defaults to 1)."""
+        """Add d(self)/d(leaf) to each leaf's .grad (`gradient` defaults to 1)."""
         if not self.requires_grad:
             raise RuntimeError(
                 "element 0 of tensors does not require grad and does not have a grad_fn"
@@ -169,7 +169,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         self._data[self._index(index)] = as_array(value)
 
     def _inplace(self, other, ufunc, op):
-        """`x += y`: in place when untracked, else recorded out of place (x is rebound)."""
+        """`x += y`: in place if untracked, else recorded out of place (rebinding x)."""
         other = self._lift(other)
         if autograd.is_grad_enabled() and (self.requires_grad or other.requires_grad):
             if self.is_leaf and self.requires_grad:
@@ -225,7 +225,8 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def item(self):
         if self._data.size != 1:
             raise RuntimeError(
-                f"a Tensor with {self._data.size} elements cannot be converted to Scalar"
+                f"a Tensor with {self._data.size} elements cannot be converted to "
+                "Scalar"
             )
         return self._data.item()
 
