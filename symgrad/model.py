@@ -38,7 +38,7 @@ class ModelError(ValueError):
 RESERVED = {
     "np", "numpy", "params", "inputs", "cache", "grads", "outputs", "loss", "grad_loss",
     "forward", "backward", "value_and_grad", "init_params", "hessian", "hvp",
-    "PARAMS", "INPUTS", "OUTPUTS", "v", "seed", "rng",
+    "PARAMS", "INPUTS", "OUTPUTS", "seed", "rng",
 }  # fmt: skip
 _TEMPORARY = re.compile(r"t\d+|grad_.*|_.*")
 

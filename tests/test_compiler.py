@@ -1,0 +1,284 @@
+"""The compiler end to end: declared models -> generated modules that agree with PyTorch,
+the tape engine and central finite differences."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy as sp
+from helpers import compile_module
+
+import symgrad as sg
+from symgrad.models import BUILTIN, load
+from symgrad.reference import reference
+from symgrad.verify import relative_error, sample, verify
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- test-only models
+
+
+def softmax_regression():
+    m = sg.Model("softmax_regression")
+    x = m.input("x", ("batch", 4))
+    labels = m.input("labels", ("batch",), dtype="int64")
+    W, b = m.param("W", (3, 4)), m.param("b", (3,))
+    z = x @ W.T + b
+    picked = sg.take_along_axis(z, labels[:, None], axis=1)[:, 0]
+    m.loss(sg.mean(sg.logsumexp(z, axis=-1) - picked))
+    return m
+
+
+def piecewise():
+    m = sg.Model("piecewise")
+    x = m.input("x", ("batch", 3))
+    w, c = m.param("w", (3,)), m.param("c")
+    z = x * w + c
+    branch = sg.where(z > 0, sg.relu(z) ** 2, 0.5 * sg.abs(z))
+    m.loss(
+        sg.mean(branch)
+        + 0.01 * sg.sum(w**2)
+        + sg.mean(sg.where((z < 1) & (x > 0), z, 1.0))
+    )
+    return m
+
+
+def batched():
+    m = sg.Model("batched")
+    A = m.input("A", ("batch", 2, 3))
+    W, v = m.param("W", (3, 4)), m.param("v", (4,))
+    P = A @ W
+    m.output("P", P)
+    total = sg.sum(sg.tanh(P) @ v) + sg.mean(sg.sum(P, axis=(1, 2)))
+    swapped = sg.transpose(P, (0, 2, 1))
+    m.loss(total + sg.sum(swapped.reshape(("batch", 8)) ** 2) / 10)
+    return m
+
+
+def vectors():
+    m = sg.Model("vectors")
+    w, u = m.param("w", (5,)), m.param("u", (5,))
+    M = m.param("M", (5, 5))
+    outer = w[None, :] * u[:, None]
+    loss = (
+        (w @ u) ** 2
+        + sg.sum(sg.softmax(w) * u)
+        + sg.max(w)
+        + sg.mean(outer.reshape(25))
+    )
+    m.loss(
+        loss + u @ M @ w + sg.sum(sg.log_softmax(M, axis=0)[::2, 1:]) + sg.sum(M[:, 1])
+    )
+    return m
+
+
+def custom():
+    m = sg.Model("custom")
+    x = m.input("x", ("batch", 2))
+    W = m.param("W", (2, 2))
+    swish = sg.elementwise(lambda z: z / (1 + sp.exp(-z)), x @ W)
+    bump = sg.elementwise(lambda a, b: sp.exp(-(a**2)) * sp.cos(b), x, swish)
+    m.loss(sg.mean(swish**2) + sg.sum(bump) + sg.mean(sg.sqrt(1 + W**2)))
+    return m
+
+
+def no_inputs():
+    a, b = sp.symbols("a b")
+    return sg.Model.from_expr(
+        "no_inputs",
+        loss=sp.sin(a) * b**2 + sp.exp(a * b) / (1 + b**2),
+        params=[a, b],
+        inputs=[],
+    )
+
+
+def embedding():
+    m = sg.Model("embedding")
+    E = m.param("E", (6, 3))
+    idx = m.input("idx", ("batch",), dtype="int64")
+    x = m.input("x", ("batch", 3))
+    rows = E[idx]  # duplicates in idx must accumulate
+    m.loss(sg.sum(sg.tanh(rows) * x) + sg.sum(E[idx][..., 1:] ** 2))
+    return m
+
+
+def centred():
+    m = sg.Model("centred")
+    P = m.param("P", (3, 4))
+    centred = P - sg.mean(P, axis=0, keepdims=True)
+    gram = centred.T @ centred
+    m.loss(sg.sum(gram**2) / 100 + sg.sum(sg.max(P, axis=1) * sg.softplus(P[:, 0])))
+    return m
+
+
+EXTRA = [
+    softmax_regression,
+    piecewise,
+    batched,
+    vectors,
+    custom,
+    no_inputs,
+    embedding,
+    centred,
+]
+
+
+def all_models():
+    return [pytest.param(lambda n=n: load(n), id=n) for n in BUILTIN] + [
+        pytest.param(f, id=f.__name__) for f in EXTRA
+    ]
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+@pytest.mark.parametrize("build", all_models())
+def test_generated_agrees_with_tape_and_finite_differences(build):
+    model = build()
+    report = verify(model, compile_module(model))  # two sizes of every symbolic dim
+    assert report.ok, report.table()
+    assert len(report.dims) == 2
+
+
+@pytest.mark.parametrize("build", all_models())
+@pytest.mark.parametrize("size", [1, 6])
+def test_generated_agrees_with_pytorch(build, size):
+    torch = pytest.importorskip("torch")
+    model = build()
+    module = compile_module(model)
+    params, inputs = sample(
+        model, np.random.default_rng(size), {d: size for d in model.dims}
+    )
+    loss, grads = module.value_and_grad(params, inputs)
+    outputs, _ = module.forward(params, inputs)
+    ref_loss, ref_outputs, ref_grads = reference(model, params, inputs, engine=torch)
+    assert relative_error(loss, ref_loss) <= 1e-10
+    for name in model.outputs:
+        assert relative_error(outputs[name], ref_outputs[name]) <= 1e-10
+    for name, g in grads.items():
+        assert np.shape(g) == np.shape(params[name])
+        assert relative_error(g, ref_grads[name]) <= 1e-10, name
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_backward_scales_with_grad_loss(name, rng):
+    model = load(name)
+    module = compile_module(model)
+    params, inputs = sample(model, rng, {d: 4 for d in model.dims})
+    _, grads = module.value_and_grad(params, inputs)
+    outputs, cache = module.forward(params, inputs)
+    for g in (0.0, 1.0, -3.5):
+        scaled = module.backward(cache, grad_loss=g)
+        for k in grads:
+            assert relative_error(scaled[k], g * grads[k]) <= 1e-12
+    assert module.backward(cache).keys() == grads.keys()  # grad_loss defaults to 1
+
+
+def test_results_never_alias_arguments():
+    m = sg.Model("alias")
+    x = m.input("x", (3,))
+    w = m.param("w", (3,))
+    m.loss(sg.sum(w * x))  # d loss / d w is x itself
+    module = compile_module(m)
+    inputs = {"x": np.array([1.0, 2.0, 3.0])}
+    _, grads = module.value_and_grad({"w": np.zeros(3)}, inputs)
+    grads["w"] *= 2
+    np.testing.assert_array_equal(inputs["x"], [1.0, 2.0, 3.0])
+
+
+# --------------------------------------------------------------------------- the generated files
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_generated_files_import_only_numpy(name):
+    tree = ast.parse((ROOT / "generated" / f"{name}.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module.split(".")[0])
+    assert imported == {"numpy"}
+
+
+def test_generated_modules_run_without_sympy():
+    script = """
+import sys, runpy
+import numpy as np
+sys.modules["sympy"] = None  # any import of sympy now fails
+for name in sys.argv[1:]:
+    mod = runpy.run_path(f"generated/{name}.py")
+    assert "sympy" not in sys.modules or sys.modules["sympy"] is None
+    rng = np.random.default_rng(0)
+    params = {k: rng.standard_normal([4 if isinstance(d, str) else d for d in s])
+              for k, s in mod["PARAMS"].items()}
+    inputs = {k: (np.zeros if k in ("labels", "i") else np.ones)(
+                  [4 if isinstance(d, str) else d for d in s],
+                  dtype=int if k in ("labels", "i", "j") else float)
+              for k, s in mod["INPUTS"].items()}
+    if "j" in inputs:
+        inputs["j"] += 1
+    loss, grads = mod["value_and_grad"](params, inputs)
+    assert np.isfinite(loss), name
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *BUILTIN],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_init_params_is_pytorch_style_and_deterministic():
+    module = compile_module(load("mlp_classifier"))
+    a, b = module.init_params(seed=3), module.init_params(seed=3)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["W1"], module.init_params(seed=4)["W1"])
+    bound = 1 / np.sqrt(784)  # nn.Linear: U(-1/sqrt(in_features), 1/sqrt(in_features))
+    assert np.abs(a["W1"]).max() <= bound and np.abs(a["b1"]).max() <= bound
+    assert np.abs(a["W1"]).max() > 0.9 * bound  # really spread over the range
+    assert {k: v.shape for k, v in a.items()} == module.PARAMS
+
+
+def test_init_params_needs_symbolic_sizes():
+    module = compile_module(load("rosenbrock"))
+    assert module.init_params(n=7)["x"].shape == (7,)
+    with pytest.raises(TypeError, match="n"):
+        module.init_params()
+
+
+def test_readme_training_walkthrough_matches_tape_step_for_step():
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from train_generated import train
+    finally:
+        sys.path.pop(0)
+    losses = train(steps=5)
+    assert len(losses) == 5
+    for generated, reference_loss in losses:
+        assert abs(generated - reference_loss) <= 1e-12 * abs(reference_loss)
+    assert losses[-1][0] < losses[0][0]  # it does train
+
+
+def test_compile_time_does_not_grow_with_parameter_count():
+    """The symbolic work is per tensor operation, never per parameter element."""
+    from symgrad.codegen import render
+    from symgrad.compiler import compile_model
+    from symgrad.ir import toposort
+    from symgrad.models import mlp_classifier
+
+    small = compile_model(mlp_classifier.build(hidden=8))
+    large = compile_model(mlp_classifier.build(hidden=4096))
+    assert len(toposort(small.roots())) == len(toposort(large.roots()))
+    digits = str.maketrans("", "", "0123456789")
+    code = [
+        render(p).split("import numpy", 1)[1].translate(digits) for p in (small, large)
+    ]
+    assert code[0] == code[1]  # the same program, only sizes differ
