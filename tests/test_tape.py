@@ -240,6 +240,10 @@ def test_no_grad_as_context_and_decorator(lib):
     def scaled(t):
         return t * 2
 
+    @lib.no_grad
+    def doubled(t):
+        return t * 2
+
     x = lib.tensor([1.0], requires_grad=True)
     with lib.no_grad():
         assert not (x * 2).requires_grad and not lib.is_grad_enabled()
@@ -247,6 +251,7 @@ def test_no_grad_as_context_and_decorator(lib):
             pass
         assert not lib.is_grad_enabled()
     assert not scaled(x).requires_grad and scaled.__name__ == "scaled"
+    assert not doubled(x).requires_grad and doubled.__name__ == "doubled"
     assert (x * 2).requires_grad and lib.is_grad_enabled()
     with pytest.raises(ValueError), lib.no_grad():
         raise ValueError

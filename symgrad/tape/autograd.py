@@ -30,9 +30,13 @@ def is_grad_enabled():
 
 
 class no_grad(contextlib.ContextDecorator):
-    """Context manager and decorator that stops ops from being recorded."""
+    """Context manager and decorator (`@no_grad()` or `@no_grad`) that stops ops
+    from being recorded."""
 
-    def __init__(self):
+    def __new__(cls, func=None):
+        return super().__new__(cls) if func is None else cls()(func)
+
+    def __init__(self, func=None):
         self._saved = []  # a stack, so one instance can decorate a recursive function
 
     def __enter__(self):
