@@ -2,44 +2,36 @@
 
 Declare a model with ``sg.Model``; ``symgrad build`` derives its gradients with SymPy and
 writes a NumPy module with ``forward``/``backward``/``value_and_grad``.
+
+The declaration API is loaded on first use, so ``from symgrad import tape`` (the reference
+engine) never imports SymPy or the compiler.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .grad import GradientError
-from .ir import ShapeError
-from .model import (
-    Cond,
-    Expr,
-    Model,
-    ModelError,
-    abs,
-    cos,
-    elementwise,
-    exp,
-    log,
-    log_softmax,
-    logsumexp,
-    max,
-    mean,
-    relu,
-    reshape,
-    sigmoid,
-    sin,
-    softmax,
-    softplus,
-    sqrt,
-    sum,
-    take_along_axis,
-    tanh,
-    transpose,
-    where,
-)
-from .symbolic import UnsupportedError
+_API = {
+    "symgrad.model": (
+        "Cond Expr Model ModelError abs cos elementwise exp log log_softmax logsumexp max "
+        "mean relu reshape sigmoid sin softmax softplus sqrt sum take_along_axis tanh "
+        "transpose where"
+    ).split(),
+    "symgrad.ir": ["ShapeError"],
+    "symgrad.symbolic": ["UnsupportedError"],
+    "symgrad.grad": ["GradientError"],
+}
+_HOME = {name: module for module, names in _API.items() for name in names}
+__all__ = sorted(_HOME)
 
-__all__ = [
-    "Cond", "Expr", "GradientError", "Model", "ModelError", "ShapeError",
-    "UnsupportedError", "abs", "cos", "elementwise", "exp", "log", "log_softmax",
-    "logsumexp", "max", "mean", "relu", "reshape", "sigmoid", "sin", "softmax",
-    "softplus", "sqrt", "sum", "take_along_axis", "tanh", "transpose", "where",
-]  # fmt: skip
+
+def __getattr__(name):
+    if name in _HOME:
+        value = getattr(importlib.import_module(_HOME[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'symgrad' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -282,3 +282,12 @@ def test_compile_time_does_not_grow_with_parameter_count():
         render(p).split("import numpy", 1)[1].translate(digits) for p in (small, large)
     ]
     assert code[0] == code[1]  # the same program, only sizes differ
+
+
+def test_importing_the_tape_engine_loads_no_sympy():
+    """The reference engine stays independent of the symbolic compiler."""
+    script = "import sys, symgrad.tape; print('sympy' in sys.modules, 'symgrad.model' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True
+    )
+    assert result.stdout.split() == ["False", "False"], result.stderr
