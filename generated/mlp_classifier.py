@@ -63,7 +63,7 @@ def forward(params, inputs):
     t3 = np.max(logits, axis=1, keepdims=True)
     t4 = np.exp(logits - t3)
     t5 = np.sum(t4, axis=1, keepdims=True)
-    t6 = logits - t3 - np.log(t5)
+    t6 = logits - (t3 + np.log(t5))
     t7 = np.take_along_axis(t6, labels[:, None], axis=1)
     t8 = np.sum(t7)
     loss = -t8 / batch
@@ -120,7 +120,7 @@ def value_and_grad(params, inputs):
     t3 = np.max(logits, axis=1, keepdims=True)
     t4 = np.exp(logits - t3)
     t5 = np.sum(t4, axis=1, keepdims=True)
-    t6 = logits - t3 - np.log(t5)
+    t6 = logits - (t3 + np.log(t5))
     t7 = np.take_along_axis(t6, labels[:, None], axis=1)
     t8 = np.sum(t7)
     loss = -t8 / batch

@@ -41,36 +41,37 @@ def _bad(group, name, array, expected, kind):
 def forward(params, inputs):
     """Return (outputs, cache): outputs has "loss"; backward(cache) needs the cache."""
     x, n = _unpack(params, inputs)
-    t1 = x[1:] - x[:-1] ** 2
-    t2 = 100 * t1**2 + (1 - x[:-1]) ** 2
-    loss = np.sum(t2)
-    return {"loss": loss}, {"n": n, "t1": t1, "x": x}
+    t1 = 1 - x[:-1]
+    t2 = x[1:] - x[:-1] ** 2
+    t3 = t1**2 + 100 * t2**2
+    loss = np.sum(t3)
+    return {"loss": loss}, {"n": n, "t1": t1, "t2": t2, "x": x}
 
 
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
-    n, t1, x = cache["n"], cache["t1"], cache["x"]
-    t3 = 200 * t1
-    t4 = 2 * grad_loss * (-1 + x[:-1] - t3 * x[:-1])
-    t5 = grad_loss * t3
+    n, t1, t2, x = cache["n"], cache["t1"], cache["t2"], cache["x"]
+    t4 = 200 * t2
+    t5 = -2 * grad_loss * (t1 + t4 * x[:-1])
+    t6 = grad_loss * t4
     grad_x = np.zeros((n,))
-    grad_x[:-1] += t4
-    grad_x[1:] += t5
+    grad_x[:-1] += t5
+    grad_x[1:] += t6
     return {"x": grad_x}
 
 
 def value_and_grad(params, inputs):
     """Return (loss, grads) in one pass: the fast path for training."""
     x, n = _unpack(params, inputs)
-    t1 = x[:-1] ** 2
-    t2 = x[1:] - t1
-    t3 = 100 * t2**2 + (1 - x[:-1]) ** 2
+    t1 = 1 - x[:-1]
+    t2 = x[1:] - x[:-1] ** 2
+    t3 = t1**2 + 100 * t2**2
     loss = np.sum(t3)
-    t4 = 2 * (-1 + x[:-1] - 200 * t2 * x[:-1])
-    t5 = 200 * (x[1:] - t1)
+    t4 = 200 * t2
+    t5 = -2 * (t1 + t4 * x[:-1])
     grad_x = np.zeros((n,))
-    grad_x[:-1] += t4
-    grad_x[1:] += t5
+    grad_x[:-1] += t5
+    grad_x[1:] += t4
     return loss, {"x": grad_x}
 
 

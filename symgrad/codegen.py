@@ -23,6 +23,7 @@ from .compiler import Program, unit_seed
 from .ir import Node, broadcast, consumers, format_shape, toposort
 from .ops import PRIMITIVES, is_const
 from .printer import to_numpy
+from .symbolic import factored
 
 VIEWS = ("transpose", "index", "reshape")
 LEAVES = ("input", "param", "seed")
@@ -352,6 +353,7 @@ def _docstring(text: str) -> str:
     return repr(text)  # a plain literal: nothing in the doc can end the string early
 
 
+@factored
 def render(program: Program) -> str:
     """The generated module's source, formatted with black."""
     model = program.model

@@ -10,6 +10,7 @@ from . import ops, optimize
 from .grad import gradients
 from .ir import Node
 from .model import Model
+from .symbolic import factored
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Program:
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
 
 
+@factored
 def compile_model(model: Model) -> Program:
     """Differentiate the model's loss with respect to every parameter and optimize."""
     program = Program(
@@ -64,6 +66,7 @@ def compile_model(model: Model) -> Program:
     return program
 
 
+@factored
 def unit_seed(program: Program) -> Program:
     """The same program with ``grad_loss = 1`` folded in: what value_and_grad computes."""
     one = ops.const(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter as _SymPyNumPyPrinter
-from sympy.printing.precedence import precedence
+from sympy.printing.precedence import PRECEDENCE, precedence
 
 
 class NumPyPrinter(_SymPyNumPyPrinter):
@@ -39,14 +39,14 @@ class NumPyPrinter(_SymPyNumPyPrinter):
         out = self._print(terms[0])
         for term in terms[1:]:
             if term.as_coeff_Mul()[0].is_negative:
-                out += " - " + self.parenthesize(-term, precedence(expr), strict=True)
+                out += " - " + self.parenthesize(-term, precedence(expr))
             else:
                 out += " + " + self.parenthesize(term, precedence(expr), strict=True)
         return out
 
     def _print_Mul(self, expr):
         c, rest = expr.as_coeff_Mul()
-        prec = precedence(expr)
+        prec = PRECEDENCE["Mul"]  # precedence(expr) is Add's when expr is negative
         if c.is_negative:
             return "-" + self.parenthesize(-expr, prec, strict=True)
         numer, denom = [], []

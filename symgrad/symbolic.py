@@ -8,10 +8,12 @@ cheaper (sigmoid' = out*(1 - out), tanh' = 1 - out**2, exp' = out).
 
 from __future__ import annotations
 
+import functools
 from functools import cache
 
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
+from sympy.core.parameters import distribute
 from sympy.functions.elementary.piecewise import ExprCondPair
 from sympy.logic.boolalg import BooleanAtom
 
@@ -20,6 +22,18 @@ OUT = sp.Symbol("_out", real=True)
 
 class UnsupportedError(ValueError):
     """A SymPy construct that symgrad cannot print or differentiate."""
+
+
+def factored(fn):
+    """Run ``fn`` with SymPy's distribution of numbers over sums off: 2*(x - y) stays a
+    product, so the common factor x - y can be shared between forward and backward."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with distribute(False):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 @cache
@@ -39,6 +53,9 @@ class sigmoid(sp.Function):  # noqa: N801 - SymPy function classes are lower cas
         if x.is_zero:
             return sp.S.Half
 
+    def _eval_evalf(self, prec):
+        return (1 / (1 + sp.exp(-self.args[0])))._eval_evalf(prec)
+
     def _eval_is_real(self):
         return self.args[0].is_real
 
@@ -54,6 +71,9 @@ class softplus(sp.Function):  # noqa: N801
         if x.is_zero:
             return sp.log(2)
 
+    def _eval_evalf(self, prec):
+        return (sp.log(1 + sp.exp(self.args[0])))._eval_evalf(prec)
+
     def _eval_is_real(self):
         return self.args[0].is_real
 
@@ -64,19 +84,26 @@ class relu(sp.Function):  # noqa: N801
     def fdiff(self, argindex=1):
         return sp.Heaviside(self.args[0], 0)
 
+    def _eval_evalf(self, prec):
+        return (sp.Max(self.args[0], 0))._eval_evalf(prec)
+
     def _eval_is_real(self):
         return self.args[0].is_real
 
 
+_LOWERED = {
+    sigmoid: lambda x: 1 / (1 + sp.exp(sp.Min(-x, 709))),  # exp(709) is finite
+    softplus: lambda x: sp.Max(x, 0) + log1p(sp.exp(-sp.Abs(x))),
+    relu: lambda x: sp.Max(x, 0),
+}
+
+
 def lower(expr: sp.Expr) -> sp.Expr:
     """Rewrite the activations above into stable primitive forms, so CSE sees inside them."""
-    return (
-        expr.replace(
-            sigmoid, lambda x: 1 / (1 + sp.exp(sp.Min(-x, 709)))  # exp(709) is finite
-        )
-        .replace(softplus, lambda x: sp.Max(x, 0) + log1p(sp.exp(-sp.Abs(x))))
-        .replace(relu, lambda x: sp.Max(x, 0))
-    )
+    while expr.has(*_LOWERED):  # again: Max(relu(2), 0) evaluates back to relu(2)
+        for fn, form in _LOWERED.items():
+            expr = expr.replace(fn, form)
+    return expr
 
 
 # Functions an elementwise expression may use: each has a NumPy spelling in the printer.

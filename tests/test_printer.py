@@ -1,0 +1,84 @@
+"""The NumPy printer: whatever SymPy expression it is given, the source computes its value."""
+
+import math
+
+import numpy as np
+import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sympy.core.parameters import distribute
+
+from symgrad.printer import to_numpy
+from symgrad.symbolic import lower, relu, sigmoid, softplus
+
+X, Y, Z = sp.symbols("x y z", real=True)
+VALUES = {"x": 0.7, "y": -1.3, "z": 2.1}
+
+
+def expressions():
+    """Builders of random expressions: built inside the test, under its SymPy settings."""
+    leaves = st.sampled_from([X, Y, Z, sp.Integer(2), sp.Integer(-3), sp.Rational(1, 3),
+                              sp.Rational(0.1), sp.Float(0.25)]).map(lambda e: lambda: e)  # fmt: skip
+    unary = [sp.exp, sp.sin, sp.tanh, sp.Abs, sigmoid, softplus, relu, lambda e: -e]
+    binary = [
+        lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b,
+        lambda a, b: a / (2 + b**2), lambda a, b: a - (a + b), lambda a, b: -(a + b) * b,
+        lambda a, b: 3 * (a - b), lambda a, b: sp.Max(a, b),
+        lambda a, b: sp.Piecewise((a, a > b), (b, True)),
+    ]  # fmt: skip
+    return st.recursive(
+        leaves,
+        lambda inner: st.one_of(
+            st.tuples(st.sampled_from(unary), inner).map(
+                lambda p: lambda: p[0](p[1]())
+            ),
+            st.tuples(st.sampled_from(binary), inner, inner).map(
+                lambda p: lambda: p[0](p[1](), p[2]())
+            ),
+            st.tuples(inner, st.sampled_from([2, 3, -1, -2])).map(
+                lambda p: lambda: p[0]() ** p[1]
+            ),
+        ),
+        max_leaves=8,
+    )
+
+
+def evaluate(source: str) -> float:
+    return float(eval(source, {"np": np, **VALUES}))  # noqa: S307 - our own output
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(expressions(), st.booleans())
+def test_printed_source_computes_the_expression(build, factored):
+    with distribute(not factored):
+        expr = lower(build())
+        subs = {sp.Symbol(k, real=True): v for k, v in VALUES.items()}
+        try:
+            expected = float(expr.evalf(subs=subs))
+        except (TypeError, ValueError):  # zoo, nan: nothing to compare
+            return
+        if not math.isfinite(expected):
+            return
+        with np.errstate(all="ignore"):
+            actual = evaluate(to_numpy(expr))
+    assert math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-12), to_numpy(expr)
+
+
+def test_negated_sums_keep_their_parentheses():
+    with distribute(False):
+        for expr in [
+            -(X + Y),
+            X - (Y + sp.log(Z)),
+            -2 * (X + Y),
+            sp.Min(-(X + Y), 709),
+        ]:
+            subs = {X: 0.7, Y: -1.3, Z: 2.1}
+            assert math.isclose(evaluate(to_numpy(expr)), float(expr.evalf(subs=subs)))
+
+
+def test_reads_like_hand_written_numpy():
+    assert to_numpy(1 / X) == "1/x"
+    assert to_numpy(X / 3) == "x/3"
+    assert to_numpy(Y - X) == "y - x"
+    assert to_numpy(sp.Rational(0.1) * X) == "0.1*x"
+    assert to_numpy(sp.Piecewise((X, X > 0), (Y, True))) == "np.where((x > 0), x, y)"
