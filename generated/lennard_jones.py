@@ -50,14 +50,15 @@ def _bad(group, name, array, expected, kind):
 def forward(params, inputs):
     """Return (outputs, cache): outputs has "loss"; backward(cache) needs the cache."""
     pos, i, j, N, pairs = _unpack(params, inputs)
-    t1 = pos[i]
-    t2 = pos[j]
+    t1 = np.take(pos, i, axis=0)
+    t2 = np.take(pos, j, axis=0)
     t3 = t1 - t2
     t4 = t3**2
-    r2 = np.sum(t4, axis=1)
+    r2 = t4 @ np.ones(3)
     t5 = 1 / r2**3
-    t6 = 4 * (t5**2 - t5)
-    loss = np.sum(t6)
+    t6 = t5**2 - t5
+    t7 = t6.sum()
+    loss = 4 * t7
     return {"loss": loss}, {
         "N": N,
         "i": i,
@@ -80,32 +81,41 @@ def backward(cache, grad_loss=1.0):
         cache["t3"],
         cache["t5"],
     )
-    t7 = -12 * grad_loss * (-1 + 2 * t5) / r2**4
-    t8 = 2 * t3 * t7[:, None]
-    t9 = -t8
+    t8 = -12 * grad_loss * (-1 + 2 * t5) / r2**4
+    t9 = 2 * t3 * t8[:, None]
+    t10 = -t9
     grad_pos = np.zeros((N, 3))
-    np.add.at(grad_pos, j, t9)
-    np.add.at(grad_pos, i, t8)
+    grad_pos[:, 0] += np.bincount(j, weights=t10[:, 0], minlength=N)
+    grad_pos[:, 1] += np.bincount(j, weights=t10[:, 1], minlength=N)
+    grad_pos[:, 2] += np.bincount(j, weights=t10[:, 2], minlength=N)
+    grad_pos[:, 0] += np.bincount(i, weights=t9[:, 0], minlength=N)
+    grad_pos[:, 1] += np.bincount(i, weights=t9[:, 1], minlength=N)
+    grad_pos[:, 2] += np.bincount(i, weights=t9[:, 2], minlength=N)
     return {"pos": grad_pos}
 
 
 def value_and_grad(params, inputs):
     """Return (loss, grads) in one pass: the fast path for training."""
     pos, i, j, N, pairs = _unpack(params, inputs)
-    t1 = pos[i]
-    t2 = pos[j]
+    t1 = np.take(pos, i, axis=0)
+    t2 = np.take(pos, j, axis=0)
     t3 = t1 - t2
     t4 = t3**2
-    r2 = np.sum(t4, axis=1)
+    r2 = t4 @ np.ones(3)
     t5 = 1 / r2**3
-    t6 = 4 * (t5**2 - t5)
-    loss = np.sum(t6)
-    t7 = -12 * (-1 + 2 * t5) / r2**4
-    t8 = 2 * t3 * t7[:, None]
-    t9 = -t8
+    t6 = t5**2 - t5
+    t7 = t6.sum()
+    loss = 4 * t7
+    t8 = -12 * (-1 + 2 * t5) / r2**4
+    t9 = 2 * t3 * t8[:, None]
+    t10 = -t9
     grad_pos = np.zeros((N, 3))
-    np.add.at(grad_pos, j, t9)
-    np.add.at(grad_pos, i, t8)
+    grad_pos[:, 0] += np.bincount(j, weights=t10[:, 0], minlength=N)
+    grad_pos[:, 1] += np.bincount(j, weights=t10[:, 1], minlength=N)
+    grad_pos[:, 2] += np.bincount(j, weights=t10[:, 2], minlength=N)
+    grad_pos[:, 0] += np.bincount(i, weights=t9[:, 0], minlength=N)
+    grad_pos[:, 1] += np.bincount(i, weights=t9[:, 1], minlength=N)
+    grad_pos[:, 2] += np.bincount(i, weights=t9[:, 2], minlength=N)
     return loss, {"pos": grad_pos}
 
 

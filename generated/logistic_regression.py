@@ -53,7 +53,7 @@ def forward(params, inputs):
     t1 = X @ w
     logits = b + t1
     t2 = np.log1p(np.exp(-np.abs(logits))) + np.maximum(logits, 0) - logits * y
-    t3 = np.sum(t2)
+    t3 = t2.sum()
     loss = t3 / batch
     return {"loss": loss, "logits": logits}, {
         "X": X,
@@ -68,7 +68,7 @@ def backward(cache, grad_loss=1.0):
     X, batch, logits, y = cache["X"], cache["batch"], cache["logits"], cache["y"]
     t4 = grad_loss * (1 / (1 + np.exp(np.minimum(-logits, 709))) - y) / batch
     grad_w = X.T @ t4
-    grad_b = np.sum(t4)
+    grad_b = t4.sum()
     return {"w": grad_w, "b": grad_b}
 
 
@@ -78,11 +78,11 @@ def value_and_grad(params, inputs):
     t1 = X @ w
     logits = b + t1
     t2 = np.log1p(np.exp(-np.abs(logits))) + np.maximum(logits, 0) - logits * y
-    t3 = np.sum(t2)
+    t3 = t2.sum()
     loss = t3 / batch
     t4 = (1 / (1 + np.exp(np.minimum(-logits, 709))) - y) / batch
     grad_w = X.T @ t4
-    grad_b = np.sum(t4)
+    grad_b = t4.sum()
     return loss, {"w": grad_w, "b": grad_b}
 
 

@@ -60,12 +60,12 @@ def forward(params, inputs):
     h = np.tanh(b1 + t1)
     t2 = h @ W2.T
     logits = b2 + t2
-    t3 = np.max(logits, axis=1, keepdims=True)
+    t3 = logits.max(axis=1, keepdims=True)
     t4 = np.exp(logits - t3)
-    t5 = np.sum(t4, axis=1, keepdims=True)
+    t5 = t4 @ np.ones(10)[:, None]
     t6 = logits - (t3 + np.log(t5))
     t7 = np.take_along_axis(t6, labels[:, None], axis=1)
-    t8 = np.sum(t7)
+    t8 = t7.sum()
     loss = -t8 / batch
     return {"loss": loss, "logits": logits}, {
         "W2": W2,
@@ -91,10 +91,9 @@ def backward(cache, grad_loss=1.0):
     )
     t9 = np.zeros((batch, 10))
     np.put_along_axis(t9, labels[:, None], (-grad_loss / batch), axis=1)
-    t10 = -t9 / t5
-    t11 = np.sum(t10, axis=1, keepdims=True)
-    t12 = t11 * t4
-    grad_logits = t12
+    t10 = t9 @ np.ones(10)[:, None]
+    t11 = -t10 * t4 / t5
+    grad_logits = t11
     np.put_along_axis(
         grad_logits,
         labels[:, None],
@@ -102,11 +101,11 @@ def backward(cache, grad_loss=1.0):
         axis=1,
     )
     grad_h = grad_logits @ W2
-    t13 = grad_h * (1 - h**2)
-    grad_W1 = t13.T @ x
-    grad_b1 = np.sum(t13, axis=0)
+    t12 = grad_h * (1 - h**2)
+    grad_W1 = t12.T @ x
+    grad_b1 = np.ones(batch) @ t12
     grad_W2 = grad_logits.T @ h
-    grad_b2 = np.sum(grad_logits, axis=0)
+    grad_b2 = np.ones(batch) @ grad_logits
     return {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}
 
 
@@ -117,19 +116,18 @@ def value_and_grad(params, inputs):
     h = np.tanh(b1 + t1)
     t2 = h @ W2.T
     logits = b2 + t2
-    t3 = np.max(logits, axis=1, keepdims=True)
+    t3 = logits.max(axis=1, keepdims=True)
     t4 = np.exp(logits - t3)
-    t5 = np.sum(t4, axis=1, keepdims=True)
+    t5 = t4 @ np.ones(10)[:, None]
     t6 = logits - (t3 + np.log(t5))
     t7 = np.take_along_axis(t6, labels[:, None], axis=1)
-    t8 = np.sum(t7)
+    t8 = t7.sum()
     loss = -t8 / batch
     t9 = np.zeros((batch, 10))
     np.put_along_axis(t9, labels[:, None], (-1 / batch), axis=1)
-    t10 = -t9 / t5
-    t11 = np.sum(t10, axis=1, keepdims=True)
-    t12 = t11 * t4
-    grad_logits = t12
+    t10 = t9 @ np.ones(10)[:, None]
+    t11 = -t10 * t4 / t5
+    grad_logits = t11
     np.put_along_axis(
         grad_logits,
         labels[:, None],
@@ -137,11 +135,11 @@ def value_and_grad(params, inputs):
         axis=1,
     )
     grad_h = grad_logits @ W2
-    t13 = grad_h * (1 - h**2)
-    grad_W1 = t13.T @ x
-    grad_b1 = np.sum(t13, axis=0)
+    t12 = grad_h * (1 - h**2)
+    grad_W1 = t12.T @ x
+    grad_b1 = np.ones(batch) @ t12
     grad_W2 = grad_logits.T @ h
-    grad_b2 = np.sum(grad_logits, axis=0)
+    grad_b2 = np.ones(batch) @ grad_logits
     return loss, {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}
 
 

@@ -44,7 +44,7 @@ def forward(params, inputs):
     t1 = 1 - x[:-1]
     t2 = x[1:] - x[:-1] ** 2
     t3 = t1**2 + 100 * t2**2
-    loss = np.sum(t3)
+    loss = t3.sum()
     return {"loss": loss}, {"n": n, "t1": t1, "t2": t2, "x": x}
 
 
@@ -66,7 +66,7 @@ def value_and_grad(params, inputs):
     t1 = 1 - x[:-1]
     t2 = x[1:] - x[:-1] ** 2
     t3 = t1**2 + 100 * t2**2
-    loss = np.sum(t3)
+    loss = t3.sum()
     t4 = 200 * t2
     t5 = -2 * (t1 + t4 * x[:-1])
     grad_x = np.zeros((n,))

@@ -136,6 +136,11 @@ def reduce_sum(a: Node, axis=None, keepdims: bool = False) -> Node:
     return Node("sum", (a,), _reduced(a, axes, keepdims), attrs=(axes, keepdims))
 
 
+def dot(a: Node, b: Node) -> Node:
+    """Sum over all elements of ``a * b`` (same shapes): NumPy's vdot."""
+    return Node("dot", (a, b), ())
+
+
 def reduce_max(a: Node, axis=None, keepdims: bool = False) -> Node:
     axes = _axes(a, axis)
     return Node("max", (a,), _reduced(a, axes, keepdims), attrs=(axes, keepdims))
@@ -352,6 +357,10 @@ def _vjp_matmul(g: Node, out: Node, i: int) -> Node:
     return unbroadcast(matmul(transpose(a, _swap(a.ndim)), g), b.shape)
 
 
+def _vjp_dot(g: Node, out: Node, i: int) -> Node:
+    return apply(_mul, g, out.args[1 - i])
+
+
 def _vjp_transpose(g: Node, out: Node, i: int) -> Node:
     perm = out.attrs[0]
     if g.op == "matmul" and g.ndim == 2 and g.args[0].ndim == g.args[1].ndim == 2:
@@ -418,15 +427,25 @@ def _axis_kw(axes: tuple[int, ...], keepdims: bool, ndim: int) -> str:
         parts.append(f"axis={axes[0] if len(axes) == 1 else axes}")
     if keepdims:
         parts.append("keepdims=True")
-    return "".join(", " + p for p in parts)
+    return ", ".join(parts)
 
 
-def _reduction(fn: str) -> Callable[[list[str], Node], str]:
-    def numpy(args: list[str], node: Node) -> str:
-        axes, keepdims = node.attrs
-        return f"np.{fn}({args[0]}{_axis_kw(axes, keepdims, node.args[0].ndim)})"
+def _numpy_max(args: list[str], node: Node) -> str:
+    axes, keepdims = node.attrs
+    return f"{args[0]}.max({_axis_kw(axes, keepdims, node.args[0].ndim)})"
 
-    return numpy
+
+def _numpy_sum(args: list[str], node: Node) -> str:
+    """Row and column sums of a matrix as products with ones: NumPy's strided reductions
+    are several times slower than a BLAS matrix-vector product for narrow matrices."""
+    (a,) = node.args
+    axes, keepdims = node.attrs
+    if a.ndim == 2 and len(axes) == 1:
+        rows, cols = a.shape
+        if axes == (0,):
+            return f"np.ones({rows}) @ {args[0]}" + ("[None]" if keepdims else "")
+        return f"{args[0]} @ np.ones({cols})" + ("[:, None]" if keepdims else "")
+    return f"{args[0]}.sum({_axis_kw(axes, keepdims, a.ndim)})"
 
 
 def format_index(spec: tuple) -> str:
@@ -461,13 +480,13 @@ def _numpy_scatter(args: list[str], node: Node) -> list[str]:
         args = args[1:]
     else:
         lines = [f"{{out}} = np.zeros({format_shape(node.shape)})"]
-    for kind, _, *idx in scatter_updates(node):
+    for kind, value_node, *idx in scatter_updates(node):
         value, *index_code = args[: 1 + len(idx)]
         args = args[1 + len(idx) :]
         if kind[0] == "slice":
             lines.append(f"{{out}}{format_index(kind[1])} += {value}")
         elif kind[0] == "rows":
-            lines.append(f"np.add.at({{out}}, {index_code[0]}, {value})")
+            lines += _scatter_rows(value, index_code[0], value_node, idx[0], node.shape)
         elif idx[0].shape[kind[1]] == 1:  # one index per row: no duplicates to add up
             if len(kinds) > 1 or has_base:
                 value = f"np.take_along_axis({{out}}, {index_code[0]}, axis={kind[1]}) + {value}"
@@ -479,6 +498,23 @@ def _numpy_scatter(args: list[str], node: Node) -> list[str]:
             where = f"tuple({index_code[0]} if k == {kind[1]} else r for k, r in enumerate({grid}))"
             lines.append(f"np.add.at({{out}}, {where}, {value})")
     return lines
+
+
+def _scatter_rows(
+    value: str, idx: str, value_node: Node, idx_node: Node, shape
+) -> list[str]:
+    """``out[idx[k]] += value[k]``: np.bincount per column where it applies (it is several
+    times faster than np.add.at), np.add.at otherwise."""
+    rows = shape[0]
+    if idx_node.ndim == 1 and value_node.shape == idx_node.shape + tuple(shape[1:]):
+        if len(shape) == 1:
+            return [f"{{out}} += np.bincount({idx}, weights={value}, minlength={rows})"]
+        if len(shape) == 2 and isinstance(shape[1], int) and shape[1] <= 8:
+            return [
+                f"{{out}}[:, {c}] += np.bincount({idx}, weights={value}[:, {c}], minlength={rows})"
+                for c in range(shape[1])
+            ]
+    return [f"np.add.at({{out}}, {idx}, {value})"]
 
 
 # --------------------------------------------------------------------------- the table
@@ -501,14 +537,20 @@ PRIMITIVES: dict[str, Primitive] = {
     "map": Primitive(None, _vjp_map),  # printed by the SymPy printer
     "matmul": Primitive(lambda a, n: f"{a[0]} @ {a[1]}", _vjp_matmul),
     "transpose": Primitive(_numpy_transpose, _vjp_transpose),
+    "dot": Primitive(
+        lambda a, n: (
+            f"{a[0]} @ {a[1]}" if n.args[0].ndim == 1 else f"np.vdot({a[0]}, {a[1]})"
+        ),
+        _vjp_dot,
+    ),
     "reshape": Primitive(
         lambda a, n: f"{a[0]}.reshape({format_shape(n.shape)})",
         lambda g, out, i: reshape(g, out.args[0].shape),
     ),
-    "sum": Primitive(_reduction("sum"), _vjp_sum),
-    "max": Primitive(_reduction("max"), _vjp_max),
+    "sum": Primitive(_numpy_sum, _vjp_sum),
+    "max": Primitive(_numpy_max, _vjp_max),
     "index": Primitive(lambda a, n: a[0] + format_index(n.attrs[0]), _vjp_index),
-    "gather": Primitive(lambda a, n: f"{a[0]}[{a[1]}]", _vjp_gather),
+    "gather": Primitive(lambda a, n: f"np.take({a[0]}, {a[1]}, axis=0)", _vjp_gather),
     "take_along_axis": Primitive(
         lambda a, n: f"np.take_along_axis({a[0]}, {a[1]}, axis={n.attrs[0]})",
         _vjp_take_along_axis,

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+import sympy as sp
+
 from . import ops
 from . import symbolic as ew
 from .ir import Node, consumers, toposort
@@ -96,5 +98,70 @@ def _unbroadcast_values(node: Node) -> Node:
     return node if args == node.args else replace(node, args=args)
 
 
+def factor_sums(roots: Sequence[Node]) -> list[Node]:
+    """Sum products before scaling them: ``sum(c * a * b)`` becomes ``c * (a @ b)``.
+
+    Factors that are constant along the summed axes (scalars, sizes, keepdims-shaped
+    arrays) move outside the sum, and a sum over everything of a product of two arrays (or
+    of a square) becomes a dot product: no temporary, one pass, BLAS.
+    """
+    users = consumers(toposort(roots))
+    keep = {id(r) for r in roots}
+
+    def visit(old: Node, node: Node) -> Node:
+        if node.op != "sum":
+            return node
+        (m,) = node.args
+        if (
+            m.op != "map"
+            or m.name
+            or id(old.args[0]) in keep
+            or len(users[old.args[0]]) != 1
+        ):
+            return node
+        axes, keepdims = node.attrs
+        outside, inside = [], []
+        for f in sp.Mul.make_args(m.attrs[0]):
+            constant = all(
+                _constant_along(m.args[int(s.name[1:])], axes, m.ndim, keepdims)
+                for s in f.free_symbols
+                if s.name.startswith("_")
+            )
+            (outside if constant else inside).append(f)
+        total = _dot(inside, m) if len(axes) == m.ndim and not keepdims else None
+        if total is None:
+            if not outside:
+                return node
+            total = ops.reduce_sum(
+                ops.map_(sp.Mul(*inside), m.args, m.shape), axes, keepdims
+            )
+        scale = sp.Mul(*outside) * ew.arg(len(m.args))
+        return ops.map_(scale, (*m.args, total), node.shape)
+
+    return rewrite(roots, visit)
+
+
+def _constant_along(arg: Node, axes: tuple, ndim: int, keepdims: bool) -> bool:
+    if not keepdims:
+        return arg.ndim == 0
+    padded = (1,) * (ndim - arg.ndim) + arg.shape
+    return all(padded[a] == 1 for a in axes)
+
+
+def _dot(factors: list, m: Node) -> Node | None:
+    """A dot product of two full-shape factors, e.g. sum(r**2) -> r @ r."""
+    if len(factors) == 1 and factors[0].is_Pow and factors[0].exp == 2:
+        a = b = factors[0].base
+    elif len(factors) >= 2:
+        a, b = factors[0], sp.Mul(*factors[1:])
+    else:
+        return None
+    left, right = ops.map_(a, m.args), ops.map_(b, m.args)
+    if left.shape != m.shape or right.shape != m.shape:
+        return None
+    return ops.dot(left, left if a == b else right)
+
+
 def optimize(roots: Sequence[Node]) -> list[Node]:
-    return fuse(eliminate_common(strip_detach(roots)))
+    roots = fuse(eliminate_common(strip_detach(roots)))
+    return eliminate_common(fuse(factor_sums(roots)))

@@ -48,6 +48,12 @@ class NumPyPrinter(_SymPyNumPyPrinter):
         c, rest = expr.as_coeff_Mul()
         prec = PRECEDENCE["Mul"]  # precedence(expr) is Add's when expr is negative
         if c.is_negative:
+            if (
+                c == -1 and rest.is_Add
+            ):  # -(b + t) as -b - t: one pass less when b is small
+                return self._print(
+                    sp.Add(*(-term for term in rest.args), evaluate=False)
+                )
             return "-" + self.parenthesize(-expr, prec, strict=True)
         numer, denom = [], []
         if (
@@ -62,19 +68,25 @@ class NumPyPrinter(_SymPyNumPyPrinter):
                 denom.append(f.base**-f.exp)
             else:
                 numer.append(f)
-        out = "*".join(
-            self.parenthesize(f, prec) for f in self._ordered(numer or [sp.S.One])
-        )
-        if not denom:
-            return out
-        below = "*".join(self.parenthesize(f, prec) for f in self._ordered(denom))
+        numer, denom = self._ordered(numer), self._ordered(denom)
+        arrays = [f for f in numer if self._rank(f) > 0]
+        if denom and len(arrays) > 1 and all(self._rank(f) <= 0 for f in denom):
+            # 2/n*a*b: scale once, not after the product of arrays
+            scalars = [f for f in numer if self._rank(f) <= 0] or [sp.S.One]
+            return f"{self._product(scalars)}/{self._product(denom, True)}*{self._product(arrays)}"
+        out = self._product(numer or [sp.S.One])
+        return f"{out}/{self._product(denom, True)}" if denom else out
+
+    def _product(self, factors: list[sp.Expr], divisor: bool = False) -> str:
+        text = "*".join(self.parenthesize(f, PRECEDENCE["Mul"]) for f in factors)
         return (
-            f"{out}/{below}"
-            if len(denom) == 1 and not denom[0].is_Mul
-            else f"{out}/({below})"
+            f"({text})" if divisor and (len(factors) > 1 or factors[0].is_Mul) else text
         )
 
     def _ordered(self, factors: list[sp.Expr]) -> list[sp.Expr]:
+        """SymPy's canonical order, then lower rank first."""
+        if not factors:
+            return []
         return sorted(
             sp.Mul(*factors, evaluate=False).as_ordered_factors(), key=self._rank
         )
