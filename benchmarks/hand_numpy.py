@@ -173,7 +173,8 @@ def rosenbrock(params, inputs):
 
     g = np.empty_like(x)
     g[1:] = t
-    g[:1] = 0.0  # (a slice: also right for n = 0)
+    if g.shape[0]:  # (n = 0 has no g[0]; a g[:1] slice costs 0.3 us more)
+        g[0] = 0.0
     g *= 200.0  # d/dx[1:] = 200 t
     # d/dx[:-1] += -400 t x[:-1] - 2 u = -2 (200 t x[:-1] + u)
     np.multiply(g[1:], a, out=t)

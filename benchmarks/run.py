@@ -353,16 +353,21 @@ def _fmt_ratio(value) -> str:
 
 
 def _as_cases(cases) -> list[Case]:
+    """Case objects and/or id/model patterns -> cases in table order, no repeats."""
     if cases is None:
         return list(workloads.CASES)
     if isinstance(cases, str | Case):
         cases = [cases]
-    out = []
-    for c in cases:
-        out.extend([c] if isinstance(c, Case) else workloads.select([c]))
-    if not out:
-        raise ValueError(f"no benchmark case matches {list(cases)}")
-    return out
+    cases = list(cases)
+    ids = {c.id for c in cases if isinstance(c, Case)}
+    patterns = [c for c in cases if not isinstance(c, Case)]
+    if patterns:
+        ids |= {c.id for c in workloads.select(patterns)}
+    extra = [c for c in cases if isinstance(c, Case) and c not in workloads.CASES]
+    selected = [c for c in workloads.CASES if c.id in ids] + extra
+    if not selected:
+        raise ValueError(f"no benchmark case matches {cases}")
+    return selected
 
 
 def _bench_case(case, gen, impls, repeat, min_time) -> dict:
@@ -598,8 +603,9 @@ def _summary(records) -> str:
     counts = {}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
+    labels = {"time": "{case}", "import": "import {model}", "memory": "memory {case}"}
     missed = [
-        r.get("case") or f"import {r['model']}"
+        labels[r["kind"]].format(**r)
         for r in records
         if r["status"] in ("MISS", "FAIL")
     ]
