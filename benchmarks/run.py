@@ -413,6 +413,9 @@ def _bench_case(case, gen, impls, repeat, min_time) -> dict:
             record["notes"].append(f"{key}: {problem}; not timed")
         ok[key] = problem is None
 
+    if not ok["hand"]:  # no baseline to compare with: nothing is timed
+        record["status"] = "FAIL"
+        return record
     timed = {k: (lambda fn=fn: fn(params, inputs)) for k, fn in fns.items() if ok[k]}
     seconds = measure(timed, repeat=repeat, min_time=min_time)
     hand_s = seconds["hand"]
@@ -423,7 +426,7 @@ def _bench_case(case, gen, impls, repeat, min_time) -> dict:
 
     if gen is None:
         record["status"] = "SKIP"
-    elif not ok["generated"] or not ok["hand"]:
+    elif not ok["generated"]:
         record["status"] = "FAIL"
     else:
         passed = record["ratios"]["generated"] <= case.target
@@ -452,25 +455,31 @@ def run(
     min_time: float = 0.02,
     imports: bool = True,
     memory: bool = True,
+    configure_process: bool = True,
 ) -> list[dict]:
     """Benchmark ``cases`` (Case objects or id/model patterns; None: all) and print a
     report to ``file``.  Returns one dict per case (``kind="time"``), per generated
     module import (``kind="import"``) and for the memory check (``kind="memory"``),
-    each with a ``status`` of PASS, MISS, FAIL or SKIP."""
+    each with a ``status`` of PASS, MISS, FAIL or SKIP.
+
+    With ``configure_process`` (the default) it first pins BLAS/torch to one thread
+    (:func:`pin_threads`) and fixes glibc's malloc thresholds, for the rest of the
+    process; pass False to leave the process as it is (tests)."""
 
     def emit(*lines):
         for line in lines:
             print(line, file=file, flush=True)
 
     selected = _as_cases(cases)
-    malloc = _tune_malloc()
+    malloc = _tune_malloc() if configure_process else "malloc untouched"
     impls = {}
     notes = []
     for key, name in (("torch", "torch_impl"), ("jax", "jax_impl")):
         impls[key], note = _optional(name)
         if note:
             notes.append(note)
-    threads = pin_threads()  # after the imports: torch_impl has loaded torch
+    # after the imports: torch_impl has loaded torch
+    threads = pin_threads() if configure_process else "threads untouched"
 
     versions = [f"Python {platform.python_version()}", f"NumPy {np.__version__}"]
     for key, mod in (("torch", "torch"), ("jax", "jax")):
@@ -511,7 +520,7 @@ def run(
             _row(
                 [
                     case.id,
-                    f"{rec['times_us']['hand']:.1f}",
+                    f"{rec['times_us']['hand']:.1f}" if rec["times_us"] else "-",
                     _fmt_ratio(r.get("generated")),
                     _fmt_ratio(r.get("scalar")),
                     _fmt_ratio(r.get("torch")),

@@ -426,6 +426,7 @@ def test_runner_smoke(tmp_path):
         file=out,
         min_time=1e-4,
         memory=False,
+        configure_process=False,  # leave this pytest process's threads and malloc
     )
     text = out.getvalue()
     by_case = {r["case"]: r for r in records if r["kind"] == "time"}
