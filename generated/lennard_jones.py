@@ -103,9 +103,9 @@ def value_and_grad(params, inputs):
     t4 = t3**2
     r2 = t4 @ np.ones(3)
     t5 = 1 / r2**3
-    t6 = t5**2 - t5
-    t7 = t6.sum()
-    loss = 4 * t7
+    t6 = t5 @ t5
+    t7 = t5.sum()
+    loss = 4 * (t6 - t7)
     t8 = -12 * (-1 + 2 * t5) / r2**4
     t9 = 2 * t3 * t8[:, None]
     t10 = -t9

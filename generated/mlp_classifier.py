@@ -62,7 +62,7 @@ def forward(params, inputs):
     logits = b2 + t2
     t3 = logits.max(axis=1, keepdims=True)
     t4 = np.exp(logits - t3)
-    t5 = t4 @ np.ones(10)[:, None]
+    t5 = t4 @ np.ones((10, 1))
     t6 = logits - (t3 + np.log(t5))
     t7 = np.take_along_axis(t6, labels[:, None], axis=1)
     t8 = t7.sum()
@@ -91,7 +91,7 @@ def backward(cache, grad_loss=1.0):
     )
     t9 = np.zeros((batch, 10))
     np.put_along_axis(t9, labels[:, None], (-grad_loss / batch), axis=1)
-    t10 = t9 @ np.ones(10)[:, None]
+    t10 = t9 @ np.ones((10, 1))
     t11 = -t10 * t4 / t5
     grad_logits = t11
     np.put_along_axis(
@@ -118,16 +118,13 @@ def value_and_grad(params, inputs):
     logits = b2 + t2
     t3 = logits.max(axis=1, keepdims=True)
     t4 = np.exp(logits - t3)
-    t5 = t4 @ np.ones(10)[:, None]
+    t5 = t4 @ np.ones((10, 1))
     t6 = logits - (t3 + np.log(t5))
     t7 = np.take_along_axis(t6, labels[:, None], axis=1)
     t8 = t7.sum()
     loss = -t8 / batch
-    t9 = np.zeros((batch, 10))
-    np.put_along_axis(t9, labels[:, None], (-1 / batch), axis=1)
-    t10 = t9 @ np.ones(10)[:, None]
-    t11 = -t10 * t4 / t5
-    grad_logits = t11
+    t9 = t4 / (batch * t5)
+    grad_logits = t9
     np.put_along_axis(
         grad_logits,
         labels[:, None],
@@ -135,9 +132,9 @@ def value_and_grad(params, inputs):
         axis=1,
     )
     grad_h = grad_logits @ W2
-    t12 = grad_h * (1 - h**2)
-    grad_W1 = t12.T @ x
-    grad_b1 = np.ones(batch) @ t12
+    t10 = grad_h * (1 - h**2)
+    grad_W1 = t10.T @ x
+    grad_b1 = np.ones(batch) @ t10
     grad_W2 = grad_logits.T @ h
     grad_b2 = np.ones(batch) @ grad_logits
     return loss, {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}

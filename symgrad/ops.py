@@ -46,6 +46,8 @@ def map_(expr: sp.Expr, args: Sequence[Node] = (), shape: Shape | None = None) -
                 kept.append(a)
             renames[ew.arg(i)] = ew.arg(kept.index(a))
     expr = expr.xreplace(renames)  # simultaneous, so _1 -> _0 never collides
+    if not all(expr.has(ew.arg(i)) for i in range(len(kept))):
+        return map_(expr, kept, shape)  # merged arguments cancelled out: x - x
     if expr == ew.arg(0) and kept[0].shape == tuple(shape):
         return kept[0]
     dtype = "bool" if expr.is_Relational else "float64"
@@ -131,6 +133,8 @@ def _reduced(a: Node, axes: tuple[int, ...], keepdims: bool) -> Shape:
 
 def reduce_sum(a: Node, axis=None, keepdims: bool = False) -> Node:
     axes = _axes(a, axis)
+    if keepdims:  # summing a size-1 axis and keeping it changes nothing
+        axes = tuple(ax for ax in axes if a.shape[ax] != 1)
     if not axes:
         return a
     return Node("sum", (a,), _reduced(a, axes, keepdims), attrs=(axes, keepdims))
@@ -443,8 +447,10 @@ def _numpy_sum(args: list[str], node: Node) -> str:
     if a.ndim == 2 and len(axes) == 1:
         rows, cols = a.shape
         if axes == (0,):
-            return f"np.ones({rows}) @ {args[0]}" + ("[None]" if keepdims else "")
-        return f"{args[0]} @ np.ones({cols})" + ("[:, None]" if keepdims else "")
+            return (
+                f"np.ones({format_shape((1, rows)) if keepdims else rows}) @ {args[0]}"
+            )
+        return f"{args[0]} @ np.ones({format_shape((cols, 1)) if keepdims else cols})"
     return f"{args[0]}.sum({_axis_kw(axes, keepdims, a.ndim)})"
 
 
@@ -475,8 +481,9 @@ def _numpy_transpose(args: list[str], node: Node) -> str:
 
 def _numpy_scatter(args: list[str], node: Node) -> list[str]:
     kinds, has_base = node.attrs
-    if has_base:
-        lines = [f"{{out}} = {args[0]}.copy()"]
+    if has_base:  # 0-d arithmetic gives NumPy scalars: np.array makes one writable
+        copy = f"np.array({args[0]})" if node.shape == () else f"{args[0]}.copy()"
+        lines = [f"{{out}} = {copy}"]
         args = args[1:]
     else:
         lines = [f"{{out}} = np.zeros({format_shape(node.shape)})"]

@@ -31,6 +31,17 @@ def strip_detach(roots: Sequence[Node]) -> list[Node]:
     return rewrite(roots, lambda _, n: n.args[0] if n.op == "detach" else n)
 
 
+def fold_views(roots: Sequence[Node]) -> list[Node]:
+    """A view of a constant is a constant: ``0.0[None]`` is not valid source."""
+
+    def fold(_: Node, n: Node) -> Node:
+        if n.op in ("index", "transpose", "reshape") and ops.is_const(n.args[0]):
+            return ops.const(n.args[0].attrs[0], n.shape)
+        return n
+
+    return rewrite(roots, fold)
+
+
 def eliminate_common(roots: Sequence[Node]) -> list[Node]:
     """Merge structurally identical nodes (same op, arguments, attributes and shape)."""
     seen: dict[tuple, Node] = {}
@@ -102,8 +113,10 @@ def factor_sums(roots: Sequence[Node]) -> list[Node]:
     """Sum products before scaling them: ``sum(c * a * b)`` becomes ``c * (a @ b)``.
 
     Factors that are constant along the summed axes (scalars, sizes, keepdims-shaped
-    arrays) move outside the sum, and a sum over everything of a product of two arrays (or
-    of a square) becomes a dot product: no temporary, one pass, BLAS.
+    arrays) move outside the sum; a sum over everything of a product of two arrays (or of
+    a square) becomes a dot product: no temporary, one pass, BLAS. A full sum of several
+    terms is split where that turns terms into dot products. The sum of values scattered
+    along the summed axis (a one-hot, in softmax cross-entropy) is the sum of the values.
     """
     users = consumers(toposort(roots))
     keep = {id(r) for r in roots}
@@ -112,6 +125,9 @@ def factor_sums(roots: Sequence[Node]) -> list[Node]:
         if node.op != "sum":
             return node
         (m,) = node.args
+        axes, keepdims = node.attrs
+        if m.op == "scatter":
+            return _sum_of_scatter(node) or node
         if (
             m.op != "map"
             or m.name
@@ -119,26 +135,54 @@ def factor_sums(roots: Sequence[Node]) -> list[Node]:
             or len(users[old.args[0]]) != 1
         ):
             return node
-        axes, keepdims = node.attrs
-        outside, inside = [], []
-        for f in sp.Mul.make_args(m.attrs[0]):
-            constant = all(
-                _constant_along(m.args[int(s.name[1:])], axes, m.ndim, keepdims)
-                for s in f.free_symbols
-                if s.name.startswith("_")
+        full = len(axes) == m.ndim and not keepdims
+        terms = sp.Add.make_args(m.attrs[0]) if full else (m.attrs[0],)
+        reduced = {t: _reduce_product(t, m, axes, keepdims) for t in terms}
+        if all(r is None for r in reduced.values()):
+            return node
+        rest = [t for t, r in reduced.items() if r is None]
+        parts = [r for r in reduced.values() if r is not None]
+        if rest:
+            parts.append(
+                ops.reduce_sum(ops.map_(sp.Add(*rest), m.args, m.shape), axes, keepdims)
             )
-            (outside if constant else inside).append(f)
-        total = _dot(inside, m) if len(axes) == m.ndim and not keepdims else None
-        if total is None:
-            if not outside:
-                return node
-            total = ops.reduce_sum(
-                ops.map_(sp.Mul(*inside), m.args, m.shape), axes, keepdims
-            )
-        scale = sp.Mul(*outside) * ew.arg(len(m.args))
-        return ops.map_(scale, (*m.args, total), node.shape)
+        return ops.apply(lambda *xs: sp.Add(*xs), *parts, shape=node.shape)
 
     return rewrite(roots, visit)
+
+
+def _reduce_product(term: sp.Expr, m: Node, axes: tuple, keepdims: bool) -> Node | None:
+    """``sum(term)`` with constant factors outside and a dot product where possible."""
+    outside, inside = [], []
+    for f in sp.Mul.make_args(term):
+        constant = all(
+            _constant_along(m.args[int(s.name[1:])], axes, m.ndim, keepdims)
+            for s in f.free_symbols
+            if s.name.startswith("_")
+        )
+        (outside if constant else inside).append(f)
+    total = _dot(inside, m) if len(axes) == m.ndim and not keepdims else None
+    if total is None:
+        if not outside or not inside:
+            return None
+        total = ops.reduce_sum(
+            ops.map_(sp.Mul(*inside), m.args, m.shape), axes, keepdims
+        )
+    scale = sp.Mul(*outside) * ew.arg(len(m.args))
+    return ops.map_(scale, (*m.args, total))
+
+
+def _sum_of_scatter(node: Node) -> Node | None:
+    (scatter,) = node.args
+    axes, keepdims = node.attrs
+    kinds, has_base = scatter.attrs
+    if has_base or any(k[0] != "along" or k[1] not in axes for k in kinds):
+        return None
+    parts = [
+        ops.reduce_sum(ops.map_(ew.arg(0), (value,), idx.shape), axes, keepdims)
+        for _, value, idx in ops.scatter_updates(scatter)
+    ]
+    return ops.apply(lambda *xs: sp.Add(*xs), *parts, shape=node.shape)
 
 
 def _constant_along(arg: Node, axes: tuple, ndim: int, keepdims: bool) -> bool:
@@ -163,5 +207,5 @@ def _dot(factors: list, m: Node) -> Node | None:
 
 
 def optimize(roots: Sequence[Node]) -> list[Node]:
-    roots = fuse(eliminate_common(strip_detach(roots)))
+    roots = fuse(eliminate_common(fold_views(strip_detach(roots))))
     return eliminate_common(fuse(factor_sums(roots)))

@@ -64,7 +64,9 @@ class softplus(sp.Function):  # noqa: N801
     """log(1 + exp(x)), printed in a form that never overflows."""
 
     def fdiff(self, argindex=1):
-        return sigmoid(self.args[0])
+        # sigmoid(x) = exp(x - softplus(x)): stable (the exponent is <= 0), and it reuses
+        # the forward value instead of computing another exponential.
+        return sp.exp(self.args[0] - self)
 
     @classmethod
     def eval(cls, x):
@@ -153,9 +155,8 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
     """
     d = sp.diff(expr, arg(i)).replace(sp.DiracDelta, lambda *a: sp.S.Zero)
     if d.has(sp.Derivative, sp.Subs):
-        raise UnsupportedError(
-            f"cannot differentiate {expr} with respect to {arg(i)}: got {d}"
-        )
+        missing = sorted({str(x.expr.func) for x in d.atoms(sp.Derivative)})
+        raise UnsupportedError(f"{', '.join(missing) or d} has no derivative")
     if not expr.is_Symbol and not expr.is_Number:
         d = d.subs(expr, OUT)
     return sp.factor_terms(d)
