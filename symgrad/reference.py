@@ -6,6 +6,8 @@ autograd compute the gradients: the reference the generated code is checked agai
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import sympy as sp
 
@@ -31,7 +33,8 @@ def reference(model: Model, params: dict, inputs: dict, engine=tape) -> tuple:
         else:
             values[node] = run.node(node, [values[a] for a in node.args], sizes)
     loss = values[model.loss_node]
-    loss.backward()
+    if loss.requires_grad:  # else the loss is constant: every gradient is zero
+        loss.backward()
     grads = {
         k: (
             np.zeros(np.shape(params[k]))
@@ -88,15 +91,17 @@ class _Interpreter:
     def node(self, node: Node, args: list, sizes: dict):
         op, attrs = node.op, node.attrs
         if op == "map":
-            return self.formula(attrs[0], args, sizes)
+            out = self.formula(attrs[0], args, sizes)
+            shape = _concrete(node.shape, sizes)
+            if tuple(out.shape) != shape:  # a constant, such as x - x: broadcast it
+                out = out + self.engine.zeros(shape, dtype=self.engine.float64)
+            return out
         if op == "matmul":
             return args[0] @ args[1]
         if op == "transpose":
             return args[0].permute(*attrs[0])
         if op == "reshape":
-            return args[0].reshape(
-                tuple(int(sp.sympify(d).subs(sizes)) for d in attrs[0])
-            )
+            return args[0].reshape(_concrete(attrs[0], sizes))
         if op == "sum":
             return args[0].sum(dim=attrs[0], keepdim=attrs[1])
         if op == "max":
@@ -140,13 +145,7 @@ class _Interpreter:
         if type(e) in self.functions:
             return self.functions[type(e)](self.tensor(parts[0]))
         if isinstance(e, (sp.Max, sp.Min)):
-            keep = np.greater_equal if isinstance(e, sp.Max) else np.less_equal
-            return _fold(
-                parts,
-                lambda x, y: self.engine.where(
-                    self.engine.tensor(keep(_data(x), _data(y))), x, y
-                ),
-            )
+            return _fold(parts, lambda x, y: self._pick(x, y, isinstance(e, sp.Max)))
         data = [_data(p) for p in parts]
         if isinstance(
             e, sp.Heaviside
@@ -160,15 +159,22 @@ class _Interpreter:
             )
         raise symbolic.UnsupportedError(f"the reference engine cannot evaluate {e}")
 
+    def _pick(self, x, y, larger: bool):
+        """torch.maximum/minimum: the winner gets the gradient; ties share it equally."""
+        wins = (np.greater if larger else np.less)(_data(x), _data(y))
+        tie = np.equal(_data(x), _data(y))
+        where, tensor = self.engine.where, self.engine.tensor
+        return where(tensor(tie), (x + y) / 2, where(tensor(wins), x, y))
+
     def _condition(self, c, env, sizes) -> np.ndarray:
         if isinstance(c, sp.core.relational.Relational):
             lhs, rhs = (_data(self._eval(x, env, sizes)) for x in c.args)
             return _COMPARE[c.rel_op](lhs, rhs)
         parts = [self._condition(x, env, sizes) for x in c.args]
-        if isinstance(c, sp.And):
-            return np.logical_and.reduce(parts)
+        if isinstance(c, sp.And):  # parts may differ in shape: they broadcast
+            return functools.reduce(np.logical_and, parts)
         if isinstance(c, sp.Or):
-            return np.logical_or.reduce(parts)
+            return functools.reduce(np.logical_or, parts)
         if isinstance(c, sp.Not):
             return np.logical_not(parts[0])
         return np.asarray(bool(c))
@@ -177,6 +183,10 @@ class _Interpreter:
         if isinstance(x, float):
             return self.engine.tensor(x, dtype=self.engine.float64)
         return x
+
+
+def _concrete(shape, sizes: dict) -> tuple[int, ...]:
+    return tuple(int(sp.sympify(d).subs(sizes)) for d in shape)
 
 
 def _fold(parts, fn):
