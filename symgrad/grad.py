@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from . import ops
 from .ir import Node, toposort
+from .symbolic import UnsupportedError
 
 
 class GradientError(ValueError):
@@ -36,13 +37,24 @@ def gradients(
         if node.args and rule is None:
             raise GradientError(f"no gradient rule for {node.op} in {node.describe()}")
         for i, a in enumerate(node.args):
-            if a in needed and (contribution := rule(g, node, i)) is not None:
+            if a in needed and (contribution := _vjp(rule, g, node, i)) is not None:
                 parts.setdefault(a, []).append(contribution)
     grads = [total.get(w) or ops.zeros(w.shape) for w in wrt]
     origin: dict[Node, Node] = {}
     for node, g in total.items():
         origin.setdefault(g, node)
     return grads, origin
+
+
+def _vjp(rule, g: Node, node: Node, i: int) -> Node | None:
+    """Apply an adjoint rule; a formula SymPy cannot differentiate is named as declared."""
+    try:
+        return rule(g, node, i)
+    except UnsupportedError as e:
+        raise UnsupportedError(
+            f"cannot differentiate {node.describe()} with respect to "
+            f"{node.args[i].describe()}: {e}"
+        ) from e
 
 
 def accumulate(parts: list[Node]) -> Node:

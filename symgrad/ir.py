@@ -70,7 +70,10 @@ def broadcast(*operands: Node) -> Shape:
     for axis, dims in enumerate(zip(*padded, strict=True)):
         sized = [d for d in dims if d != 1]
         if any(d != sized[0] for d in sized):
-            a, b = (x for x, p in zip(operands, padded, strict=True) if p[axis] != 1)
+            # Name the first sized operand and the first one that disagrees with it.
+            sizes = [(x, p[axis]) for x, p in zip(operands, padded, strict=True)]
+            a = next(x for x, d in sizes if d == sized[0])
+            b = next(x for x, d in sizes if d not in (1, sized[0]))
             raise ShapeError(
                 f"cannot broadcast {a.describe()} of shape {format_shape(a.shape)} "
                 f"with {b.describe()} of shape {format_shape(b.shape)}"

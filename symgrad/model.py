@@ -137,14 +137,15 @@ class Expr:
         return _compare(sp.GreaterThan, self, o)  # noqa: E704
 
     def __matmul__(self, other: Expr) -> Expr:
-        return Expr(ops.matmul(self.node, _expr(other, "@").node))
+        return Expr(ops.matmul(*_values([self, _expr(other, "@")], "@")))
 
     def __rmatmul__(self, other: Expr) -> Expr:
-        return Expr(ops.matmul(_expr(other, "@").node, self.node))
+        return Expr(ops.matmul(*_values([_expr(other, "@"), self], "@")))
 
     def __getitem__(self, key) -> Expr:
         if isinstance(key, Expr):
-            return Expr(ops.gather(self.node, key.node))
+            (source,) = _values([self], "gather")
+            return Expr(ops.gather(source, key.node))
         if any(isinstance(k, Expr) for k in (key if isinstance(key, tuple) else ())):
             raise ShapeError(
                 "index arrays are supported alone only: x[idx], not x[idx, 0]"
@@ -222,6 +223,22 @@ def _expr(x, what: str) -> Expr:
     return x
 
 
+def _values(xs: Sequence[Expr], what: str) -> list[Node]:
+    """The nodes of ``xs``, which are computed with (and so differentiated through).
+
+    Integer arrays only index (``X[idx]``, ``sg.take_along_axis``) and appear in
+    conditions: symgrad computes in float64 and never differentiates them, so arithmetic
+    on one is a declaration mistake, not something to run as integer NumPy code.
+    """
+    for x in xs:
+        if x.node.dtype == "int64":
+            raise ModelError(
+                f"{what}: {x.node.describe()} is an int64 array (indices or labels) and "
+                "cannot be computed with; declare it with dtype='float64' instead"
+            )
+    return [x.node for x in xs]
+
+
 def _lift(operands) -> tuple[list[sp.Expr], list[Node]]:
     """Placeholders for expression operands, SymPy constants for numbers."""
     symbols, nodes = [], []
@@ -235,6 +252,7 @@ def _lift(operands) -> tuple[list[sp.Expr], list[Node]]:
 
 
 def _elementwise(fn: Callable[..., sp.Expr], *operands) -> Expr:
+    _values([x for x in operands if isinstance(x, Expr)], "arithmetic")
     symbols, nodes = _lift(operands)
     return Expr(ops.map_(fn(*symbols), nodes))
 
@@ -250,6 +268,7 @@ def where(cond: Cond, a, b) -> Expr:
     if not isinstance(cond, Cond):
         raise TypeError("sg.where needs a comparison of expressions, e.g. x > 0")
     n = len(cond.args)
+    _values([x for x in (a, b) if isinstance(x, Expr)], "sg.where")
     symbols, nodes = _lift((a, b))
     symbols = [
         s.xreplace({ew.arg(i): ew.arg(n + i) for i in range(len(nodes))})
@@ -264,9 +283,10 @@ def elementwise(fn: Callable[..., sp.Expr], *args) -> Expr:
 
     ``sg.elementwise(lambda z: z / (1 + sp.exp(-z)), t)``.
     """
+    what = f"sg.elementwise({getattr(fn, '__name__', fn)})"
+    _values([x for x in args if isinstance(x, Expr)], what)
     symbols, nodes = _lift(args)
     expr = sp.sympify(fn(*symbols))
-    what = f"sg.elementwise({getattr(fn, '__name__', fn)})"
     check_user_formula(expr, {ew.arg(i) for i in range(len(nodes))}, what)
     return Expr(ops.map_(expr, nodes))
 
@@ -305,7 +325,8 @@ relu = _unary(ew.relu)
 
 
 def sum(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
-    return Expr(ops.reduce_sum(_expr(x, "sg.sum").node, axis, keepdims))
+    (node,) = _values([_expr(x, "sg.sum")], "sg.sum")
+    return Expr(ops.reduce_sum(node, axis, keepdims))
 
 
 def mean(x: Expr, axis=None, keepdims: bool = False) -> Expr:
@@ -317,7 +338,8 @@ def mean(x: Expr, axis=None, keepdims: bool = False) -> Expr:
 
 def max(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
     """NumPy's max; ties share the gradient equally (PyTorch's amax)."""
-    return Expr(ops.reduce_max(_expr(x, "sg.max").node, axis, keepdims))
+    (node,) = _values([_expr(x, "sg.max")], "sg.max")
+    return Expr(ops.reduce_max(node, axis, keepdims))
 
 
 def transpose(x: Expr, axes=None) -> Expr:
@@ -332,20 +354,31 @@ def reshape(x: Expr, shape) -> Expr:
     if shape.count(-1) > 1:
         raise ShapeError(f"reshape of {node.describe()}: only one dimension can be -1")
     if -1 in shape:
-        missing = sp.simplify(size(node.shape) / size(known))
+        missing = sp.simplify(sp.sympify(size(node.shape)) / size(known))
         if not (missing.is_integer and missing.is_positive):
             raise ShapeError(
                 f"cannot infer -1 reshaping {node.describe()} into {shape}"
             )
         known = tuple(as_dim(missing) if d == -1 else as_dim(d) for d in shape)
+    for d in known:  # a new size must follow from the old ones, as a whole number
+        if isinstance(d, sp.Expr) and not (
+            d.is_integer and d.is_nonnegative and d.free_symbols <= _free(node.shape)
+        ):
+            raise ShapeError(
+                f"cannot reshape {node.describe()} of shape {format_shape(node.shape)} "
+                f"into {format_shape(known)}: {d} is not a size of it"
+            )
     return Expr(ops.reshape(node, known))
+
+
+def _free(shape) -> set:
+    return {s for d in shape if isinstance(d, sp.Expr) for s in d.free_symbols}
 
 
 def take_along_axis(x: Expr, indices: Expr, axis: int) -> Expr:
     """NumPy's take_along_axis: e.g. each row's entry at its label."""
-    return Expr(
-        ops.take_along_axis(_expr(x, "take_along_axis").node, indices.node, axis)
-    )
+    (node,) = _values([_expr(x, "take_along_axis")], "take_along_axis")
+    return Expr(ops.take_along_axis(node, _expr(indices, "take_along_axis").node, axis))
 
 
 def logsumexp(x: Expr, axis=None, keepdims: bool = False) -> Expr:
@@ -401,11 +434,23 @@ class Model:
         }
 
     def _shape(self, shape, what: str) -> tuple:
-        shape = as_shape(shape)
-        for d in shape:
-            if isinstance(d, sp.Symbol) and d.name not in self.dims:
-                self.dims[self._claim(d.name, f"dimension of {what}")] = d
-        return shape
+        """Dims are ints or names; a name becomes one of the model's size symbols.
+
+        Not formulas: every symbolic dim must be bound by name from an array's shape,
+        and its name is written into the generated module, so it must be checked.
+        """
+        dims = []
+        for d in (shape,) if isinstance(shape, (int, str)) else shape:
+            if isinstance(d, sp.Symbol):
+                d = d.name  # the model's own symbol, whatever assumptions d carries
+            elif isinstance(d, sp.Expr) and not d.is_Integer:
+                raise ModelError(
+                    f"{what}: dimension {d} must be an int or a name, not a formula"
+                )
+            if isinstance(d, str) and d not in self.dims:
+                self.dims[self._claim(d, f"dimension of {what}")] = size_symbol(d)
+            dims.append(d)
+        return as_shape(dims)
 
     def input(self, name: str, shape, dtype: str = "float64") -> Expr:
         """A data array; ``dtype="int64"`` for labels and index arrays."""
@@ -447,7 +492,7 @@ class Model:
         self.names[node] = self._claim(name, what)
 
     def loss(self, x: Expr) -> Expr:
-        node = _expr(x, "loss").node
+        (node,) = _values([_expr(x, "loss")], "the loss")
         if node.shape != ():
             raise ModelError(
                 f"the loss must be a scalar, got shape {format_shape(node.shape)}"
