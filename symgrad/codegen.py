@@ -117,7 +117,10 @@ class Emitter:
                 self.alias[node] = self.node_of.get(expr, expr)  # computed already
                 continue
             self._emit_temps(expr, pending, backward)
-            self.statements.append(Statement(node, backward, expr, self._reads(expr)))
+            reads = self._reads(expr)
+            if _broadcast_map(node):  # printed with its shape: np.full, np.broadcast_to
+                reads |= self._dims(node)
+            self.statements.append(Statement(node, backward, expr, reads))
 
     def _emit_temps(self, expr: sp.Expr, pending: dict, backward: bool) -> None:
         """Emit the CSE temporaries ``expr`` needs, each right before its first use."""
@@ -217,6 +220,7 @@ class Emitter:
             and node not in self.roots
             and not node.name
             and self.users[node] == [user.target]
+            and not _broadcast_map(node)  # np.broadcast_to gives a read-only view
         )
 
     def _print_map(self, st: Statement) -> str:
@@ -277,19 +281,31 @@ class Emitter:
         return total
 
 
+def _broadcast_map(node: Node) -> bool:
+    """A map whose result is larger than its arguments (the adjoint of a sum)."""
+    return node.op == "map" and broadcast(*node.args) != node.shape
+
+
 def _scalar_map(node: Node) -> bool:
     """Arithmetic on scalars (``-grad_loss / batch``): written where it is used."""
     return node.op == "map" and node.shape == () and all(a.ndim == 0 for a in node.args)
 
 
 def _return(values: dict[str, Node], emitter: Emitter) -> str:
-    """A dict literal of results; leaves are copied so results never alias arguments."""
-    items = []
+    """A dict literal of results that never alias arguments or each other.
+
+    Leaves and repeated values are copied. Constants (zero gradients) are written afresh:
+    one may equal a forward value, whose name backward() does not have.
+    """
+    items, seen = [], set()
     for key, node in values.items():
-        value = emitter.code(node)
-        items.append(
-            f'"{key}": {value}.copy()' if node.op in LEAVES else f'"{key}": {value}'
-        )
+        if is_const(node):
+            value = emitter._print_constant(node)
+        else:
+            value = emitter.code(node)
+            value += ".copy()" if node.op in LEAVES or node in seen else ""
+        seen.add(node)
+        items.append(f'"{key}": {value}')
     return "{" + ", ".join(items) + "}"
 
 
@@ -364,6 +380,7 @@ def render(program: Program) -> str:
         backward = [st for st in emitter.statements if st.backward]
         backward = emitter.needed(backward, grads)
         cached = set().union(*(st.reads for st in backward))
+        cached |= {d for g in grads if is_const(g) for d in emitter._dims(g)}  # zeros
         cached -= {st.target for st in backward} | {program.seed}
         forward = emitter.needed(
             [st for st in emitter.statements if not st.backward],

@@ -122,6 +122,13 @@ class NumPyPrinter(_SymPyNumPyPrinter):
             out = f"np.{fn}({out}, {self._print(a)})"
         return out
 
+    def _print_And(self, expr):
+        """Nested np.logical_and: SymPy's np.logical_and.reduce((a, b)) cannot broadcast."""
+        return self._print_minmax("logical_and", expr.args)
+
+    def _print_Or(self, expr):
+        return self._print_minmax("logical_or", expr.args)
+
     def _print_Max(self, expr):
         return self._print_minmax("maximum", expr.args)
 
