@@ -15,18 +15,21 @@ from pathlib import Path
 
 import black
 import jinja2
+import numpy as np
 import sympy as sp
 
-from . import __version__
+from . import __version__, inplace
 from . import symbolic as ew
 from .compiler import Program, unit_seed
-from .ir import Node, broadcast, consumers, format_shape, toposort
+from .ir import Node, broadcast, broadcast_shapes, consumers, format_shape, toposort
 from .ops import PRIMITIVES, is_const
-from .printer import to_numpy
+from .printer import NumPyPrinter, to_numpy
 from .symbolic import factored
 
 VIEWS = ("transpose", "index", "reshape")
 LEAVES = ("input", "param", "seed")
+# Operations whose result is a new array of the node's shape, safe to overwrite when dead.
+FRESH = ("map", "matmul", "sum", "max", "gather", "take_along_axis", "scatter")
 TEMPLATES = [
     Path(__file__).parent / "templates",
     Path(__file__).parent.parent / "templates",
@@ -198,7 +201,16 @@ class Emitter:
             return f"({self._print_expr(self._expr(node))})"
         return PRIMITIVES[node.op].numpy([self.code(a) for a in node.args], node)
 
-    def lines(self, st: Statement) -> list[str]:
+    def lines(self, st: Statement, dead: set = frozenset()) -> list[str]:
+        shape = self.shape(st.target)
+        if st.expr is not None and _large(shape) and not _broadcast_map(st.target):
+            named, shapes = self._named(st.expr)
+            once = {
+                code for code in shapes if named.count(sp.Symbol(code, real=True)) == 1
+            }
+            owned = {self.names[r] for r in dead if self.fresh(r, shape)} & once
+            printer = NumPyPrinter({code: len(s) for code, s in shapes.items()})
+            return inplace.lower(named, st.name, printer, shapes, shape, owned)
         if st.expr is not None:
             return [f"{st.name} = {self._print_map(st)}"]
         node = st.target
@@ -233,21 +245,40 @@ class Emitter:
         return text
 
     def _print_expr(self, expr: sp.Expr) -> str:
-        names, ranks = {}, {}
+        named, shapes = self._named(expr)
+        return to_numpy(named, {code: len(shape) for code, shape in shapes.items()})
+
+    def _named(self, expr: sp.Expr) -> tuple[sp.Expr, dict]:
+        """``expr`` over symbols named by the code of their values, and those shapes."""
+        names, shapes = {}, {}
         for s in expr.free_symbols:
             target = self.node_of.get(s, s)
             code = self.code(target) if isinstance(target, Node) else self.names[target]
             names[s] = sp.Symbol(code, real=True)
-            ranks[code] = self.rank(target)
-        return to_numpy(expr.xreplace(names), ranks)
+            shapes[code] = self.shape(target)
+        return expr.xreplace(names), shapes
 
-    def rank(self, target) -> int:
-        """Number of dimensions of a value (a CSE temporary: the most of its inputs)."""
+    def shape(self, target) -> tuple:
+        """The shape of a value (of a CSE temporary: the broadcast of its inputs)."""
         if isinstance(target, Node):
-            return target.ndim
+            return target.shape
         if target in self.dims:
-            return 0
-        return max((self.rank(r) for r in self.statement_of[target].reads), default=0)
+            return ()
+        return broadcast_shapes(
+            *(self.shape(r) for r in self.statement_of[target].reads)
+        )
+
+    def fresh(self, target, shape: tuple) -> bool:
+        """Whether ``target`` is an array this function allocated, of exactly ``shape``."""
+        if target not in self.statement_of or target in self.dims:
+            return False
+        if self.shape(target) != shape:
+            return False
+        return not isinstance(target, Node) or (
+            target.op in FRESH
+            and not _broadcast_map(target)
+            and target.dtype == "float64"
+        )
 
     def _print_constant(self, node: Node) -> str:
         value = node.attrs[0]
@@ -270,8 +301,20 @@ class Emitter:
                 kept.append(st)
         return kept[::-1]
 
-    def body(self, statements: list[Statement]) -> list[str]:
-        return [line for st in statements for line in self.lines(st)]
+    def body(self, statements: list[Statement], keep: set) -> list[str]:
+        """The statements' lines; arrays not in ``keep`` may be overwritten after their
+        last use (computing the statement that reads them last, in place)."""
+        last = {r: k for k, st in enumerate(statements) for r in st.reads}
+        local = {
+            st.target for st in statements
+        }  # never overwrite what the caller passed
+        lines = []
+        for k, st in enumerate(statements):
+            dead = {
+                r for r in st.reads if last[r] == k and r in local and r not in keep
+            }
+            lines += self.lines(st, dead)
+        return lines
 
     def op_count(self, backward: bool) -> int:
         total = 0
@@ -281,9 +324,20 @@ class Emitter:
         return total
 
 
-def _broadcast_map(node: Node) -> bool:
+def _large(shape: tuple) -> bool:
+    """Worth computing in place: a symbolic size, or at least a thousand elements."""
+    return bool(shape) and (
+        any(isinstance(d, sp.Expr) for d in shape) or int(np.prod(shape)) >= 1000
+    )
+
+
+def _broadcast_map(node) -> bool:
     """A map whose result is larger than its arguments (the adjoint of a sum)."""
-    return node.op == "map" and broadcast(*node.args) != node.shape
+    return (
+        isinstance(node, Node)
+        and node.op == "map"
+        and broadcast(*node.args) != node.shape
+    )
 
 
 def _scalar_map(node: Node) -> bool:
@@ -406,13 +460,17 @@ def render(program: Program) -> str:
             output_names=list(model.outputs),
             unpack=unpack,
             unpacked=", ".join(unpacked),
-            forward=emitter.body(forward),
+            forward=emitter.body(
+                forward, {program.loss, *program.outputs.values(), *cached}
+            ),
             forward_return=_return({"loss": program.loss, **program.outputs}, emitter),
             cache="{" + ", ".join(f'"{n}": {n}' for n in cache_names) + "}",
             cache_names=cache_names,
-            backward=emitter.body(backward),
+            backward=emitter.body(backward, grads),
             grads_return=_return(program.grads, emitter),
-            value_and_grad=unit.body(fused),
+            value_and_grad=unit.body(
+                fused, {unit.program.loss, *unit.program.grads.values()}
+            ),
             loss=unit.code(unit.program.loss),
             unit_grads_return=_return(unit.program.grads, unit),
             init_dims=sorted(

@@ -82,6 +82,15 @@ def broadcast(*operands: Node) -> Shape:
     return tuple(out)
 
 
+def broadcast_shapes(*shapes: Shape) -> Shape:
+    """NumPy broadcasting of shapes already known to be compatible."""
+    ndim = max((len(s) for s in shapes), default=0)
+    padded = [(1,) * (ndim - len(s)) + tuple(s) for s in shapes]
+    return tuple(
+        next((d for d in dims if d != 1), 1) for dims in zip(*padded, strict=True)
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class Node:
     """One operation of the graph. ``op`` names a primitive in ``ops.PRIMITIVES``."""

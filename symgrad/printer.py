@@ -1,4 +1,5 @@
-"""SymPy expression -> NumPy source, as a person would write it (``np.exp(x)``, ``1 / x``)."""
+"""SymPy expression -> NumPy source, as a person would write it (``np.exp(x)``, ``1 / x``),
+and -> plain Python on floats (``math.exp(x)``) for scalar-unrolled code."""
 
 from __future__ import annotations
 
@@ -110,10 +111,15 @@ class NumPyPrinter(_SymPyNumPyPrinter):
         *pairs, (last, cond) = expr.args
         if cond != sp.true:
             raise ValueError(f"Piecewise without a default branch: {expr}")
-        out = self._print(last)
+        branch = self._print_branch
+        out = branch(last)
         for value, cond in reversed(pairs):
-            out = f"np.where({self._print(cond)}, {self._print(value)}, {out})"
+            out = f"np.where({self._print(cond)}, {branch(value)}, {out})"
         return out
+
+    def _print_branch(self, value) -> str:
+        """Integer branches as floats: np.where(c, 1, 0) would give an integer array."""
+        return repr(float(value)) if value.is_Integer else self._print(value)
 
     def _print_minmax(self, fn: str, args) -> str:
         first, *rest = sorted(args, key=lambda a: a.is_Number)  # np.minimum(x, 709)
