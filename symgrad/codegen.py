@@ -264,8 +264,9 @@ class Emitter:
             return target.shape
         if target in self.dims:
             return ()
+        expr = self.statement_of[target].expr  # not reads: those see through views
         return broadcast_shapes(
-            *(self.shape(r) for r in self.statement_of[target].reads)
+            *(self.shape(self.node_of.get(s, s)) for s in expr.free_symbols)
         )
 
     def fresh(self, target, shape: tuple) -> bool:
