@@ -53,8 +53,12 @@ def _bad(group, name, array, expected, kind):
 def forward(params, inputs):
     """Return (outputs, cache): outputs has "loss"; backward(cache) needs the cache."""
     a, b, c, t, y, batch = _unpack(params, inputs)
-    t1 = np.exp(-b * t)
-    t2 = c + a * t1 - y
+    t1 = t * b
+    np.negative(t1, out=t1)
+    np.exp(t1, out=t1)
+    t2 = t1 * a
+    t2 -= y
+    t2 += c
     t3 = t2 @ t2
     loss = t3 / batch
     return {"loss": loss}, {"a": a, "batch": batch, "t": t, "t1": t1, "t2": t2}
@@ -82,13 +86,18 @@ def backward(cache, grad_loss=1.0):
 def value_and_grad(params, inputs):
     """Return (loss, grads) in one pass: the fast path for training."""
     a, b, c, t, y, batch = _unpack(params, inputs)
-    t1 = np.exp(-b * t)
-    t2 = c + a * t1 - y
+    t1 = t * b
+    np.negative(t1, out=t1)
+    np.exp(t1, out=t1)
+    t2 = t1 * a
+    t2 -= y
+    t2 += c
     t3 = t2 @ t2
     loss = t3 / batch
     t4 = t2 @ t1
     grad_a = 2 * t4 / batch
-    t5 = t1 * t2
+    t1 *= t2
+    t5 = t1
     t6 = t @ t5
     grad_b = -2 * a * t6 / batch
     t7 = t2.sum()

@@ -52,11 +52,13 @@ def forward(params, inputs):
     pos, i, j, N, pairs = _unpack(params, inputs)
     t1 = np.take(pos, i, axis=0)
     t2 = np.take(pos, j, axis=0)
-    t3 = t1 - t2
-    t4 = t3**2
+    t1 -= t2
+    t3 = t1
+    t4 = np.square(t3)
     r2 = t4 @ np.ones(3)
     t5 = 1 / r2**3
-    t6 = t5**2 - t5
+    t6 = np.square(t5)
+    t6 -= t5
     t7 = t6.sum()
     loss = 4 * t7
     return {"loss": loss}, {
@@ -81,9 +83,13 @@ def backward(cache, grad_loss=1.0):
         cache["t3"],
         cache["t5"],
     )
-    t8 = -12 * grad_loss * (-1 + 2 * t5) / r2**4
-    t9 = 2 * t3 * t8[:, None]
-    t10 = -t9
+    t8 = 1 / r2**4
+    _tmp2 = t5 * (2)
+    _tmp2 -= 1
+    t8 *= _tmp2
+    t8 *= -12 * grad_loss
+    t9 = t3 * (2 * t8[:, None])
+    t10 = np.negative(t9)
     grad_pos = np.zeros((N, 3))
     grad_pos[:, 0] += np.bincount(j, weights=t10[:, 0], minlength=N)
     grad_pos[:, 1] += np.bincount(j, weights=t10[:, 1], minlength=N)
@@ -99,16 +105,22 @@ def value_and_grad(params, inputs):
     pos, i, j, N, pairs = _unpack(params, inputs)
     t1 = np.take(pos, i, axis=0)
     t2 = np.take(pos, j, axis=0)
-    t3 = t1 - t2
-    t4 = t3**2
+    t1 -= t2
+    t3 = t1
+    t4 = np.square(t3)
     r2 = t4 @ np.ones(3)
     t5 = 1 / r2**3
     t6 = t5 @ t5
     t7 = t5.sum()
     loss = 4 * (t6 - t7)
-    t8 = -12 * (-1 + 2 * t5) / r2**4
-    t9 = 2 * t3 * t8[:, None]
-    t10 = -t9
+    t8 = 1 / r2**4
+    t5 *= 2
+    t5 -= 1
+    t8 *= t5
+    t8 *= -12
+    t3 *= 2 * t8[:, None]
+    t9 = t3
+    t10 = np.negative(t9)
     grad_pos = np.zeros((N, 3))
     grad_pos[:, 0] += np.bincount(j, weights=t10[:, 0], minlength=N)
     grad_pos[:, 1] += np.bincount(j, weights=t10[:, 1], minlength=N)

@@ -51,9 +51,15 @@ def forward(params, inputs):
     """Return (outputs, cache): outputs has "loss", "logits"; backward(cache) needs the cache."""
     w, b, X, y, batch = _unpack(params, inputs)
     t1 = X @ w
-    logits = b + t1
+    t1 += b
+    logits = t1
     t2 = logits @ y
-    t3 = np.log1p(np.exp(-np.abs(logits))) + np.maximum(logits, 0)
+    t3 = np.maximum(logits, 0)
+    _tmp2 = np.abs(logits)
+    np.negative(_tmp2, out=_tmp2)
+    np.exp(_tmp2, out=_tmp2)
+    np.log1p(_tmp2, out=_tmp2)
+    t3 += _tmp2
     t4 = t3.sum()
     loss = (t4 - t2) / batch
     return {"loss": loss, "logits": logits}, {
@@ -74,7 +80,10 @@ def backward(cache, grad_loss=1.0):
         cache["t3"],
         cache["y"],
     )
-    t5 = grad_loss * (np.exp(logits - t3) - y) / batch
+    t5 = logits - t3
+    np.exp(t5, out=t5)
+    t5 -= y
+    t5 *= grad_loss / batch
     grad_w = X.T @ t5
     grad_b = t5.sum()
     return {"w": grad_w, "b": grad_b}
@@ -84,12 +93,22 @@ def value_and_grad(params, inputs):
     """Return (loss, grads) in one pass: the fast path for training."""
     w, b, X, y, batch = _unpack(params, inputs)
     t1 = X @ w
-    logits = b + t1
+    t1 += b
+    logits = t1
     t2 = logits @ y
-    t3 = np.log1p(np.exp(-np.abs(logits))) + np.maximum(logits, 0)
+    t3 = np.maximum(logits, 0)
+    _tmp2 = np.abs(logits)
+    np.negative(_tmp2, out=_tmp2)
+    np.exp(_tmp2, out=_tmp2)
+    np.log1p(_tmp2, out=_tmp2)
+    t3 += _tmp2
     t4 = t3.sum()
     loss = (t4 - t2) / batch
-    t5 = (np.exp(logits - t3) - y) / batch
+    logits -= t3
+    np.exp(logits, out=logits)
+    logits -= y
+    logits /= batch
+    t5 = logits
     grad_w = X.T @ t5
     grad_b = t5.sum()
     return loss, {"w": grad_w, "b": grad_b}

@@ -57,11 +57,15 @@ def forward(params, inputs):
     """Return (outputs, cache): outputs has "loss", "logits"; backward(cache) needs the cache."""
     W1, b1, W2, b2, x, labels, batch = _unpack(params, inputs)
     t1 = x @ W1.T
-    h = np.tanh(b1 + t1)
+    t1 += b1
+    np.tanh(t1, out=t1)
+    h = t1
     t2 = h @ W2.T
-    logits = b2 + t2
+    t2 += b2
+    logits = t2
     t3 = logits.max(axis=1, keepdims=True)
-    t4 = np.exp(logits - t3)
+    t4 = logits - t3
+    np.exp(t4, out=t4)
     t5 = t4 @ np.ones((10, 1))
     t6 = logits - (t3 + np.log(t5))
     t7 = np.take_along_axis(t6, labels[:, None], axis=1)
@@ -92,7 +96,9 @@ def backward(cache, grad_loss=1.0):
     t9 = np.zeros((batch, 10))
     np.put_along_axis(t9, labels[:, None], (-grad_loss / batch), axis=1)
     t10 = t9 @ np.ones((10, 1))
-    t11 = -t10 * t4 / t5
+    t11 = t4 * t10
+    t11 /= t5
+    np.negative(t11, out=t11)
     grad_logits = t11
     np.put_along_axis(
         grad_logits,
@@ -101,7 +107,10 @@ def backward(cache, grad_loss=1.0):
         axis=1,
     )
     grad_h = grad_logits @ W2
-    t12 = grad_h * (1 - h**2)
+    _tmp1 = np.square(h)
+    np.subtract(1, _tmp1, out=_tmp1)
+    grad_h *= _tmp1
+    t12 = grad_h
     grad_W1 = t12.T @ x
     grad_b1 = np.ones(batch) @ t12
     grad_W2 = grad_logits.T @ h
@@ -113,17 +122,23 @@ def value_and_grad(params, inputs):
     """Return (loss, grads) in one pass: the fast path for training."""
     W1, b1, W2, b2, x, labels, batch = _unpack(params, inputs)
     t1 = x @ W1.T
-    h = np.tanh(b1 + t1)
+    t1 += b1
+    np.tanh(t1, out=t1)
+    h = t1
     t2 = h @ W2.T
-    logits = b2 + t2
+    t2 += b2
+    logits = t2
     t3 = logits.max(axis=1, keepdims=True)
-    t4 = np.exp(logits - t3)
+    t4 = logits - t3
+    np.exp(t4, out=t4)
     t5 = t4 @ np.ones((10, 1))
-    t6 = logits - (t3 + np.log(t5))
+    logits -= t3 + np.log(t5)
+    t6 = logits
     t7 = np.take_along_axis(t6, labels[:, None], axis=1)
     t8 = t7.sum()
     loss = -t8 / batch
-    t9 = t4 / (batch * t5)
+    t4 /= batch * t5
+    t9 = t4
     grad_logits = t9
     np.put_along_axis(
         grad_logits,
@@ -132,7 +147,10 @@ def value_and_grad(params, inputs):
         axis=1,
     )
     grad_h = grad_logits @ W2
-    t10 = grad_h * (1 - h**2)
+    _tmp1 = np.square(h)
+    np.subtract(1, _tmp1, out=_tmp1)
+    grad_h *= _tmp1
+    t10 = grad_h
     grad_W1 = t10.T @ x
     grad_b1 = np.ones(batch) @ t10
     grad_W2 = grad_logits.T @ h

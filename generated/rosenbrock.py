@@ -43,7 +43,9 @@ def forward(params, inputs):
     x, n = _unpack(params, inputs)
     t1 = 1 - x[:-1]
     t2 = t1 @ t1
-    t3 = x[1:] - x[:-1] ** 2
+    t3 = np.square(x[:-1])
+    np.negative(t3, out=t3)
+    t3 += x[1:]
     t4 = t3 @ t3
     loss = t2 + 100 * t4
     return {"loss": loss}, {"n": n, "t1": t1, "t3": t3, "x": x}
@@ -52,9 +54,12 @@ def forward(params, inputs):
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
     n, t1, t3, x = cache["n"], cache["t1"], cache["t3"], cache["x"]
-    t5 = 200 * t3
-    t6 = -2 * grad_loss * (t1 + t5 * x[:-1])
-    t7 = grad_loss * t5
+    t5 = t3 * (200)
+    t6 = t5 * x[:-1]
+    t6 += t1
+    t6 *= -2 * grad_loss
+    t5 *= grad_loss
+    t7 = t5
     grad_x = np.zeros((n,))
     grad_x[:-1] += t6
     grad_x[1:] += t7
@@ -66,11 +71,17 @@ def value_and_grad(params, inputs):
     x, n = _unpack(params, inputs)
     t1 = 1 - x[:-1]
     t2 = t1 @ t1
-    t3 = x[1:] - x[:-1] ** 2
+    t3 = np.square(x[:-1])
+    np.negative(t3, out=t3)
+    t3 += x[1:]
     t4 = t3 @ t3
     loss = t2 + 100 * t4
-    t5 = 200 * t3
-    t6 = -2 * (t1 + t5 * x[:-1])
+    t3 *= 200
+    t5 = t3
+    _tmp1 = t5 * x[:-1]
+    t1 += _tmp1
+    t1 *= -2
+    t6 = t1
     grad_x = np.zeros((n,))
     grad_x[:-1] += t6
     grad_x[1:] += t5
