@@ -169,7 +169,9 @@ class Emitter:
         if self.program.loss.op not in LEAVES:
             self.names.setdefault(self.program.loss, "loss")
         for pname, g in self.program.grads.items():
-            self.names.setdefault(g, f"grad_{pname}")
+            self.names.setdefault(
+                g, f"{'hvp' if self.program.vectors else 'grad'}_{pname}"
+            )
         for d in self.dims:
             self.names[d] = d.name
         used = set(self.names.values())
@@ -478,10 +480,23 @@ def render(program: Program) -> str:
                 {d.name for n in model.params.values() for d in _symbols(n.shape)}
             ),
             init=_init(model),
+            hvp=_hvp(program.hvp) if program.hvp else None,
         )
         source = _environment().get_template("module.py.j2").render(context)
     with program.timed("black"):
         return black.format_str(source, mode=black.Mode())
+
+
+def _hvp(program: Program) -> dict:
+    """Template context of hvp(): the Hessian-vector products' statements."""
+    emitter = Emitter(program)
+    products = set(program.grads.values())
+    statements = emitter.needed(emitter.statements, products)
+    return dict(
+        vectors=[(name, v.name) for name, v in program.vectors.items()],
+        lines=emitter.body(statements, products),
+        returns=_return(program.grads, emitter),
+    )
 
 
 def _symbols(shape) -> list[sp.Symbol]:

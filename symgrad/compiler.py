@@ -23,6 +23,12 @@ class Program:
     grads: dict[str, Node]
     seed: Node  # grad_loss: backward() computes the gradient of grad_loss * loss
     timings: dict[str, float] = field(default_factory=dict)
+    hvp: Program | None = (
+        None  # Hessian-vector products, for models declared hessian=True
+    )
+    vectors: dict[str, Node] = field(
+        default_factory=dict
+    )  # the v of hvp(params, inputs, v)
 
     def roots(self) -> list[Node]:
         return [self.loss, *self.outputs.values(), *self.grads.values()]
@@ -63,6 +69,30 @@ def compile_model(model: Model) -> Program:
         roots = optimize.rewrite(roots, lambda old, new: _hinted(new, hints.get(old)))
         roots = optimize.optimize(roots)
     program.set_roots(roots)
+    if model.hessian:
+        with program.timed("hessian"):
+            program.hvp = _hessian_vector_product(model, grads, program.seed)
+    return program
+
+
+def _hessian_vector_product(model: Model, grads: list[Node], seed: Node) -> Program:
+    """Reverse over reverse: the gradient of sum_k <grad_k, v_k>, with v_k new inputs.
+
+    Works on the gradient graphs before optimization, where ``detach`` still marks what
+    is constant (the shift of logsumexp), so no cancelling terms are differentiated.
+    """
+    one = ops.const(1)
+    grads = optimize.rewrite(grads, lambda old, new: one if old is seed else new)
+    vectors = [
+        ops.leaf("input", f"_v_{name}", p.shape) for name, p in model.params.items()
+    ]
+    total = ops.apply(lambda *xs: sum(xs), *map(ops.dot, grads, vectors))
+    products, _ = gradients(total, list(model.params.values()), one)
+    loss, *products = optimize.optimize([model.loss_node, *products])
+    program = Program(
+        model, loss, {}, dict(zip(model.params, products, strict=True)), one
+    )
+    program.vectors = dict(zip(model.params, vectors, strict=True))
     return program
 
 

@@ -163,7 +163,7 @@ class InPlace:
 
 
 def _grouped(code: str) -> str:
-    return code if code.isidentifier() else f"({code})"
+    return code if re.fullmatch(r"[\w.]+", code) else f"({code})"
 
 
 def _inverse(term: sp.Expr, add: bool) -> tuple[bool, sp.Expr]:

@@ -18,33 +18,38 @@ from .model import Model
 
 def reference(model: Model, params: dict, inputs: dict, engine=tape) -> tuple:
     """(loss, outputs, grads) of the model computed by ``engine`` (float64 throughout)."""
-    run = _Interpreter(engine)
     leaves = {
-        n: engine.tensor(np.asarray(params[k], dtype=float), requires_grad=True)
-        for k, n in model.params.items()
+        k: engine.tensor(np.asarray(p, dtype=float), requires_grad=True)
+        for k, p in params.items()
     }
-    for k, n in model.inputs.items():
-        leaves[n] = engine.tensor(np.asarray(inputs[k]))
-    sizes = {model.dims[k]: v for k, v in bound_dims(model, params, inputs).items()}
-    values: dict[Node, object] = {}
-    for node in toposort([model.loss_node, *model.outputs.values()]):
-        if node in leaves:
-            values[node] = leaves[node]
-        else:
-            values[node] = run.node(node, [values[a] for a in node.args], sizes)
+    values = evaluate(model, leaves, inputs, engine)
     loss = values[model.loss_node]
-    if loss.requires_grad:  # else the loss is constant: every gradient is zero
-        loss.backward()
+    loss.backward()
     grads = {
-        k: (
-            np.zeros(np.shape(params[k]))
-            if leaves[n].grad is None
-            else leaves[n].grad.numpy()
-        )
-        for k, n in model.params.items()
+        k: np.zeros(np.shape(params[k])) if t.grad is None else t.grad.numpy()
+        for k, t in leaves.items()
     }
     outputs = {k: values[n].detach().numpy() for k, n in model.outputs.items()}
     return loss.item(), outputs, grads
+
+
+def evaluate(model: Model, params: dict, inputs: dict, engine=tape) -> dict:
+    """The value of every node of the declared model, as ``engine`` tensors.
+
+    ``params`` are engine tensors (so the caller decides what requires grad, e.g. for
+    ``torch.autograd.functional.hessian``); ``inputs`` are arrays.
+    """
+    run = _Interpreter(engine)
+    values: dict[Node, object] = {n: params[k] for k, n in model.params.items()}
+    values.update(
+        {n: engine.tensor(np.asarray(inputs[k])) for k, n in model.inputs.items()}
+    )
+    shapes = {k: tuple(t.shape) for k, t in params.items()}
+    sizes = {model.dims[k]: v for k, v in bound_dims(model, shapes, inputs).items()}
+    for node in toposort([model.loss_node, *model.outputs.values()]):
+        if node not in values:
+            values[node] = run.node(node, [values[a] for a in node.args], sizes)
+    return values
 
 
 def bound_dims(model: Model, params: dict, inputs: dict) -> dict[str, int]:
@@ -52,7 +57,12 @@ def bound_dims(model: Model, params: dict, inputs: dict) -> dict[str, int]:
     dims = {}
     for nodes, arrays in ((model.params, params), (model.inputs, inputs)):
         for name, node in nodes.items():
-            for d, n in zip(node.shape, np.shape(arrays[name]), strict=True):
+            shape = (
+                arrays[name]
+                if isinstance(arrays[name], tuple)
+                else np.shape(arrays[name])
+            )
+            for d, n in zip(node.shape, shape, strict=True):
                 if isinstance(d, sp.Symbol):
                     dims[d.name] = n
     return dims

@@ -130,6 +130,8 @@ def _check_one(model, module, params, inputs, report: Report, rng) -> None:
         return float(module.value_and_grad(p, inputs)[0])
 
     fd = finite_differences(f, params, grads, rng)
+    if hasattr(module, "hvp"):
+        _check_hvp(module, params, inputs, report, rng)
     report.fd_method = (
         "per element"
         if _size(params) <= PER_ELEMENT_LIMIT
@@ -144,6 +146,29 @@ def _check_one(model, module, params, inputs, report: Report, rng) -> None:
             relative_error(scaled[name], -2.5 * ref_grads[name]),
         )
         report.add(f"grad {name}", tuple(np.shape(g)), tape_error, fd[name])
+
+
+def _check_hvp(module, params: dict, inputs: dict, report: Report, rng) -> None:
+    """hvp(v) against central differences of the gradient along v."""
+    v = {k: rng.standard_normal(np.shape(p)) for k, p in params.items()}
+    products = module.hvp(params, inputs, v)
+    step = np.finfo(float).eps ** (1 / 3)
+
+    def grad(sign):
+        shifted = {
+            k: np.asarray(p, float) + sign * step * v[k] for k, p in params.items()
+        }
+        return module.value_and_grad(shifted, inputs)[1]
+
+    up, down = grad(1), grad(-1)
+    for k in params:
+        estimate = (np.asarray(up[k]) - np.asarray(down[k])) / (2 * step)
+        report.add(
+            f"hvp {k}",
+            tuple(np.shape(params[k])),
+            0.0,
+            relative_error(products[k], estimate),
+        )
 
 
 def _size(params: dict) -> int:
