@@ -84,7 +84,7 @@ def backward(cache, grad_loss=1.0):
         cache["t5"],
     )
     t8 = 1 / r2**4
-    _tmp2 = t5 * (2)
+    _tmp2 = t5 * 2
     _tmp2 -= 1
     t8 *= _tmp2
     t8 *= -12 * grad_loss

@@ -54,7 +54,7 @@ def forward(params, inputs):
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
     n, t1, t3, x = cache["n"], cache["t1"], cache["t3"], cache["x"]
-    t5 = t3 * (200)
+    t5 = t3 * 200
     t6 = t5 * x[:-1]
     t6 += t1
     t6 *= -2 * grad_loss
