@@ -107,6 +107,8 @@ class InPlace:
             (_inverse(t, add) for t in e.args if self.full(t)), key=lambda p: p[0]
         )
         small = [_inverse(t, add) for t in e.args if not self.full(t)]
+        if not big:  # an outer product of smaller operands: NumPy allocates the result
+            return self.assign(name, self.printer.doprint(e))
         join = sp.Add if add else sp.Mul
         direct = [t for inverse, t in small if not inverse]
         inverted = [t for inverse, t in small if inverse]
