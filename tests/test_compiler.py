@@ -115,7 +115,17 @@ def centred():
     return m
 
 
+def outer():
+    """Full-size results made only of smaller operands (found by the fuzzer)."""
+    m = sg.Model("outer")
+    p0, p1 = m.param("p0", (2,)), m.param("p1", (2, "n"))
+    u = m.param("u", ("n",))
+    m.loss(sg.sum(sg.sin(p0 @ p1)) + sg.sum(sg.tanh(u[:, None] * u[None, :] + 1)))
+    return m
+
+
 EXTRA = [
+    outer,
     softmax_regression,
     piecewise,
     batched,
