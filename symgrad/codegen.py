@@ -79,6 +79,8 @@ class Emitter:
         """Views and scalar constants are written where used, not assigned."""
         if node in self.roots or node.name or node.op in LEAVES:
             return node.op in LEAVES
+        if node.op in VIEWS and len(self.users[node]) > 1 and node.args[0].op in LEAVES:
+            return False  # x[:-1] used twice: one view object, not one per use
         return node.op in VIEWS or is_const(node) or _scalar_map(node)
 
     def _expr(self, node: Node) -> sp.Expr:
@@ -367,35 +369,43 @@ def _return(values: dict[str, Node], emitter: Emitter) -> str:
 
 
 def _unpack(model) -> tuple[list[str], list[str]]:
-    """Lines of ``_unpack`` and the names it returns: arrays then symbolic dims."""
+    """Lines of ``_unpack`` and the names it returns: arrays then symbolic dims.
+
+    One test per array: its rank, its fixed sizes, the sizes of dims bound by earlier
+    arrays, and its dtype kind; dims it is first to use are bound after the test.
+    """
     lines, bound = [], []
     for group, arrays in (("params", model.params), ("inputs", model.inputs)):
         for name, node in arrays.items():
             kind = "integer" if node.dtype == "int64" else "float"
-            check = 'not in "iu"' if node.dtype == "int64" else '!= "f"'
-            lines.append(f'{name} = np.asarray({group}["{name}"])')
-            new = [
-                d
-                for d in node.shape
-                if isinstance(d, sp.Symbol) and d.name not in bound
-            ]
-            if new:
-                lines.append(f"if {name}.ndim != {node.ndim}:")
-                lines.append(
-                    f'    _bad("{group}", "{name}", {name}, "{format_shape(node.shape)}", "{kind}")'
+            dtype = 'not in "iu"' if node.dtype == "int64" else '!= "f"'
+            new = {d.name for d in node.shape if isinstance(d, sp.Symbol)} - set(bound)
+            if new:  # shape[k] is only valid once the rank is known
+                tests = [f"{name}.ndim != {node.ndim}"] + [
+                    f"{name}.shape[{k}] != {d}"
+                    for k, d in enumerate(node.shape)
+                    if not (isinstance(d, sp.Symbol) and d.name in new)
+                ]
+            else:
+                tests = [f"{name}.shape != {format_shape(node.shape)}"]
+            tests.append(f"{name}.dtype.kind {dtype}")
+            shown = [
+                (
+                    f"{d}={{{d}}}"
+                    if isinstance(d, sp.Symbol) and d.name not in new
+                    else str(d)
                 )
-                for axis, d in enumerate(node.shape):
-                    if d in new and d.name not in bound:
-                        lines.append(f"{d.name} = {name}.shape[{axis}]")
-                        bound.append(d.name)
-            expected = format_shape(node.shape)
-            shown = ", ".join(
-                f"{d}={{{d}}}" if isinstance(d, sp.Symbol) else str(d)
                 for d in node.shape
-            )
-            shown = f"({shown},)" if node.ndim == 1 else f"({shown})"
-            lines.append(f"if {name}.shape != {expected} or {name}.dtype.kind {check}:")
-            lines.append(f'    _bad("{group}", "{name}", {name}, f"{shown}", "{kind}")')
+            ]
+            shown = f"({shown[0]},)" if node.ndim == 1 else f"({', '.join(shown)})"
+            shown = f'f"{shown}"' if "{" in shown else f'"{shown}"'
+            lines.append(f'{name} = np.asarray({group}["{name}"])')
+            lines.append(f"if {' or '.join(tests)}:")
+            lines.append(f'    _bad("{group}", "{name}", {name}, {shown}, "{kind}")')
+            for k, d in enumerate(node.shape):
+                if isinstance(d, sp.Symbol) and d.name in new and d.name not in bound:
+                    lines.append(f"{d.name} = {name}.shape[{k}]")
+                    bound.append(d.name)
     return lines, [*model.params, *model.inputs, *bound]
 
 

@@ -55,7 +55,7 @@ class InPlace:
             return self.printer.doprint(e), False
         if e.is_Symbol:
             return e.name, e.name in self.owned
-        if e.is_Mul and e.args[0] == -1:
+        if e.is_Mul and e.args[0] == -1 and self.full(-e) and e.args[1:] == (-e,):
             return self.unary("negative", -e, name)
         if e.is_Add or e.is_Mul:
             return self.nary(e, name)
@@ -139,6 +139,13 @@ class InPlace:
                 head = None
             else:
                 buf = self.assign(name, f"{code} {inv} {_grouped(tail.pop(0))}")[0]
+        if inverse and head is None and any(not o[0] for o in operands):
+            # d - buf or d / buf, with d a full-size operand: one pass
+            direct = next(o for o in operands if not o[0])
+            operands.remove(direct)
+            fn = "subtract" if add else "divide"
+            self.lines.append(f"np.{fn}({direct[1]}, {buf}, out={buf})")
+            inverse = False
         if inverse:  # s - buf or s / buf, in place
             fn = (
                 {(True, False): "negative", (True, True): "subtract"}[

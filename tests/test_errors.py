@@ -511,7 +511,7 @@ def test_missing_and_extra_keys_raise_key_error_naming_them(seed_mlp, entry):
 BAD_ARRAYS = [
     # (which dict, name, array, pieces the message must contain)
     ("inputs", "x", np.ones(3), ["inputs['x']", "(batch, 3)", "shape (3,)"]),
-    ("inputs", "x", np.ones((4, 2)), ["inputs['x']", "(batch=4, 3)", "(4, 2)"]),
+    ("inputs", "x", np.ones((4, 2)), ["inputs['x']", "(batch, 3)", "(4, 2)"]),
     ("inputs", "x", np.ones((4, 3, 1)), ["inputs['x']", "(batch, 3)", "(4, 3, 1)"]),
     ("inputs", "target", np.ones(4), ["inputs['target']", "(batch=4, 1)", "(4,)"]),
     (
