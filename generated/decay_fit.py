@@ -18,19 +18,17 @@ def _unpack(params, inputs):
         _wrong_keys("inputs", inputs, INPUTS)
     a = np.asarray(params["a"])
     if a.shape != () or a.dtype.kind != "f":
-        _bad("params", "a", a, f"()", "float")
+        _bad("params", "a", a, "()", "float")
     b = np.asarray(params["b"])
     if b.shape != () or b.dtype.kind != "f":
-        _bad("params", "b", b, f"()", "float")
+        _bad("params", "b", b, "()", "float")
     c = np.asarray(params["c"])
     if c.shape != () or c.dtype.kind != "f":
-        _bad("params", "c", c, f"()", "float")
+        _bad("params", "c", c, "()", "float")
     t = np.asarray(inputs["t"])
-    if t.ndim != 1:
+    if t.ndim != 1 or t.dtype.kind != "f":
         _bad("inputs", "t", t, "(batch,)", "float")
     batch = t.shape[0]
-    if t.shape != (batch,) or t.dtype.kind != "f":
-        _bad("inputs", "t", t, f"(batch={batch},)", "float")
     y = np.asarray(inputs["y"])
     if y.shape != (batch,) or y.dtype.kind != "f":
         _bad("inputs", "y", y, f"(batch={batch},)", "float")
@@ -53,8 +51,7 @@ def _bad(group, name, array, expected, kind):
 def forward(params, inputs):
     """Return (outputs, cache): outputs has "loss"; backward(cache) needs the cache."""
     a, b, c, t, y, batch = _unpack(params, inputs)
-    t1 = t * b
-    np.negative(t1, out=t1)
+    t1 = t * (-b)
     np.exp(t1, out=t1)
     t2 = t1 * a
     t2 -= y
@@ -86,8 +83,7 @@ def backward(cache, grad_loss=1.0):
 def value_and_grad(params, inputs):
     """Return (loss, grads) in one pass: the fast path for training."""
     a, b, c, t, y, batch = _unpack(params, inputs)
-    t1 = t * b
-    np.negative(t1, out=t1)
+    t1 = t * (-b)
     np.exp(t1, out=t1)
     t2 = t1 * a
     t2 -= y

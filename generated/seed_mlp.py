@@ -18,22 +18,20 @@ def _unpack(params, inputs):
         _wrong_keys("inputs", inputs, INPUTS)
     W1 = np.asarray(params["W1"])
     if W1.shape != (2, 3) or W1.dtype.kind != "f":
-        _bad("params", "W1", W1, f"(2, 3)", "float")
+        _bad("params", "W1", W1, "(2, 3)", "float")
     b1 = np.asarray(params["b1"])
     if b1.shape != (2,) or b1.dtype.kind != "f":
-        _bad("params", "b1", b1, f"(2,)", "float")
+        _bad("params", "b1", b1, "(2,)", "float")
     W2 = np.asarray(params["W2"])
     if W2.shape != (1, 2) or W2.dtype.kind != "f":
-        _bad("params", "W2", W2, f"(1, 2)", "float")
+        _bad("params", "W2", W2, "(1, 2)", "float")
     b2 = np.asarray(params["b2"])
     if b2.shape != (1,) or b2.dtype.kind != "f":
-        _bad("params", "b2", b2, f"(1,)", "float")
+        _bad("params", "b2", b2, "(1,)", "float")
     x = np.asarray(inputs["x"])
-    if x.ndim != 2:
+    if x.ndim != 2 or x.shape[1] != 3 or x.dtype.kind != "f":
         _bad("inputs", "x", x, "(batch, 3)", "float")
     batch = x.shape[0]
-    if x.shape != (batch, 3) or x.dtype.kind != "f":
-        _bad("inputs", "x", x, f"(batch={batch}, 3)", "float")
     target = np.asarray(inputs["target"])
     if target.shape != (batch, 1) or target.dtype.kind != "f":
         _bad("inputs", "target", target, f"(batch={batch}, 1)", "float")
