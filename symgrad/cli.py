@@ -81,7 +81,8 @@ def _timing(program) -> str:
     sympy_time = t.get("fuse", 0) + t.get("differentiate", 0) + t.get("optimize", 0)
     return (
         f"compiled in {sum(t.values()):.2f} s (sympy {sympy_time:.2f}, cse {t.get('cse', 0):.2f}, "
-        f"print {t.get('print', 0):.2f}, black {t.get('black', 0):.2f})"
+        f"print {t.get('print', 0):.2f}, black {t.get('black', 0):.2f}"
+        + (f", unroll {t['unroll']:.2f})" if "unroll" in t else ")")
     )
 
 

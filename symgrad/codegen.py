@@ -442,6 +442,7 @@ def render(program: Program) -> str:
     model = program.model
     emitter = Emitter(program)
     unit = Emitter(unit_seed(program))  # value_and_grad: grad_loss = 1 folded in
+    unrolled = _unrolled(unit)  # small fixed sizes: straight-line Python on floats
     with program.timed("print"):
         grads = set(program.grads.values())
         backward = [st for st in emitter.statements if st.backward]
@@ -491,6 +492,7 @@ def render(program: Program) -> str:
             ),
             init=_init(model),
             hvp=_hvp(program.hvp) if program.hvp else None,
+            unrolled=unrolled,
         )
         source = _environment().get_template("module.py.j2").render(context)
     with program.timed("black"):
@@ -507,6 +509,25 @@ def _hvp(program: Program) -> dict:
         lines=emitter.body(statements, products),
         returns=_return(program.grads, emitter),
     )
+
+
+# --------------------------------------------------------------------- unrolled (unroll.py)
+
+
+def _unrolled(unit: Emitter) -> list:
+    """value_and_grad expanded per element at the model's small fixed sizes."""
+    from . import unroll  # noqa: PLC0415 - unroll.py imports this module
+
+    program = unit.program
+    with program.timed("unroll"):
+        fused = unit.needed(unit.statements, {program.loss, *program.grads.values()})
+        return [
+            unroll.unroll(unit, fused, sizes)
+            for sizes in unroll.size_sets(program.model, unit)
+        ]
+
+
+# --------------------------------------------------------------------- helpers
 
 
 def _symbols(shape) -> list[sp.Symbol]:

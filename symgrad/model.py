@@ -38,7 +38,7 @@ class ModelError(ValueError):
 RESERVED = {
     "np", "numpy", "params", "inputs", "cache", "grads", "outputs", "loss", "grad_loss",
     "forward", "backward", "value_and_grad", "init_params", "hessian", "hvp",
-    "PARAMS", "INPUTS", "OUTPUTS", "seed", "rng",
+    "PARAMS", "INPUTS", "OUTPUTS", "seed", "rng", "math",
 }  # fmt: skip
 _TEMPORARY = re.compile(r"t\d+|grad_.*|_.*")
 
@@ -416,6 +416,7 @@ class Model:
         self.outputs: dict[str, Node] = {}
         self.dims: dict[str, sp.Symbol] = {}
         self.names: dict[Node, str] = {}  # intermediate values named with let/output
+        self.unrolls: list[dict[str, int]] = []  # size sets given to m.unroll(...)
         self._loss: Node | None = None
 
     def _claim(self, name: str, what: str) -> str:
@@ -502,6 +503,45 @@ class Model:
         self._loss = node
         return x
 
+    def unroll(self, **sizes: int) -> None:
+        """Also generate a scalar-unrolled ``value_and_grad`` for these sizes.
+
+        ``m.unroll(batch=1)``: when ``value_and_grad`` is called with exactly these sizes,
+        it runs straight-line Python on floats (``math``, no NumPy call per operation),
+        which beats NumPy's per-call overhead on a handful of numbers; other sizes run
+        the vectorized code. Call it once per size set; give a size to every symbolic
+        dim. A model without symbolic dims whose arrays are all small is unrolled
+        without asking (see ``symgrad.unroll.AUTO_ELEMENTS``).
+        """
+        if not sizes:
+            raise ModelError("m.unroll() needs sizes, e.g. m.unroll(batch=1)")
+        for name, value in sizes.items():
+            if name not in self.dims:
+                known = ", ".join(self.dims) or "none"
+                raise ModelError(
+                    f"m.unroll: {name!r} is not a symbolic dim of model "
+                    f"{self.name!r} (its dims: {known})"
+                )
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ModelError(
+                    f"m.unroll: size of {name!r} must be a positive int, not {value!r}"
+                )
+        sizes = {d: int(sizes[d]) for d in self.dims if d in sizes}  # the dims' order
+        if sizes not in self.unrolls:
+            self.unrolls.append(sizes)
+
+    def unroll_sizes(self) -> list[dict[str, int]]:
+        """The ``m.unroll`` size sets, each checked to give every symbolic dim a size."""
+        for sizes in self.unrolls:
+            missing = [d for d in self.dims if d not in sizes]
+            if missing:
+                given = ", ".join(f"{k}={v}" for k, v in sizes.items())
+                raise ModelError(
+                    f"m.unroll({given}): no size for dim(s) {', '.join(missing)}; "
+                    "an unrolled function needs every dim"
+                )
+        return list(self.unrolls)
+
     @property
     def loss_node(self) -> Node:
         if self._loss is None:
@@ -513,6 +553,7 @@ class Model:
         order = toposort([self.loss_node, *self.outputs.values()])
         index = {n: i for i, n in enumerate(order)}
         lines = [self.name, repr(self.doc), str(self.hessian)]
+        lines += [f"unroll {sizes}" for sizes in self.unrolls]
         lines += [f"{n.op} {n.name} {n.shape} {n.dtype}" for n in self.params.values()]
         lines += [f"{n.op} {n.name} {n.shape} {n.dtype}" for n in self.inputs.values()]
         lines += [f"output {k} {index[n]}" for k, n in self.outputs.items()]

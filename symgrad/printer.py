@@ -6,6 +6,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter as _SymPyNumPyPrinter
 from sympy.printing.precedence import PRECEDENCE, precedence
+from sympy.printing.pycode import PythonCodePrinter
 
 
 class NumPyPrinter(_SymPyNumPyPrinter):
@@ -155,3 +156,112 @@ class NumPyPrinter(_SymPyNumPyPrinter):
 
 def to_numpy(expr: sp.Expr, ranks: dict[str, int] | None = None) -> str:
     return NumPyPrinter(ranks).doprint(expr)
+
+
+class MathPrinter(PythonCodePrinter):
+    """SymPy expression -> Python on floats with the ``math`` module, for unrolled code.
+
+    Sums and products print as in the NumPy code (the methods are shared). Numbers print
+    as floats (``2.0 * x``: CPython's fast path is float-by-float), small powers as
+    products (``x*x`` is 3x faster than ``x**2``), Min/Max/Heaviside/sign as conditional
+    expressions (a builtin call costs more than the arithmetic). A conditional needs its
+    argument twice, so an argument that is not a name or number is handed to ``hoist``,
+    which assigns it to a local and returns the local's name. Where NumPy would give
+    inf or nan, ``math`` raises (exp overflow, log(0), x / 0.0); the generated module
+    catches that and runs the NumPy code instead, so results keep NumPy's semantics.
+    """
+
+    _rank = NumPyPrinter._rank
+    _print_Add = NumPyPrinter._print_Add
+    _print_Mul = NumPyPrinter._print_Mul
+    _product = NumPyPrinter._product
+    _ordered = NumPyPrinter._ordered
+    _print_Relational = NumPyPrinter._print_Relational
+
+    def __init__(self, hoist=None):
+        super().__init__({"fully_qualified_modules": True})
+        self.ranks: dict[str, int] = {}
+        self.hoist = hoist
+
+    def _atom(self, expr: sp.Expr) -> str:
+        """A name or number standing for ``expr``, which is used more than once."""
+        text = self._print(expr)
+        if expr.is_Symbol or expr.is_Number or self.hoist is None:
+            return text if expr.is_Atom else f"({text})"
+        return self.hoist(text)
+
+    def _print_Integer(self, expr):
+        return repr(float(expr))
+
+    def _print_Rational(self, expr):
+        text = repr(float(expr))  # 0.5, but 1.0/3.0 (CPython folds it) for 1/3
+        return text if len(text) <= 8 else f"{float(expr.p)!r}/{float(expr.q)!r}"
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Pow(self, expr, rational=False):
+        base, exp = expr.as_base_exp()
+        if exp.is_Integer and exp < 0:
+            return f"1.0/{self.parenthesize(1 / expr, PRECEDENCE['Mul'], strict=True)}"
+        if exp.is_Integer and exp <= 4:  # x*x*x, not the pow() call behind x**3
+            return "(" + "*".join([self._atom(base)] * int(exp)) + ")"
+        if exp.is_Integer:
+            return f"{self.parenthesize(base, PRECEDENCE['Pow'], strict=True)}**{exp}"
+        if exp == sp.S.Half:
+            return f"math.sqrt({self._print(base)})"
+        if exp == -sp.S.Half:
+            return f"1.0/math.sqrt({self._print(base)})"
+        # math.pow raises for a negative base (x**1.5 would give a complex number)
+        return f"math.pow({self._print(base)}, {self._print(exp)})"
+
+    def _print_Piecewise(self, expr):
+        *pairs, (last, cond) = expr.args
+        if cond != sp.true:
+            raise ValueError(f"Piecewise without a default branch: {expr}")
+        parts = [f"{self._print(v)} if {self._print(c)} else" for v, c in pairs]
+        return "(" + " ".join([*parts, self._print(last)]) + ")"
+
+    def _print_minmax(self, expr, keep: str) -> str:
+        """``(709.0 if a > 709.0 else a)``: NaN in ``a`` stays NaN, as with np.minimum."""
+        if len(expr.args) > 2:
+            args = ", ".join(self._print(a) for a in expr.args)
+            return f"{'max' if keep == '<' else 'min'}({args})"
+        a, b = sorted(expr.args, key=lambda x: x.is_Number)
+        a, b = self._atom(a), self._atom(b)
+        return f"({b} if {a} {keep} {b} else {a})"
+
+    def _print_Max(self, expr):
+        return self._print_minmax(expr, "<")
+
+    def _print_Min(self, expr):
+        return self._print_minmax(expr, ">")
+
+    def _print_Heaviside(self, expr):
+        x, h0 = expr.args if len(expr.args) == 2 else (expr.args[0], sp.S.Half)
+        if h0 == 0:
+            return f"(1.0 if {self._print(x)} > 0.0 else 0.0)"
+        x = self._atom(x)
+        return f"(1.0 if {x} > 0.0 else {self._print(h0)} if {x} == 0.0 else 0.0)"
+
+    def _print_sign(self, expr):
+        x = self._atom(expr.args[0])
+        return f"(1.0 if {x} > 0.0 else -1.0 if {x} < 0.0 else {x}*0.0)"
+
+    def _print_Abs(self, expr):
+        return f"abs({self._print(expr.args[0])})"
+
+    def _print_floor(self, expr):
+        return f"float(math.floor({self._print(expr.args[0])}))"
+
+    def _print_ceiling(self, expr):
+        return f"float(math.ceil({self._print(expr.args[0])}))"
+
+    def _print_And(self, expr):
+        return "(" + " and ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr):
+        return "(" + " or ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr):
+        return f"(not {self._print(expr.args[0])})"

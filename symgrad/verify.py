@@ -105,8 +105,10 @@ def verify(model: Model, module, dim_sets=None, seed: int = 0) -> Report:
 
 
 def default_dims(model: Model) -> list[dict]:
-    """Two sizes for every symbolic dim, so size-dependent mistakes show."""
-    return [{d: 3 for d in model.dims}, {d: 5 for d in model.dims}]
+    """Two sizes for every symbolic dim, so size-dependent mistakes show, and the sizes
+    of ``m.unroll``, which run the module's scalar-unrolled code."""
+    sizes = [{d: 3 for d in model.dims}, {d: 5 for d in model.dims}]
+    return sizes + [s for s in model.unroll_sizes() if s not in sizes]
 
 
 def _check_one(model, module, params, inputs, report: Report, rng) -> None:

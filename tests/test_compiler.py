@@ -151,7 +151,7 @@ def test_generated_agrees_with_tape_and_finite_differences(build):
     model = build()
     report = verify(model, compile_module(model))  # two sizes of every symbolic dim
     assert report.ok, report.table()
-    assert len(report.dims) == 2
+    assert len(report.dims) == 2 + len(model.unrolls)  # and the m.unroll sizes
 
 
 @pytest.mark.parametrize("build", all_models())

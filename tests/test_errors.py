@@ -461,6 +461,7 @@ def test_docstrings_are_escaped(doc, tmp_path, monkeypatch):
     assert not (tmp_path / "PWNED").exists()
     assert module.__doc__ == doc.strip()
     public = {k for k in vars(module) if not k.startswith("__")}
+    public -= {"math", "_value_and_grad_unrolled"}  # a model this small is unrolled
     assert public == {
         "np", "PARAMS", "INPUTS", "OUTPUTS", "_unpack", "_wrong_keys", "_bad",
         "forward", "backward", "value_and_grad", "init_params",
@@ -706,7 +707,7 @@ def test_generated_code_is_stable(name, z):
         backward = module.backward(cache, grad_loss=2.0)["z"]
     assert np.isfinite(loss) and np.all(np.isfinite(grads["z"]))
     assert relative_error(backward, 2 * grads["z"]) <= 1e-14
-    assert outputs["loss"] == loss
+    assert relative_error(outputs["loss"], loss) <= 1e-14  # value_and_grad is unrolled
     oracle = torch if torch is not None else tape
     expected_loss, expected_grad = library_loss_and_grad(oracle, name, z)
     assert relative_error(loss, expected_loss) <= 1e-12

@@ -17,6 +17,7 @@ def build() -> sg.Model:
     r2 = m.let("r2", sg.sum(d**2, axis=-1))
     s6 = 1 / r2**3  # (sigma / r)**6
     m.loss(sg.sum(4 * (s6**2 - s6)))
+    m.unroll(N=8, pairs=28)  # 8 particles, all 28 pairs i < j
     m.sampler = sample
     return m
 

@@ -12,4 +12,5 @@ def build() -> sg.Model:
     h = m.let("h", sg.sigmoid(x @ W1.T + b1))  # nn.Linear convention: W is (out, in)
     y = m.output("y", sg.sigmoid(h @ W2.T + b2))
     m.loss(sg.mean((y - target) ** 2))
+    m.unroll(batch=1)  # one sample at a time: straight-line Python beats NumPy
     return m

@@ -1,0 +1,582 @@
+"""Scalar-unrolled ``value_and_grad`` for small fixed sizes: straight-line Python on floats.
+
+For a handful of numbers every NumPy call costs ~0.5 us of overhead, far more than the
+arithmetic; plain Python on floats does the arithmetic in ~10-30 ns an operation. So for
+the size sets a model asks for (``m.unroll(batch=1)``), and for models without symbolic
+dims whose arrays are all small (see ``AUTO_ELEMENTS``), the generated module gets one
+more function: the statements of the vectorized ``value_and_grad`` (the ``Emitter`` of
+``unit_seed(program)``), expanded element by element at those sizes:
+
+- maps: the statement's SymPy formula per element, with NumPy broadcasting, printed by
+  ``printer.MathPrinter``; sums, matmuls, dot products and maxima: per-element sums;
+- views (index, transpose, reshape): index arithmetic at compile time, no code;
+- gathers and ``take_along_axis`` with runtime index arrays: Python list lookups;
+  scatters: static sums for slices, ``g[i_0][1] += v`` for index arrays.
+
+Arguments are unpacked with ``.tolist()`` (one C call for the whole array) into locals
+named after the model (``W1_0_1`` is ``W1[0, 1]``); results are built with ``np.array``.
+Expanding per element is only ever done at small concrete sizes, so it costs
+milliseconds; the vectorized code, whose compile time is flat in the sizes, is unchanged
+and runs for every other size.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from .codegen import LEAVES, VIEWS
+from .ir import Node, format_shape
+from .model import ModelError
+from .ops import is_const, scatter_updates
+from .printer import MathPrinter
+
+# A model without symbolic dims is unrolled automatically when no array in its
+# value_and_grad (parameters, inputs, intermediates, gradients) has more than this many
+# elements: then each NumPy call would do little more than its ~0.5 us of overhead.
+AUTO_ELEMENTS = 32
+# Explicit m.unroll(...) sizes: refuse to write more scalar element values than this
+# (the generated function would be tens of thousands of lines).
+MAX_ELEMENTS = 20_000
+
+Index = tuple[int, ...]
+
+
+class UnrollError(ModelError):
+    """An unroll size set cannot be expanded (too large for straight-line code)."""
+
+
+@dataclass
+class Unrolled:
+    """One straight-line function of the generated module."""
+
+    name: str  # _value_and_grad_batch_1
+    sizes: dict[str, int]  # {"batch": 1}; {} when the model has no symbolic dims
+    args: list[str]  # the arrays _unpack returns, passed in order
+    lines: list[str] = field(default_factory=list)  # the body
+
+    @property
+    def condition(self) -> str:
+        """When value_and_grad dispatches here: ``batch == 1 and n == 10``."""
+        return " and ".join(f"{k} == {v}" for k, v in self.sizes.items()) or "True"
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.sizes.items()) or "its fixed sizes"
+
+
+def size_sets(model, emitter) -> list[dict[str, int]]:
+    """The size sets to unroll: the model's ``m.unroll`` sets, or ``[{}]`` for a small
+    model without symbolic dims (every array at most ``AUTO_ELEMENTS`` elements)."""
+    sizes = model.unroll_sizes()
+    if sizes or model.dims:
+        return sizes
+    nodes = [st.target for st in emitter.statements if isinstance(st.target, Node)]
+    nodes += [*model.params.values(), *model.inputs.values()]
+    if all(_count(n.shape) <= AUTO_ELEMENTS for n in nodes):
+        return [{}]
+    return []
+
+
+def unroll(emitter, statements: list, sizes: dict[str, int]) -> Unrolled:
+    """The function computing ``statements`` (value_and_grad's) at ``sizes``."""
+    model = emitter.program.model
+    suffix = "_".join(f"{k}_{v}" for k, v in sizes.items()) or "unrolled"
+    args = [*model.params, *model.inputs]
+    out = Unrolled(f"_value_and_grad_{suffix}", dict(sizes), args)
+    out.lines = _Expander(emitter, sizes).function(statements)
+    return out
+
+
+def _count(shape) -> int:
+    total = 1
+    for d in shape:
+        total *= d
+    return total
+
+
+def _indices(shape) -> list[Index]:
+    return list(itertools.product(*(range(d) for d in shape)))
+
+
+def _suffix(idx: Index, shape: tuple) -> str:
+    """``_0_1``; zero-padded (``_07``) where an axis has 10 or more elements, so that
+    names sort in index order (SymPy prints the terms of a sum sorted by name)."""
+    return "".join(f"_{i:0{len(str(d - 1))}}" for i, d in zip(idx, shape, strict=True))
+
+
+def _broadcast_index(idx: Index, shape: tuple) -> Index:
+    """The element of an operand of ``shape`` that NumPy broadcasting pairs with ``idx``."""
+    idx = idx[len(idx) - len(shape) :] if shape else ()
+    return tuple(0 if d == 1 else i for i, d in zip(idx, shape, strict=True))
+
+
+def _index_source(spec: tuple, shape: tuple, idx: Index) -> Index:
+    """``a[spec][idx]`` is ``a[result]``: an element of a basic-index view."""
+    source, k, axis = [], 0, 0
+    for entry in spec:
+        if entry[0] == "new":
+            k += 1
+            continue
+        dim = shape[axis]
+        axis += 1
+        if entry[0] == "int":
+            source.append(entry[1] % dim)
+        else:
+            source.append(range(*slice(*entry[1:]).indices(dim))[idx[k]])
+            k += 1
+    return tuple(source)
+
+
+def _view_shape(spec: tuple, shape: tuple) -> tuple[int, ...]:
+    """The shape of ``a[spec]`` for ``a`` of ``shape``."""
+    out, axis = [], 0
+    for entry in spec:
+        if entry[0] == "new":
+            out.append(1)
+            continue
+        if entry[0] == "slice":
+            out.append(len(range(*slice(*entry[1:]).indices(shape[axis]))))
+        axis += 1
+    return tuple(out)
+
+
+def _pattern(shape: tuple, names: dict) -> str:
+    """A nested unpacking target: ``(a_0_0, a_0_1), (a_1_0, a_1_1)``."""
+
+    def build(prefix: Index, top: bool) -> str:
+        if len(prefix) == len(shape):
+            return names[prefix]
+        parts = [build(prefix + (i,), False) for i in range(shape[len(prefix)])]
+        text = ", ".join(parts) + ("," if len(parts) == 1 else "")
+        return text if top else f"({text})"
+
+    return build((), True)
+
+
+def _nested(shape: tuple) -> str:
+    """``[[{}, {}], [{}, {}]]``: a list literal with a placeholder per element."""
+    if not shape:
+        return "{}"
+    return "[" + ", ".join([_nested(shape[1:])] * shape[0]) + "]"
+
+
+@dataclass
+class _Line:
+    """A line of the function; its ``{}`` placeholders are filled with printed ``exprs``.
+
+    A line that defines one local from one formula (``define``) is left out when the
+    local is used exactly once: the formula is written where it is used instead.
+    """
+
+    text: str
+    exprs: list = field(default_factory=list)
+    define: sp.Symbol | None = None
+    keep: bool = False  # a value the model names (h, r2) or the loss: always a line
+
+
+class _Expander:
+    """Expands value_and_grad's statements element by element, then prints them."""
+
+    def __init__(self, emitter, sizes: dict[str, int]):
+        self.em = emitter
+        dims = emitter.program.model.dims
+        self.dims = {dims[k]: sp.Integer(v) for k, v in sizes.items()}
+        self.values: dict[object, dict[Index, sp.Expr]] = {}
+        self.lists: dict[object, str] = {}  # runtime nested lists of values
+        self.prologue: list[_Line] = []  # arguments unpacked into locals
+        self.lines: list[_Line] = []
+        # The function's arguments and the globals it uses; locals get fresh names.
+        self.used = {*emitter.program.model.params, *emitter.program.model.inputs}
+        self.used |= {"np", "math", "min", "max", "abs", "float", "int"}
+        self.elements = 0
+        self.out: list[str] = []
+        self.target = (
+            ""  # the line being printed: hoisted temporaries are named after it
+        )
+        self.printer = MathPrinter(hoist=self._hoist)
+
+    # ------------------------------------------------------------------ the function
+
+    def function(self, statements: list) -> list[str]:
+        for st in statements:
+            self._statement(st)
+        program = self.em.program
+        loss = self.elem(program.loss, ())
+        if not (loss.is_Symbol or loss.is_Number):  # named, as in the NumPy code
+            local = self._symbol(self._fresh("loss"))
+            self.lines.append(_Line(f"{local.name} = {{}}", [loss], local, keep=True))
+            loss = local
+        exprs = [loss]
+        grads = []
+        for name, node in program.grads.items():
+            text, values = self._array(node)
+            grads.append(f'"{name}": {text}')
+            exprs += values
+        ret = "return {}, {{" + ", ".join(grads) + "}}"
+        return self._render([*self.prologue, *self.lines, _Line(ret, exprs)])
+
+    def _array(self, node: Node) -> tuple[str, list]:
+        """A fresh float64 array of the node's values: source and its placeholders."""
+        node = self._resolve(node)
+        shape = self.shape(node)
+        if node in self.lists:
+            return f"np.array({self.lists[node]})", []
+        values = [self.elem(node, idx) for idx in _indices(shape)]
+        if all(v == 0 for v in values):
+            return f"np.zeros({format_shape(shape)})", []
+        if not shape:
+            return "np.array({})", values
+        items = ", ".join(["{}"] * len(values))
+        if len(shape) == 1:
+            return f"np.array([{items}])", values
+        return f"np.array([{items}]).reshape({format_shape(shape)})", values
+
+    def _render(self, lines: list[_Line]) -> list[str]:
+        """Print the lines; a local used once is written into its use instead."""
+        uses: dict[sp.Symbol, int] = {}
+        for line in lines:
+            for e in line.exprs:
+                for s in e.free_symbols:
+                    uses[s] = uses.get(s, 0) + e.count(s)
+        inline: dict[sp.Symbol, sp.Expr] = {}
+        self.out = []
+        for line in lines:
+            exprs = [
+                e.xreplace(inline) if inline and e.free_symbols & inline.keys() else e
+                for e in line.exprs
+            ]
+            if line.define is not None and not line.keep:
+                count = uses.get(line.define, 0)
+                if count <= 1:
+                    if count:
+                        inline[line.define] = exprs[0]
+                    continue
+            self.target = line.define.name if line.define is not None else "u"
+            texts = [self._print(e) for e in exprs]
+            self.out.append(line.text.format(*texts))
+        return self.out
+
+    # ------------------------------------------------------------------ values
+
+    def shape(self, target) -> tuple[int, ...]:
+        """Concrete shape of a node or CSE temporary (the broadcast of its operands)."""
+        if isinstance(target, Node):
+            return tuple(int(sp.sympify(d).xreplace(self.dims)) for d in target.shape)
+        expr = self.em.statement_of[target].expr
+        operands = sorted(expr.free_symbols - set(self.dims), key=str)
+        shapes = [self.shape(self._operand(s)) for s in operands]
+        ndim = max((len(s) for s in shapes), default=0)
+        padded = [(1,) * (ndim - len(s)) + s for s in shapes]
+        return tuple(max(dims) for dims in zip(*padded, strict=True))
+
+    def _operand(self, symbol):
+        """What a symbol of a printed formula stands for: a node or a CSE temporary."""
+        return self.em.node_of.get(symbol, symbol)
+
+    def _resolve(self, node):
+        while isinstance(node, Node) and node in self.em.alias:
+            node = self.em.alias[node]
+        return node
+
+    def elem(self, target, idx: Index) -> sp.Expr:
+        """The value of one element: a local, a number or a small expression."""
+        target = self._resolve(target)
+        if target not in self.values:
+            if target in self.lists:
+                self._unpack(target, self.lists[target], self.lines)
+            elif isinstance(target, Node):
+                self._node(target)
+            else:
+                raise AssertionError(f"{target} used before it is computed")
+        return self.values[target][idx]
+
+    def _node(self, node: Node) -> None:
+        """Values of a node that is no statement: leaves, views, constants, scalars."""
+        shape = self.shape(node)
+        if node.op in LEAVES:
+            self._unpack(node, f"{node.name}.tolist()", self.prologue)
+        elif is_const(node):
+            value = node.attrs[0].xreplace(self.dims)
+            self.values[node] = dict.fromkeys(_indices(shape), value)
+        elif node.op in VIEWS:
+            self.values[node] = {
+                idx: self.elem(node.args[0], self._view_source(node, idx))
+                for idx in _indices(shape)
+            }
+        else:  # arithmetic on scalars, written where it is used in the NumPy code
+            self._compute(node, self.em.names.get(node) or "s")
+
+    def _view_source(self, node: Node, idx: Index) -> Index:
+        source_shape = self.shape(node.args[0])
+        if node.op == "transpose":
+            source = [0] * len(idx)
+            for k, p in enumerate(node.attrs[0]):
+                source[p] = idx[k]
+            return tuple(source)
+        if node.op == "reshape":
+            flat = 0
+            for i, d in zip(idx, self.shape(node), strict=True):
+                flat = flat * d + i
+            source = []
+            for d in reversed(source_shape):
+                flat, i = divmod(flat, d)
+                source.append(i)
+            return tuple(reversed(source))
+        return _index_source(node.attrs[0], source_shape, idx)
+
+    def _unpack(self, node, source: str, lines: list[_Line]) -> None:
+        """``(a_0_0, a_0_1), (a_1_0, a_1_1) = source``: elements into locals."""
+        shape = self.shape(node)
+        integer = node.dtype == "int64"
+        if not shape and node.op in LEAVES:
+            name = node.name  # a 0-d argument becomes the Python number itself
+            lines.append(_Line(f"{name} = {'int' if integer else 'float'}({name})"))
+            self.values[node] = {(): self._symbol(name, integer)}
+            return
+        base = node.name if node.op in LEAVES else self.em.names[node]
+        names = {i: self._fresh(base + _suffix(i, shape)) for i in _indices(shape)}
+        self.values[node] = {i: self._symbol(n, integer) for i, n in names.items()}
+        lines.append(_Line(f"{_pattern(shape, names)} = {source}"))
+
+    def _list(self, target) -> str:
+        """A local holding ``target``'s values as nested Python lists (runtime lookups)."""
+        target = self._resolve(target)
+        if target not in self.lists:
+            if isinstance(target, Node) and target.op in LEAVES:
+                name = self._fresh(f"{target.name}_list")
+                self.prologue.append(_Line(f"{name} = {target.name}.tolist()"))
+            else:
+                shape = self.shape(target)
+                values = [self.elem(target, idx) for idx in _indices(shape)]
+                base = self.em.names.get(target) or "t"
+                name = self._fresh(f"{base}_list")
+                self.lines.append(_Line(f"{name} = {_nested(shape)}", values))
+            self.lists[target] = name
+        return self.lists[target]
+
+    # ------------------------------------------------------------------ statements
+
+    def _statement(self, st) -> None:
+        target = st.target
+        if target in self.values or target in self.lists:
+            return
+        if st.expr is None:
+            self._compute(target, st.name)
+            return
+        shape = self.shape(target)
+        keep = isinstance(target, Node) and (
+            bool(target.name) or target is self.em.program.loss
+        )
+        self._count(target, shape)
+        self.values[target] = {
+            idx: self._store(st.name, idx, shape, self._map(st.expr, idx), keep)
+            for idx in _indices(shape)
+        }
+
+    def _map(self, expr: sp.Expr, idx: Index) -> sp.Expr:
+        """One element of a formula, with NumPy broadcasting of its operands."""
+        subs = {}
+        for s in expr.free_symbols:
+            if s in self.dims:
+                subs[s] = self.dims[s]
+                continue
+            operand = self._operand(s)
+            subs[s] = self.elem(operand, _broadcast_index(idx, self.shape(operand)))
+        return expr.xreplace(subs)
+
+    def _count(self, target, shape: tuple) -> None:
+        self.elements += _count(shape)
+        if self.elements > MAX_ELEMENTS:
+            raise UnrollError(
+                f"model {self.em.program.model.name!r} is too large to unroll at these "
+                f"sizes (more than {MAX_ELEMENTS} values); use smaller m.unroll sizes"
+            )
+
+    def _compute(self, node: Node, name: str) -> None:
+        shape = self.shape(node)
+        self._count(node, shape)
+        keep = bool(node.name) or node is self.em.program.loss
+        if node.op == "map":  # a scalar formula written inline in the NumPy code
+            expr = self.em._expr(node)
+            self.values[node] = {
+                idx: self._store(name, idx, shape, self._map(expr, idx), keep)
+                for idx in _indices(shape)
+            }
+        elif is_const(node) or node.op in VIEWS:
+            self._node(node)
+        elif node.op in ("gather", "take_along_axis"):
+            self._lookup(node, name, shape)
+        elif node.op == "scatter":
+            self._scatter(node, name, shape)
+        else:
+            reduce = getattr(self, f"_{node.op}", None)
+            if reduce is None:
+                raise UnrollError(f"cannot unroll {node.op} in {node.describe()}")
+            self.values[node] = {
+                idx: self._store(name, idx, shape, reduce(node, idx), keep)
+                for idx in _indices(shape)
+            }
+
+    def _matmul(self, node: Node, idx: Index) -> sp.Expr:
+        a, b = node.args
+        sa, sb = self.shape(a), self.shape(b)
+        inner = sa[-1]
+        if len(sa) == 1 and len(sb) == 1:
+            pairs = [((k,), (k,)) for k in range(inner)]
+        elif len(sa) == 1:  # (k,) @ (..., k, m)
+            bb = _broadcast_index(idx[:-1], sb[:-2])
+            pairs = [((k,), (*bb, k, idx[-1])) for k in range(inner)]
+        elif len(sb) == 1:  # (..., n, k) @ (k,)
+            ba = _broadcast_index(idx[:-1], sa[:-2])
+            pairs = [((*ba, idx[-1], k), (k,)) for k in range(inner)]
+        else:
+            ba, bb = _broadcast_index(idx[:-2], sa[:-2]), _broadcast_index(
+                idx[:-2], sb[:-2]
+            )
+            pairs = [((*ba, idx[-2], k), (*bb, k, idx[-1])) for k in range(inner)]
+        return sp.Add(*(self.elem(a, p) * self.elem(b, q) for p, q in pairs))
+
+    def _reduced(self, node: Node, idx: Index) -> list[sp.Expr]:
+        """The elements of the argument that reduce into element ``idx``."""
+        (a,) = node.args
+        axes, keepdims = node.attrs
+        kept = [k for k in range(a.ndim) if k not in axes]
+        if keepdims:
+            idx = tuple(idx[k] for k in kept)
+        return [
+            self.elem(a, source)
+            for source in _indices(self.shape(a))
+            if tuple(source[k] for k in kept) == idx
+        ]
+
+    def _sum(self, node: Node, idx: Index) -> sp.Expr:
+        return sp.Add(*self._reduced(node, idx))
+
+    def _max(self, node: Node, idx: Index) -> sp.Expr:
+        return sp.Max(*self._reduced(node, idx))
+
+    def _dot(self, node: Node, idx: Index) -> sp.Expr:
+        a, b = node.args
+        return sp.Add(
+            *(self.elem(a, k) * self.elem(b, k) for k in _indices(self.shape(a)))
+        )
+
+    def _lookup(self, node: Node, name: str, shape: tuple) -> None:
+        """Gathers at runtime indices: ``t1_0_0, t1_0_1 = pos_list[i_0]``."""
+        source, index = node.args
+        table = self._list(source)
+        values = {}
+        if node.op == "gather":
+            ishape = self.shape(index)
+            tail = self.shape(source)[1:]
+            for p in _indices(ishape):
+                names = {
+                    c: self._fresh(name + _suffix(p + c, shape)) for c in _indices(tail)
+                }
+                at = self._at(self.elem(index, p))
+                self.lines.append(_Line(f"{_pattern(tail, names)} = {table}[{at}]"))
+                values.update({p + c: self._symbol(n) for c, n in names.items()})
+        else:
+            axis = node.attrs[0]
+            for p in _indices(shape):
+                path = [str(i) for i in p]
+                path[axis] = self._at(self.elem(index, p))
+                local = self._fresh(name + _suffix(p, shape))
+                at = "".join(f"[{i}]" for i in path)
+                self.lines.append(_Line(f"{local} = {table}{at}"))
+                values[p] = self._symbol(local)
+        self.values[node] = values
+
+    def _scatter(self, node: Node, name: str, shape: tuple) -> None:
+        """Static contributions are summed here; runtime-indexed ones update a list."""
+        kinds, has_base = node.attrs
+        static = {idx: [] for idx in _indices(shape)}
+        if has_base:
+            for idx in static:
+                static[idx].append(self.elem(node.args[0], idx))
+        runtime = []  # (path of printed indices, value)
+        for kind, value, *index in scatter_updates(node):
+            vshape = self.shape(value)  # values broadcast against what they update
+
+            def update(k, vshape=vshape, value=value):
+                return self.elem(value, _broadcast_index(k, vshape))
+
+            if kind[0] == "slice":
+                for k in _indices(_view_shape(kind[1], shape)):
+                    static[_index_source(kind[1], shape, k)].append(update(k))
+                continue
+            ishape = self.shape(index[0])
+            for p in _indices(ishape):
+                at = self._at(self.elem(index[0], p))
+                if kind[0] == "rows":
+                    for c in _indices(shape[1:]):
+                        runtime.append(([at, *map(str, c)], update(p + c)))
+                else:
+                    path = [str(i) for i in p]
+                    path[kind[1]] = at
+                    runtime.append((path, update(p)))
+        values = {
+            idx: self._store(name, idx, shape, sp.Add(*terms), False)
+            for idx, terms in static.items()
+        }
+        if not runtime:
+            self.values[node] = values
+            return
+        table = self._fresh(name)
+        self.lines.append(
+            _Line(f"{table} = {_nested(shape)}", [values[i] for i in _indices(shape)])
+        )
+        for path, value in runtime:
+            if value == 0:
+                continue
+            op = "+="
+            if value.could_extract_minus_sign():
+                op, value = "-=", -value
+            at = "".join(f"[{i}]" for i in path)
+            self.lines.append(_Line(f"{table}{at} {op} {{}}", [value]))
+        self.lists[node] = table
+
+    # ------------------------------------------------------------------ printing
+
+    def _store(
+        self, name: str, idx: Index, shape: tuple, value: sp.Expr, keep: bool
+    ) -> sp.Expr:
+        """A local for ``value``, unless it is a name, a number or a negated name."""
+        if value.is_Symbol or value.is_Number:
+            return value
+        if value.is_Mul and len(value.args) == 2 and value.args[0] == -1:
+            if value.args[1].is_Symbol:
+                return value
+        local = self._symbol(self._fresh(name + _suffix(idx, shape)))
+        self.lines.append(_Line(f"{local.name} = {{}}", [value], local, keep))
+        return local
+
+    def _print(self, value: sp.Expr) -> str:
+        return value.name if value.is_Symbol else self.printer.doprint(value)
+
+    def _at(self, value: sp.Expr) -> str:
+        """A list index: a local holding a runtime index, or an int."""
+        return value.name if value.is_Symbol else str(int(value))
+
+    def _hoist(self, text: str) -> str:
+        """Assign a subexpression that a conditional needs twice to a local."""
+        local = self._fresh(f"{self.target}_arg")
+        self.out.append(f"{local} = {text}")
+        return local
+
+    def _fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used:
+            k += 1
+            name = f"{base}_v{k}"
+        self.used.add(name)
+        return name
+
+    @staticmethod
+    def _symbol(name: str, integer: bool = False) -> sp.Symbol:
+        if integer:
+            return sp.Symbol(name, integer=True)
+        return sp.Symbol(name, real=True)
