@@ -89,12 +89,14 @@ def backward(cache, grad_loss=1.0):
     t9 = t3 * (2 * t8[:, None])
     t10 = np.negative(t9)
     grad_pos = np.zeros((N, 3))
-    grad_pos[:, 0] += np.bincount(j, weights=t10[:, 0], minlength=N)
-    grad_pos[:, 1] += np.bincount(j, weights=t10[:, 1], minlength=N)
-    grad_pos[:, 2] += np.bincount(j, weights=t10[:, 2], minlength=N)
-    grad_pos[:, 0] += np.bincount(i, weights=t9[:, 0], minlength=N)
-    grad_pos[:, 1] += np.bincount(i, weights=t9[:, 1], minlength=N)
-    grad_pos[:, 2] += np.bincount(i, weights=t9[:, 2], minlength=N)
+    _columns = np.ascontiguousarray(t10.T)
+    grad_pos[:, 0] += np.bincount(j, weights=_columns[0], minlength=N)
+    grad_pos[:, 1] += np.bincount(j, weights=_columns[1], minlength=N)
+    grad_pos[:, 2] += np.bincount(j, weights=_columns[2], minlength=N)
+    _columns = np.ascontiguousarray(t9.T)
+    grad_pos[:, 0] += np.bincount(i, weights=_columns[0], minlength=N)
+    grad_pos[:, 1] += np.bincount(i, weights=_columns[1], minlength=N)
+    grad_pos[:, 2] += np.bincount(i, weights=_columns[2], minlength=N)
     return {"pos": grad_pos}
 
 
@@ -125,12 +127,14 @@ def value_and_grad(params, inputs):
     t9 = t3
     t10 = np.negative(t9)
     grad_pos = np.zeros((N, 3))
-    grad_pos[:, 0] += np.bincount(j, weights=t10[:, 0], minlength=N)
-    grad_pos[:, 1] += np.bincount(j, weights=t10[:, 1], minlength=N)
-    grad_pos[:, 2] += np.bincount(j, weights=t10[:, 2], minlength=N)
-    grad_pos[:, 0] += np.bincount(i, weights=t9[:, 0], minlength=N)
-    grad_pos[:, 1] += np.bincount(i, weights=t9[:, 1], minlength=N)
-    grad_pos[:, 2] += np.bincount(i, weights=t9[:, 2], minlength=N)
+    _columns = np.ascontiguousarray(t10.T)
+    grad_pos[:, 0] += np.bincount(j, weights=_columns[0], minlength=N)
+    grad_pos[:, 1] += np.bincount(j, weights=_columns[1], minlength=N)
+    grad_pos[:, 2] += np.bincount(j, weights=_columns[2], minlength=N)
+    _columns = np.ascontiguousarray(t9.T)
+    grad_pos[:, 0] += np.bincount(i, weights=_columns[0], minlength=N)
+    grad_pos[:, 1] += np.bincount(i, weights=_columns[1], minlength=N)
+    grad_pos[:, 2] += np.bincount(i, weights=_columns[2], minlength=N)
     return loss, {"pos": grad_pos}
 
 
