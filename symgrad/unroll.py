@@ -37,9 +37,10 @@ from .printer import MathPrinter
 # value_and_grad (parameters, inputs, intermediates, gradients) has more than this many
 # elements: then each NumPy call would do little more than its ~0.5 us of overhead.
 AUTO_ELEMENTS = 32
-# Explicit m.unroll(...) sizes: refuse to write more scalar element values than this
-# (the generated function would be tens of thousands of lines).
-MAX_ELEMENTS = 20_000
+# Explicit m.unroll(...) sizes: refuse when the values computed plus the values they
+# read exceed this (the function would be tens of thousands of lines; 10_000 takes
+# seconds to expand and format).
+MAX_WORK = 10_000
 
 Index = tuple[int, ...]
 
@@ -86,7 +87,13 @@ def unroll(emitter, statements: list, sizes: dict[str, int]) -> Unrolled:
     suffix = "_".join(f"{k}_{v}" for k, v in sizes.items()) or "unrolled"
     args = [*model.params, *model.inputs]
     out = Unrolled(f"_value_and_grad_{suffix}", dict(sizes), args)
-    out.lines = _Expander(emitter, sizes).function(statements)
+    expander = _Expander(emitter, sizes)
+    if expander.work(statements) > MAX_WORK:
+        raise UnrollError(
+            f"model {model.name!r} is too large to unroll at {out.label} (more than "
+            f"{MAX_WORK} values to compute and read); use smaller m.unroll sizes"
+        )
+    out.lines = expander.function(statements)
     return out
 
 
@@ -191,7 +198,6 @@ class _Expander:
         # The function's arguments and the globals it uses; locals get fresh names.
         self.used = {*emitter.program.model.params, *emitter.program.model.inputs}
         self.used |= {"np", "math", "min", "max", "abs", "float", "int"}
-        self.elements = 0
         self.out: list[str] = []
         self.target = (
             ""  # the line being printed: hoisted temporaries are named after it
@@ -199,6 +205,19 @@ class _Expander:
         self.printer = MathPrinter(hoist=self._hoist)
 
     # ------------------------------------------------------------------ the function
+
+    def work(self, statements: list) -> int:
+        """Values the function computes and reads: its size, before expanding it."""
+        model = self.em.program.model
+        total = sum(
+            _count(self.shape(n))
+            for n in [*model.params.values(), *model.inputs.values()]
+        )
+        for st in statements:
+            total += _count(self.shape(st.target))
+            if isinstance(st.target, Node) and st.expr is None:
+                total += sum(_count(self.shape(a)) for a in st.target.args)
+        return total
 
     def function(self, statements: list) -> list[str]:
         for st in statements:
@@ -370,7 +389,6 @@ class _Expander:
         keep = isinstance(target, Node) and (
             bool(target.name) or target is self.em.program.loss
         )
-        self._count(target, shape)
         self.values[target] = {
             idx: self._store(st.name, idx, shape, self._map(st.expr, idx), keep)
             for idx in _indices(shape)
@@ -387,17 +405,8 @@ class _Expander:
             subs[s] = self.elem(operand, _broadcast_index(idx, self.shape(operand)))
         return expr.xreplace(subs)
 
-    def _count(self, target, shape: tuple) -> None:
-        self.elements += _count(shape)
-        if self.elements > MAX_ELEMENTS:
-            raise UnrollError(
-                f"model {self.em.program.model.name!r} is too large to unroll at these "
-                f"sizes (more than {MAX_ELEMENTS} values); use smaller m.unroll sizes"
-            )
-
     def _compute(self, node: Node, name: str) -> None:
         shape = self.shape(node)
-        self._count(node, shape)
         keep = bool(node.name) or node is self.em.program.loss
         if node.op == "map":  # a scalar formula written inline in the NumPy code
             expr = self.em._expr(node)
