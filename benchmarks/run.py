@@ -69,6 +69,7 @@ __all__ = [
     "import_times",
     "peak_memory",
     "pin_threads",
+    "unrolled_path",
 ]
 
 RTOL = 1e-9  # agreement required before anything is timed
@@ -181,6 +182,22 @@ def load_generated(model: str, generated_dir="generated"):
     if not callable(getattr(module, "value_and_grad", None)):
         return None, f"{path} has no value_and_grad"
     return module, None
+
+
+def unrolled_path(module, params, inputs) -> str | None:
+    """The scalar-unrolled function (``_value_and_grad_batch_1``, ...) the module's
+    ``value_and_grad`` dispatches to for these arrays, or None for the NumPy code."""
+    names = [k for k in vars(module) if k.startswith("_value_and_grad_")]
+    saved = {k: getattr(module, k) for k in names}
+    ran = []
+    for k in names:
+        setattr(module, k, lambda *a, k=k: ran.append(k) or saved[k](*a))
+    try:
+        module.value_and_grad(params, inputs)
+    finally:
+        for k, fn in saved.items():
+            setattr(module, k, fn)
+    return ran[0] if ran else None
 
 
 def _resolve_dir(generated_dir) -> Path:
@@ -424,6 +441,11 @@ def _bench_case(case, gen, impls, repeat, min_time) -> dict:
         if key != "hand":
             record["ratios"][key] = s / hand_s
 
+    if gen is not None and ok["generated"]:
+        record["path"] = unrolled_path(gen, params, inputs)
+        if case.small:
+            path = record["path"] or "the vectorized NumPy code (no m.unroll size)"
+            record["notes"].append(f"generated value_and_grad ran {path}")
     if gen is None:
         record["status"] = "SKIP"
     elif not ok["generated"]:

@@ -408,3 +408,21 @@ def test_too_large_unroll_sizes_are_refused():
 def test_math_is_a_reserved_name():
     with pytest.raises(sg.ModelError, match="shadow"):
         sg.Model("m").param("math", (2,))
+
+
+def test_benchmark_runner_reports_the_path_it_measured():
+    """benchmarks/run.py notes which function value_and_grad ran for a small case."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    run = importlib.import_module("benchmarks.run")
+    workloads = importlib.import_module("benchmarks.workloads")
+    module, note = run.load_generated("seed_mlp")
+    assert note is None
+    one, many = workloads.make_seed_mlp(1), workloads.make_seed_mlp(4)
+    assert run.unrolled_path(module, *one) == "_value_and_grad_batch_1"
+    assert run.unrolled_path(module, *many) is None
+    assert callable(module._value_and_grad_batch_1)  # put back after the spying
+    assert module._value_and_grad_batch_1.__name__ == "_value_and_grad_batch_1"
