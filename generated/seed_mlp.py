@@ -159,11 +159,11 @@ def value_and_grad(params, inputs):
 # straight-line Python on floats beats NumPy's per-call overhead at this size.
 def _value_and_grad_batch_1(W1, b1, W2, b2, x, target):
     """value_and_grad for batch=1: the same statements, one line per element."""
-    ((x_0_0, x_0_1, x_0_2),) = x.tolist()
     (W1_0_0, W1_0_1, W1_0_2), (W1_1_0, W1_1_1, W1_1_2) = W1.tolist()
     b1_0, b1_1 = b1.tolist()
     ((W2_0_0, W2_0_1),) = W2.tolist()
     (b2_0,) = b2.tolist()
+    ((x_0_0, x_0_1, x_0_2),) = x.tolist()
     ((target_0_0,),) = target.tolist()
     h_0_0_arg = -W1_0_0 * x_0_0 - W1_0_1 * x_0_1 - W1_0_2 * x_0_2 - b1_0
     h_0_0 = 1.0 / (1.0 + math.exp((709.0 if h_0_0_arg > 709.0 else h_0_0_arg)))

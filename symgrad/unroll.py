@@ -193,7 +193,7 @@ class _Expander:
         self.dims = {dims[k]: sp.Integer(v) for k, v in sizes.items()}
         self.values: dict[object, dict[Index, sp.Expr]] = {}
         self.lists: dict[object, str] = {}  # runtime nested lists of values
-        self.prologue: list[_Line] = []  # arguments unpacked into locals
+        self.prologue: dict[Node, list[_Line]] = {}  # arguments unpacked into locals
         self.lines: list[_Line] = []
         # The function's arguments and the globals it uses; locals get fresh names.
         self.used = {*emitter.program.model.params, *emitter.program.model.inputs}
@@ -235,7 +235,9 @@ class _Expander:
             grads.append(f'"{name}": {text}')
             exprs += values
         ret = "return {}, {{" + ", ".join(grads) + "}}"
-        return self._render([*self.prologue, *self.lines, _Line(ret, exprs)])
+        args = [*program.model.params.values(), *program.model.inputs.values()]
+        prologue = [line for leaf in args for line in self.prologue.get(leaf, [])]
+        return self._render([*prologue, *self.lines, _Line(ret, exprs)])
 
     def _array(self, node: Node) -> tuple[str, list]:
         """A fresh float64 array of the node's values: source and its placeholders."""
@@ -316,7 +318,9 @@ class _Expander:
         """Values of a node that is no statement: leaves, views, constants, scalars."""
         shape = self.shape(node)
         if node.op in LEAVES:
-            self._unpack(node, f"{node.name}.tolist()", self.prologue)
+            self._unpack(
+                node, f"{node.name}.tolist()", self.prologue.setdefault(node, [])
+            )
         elif is_const(node):
             value = node.attrs[0].xreplace(self.dims)
             self.values[node] = dict.fromkeys(_indices(shape), value)
@@ -366,7 +370,8 @@ class _Expander:
         if target not in self.lists:
             if isinstance(target, Node) and target.op in LEAVES:
                 name = self._fresh(f"{target.name}_list")
-                self.prologue.append(_Line(f"{name} = {target.name}.tolist()"))
+                line = _Line(f"{name} = {target.name}.tolist()")
+                self.prologue.setdefault(target, []).insert(0, line)
             else:
                 shape = self.shape(target)
                 values = [self.elem(target, idx) for idx in _indices(shape)]
@@ -397,7 +402,7 @@ class _Expander:
     def _map(self, expr: sp.Expr, idx: Index) -> sp.Expr:
         """One element of a formula, with NumPy broadcasting of its operands."""
         subs = {}
-        for s in expr.free_symbols:
+        for s in sorted(expr.free_symbols, key=str):  # a fixed order of first uses
             if s in self.dims:
                 subs[s] = self.dims[s]
                 continue

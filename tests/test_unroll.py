@@ -426,3 +426,29 @@ def test_benchmark_runner_reports_the_path_it_measured():
     assert run.unrolled_path(module, *many) is None
     assert callable(module._value_and_grad_batch_1)  # put back after the spying
     assert module._value_and_grad_batch_1.__name__ == "_value_and_grad_batch_1"
+
+
+def test_unrolled_source_is_identical_across_hash_seeds():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    script = (
+        f"import sys; sys.path[:0] = [{str(here.parent)!r}, {str(here)!r}]\n"
+        "import hashlib, test_unroll as t\n"
+        "from symgrad.cli import generate\n"
+        "models = [t.kinks, t.lookup, t.batched, t.small_matrices]\n"
+        "text = ''.join(generate(f())[0] for f in models)\n"
+        "print(hashlib.sha256(text.encode()).hexdigest())\n"
+    )
+    digests = set()
+    for seed in ("1", "2", "777"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
