@@ -76,9 +76,10 @@ def size_sets(model, emitter) -> list[dict[str, int]]:
         return sizes
     nodes = [st.target for st in emitter.statements if isinstance(st.target, Node)]
     nodes += [*model.params.values(), *model.inputs.values()]
-    if all(_count(n.shape) <= AUTO_ELEMENTS for n in nodes):
+    small = all(_count(n.shape) <= AUTO_ELEMENTS for n in nodes)
+    if small and _Expander(emitter, {}).work(emitter.statements) <= MAX_WORK:
         return [{}]
-    return []
+    return []  # (many small arrays can still make too long a function)
 
 
 def unroll(emitter, statements: list, sizes: dict[str, int]) -> Unrolled:

@@ -336,6 +336,12 @@ def test_small_models_without_dims_are_unrolled_automatically():
         )
 
 
+def test_many_small_arrays_are_not_unrolled_past_the_work_limit(monkeypatch):
+    monkeypatch.setattr(symgrad.unroll, "MAX_WORK", 20)
+    module = compile_module(small_matrices())  # every array <= 25 elements
+    assert not hasattr(module, "_value_and_grad_unrolled")
+
+
 def test_models_with_dims_are_unrolled_only_when_asked():
     m = sg.Model("asked")
     x = m.input("x", ("batch",))
