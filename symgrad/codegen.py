@@ -107,9 +107,9 @@ class Emitter:
         for node in computed:
             backward = node in self.backward_nodes
             if node not in reduced_of:
-                reads = {d for a in node.args for d in self._resolve(a)} | self._dims(
-                    node
-                )
+                reads = {d for a in node.args for d in self._resolve(a)}
+                for shaped in (node, *node.args):  # np.ones((1, n)) @ x: x's sizes
+                    reads |= self._dims(shaped)
                 self.statements.append(Statement(node, backward, reads=reads))
                 continue
             expr = reduced_of[node]
@@ -235,7 +235,7 @@ class Emitter:
             and st.backward == user.backward
             and node not in self.roots
             and not node.name
-            and self.users[node] == [user.target]
+            and [s for s in self.statements if node in s.reads] == [user]  # incl. CSE
             and not _broadcast_map(node)  # np.broadcast_to gives a read-only view
         )
 

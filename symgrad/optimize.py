@@ -49,6 +49,10 @@ def eliminate_common(roots: Sequence[Node]) -> list[Node]:
     def canonical(_: Node, node: Node) -> Node:
         if not node.args and node.op != "map":
             return node  # inputs and params are unique by construction
+        if node.op == "map" and len(set(node.args)) < len(node.args):
+            node = ops.map_(node.attrs[0], node.args, node.shape)  # merged: x / x is 1
+            if node.op != "map":
+                return node
         key = (node.op, tuple(map(id, node.args)), node.attrs, node.shape, node.dtype)
         return seen.setdefault(key, node)
 
@@ -65,12 +69,14 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
     """
     users = consumers(toposort(roots))
     keep = {id(r) for r in roots}
+    kept = {id(n) for n in users}  # the graph's nodes; minus fusible, below: computed
     fusible = {
         id(n)
         for n, us in users.items()
         if n.op == "map" and n.name is None and id(n) not in keep and us
         and all(u.op == "map" for u in us) and (len(us) == 1 or _cheap(n))
     }  # fmt: skip
+    kept -= fusible
 
     def inline(old: Node, node: Node) -> Node:
         if node.op == "scatter":
@@ -80,7 +86,9 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
         args: list[Node] = []
         pieces = {}
         for i, (a_old, a) in enumerate(zip(old.args, node.args, strict=True)):
-            if id(a_old) in fusible and a.op == "map":
+            # A fused chain may simplify to one of its inputs (log(exp(x)) is x): an
+            # input that is computed anyway is read, not inlined as a second copy.
+            if id(a_old) in fusible and a.op == "map" and id(a) not in kept:
                 offset = len(args)
                 args.extend(a.args)
                 sub = {ew.arg(j): ew.arg(offset + j) for j in range(len(a.args))}
