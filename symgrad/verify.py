@@ -23,6 +23,10 @@ from .reference import bound_dims, reference
 TAPE_TOLERANCE = 1e-10
 FD_TOLERANCE = 1e-6
 PER_ELEMENT_LIMIT = 400  # parameters; above this, random directions
+# Each gradient is compared relative to its own size, but never to less than this fraction
+# of the model's largest gradient (or loss): a gradient that is zero up to round-off (a
+# shift that softmax ignores) is not a 100% error.
+GRADIENT_FLOOR = 1e-3
 
 
 @dataclass
@@ -83,11 +87,20 @@ def load_source(source: str, name: str) -> types.ModuleType:
     return module
 
 
-def relative_error(actual, expected) -> float:
-    """max |actual - expected| over the largest magnitude of either (0 when both are 0)."""
+def gradient_floor(loss: float, grads: dict) -> float:
+    """The least scale a gradient's error is measured against (see GRADIENT_FLOOR)."""
+    largest = max((np.max(np.abs(g), initial=0.0) for g in grads.values()), default=0)
+    return GRADIENT_FLOOR * max(abs(float(loss)), float(largest))
+
+
+def relative_error(actual, expected, floor: float = 0.0) -> float:
+    """max |actual - expected| over the largest magnitude of either, or ``floor`` if that
+    is larger (0 when both are 0)."""
     actual, expected = np.asarray(actual, float), np.asarray(expected, float)
     scale = max(
-        np.max(np.abs(expected), initial=0.0), np.max(np.abs(actual), initial=0.0)
+        np.max(np.abs(expected), initial=0.0),
+        np.max(np.abs(actual), initial=0.0),
+        floor,
     )
     diff = np.max(np.abs(actual - expected), initial=0.0)
     return 0.0 if diff == 0 else float(diff / scale) if scale > 0 else float("inf")
@@ -131,7 +144,8 @@ def _check_one(model, module, params, inputs, report: Report, rng) -> None:
     def f(p):
         return float(module.value_and_grad(p, inputs)[0])
 
-    fd = finite_differences(f, params, grads, rng)
+    floor = gradient_floor(ref_loss, ref_grads)
+    fd = finite_differences(f, params, grads, rng, floor)
     if hasattr(module, "hvp"):
         _check_hvp(module, params, inputs, report, rng)
     report.fd_method = (
@@ -144,8 +158,8 @@ def _check_one(model, module, params, inputs, report: Report, rng) -> None:
             report.add(f"grad {name}", np.shape(params[name]), np.inf, np.inf)
             continue
         tape_error = max(
-            relative_error(g, ref_grads[name]),
-            relative_error(scaled[name], -2.5 * ref_grads[name]),
+            relative_error(g, ref_grads[name], floor),
+            relative_error(scaled[name], -2.5 * ref_grads[name], 2.5 * floor),
         )
         report.add(f"grad {name}", tuple(np.shape(g)), tape_error, fd[name])
 
@@ -178,9 +192,14 @@ def _size(params: dict) -> int:
 
 
 def finite_differences(
-    f: Callable[[dict], float], params: dict, grads: dict, rng: np.random.Generator
+    f: Callable[[dict], float],
+    params: dict,
+    grads: dict,
+    rng: np.random.Generator,
+    floor: float = 0.0,
 ) -> dict[str, float]:
-    """Relative error of each gradient against central differences of ``f``."""
+    """Relative error of each gradient against central differences of ``f`` (relative
+    to the gradient's size, or to ``floor`` if that is larger)."""
     step = np.finfo(float).eps ** (1 / 3)
     errors = {}
     per_element = _size(params) <= PER_ELEMENT_LIMIT
@@ -192,7 +211,7 @@ def finite_differences(
         else:
             directions = [_unit(rng.standard_normal(p.shape)) for _ in range(3)]
         worst = 0.0
-        scale = max(np.linalg.norm(g), 1e-300)
+        scale = max(np.linalg.norm(g), floor, 1e-300)
         estimates, exact = [], []
         for v in directions:
             h = step * max(1.0, float(np.max(np.abs(p)))) if per_element else step
