@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 from helpers import compile_module
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, given, note, reject, settings
 from hypothesis import strategies as st
 
 import symgrad as sg
 from symgrad.reference import reference
-from symgrad.verify import _index_bounds, relative_error, verify
+from symgrad.verify import _index_bounds, gradient_floor, relative_error, verify
 
 try:
     import torch
@@ -33,11 +33,12 @@ SIZES = ({"n": 2}, {"n": 3})  # the symbolic dim "n" is checked at two sizes
 DIMS = (1, 2, 3, "n")
 LIMIT = 8.0  # |value| bound; softplus stays below torch's threshold of 20
 FUZZ = settings(
-    max_examples=120,
+    max_examples=300,
     deadline=None,
     derandomize=True,  # the same examples on every run: CI is deterministic
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
+    report_multiple_bugs=False,  # shrink one failure, not all: CI stays quick
 )
 
 
@@ -95,6 +96,12 @@ class Program:
 
     def source(self) -> str:
         return "\n".join(self.lines)
+
+    def __repr__(self) -> str:  # a failing example prints as the code that declares it
+        return "\n" + self.source() + "\n"
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # hypothesis' pretty-printer
+        printer.text(repr(self))
 
 
 def declarable(d) -> bool:
@@ -368,16 +375,28 @@ def check(model, source: str = "") -> None:
         if engine is not None:
             ref_loss, _, ref_grads = reference(model, params, inputs, engine=engine)
             assert relative_error(loss, ref_loss) <= 1e-10, (loss, ref_loss)
+            floor = gradient_floor(ref_loss, ref_grads)  # as verify() compares
             for name, g in ref_grads.items():
-                error = relative_error(grads[name], g)
+                error = relative_error(grads[name], g, floor)
                 assert error <= 1e-10, f"grad {name} vs torch: {error:.1e}\n{source}"
     dim_sets = [{k: v for k, v in d.items() if k in model.dims} for d in SIZES]
     report = verify(model, module, dim_sets=dim_sets)
     assert report.ok, f"{report.table()}\n{source}"
 
 
+# Known bugs, each pinned by a strict xfail in tests/test_regressions.py. An example that
+# hits one is rejected, so the fuzzer keeps looking for new bugs. When a bug is fixed its
+# xfail starts to pass and fails the suite: delete the xfail and the entry here.
+KNOWN_BUGS = {
+    RecursionError: "test_odd_function_of_a_mostly_negative_sum",
+}
+
+
 @given(programs())
 @FUZZ
 def test_random_models_agree_with_reference_and_finite_differences(prog):
     note(prog.source())
-    check(prog.env["m"], prog.source())
+    try:
+        check(prog.env["m"], prog.source())
+    except tuple(KNOWN_BUGS):
+        reject()
