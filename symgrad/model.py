@@ -355,7 +355,7 @@ def reshape(x: Expr, shape) -> Expr:
         raise ShapeError(f"reshape of {node.describe()}: only one dimension can be -1")
     if -1 in shape:
         missing = sp.simplify(sp.sympify(size(node.shape)) / size(known))
-        if not (missing.is_integer and missing.is_positive):
+        if not (missing.is_integer and missing.is_nonnegative):
             raise ShapeError(
                 f"cannot infer -1 reshaping {node.describe()} into {shape}"
             )

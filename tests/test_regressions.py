@@ -280,3 +280,13 @@ def test_verify_accepts_a_gradient_that_is_zero_up_to_round_off():
     )
     report = verify(m, wrong)
     assert not report.ok and not report.rows["grad c"].passed
+
+
+def test_flatten_a_slice_of_a_symbolic_dim():
+    """x[1:] has n - 1 rows, which may be 0: reshape(-1) asked for a positive size."""
+
+    def declare(m):
+        x = m.param("x", ("n", 2))
+        m.loss(sg.sum(sg.sin(x[1:].reshape(-1))) + sg.sum(x**2))
+
+    check(model(declare))
