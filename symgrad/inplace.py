@@ -20,7 +20,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
 from .ir import broadcast_shapes
-from .printer import NumPyPrinter
+from .printer import NumPyPrinter, sign_into_sum
 
 UFUNCS = {
     sp.exp: "exp", sp.log: "log", log1p: "log1p", sp.sin: "sin", sp.cos: "cos",
@@ -55,6 +55,8 @@ class InPlace:
             return self.printer.doprint(e), False
         if e.is_Symbol:
             return e.name, e.name in self.owned
+        if e.is_Mul:
+            e = sign_into_sum(e)
         if e.is_Mul and e.args[0] == -1 and self.full(-e) and e.args[1:] == (-e,):
             return self.unary("negative", -e, name)
         if e.is_Add or e.is_Mul:

@@ -9,6 +9,23 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.pycode import PythonCodePrinter
 
 
+def sign_into_sum(e: sp.Expr) -> sp.Expr:
+    """-2*a*(b - 1) as 2*a*(1 - b): a negative coefficient flips a sum factor instead of
+    costing a pass of its own."""
+    c, rest = e.as_coeff_Mul()
+    factors = sp.Mul.make_args(rest)
+    add = next((f for f in factors if f.is_Add), None)
+    if not c.is_negative or add is None:
+        return e
+    flipped = sp.Add(*(-t for t in add.args), evaluate=False)
+    others = [f for f in factors if f is not add]
+    return (
+        sp.Mul(-c, *others, flipped, evaluate=False)
+        if -c != 1
+        else sp.Mul(*others, flipped, evaluate=False)
+    )
+
+
 class NumPyPrinter(_SymPyNumPyPrinter):
     """SymPy's NumPy printer with ``np.`` names and plain operators where NumPy has them.
 
@@ -47,6 +64,9 @@ class NumPyPrinter(_SymPyNumPyPrinter):
         return out
 
     def _print_Mul(self, expr):
+        expr = sign_into_sum(expr)
+        if not expr.is_Mul:
+            return self._print(expr)
         c, rest = expr.as_coeff_Mul()
         prec = PRECEDENCE["Mul"]  # precedence(expr) is Add's when expr is negative
         if c.is_negative:

@@ -9,10 +9,12 @@ cheaper (sigmoid' = out*(1 - out), tanh' = 1 - out**2, exp' = out).
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from functools import cache
 
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
+from sympy.core.cache import clear_cache
 from sympy.core.parameters import distribute
 from sympy.functions.elementary.piecewise import ExprCondPair
 from sympy.logic.boolalg import BooleanAtom
@@ -26,14 +28,44 @@ class UnsupportedError(ValueError):
 
 def factored(fn):
     """Run ``fn`` with SymPy's distribution of numbers over sums off: 2*(x - y) stays a
-    product, so the common factor x - y can be shared between forward and backward."""
+    product, so the common factor x - y can be shared between forward and backward.
+
+    Negation still distributes (-(a - b) is b - a): with it off too, SymPy's odd
+    functions never settle on a sign for a mostly negative sum (tanh(x - b1 - b2) takes
+    -tanh(-arg) forever, since -arg stays Mul(-1, arg) and can again lose its sign).
+    SymPy caches constructed expressions without regard to these settings, so the cache
+    is cleared on the way in and out: results never depend on what ran before.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with distribute(False):
+        if _factoring:  # already inside
+            return fn(*args, **kwargs)
+        with _factored():
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+_factoring: list[bool] = []
+
+
+@contextmanager
+def _factored():
+    clear_cache()
+    _factoring.append(True)
+    negation, sp.Add.__neg__ = sp.Add.__neg__, _negated_terms
+    try:
+        with distribute(False):
+            yield
+    finally:
+        sp.Add.__neg__ = negation
+        _factoring.pop()
+        clear_cache()
+
+
+def _negated_terms(self: sp.Add) -> sp.Expr:
+    return sp.Add(*(-term for term in self.args))
 
 
 @cache

@@ -387,9 +387,7 @@ def check(model, source: str = "") -> None:
 # Known bugs, each pinned by a strict xfail in tests/test_regressions.py. An example that
 # hits one is rejected, so the fuzzer keeps looking for new bugs. When a bug is fixed its
 # xfail starts to pass and fails the suite: delete the xfail and the entry here.
-KNOWN_BUGS = {
-    RecursionError: "test_odd_function_of_a_mostly_negative_sum",
-}
+KNOWN_BUGS: dict[type, str] = {}
 
 
 @given(programs())

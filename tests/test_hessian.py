@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import sympy as sp
+from helpers import compile_module
 
 import symgrad as sg
 from symgrad.cli import generate, main
 from symgrad.models import BUILTIN, load
 from symgrad.reference import evaluate
 from symgrad.verify import load_source, relative_error, sample, verify
-
-from helpers import compile_module
 
 SMALL = [n for n in BUILTIN if n != "mlp_classifier"]  # a dense 100k x 100k Hessian: no
 
@@ -58,16 +57,16 @@ def test_hvp_of_a_large_model_matches_pytorch():
     names = list(params)
 
     def loss(*tensors):
-        return evaluate(model, dict(zip(names, tensors)), inputs, engine=torch)[
-            model.loss_node
-        ]
+        return evaluate(
+            model, dict(zip(names, tensors, strict=True)), inputs, engine=torch
+        )[model.loss_node]
 
     _, expected = torch.autograd.functional.hvp(
         loss,
         tuple(torch.tensor(params[k]) for k in names),
         tuple(torch.tensor(v[k]) for k in names),
     )
-    for k, e in zip(names, expected):
+    for k, e in zip(names, expected, strict=True):
         assert relative_error(products[k], e.numpy()) <= 1e-10, k
 
 

@@ -111,7 +111,9 @@ def test_small_model_change_gives_local_diff():
     # function that has them (forward, backward, value_and_grad and its batch=1 unrolled
     # form); everything else, temporaries' numbers included, is unchanged.
     assert 0 < len(hunks) <= 7, hunks
-    temporaries = [set(re.findall(r"\bt\d+\b", "\n".join(v))) for v in (original, changed)]
+    temporaries = [
+        set(re.findall(r"\bt\d+\b", "\n".join(v))) for v in (original, changed)
+    ]
     assert temporaries[0] == temporaries[1]
 
 
