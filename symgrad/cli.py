@@ -57,6 +57,8 @@ def _load_file(path: Path) -> Model:
         raise UsageError(
             f"model file {path}: syntax error at line {e.lineno}: {e.msg}"
         ) from e
+    except Exception as e:  # the model file's own error, named with the file
+        raise UsageError(f"model file {path}: {type(e).__name__}: {e}") from e
     build = getattr(module, "build", None)
     if not callable(build):
         raise UsageError(f"model file {path} defines no build() function")

@@ -12,6 +12,7 @@ import keyword
 import math
 import numbers
 import re
+import sys
 from collections.abc import Callable, Sequence
 
 import sympy as sp
@@ -409,6 +410,10 @@ class Model:
 
     def __init__(self, name: str, doc: str = "", hessian: bool = False):
         self.name = check_name(name, "model")
+        if name in sys.stdlib_module_names or name in ("numpy", "sympy", "symgrad"):
+            raise ModelError(
+                f"model name {name!r} would make generated/{name}.py shadow that module"
+            )
         self.doc = str(doc)
         self.hessian = hessian
         self.inputs: dict[str, Node] = {}

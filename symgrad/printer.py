@@ -26,6 +26,11 @@ def sign_into_sum(e: sp.Expr) -> sp.Expr:
     )
 
 
+def _simple(c: sp.Expr) -> bool:
+    """A number people write as a fraction: 200, 1/3 (not the exact form of 1.37)."""
+    return c.is_Rational and abs(c.p) < 10**6 and c.q < 1000
+
+
 class NumPyPrinter(_SymPyNumPyPrinter):
     """SymPy's NumPy printer with ``np.`` names and plain operators where NumPy has them.
 
@@ -49,7 +54,12 @@ class NumPyPrinter(_SymPyNumPyPrinter):
 
     def _print_Add(self, expr, order=None):
         content, rest = expr.as_content_primitive()
-        if content != 1 and content.is_Rational:  # 200*(x - y), not 200*x - 200*y
+        if (
+            content != 1
+            and _simple(content)
+            and all(_simple(t.as_coeff_Mul()[0]) for t in rest.args)
+        ):
+            # 200*(x - y), not 200*x - 200*y; but 1.37*a + 1.74*b stays as written
             return self._print_Mul(sp.Mul(content, sp.Symbol(f"({self._print(rest)})")))
         terms = sorted(
             expr.as_ordered_terms(),

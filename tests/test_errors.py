@@ -831,3 +831,18 @@ def test_elementwise_max_and_min_split_ties_like_torch_maximum(fn):
     _, _, ref = reference(m, params, inputs, engine=torch)  # the verify oracle agrees
     np.testing.assert_allclose(ref["p"], pt.grad.numpy(), rtol=1e-14)
     np.testing.assert_allclose(ref["q"], qt.grad.numpy(), rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["os", "json", "numpy", "symgrad"])
+def test_model_names_that_would_shadow_a_module_are_rejected(name):
+    with pytest.raises(sg.ModelError, match="shadow"):
+        sg.Model(name)
+
+
+def test_an_import_error_in_a_model_file_names_the_file(tmp_path, capsys):
+    path = tmp_path / "broken_import.py"
+    path.write_text("import not_a_module_anywhere\n\ndef build():\n    pass\n")
+    assert main(["build", str(path), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "broken_import.py" in err and "not_a_module_anywhere" in err

@@ -82,3 +82,9 @@ def test_reads_like_hand_written_numpy():
     assert to_numpy(Y - X) == "y - x"
     assert to_numpy(sp.Rational(0.1) * X) == "0.1*x"
     assert to_numpy(sp.Piecewise((X, X > 0), (Y, True))) == "np.where((x > 0), x, y)"
+
+
+def test_user_floats_print_as_written():
+    expr = sp.Rational(1.37) * X + sp.Rational(1.74) * Y
+    assert to_numpy(expr) in ("1.37*x + 1.74*y", "1.74*y + 1.37*x")
+    assert to_numpy(200 * X - 200 * Y) == "200*(x - y)"
