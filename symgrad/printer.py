@@ -10,20 +10,15 @@ from sympy.printing.pycode import PythonCodePrinter
 
 
 def sign_into_sum(e: sp.Expr) -> sp.Expr:
-    """-2*a*(b - 1) as 2*a*(1 - b): a negative coefficient flips a sum factor instead of
-    costing a pass of its own."""
+    """-a*(b - 1) as a*(1 - b): a lone minus sign flips a sum factor instead of costing a
+    pass of its own (any other coefficient is a multiplication anyway)."""
     c, rest = e.as_coeff_Mul()
     factors = sp.Mul.make_args(rest)
     add = next((f for f in factors if f.is_Add), None)
-    if not c.is_negative or add is None:
+    if c != -1 or add is None:
         return e
     flipped = sp.Add(*(-t for t in add.args), evaluate=False)
-    others = [f for f in factors if f is not add]
-    return (
-        sp.Mul(-c, *others, flipped, evaluate=False)
-        if -c != 1
-        else sp.Mul(*others, flipped, evaluate=False)
-    )
+    return sp.Mul(*(f for f in factors if f is not add), flipped, evaluate=False)
 
 
 def _simple(c: sp.Expr) -> bool:

@@ -30,8 +30,8 @@ def factored(fn):
     """Run ``fn`` with SymPy's distribution of numbers over sums off: 2*(x - y) stays a
     product, so the common factor x - y can be shared between forward and backward.
 
-    Negation still distributes (-(a - b) is b - a): with it off too, SymPy's odd
-    functions never settle on a sign for a mostly negative sum (tanh(x - b1 - b2) takes
+    Negating a mostly negative sum still distributes (-(a - b - c) is b + c - a): kept
+    whole, SymPy's odd functions never settle on its sign (tanh(x - b1 - b2) takes
     -tanh(-arg) forever, since -arg stays Mul(-1, arg) and can again lose its sign).
     SymPy caches constructed expressions without regard to these settings, so the cache
     is cleared on the way in and out: results never depend on what ran before.
@@ -65,6 +65,9 @@ def _factored():
 
 
 def _negated_terms(self: sp.Add) -> sp.Expr:
+    negative = sum(term.as_coeff_Mul()[0].is_negative for term in self.args)
+    if 2 * negative <= len(self.args):  # -(1 - x) stays as is: it shares 1 - x
+        return sp.Mul._from_args((sp.S.NegativeOne, self), self.is_commutative)
     return sp.Add(*(-term for term in self.args))
 
 
