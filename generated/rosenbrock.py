@@ -62,7 +62,7 @@ def backward(cache, grad_loss=1.0):
     t7 *= grad_loss
     t9 = t7
     grad_x = np.zeros((n,))
-    grad_x[:-1] += t8
+    grad_x[:-1] = t8
     grad_x[1:] += t9
     return {"x": grad_x}
 
@@ -90,7 +90,7 @@ def value_and_grad(params, inputs):
     t2 *= -2
     t8 = t2
     grad_x = np.zeros((n,))
-    grad_x[:-1] += t8
+    grad_x[:-1] = t8
     grad_x[1:] += t7
     return loss, {"x": grad_x}
 

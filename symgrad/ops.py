@@ -487,11 +487,12 @@ def _numpy_scatter(args: list[str], node: Node) -> list[str]:
         args = args[1:]
     else:
         lines = [f"{{out}} = np.zeros({format_shape(node.shape)})"]
-    for kind, value_node, *idx in scatter_updates(node):
+    for k, (kind, value_node, *idx) in enumerate(scatter_updates(node)):
         value, *index_code = args[: 1 + len(idx)]
         args = args[1 + len(idx) :]
-        if kind[0] == "slice":
-            lines.append(f"{{out}}{format_index(kind[1])} += {value}")
+        if kind[0] == "slice":  # the first write into zeros need not add
+            op = "=" if k == 0 and not has_base else "+="
+            lines.append(f"{{out}}{format_index(kind[1])} {op} {value}")
         elif kind[0] == "rows":
             lines += _scatter_rows(value, index_code[0], value_node, idx[0], node.shape)
         elif idx[0].shape[kind[1]] == 1:  # one index per row: no duplicates to add up
