@@ -223,21 +223,10 @@ class Emitter:
         code = PRIMITIVES[node.op].numpy([self.code(a) for a in node.args], node)
         if isinstance(code, str):
             return [f"{st.name} = {code}"]
-        if node.op == "scatter" and node.attrs[1] and self.owned(node.args[0], st):
-            code[0] = code[0].removesuffix(".copy()")  # nothing else reads the base
+        base = node.args[0] if node.op == "scatter" and node.attrs[1] else None
+        if base in dead and self.fresh(base, node.shape):  # update the base in place
+            code[0] = code[0].removesuffix(".copy()")
         return [line.replace("{out}", st.name) for line in code]
-
-    def owned(self, node: Node, user: Statement) -> bool:
-        """Whether ``user`` is the only reader of ``node``, so it may update it in place."""
-        st = self.statement_of.get(node)
-        return (
-            st is not None
-            and st.backward == user.backward
-            and node not in self.roots
-            and not node.name
-            and [s for s in self.statements if node in s.reads] == [user]  # incl. CSE
-            and not _broadcast_map(node)  # np.broadcast_to gives a read-only view
-        )
 
     def _print_map(self, st: Statement) -> str:
         text = self._print_expr(st.expr)

@@ -332,7 +332,7 @@ def sum(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
 
 def mean(x: Expr, axis=None, keepdims: bool = False) -> Expr:
     node = _expr(x, "sg.mean").node
-    axes = ops._axes(node, axis)
+    axes = ops.normalize_axes(node, axis)
     count = sp.Mul(*(node.shape[a] for a in axes))
     return _elementwise(lambda s: s / count, sum(x, axis, keepdims))
 
@@ -385,7 +385,7 @@ def take_along_axis(x: Expr, indices: Expr, axis: int) -> Expr:
 def logsumexp(x: Expr, axis=None, keepdims: bool = False) -> Expr:
     """log(sum(exp(x))), shifted by the (detached) max so it never overflows."""
     node = _expr(x, "sg.logsumexp").node
-    axes = ops._axes(node, axis)
+    axes = ops.normalize_axes(node, axis)
     shift = Expr(ops.detach(ops.reduce_max(node, axes, keepdims=True)))
     total = sum(exp(x - shift), axes, keepdims=True)
     out = log(total) + shift

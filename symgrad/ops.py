@@ -113,7 +113,7 @@ def reshape(a: Node, shape: Shape) -> Node:
     return Node("reshape", (a,), tuple(shape), a.dtype, (tuple(shape),))
 
 
-def _axes(a: Node, axis) -> tuple[int, ...]:
+def normalize_axes(a: Node, axis) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(a.ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
@@ -132,7 +132,7 @@ def _reduced(a: Node, axes: tuple[int, ...], keepdims: bool) -> Shape:
 
 
 def reduce_sum(a: Node, axis=None, keepdims: bool = False) -> Node:
-    axes = _axes(a, axis)
+    axes = normalize_axes(a, axis)
     if keepdims:  # summing a size-1 axis and keeping it changes nothing
         axes = tuple(ax for ax in axes if a.shape[ax] != 1)
     if not axes:
@@ -146,7 +146,7 @@ def dot(a: Node, b: Node) -> Node:
 
 
 def reduce_max(a: Node, axis=None, keepdims: bool = False) -> Node:
-    axes = _axes(a, axis)
+    axes = normalize_axes(a, axis)
     return Node("max", (a,), _reduced(a, axes, keepdims), attrs=(axes, keepdims))
 
 
@@ -250,7 +250,7 @@ def take_along_axis(a: Node, idx: Node, axis: int) -> Node:
         raise ShapeError(
             f"{what}: index rank {idx.ndim} differs from array rank {a.ndim}"
         )
-    (axis,) = _axes(a, axis)
+    (axis,) = normalize_axes(a, axis)
     for k, (d_a, d_i) in enumerate(zip(a.shape, idx.shape, strict=True)):
         if k != axis and d_a != d_i:
             raise ShapeError(
