@@ -242,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(run=cmd_bench)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":  # its options belong to benchmarks/run.py
+        args.bench_args = extra + args.bench_args
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args)
     except KeyboardInterrupt:

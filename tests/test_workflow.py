@@ -274,3 +274,18 @@ def test_build_of_a_user_model_file(tmp_path, capsys):
     module = load_source((tmp_path / "out" / "tiny.py").read_text(), "tiny")
     loss, grads = module.value_and_grad({"w": np.ones(2)}, {"x": np.ones((3, 2))})
     assert np.isclose(loss, np.log1p(np.exp(2.0)) ** 2)
+
+
+def test_bench_passes_its_options_to_the_runner(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    assert exit_.value.code == 0
+    assert "--quick" in capsys.readouterr().out
+
+
+def test_other_commands_reject_unknown_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["build", "--bogus"])
+    assert exit_.value.code == 2
+    assert "--bogus" in capsys.readouterr().err
