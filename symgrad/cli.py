@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the random test data")
     p.set_defaults(run=cmd_verify)
 
-    p = sub.add_parser("bench", help="time generated code against hand-written NumPy")
+    p = sub.add_parser(  # no -h of its own: benchmarks/run.py explains its options
+        "bench", help="time generated code against hand-written NumPy", add_help=False
+    )
     p.add_argument(
         "bench_args", nargs=argparse.REMAINDER, help="passed to benchmarks/run.py"
     )
