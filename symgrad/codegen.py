@@ -3,7 +3,9 @@
 Every map node becomes one assignment of a printed SymPy expression; ``sympy.cse`` runs
 over all of them at once, so a subexpression shared by the forward and the backward pass is
 computed once (in the forward pass) and cached. View operations (``W.T``, ``g[:, None]``)
-and scalar constants are written inline where they are used.
+and scalar constants are written inline where they are used. Large formulas are printed as
+in-place ufunc calls into arrays no later statement reads (inplace.py), and small fixed
+sizes also get a scalar-unrolled value_and_grad (unroll.py).
 """
 
 from __future__ import annotations
@@ -113,9 +115,8 @@ class Emitter:
                 self.statements.append(Statement(node, backward, reads=reads))
                 continue
             expr = reduced_of[node]
-            if (
-                expr in pending
-            ):  # the whole formula is shared: compute it under this name
+            if expr in pending:
+                # The whole formula is a shared subexpression: compute it under this name.
                 self.node_of[expr] = node
                 expr = pending.pop(expr)
             elif expr in self.cse_targets and node not in self.roots and not node.name:
