@@ -289,3 +289,31 @@ def test_other_commands_reject_unknown_options(capsys):
         main(["build", "--bogus"])
     assert exit_.value.code == 2
     assert "--bogus" in capsys.readouterr().err
+
+
+def test_a_plain_install_finds_its_templates(tmp_path):
+    """pip install . (not editable) ships templates/ inside the package: build from there."""
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+         "--target", str(target), str(ROOT)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr
+    assert (target / "symgrad" / "templates" / "module.py.j2").is_file()
+    script = (
+        "import symgrad, symgrad.codegen as c; from symgrad.cli import generate;"
+        "from symgrad.models import load; print(symgrad.__file__);"
+        "print(len(generate(load('rosenbrock'))[0]) > 0)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    where, ok = run.stdout.split()
+    assert where.startswith(str(target)) and ok == "True"
