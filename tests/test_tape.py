@@ -23,13 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOL = dict(rtol=1e-12, atol=1e-12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def torch_float64():
-    """torch defaults to float32 where tape defaults to float64; align them here."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("torch_float64")
 
 
 def close(ours, theirs):
