@@ -23,6 +23,7 @@ from .reference import bound_dims, reference
 TAPE_TOLERANCE = 1e-10
 FD_TOLERANCE = 1e-6
 PER_ELEMENT_LIMIT = 400  # parameters; above this, random directions
+STEP = np.finfo(float).eps ** (1 / 3)  # central differences: truncation ~ round-off
 # Each gradient is compared relative to its own size, but never to less than this fraction
 # of the model's largest gradient (or loss): a gradient that is zero up to round-off (a
 # shift that softmax ignores) is not a 100% error.
@@ -150,7 +151,7 @@ def _check_one(model, module, params, inputs, report: Report, rng) -> None:
         _check_hvp(module, params, inputs, report, rng)
     report.fd_method = (
         "per element"
-        if _size(params) <= PER_ELEMENT_LIMIT
+        if _per_element(params)
         else "along 3 random directions per parameter"
     )
     for name, g in grads.items():
@@ -168,17 +169,16 @@ def _check_hvp(module, params: dict, inputs: dict, report: Report, rng) -> None:
     """hvp(v) against central differences of the gradient along v."""
     v = {k: rng.standard_normal(np.shape(p)) for k, p in params.items()}
     products = module.hvp(params, inputs, v)
-    step = np.finfo(float).eps ** (1 / 3)
 
     def grad(sign):
         shifted = {
-            k: np.asarray(p, float) + sign * step * v[k] for k, p in params.items()
+            k: np.asarray(p, float) + sign * STEP * v[k] for k, p in params.items()
         }
         return module.value_and_grad(shifted, inputs)[1]
 
     up, down = grad(1), grad(-1)
     for k in params:
-        estimate = (np.asarray(up[k]) - np.asarray(down[k])) / (2 * step)
+        estimate = (np.asarray(up[k]) - np.asarray(down[k])) / (2 * STEP)
         report.add(
             f"hvp {k}",
             tuple(np.shape(params[k])),
@@ -200,31 +200,30 @@ def finite_differences(
 ) -> dict[str, float]:
     """Relative error of each gradient against central differences of ``f`` (relative
     to the gradient's size, or to ``floor`` if that is larger)."""
-    step = np.finfo(float).eps ** (1 / 3)
     errors = {}
-    per_element = _size(params) <= PER_ELEMENT_LIMIT
+    per_element = _per_element(params)
     for name, p in params.items():
         p = np.asarray(p, dtype=float)
         g = np.asarray(grads[name], dtype=float)
         if per_element:
-            directions = [np.eye(p.size)[k].reshape(p.shape) for k in range(p.size)]
+            directions = list(np.eye(p.size).reshape((p.size, *p.shape)))
+            h = STEP * max(1.0, float(np.max(np.abs(p), initial=0.0)))
         else:
             directions = [_unit(rng.standard_normal(p.shape)) for _ in range(3)]
-        worst = 0.0
-        scale = max(np.linalg.norm(g), floor, 1e-300)
-        estimates, exact = [], []
-        for v in directions:
-            h = step * max(1.0, float(np.max(np.abs(p)))) if per_element else step
-            up = f({**params, name: p + h * v})
-            down = f({**params, name: p - h * v})
-            estimates.append((up - down) / (2 * h))
-            exact.append(float(np.sum(g * v)))
-        if estimates:
-            diff = np.max(np.abs(np.subtract(estimates, exact)))
-            scale = max(scale, np.max(np.abs(estimates)))
-            worst = 0.0 if diff == 0 else float(diff / scale)
-        errors[name] = worst
+            h = STEP
+        estimates = [(f({**params, name: p + h * v}) - f({**params, name: p - h * v})) / (2 * h)
+                     for v in directions]  # fmt: skip
+        exact = [float(np.sum(g * v)) for v in directions]
+        diff = np.max(np.abs(np.subtract(estimates, exact)), initial=0.0)
+        scale = max(
+            np.linalg.norm(g), floor, np.max(np.abs(estimates), initial=0.0), 1e-300
+        )
+        errors[name] = 0.0 if diff == 0 else float(diff / scale)
     return errors
+
+
+def _per_element(params: dict) -> bool:
+    return _size(params) <= PER_ELEMENT_LIMIT
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
