@@ -22,7 +22,7 @@ import sympy as sp
 
 from . import __version__, inplace
 from . import symbolic as ew
-from .compiler import Program, unit_seed
+from .compiler import Program, unit_seed, vectorized
 from .ir import Node, broadcast, broadcast_shapes, consumers, format_shape, toposort
 from .ops import PRIMITIVES, is_const
 from .printer import NumPyPrinter, to_numpy
@@ -31,7 +31,16 @@ from .symbolic import factored
 VIEWS = ("transpose", "index", "reshape")
 LEAVES = ("input", "param", "seed")
 # Operations whose result is a new array of the node's shape, safe to overwrite when dead.
-FRESH = ("map", "matmul", "sum", "max", "gather", "take_along_axis", "scatter")
+FRESH = (
+    "map",
+    "matmul",
+    "sum",
+    "max",
+    "gather",
+    "take_along_axis",
+    "scatter",
+    "pair_scatter",
+)
 TEMPLATES = [
     Path(__file__).parent / "templates",
     Path(__file__).parent.parent / "templates",
@@ -103,6 +112,7 @@ class Emitter:
         temps, reduced = sp.cse(
             exprs, symbols=sp.numbered_symbols("_c", real=True), ignore=tuple(self.dims)
         )
+        temps, reduced = _power_chains(temps, reduced, self.dims)
         self.cse_targets = {symbol for symbol, _ in temps}
         reduced_of = dict(zip(maps, reduced, strict=True))
         pending = dict(temps)
@@ -335,6 +345,42 @@ def _broadcast_map(node) -> bool:
     )
 
 
+def _power_chains(temps: list, reduced: list, dims: set) -> tuple[list, list]:
+    """Several integer powers of one value as a chain of products, one power from the
+    next smaller: with ``x**-3`` and ``x**-4``, ``r = 1 / x``, ``r3 = r * r * r``,
+    ``r4 = r3 * r`` (4 array passes, not 7). ``sympy.cse`` cannot share ``x**3`` in ``x**4``.
+    """
+    exponents: dict[sp.Symbol, set[int]] = {}
+    for expr in [e for _, e in temps] + reduced:
+        for power in expr.atoms(sp.Pow):
+            base, exp = power.as_base_exp()
+            if base.is_Symbol and base not in dims and exp.is_Integer:
+                exponents.setdefault(base, set()).add(int(exp))
+    names = sp.numbered_symbols("_p", real=True)
+    chain, subs = [], {}
+    for base in sorted(exponents, key=str):
+        for sign in (1, -1):
+            wanted = sorted(sign * e for e in exponents[base] if sign * e > 0)
+            if len(wanted) < 2:
+                continue
+            unit = base
+            if sign < 0:
+                unit = subs[1 / base] = next(names)
+                chain.append((unit, 1 / base))
+            previous, done = unit, 1
+            for e in wanted[1:] if wanted[0] == 1 else wanted:
+                symbol = subs[base ** (sign * e)] = next(names)
+                chain.append((symbol, previous * unit ** (e - done)))
+                previous, done = symbol, e
+    if not subs:
+        return temps, reduced
+    temps = [(s, e.xreplace(subs)) for s, e in temps]
+    # A temporary that was one of the powers is now a second name for a link: drop it.
+    renamed = {s: e for s, e in temps if e.is_Symbol}
+    temps = [(s, e.xreplace(renamed)) for s, e in temps + chain if s not in renamed]
+    return temps, [e.xreplace(subs).xreplace(renamed) for e in reduced]
+
+
 def _scalar_map(node: Node) -> bool:
     """Arithmetic on scalars (``-grad_loss / batch``): written where it is used."""
     return node.op == "map" and node.shape == () and all(a.ndim == 0 for a in node.args)
@@ -430,9 +476,13 @@ def _docstring(text: str) -> str:
 def render(program: Program) -> str:
     """The generated module's source, formatted with black."""
     model = program.model
+    unit_program = unit_seed(program)  # value_and_grad: grad_loss = 1 folded in
+    scalar = Emitter(unit_program)
+    unrolled = _unrolled(scalar)  # small fixed sizes: straight-line Python on floats
+    numpy_unit = vectorized(unit_program)
+    unit = scalar if numpy_unit is unit_program else Emitter(numpy_unit)
+    program = vectorized(program)
     emitter = Emitter(program)
-    unit = Emitter(unit_seed(program))  # value_and_grad: grad_loss = 1 folded in
-    unrolled = _unrolled(unit)  # small fixed sizes: straight-line Python on floats
     with program.timed("print"):
         grads = set(program.grads.values())
         backward = [st for st in emitter.statements if st.backward]
@@ -483,6 +533,11 @@ def render(program: Program) -> str:
             init=_init(model),
             hvp=_hvp(program.hvp) if program.hvp else None,
             unrolled=unrolled,
+            pair_scatter=any(
+                isinstance(st.target, Node) and st.target.op == "pair_scatter"
+                for e in (emitter, unit)
+                for st in e.statements
+            ),
         )
         source = _environment().get_template("module.py.j2").render(context)
     with program.timed("black"):
@@ -491,7 +546,8 @@ def render(program: Program) -> str:
 
 def _hvp(program: Program) -> dict:
     """Template context of hvp(): the Hessian-vector products' statements."""
-    emitter = Emitter(program)
+    emitter = Emitter(vectorized(program))
+    program = emitter.program
     products = set(program.grads.values())
     statements = emitter.needed(emitter.statements, products)
     return dict(

@@ -109,6 +109,19 @@ def unit_seed(program: Program) -> Program:
     return unit
 
 
+@factored
+def vectorized(program: Program) -> Program:
+    """The program as the NumPy code computes it (``optimize.pair_differences``); the
+    scalar-unrolled code works on the program itself."""
+    with program.timed("optimize"):
+        roots = optimize.pair_differences(program.roots())
+    if all(a is b for a, b in zip(roots, program.roots(), strict=True)):
+        return program
+    numpy = replace(program, timings=program.timings)
+    numpy.set_roots(roots)
+    return numpy
+
+
 def _named(node: Node, name: str | None) -> Node:
     return replace(node, name=name) if name else node
 

@@ -6,6 +6,7 @@ rebuilds every node whose arguments changed.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -217,3 +218,96 @@ def _dot(factors: list, m: Node) -> Node | None:
 def optimize(roots: Sequence[Node]) -> list[Node]:
     roots = fuse(eliminate_common(fold_views(strip_detach(roots))))
     return eliminate_common(fuse(factor_sums(roots)))
+
+
+def pair_differences(roots: Sequence[Node]) -> list[Node]:
+    """Scatter-adds of ``h * (x[i] - x[j])`` into rows ``i`` and of its negation into rows
+    ``j`` become one ``pair_scatter(x, i, j, h)``: the gradient of a pair energy (springs,
+    Lennard-Jones), which NumPy computes through an (n, n) matrix of ``h`` when the pairs
+    are dense (ops.py). Only the vectorized code uses it; unrolled code updates per pair.
+    """
+
+    def visit(_: Node, node: Node) -> Node:
+        return _pair_scatter(node) or node if node.op == "scatter" else node
+
+    roots = rewrite(roots, visit)
+    return eliminate_common(fuse(roots))
+
+
+def _pair_scatter(node: Node) -> Node | None:
+    if node.ndim != 2 or not ops.narrow(node.shape[1]):
+        return None
+    updates = ops.scatter_updates(node)
+    rows = [u for u in updates if u[0] == ("rows",) and u[2].ndim == 1]
+    for first, second in itertools.combinations(rows, 2):
+        pair = _pair(second, first, node.shape) or _pair(first, second, node.shape)
+        if pair is None:
+            continue
+        rest = [u for u in updates if u is not first and u is not second]
+        if node.attrs[1]:  # a dense base: added to the pairs' rows
+            pair = ops.apply(lambda a, b: a + b, node.args[0], pair)
+        return ops.scatter(node.shape, rest, pair) if rest else pair
+    return None
+
+
+def _pair(plus: tuple, minus: tuple, shape: tuple) -> Node | None:
+    """``pair_scatter`` if ``plus`` adds ``h (x[i] - x[j])`` at ``i``, ``minus`` its negation
+    at ``j``, for gathers ``x[i]``, ``x[j]`` of an ``x`` shaped like the scatter, and ``h``
+    the same along rows (one number per pair)."""
+    (_, v, i), (_, w, j) = plus, minus
+    if v.op != "map" or w.op != "map" or i is j:
+        return None
+    gathers = {
+        a.args: a for a in v.args if a.op == "gather" and a.shape[1:] == shape[1:]
+    }
+    for (x, idx), xi in gathers.items():
+        xj = gathers.get((x, j))
+        if idx is not i or xj is None or x.shape != shape:
+            continue
+        symbols = {
+            n: sp.Symbol(f"_n{k}") for k, n in enumerate(dict.fromkeys(v.args + w.args))
+        }
+        a, b = symbols[xi], symbols[xj]
+        h = _difference_coefficient(_formula(v, symbols), a, b)
+        opposite = _difference_coefficient(_formula(w, symbols), a, b)
+        if h is None or opposite is None or sp.expand(h + opposite) != 0:
+            continue
+        factors = {n: s for n, s in symbols.items() if s in h.free_symbols}
+        if all(_per_pair(n, i.shape[0]) for n in factors):
+            args = [_squeeze(n) for n in factors]
+            local = {s: ew.arg(k) for k, s in enumerate(factors.values())}
+            coefficient = ops.map_(h.xreplace(local), args, i.shape)
+            return ops.pair_scatter(x, i, j, coefficient)
+    return None
+
+
+def _formula(node: Node, symbols: dict) -> sp.Expr:
+    return node.attrs[0].xreplace(
+        {ew.arg(k): symbols[a] for k, a in enumerate(node.args)}
+    )
+
+
+def _difference_coefficient(
+    expr: sp.Expr, a: sp.Symbol, b: sp.Symbol
+) -> sp.Expr | None:
+    """``h`` when ``expr`` is ``h * (a - b)`` with ``h`` free of ``a`` and ``b``."""
+    h = sp.expand(expr.diff(a))
+    if h.has(a, b, sp.Derivative) or sp.expand(expr.diff(b) + h) != 0:
+        return None
+    return h if expr.xreplace({a: 0, b: 0}) == 0 else None
+
+
+def _per_pair(node: Node, pairs) -> bool:
+    """The same for every coordinate: a scalar, or one number per pair as a column."""
+    return node.ndim == 0 or (
+        node.ndim == 2 and node.shape[1] == 1 and node.shape[0] in (1, pairs)
+    )
+
+
+def _squeeze(node: Node) -> Node:
+    """``c[:, None]`` -> ``c``: the column of per-pair numbers as a vector."""
+    if node.ndim != 2:
+        return node
+    if node.op == "index" and node.attrs[0] == (("slice", None, None, None), ("new",)):
+        return node.args[0]
+    return ops.reshape(node, node.shape[:1])

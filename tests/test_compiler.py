@@ -12,9 +12,10 @@ import sympy as sp
 from helpers import compile_module
 
 import symgrad as sg
+from symgrad.cli import generate
 from symgrad.models import BUILTIN, load
 from symgrad.reference import reference
-from symgrad.verify import relative_error, sample, verify
+from symgrad.verify import load_source, relative_error, sample, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -301,3 +302,20 @@ def test_importing_the_tape_engine_loads_no_sympy():
         [sys.executable, "-c", script], capture_output=True, text=True
     )
     assert result.stdout.split() == ["False", "False"], result.stderr
+
+
+def test_integer_powers_of_one_value_share_one_reciprocal():
+    torch = pytest.importorskip("torch")
+    m = sg.Model("powers")
+    r = m.param("r", ("n",))
+    m.loss(sg.sum(r**-6 - r**-3 + r**2 * sg.sin(r)))
+    source, _ = generate(m)
+    fused = source.split("def value_and_grad", 1)[1].split("\ndef ", 1)[0]
+    divisions = fused.count("np.reciprocal(") + fused.count("1 / ")
+    assert divisions == 1, fused  # r**-3, r**-4, r**-6, r**-7 from one 1 / r
+    module = load_source(source, m.name)
+    params = {"r": np.linspace(0.8, 1.9, 9)}
+    loss, grads = module.value_and_grad(params, {})
+    ref_loss, _, ref_grads = reference(m, params, {}, engine=torch)
+    assert relative_error(loss, ref_loss) <= 1e-12
+    assert relative_error(grads["r"], ref_grads["r"]) <= 1e-12

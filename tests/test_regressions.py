@@ -286,3 +286,14 @@ def test_flatten_a_slice_of_a_symbolic_dim():
         m.loss(sg.sum(sg.sin(x[1:].reshape(-1))) + sg.sum(x**2))
 
     check(model(declare))
+
+
+def test_temporary_that_became_a_power_chain_link():
+    """CSE's 1/(1 + p**2) became a second name of the chain's 1/c (codegen._power_chains):
+    ``t3 = t2``, after which squaring t2 in place also squared t3."""
+
+    def declare(m):
+        v = 1 / (1 + m.param("p0", (1, 1, "n")) ** 2)
+        m.loss(sg.sum(sg.sin(v)))
+
+    check(model(declare))
