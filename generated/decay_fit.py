@@ -11,7 +11,7 @@ OUTPUTS = ()
 
 
 def _unpack(params, inputs):
-    """Check names, dtypes and shapes; return the arrays and the symbolic dims."""
+    """Check names, dtypes and shapes; return the arrays (0-d: as scalars) and dims."""
     if params.keys() != PARAMS.keys():
         _wrong_keys("params", params, PARAMS)
     if inputs.keys() != INPUTS.keys():
@@ -19,12 +19,15 @@ def _unpack(params, inputs):
     a = np.asarray(params["a"])
     if a.shape != () or a.dtype.kind != "f":
         _bad("params", "a", a, "()", "float")
+    a = a[()]
     b = np.asarray(params["b"])
     if b.shape != () or b.dtype.kind != "f":
         _bad("params", "b", b, "()", "float")
+    b = b[()]
     c = np.asarray(params["c"])
     if c.shape != () or c.dtype.kind != "f":
         _bad("params", "c", c, "()", "float")
+    c = c[()]
     t = np.asarray(inputs["t"])
     if t.ndim != 1 or t.dtype.kind != "f":
         _bad("inputs", "t", t, "(batch,)", "float")

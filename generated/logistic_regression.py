@@ -11,7 +11,7 @@ OUTPUTS = ("logits",)
 
 
 def _unpack(params, inputs):
-    """Check names, dtypes and shapes; return the arrays and the symbolic dims."""
+    """Check names, dtypes and shapes; return the arrays (0-d: as scalars) and dims."""
     if params.keys() != PARAMS.keys():
         _wrong_keys("params", params, PARAMS)
     if inputs.keys() != INPUTS.keys():
@@ -22,6 +22,7 @@ def _unpack(params, inputs):
     b = np.asarray(params["b"])
     if b.shape != () or b.dtype.kind != "f":
         _bad("params", "b", b, "()", "float")
+    b = b[()]
     X = np.asarray(inputs["X"])
     if X.ndim != 2 or X.shape[1] != 20 or X.dtype.kind != "f":
         _bad("inputs", "X", X, "(batch, 20)", "float")

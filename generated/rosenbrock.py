@@ -13,7 +13,7 @@ OUTPUTS = ()
 
 
 def _unpack(params, inputs):
-    """Check names, dtypes and shapes; return the arrays and the symbolic dims."""
+    """Check names, dtypes and shapes; return the arrays (0-d: as scalars) and dims."""
     if params.keys() != PARAMS.keys():
         _wrong_keys("params", params, PARAMS)
     if inputs.keys() != INPUTS.keys():
