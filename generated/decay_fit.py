@@ -18,23 +18,23 @@ def _unpack(params, inputs):
         _wrong_keys("inputs", inputs, INPUTS)
     a = np.asarray(params["a"])
     if a.shape != () or a.dtype.kind != "f":
-        _bad("params", "a", a, "()", "float")
+        _bad("params", "a", a, "()", "a float")
     a = a[()]
     b = np.asarray(params["b"])
     if b.shape != () or b.dtype.kind != "f":
-        _bad("params", "b", b, "()", "float")
+        _bad("params", "b", b, "()", "a float")
     b = b[()]
     c = np.asarray(params["c"])
     if c.shape != () or c.dtype.kind != "f":
-        _bad("params", "c", c, "()", "float")
+        _bad("params", "c", c, "()", "a float")
     c = c[()]
     t = np.asarray(inputs["t"])
     if t.ndim != 1 or t.dtype.kind != "f":
-        _bad("inputs", "t", t, "(batch,)", "float")
+        _bad("inputs", "t", t, "(batch,)", "a float")
     batch = t.shape[0]
     y = np.asarray(inputs["y"])
     if y.shape != (batch,) or y.dtype.kind != "f":
-        _bad("inputs", "y", y, f"(batch={batch},)", "float")
+        _bad("inputs", "y", y, f"(batch={batch},)", "a float")
     return a, b, c, t, y, batch
 
 
@@ -46,7 +46,7 @@ def _wrong_keys(group, given, expected):
 
 def _bad(group, name, array, expected, kind):
     raise ValueError(
-        f"{group}[{name!r}]: expected a {kind} array of shape {expected}, "
+        f"{group}[{name!r}]: expected {kind} array of shape {expected}, "
         f"got {array.dtype} array of shape {array.shape}"
     )
 

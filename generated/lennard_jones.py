@@ -20,15 +20,15 @@ def _unpack(params, inputs):
         _wrong_keys("inputs", inputs, INPUTS)
     pos = np.asarray(params["pos"])
     if pos.ndim != 2 or pos.shape[1] != 3 or pos.dtype.kind != "f":
-        _bad("params", "pos", pos, "(N, 3)", "float")
+        _bad("params", "pos", pos, "(N, 3)", "a float")
     N = pos.shape[0]
     i = np.asarray(inputs["i"])
     if i.ndim != 1 or i.dtype.kind not in "iu":
-        _bad("inputs", "i", i, "(pairs,)", "integer")
+        _bad("inputs", "i", i, "(pairs,)", "an integer")
     pairs = i.shape[0]
     j = np.asarray(inputs["j"])
     if j.shape != (pairs,) or j.dtype.kind not in "iu":
-        _bad("inputs", "j", j, f"(pairs={pairs},)", "integer")
+        _bad("inputs", "j", j, f"(pairs={pairs},)", "an integer")
     return pos, i, j, N, pairs
 
 
@@ -40,7 +40,7 @@ def _wrong_keys(group, given, expected):
 
 def _bad(group, name, array, expected, kind):
     raise ValueError(
-        f"{group}[{name!r}]: expected a {kind} array of shape {expected}, "
+        f"{group}[{name!r}]: expected {kind} array of shape {expected}, "
         f"got {array.dtype} array of shape {array.shape}"
     )
 

@@ -18,18 +18,18 @@ def _unpack(params, inputs):
         _wrong_keys("inputs", inputs, INPUTS)
     w = np.asarray(params["w"])
     if w.shape != (20,) or w.dtype.kind != "f":
-        _bad("params", "w", w, "(20,)", "float")
+        _bad("params", "w", w, "(20,)", "a float")
     b = np.asarray(params["b"])
     if b.shape != () or b.dtype.kind != "f":
-        _bad("params", "b", b, "()", "float")
+        _bad("params", "b", b, "()", "a float")
     b = b[()]
     X = np.asarray(inputs["X"])
     if X.ndim != 2 or X.shape[1] != 20 or X.dtype.kind != "f":
-        _bad("inputs", "X", X, "(batch, 20)", "float")
+        _bad("inputs", "X", X, "(batch, 20)", "a float")
     batch = X.shape[0]
     y = np.asarray(inputs["y"])
     if y.shape != (batch,) or y.dtype.kind != "f":
-        _bad("inputs", "y", y, f"(batch={batch},)", "float")
+        _bad("inputs", "y", y, f"(batch={batch},)", "a float")
     return w, b, X, y, batch
 
 
@@ -41,7 +41,7 @@ def _wrong_keys(group, given, expected):
 
 def _bad(group, name, array, expected, kind):
     raise ValueError(
-        f"{group}[{name!r}]: expected a {kind} array of shape {expected}, "
+        f"{group}[{name!r}]: expected {kind} array of shape {expected}, "
         f"got {array.dtype} array of shape {array.shape}"
     )
 

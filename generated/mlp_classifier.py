@@ -18,23 +18,23 @@ def _unpack(params, inputs):
         _wrong_keys("inputs", inputs, INPUTS)
     W1 = np.asarray(params["W1"])
     if W1.shape != (128, 784) or W1.dtype.kind != "f":
-        _bad("params", "W1", W1, "(128, 784)", "float")
+        _bad("params", "W1", W1, "(128, 784)", "a float")
     b1 = np.asarray(params["b1"])
     if b1.shape != (128,) or b1.dtype.kind != "f":
-        _bad("params", "b1", b1, "(128,)", "float")
+        _bad("params", "b1", b1, "(128,)", "a float")
     W2 = np.asarray(params["W2"])
     if W2.shape != (10, 128) or W2.dtype.kind != "f":
-        _bad("params", "W2", W2, "(10, 128)", "float")
+        _bad("params", "W2", W2, "(10, 128)", "a float")
     b2 = np.asarray(params["b2"])
     if b2.shape != (10,) or b2.dtype.kind != "f":
-        _bad("params", "b2", b2, "(10,)", "float")
+        _bad("params", "b2", b2, "(10,)", "a float")
     x = np.asarray(inputs["x"])
     if x.ndim != 2 or x.shape[1] != 784 or x.dtype.kind != "f":
-        _bad("inputs", "x", x, "(batch, 784)", "float")
+        _bad("inputs", "x", x, "(batch, 784)", "a float")
     batch = x.shape[0]
     labels = np.asarray(inputs["labels"])
     if labels.shape != (batch,) or labels.dtype.kind not in "iu":
-        _bad("inputs", "labels", labels, f"(batch={batch},)", "integer")
+        _bad("inputs", "labels", labels, f"(batch={batch},)", "an integer")
     return W1, b1, W2, b2, x, labels, batch
 
 
@@ -46,7 +46,7 @@ def _wrong_keys(group, given, expected):
 
 def _bad(group, name, array, expected, kind):
     raise ValueError(
-        f"{group}[{name!r}]: expected a {kind} array of shape {expected}, "
+        f"{group}[{name!r}]: expected {kind} array of shape {expected}, "
         f"got {array.dtype} array of shape {array.shape}"
     )
 

@@ -20,7 +20,7 @@ def _unpack(params, inputs):
         _wrong_keys("inputs", inputs, INPUTS)
     x = np.asarray(params["x"])
     if x.ndim != 1 or x.dtype.kind != "f":
-        _bad("params", "x", x, "(n,)", "float")
+        _bad("params", "x", x, "(n,)", "a float")
     n = x.shape[0]
     return x, n
 
@@ -33,7 +33,7 @@ def _wrong_keys(group, given, expected):
 
 def _bad(group, name, array, expected, kind):
     raise ValueError(
-        f"{group}[{name!r}]: expected a {kind} array of shape {expected}, "
+        f"{group}[{name!r}]: expected {kind} array of shape {expected}, "
         f"got {array.dtype} array of shape {array.shape}"
     )
 

@@ -20,23 +20,23 @@ def _unpack(params, inputs):
         _wrong_keys("inputs", inputs, INPUTS)
     W1 = np.asarray(params["W1"])
     if W1.shape != (2, 3) or W1.dtype.kind != "f":
-        _bad("params", "W1", W1, "(2, 3)", "float")
+        _bad("params", "W1", W1, "(2, 3)", "a float")
     b1 = np.asarray(params["b1"])
     if b1.shape != (2,) or b1.dtype.kind != "f":
-        _bad("params", "b1", b1, "(2,)", "float")
+        _bad("params", "b1", b1, "(2,)", "a float")
     W2 = np.asarray(params["W2"])
     if W2.shape != (1, 2) or W2.dtype.kind != "f":
-        _bad("params", "W2", W2, "(1, 2)", "float")
+        _bad("params", "W2", W2, "(1, 2)", "a float")
     b2 = np.asarray(params["b2"])
     if b2.shape != (1,) or b2.dtype.kind != "f":
-        _bad("params", "b2", b2, "(1,)", "float")
+        _bad("params", "b2", b2, "(1,)", "a float")
     x = np.asarray(inputs["x"])
     if x.ndim != 2 or x.shape[1] != 3 or x.dtype.kind != "f":
-        _bad("inputs", "x", x, "(batch, 3)", "float")
+        _bad("inputs", "x", x, "(batch, 3)", "a float")
     batch = x.shape[0]
     target = np.asarray(inputs["target"])
     if target.shape != (batch, 1) or target.dtype.kind != "f":
-        _bad("inputs", "target", target, f"(batch={batch}, 1)", "float")
+        _bad("inputs", "target", target, f"(batch={batch}, 1)", "a float")
     return W1, b1, W2, b2, x, target, batch
 
 
@@ -48,7 +48,7 @@ def _wrong_keys(group, given, expected):
 
 def _bad(group, name, array, expected, kind):
     raise ValueError(
-        f"{group}[{name!r}]: expected a {kind} array of shape {expected}, "
+        f"{group}[{name!r}]: expected {kind} array of shape {expected}, "
         f"got {array.dtype} array of shape {array.shape}"
     )
 

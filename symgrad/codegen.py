@@ -125,11 +125,13 @@ class Emitter:
                 self.statements.append(Statement(node, backward, reads=reads))
                 continue
             expr = reduced_of[node]
-            if expr in pending:
-                # The whole formula is a shared subexpression: compute it under this name.
+            # The whole formula is a shared subexpression, of the node's shape (a
+            # broadcast of one gets a statement of its own, printed with its shape).
+            shared = expr in self.cse_targets and not _broadcast_map(node)
+            if shared and expr in pending:  # computed here, under the node's name
                 self.node_of[expr] = node
                 expr = pending.pop(expr)
-            elif expr in self.cse_targets and node not in self.roots and not node.name:
+            elif shared and node not in self.roots and not node.name:
                 self.alias[node] = self.node_of.get(expr, expr)  # computed already
                 continue
             self._emit_temps(expr, pending, backward)
@@ -415,7 +417,7 @@ def _unpack(model) -> tuple[list[str], list[str]]:
     lines, bound = [], []
     for group, arrays in (("params", model.params), ("inputs", model.inputs)):
         for name, node in arrays.items():
-            kind = "integer" if node.dtype == "int64" else "float"
+            kind = "an integer" if node.dtype == "int64" else "a float"
             dtype = 'not in "iu"' if node.dtype == "int64" else '!= "f"'
             new = {d.name for d in node.shape if isinstance(d, sp.Symbol)} - set(bound)
             if new:  # shape[k] is only valid once the rank is known
