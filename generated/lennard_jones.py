@@ -90,7 +90,7 @@ def forward(params, inputs):
     t6 -= t5
     t7 = t6.sum()
     loss = 4 * t7
-    return {"loss": loss}, {
+    return {"loss": np.array(loss)}, {
         "N": N,
         "i": i,
         "j": j,

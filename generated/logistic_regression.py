@@ -61,7 +61,7 @@ def forward(params, inputs):
     t3 += _tmp2
     t4 = t3.sum()
     loss = (t4 - t2) / batch
-    return {"loss": loss, "logits": logits}, {
+    return {"loss": np.array(loss), "logits": logits}, {
         "X": X,
         "batch": batch,
         "logits": logits,
@@ -85,7 +85,7 @@ def backward(cache, grad_loss=1.0):
     t5 *= grad_loss / batch
     grad_w = X.T @ t5
     grad_b = t5.sum()
-    return {"w": grad_w, "b": grad_b}
+    return {"w": grad_w, "b": np.array(grad_b)}
 
 
 def value_and_grad(params, inputs):
@@ -110,7 +110,7 @@ def value_and_grad(params, inputs):
     t5 = logits
     grad_w = X.T @ t5
     grad_b = t5.sum()
-    return loss, {"w": grad_w, "b": grad_b}
+    return loss, {"w": grad_w, "b": np.array(grad_b)}
 
 
 def init_params(seed=0):

@@ -70,7 +70,7 @@ def forward(params, inputs):
     t8 = np.take_along_axis(t6, t7, axis=1)
     t9 = t8.sum()
     loss = -t9 / batch
-    return {"loss": loss, "logits": logits}, {
+    return {"loss": np.array(loss), "logits": logits}, {
         "W2": W2,
         "batch": batch,
         "h": h,

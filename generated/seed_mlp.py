@@ -75,7 +75,7 @@ def forward(params, inputs):
     t3 = y - target
     t4 = np.vdot(t3, t3)
     loss = t4 / batch
-    return {"loss": loss, "y": y}, {
+    return {"loss": np.array(loss), "y": y}, {
         "W2": W2,
         "batch": batch,
         "h": h,

@@ -89,7 +89,9 @@ class Emitter:
     def inline(self, node: Node) -> bool:
         """Views and scalar constants are written where used, not assigned."""
         if node in self.roots or node.name or node.op in LEAVES:
-            return node.op in LEAVES
+            # A constant result nothing else reads is written where it is returned.
+            unused = is_const(node) and not node.name and not self.users[node]
+            return node.op in LEAVES or unused
         if node.op in VIEWS and len(self.users[node]) > 1 and node.args[0].op in LEAVES:
             return False  # x[:-1] used twice: one view object, not one per use
         return node.op in VIEWS or is_const(node) or _scalar_map(node)
@@ -108,10 +110,8 @@ class Emitter:
         computed = [n for n in self.order if not self.inline(n)]
         maps = [n for n in computed if n.op == "map" and n.args]
         exprs = [self._expr(n) for n in maps]
-        # Expressions of sizes alone (1/batch) are free to recompute: never worth caching.
-        temps, reduced = sp.cse(
-            exprs, symbols=sp.numbered_symbols("_c", real=True), ignore=tuple(self.dims)
-        )
+        temps, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("_c", real=True))
+        temps, reduced = _sizes_inline(temps, reduced, self.dims)
         temps, reduced = _power_chains(temps, reduced, self.dims)
         self.cse_targets = {symbol for symbol, _ in temps}
         reduced_of = dict(zip(maps, reduced, strict=True))
@@ -347,6 +347,21 @@ def _broadcast_map(node) -> bool:
     )
 
 
+def _sizes_inline(temps: list, reduced: list, dims: set) -> tuple[list, list]:
+    """Put temporaries of sizes alone (``1/batch``) back where they are used: free to
+    recompute, never worth a cache entry. (``cse(ignore=dims)`` would instead skip every
+    subexpression with a size in it, such as ``sqrt(var/d + eps)``.)"""
+    sizes: dict[sp.Symbol, sp.Expr] = {}
+    kept = []
+    for symbol, value in temps:
+        value = value.xreplace(sizes)
+        if value.free_symbols <= dims:
+            sizes[symbol] = value
+        else:
+            kept.append((symbol, value))
+    return kept, [e.xreplace(sizes) for e in reduced]
+
+
 def _power_chains(temps: list, reduced: list, dims: set) -> tuple[list, list]:
     """Several integer powers of one value as a chain of products, one power from the
     next smaller: with ``x**-3`` and ``x**-4``, ``r = 1 / x``, ``r3 = r * r * r``,
@@ -392,7 +407,8 @@ def _return(values: dict[str, Node], emitter: Emitter) -> str:
     """A dict literal of results that never alias arguments or each other.
 
     Leaves and repeated values are copied. Constants (zero gradients) are written afresh:
-    one may equal a forward value, whose name backward() does not have.
+    one may equal a forward value, whose name backward() does not have. 0-d results are
+    arrays too (0-d arithmetic gives NumPy scalars or floats).
     """
     items, seen = [], set()
     for key, node in values.items():
@@ -401,6 +417,8 @@ def _return(values: dict[str, Node], emitter: Emitter) -> str:
         else:
             value = emitter.code(node)
             value += ".copy()" if node.op in LEAVES or node in seen else ""
+        if node.shape == ():
+            value = f"np.array({value.removesuffix('.copy()')})"
         seen.add(node)
         items.append(f'"{key}": {value}')
     return "{" + ", ".join(items) + "}"

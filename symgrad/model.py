@@ -62,12 +62,15 @@ def check_name(name: object, what: str) -> str:
 
 
 def _number(value) -> sp.Expr:
-    """A Python number as an exact SymPy constant, so that 0.1 prints back as 0.1."""
+    """A Python number as a SymPy constant: integers exact, other floats as ``sp.Float``,
+    which prints back as written (0.1) and which SymPy never factors out of a sum (an
+    exact ``Rational(1e-5)`` turned ``x + 1e-5`` into ``(590295810358705651712 x +
+    5902958103587057) / 590295810358705651712``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"expected an sg expression or a real number, got {value!r}")
     if not math.isfinite(value):
         raise ModelError(f"non-finite constant {value!r} is not supported")
-    return sp.Integer(value) if float(value).is_integer() else sp.Rational(float(value))
+    return sp.Integer(value) if float(value).is_integer() else sp.Float(float(value))
 
 
 class Expr:

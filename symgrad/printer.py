@@ -127,6 +127,9 @@ class NumPyPrinter(_SymPyNumPyPrinter):
             return "(" + "*".join([self._print(expr.base)] * int(expr.exp)) + ")"
         return self._hprint_Pow(expr, rational=rational, sqrt="numpy.sqrt")
 
+    def _print_Float(self, expr):
+        return repr(float(expr))  # as the user wrote it: 1e-05
+
     def _print_Rational(self, expr):
         if abs(expr.q) < 1000:  # 1/3 reads better than 0.3333333333333333
             return f"{expr.p}/{expr.q}"
