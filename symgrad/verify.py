@@ -17,7 +17,7 @@ import numpy as np
 import sympy as sp
 
 from .ir import toposort
-from .model import Model
+from .model import Model, ModelError
 from .reference import bound_dims, reference
 
 TAPE_TOLERANCE = 1e-10
@@ -28,6 +28,9 @@ STEP = np.finfo(float).eps ** (1 / 3)  # central differences: truncation ~ round
 # of the model's largest gradient (or loss): a gradient that is zero up to round-off (a
 # shift that softmax ignores) is not a 100% error.
 GRADIENT_FLOOR = 1e-3
+# Draws of random data per size set before giving up on finite reference values: random
+# index pairs can pick i == j, where sqrt(sum((x[i] - x[j])**2)) has an infinite slope.
+SAMPLE_ATTEMPTS = 20
 
 
 @dataclass
@@ -112,10 +115,35 @@ def verify(model: Model, module, dim_sets=None, seed: int = 0) -> Report:
     report = Report(model.name)
     rng = np.random.default_rng(seed)
     for dims in dim_sets or default_dims(model):
-        params, inputs = sample(model, rng, dims)
+        params, inputs, ref = finite_sample(model, rng, dims)
         report.dims.append(bound_dims(model, params, inputs))
-        _check_one(model, module, params, inputs, report, rng)
+        _check_one(model, module, params, inputs, ref, report, rng)
     return report
+
+
+def finite_sample(model: Model, rng: np.random.Generator, dims: dict):
+    """``(params, inputs, reference(...))`` for the first of up to SAMPLE_ATTEMPTS draws
+    whose reference loss and gradients are finite (the draws continue ``rng``, so the
+    choice is deterministic); a ModelError when none is."""
+    for _ in range(SAMPLE_ATTEMPTS):
+        params, inputs = sample(model, rng, dims)
+        with np.errstate(all="ignore"):  # a rejected draw is not worth a warning
+            ref = reference(model, params, inputs)
+        loss, _, grads = ref
+        if np.isfinite(loss) and all(np.isfinite(g).all() for g in grads.values()):
+            return params, inputs, ref
+    sizes = ", ".join(f"{k}={v}" for k, v in dims.items()) or "-"
+    source = (
+        "its sampler gave"
+        if getattr(model, "sampler", None) is not None
+        else "random data gave"
+    )
+    raise ModelError(
+        f"{model.name}: cannot verify at {sizes}: {source} a non-finite loss or "
+        f"gradient in {SAMPLE_ATTEMPTS} draws (e.g. index pairs with i == j); give the "
+        "model a sampler that draws valid data: m.sampler = fn, "
+        "fn(rng, **dims) -> (params, inputs), as symgrad/models/lennard_jones.py does"
+    )
 
 
 def default_dims(model: Model) -> list[dict]:
@@ -125,11 +153,11 @@ def default_dims(model: Model) -> list[dict]:
     return sizes + [s for s in model.unroll_sizes() if s not in sizes]
 
 
-def _check_one(model, module, params, inputs, report: Report, rng) -> None:
+def _check_one(model, module, params, inputs, ref, report: Report, rng) -> None:
     loss, grads = module.value_and_grad(params, inputs)
     outputs, cache = module.forward(params, inputs)
     scaled = module.backward(cache, grad_loss=-2.5)
-    ref_loss, ref_outputs, ref_grads = reference(model, params, inputs)
+    ref_loss, ref_outputs, ref_grads = ref
     loss_error = max(
         relative_error(loss, ref_loss), relative_error(outputs["loss"], ref_loss)
     )

@@ -24,7 +24,7 @@ from symgrad.cli import generate, main
 from symgrad.compiler import compile_model
 from symgrad.models import load
 from symgrad.reference import reference
-from symgrad.verify import relative_error
+from symgrad.verify import relative_error, verify
 
 try:
     import torch
@@ -340,6 +340,43 @@ def test_cli_subprocess_exit_status_and_single_line(tmp_path):
         cwd=tmp_path,
     )
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+SELF_PAIRS = """
+import symgrad as sg
+
+
+def build():
+    m = sg.Model("self_pairs")
+    pos = m.param("pos", (1, 2))  # one particle: every random pair has i == j
+    i = m.input("i", ("pairs",), dtype="int64")
+    j = m.input("j", ("pairs",), dtype="int64")
+    m.loss(sg.sum(sg.sqrt(sg.sum((pos[i] - pos[j]) ** 2, axis=-1))))
+    return m
+"""
+
+
+@pytest.mark.parametrize("command", ["build", "verify"])
+def test_cli_without_finite_sample_data_asks_for_a_sampler(tmp_path, capsys, command):
+    path = tmp_path / "self_pairs.py"
+    path.write_text(SELF_PAIRS)
+    out = tmp_path / "out"
+    extra = ["--out", str(out)] if command == "build" else []
+    assert main([command, str(path), *extra]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Warning" not in err, err
+    assert "non-finite loss or gradient" in err and "m.sampler = fn" in err, err
+    assert not out.exists()
+
+
+def test_verify_names_a_sampler_that_gives_non_finite_data():
+    m = sg.Model("m")
+    x, p = m.input("x", ("n",)), m.param("p")
+    m.loss(p * sg.sum(sg.log(x)))
+    m.sampler = lambda rng, n: ({"p": np.array(1.0)}, {"x": np.zeros(n)})
+    module = compile_module(m)
+    with pytest.raises(sg.ModelError, match="its sampler gave a non-finite loss"):
+        verify(m, module)
 
 
 # --------------------------------------------------------------------------- injection
