@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sympy as sp
+from sympy.printing.str import StrPrinter
 
 Dim = int | sp.Expr
 Shape = tuple[Dim, ...]
@@ -114,14 +115,24 @@ class Node:
         if depth == 0 or not self.args:
             return f"<{self.op}>"
         if self.op == "map":  # the formula, with arguments in place of placeholders
-            names = {sp.Symbol(f"_{i}", real=True): sp.Symbol(a.describe(depth - 1))
-                     for i, a in enumerate(self.args)}  # fmt: skip
-            return str(self.attrs[0].xreplace(names))
+            # a Dummy per argument: equal descriptions must not cancel (x@A - x@B is not 0)
+            args = [sp.Dummy(a.describe(depth - 1), real=True) for a in self.args]
+            formula = self.attrs[0].xreplace(
+                {sp.Symbol(f"_{i}", real=True): d for i, d in enumerate(args)}
+            )
+            return _DescribePrinter().doprint(formula)
         inner = ", ".join(a.describe(depth - 1) for a in self.args)
         return f"{self.op}({inner})"
 
     def __repr__(self) -> str:
         return f"Node({self.describe()}, shape={format_shape(self.shape)})"
+
+
+class _DescribePrinter(StrPrinter):
+    """Prints a Dummy by its name alone (StrPrinter prefixes an underscore)."""
+
+    def _print_Dummy(self, expr):
+        return expr.name
 
 
 def toposort(roots: Iterable[Node]) -> list[Node]:

@@ -82,6 +82,19 @@ def test_broadcast_mismatch_names_both_operands_and_shapes(shape_b, shown):
         assert re.search(r"\bb of shape " + shown, message), message
 
 
+def test_operands_described_alike_are_not_merged_or_cancelled():
+    m = sg.Model("m")
+    x, w, v = m.input("x", ("batch", 3)), m.param("w", (4,)), m.param("v", (5,))
+    # both operands of each formula print as <index>: they must stay two operands
+    for formula, shown in [
+        (lambda: sg.log(x[:, :2] * w[:2]), "log(<index>*<index>)"),
+        (lambda: sg.exp(x[:, :2] - w[:2]), "exp(<index> - <index>)"),
+    ]:
+        with pytest.raises(sg.ShapeError) as e:
+            formula() + v
+        assert str(e.value).startswith(f"cannot broadcast {shown} of shape"), e.value
+
+
 def test_where_branches_must_broadcast():
     m = sg.Model("m")
     x, v = m.input("x", (3,)), m.param("v", (2,))
