@@ -83,8 +83,7 @@ def forward(params, inputs):
     np.square(t1, out=t1)
     t3 = t1
     r2 = t3 @ np.ones(3)
-    np.reciprocal(r2, out=r2)
-    t4 = r2
+    t4 = np.reciprocal(r2)
     t5 = t4 * t4 * t4
     t6 = np.square(t5)
     t6 -= t5
@@ -136,8 +135,7 @@ def value_and_grad(params, inputs):
     np.square(t1, out=t1)
     t3 = t1
     r2 = t3 @ np.ones(3)
-    np.reciprocal(r2, out=r2)
-    t4 = r2
+    t4 = np.reciprocal(r2)
     t5 = t4 * t4 * t4
     t6 = t5 @ t5
     t7 = t5.sum()

@@ -103,11 +103,11 @@ def value_and_grad(params, inputs):
     t3 += _tmp2
     t4 = t3.sum()
     loss = (t4 - t2) / batch
-    logits -= t3
-    np.exp(logits, out=logits)
-    logits -= y
-    logits /= batch
-    t5 = logits
+    np.subtract(logits, t3, out=t3)
+    np.exp(t3, out=t3)
+    t3 -= y
+    t3 /= batch
+    t5 = t3
     grad_w = X.T @ t5
     grad_b = t5.sum()
     return loss, {"w": grad_w, "b": np.array(grad_b)}

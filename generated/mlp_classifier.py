@@ -130,8 +130,7 @@ def value_and_grad(params, inputs):
     t4 = logits - t3
     np.exp(t4, out=t4)
     t5 = t4 @ np.ones((10, 1))
-    logits -= t3 + np.log(t5)
-    t6 = logits
+    t6 = logits - (t3 + np.log(t5))
     t7 = labels[:, None]
     t8 = np.take_along_axis(t6, t7, axis=1)
     t9 = t8.sum()

@@ -310,11 +310,14 @@ class Emitter:
 
     def body(self, statements: list[Statement], keep: set) -> list[str]:
         """The statements' lines; arrays not in ``keep`` may be overwritten after their
-        last use (computing the statement that reads them last, in place)."""
+        last use (computing the statement that reads them last, in place), except those
+        the model names: a reviewer reading ``mu`` should find the mean in it."""
         last = {r: k for k, st in enumerate(statements) for r in st.reads}
-        local = {
-            st.target for st in statements
-        }  # never overwrite what the caller passed
+        local = {  # never overwrite what the caller passed
+            st.target
+            for st in statements
+            if not (isinstance(st.target, Node) and st.target.name)
+        }
         lines = []
         for k, st in enumerate(statements):
             dead = {

@@ -2,6 +2,7 @@
 the tape engine and central finite differences."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -319,3 +320,16 @@ def test_integer_powers_of_one_value_share_one_reciprocal():
     ref_loss, _, ref_grads = reference(m, params, {}, engine=torch)
     assert relative_error(loss, ref_loss) <= 1e-12
     assert relative_error(grads["r"], ref_grads["r"]) <= 1e-12
+
+
+def test_named_values_are_never_overwritten_in_place():
+    """A reviewer reading ``mu`` in the generated code should find the mean in it."""
+    m = sg.Model("gaussian_nll")
+    x, y = m.input("x", ("batch", 3)), m.input("y", ("batch",))
+    w, s = m.param("w", (3,)), m.param("s", ())
+    mu = m.let("mu", x @ w)
+    m.loss(sg.mean((y - mu) ** 2 * sg.exp(-s) + s))
+    source, _ = generate(m)
+    body = source.split("def value_and_grad", 1)[1]
+    assert "mu = x @ w" in body
+    assert "out=mu)" not in body and not re.search(r"\bmu [-+*/]= ", body)
