@@ -160,17 +160,15 @@ def detach(a: Node) -> Node:
 
 def normalize_index(a: Node, key) -> tuple:
     key = key if isinstance(key, tuple) else (key,)
-    if sum(k is Ellipsis for k in key) > 1:
+    # by identity: `Ellipsis in key` would compare a NumPy array key with ==
+    dots = [n for n, k in enumerate(key) if k is Ellipsis]
+    if len(dots) > 1:
         raise ShapeError(f"index of {a.describe()}: at most one ... allowed")
     consumed = sum(k is not None and k is not Ellipsis for k in key)
     if consumed > a.ndim:
         raise ShapeError(f"too many indices for {a.describe()} of rank {a.ndim}")
-    fill = [slice(None)] * (a.ndim - consumed)
-    key = (
-        key[: key.index(Ellipsis)] + tuple(fill) + key[key.index(Ellipsis) + 1 :]
-        if Ellipsis in key
-        else key + tuple(fill)
-    )
+    fill = (slice(None),) * (a.ndim - consumed)
+    key = key[: dots[0]] + fill + key[dots[0] + 1 :] if dots else key + fill
     spec = []
     for k in key:
         if k is None:
@@ -191,7 +189,10 @@ def normalize_index(a: Node, key) -> tuple:
         elif isinstance(k, int) and not isinstance(k, bool):
             spec.append(("int", k))
         else:
-            raise ShapeError(f"index of {a.describe()}: unsupported index {k!r}")
+            raise ShapeError(
+                f"index of {a.describe()}: unsupported index {k!r}; ints, slices, None "
+                "and ... are supported, and rows are picked by an int64 input: x[idx]"
+            )
     return tuple(spec)
 
 

@@ -120,6 +120,14 @@ def test_gather_needs_an_integer_index():
         E[idx]
 
 
+def test_constant_index_arrays_are_a_clear_error():
+    m = sg.Model("m")
+    W = m.param("W", (2, 3))
+    for key in ([0, 1], np.array([0, 1]), (np.array([0, 1]), ...), (..., np.array(0))):
+        with pytest.raises(sg.ShapeError, match=r"unsupported index .*int64 input"):
+            W[key]
+
+
 # --------------------------------------------------------------------------- formulas
 
 a, b, t = sp.symbols("a b t")

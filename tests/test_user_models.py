@@ -804,10 +804,6 @@ def test_layer_norm_code_has_no_giant_integers():
     assert not re.search(r"\d{17,}", source)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="W[np.array([0, 1])] fails with NumPy's 'truth value ... ambiguous'",
-)
 def test_indexing_with_a_constant_array_is_a_clear_error():
     m = sg.Model("const_index")
     W = m.param("W", (2, 3))
