@@ -161,6 +161,13 @@ class Expr:
             "a symbolic expression has no truth value; use sg.where for branches"
         )
 
+    def __iter__(self):
+        # without this, Python iterates by x[0], x[1], ... and a symbolic axis never ends
+        raise TypeError(
+            f"cannot iterate over {self.node.describe()} (builtin sum() and list() "
+            "iterate): use sg.sum(x, axis=0) to reduce, or index it: x[0], x[1:]"
+        )
+
     __hash__ = object.__hash__
 
     @property

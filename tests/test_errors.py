@@ -128,6 +128,16 @@ def test_constant_index_arrays_are_a_clear_error():
             W[key]
 
 
+@pytest.mark.parametrize("shape", [("batch", 3), (2, 3), ()])
+def test_iterating_over_an_expression_is_a_clear_error(shape):
+    m = sg.Model("m")
+    x = m.param("x", shape)
+    # iter() alone, not list() or builtin sum(): without the error, Python would iterate
+    # by x[0], x[1], ... and a symbolic first axis would never end
+    with pytest.raises(TypeError, match=r"cannot iterate over x.*sg\.sum\(x, axis=0\)"):
+        iter(x)
+
+
 # --------------------------------------------------------------------------- formulas
 
 a, b, t = sp.symbols("a b t")
