@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 _API = {
     "symgrad.model": (
         "Cond Expr Model ModelError abs cos elementwise exp log log_softmax logsumexp max "
-        "mean relu reshape sigmoid sin softmax softplus sqrt sum take_along_axis tanh "
+        "maximum mean minimum relu reshape sigmoid sin softmax softplus sqrt sum "
+        "take_along_axis tanh "
         "transpose where"
     ).split(),
     "symgrad.ir": ["ShapeError"],

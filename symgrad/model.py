@@ -335,6 +335,16 @@ softplus = _unary(ew.softplus)
 relu = _unary(ew.relu)
 
 
+def maximum(a, b) -> Expr:
+    """Elementwise max of two operands (broadcast); ties split the gradient, as in torch."""
+    return _elementwise(sp.Max, a, b)
+
+
+def minimum(a, b) -> Expr:
+    """Elementwise min of two operands (broadcast); ties split the gradient, as in torch."""
+    return _elementwise(sp.Min, a, b)
+
+
 def sum(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
     (node,) = _values([_expr(x, "sg.sum")], "sg.sum")
     return Expr(ops.reduce_sum(node, axis, keepdims))

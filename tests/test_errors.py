@@ -886,6 +886,10 @@ def test_elementwise_max_and_min_split_ties_like_torch_maximum(fn):
     m = sg.Model("ties")
     p, q, w = m.param("p", (3, 3)), m.param("q", (3, 3)), m.input("w", (3,))
     m.loss(sg.sum(sg.elementwise(lambda u, v: fn(u, v) + 2 * fn(v, 0), p, q) * w))
+    named = (
+        sg.maximum if fn is sp.Max else sg.minimum
+    )  # the same, spelled as NumPy does
+    m.output("named", named(p, q) + 2 * named(q, 0))
     params, inputs = {"p": KINKS, "q": KINKS.T.copy()}, {"w": WEIGHTS[0]}
     loss, grads = compile_module(m).value_and_grad(params, inputs)
     pt, qt = (torch.tensor(params[k], requires_grad=True) for k in "pq")
@@ -894,6 +898,9 @@ def test_elementwise_max_and_min_split_ties_like_torch_maximum(fn):
     out = ((pick(pt, qt) + 2 * pick(qt, zero)) * torch.tensor(WEIGHTS[0])).sum()
     out.backward()
     assert loss == pytest.approx(out.item(), rel=1e-14)
+    outputs, _ = compile_module(m).forward(params, inputs)
+    expected = pick(pt, qt) + 2 * pick(qt, zero)
+    np.testing.assert_allclose(outputs["named"], expected.detach().numpy(), rtol=1e-14)
     np.testing.assert_allclose(grads["p"], pt.grad.numpy(), rtol=1e-14)
     np.testing.assert_allclose(grads["q"], qt.grad.numpy(), rtol=1e-14)
     _, _, ref = reference(m, params, inputs, engine=torch)  # the verify oracle agrees
