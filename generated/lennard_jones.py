@@ -51,7 +51,8 @@ def _pair_scatter(x, i, j, c):
     Dense pairs (n^2 <= 4 pairs, e.g. all i < j) go through the (n, n) matrix a of the c
     of each (i, j): with s = a + a.T, row u is sum(s[u]) x[u] - s[u] @ x, one bincount
     and two matmuls (x with a column of ones) instead of a bincount per coordinate and
-    direction.
+    direction. x is taken relative to x[0] (the result does not change), so points far
+    from the origin do not cancel.
     """
     n, width = x.shape
     if 0 < n * n <= 4 * len(c):
@@ -61,17 +62,18 @@ def _pair_scatter(x, i, j, c):
         k += j
         a = np.bincount(k, weights=c, minlength=n * n).reshape(n, n)
         x1 = np.empty((n, width + 1))
-        x1[:, :width] = x
+        np.subtract(x, x[0], out=x1[:, :width])  # small numbers: no cancellation below
         x1[:, width] = 1
         s = a @ x1
         s += a.T @ x1
-        g = s[:, width:] * x
+        g = s[:, width:] * x1[:, :width]
         g -= s[:, :width]
         return g
     f = c * (np.take(x.T, i, axis=1) - np.take(x.T, j, axis=1))
-    return np.stack(
-        [np.bincount(i, f_k, n) - np.bincount(j, f_k, n) for f_k in f], axis=1
-    )
+    g = np.empty((n, width))
+    for k, f_k in enumerate(f):  # (an empty bincount is int64: assigned, it is float)
+        g[:, k] = np.bincount(i, f_k, n) - np.bincount(j, f_k, n)
+    return g
 
 
 def forward(params, inputs):

@@ -25,7 +25,7 @@ from . import symbolic as ew
 from .compiler import Program, unit_seed, vectorized
 from .ir import Node, broadcast, broadcast_shapes, consumers, format_shape, toposort
 from .ops import PRIMITIVES, is_const
-from .printer import NumPyPrinter, to_numpy
+from .printer import NumPyPrinter, literal, to_numpy
 from .symbolic import factored
 
 VIEWS = ("transpose", "index", "reshape")
@@ -289,7 +289,7 @@ class Emitter:
 
     def _print_constant(self, node: Node) -> str:
         value = node.attrs[0]
-        text = repr(float(value)) if value.is_Number else f"({to_numpy(value)})"
+        text = literal(value) if value.is_Number else f"({to_numpy(value)})"
         if node.shape == ():
             return text
         if value == 0:

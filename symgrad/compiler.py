@@ -34,10 +34,11 @@ class Program:
         return [self.loss, *self.outputs.values(), *self.grads.values()]
 
     def set_roots(self, roots: list[Node]) -> None:
-        n = 1 + len(self.model.outputs)
+        """New roots in the order of ``roots()``: loss, outputs, gradients."""
+        n = 1 + len(self.outputs)
         self.loss = roots[0]
-        self.outputs = dict(zip(self.model.outputs, roots[1:n], strict=True))
-        self.grads = dict(zip(self.model.params, roots[n:], strict=True))
+        self.outputs = dict(zip(self.outputs, roots[1:n], strict=True))
+        self.grads = dict(zip(self.grads, roots[n:], strict=True))
 
     @contextmanager
     def timed(self, phase: str):
@@ -49,8 +50,12 @@ class Program:
 @factored
 def compile_model(model: Model) -> Program:
     """Differentiate the model's loss with respect to every parameter and optimize."""
-    program = Program(
-        model, model.loss_node, {}, {}, Node("seed", (), (), name="grad_loss")
+    program = Program(  # outputs and grads are set below, in this order
+        model,
+        model.loss_node,
+        dict(model.outputs),
+        dict(model.params),
+        Node("seed", (), (), name="grad_loss"),
     )
     with program.timed("fuse"):
         roots = [model.loss_node, *model.outputs.values()]

@@ -70,7 +70,11 @@ def _number(value) -> sp.Expr:
         raise TypeError(f"expected an sg expression or a real number, got {value!r}")
     if not math.isfinite(value):
         raise ModelError(f"non-finite constant {value!r} is not supported")
-    return sp.Integer(value) if float(value).is_integer() else sp.Float(float(value))
+    if (
+        float(value).is_integer() and -(2**53) < value < 2**53
+    ):  # 2.0 is 2: x**2, not x**2.0
+        return sp.Integer(int(value))
+    return sp.Float(float(value))  # (an exact 10**300 would print as 301 digits)
 
 
 class Expr:

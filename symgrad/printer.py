@@ -3,6 +3,8 @@ and -> plain Python on floats (``math.exp(x)``) for scalar-unrolled code."""
 
 from __future__ import annotations
 
+import math
+
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter as _SymPyNumPyPrinter
 from sympy.printing.precedence import PRECEDENCE, precedence
@@ -19,6 +21,15 @@ def sign_into_sum(e: sp.Expr) -> sp.Expr:
         return e
     flipped = sp.Add(*(-t for t in add.args), evaluate=False)
     return sp.Mul(*(f for f in factors if f is not add), flipped, evaluate=False)
+
+
+def literal(c: sp.Expr, module: str = "np") -> str:
+    """A number as a float literal, as written (1e-05); ``np.inf`` where no literal is."""
+    value = float(c)
+    if math.isfinite(value):
+        return repr(value)
+    text = f"{module}.nan" if math.isnan(value) else f"{module}.inf"
+    return "-" + text if value < 0 else text
 
 
 def _simple(c: sp.Expr) -> bool:
@@ -86,7 +97,10 @@ class NumPyPrinter(_SymPyNumPyPrinter):
         if (
             c.is_Float or c.q >= 1000
         ):  # a user's float (or its exact form): print it back
-            numer.append(sp.Symbol(repr(float(c))))
+            if math.isfinite(float(c)):
+                numer.append(sp.Symbol(repr(float(c))))
+            else:  # x / 1e-310, folded into x * 1e310 by SymPy: no float holds 1e310
+                denom.append(sp.Symbol(repr(float(1 / c))))
         else:
             numer += [sp.Integer(c.p)] if c.p != 1 else []
             denom += [sp.Integer(c.q)] if c.q != 1 else []
@@ -128,7 +142,7 @@ class NumPyPrinter(_SymPyNumPyPrinter):
         return self._hprint_Pow(expr, rational=rational, sqrt="numpy.sqrt")
 
     def _print_Float(self, expr):
-        return repr(float(expr))  # as the user wrote it: 1e-05
+        return literal(expr)
 
     def _print_Rational(self, expr):
         if abs(expr.q) < 1000:  # 1/3 reads better than 0.3333333333333333
@@ -226,7 +240,7 @@ class MathPrinter(PythonCodePrinter):
         return text if len(text) <= 8 else f"{float(expr.p)!r}/{float(expr.q)!r}"
 
     def _print_Float(self, expr):
-        return repr(float(expr))
+        return literal(expr, "math")
 
     def _print_Pow(self, expr, rational=False):
         base, exp = expr.as_base_exp()
