@@ -108,7 +108,11 @@ def value_and_grad(params, inputs):
     grad_b = -2 * a * t6 / batch
     t7 = t2.sum()
     grad_c = 2 * t7 / batch
-    return loss, {"a": np.array(grad_a), "b": np.array(grad_b), "c": np.array(grad_c)}
+    return np.array(loss), {
+        "a": np.array(grad_a),
+        "b": np.array(grad_b),
+        "c": np.array(grad_c),
+    }
 
 
 def init_params(seed=0):

@@ -150,7 +150,7 @@ def value_and_grad(params, inputs):
     t8 *= -24
     t9 = t8
     grad_pos = _pair_scatter(pos, i, j, t9)
-    return loss, {"pos": grad_pos}
+    return np.array(loss), {"pos": grad_pos}
 
 
 # value_and_grad at N=8, pairs=28, unrolled element by element (m.unroll):
@@ -792,7 +792,7 @@ def _value_and_grad_N_8_pairs_28(pos, i, j):
     grad_pos[i_27][0] += t11_27_0
     grad_pos[i_27][1] += t11_27_1
     grad_pos[i_27][2] += t11_27_2
-    return loss, {"pos": np.array(grad_pos)}
+    return np.array(loss), {"pos": np.array(grad_pos)}
 
 
 def init_params(seed=0, *, N):

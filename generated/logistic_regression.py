@@ -110,7 +110,7 @@ def value_and_grad(params, inputs):
     t5 = t3
     grad_w = X.T @ t5
     grad_b = t5.sum()
-    return loss, {"w": grad_w, "b": np.array(grad_b)}
+    return np.array(loss), {"w": grad_w, "b": np.array(grad_b)}
 
 
 def init_params(seed=0):

@@ -153,7 +153,7 @@ def value_and_grad(params, inputs):
     grad_b1 = np.ones(batch) @ t11
     grad_W2 = grad_logits.T @ h
     grad_b2 = np.ones(batch) @ grad_logits
-    return loss, {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}
+    return np.array(loss), {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}
 
 
 def init_params(seed=0):

@@ -92,7 +92,7 @@ def value_and_grad(params, inputs):
     grad_x = np.zeros((n,))
     grad_x[:-1] = t8
     grad_x[1:] += t7
-    return loss, {"x": grad_x}
+    return np.array(loss), {"x": grad_x}
 
 
 # value_and_grad at n=10, unrolled element by element (m.unroll):
@@ -150,7 +150,7 @@ def _value_and_grad_n_10(x):
     t7_6 = 200.0 * t5_6
     t7_7 = 200.0 * t5_7
     t7_8 = 200.0 * t5_8
-    return loss, {
+    return np.array(loss), {
         "x": np.array(
             [
                 -2.0 * (t2_0 + t7_0 * x_0),

@@ -152,7 +152,7 @@ def value_and_grad(params, inputs):
     grad_b1 = np.ones(batch) @ t6
     grad_W2 = t5.T @ h
     grad_b2 = np.ones(batch) @ t5
-    return loss, {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}
+    return np.array(loss), {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}
 
 
 # value_and_grad at batch=1, unrolled element by element (m.unroll):
@@ -175,7 +175,7 @@ def _value_and_grad_batch_1(W1, b1, W2, b2, x, target):
     t5_0_0 = 2.0 * t3_0_0 * y_0_0 * (1.0 - y_0_0)
     t6_0_0 = W2_0_0 * h_0_0 * t5_0_0 * (1.0 - h_0_0)
     t6_0_1 = W2_0_1 * h_0_1 * t5_0_0 * (1.0 - h_0_1)
-    return (t3_0_0 * t3_0_0), {
+    return np.array((t3_0_0 * t3_0_0)), {
         "W1": np.array(
             [
                 t6_0_0 * x_0_0,

@@ -552,7 +552,7 @@ def render(program: Program) -> str:
             value_and_grad=unit.body(
                 fused, {unit.program.loss, *unit.program.grads.values()}
             ),
-            loss=unit.code(unit.program.loss),
+            loss=f"np.array({unit.code(unit.program.loss)})",  # 0-d, as forward's
             unit_grads_return=_return(unit.program.grads, unit),
             init_dims=sorted(
                 {d.name for n in model.params.values() for d in _symbols(n.shape)}

@@ -235,7 +235,7 @@ class _Expander:
             text, values = self._array(node)
             grads.append(f'"{name}": {text}')
             exprs += values
-        ret = "return {}, {{" + ", ".join(grads) + "}}"
+        ret = "return np.array({}), {{" + ", ".join(grads) + "}}"
         args = [*program.model.params.values(), *program.model.inputs.values()]
         prologue = [line for leaf in args for line in self.prologue.get(leaf, [])]
         return self._render([*prologue, *self.lines, _Line(ret, exprs)])

@@ -333,3 +333,16 @@ def test_named_values_are_never_overwritten_in_place():
     body = source.split("def value_and_grad", 1)[1]
     assert "mu = x @ w" in body
     assert "out=mu)" not in body and not re.search(r"\bmu [-+*/]= ", body)
+
+
+@pytest.mark.parametrize("name", ["seed_mlp", "rosenbrock"])  # unrolled and vectorized
+@pytest.mark.parametrize("size", [1, 10, 7])
+def test_loss_and_0d_results_are_arrays_on_every_path(name, size, rng):
+    model = load(name)
+    module = compile_module(model)
+    params, inputs = sample(model, rng, {d: size for d in model.dims})
+    loss, grads = module.value_and_grad(params, inputs)
+    outputs, _ = module.forward(params, inputs)
+    for value in (loss, outputs["loss"], *grads.values()):
+        assert isinstance(value, np.ndarray) and value.dtype == np.float64
+    assert loss.shape == () and float(loss) == float(outputs["loss"])
