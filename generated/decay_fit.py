@@ -103,8 +103,7 @@ def value_and_grad(params, inputs):
     t4 = t2 @ t1
     grad_a = 2 * t4 / batch
     t1 *= t2
-    t5 = t1
-    t6 = t @ t5
+    t6 = t @ t1
     grad_b = -2 * a * t6 / batch
     t7 = t2.sum()
     grad_c = 2 * t7 / batch

@@ -83,8 +83,7 @@ def forward(params, inputs):
     t2 = np.take(pos.T, j, axis=1).T
     t1 -= t2
     np.square(t1, out=t1)
-    t3 = t1
-    r2 = t3 @ np.ones(3)
+    r2 = t1 @ np.ones(3)
     t4 = np.reciprocal(r2)
     t5 = t4 * t4 * t4
     t6 = np.square(t5)
@@ -118,8 +117,7 @@ def backward(cache, grad_loss=1.0):
     _tmp1 -= 1
     t8 *= _tmp1
     t8 *= -24 * grad_loss
-    t9 = t8
-    grad_pos = _pair_scatter(pos, i, j, t9)
+    grad_pos = _pair_scatter(pos, i, j, t8)
     return {"pos": grad_pos}
 
 
@@ -135,21 +133,18 @@ def value_and_grad(params, inputs):
     t2 = np.take(pos.T, j, axis=1).T
     t1 -= t2
     np.square(t1, out=t1)
-    t3 = t1
-    r2 = t3 @ np.ones(3)
+    r2 = t1 @ np.ones(3)
     t4 = np.reciprocal(r2)
     t5 = t4 * t4 * t4
     t6 = t5 @ t5
     t7 = t5.sum()
     loss = 4 * (t6 - t7)
     t4 *= t5
-    t8 = t4
     t5 *= 2
     t5 -= 1
-    t8 *= t5
-    t8 *= -24
-    t9 = t8
-    grad_pos = _pair_scatter(pos, i, j, t9)
+    t4 *= t5
+    t4 *= -24
+    grad_pos = _pair_scatter(pos, i, j, t4)
     return np.array(loss), {"pos": grad_pos}
 
 

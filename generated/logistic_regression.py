@@ -107,9 +107,8 @@ def value_and_grad(params, inputs):
     np.exp(t3, out=t3)
     t3 -= y
     t3 /= batch
-    t5 = t3
-    grad_w = X.T @ t5
-    grad_b = t5.sum()
+    grad_w = X.T @ t3
+    grad_b = t3.sum()
     return np.array(loss), {"w": grad_w, "b": np.array(grad_b)}
 
 

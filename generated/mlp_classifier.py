@@ -136,8 +136,7 @@ def value_and_grad(params, inputs):
     t9 = t8.sum()
     loss = -t9 / batch
     t4 /= batch * t5
-    t10 = t4
-    grad_logits = t10
+    grad_logits = t4
     np.put_along_axis(
         grad_logits,
         t7,

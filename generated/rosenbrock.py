@@ -60,10 +60,9 @@ def backward(cache, grad_loss=1.0):
     t8 += t2
     t8 *= -2 * grad_loss
     t7 *= grad_loss
-    t9 = t7
     grad_x = np.zeros((n,))
     grad_x[:-1] = t8
-    grad_x[1:] += t9
+    grad_x[1:] += t7
     return {"x": grad_x}
 
 
@@ -84,14 +83,12 @@ def value_and_grad(params, inputs):
     t6 = t5 @ t5
     loss = t3 + 100 * t6
     t5 *= 200
-    t7 = t5
-    _tmp1 = t1 * t7
+    _tmp1 = t1 * t5
     t2 += _tmp1
     t2 *= -2
-    t8 = t2
     grad_x = np.zeros((n,))
-    grad_x[:-1] = t8
-    grad_x[1:] += t7
+    grad_x[:-1] = t2
+    grad_x[1:] += t5
     return np.array(loss), {"x": grad_x}
 
 

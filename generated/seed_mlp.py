@@ -142,16 +142,15 @@ def value_and_grad(params, inputs):
     t3 *= y
     t3 *= _tmp1
     t3 *= 2 / batch
-    t5 = t3
-    grad_h = t5 @ W2
+    grad_h = t3 @ W2
     _tmp1 = 1 - h
     grad_h *= h
     grad_h *= _tmp1
     t6 = grad_h
     grad_W1 = t6.T @ x
     grad_b1 = np.ones(batch) @ t6
-    grad_W2 = t5.T @ h
-    grad_b2 = np.ones(batch) @ t5
+    grad_W2 = t3.T @ h
+    grad_b2 = np.ones(batch) @ t3
     return np.array(loss), {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}
 
 

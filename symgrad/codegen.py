@@ -11,6 +11,7 @@ sizes also get a scalar-unrolled value_and_grad (unroll.py).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,12 +319,21 @@ class Emitter:
             for st in statements
             if not (isinstance(st.target, Node) and st.target.name)
         }
-        lines = []
+        lines, names = [], dict(self.names)
         for k, st in enumerate(statements):
             dead = {
                 r for r in st.reads if last[r] == k and r in local and r not in keep
             }
-            lines += self.lines(st, dead)
+            out = self.lines(st, dead)
+            # Computed in place in a dead temporary t1: keep calling it t1 in this
+            # function rather than writing ``t3 = t1`` (a name only this body uses).
+            moved = re.fullmatch(rf"{st.name} = (t\d+)", out[-1])
+            if moved and re.fullmatch(r"t\d+", st.name) and st.target not in keep:
+                if moved[1] in {self.names[r] for r in dead}:
+                    self.names[st.target] = moved[1]
+                    out.pop()
+            lines += out
+        self.names = names
         return lines
 
     def op_count(self, backward: bool) -> int:

@@ -346,3 +346,10 @@ def test_loss_and_0d_results_are_arrays_on_every_path(name, size, rng):
     for value in (loss, outputs["loss"], *grads.values()):
         assert isinstance(value, np.ndarray) and value.dtype == np.float64
     assert loss.shape == () and float(loss) == float(outputs["loss"])
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_no_temporary_is_a_second_name_for_another(name):
+    """``np.square(t1, out=t1)`` then ``t3 = t1``: the in-place result keeps t1's name."""
+    source = (ROOT / "generated" / f"{name}.py").read_text()
+    assert not re.search(r"(?m)^\s+t\d+ = t\d+$", source)
