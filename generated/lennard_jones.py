@@ -79,11 +79,11 @@ def _pair_scatter(x, i, j, c):
 def forward(params, inputs):
     """Return (outputs, cache): outputs has "loss"; backward(cache) needs the cache."""
     pos, i, j, N, pairs = _unpack(params, inputs)
-    t1 = np.take(pos.T, i, axis=1).T
+    t3 = np.take(pos.T, i, axis=1).T
     t2 = np.take(pos.T, j, axis=1).T
-    t1 -= t2
-    np.square(t1, out=t1)
-    r2 = t1 @ np.ones(3)
+    t3 -= t2
+    np.square(t3, out=t3)
+    r2 = t3 @ np.ones(3)
     t4 = np.reciprocal(r2)
     t5 = t4 * t4 * t4
     t6 = np.square(t5)
@@ -112,12 +112,12 @@ def backward(cache, grad_loss=1.0):
         cache["t4"],
         cache["t5"],
     )
-    t8 = t4 * t5
+    t9 = t4 * t5
     _tmp1 = t5 * 2
     _tmp1 -= 1
-    t8 *= _tmp1
-    t8 *= -24 * grad_loss
-    grad_pos = _pair_scatter(pos, i, j, t8)
+    t9 *= _tmp1
+    t9 *= -24 * grad_loss
+    grad_pos = _pair_scatter(pos, i, j, t9)
     return {"pos": grad_pos}
 
 
@@ -129,11 +129,11 @@ def value_and_grad(params, inputs):
             return _value_and_grad_N_8_pairs_28(pos, i, j)
         except (ArithmeticError, ValueError, IndexError):
             pass  # math raised where NumPy gives inf or nan (or an index error): use NumPy
-    t1 = np.take(pos.T, i, axis=1).T
+    t3 = np.take(pos.T, i, axis=1).T
     t2 = np.take(pos.T, j, axis=1).T
-    t1 -= t2
-    np.square(t1, out=t1)
-    r2 = t1 @ np.ones(3)
+    t3 -= t2
+    np.square(t3, out=t3)
+    r2 = t3 @ np.ones(3)
     t4 = np.reciprocal(r2)
     t5 = t4 * t4 * t4
     t6 = t5 @ t5

@@ -49,9 +49,8 @@ def _bad(group, name, array, expected, kind):
 def forward(params, inputs):
     """Return (outputs, cache): outputs has "loss", "logits"; backward(cache) needs the cache."""
     w, b, X, y, batch = _unpack(params, inputs)
-    t1 = X @ w
-    t1 += b
-    logits = t1
+    logits = X @ w
+    logits += b
     t2 = logits @ y
     t3 = np.maximum(logits, 0)
     _tmp2 = np.abs(logits)
@@ -91,9 +90,8 @@ def backward(cache, grad_loss=1.0):
 def value_and_grad(params, inputs):
     """Return (loss, grads) in one pass: the fast path for training."""
     w, b, X, y, batch = _unpack(params, inputs)
-    t1 = X @ w
-    t1 += b
-    logits = t1
+    logits = X @ w
+    logits += b
     t2 = logits @ y
     t3 = np.maximum(logits, 0)
     _tmp2 = np.abs(logits)

@@ -54,13 +54,11 @@ def _bad(group, name, array, expected, kind):
 def forward(params, inputs):
     """Return (outputs, cache): outputs has "loss", "logits"; backward(cache) needs the cache."""
     W1, b1, W2, b2, x, labels, batch = _unpack(params, inputs)
-    t1 = x @ W1.T
-    t1 += b1
-    np.tanh(t1, out=t1)
-    h = t1
-    t2 = h @ W2.T
-    t2 += b2
-    logits = t2
+    h = x @ W1.T
+    h += b1
+    np.tanh(h, out=h)
+    logits = h @ W2.T
+    logits += b2
     t3 = logits.max(axis=1, keepdims=True)
     t4 = logits - t3
     np.exp(t4, out=t4)
@@ -95,9 +93,8 @@ def backward(cache, grad_loss=1.0):
     t10 = np.zeros((batch, 10))
     np.put_along_axis(t10, t7, (-grad_loss / batch), axis=1)
     t11 = t10 @ np.ones((10, 1))
-    t12 = t4 * (-t11)
-    t12 /= t5
-    grad_logits = t12
+    grad_logits = t4 * (-t11)
+    grad_logits /= t5
     np.put_along_axis(
         grad_logits,
         t7,
@@ -119,13 +116,11 @@ def backward(cache, grad_loss=1.0):
 def value_and_grad(params, inputs):
     """Return (loss, grads) in one pass: the fast path for training."""
     W1, b1, W2, b2, x, labels, batch = _unpack(params, inputs)
-    t1 = x @ W1.T
-    t1 += b1
-    np.tanh(t1, out=t1)
-    h = t1
-    t2 = h @ W2.T
-    t2 += b2
-    logits = t2
+    h = x @ W1.T
+    h += b1
+    np.tanh(h, out=h)
+    logits = h @ W2.T
+    logits += b2
     t3 = logits.max(axis=1, keepdims=True)
     t4 = logits - t3
     np.exp(t4, out=t4)

@@ -56,22 +56,20 @@ def _bad(group, name, array, expected, kind):
 def forward(params, inputs):
     """Return (outputs, cache): outputs has "loss", "y"; backward(cache) needs the cache."""
     W1, b1, W2, b2, x, target, batch = _unpack(params, inputs)
-    t1 = x @ W1.T
-    np.negative(t1, out=t1)
-    t1 -= b1
-    np.minimum(t1, 709, out=t1)
-    np.exp(t1, out=t1)
-    t1 += 1
-    np.reciprocal(t1, out=t1)
-    h = t1
-    t2 = h @ W2.T
-    np.negative(t2, out=t2)
-    t2 -= b2
-    np.minimum(t2, 709, out=t2)
-    np.exp(t2, out=t2)
-    t2 += 1
-    np.reciprocal(t2, out=t2)
-    y = t2
+    h = x @ W1.T
+    np.negative(h, out=h)
+    h -= b1
+    np.minimum(h, 709, out=h)
+    np.exp(h, out=h)
+    h += 1
+    np.reciprocal(h, out=h)
+    y = h @ W2.T
+    np.negative(y, out=y)
+    y -= b2
+    np.minimum(y, 709, out=y)
+    np.exp(y, out=y)
+    y += 1
+    np.reciprocal(y, out=y)
     t3 = y - target
     t4 = np.vdot(t3, t3)
     loss = t4 / batch
@@ -119,22 +117,20 @@ def value_and_grad(params, inputs):
             return _value_and_grad_batch_1(W1, b1, W2, b2, x, target)
         except (ArithmeticError, ValueError, IndexError):
             pass  # math raised where NumPy gives inf or nan (or an index error): use NumPy
-    t1 = x @ W1.T
-    np.negative(t1, out=t1)
-    t1 -= b1
-    np.minimum(t1, 709, out=t1)
-    np.exp(t1, out=t1)
-    t1 += 1
-    np.reciprocal(t1, out=t1)
-    h = t1
-    t2 = h @ W2.T
-    np.negative(t2, out=t2)
-    t2 -= b2
-    np.minimum(t2, 709, out=t2)
-    np.exp(t2, out=t2)
-    t2 += 1
-    np.reciprocal(t2, out=t2)
-    y = t2
+    h = x @ W1.T
+    np.negative(h, out=h)
+    h -= b1
+    np.minimum(h, 709, out=h)
+    np.exp(h, out=h)
+    h += 1
+    np.reciprocal(h, out=h)
+    y = h @ W2.T
+    np.negative(y, out=y)
+    y -= b2
+    np.minimum(y, 709, out=y)
+    np.exp(y, out=y)
+    y += 1
+    np.reciprocal(y, out=y)
     t3 = y - target
     t4 = np.vdot(t3, t3)
     loss = t4 / batch

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -319,19 +320,34 @@ class Emitter:
             for st in statements
             if not (isinstance(st.target, Node) and st.target.name)
         }
-        lines, names = [], dict(self.names)
+        readers = Counter(r for st in statements for r in st.reads)
+        lines, names, borrowed = [], dict(self.names), set()
         for k, st in enumerate(statements):
             dead = {
                 r for r in st.reads if last[r] == k and r in local and r not in keep
             }
             out = self.lines(st, dead)
-            # Computed in place in a dead temporary t1: keep calling it t1 in this
-            # function rather than writing ``t3 = t1`` (a name only this body uses).
-            moved = re.fullmatch(rf"{st.name} = (t\d+)", out[-1])
-            if moved and re.fullmatch(r"t\d+", st.name) and st.target not in keep:
-                if moved[1] in {self.names[r] for r in dead}:
-                    self.names[st.target] = moved[1]
-                    out.pop()
+            # ``h = t1`` after computing h in place in the dead temporary t1: one name.
+            alias = next(
+                (a for a in out if re.fullmatch(rf"{st.name} = t\d+", a)), None
+            )
+            owner = {self.names[r]: r for r in dead}.get(
+                alias and alias.split(" = ")[1]
+            )
+            if owner is not None and readers[owner] == 1 and owner not in borrowed:
+                # t1 only ever was h in the making: it is called h from its first line
+                name = self.names[owner]
+                first = max(
+                    i for i, a in enumerate(lines) if a.startswith(f"{name} = ")
+                )
+                buffer = re.compile(rf"\b{name}\b")
+                lines[first:] = [buffer.sub(st.name, a) for a in lines[first:]]
+                out = [buffer.sub(st.name, a) for a in out if a is not alias]
+            elif owner is not None and _temporary(st.name) and st.target not in keep:
+                name = self.names[st.target] = self.names[owner]  # t3 = t1: t1 here
+                borrowed.add(st.target)
+                target = re.compile(rf"\b{st.name}\b")
+                out = [target.sub(name, a) for a in out if a is not alias]
             lines += out
         self.names = names
         return lines
@@ -409,6 +425,11 @@ def _power_chains(temps: list, reduced: list, dims: set) -> tuple[list, list]:
     renamed = {s: e for s, e in temps if e.is_Symbol}
     temps = [(s, e.xreplace(renamed)) for s, e in temps + chain if s not in renamed]
     return temps, [e.xreplace(subs).xreplace(renamed) for e in reduced]
+
+
+def _temporary(name: str) -> bool:
+    """A name the generator made up (t3), not one the model or a hint gave."""
+    return re.fullmatch(r"t\d+", name) is not None
 
 
 def _scalar_map(node: Node) -> bool:
