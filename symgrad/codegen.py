@@ -26,6 +26,7 @@ from . import __version__, inplace
 from . import symbolic as ew
 from .compiler import Program, unit_seed, vectorized
 from .ir import Node, broadcast, broadcast_shapes, consumers, format_shape, toposort
+from .model import lower_bound
 from .ops import PRIMITIVES, is_const
 from .printer import NumPyPrinter, literal, to_numpy
 from .symbolic import factored
@@ -500,6 +501,16 @@ def _unpack(model) -> tuple[list[str], list[str]]:
                 if isinstance(d, sp.Symbol) and d.name in new and d.name not in bound:
                     lines.append(f"{d.name} = {name}.shape[{k}]")
                     bound.append(d.name)
+    for need, where in model.size_requirements():
+        if least := lower_bound(need):  # n - 3 >= 0, said as n >= 3
+            condition, wanted = f"{least[0]} < {least[1]}", f"{least[0]} >= {least[1]}"
+        else:
+            condition, wanted = f"{need} < 0", f"{need} >= 0"
+        sizes = ", ".join(f"{s}={{{s}}}" for s in sorted(map(str, need.free_symbols)))
+        lines.append(f"if {condition}:")
+        lines.append(
+            f'    raise ValueError(f"{sizes}: " + {where + " needs " + wanted!r})'
+        )
     return lines, [*model.params, *model.inputs, *bound]
 
 

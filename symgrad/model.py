@@ -77,6 +77,16 @@ def _number(value) -> sp.Expr:
     return sp.Float(float(value))  # (an exact 10**300 would print as 301 digits)
 
 
+def lower_bound(need: sp.Expr) -> tuple[sp.Symbol, int] | None:
+    """``(n, 3)`` when the requirement ``need >= 0`` is ``n - 3 >= 0``, i.e. ``n >= 3``."""
+    symbols = need.free_symbols
+    if len(symbols) != 1:
+        return None
+    (symbol,) = symbols
+    rest = need - symbol
+    return (symbol, int(-rest)) if rest.is_Integer else None
+
+
 class Expr:
     """A symbolic array: the result of an operation in a model."""
 
@@ -560,16 +570,38 @@ class Model:
             self.unrolls.append(sizes)
 
     def unroll_sizes(self) -> list[dict[str, int]]:
-        """The ``m.unroll`` size sets, each checked to give every symbolic dim a size."""
+        """The ``m.unroll`` size sets, each checked to give every symbolic dim a size
+        that the model's slices allow."""
         for sizes in self.unrolls:
             missing = [d for d in self.dims if d not in sizes]
+            given = ", ".join(f"{k}={v}" for k, v in sizes.items())
             if missing:
-                given = ", ".join(f"{k}={v}" for k, v in sizes.items())
                 raise ModelError(
                     f"m.unroll({given}): no size for dim(s) {', '.join(missing)}; "
                     "an unrolled function needs every dim"
                 )
+            values = {self.dims[k]: v for k, v in sizes.items()}
+            for need, where in self.size_requirements():
+                if need.xreplace(values) < 0:
+                    raise ModelError(f"m.unroll({given}): {where} needs {need} >= 0")
         return list(self.unrolls)
+
+    def size_requirements(self) -> list[tuple[sp.Expr, str]]:
+        """(expression that must be >= 0, the slice needing it), e.g. (n - 3, "x[:3]"):
+        slices of symbolic axes whose length holds only for large enough sizes."""
+        needs: dict[sp.Expr, str] = {}
+        for node in toposort([self.loss_node, *self.outputs.values()]):
+            for need in ops.size_requirements(node):
+                where = node.args[0].describe() + ops.format_index(node.attrs[0])
+                needs.setdefault(need, where)
+        strongest: dict[sp.Symbol, tuple[int, sp.Expr]] = {}  # n >= 3 says n >= 2
+        for need in sorted(needs, key=str):
+            bound = lower_bound(need)
+            if bound and bound[1] > strongest.get(bound[0], (0,))[0]:
+                strongest[bound[0]] = (bound[1], need)
+        kept = {need for _, need in strongest.values()}
+        kept |= {need for need in needs if lower_bound(need) is None}
+        return [(n, needs[n]) for n in sorted(kept, key=str)]
 
     @property
     def loss_node(self) -> Node:

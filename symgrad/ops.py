@@ -201,14 +201,36 @@ def _slice_len(dim, start, stop, step, what: str):
         return len(range(*slice(start, stop, step).indices(dim)))
     if step not in (None, 1):
         raise ShapeError(f"{what}: a step needs a fixed-size axis, not {dim}")
-
-    def bound(b, default):
-        return default if b is None else (dim + b if b < 0 else sp.Integer(b))
-
-    length = bound(stop, dim) - bound(start, 0)
+    length = _bound(dim, stop, dim) - _bound(dim, start, 0)
     if length.is_nonpositive:
         raise ShapeError(f"{what}: slice {start}:{stop} of axis {dim} is empty")
     return length
+
+
+def _bound(dim, b, default):
+    """A slice bound on a symbolic axis, as SymPy: ``-1`` of ``n`` is ``n - 1``."""
+    return default if b is None else (dim + b if b < 0 else sp.Integer(b))
+
+
+def size_requirements(node: Node) -> list[sp.Expr]:
+    """What must be >= 0 for a slice of a symbolic axis to be as long as its shape says.
+
+    ``x[:3]`` has 3 elements only if ``n >= 3`` (NumPy would silently give fewer), and
+    ``x[1:-1]`` has ``n - 2`` only if ``n >= 2``; the generated ``_unpack`` checks these.
+    """
+    needs, axis = [], 0
+    for entry in node.attrs[0] if node.op == "index" else ():
+        if entry[0] == "new":
+            continue
+        dim = node.args[0].shape[axis]
+        axis += 1
+        if entry[0] == "slice" and not isinstance(dim, int):
+            start, stop = _bound(dim, entry[1], 0), _bound(dim, entry[2], dim)
+            needs += [start, dim - stop, stop - start]
+        elif entry[0] == "int" and not isinstance(dim, int):
+            needs.append(dim - entry[1] - 1 if entry[1] >= 0 else dim + entry[1])
+    needs = [sp.expand(e) for e in needs]  # n - (n - 1) is 1
+    return [e for e in needs if not e.is_nonnegative]
 
 
 def index(a: Node, spec: tuple) -> Node:

@@ -292,7 +292,9 @@ class _Expander:
         shapes = [self.shape(self._operand(s)) for s in operands]
         ndim = max((len(s) for s in shapes), default=0)
         padded = [(1,) * (ndim - len(s)) + s for s in shapes]
-        return tuple(max(dims) for dims in zip(*padded, strict=True))
+        return tuple(
+            0 if 0 in dims else max(dims) for dims in zip(*padded, strict=True)
+        )
 
     def _operand(self, symbol):
         """What a symbol of a printed formula stands for: a node or a CSE temporary."""

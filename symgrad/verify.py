@@ -17,7 +17,7 @@ import numpy as np
 import sympy as sp
 
 from .ir import toposort
-from .model import Model, ModelError
+from .model import Model, ModelError, lower_bound
 from .reference import bound_dims, reference
 
 TAPE_TOLERANCE = 1e-10
@@ -149,7 +149,12 @@ def finite_sample(model: Model, rng: np.random.Generator, dims: dict):
 def default_dims(model: Model) -> list[dict]:
     """Two sizes for every symbolic dim, so size-dependent mistakes show, and the sizes
     of ``m.unroll``, which run the module's scalar-unrolled code."""
-    sizes = [{d: 3 for d in model.dims}, {d: 5 for d in model.dims}]
+    least = dict.fromkeys(model.dims, 1)  # the sizes the model's slices need (n >= 4)
+    for need, _ in model.size_requirements():
+        if bound := lower_bound(need):
+            least[bound[0].name] = max(least[bound[0].name], bound[1])
+    sizes = [{d: max(3, least[d]) for d in model.dims}]
+    sizes.append({d: max(5, least[d] + 2) for d in model.dims})
     return sizes + [s for s in model.unroll_sizes() if s not in sizes]
 
 
