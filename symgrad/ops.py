@@ -103,6 +103,8 @@ def transpose(a: Node, perm: Sequence[int] | None = None) -> Node:
 
 
 def reshape(a: Node, shape: Shape) -> Node:
+    if a.op == "reshape":  # a reshape of a reshape is one reshape
+        a = a.args[0]
     if shape == a.shape:
         return a
     if sp.simplify(sp.Mul(*shape) - sp.Mul(*a.shape)) != 0:
@@ -388,6 +390,11 @@ def _vjp_matmul(g: Node, out: Node, i: int) -> Node:
         return unbroadcast(_matvec(transpose(a, _swap(a.ndim)), g), b.shape)
     if i == 0:
         return unbroadcast(matmul(g, transpose(b, _swap(b.ndim))), a.shape)
+    if b.ndim == 2 and a.ndim > 2:  # one weight for a batch: one product, no sum
+        rows = sp.Mul(*a.shape[:-1])
+        rows = int(rows) if rows.is_Integer else rows
+        a2, g2 = reshape(a, (rows, a.shape[-1])), reshape(g, (rows, g.shape[-1]))
+        return matmul(transpose(a2), g2)
     return unbroadcast(matmul(transpose(a, _swap(a.ndim)), g), b.shape)
 
 
@@ -423,7 +430,18 @@ def _vjp_max(g: Node, out: Node, i: int) -> Node:
 
 
 def _vjp_index(g: Node, out: Node, i: int) -> Node:
-    return scatter(out.args[0].shape, [(("slice", out.attrs[0]), g)])
+    """A scatter into zeros; a reshape when the index keeps every element (``x[:, None]``,
+    ``x[..., 0]`` of a size-1 axis): no buffer to fill."""
+    a, axis = out.args[0], 0
+    for entry in out.attrs[0]:
+        if entry[0] != "new":
+            full = entry == ("slice", None, None, None) or (
+                entry[0] == "int" and a.shape[axis] == 1
+            )
+            if not full:
+                return scatter(a.shape, [(("slice", out.attrs[0]), g)])
+            axis += 1
+    return reshape(g, a.shape)
 
 
 def _vjp_gather(g: Node, out: Node, i: int) -> Node | None:
@@ -597,8 +615,12 @@ PRIMITIVES: dict[str, Primitive] = {
         ),
         _vjp_dot,
     ),
-    "reshape": Primitive(
-        lambda a, n: f"{a[0]}.reshape({format_shape(n.shape)})",
+    "reshape": Primitive(  # np.reshape: a 0-d value may be a Python float
+        lambda a, n: (
+            f"np.reshape({a[0]}, {format_shape(n.shape)})"
+            if n.args[0].ndim == 0
+            else f"{a[0]}.reshape({format_shape(n.shape)})"
+        ),
         lambda g, out, i: reshape(g, out.args[0].shape),
     ),
     "sum": Primitive(_numpy_sum, _vjp_sum),

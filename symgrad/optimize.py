@@ -217,7 +217,7 @@ def _dot(factors: list, m: Node) -> Node | None:
 
 def optimize(roots: Sequence[Node]) -> list[Node]:
     roots = fuse(eliminate_common(fold_views(strip_detach(roots))))
-    return eliminate_common(fuse(factor_sums(roots)))
+    return eliminate_common(fold_views(fuse(factor_sums(roots))))
 
 
 def pair_differences(roots: Sequence[Node]) -> list[Node]:

@@ -353,3 +353,28 @@ def test_no_temporary_is_a_second_name_for_another(name):
     """``np.square(t1, out=t1)`` then ``t3 = t1``: the in-place result keeps t1's name."""
     source = (ROOT / "generated" / f"{name}.py").read_text()
     assert not re.search(r"(?m)^\s+t\d+ = t\d+$", source)
+
+
+def test_shared_weight_and_unit_axis_gradients_read_like_hand_written_numpy():
+    """grad_W of x @ W with x (batch, 4, 3) is one product of reshaped arrays, not a
+    batched product and a sum; the adjoint of b[None, None] or of t[:, :, 0] on a size-1
+    axis is a reshape, not a scatter into zeros."""
+    torch = pytest.importorskip("torch")
+    m = sg.Model("shared_weight")
+    x = m.input("x", ("batch", 4, 3))
+    W, b, v = m.param("W", (3, 2)), m.param("b", (2,)), m.param("v", (2, 1))
+    h = sg.tanh(x @ W + b[None, None])
+    m.loss(sg.sum((h @ v)[:, :, 0] ** 2))
+    source, _ = generate(m)
+    fused = source.split("def value_and_grad", 1)[1].split("\ndef ", 1)[0]
+    assert "x.reshape((4 * batch, 3)).T @ " in fused
+    assert "t4.reshape((4 * batch, 1))" in fused  # not reshaped twice
+    assert "np.zeros" not in fused
+    module = load_source(source, m.name)
+    for batch in (1, 5):
+        params, inputs = sample(m, np.random.default_rng(batch), {"batch": batch})
+        loss, grads = module.value_and_grad(params, inputs)
+        ref_loss, _, ref_grads = reference(m, params, inputs, engine=torch)
+        assert relative_error(loss, ref_loss) <= 1e-12
+        for k in grads:
+            assert relative_error(grads[k], ref_grads[k]) <= 1e-12, k
