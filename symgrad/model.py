@@ -492,8 +492,9 @@ class Model:
             dims.append(d)
         return as_shape(dims)
 
-    def input(self, name: str, shape, dtype: str = "float64") -> Expr:
-        """A data array; ``dtype="int64"`` for labels and index arrays."""
+    def input(self, name: str, shape=(), dtype: str = "float64") -> Expr:
+        """A data array (a scalar by default, as for ``param``); ``dtype="int64"`` for
+        labels and index arrays."""
         if dtype not in ("float64", "int64"):
             raise ModelError(
                 f"input {name!r}: dtype must be 'float64' or 'int64', not {dtype!r}"

@@ -378,3 +378,11 @@ def test_shared_weight_and_unit_axis_gradients_read_like_hand_written_numpy():
         assert relative_error(loss, ref_loss) <= 1e-12
         for k in grads:
             assert relative_error(grads[k], ref_grads[k]) <= 1e-12, k
+
+
+def test_a_scalar_input_needs_no_shape():
+    m = sg.Model("scalar_input")
+    w, k = m.param("w", (2,)), m.input("k")  # both default to shape ()
+    m.loss(k * sg.sum(w**2))
+    loss, grads = compile_module(m).value_and_grad({"w": np.ones(2)}, {"k": 3.0})
+    assert float(loss) == 6.0 and grads["w"].tolist() == [6.0, 6.0]
