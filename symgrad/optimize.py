@@ -290,11 +290,12 @@ def _formula(node: Node, symbols: dict) -> sp.Expr:
 def _difference_coefficient(
     expr: sp.Expr, a: sp.Symbol, b: sp.Symbol
 ) -> sp.Expr | None:
-    """``h`` when ``expr`` is ``h * (a - b)`` with ``h`` free of ``a`` and ``b``."""
-    h = sp.expand(expr.diff(a))
+    """``h`` when ``expr`` is ``h * (a - b)`` with ``h`` free of ``a`` and ``b`` (as
+    written, not expanded: the checks expand, the code keeps the user's form)."""
+    h = expr.diff(a)
     if h.has(a, b, sp.Derivative) or sp.expand(expr.diff(b) + h) != 0:
         return None
-    return h if expr.xreplace({a: 0, b: 0}) == 0 else None
+    return h if sp.expand(expr.xreplace({a: 0, b: 0})) == 0 else None
 
 
 def _per_pair(node: Node, pairs) -> bool:
