@@ -550,12 +550,20 @@ def _numpy_scatter(args: list[str], node: Node) -> list[str]:
         args = args[1:]
     else:
         lines = [f"{{out}} = np.zeros({format_shape(node.shape)})"]
-    for k, (kind, value_node, *idx) in enumerate(scatter_updates(node)):
+    written = [] if not has_base else None  # slices written so far, while all known
+    for kind, value_node, *idx in scatter_updates(node):
         value, *index_code = args[: 1 + len(idx)]
         args = args[1 + len(idx) :]
-        if kind[0] == "slice":  # the first write into zeros need not add
-            op = "=" if k == 0 and not has_base else "+="
+        if kind[0] != "slice":
+            written = None  # rows written at runtime: later slices add
+        if kind[0] == "slice":  # a write into zeros nothing else wrote to need not add
+            fresh = written is not None and all(
+                _disjoint(kind[1], other, node.shape) for other in written
+            )
+            op = "=" if fresh else "+="
             lines.append(f"{{out}}{format_index(kind[1])} {op} {value}")
+            if written is not None:
+                written.append(kind[1])
         elif kind[0] == "rows":
             lines += _scatter_rows(value, index_code[0], value_node, idx[0], node.shape)
         elif idx[0].shape[kind[1]] == 1:  # one index per row: no duplicates to add up
@@ -569,6 +577,30 @@ def _numpy_scatter(args: list[str], node: Node) -> list[str]:
             where = f"tuple({index_code[0]} if k == {kind[1]} else r for k, r in enumerate({grid}))"
             lines.append(f"np.add.at({{out}}, {where}, {value})")
     return lines
+
+
+def _disjoint(spec: tuple, other: tuple, shape: Shape) -> bool:
+    """Whether two basic indices of an array of ``shape`` pick no element in common:
+    on some axis, their ranges (fixed sizes) or int positions do not meet."""
+    axis = 0
+    picks = []
+    for entries in zip(*(_consumed(s) for s in (spec, other)), strict=True):
+        dim = shape[axis]
+        axis += 1
+        if isinstance(dim, int):
+            picks.append([set(_positions(e, dim)) for e in entries])
+    return any(not (a & b) for a, b in picks)
+
+
+def _consumed(spec: tuple) -> list[tuple]:
+    """The entries of a basic index that consume an axis (not ``None``)."""
+    return [e for e in spec if e[0] != "new"]
+
+
+def _positions(entry: tuple, dim: int) -> range:
+    if entry[0] == "int":
+        return range(entry[1] % dim, entry[1] % dim + 1)
+    return range(*slice(*entry[1:]).indices(dim))
 
 
 def _scatter_rows(

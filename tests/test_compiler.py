@@ -386,3 +386,23 @@ def test_a_scalar_input_needs_no_shape():
     m.loss(k * sg.sum(w**2))
     loss, grads = compile_module(m).value_and_grad({"w": np.ones(2)}, {"k": 3.0})
     assert float(loss) == 6.0 and grads["w"].tolist() == [6.0, 6.0]
+
+
+def test_disjoint_slice_gradients_are_assigned_not_added():
+    """Gate blocks z[:, 0:4], z[:, 4:8], z[:, 8:12]: each block of the gradient buffer is
+    written once, with =, and an overlapping z[:, 2:6] still adds."""
+    torch = pytest.importorskip("torch")
+    m = sg.Model("gates")
+    x, W = m.input("x", ("batch", 3)), m.param("W", (12, 3))
+    z = x @ W.T
+    gates = sg.tanh(z[:, 0:4]) * sg.sigmoid(z[:, 4:8]) + z[:, 8:12] ** 2
+    m.loss(sg.sum(gates) + sg.sum(sg.sin(z[:, 2:6])))
+    source, _ = generate(m)
+    fused = source.split("def value_and_grad", 1)[1].split("\ndef ", 1)[0]
+    assert re.search(r"\[:, 8:12\] = ", fused) and re.search(r"\[:, 0:4\] \+= ", fused)
+    module = load_source(source, m.name)
+    params, inputs = sample(m, np.random.default_rng(0), {"batch": 5})
+    loss, grads = module.value_and_grad(params, inputs)
+    ref_loss, _, ref_grads = reference(m, params, inputs, engine=torch)
+    assert relative_error(loss, ref_loss) <= 1e-12
+    assert relative_error(grads["W"], ref_grads["W"]) <= 1e-12
