@@ -225,10 +225,13 @@ class Emitter:
         shape = self.shape(st.target)
         if st.expr is not None and _large(shape) and not _broadcast_map(st.target):
             named, shapes = self._named(st.expr)
-            once = {
-                code for code in shapes if named.count(sp.Symbol(code, real=True)) == 1
+            uses = Counter()  # of each array, by name or through a view (t1[None][0])
+            for s in st.expr.free_symbols:
+                for array in self._reads(s):
+                    uses[array] += st.expr.count(s)
+            owned = {
+                self.names[r] for r in dead if self.fresh(r, shape) and uses[r] == 1
             }
-            owned = {self.names[r] for r in dead if self.fresh(r, shape)} & once
             printer = NumPyPrinter({code: len(s) for code, s in shapes.items()})
             return inplace.lower(named, st.name, printer, shapes, shape, owned)
         if st.expr is not None:
