@@ -584,7 +584,9 @@ class Model:
             values = {self.dims[k]: v for k, v in sizes.items()}
             for need, where in self.size_requirements():
                 if need.xreplace(values) < 0:
-                    raise ModelError(f"m.unroll({given}): {where} needs {need} >= 0")
+                    least = lower_bound(need)
+                    wanted = f"{least[0]} >= {least[1]}" if least else f"{need} >= 0"
+                    raise ModelError(f"m.unroll({given}): {where} needs {wanted}")
         return list(self.unrolls)
 
     def size_requirements(self) -> list[tuple[sp.Expr, str]]:
