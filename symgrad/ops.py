@@ -286,8 +286,9 @@ def take_along_axis(a: Node, idx: Node, axis: int) -> Node:
 
 
 # A scatter adds updates into zeros (or into a dense ``base``): the adjoint of picking
-# elements. Each update is ("slice", spec) for a basic index, ("rows",) for ``x[idx]``
-# (np.add.at) or ("along", axis) for take_along_axis; the last two carry an index array.
+# elements. Each update is ("slice", spec) for a basic index (("slice", spec, "-") subtracts
+# it: the optimizer's form of adding a negation), ("rows",) for ``x[idx]`` (np.add.at) or
+# ("along", axis) for take_along_axis; the last two carry an index array.
 # Merging all updates of one cotangent into one scatter writes one buffer, not several.
 
 
@@ -462,7 +463,8 @@ def _vjp_scatter(g: Node, out: Node, i: int) -> Node | None:
     for kind, _, *idx in scatter_updates(out):
         if i == position:
             if kind[0] == "slice":
-                return index(g, kind[1])
+                picked = index(g, kind[1])
+                return apply(lambda x: -x, picked) if kind[-1] == "-" else picked
             if kind[0] == "rows":
                 return gather(g, idx[0])
             return take_along_axis(g, idx[0], kind[1])
@@ -560,8 +562,13 @@ def _numpy_scatter(args: list[str], node: Node) -> list[str]:
             fresh = written is not None and all(
                 _disjoint(kind[1], other, node.shape) for other in written
             )
-            op = "=" if fresh else "+="
-            lines.append(f"{{out}}{format_index(kind[1])} {op} {value}")
+            target = f"{{out}}{format_index(kind[1])}"
+            if kind[-1] != "-":
+                lines.append(f"{target} {'=' if fresh else '+='} {value}")
+            elif fresh:
+                lines.append(f"np.negative({value}, out={target})")
+            else:
+                lines.append(f"{target} -= {value}")
             if written is not None:
                 written.append(kind[1])
         elif kind[0] == "rows":

@@ -81,7 +81,7 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
 
     def inline(old: Node, node: Node) -> Node:
         if node.op == "scatter":
-            return _unbroadcast_values(node)
+            return _subtract_negations(_unbroadcast_values(node))
         if node.op != "map" or not any(id(a) in fusible for a in old.args):
             return node
         args: list[Node] = []
@@ -106,6 +106,23 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
 def _cheap(node: Node) -> bool:
     """A broadcast of one array, or arithmetic on scalars: free to recompute."""
     return node.attrs[0].is_Symbol or all(a.ndim == 0 for a in node.args)
+
+
+def _subtract_negations(node: Node) -> Node:
+    """``out[:-1] += -t`` and ``out[1:] += t`` (the adjoint of ``x[1:] - x[:-1]``) as
+    ``out[:-1] -= t``: one product, no negated copy."""
+    updates = ops.scatter_updates(node)
+    values = {(v.attrs[0], v.args) for _, v, *_ in updates if v.op == "map"}
+    rewritten = []
+    for kind, value, *idx in updates:
+        if kind[0] == "slice" and kind[-1] != "-" and value.op == "map":
+            formula = value.attrs[0]
+            if formula.could_extract_minus_sign() and (-formula, value.args) in values:
+                kind, value = (*kind, "-"), ops.map_(-formula, value.args)
+        rewritten.append((kind, value, *idx))
+    if rewritten == updates:
+        return node
+    return ops.scatter(node.shape, rewritten, node.args[0] if node.attrs[1] else None)
 
 
 def _unbroadcast_values(node: Node) -> Node:

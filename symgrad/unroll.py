@@ -522,8 +522,9 @@ class _Expander:
                 return self.elem(value, _broadcast_index(k, vshape))
 
             if kind[0] == "slice":
+                sign = -1 if kind[-1] == "-" else 1
                 for k in _indices(_view_shape(kind[1], shape)):
-                    static[_index_source(kind[1], shape, k)].append(update(k))
+                    static[_index_source(kind[1], shape, k)].append(sign * update(k))
                 continue
             ishape = self.shape(index[0])
             for p in _indices(ishape):

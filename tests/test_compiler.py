@@ -406,3 +406,26 @@ def test_disjoint_slice_gradients_are_assigned_not_added():
     ref_loss, _, ref_grads = reference(m, params, inputs, engine=torch)
     assert relative_error(loss, ref_loss) <= 1e-12
     assert relative_error(grads["W"], ref_grads["W"]) <= 1e-12
+
+
+def test_the_adjoint_of_a_difference_subtracts_instead_of_negating():
+    """x[1:] - x[:-1]: grad[1:] += t and grad[:-1] -= t, not a negated copy of t."""
+    torch = pytest.importorskip("torch")
+    m = sg.Model("chain")
+    pos = m.param("pos", ("n", 2))
+    bond = pos[1:] - pos[:-1]
+    m.loss(sg.sum((sg.sqrt(sg.sum(bond**2, axis=-1)) - 1.0) ** 2))
+    source, _ = generate(m)
+    fused = source.split("def value_and_grad", 1)[1].split("\ndef ", 1)[0]
+    assert not re.search(r"t\d+ = np.negative", fused)  # written into grad_pos[:-1]
+    assert re.search(r"np.negative\(t\d+, out=grad_pos\[:-1\]\)", fused)
+    module = load_source(source, m.name)
+    for n in (2, 7):
+        params, inputs = sample(m, np.random.default_rng(n), {"n": n})
+        loss, grads = module.value_and_grad(params, inputs)
+        _, cache = module.forward(params, inputs)
+        ref_loss, _, ref_grads = reference(m, params, inputs, engine=torch)
+        assert relative_error(loss, ref_loss) <= 1e-12
+        assert relative_error(grads["pos"], ref_grads["pos"]) <= 1e-12
+        scaled = module.backward(cache, grad_loss=-1.5)["pos"]
+        assert relative_error(scaled, -1.5 * ref_grads["pos"]) <= 1e-12
