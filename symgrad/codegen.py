@@ -26,7 +26,7 @@ from . import __version__, inplace
 from . import symbolic as ew
 from .compiler import Program, unit_seed, vectorized
 from .ir import Node, broadcast, broadcast_shapes, consumers, format_shape, toposort
-from .model import lower_bound
+from .model import requirement
 from .ops import PRIMITIVES, is_const
 from .printer import NumPyPrinter, literal, to_numpy
 from .symbolic import factored
@@ -450,13 +450,11 @@ def _return(values: dict[str, Node], emitter: Emitter) -> str:
     """
     items, seen = [], set()
     for key, node in values.items():
-        if is_const(node):
-            value = emitter._print_constant(node)
-        else:
-            value = emitter.code(node)
-            value += ".copy()" if node.op in LEAVES or node in seen else ""
+        value = emitter._print_constant(node) if is_const(node) else emitter.code(node)
         if node.shape == ():
-            value = f"np.array({value.removesuffix('.copy()')})"
+            value = f"np.array({value})"
+        elif not is_const(node) and (node.op in LEAVES or node in seen):
+            value += ".copy()"
         seen.add(node)
         items.append(f'"{key}": {value}')
     return "{" + ", ".join(items) + "}"
@@ -505,12 +503,9 @@ def _unpack(model) -> tuple[list[str], list[str]]:
                     lines.append(f"{d.name} = {name}.shape[{k}]")
                     bound.append(d.name)
     for need, where in model.size_requirements():
-        if least := lower_bound(need):  # n - 3 >= 0, said as n >= 3
-            condition, wanted = f"{least[0]} < {least[1]}", f"{least[0]} >= {least[1]}"
-        else:
-            condition, wanted = f"{need} < 0", f"{need} >= 0"
+        wanted = requirement(need)  # n >= 3
         sizes = ", ".join(f"{s}={{{s}}}" for s in sorted(map(str, need.free_symbols)))
-        lines.append(f"if {condition}:")
+        lines.append(f"if {wanted.replace(' >= ', ' < ')}:")
         lines.append(
             f'    raise ValueError(f"{sizes}: " + {where + " needs " + wanted!r})'
         )

@@ -77,6 +77,12 @@ def _number(value) -> sp.Expr:
     return sp.Float(float(value))  # (an exact 10**300 would print as 301 digits)
 
 
+def requirement(need: sp.Expr) -> str:
+    """``need >= 0`` as a person says it: ``n >= 3`` for ``n - 3``."""
+    least = lower_bound(need)
+    return f"{least[0]} >= {least[1]}" if least else f"{need} >= 0"
+
+
 def lower_bound(need: sp.Expr) -> tuple[sp.Symbol, int] | None:
     """``(n, 3)`` when the requirement ``need >= 0`` is ``n - 3 >= 0``, i.e. ``n >= 3``."""
     symbols = need.free_symbols
@@ -584,9 +590,9 @@ class Model:
             values = {self.dims[k]: v for k, v in sizes.items()}
             for need, where in self.size_requirements():
                 if need.xreplace(values) < 0:
-                    least = lower_bound(need)
-                    wanted = f"{least[0]} >= {least[1]}" if least else f"{need} >= 0"
-                    raise ModelError(f"m.unroll({given}): {where} needs {wanted}")
+                    raise ModelError(
+                        f"m.unroll({given}): {where} needs {requirement(need)}"
+                    )
         return list(self.unrolls)
 
     def size_requirements(self) -> list[tuple[sp.Expr, str]]:

@@ -220,12 +220,10 @@ def size_requirements(node: Node) -> list[sp.Expr]:
     ``x[:3]`` has 3 elements only if ``n >= 3`` (NumPy would silently give fewer), and
     ``x[1:-1]`` has ``n - 2`` only if ``n >= 2``; the generated ``_unpack`` checks these.
     """
-    needs, axis = [], 0
-    for entry in node.attrs[0] if node.op == "index" else ():
-        if entry[0] == "new":
-            continue
-        dim = node.args[0].shape[axis]
-        axis += 1
+    if node.op != "index":
+        return []
+    needs = []
+    for entry, dim in _entries(node.attrs[0], node.args[0].shape):
         if entry[0] == "slice" and not isinstance(dim, int):
             start, stop = _bound(dim, entry[1], 0), _bound(dim, entry[2], dim)
             needs += [start, dim - stop, stop - start]
@@ -233,6 +231,12 @@ def size_requirements(node: Node) -> list[sp.Expr]:
             needs.append(dim - entry[1] - 1 if entry[1] >= 0 else dim + entry[1])
     needs = [sp.expand(e) for e in needs]  # n - (n - 1) is 1
     return [e for e in needs if not e.is_nonnegative]
+
+
+def _entries(spec: tuple, shape: Shape) -> list[tuple]:
+    """(entry, size of the axis it picks along) for each entry of a basic index of an
+    array of ``shape`` except ``None``, which adds an axis."""
+    return list(zip([e for e in spec if e[0] != "new"], shape, strict=True))
 
 
 def index(a: Node, spec: tuple) -> Node:
@@ -433,16 +437,13 @@ def _vjp_max(g: Node, out: Node, i: int) -> Node:
 def _vjp_index(g: Node, out: Node, i: int) -> Node:
     """A scatter into zeros; a reshape when the index keeps every element (``x[:, None]``,
     ``x[..., 0]`` of a size-1 axis): no buffer to fill."""
-    a, axis = out.args[0], 0
-    for entry in out.attrs[0]:
-        if entry[0] != "new":
-            full = entry == ("slice", None, None, None) or (
-                entry[0] == "int" and a.shape[axis] == 1
-            )
-            if not full:
-                return scatter(a.shape, [(("slice", out.attrs[0]), g)])
-            axis += 1
-    return reshape(g, a.shape)
+    a = out.args[0]
+    if all(
+        entry == ("slice", None, None, None) or (entry[0] == "int" and dim == 1)
+        for entry, dim in _entries(out.attrs[0], a.shape)
+    ):
+        return reshape(g, a.shape)
+    return scatter(a.shape, [(("slice", out.attrs[0]), g)])
 
 
 def _vjp_gather(g: Node, out: Node, i: int) -> Node | None:
@@ -589,19 +590,12 @@ def _numpy_scatter(args: list[str], node: Node) -> list[str]:
 def _disjoint(spec: tuple, other: tuple, shape: Shape) -> bool:
     """Whether two basic indices of an array of ``shape`` pick no element in common:
     on some axis, their ranges (fixed sizes) or int positions do not meet."""
-    axis = 0
-    picks = []
-    for entries in zip(*(_consumed(s) for s in (spec, other)), strict=True):
-        dim = shape[axis]
-        axis += 1
-        if isinstance(dim, int):
-            picks.append([set(_positions(e, dim)) for e in entries])
-    return any(not (a & b) for a, b in picks)
-
-
-def _consumed(spec: tuple) -> list[tuple]:
-    """The entries of a basic index that consume an axis (not ``None``)."""
-    return [e for e in spec if e[0] != "new"]
+    return any(
+        isinstance(dim, int) and not set(_positions(a, dim)) & set(_positions(b, dim))
+        for (a, dim), (b, _) in zip(
+            _entries(spec, shape), _entries(other, shape), strict=True
+        )
+    )
 
 
 def _positions(entry: tuple, dim: int) -> range:
