@@ -600,12 +600,11 @@ def render(program: Program) -> str:
             init=_init(model),
             hvp=_hvp(program.hvp) if program.hvp else None,
             unrolled=unrolled,
-            pair_scatter=any(
-                isinstance(st.target, Node) and st.target.op == "pair_scatter"
-                for e in (emitter, unit)
-                for st in e.statements
-            ),
         )
+        bodies = ("forward", "backward", "value_and_grad")
+        lines = [line for key in bodies for line in context[key]]
+        lines += context["hvp"]["lines"] if context["hvp"] else []
+        context["pair_scatter"] = any("_pair_scatter(" in line for line in lines)
         source = _environment().get_template("module.py.j2").render(context)
     with program.timed("black"):
         return black.format_str(source, mode=black.Mode())
