@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import compile_module
+from helpers import compile_module, rel
 
 import symgrad as sg
 from symgrad.cli import generate
@@ -38,16 +38,6 @@ GRAD_LOSS = -1.5
 
 
 # --------------------------------------------------------------------------- harness
-
-
-def rel(actual, expected, floor=1e-300) -> float:
-    """max |actual - expected| over the largest magnitude of ``expected`` (or ``floor``)."""
-    actual = np.asarray(actual, dtype=float)
-    expected = np.asarray(expected, dtype=float)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    scale = max(np.max(np.abs(expected), initial=0.0), floor, 1e-300)
-    diff = np.max(np.abs(actual - expected), initial=0.0)
-    return 0.0 if diff == 0 else float(diff / scale)
 
 
 def torch_run(reference, params, inputs):

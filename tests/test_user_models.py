@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import sympy as sp
-from helpers import compile_module
+from helpers import compile_module, rel
 
 import symgrad as sg
 from symgrad.cli import generate, main
@@ -25,16 +25,6 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 TOL = 1e-10
-
-
-def rel(actual, expected, floor=1e-300) -> float:
-    """max |actual - expected| over the largest magnitude of ``expected``, or ``floor``
-    if that is larger (a gradient that is zero up to round-off)."""
-    actual = np.asarray(actual, dtype=float)
-    expected = np.asarray(expected, dtype=float)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    scale = max(np.max(np.abs(expected), initial=0.0), floor)
-    return float(np.max(np.abs(actual - expected), initial=0.0) / scale)
 
 
 @dataclass
