@@ -69,7 +69,10 @@ def _number(value) -> sp.Expr:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"expected an sg expression or a real number, got {value!r}")
     if not math.isfinite(value):
-        raise ModelError(f"non-finite constant {value!r} is not supported")
+        raise ModelError(
+            f"non-finite constant {value!r} is not supported; to mask, use a large "
+            "finite value such as -1e30 (exp of it is 0 just the same)"
+        )
     if (
         float(value).is_integer() and -(2**53) < value < 2**53
     ):  # 2.0 is 2: x**2, not x**2.0

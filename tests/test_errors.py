@@ -211,6 +211,14 @@ def test_unevaluated_derivative_and_unknown_functions():
         sg.Model.from_expr("m", loss=a * t + sp.oo, params=[a], inputs=[t])
 
 
+def test_infinite_constants_suggest_a_finite_mask():
+    m = sg.Model("m")
+    s = m.param("s", (3,))
+    for value in (-np.inf, float("nan")):
+        with pytest.raises(sg.ModelError, match="non-finite constant.*-1e30"):
+            sg.where(s > 0, s, value)
+
+
 def test_from_expr_needs_symbols():
     with pytest.raises(sg.ModelError, match="must be SymPy symbols"):
         sg.Model.from_expr("m", loss=a**2, params=[a**2])

@@ -161,6 +161,42 @@ register(
 )
 
 
+def causal_attention():
+    """The torch idiom masks with -inf; symgrad takes a large finite value instead."""
+    m = sg.Model("causal_attention")
+    X = m.input("X", ("batch", "T", 4))
+    allowed = m.input("allowed", ("T", "T"))  # 1 on and below the diagonal
+    Wq, Wk = m.param("Wq", (3, 4)), m.param("Wk", (3, 4))
+    scores = (X @ Wq.T) @ sg.transpose(X @ Wk.T, (0, 2, 1))
+    A = m.output("A", sg.softmax(sg.where(allowed > 0.5, scores, -1e30), axis=-1))
+    m.loss(sg.sum(A @ X * X))
+    return m
+
+
+def _causal_attention_torch(p, i):
+    X = i["X"]
+    scores = (X @ p["Wq"].T) @ (X @ p["Wk"].T).transpose(1, 2)
+    A = torch.softmax(scores.masked_fill(i["allowed"] < 0.5, -torch.inf), dim=-1)
+    return torch.sum(A @ X * X), {"A": A}
+
+
+def _causal_attention_data(rng, batch, T):
+    params = {k: rng.standard_normal((3, 4)) for k in ("Wq", "Wk")}
+    return params, {
+        "X": rng.standard_normal((batch, T, 4)),
+        "allowed": np.tril(np.ones((T, T))),
+    }
+
+
+register(
+    causal_attention,
+    _causal_attention_torch,
+    _causal_attention_data,
+    {"batch": 1, "T": 1},
+    {"batch": 2, "T": 5},
+)
+
+
 def big_logits():
     """Cross-entropy and log-sum-exp of logits of magnitude ~1000."""
     m = sg.Model("big_logits")
