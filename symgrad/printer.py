@@ -152,7 +152,9 @@ class NumPyPrinter(_SymPyNumPyPrinter):
     def _print_Relational(self, expr):
         lhs = self.parenthesize(expr.lhs, precedence(expr))
         rhs = self.parenthesize(expr.rhs, precedence(expr))
-        return f"({lhs} {expr.rel_op} {rhs})"
+        return (
+            f"{lhs} {expr.rel_op} {rhs}"  # only ever an argument: np.where(x > 0, ...)
+        )
 
     def _print_Piecewise(self, expr):
         *pairs, (last, cond) = expr.args

@@ -101,7 +101,9 @@ class softplus(sp.Function):  # noqa: N801
     def fdiff(self, argindex=1):
         # sigmoid(x) = exp(x - softplus(x)): stable (the exponent is <= 0), and it reuses
         # the forward value instead of computing another exponential.
-        return sp.exp(self.args[0] - self)
+        x = self.args[0]
+        e = sp.exp(-sp.Abs(x))
+        return sp.Piecewise((1, x >= 0), (e, True)) / (1 + e)
 
     @classmethod
     def eval(cls, x):

@@ -81,7 +81,7 @@ def test_reads_like_hand_written_numpy():
     assert to_numpy(X / 3) == "x/3"
     assert to_numpy(Y - X) == "y - x"
     assert to_numpy(sp.Rational(0.1) * X) == "0.1*x"
-    assert to_numpy(sp.Piecewise((X, X > 0), (Y, True))) == "np.where((x > 0), x, y)"
+    assert to_numpy(sp.Piecewise((X, X > 0), (Y, True))) == "np.where(x > 0, x, y)"
 
 
 def test_user_floats_print_as_written():
