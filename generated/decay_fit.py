@@ -17,24 +17,36 @@ def _unpack(params, inputs):
     if inputs.keys() != INPUTS.keys():
         _wrong_keys("inputs", inputs, INPUTS)
     a = np.asarray(params["a"])
-    if a.shape != () or a.dtype.kind != "f":
+    if a.dtype.char != "d":
+        a = _float64("params", "a", a, "()")
+    if a.shape != ():
         _bad("params", "a", a, "()", "a float")
     a = a[()]
     b = np.asarray(params["b"])
-    if b.shape != () or b.dtype.kind != "f":
+    if b.dtype.char != "d":
+        b = _float64("params", "b", b, "()")
+    if b.shape != ():
         _bad("params", "b", b, "()", "a float")
     b = b[()]
     c = np.asarray(params["c"])
-    if c.shape != () or c.dtype.kind != "f":
+    if c.dtype.char != "d":
+        c = _float64("params", "c", c, "()")
+    if c.shape != ():
         _bad("params", "c", c, "()", "a float")
     c = c[()]
     t = np.asarray(inputs["t"])
-    if t.ndim != 1 or t.dtype.kind != "f":
+    if t.dtype.char != "d":
+        t = _float64("inputs", "t", t, "(batch,)")
+    if t.ndim != 1:
         _bad("inputs", "t", t, "(batch,)", "a float")
     batch = t.shape[0]
     y = np.asarray(inputs["y"])
-    if y.shape != (batch,) or y.dtype.kind != "f":
+    if y.dtype.char != "d":
+        y = _float64("inputs", "y", y, f"(batch={batch},)")
+    if y.shape != (batch,):
         _bad("inputs", "y", y, f"(batch={batch},)", "a float")
+    if batch < 1:
+        raise ValueError(f"batch={batch}: " + "a mean over batch needs batch >= 1")
     return a, b, c, t, y, batch
 
 
@@ -42,6 +54,12 @@ def _wrong_keys(group, given, expected):
     missing = sorted(expected.keys() - given.keys())
     extra = sorted(given.keys() - expected.keys())
     raise KeyError(f"{group}: missing {missing}, unexpected {extra}")
+
+
+def _float64(group, name, array, expected):
+    if array.dtype.kind != "f":
+        _bad(group, name, array, expected, "a float")
+    return array.astype(np.float64)
 
 
 def _bad(group, name, array, expected, kind):

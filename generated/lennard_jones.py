@@ -19,7 +19,9 @@ def _unpack(params, inputs):
     if inputs.keys() != INPUTS.keys():
         _wrong_keys("inputs", inputs, INPUTS)
     pos = np.asarray(params["pos"])
-    if pos.ndim != 2 or pos.shape[1] != 3 or pos.dtype.kind != "f":
+    if pos.dtype.char != "d":
+        pos = _float64("params", "pos", pos, "(N, 3)")
+    if pos.ndim != 2 or pos.shape[1] != 3:
         _bad("params", "pos", pos, "(N, 3)", "a float")
     N = pos.shape[0]
     i = np.asarray(inputs["i"])
@@ -36,6 +38,12 @@ def _wrong_keys(group, given, expected):
     missing = sorted(expected.keys() - given.keys())
     extra = sorted(given.keys() - expected.keys())
     raise KeyError(f"{group}: missing {missing}, unexpected {extra}")
+
+
+def _float64(group, name, array, expected):
+    if array.dtype.kind != "f":
+        _bad(group, name, array, expected, "a float")
+    return array.astype(np.float64)
 
 
 def _bad(group, name, array, expected, kind):

@@ -17,19 +17,29 @@ def _unpack(params, inputs):
     if inputs.keys() != INPUTS.keys():
         _wrong_keys("inputs", inputs, INPUTS)
     w = np.asarray(params["w"])
-    if w.shape != (20,) or w.dtype.kind != "f":
+    if w.dtype.char != "d":
+        w = _float64("params", "w", w, "(20,)")
+    if w.shape != (20,):
         _bad("params", "w", w, "(20,)", "a float")
     b = np.asarray(params["b"])
-    if b.shape != () or b.dtype.kind != "f":
+    if b.dtype.char != "d":
+        b = _float64("params", "b", b, "()")
+    if b.shape != ():
         _bad("params", "b", b, "()", "a float")
     b = b[()]
     X = np.asarray(inputs["X"])
-    if X.ndim != 2 or X.shape[1] != 20 or X.dtype.kind != "f":
+    if X.dtype.char != "d":
+        X = _float64("inputs", "X", X, "(batch, 20)")
+    if X.ndim != 2 or X.shape[1] != 20:
         _bad("inputs", "X", X, "(batch, 20)", "a float")
     batch = X.shape[0]
     y = np.asarray(inputs["y"])
-    if y.shape != (batch,) or y.dtype.kind != "f":
+    if y.dtype.char != "d":
+        y = _float64("inputs", "y", y, f"(batch={batch},)")
+    if y.shape != (batch,):
         _bad("inputs", "y", y, f"(batch={batch},)", "a float")
+    if batch < 1:
+        raise ValueError(f"batch={batch}: " + "a mean over batch needs batch >= 1")
     return w, b, X, y, batch
 
 
@@ -37,6 +47,12 @@ def _wrong_keys(group, given, expected):
     missing = sorted(expected.keys() - given.keys())
     extra = sorted(given.keys() - expected.keys())
     raise KeyError(f"{group}: missing {missing}, unexpected {extra}")
+
+
+def _float64(group, name, array, expected):
+    if array.dtype.kind != "f":
+        _bad(group, name, array, expected, "a float")
+    return array.astype(np.float64)
 
 
 def _bad(group, name, array, expected, kind):
@@ -60,7 +76,7 @@ def forward(params, inputs):
     t4 += _tmp2
     t5 = t4.sum()
     loss = (t5 - t2) / batch
-    return {"loss": np.array(loss), "logits": logits}, {
+    return {"loss": np.array(loss), "logits": logits.copy()}, {
         "X": X,
         "batch": batch,
         "logits": logits,

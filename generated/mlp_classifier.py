@@ -17,24 +17,36 @@ def _unpack(params, inputs):
     if inputs.keys() != INPUTS.keys():
         _wrong_keys("inputs", inputs, INPUTS)
     W1 = np.asarray(params["W1"])
-    if W1.shape != (128, 784) or W1.dtype.kind != "f":
+    if W1.dtype.char != "d":
+        W1 = _float64("params", "W1", W1, "(128, 784)")
+    if W1.shape != (128, 784):
         _bad("params", "W1", W1, "(128, 784)", "a float")
     b1 = np.asarray(params["b1"])
-    if b1.shape != (128,) or b1.dtype.kind != "f":
+    if b1.dtype.char != "d":
+        b1 = _float64("params", "b1", b1, "(128,)")
+    if b1.shape != (128,):
         _bad("params", "b1", b1, "(128,)", "a float")
     W2 = np.asarray(params["W2"])
-    if W2.shape != (10, 128) or W2.dtype.kind != "f":
+    if W2.dtype.char != "d":
+        W2 = _float64("params", "W2", W2, "(10, 128)")
+    if W2.shape != (10, 128):
         _bad("params", "W2", W2, "(10, 128)", "a float")
     b2 = np.asarray(params["b2"])
-    if b2.shape != (10,) or b2.dtype.kind != "f":
+    if b2.dtype.char != "d":
+        b2 = _float64("params", "b2", b2, "(10,)")
+    if b2.shape != (10,):
         _bad("params", "b2", b2, "(10,)", "a float")
     x = np.asarray(inputs["x"])
-    if x.ndim != 2 or x.shape[1] != 784 or x.dtype.kind != "f":
+    if x.dtype.char != "d":
+        x = _float64("inputs", "x", x, "(batch, 784)")
+    if x.ndim != 2 or x.shape[1] != 784:
         _bad("inputs", "x", x, "(batch, 784)", "a float")
     batch = x.shape[0]
     labels = np.asarray(inputs["labels"])
     if labels.shape != (batch,) or labels.dtype.kind not in "iu":
         _bad("inputs", "labels", labels, f"(batch={batch},)", "an integer")
+    if batch < 1:
+        raise ValueError(f"batch={batch}: " + "a mean over batch needs batch >= 1")
     return W1, b1, W2, b2, x, labels, batch
 
 
@@ -42,6 +54,12 @@ def _wrong_keys(group, given, expected):
     missing = sorted(expected.keys() - given.keys())
     extra = sorted(given.keys() - expected.keys())
     raise KeyError(f"{group}: missing {missing}, unexpected {extra}")
+
+
+def _float64(group, name, array, expected):
+    if array.dtype.kind != "f":
+        _bad(group, name, array, expected, "a float")
+    return array.astype(np.float64)
 
 
 def _bad(group, name, array, expected, kind):

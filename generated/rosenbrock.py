@@ -19,7 +19,9 @@ def _unpack(params, inputs):
     if inputs.keys() != INPUTS.keys():
         _wrong_keys("inputs", inputs, INPUTS)
     x = np.asarray(params["x"])
-    if x.ndim != 1 or x.dtype.kind != "f":
+    if x.dtype.char != "d":
+        x = _float64("params", "x", x, "(n,)")
+    if x.ndim != 1:
         _bad("params", "x", x, "(n,)", "a float")
     n = x.shape[0]
     return x, n
@@ -29,6 +31,12 @@ def _wrong_keys(group, given, expected):
     missing = sorted(expected.keys() - given.keys())
     extra = sorted(given.keys() - expected.keys())
     raise KeyError(f"{group}: missing {missing}, unexpected {extra}")
+
+
+def _float64(group, name, array, expected):
+    if array.dtype.kind != "f":
+        _bad(group, name, array, expected, "a float")
+    return array.astype(np.float64)
 
 
 def _bad(group, name, array, expected, kind):

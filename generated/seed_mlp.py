@@ -19,24 +19,38 @@ def _unpack(params, inputs):
     if inputs.keys() != INPUTS.keys():
         _wrong_keys("inputs", inputs, INPUTS)
     W1 = np.asarray(params["W1"])
-    if W1.shape != (2, 3) or W1.dtype.kind != "f":
+    if W1.dtype.char != "d":
+        W1 = _float64("params", "W1", W1, "(2, 3)")
+    if W1.shape != (2, 3):
         _bad("params", "W1", W1, "(2, 3)", "a float")
     b1 = np.asarray(params["b1"])
-    if b1.shape != (2,) or b1.dtype.kind != "f":
+    if b1.dtype.char != "d":
+        b1 = _float64("params", "b1", b1, "(2,)")
+    if b1.shape != (2,):
         _bad("params", "b1", b1, "(2,)", "a float")
     W2 = np.asarray(params["W2"])
-    if W2.shape != (1, 2) or W2.dtype.kind != "f":
+    if W2.dtype.char != "d":
+        W2 = _float64("params", "W2", W2, "(1, 2)")
+    if W2.shape != (1, 2):
         _bad("params", "W2", W2, "(1, 2)", "a float")
     b2 = np.asarray(params["b2"])
-    if b2.shape != (1,) or b2.dtype.kind != "f":
+    if b2.dtype.char != "d":
+        b2 = _float64("params", "b2", b2, "(1,)")
+    if b2.shape != (1,):
         _bad("params", "b2", b2, "(1,)", "a float")
     x = np.asarray(inputs["x"])
-    if x.ndim != 2 or x.shape[1] != 3 or x.dtype.kind != "f":
+    if x.dtype.char != "d":
+        x = _float64("inputs", "x", x, "(batch, 3)")
+    if x.ndim != 2 or x.shape[1] != 3:
         _bad("inputs", "x", x, "(batch, 3)", "a float")
     batch = x.shape[0]
     target = np.asarray(inputs["target"])
-    if target.shape != (batch, 1) or target.dtype.kind != "f":
+    if target.dtype.char != "d":
+        target = _float64("inputs", "target", target, f"(batch={batch}, 1)")
+    if target.shape != (batch, 1):
         _bad("inputs", "target", target, f"(batch={batch}, 1)", "a float")
+    if batch < 1:
+        raise ValueError(f"batch={batch}: " + "a mean over batch needs batch >= 1")
     return W1, b1, W2, b2, x, target, batch
 
 
@@ -44,6 +58,12 @@ def _wrong_keys(group, given, expected):
     missing = sorted(expected.keys() - given.keys())
     extra = sorted(given.keys() - expected.keys())
     raise KeyError(f"{group}: missing {missing}, unexpected {extra}")
+
+
+def _float64(group, name, array, expected):
+    if array.dtype.kind != "f":
+        _bad(group, name, array, expected, "a float")
+    return array.astype(np.float64)
 
 
 def _bad(group, name, array, expected, kind):
@@ -73,7 +93,7 @@ def forward(params, inputs):
     t3 = y - target
     t4 = np.vdot(t3, t3)
     loss = t4 / batch
-    return {"loss": np.array(loss), "y": y}, {
+    return {"loss": np.array(loss), "y": y.copy()}, {
         "W2": W2,
         "batch": batch,
         "h": h,

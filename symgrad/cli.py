@@ -49,25 +49,43 @@ def load_models(specs: list[str]) -> list[Model]:
 def _load_file(path: Path) -> Model:
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"symgrad_model_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
+    saved_path = sys.path[:]
+    sys.path.insert(
+        0, str(path.resolve().parent)
+    )  # as `python model.py`: helpers import
     try:
-        spec.loader.exec_module(module)
-    except SyntaxError as e:
-        raise UsageError(
-            f"model file {path}: syntax error at line {e.lineno}: {e.msg}"
-        ) from e
-    except Exception as e:  # the model file's own error, named with the file
-        raise UsageError(f"model file {path}: {type(e).__name__}: {e}") from e
-    build = getattr(module, "build", None)
-    if not callable(build):
-        raise UsageError(f"model file {path} defines no build() function")
-    model = build()
+        model = _run_build(path)
+    finally:
+        sys.path[:] = saved_path
     if not isinstance(model, Model):
         raise UsageError(
             f"{path}: build() returned {type(model).__name__}, not an sg.Model"
         )
     return model
+
+
+def _run_build(path: Path):
+    """Import the model file and call its build(); the file's own errors name the file."""
+    spec = importlib.util.spec_from_file_location(f"symgrad_model_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise UsageError(f"model file {path}: {_describe(e)}") from e
+    build = getattr(module, "build", None)
+    if not callable(build):
+        raise UsageError(f"model file {path} defines no build() function")
+    try:
+        return build()
+    except Exception as e:
+        raise UsageError(f"{path}: build() raised {_describe(e)}") from e
+
+
+def _describe(e: Exception) -> str:
+    """One line for an exception from a model file: its type, and its message if any."""
+    if isinstance(e, SyntaxError):
+        return f"syntax error at line {e.lineno}: {e.msg}"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def generate(model: Model, hessian: bool = False):
@@ -255,10 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         print("symgrad: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # one clear line; --debug for the traceback
-        if args.debug:
+        if not args.debug:
+            print(f"symgrad: error: {e}", file=sys.stderr)
+            return 1
+        if not (isinstance(e, UsageError) and e.__cause__):
             raise
-        print(f"symgrad: error: {e}", file=sys.stderr)
-        return 1
+        cause = e.__cause__
+    raise cause  # --debug: a model file's own exception, as Python would show it
 
 
 if __name__ == "__main__":

@@ -441,30 +441,56 @@ def _scalar_map(node: Node) -> bool:
     return node.op == "map" and node.shape == () and all(a.ndim == 0 for a in node.args)
 
 
-def _return(values: dict[str, Node], emitter: Emitter) -> str:
-    """A dict literal of results that never alias arguments or each other.
+def _return(values: dict[str, Node], emitter: Emitter, cached=frozenset()) -> str:
+    """A dict literal of results that never alias arguments, the cache or each other.
 
-    Leaves and repeated values are copied. Constants (zero gradients) are written afresh:
-    one may equal a forward value, whose name backward() does not have. 0-d results are
-    arrays too (0-d arithmetic gives NumPy scalars or floats).
+    Leaves, cached values, views of them and repeated values are copied: a caller who
+    edits an output must not change what backward() reads. Constants (zero gradients)
+    are written afresh: one may equal a forward value, whose name backward() does not
+    have. 0-d results are arrays too (0-d arithmetic gives NumPy scalars or floats).
     """
     items, seen = [], set()
     for key, node in values.items():
         value = emitter._print_constant(node) if is_const(node) else emitter.code(node)
+        base = node
+        while base.op in VIEWS:
+            base = base.args[0]
         if node.shape == ():
             value = f"np.array({value})"
-        elif not is_const(node) and (node.op in LEAVES or node in seen):
+        elif not is_const(node) and (
+            base.op in LEAVES or base in cached or base in seen
+        ):
             value += ".copy()"
-        seen.add(node)
+        seen.add(base)
         items.append(f'"{key}": {value}')
     return "{" + ", ".join(items) + "}"
+
+
+def _guards_invalid_values(model) -> bool:
+    """Whether an ``sg.where`` may guard a value that is invalid where it is not picked,
+    as ``where(x > 0, sqrt(x), 0)`` does: NumPy computes both branches, and would warn.
+    """
+    nodes = toposort([model.loss_node, *model.outputs.values()])
+    exprs = [node.attrs[0] for node in nodes if node.op == "map"]
+    if not any(e.has(sp.Piecewise) for e in exprs):
+        return False
+    partial = (sp.log, ew.log1p, sp.asin, sp.acos)
+    sizes = set(model.dims.values())
+    roots = (  # x**-1, sqrt(x): undefined at 0 or below; 1/n for a size n is fine
+        p for e in exprs for p in e.atoms(sp.Pow) if not p.base.free_symbols <= sizes
+    )
+    return any(e.has(*partial) for e in exprs) or any(
+        not (p.exp.is_integer and p.exp.is_nonnegative) for p in roots
+    )
 
 
 def _unpack(model) -> tuple[list[str], list[str]]:
     """Lines of ``_unpack`` and the names it returns: arrays then symbolic dims.
 
-    One test per array: its rank, its fixed sizes, the sizes of dims bound by earlier
-    arrays, and its dtype kind; dims it is first to use are bound after the test. A 0-d
+    A float array that is not float64 is converted (or refused, if it is not a float).
+    Then one test per array: its rank, its fixed sizes, the sizes of dims bound by
+    earlier arrays (and for index arrays the dtype kind); dims it is first to use are
+    bound after the test. A 0-d
     float array is returned as a NumPy scalar, whose arithmetic skips ufunc dispatch
     (``-2 * a`` in 60 ns, not 600 ns).
     """
@@ -472,7 +498,6 @@ def _unpack(model) -> tuple[list[str], list[str]]:
     for group, arrays in (("params", model.params), ("inputs", model.inputs)):
         for name, node in arrays.items():
             kind = "an integer" if node.dtype == "int64" else "a float"
-            dtype = 'not in "iu"' if node.dtype == "int64" else '!= "f"'
             new = {d.name for d in node.shape if isinstance(d, sp.Symbol)} - set(bound)
             if new:  # shape[k] is only valid once the rank is known
                 tests = [f"{name}.ndim != {node.ndim}"] + [
@@ -482,7 +507,8 @@ def _unpack(model) -> tuple[list[str], list[str]]:
                 ]
             else:
                 tests = [f"{name}.shape != {format_shape(node.shape)}"]
-            tests.append(f"{name}.dtype.kind {dtype}")
+            if node.dtype == "int64":
+                tests.append(f'{name}.dtype.kind not in "iu"')
             shown = [
                 (
                     f"{d}={{{d}}}"
@@ -494,6 +520,11 @@ def _unpack(model) -> tuple[list[str], list[str]]:
             shown = f"({shown[0]},)" if node.ndim == 1 else f"({', '.join(shown)})"
             shown = f'f"{shown}"' if "{" in shown else f'"{shown}"'
             lines.append(f'{name} = np.asarray({group}["{name}"])')
+            if node.dtype == "float64":  # float32 and the like are computed in float64
+                lines.append(f'if {name}.dtype.char != "d":')
+                lines.append(
+                    f'    {name} = _float64("{group}", "{name}", {name}, {shown})'
+                )
             lines.append(f"if {' or '.join(tests)}:")
             lines.append(f'    _bad("{group}", "{name}", {name}, {shown}, "{kind}")')
             if node.ndim == 0 and node.dtype == "float64":
@@ -584,11 +615,13 @@ def render(program: Program) -> str:
             forward=emitter.body(
                 forward, {program.loss, *program.outputs.values(), *cached}
             ),
-            forward_return=_return({"loss": program.loss, **program.outputs}, emitter),
+            forward_return=_return(
+                {"loss": program.loss, **program.outputs}, emitter, cached
+            ),
             cache="{" + ", ".join(f'"{n}": {n}' for n in cache_names) + "}",
             cache_names=cache_names,
             backward=emitter.body(backward, grads),
-            grads_return=_return(program.grads, emitter),
+            grads_return=_return(program.grads, emitter, cached),
             value_and_grad=unit.body(
                 fused, {unit.program.loss, *unit.program.grads.values()}
             ),
@@ -605,6 +638,7 @@ def render(program: Program) -> str:
         lines = [line for key in bodies for line in context[key]]
         lines += context["hvp"]["lines"] if context["hvp"] else []
         context["pair_scatter"] = any("_pair_scatter(" in line for line in lines)
+        context["quiet"] = _guards_invalid_values(model)
         source = _environment().get_template("module.py.j2").render(context)
     with program.timed("black"):
         return black.format_str(source, mode=black.Mode())
@@ -673,6 +707,14 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+        # mkstemp gives 0o600: a rebuilt file keeps its mode, a new one gets open()'s
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            umask = os.umask(0o022)  # the only way to read the umask; restored at once
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -101,6 +101,12 @@ class Expr:
 
     __array_ufunc__ = None  # make numpy defer to our reflected operators
 
+    def __array_function__(self, func, types, args, kwargs):
+        """np.sum(x) and friends cannot see inside an expression: name the sg twin."""
+        name = func.__name__
+        hint = f"use sg.{name}" if name in __all__ else "use sg's functions"
+        raise TypeError(f"numpy.{name} cannot take a symgrad expression; {hint}")
+
     def __init__(self, node: Node):
         self.node = node
 
@@ -496,6 +502,8 @@ class Model:
                 raise ModelError(
                     f"{what}: dimension {d} must be an int or a name, not a formula"
                 )
+            if d == what:  # x = m.input("x", ("x",)): the array and its size
+                raise ModelError(f"duplicate name {d!r}: {d} and one of its dimensions")
             if isinstance(d, str) and d not in self.dims:
                 self.dims[self._claim(d, f"dimension of {what}")] = size_symbol(d)
             dims.append(d)
@@ -599,12 +607,17 @@ class Model:
         return list(self.unrolls)
 
     def size_requirements(self) -> list[tuple[sp.Expr, str]]:
-        """(expression that must be >= 0, the slice needing it), e.g. (n - 3, "x[:3]"):
-        slices of symbolic axes whose length holds only for large enough sizes."""
+        """(expression that must be >= 0, the value needing it), e.g. (n - 3, "x[:3]"):
+        slices of symbolic axes whose length holds only for large enough sizes, and
+        divisions by a size (means)."""
         needs: dict[sp.Expr, str] = {}
         for node in toposort([self.loss_node, *self.outputs.values()]):
             for need in ops.size_requirements(node):
-                where = node.args[0].describe() + ops.format_index(node.attrs[0])
+                where = (
+                    f"a mean over {need + 1}"  # or any division by the size
+                    if node.op == "map"
+                    else node.args[0].describe() + ops.format_index(node.attrs[0])
+                )
                 needs.setdefault(need, where)
         strongest: dict[sp.Symbol, tuple[int, sp.Expr]] = {}  # n >= 3 says n >= 2
         for need in sorted(needs, key=str):

@@ -51,7 +51,11 @@ def map_(expr: sp.Expr, args: Sequence[Node] = (), shape: Shape | None = None) -
     if expr == ew.arg(0) and kept[0].shape == tuple(shape):
         return kept[0]
     dtype = "bool" if expr.is_Relational else "float64"
-    return Node("map", tuple(kept), tuple(shape), dtype, attrs=(expr,))
+    node = Node("map", tuple(kept), tuple(shape), dtype, attrs=(expr,))
+    if expr.has(sp.I):  # sg.sqrt(-1.0): SymPy folds it to I
+        what = node.describe() if kept else f"the constant {expr}"
+        raise ew.UnsupportedError(f"{what} is complex: a root or log of a negative?")
+    return node
 
 
 def apply(fn: Callable[..., sp.Expr], *args: Node, shape: Shape | None = None) -> Node:
@@ -124,7 +128,10 @@ def normalize_axes(a: Node, axis) -> tuple[int, ...]:
             raise ShapeError(
                 f"axis {ax} is out of range for {a.describe()} of rank {a.ndim}"
             )
-    return tuple(sorted({ax % a.ndim for ax in axes}))
+    unique = {ax % a.ndim for ax in axes}
+    if len(unique) < len(axes):
+        raise ShapeError(f"duplicate value in axis={axis} for {a.describe()}")
+    return tuple(sorted(unique))
 
 
 def _reduced(a: Node, axes: tuple[int, ...], keepdims: bool) -> Shape:
@@ -215,11 +222,17 @@ def _bound(dim, b, default):
 
 
 def size_requirements(node: Node) -> list[sp.Expr]:
-    """What must be >= 0 for a slice of a symbolic axis to be as long as its shape says.
+    """What must be >= 0 for a slice of a symbolic axis to be as long as its shape says,
+    or for a division by a size to be defined.
 
-    ``x[:3]`` has 3 elements only if ``n >= 3`` (NumPy would silently give fewer), and
-    ``x[1:-1]`` has ``n - 2`` only if ``n >= 2``; the generated ``_unpack`` checks these.
+    ``x[:3]`` has 3 elements only if ``n >= 3`` (NumPy would silently give fewer),
+    ``x[1:-1]`` has ``n - 2`` only if ``n >= 2``, and a mean over ``n`` needs ``n >= 1``;
+    the generated ``_unpack`` checks these.
     """
+    if node.op == "map":  # a mean over an empty axis would divide by zero
+        powers = node.attrs[0].atoms(sp.Pow)
+        sizes = {s for p in powers if p.exp.is_negative for s in p.base.free_symbols}
+        return [s - 1 for s in sorted(sizes, key=str) if s.is_integer]
     if node.op != "index":
         return []
     needs = []
@@ -351,6 +364,8 @@ def expand(g: Node, axes: tuple[int, ...], ndim: int) -> Node:
 def _vjp_map(g: Node, out: Node, i: int) -> Node:
     expr = out.attrs[0]
     d = ew.partial(expr, i)
+    if d.has(sp.I):  # (-2)**w: d/dw = log(-2) (-2)**w, and SymPy's log(-2) is complex
+        raise ew.UnsupportedError("its derivative is complex: a negative base?")
     args = (*out.args, g, out)
     n = len(out.args)
     local = d.xreplace({ew.OUT: ew.arg(n + 1)}) * ew.arg(n)
