@@ -1,5 +1,7 @@
 """Helpers shared by the tests."""
 
+import warnings
+
 import numpy as np
 
 from symgrad.cli import generate
@@ -21,3 +23,69 @@ def rel(actual, expected, floor=1e-300) -> float:
     scale = max(np.max(np.abs(expected), initial=0.0), floor, 1e-300)
     diff = np.max(np.abs(actual - expected), initial=0.0)
     return 0.0 if diff == 0 else float(diff / scale)
+
+
+def torch_twin(reference, params, inputs):
+    """Loss, outputs and parameter gradients of a model's PyTorch twin
+    ``reference(tparams, tinputs) -> (loss, {output: tensor})``, as NumPy arrays; a
+    parameter the loss does not use has a zero gradient."""
+    import torch
+
+    tparams = {
+        k: torch.tensor(np.asarray(v, float), requires_grad=True)
+        for k, v in params.items()
+    }
+    tinputs = {k: torch.tensor(v) for k, v in inputs.items()}
+    loss, outputs = reference(tparams, tinputs)
+    if loss.requires_grad:  # (a loss that is a constant has no graph)
+        loss.backward()
+    grads = {
+        k: np.zeros(np.shape(params[k])) if p.grad is None else p.grad.numpy()
+        for k, p in tparams.items()
+    }
+    outputs = {k: v.detach().numpy() for k, v in outputs.items()}
+    return loss.detach().numpy(), outputs, grads
+
+
+def assert_agrees_with_torch(module, reference, params, inputs, tol, grad_loss=1.0):
+    """The loss, every output and every gradient of ``value_and_grad`` and of ``forward``
+    + ``backward(cache, grad_loss)`` against the PyTorch twin, with NumPy warnings as
+    errors (the twin gives none). Gradients are compared on the scale of the largest."""
+    expected_loss, expected_outputs, expected = torch_twin(reference, params, inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, grads = module.value_and_grad(params, inputs)
+        outputs, cache = module.forward(params, inputs)
+        grads_bw = module.backward(cache, grad_loss=grad_loss)
+    assert set(grads) == set(params) == set(grads_bw)
+    assert set(outputs) == {"loss", *expected_outputs}
+    assert np.shape(loss) == () and np.isfinite(loss)
+    assert rel(loss, expected_loss) <= tol, (loss, expected_loss)
+    assert rel(outputs["loss"], expected_loss) <= tol
+    for k, ref in expected_outputs.items():
+        assert rel(outputs[k], ref) <= tol, k
+    floor = 1e-3 * max(
+        (np.max(np.abs(g), initial=1e-300) for g in expected.values()), default=1e-300
+    )
+    for k, ref in expected.items():
+        assert np.shape(grads[k]) == np.shape(params[k]), k
+        assert rel(grads[k], ref, floor) <= tol, (k, grads[k], ref)
+        assert rel(grads_bw[k], grad_loss * ref, abs(grad_loss) * floor) <= tol, k
+
+
+def torch_hessian(reference, params, inputs) -> np.ndarray:
+    """The dense Hessian of the twin's loss over the flattened parameters, in the order
+    of ``params`` (as a generated ``hessian`` orders them)."""
+    import torch
+
+    names = list(params)
+    sizes = [int(np.size(params[k])) for k in names]
+    tinputs = {k: torch.tensor(v) for k, v in inputs.items()}
+
+    def loss(flat):
+        parts = torch.split(flat, sizes)
+        p = {k: parts[n].reshape(np.shape(params[k])) for n, k in enumerate(names)}
+        return reference(p, tinputs)[0]
+
+    flat = np.concatenate([np.ravel(np.asarray(params[k], float)) for k in names])
+    return torch.autograd.functional.hessian(loss, torch.tensor(flat)).numpy()

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import sympy as sp
-from helpers import compile_module, rel
+from helpers import (
+    assert_agrees_with_torch,
+    compile_module,
+    rel,
+    torch_hessian,
+    torch_twin,
+)
 
 import symgrad as sg
 from symgrad.cli import main
@@ -55,56 +61,12 @@ def module_of(name, unroll=()):
     return model, compile_module(model)
 
 
-def torch_reference(name, params, inputs):
-    """Loss, outputs and gradients of the PyTorch twin."""
-    tparams = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
-    tinputs = {k: torch.tensor(v) for k, v in inputs.items()}
-    loss, outputs = CASES[name].reference(tparams, tinputs)
-    loss.backward()
-    grads = {
-        k: np.zeros_like(params[k]) if p.grad is None else p.grad.numpy()
-        for k, p in tparams.items()
-    }
-    outputs = {k: v.detach().numpy() for k, v in outputs.items()}
-    return loss.detach().numpy(), outputs, grads
-
-
 def check(name, dims, seed=0, unroll=False):
     model, module = module_of(name, tuple(dims.items()) if unroll else ())
     params, inputs = CASES[name].data(np.random.default_rng(seed), **dims)
-    expected_loss, expected_outputs, expected = torch_reference(name, params, inputs)
-
-    loss, grads = module.value_and_grad(params, inputs)
-    outputs, cache = module.forward(params, inputs)
-    grads_bw = module.backward(cache, grad_loss=GRAD_LOSS)
-
-    assert set(grads) == set(params) == set(grads_bw)
-    assert set(outputs) == {"loss", *expected_outputs}
-    assert np.isfinite(loss)
-    assert rel(loss, expected_loss) <= TOL, (loss, expected_loss)
-    assert rel(outputs["loss"], expected_loss) <= TOL
-    for k, ref in expected_outputs.items():
-        assert rel(outputs[k], ref) <= TOL, k
-    floor = 1e-3 * max(np.max(np.abs(g), initial=1e-300) for g in expected.values())
-    for k, ref in expected.items():
-        assert np.asarray(grads[k]).shape == params[k].shape, k
-        assert rel(grads[k], ref, floor) <= TOL, k
-        assert rel(grads_bw[k], GRAD_LOSS * ref, abs(GRAD_LOSS) * floor) <= TOL, k
+    reference = CASES[name].reference
+    assert_agrees_with_torch(module, reference, params, inputs, TOL, GRAD_LOSS)
     return model, module, params, inputs
-
-
-def torch_hessian(name, params, inputs):
-    names = list(params)
-    sizes = [params[k].size for k in names]
-    tinputs = {k: torch.tensor(v) for k, v in inputs.items()}
-
-    def loss(flat):
-        parts = torch.split(flat, sizes)
-        p = {k: parts[n].reshape(params[k].shape) for n, k in enumerate(names)}
-        return CASES[name].reference(p, tinputs)[0]
-
-    flat = torch.tensor(np.concatenate([params[k].ravel() for k in names]))
-    return torch.autograd.functional.hessian(loss, flat).numpy(), sizes
 
 
 # --------------------------------------------------------------------------- models
@@ -660,7 +622,8 @@ def test_verify_passes(name):
 def test_hessian_and_hvp_agree_with_pytorch(name, dims):
     _, module = module_of(name)
     params, inputs = CASES[name].data(np.random.default_rng(3), **dims)
-    expected, sizes = torch_hessian(name, params, inputs)
+    expected = torch_hessian(CASES[name].reference, params, inputs)
+    sizes = [params[k].size for k in params]
     H = module.hessian(params, inputs)
     assert H.shape == (sum(sizes), sum(sizes))
     assert rel(H, expected) <= TOL
@@ -692,7 +655,7 @@ def test_unrolled_agrees_with_pytorch(name, dims):
     unrolled = getattr(module, f"_value_and_grad_{size}")
     args = [params[k] for k in module.PARAMS] + [inputs[k] for k in module.INPUTS]
     loss, grads = unrolled(*args)
-    _, _, expected = torch_reference(name, params, inputs)
+    _, _, expected = torch_twin(CASES[name].reference, params, inputs)
     expected_loss, vectorized = module_of(name)[1].value_and_grad(params, inputs)
     assert rel(loss, expected_loss) <= TOL
     floor = 1e-3 * max(np.max(np.abs(g), initial=1e-300) for g in expected.values())

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import sympy as sp
-from helpers import compile_module, rel
+from helpers import assert_agrees_with_torch, compile_module, rel, torch_hessian
 
 import symgrad as sg
 
@@ -22,42 +22,10 @@ TOL = 1e-9
 GRAD_LOSS = 2.5
 
 
-def torch_run(reference, params, inputs):
-    tparams = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
-    tinputs = {k: torch.tensor(v) for k, v in inputs.items()}
-    loss, outputs = reference(tparams, tinputs)
-    loss.backward()
-    grads = {
-        k: np.zeros_like(params[k]) if p.grad is None else p.grad.numpy()
-        for k, p in tparams.items()
-    }
-    outputs = {k: v.detach().numpy() for k, v in outputs.items()}
-    return loss.detach().numpy(), outputs, grads
-
-
 def check(model, reference, params, inputs, tol=TOL, module=None):
     """Compile ``model`` (unless given) and compare it with ``reference`` in torch."""
     module = module or compile_module(model)
-    expected_loss, expected_outputs, expected = torch_run(reference, params, inputs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        loss, grads = module.value_and_grad(params, inputs)
-        outputs, cache = module.forward(params, inputs)
-        grads_bw = module.backward(cache, grad_loss=GRAD_LOSS)
-    assert set(grads) == set(params) == set(grads_bw)
-    assert set(outputs) == {"loss", *expected_outputs}
-    assert np.shape(loss) == ()
-    assert rel(loss, expected_loss) <= tol, (loss, expected_loss)
-    assert rel(outputs["loss"], expected_loss) <= tol
-    for k, ref in expected_outputs.items():
-        assert rel(outputs[k], ref) <= tol, k
-    floor = 1e-3 * max(
-        (np.max(np.abs(g), initial=1e-300) for g in expected.values()), default=1e-300
-    )
-    for k, ref in expected.items():
-        assert np.shape(grads[k]) == np.shape(params[k]), k
-        assert rel(grads[k], ref, floor) <= tol, (k, grads[k], ref)
-        assert rel(grads_bw[k], GRAD_LOSS * ref, GRAD_LOSS * floor) <= tol, k
+    assert_agrees_with_torch(module, reference, params, inputs, tol, GRAD_LOSS)
     return module
 
 
@@ -742,20 +710,6 @@ def test_unrolled_family_agrees_with_pytorch(name):
     ref, data = REFS[name]
     params, inputs = data(np.random.default_rng(7), **FAMILIES[name][2])
     check(None, ref, params, inputs, module=module_of(name, unrolled=True))
-
-
-def torch_hessian(reference, params, inputs):
-    names = list(params)
-    sizes = [params[k].size for k in names]
-    tinputs = {k: torch.tensor(v) for k, v in inputs.items()}
-
-    def loss(flat):
-        parts = torch.split(flat, sizes)
-        p = {k: parts[n].reshape(params[k].shape) for n, k in enumerate(names)}
-        return reference(p, tinputs)[0]
-
-    flat = torch.tensor(np.concatenate([params[k].ravel() for k in names]))
-    return torch.autograd.functional.hessian(loss, flat).numpy()
 
 
 HESSIAN = [

@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import compile_module, rel
+from helpers import assert_agrees_with_torch, compile_module, rel, torch_hessian
 
 import symgrad as sg
 from symgrad.cli import generate
@@ -40,41 +40,9 @@ GRAD_LOSS = -1.5
 # --------------------------------------------------------------------------- harness
 
 
-def torch_run(reference, params, inputs):
-    """``reference(torch params, torch inputs) -> (loss, outputs)``, with gradients."""
-    tparams = {
-        k: torch.tensor(np.asarray(v, dtype=float), requires_grad=True)
-        for k, v in params.items()
-    }
-    tinputs = {k: torch.tensor(v) for k, v in inputs.items()}
-    loss, outputs = reference(tparams, tinputs)
-    if loss.requires_grad:
-        loss.backward()
-    grads = {
-        k: np.zeros(np.shape(params[k])) if p.grad is None else p.grad.numpy()
-        for k, p in tparams.items()
-    }
-    outputs = {k: v.detach().numpy() for k, v in outputs.items()}
-    return loss.detach().numpy(), outputs, grads
-
-
 def compare(module, reference, params, inputs, tol=TOL) -> None:
     """The module against ``reference`` on one draw of data."""
-    loss, grads = module.value_and_grad(params, inputs)
-    outputs, cache = module.forward(params, inputs)
-    scaled = module.backward(cache, grad_loss=GRAD_LOSS)
-    ref_loss, ref_outputs, ref_grads = torch_run(reference, params, inputs)
-    assert np.isfinite(loss)
-    assert rel(loss, ref_loss) <= tol, (float(loss), float(ref_loss))
-    assert rel(outputs["loss"], ref_loss) <= tol
-    assert set(outputs) == {"loss", *ref_outputs}
-    for k, ref in ref_outputs.items():
-        assert rel(outputs[k], ref) <= tol, k
-    assert set(grads) == set(scaled) == set(params)
-    floor = 1e-3 * max(np.max(np.abs(g), initial=0.0) for g in ref_grads.values())
-    for k, ref in ref_grads.items():
-        assert rel(grads[k], ref, floor) <= tol, k
-        assert rel(scaled[k], GRAD_LOSS * ref, abs(GRAD_LOSS) * floor) <= tol, k
+    assert_agrees_with_torch(module, reference, params, inputs, tol, GRAD_LOSS)
 
 
 def check(model, reference, data, sizes, tol=TOL, module=None, run_verify=True):
@@ -87,27 +55,6 @@ def check(model, reference, data, sizes, tol=TOL, module=None, run_verify=True):
         report = verify(model, module)
         assert report.ok, report.table()
     return module
-
-
-def torch_hessian(reference, params, inputs) -> np.ndarray:
-    """The dense Hessian of ``reference``'s loss over the flattened parameters, in
-    the order of ``params`` (as the generated ``hessian`` orders them)."""
-    keys = list(params)
-    tinputs = {k: torch.tensor(v) for k, v in inputs.items()}
-
-    def loss(*tensors):
-        return reference(dict(zip(keys, tensors, strict=True)), tinputs)[0]
-
-    blocks = torch.autograd.functional.hessian(
-        loss, tuple(torch.tensor(np.asarray(params[k], float)) for k in keys)
-    )
-    sizes = [np.size(params[k]) for k in keys]
-    return np.block(
-        [
-            [blocks[a][b].reshape(sizes[a], sizes[b]).numpy() for b in range(len(keys))]
-            for a in range(len(keys))
-        ]
-    )
 
 
 def vectorized_source(model) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import sympy as sp
-from helpers import compile_module, rel
+from helpers import assert_agrees_with_torch, compile_module, rel, torch_hessian
 
 import symgrad as sg
 from symgrad.cli import generate, main
@@ -52,34 +52,9 @@ def module_of(name, unroll=()):
 
 
 def check(name, dims, seed=0, unroll=False):
-    c = CASES[name]
     model, module = module_of(name, tuple(dims.items()) if unroll else ())
-    params, inputs = c.data(np.random.default_rng(seed), **dims)
-    loss, grads = module.value_and_grad(params, inputs)
-    outputs, cache = module.forward(params, inputs)
-    grads_bw = module.backward(cache)
-
-    tparams = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
-    tinputs = {k: torch.tensor(v) for k, v in inputs.items()}
-    ref_loss, ref_outputs = c.reference(tparams, tinputs)
-    ref_loss.backward()
-    expected = ref_loss.detach().numpy()
-
-    assert set(grads) == set(params) == set(grads_bw)
-    assert set(outputs) == {"loss", *ref_outputs}
-    assert np.isfinite(loss)
-    assert rel(loss, expected) <= TOL, (loss, expected)
-    assert rel(outputs["loss"], expected) <= TOL
-    for k, ref in ref_outputs.items():
-        assert rel(outputs[k], ref.detach().numpy()) <= TOL, k
-    refs = {
-        k: np.zeros_like(params[k]) if p.grad is None else p.grad.numpy()
-        for k, p in tparams.items()
-    }
-    floor = 1e-3 * max(np.max(np.abs(g), initial=0.0) for g in refs.values())
-    for k, ref in refs.items():
-        assert rel(grads[k], ref, floor) <= TOL, k
-        assert rel(grads_bw[k], ref, floor) <= TOL, k
+    params, inputs = CASES[name].data(np.random.default_rng(seed), **dims)
+    assert_agrees_with_torch(module, CASES[name].reference, params, inputs, TOL, 2.0)
     return model, module, params, inputs
 
 
@@ -611,15 +586,7 @@ def test_hessian_and_hvp_agree_with_pytorch(batch):
     params, inputs = _small_net_data(np.random.default_rng(batch), batch)
     names = list(module.PARAMS)
     sizes = [params[k].size for k in names]
-    tinputs = {k: torch.tensor(v) for k, v in inputs.items()}
-
-    def loss(flat):
-        parts = torch.split(flat, sizes)
-        p = {k: parts[n].reshape(params[k].shape) for n, k in enumerate(names)}
-        return _small_net_torch(p, tinputs)[0]
-
-    flat = torch.tensor(np.concatenate([params[k].ravel() for k in names]))
-    expected = torch.autograd.functional.hessian(loss, flat).numpy()
+    expected = torch_hessian(_small_net_torch, params, inputs)
     H = module.hessian(params, inputs)
     assert H.shape == (sum(sizes), sum(sizes))
     assert rel(H, expected) <= TOL

@@ -16,6 +16,7 @@ from .creation import (
     empty,
     from_numpy,
     full,
+    linspace,
     manual_seed,
     ones,
     ones_like,
@@ -32,12 +33,14 @@ from .tensor import Tensor
 __all__ = ["Tensor", "tensor", "from_numpy", "no_grad", "is_grad_enabled", "nn"]
 __all__ += ["optim", "cat", "stack", "where", "manual_seed", "default_generator"]
 __all__ += ["zeros", "ones", "zeros_like", "ones_like", "full", "empty", "arange"]
+__all__ += ["linspace"]
 __all__ += ["rand", "randn", "randint"]
 __all__ += ["float32", "float", "float64", "double", "int32", "int64", "long", "bool"]
 __all__ += (  # torch-level functions, defined below
     "neg exp log sqrt sin cos tan tanh sinh cosh asin acos atan abs sign sigmoid relu "
     "clamp softmax log_softmax logsumexp sum mean amax max argmax matmul gather clone "
-    "reshape flatten squeeze unsqueeze transpose permute"
+    "reshape flatten squeeze unsqueeze transpose permute pow amin min argmin maximum "
+    "minimum t"
 ).split()
 
 float32 = float = np.float32
@@ -56,4 +59,6 @@ logsumexp, sum, mean, amax = Tensor.logsumexp, Tensor.sum, Tensor.mean, Tensor.a
 max, argmax, matmul, gather = Tensor.max, Tensor.argmax, Tensor.matmul, Tensor.gather
 clone, reshape, flatten = Tensor.clone, Tensor.reshape, Tensor.flatten
 squeeze, unsqueeze, transpose = Tensor.squeeze, Tensor.unsqueeze, Tensor.transpose
-permute = Tensor.permute
+permute, pow, t = Tensor.permute, Tensor.pow, Tensor.t
+amin, min, argmin = Tensor.amin, Tensor.min, Tensor.argmin
+maximum, minimum = Tensor.maximum, Tensor.minimum

@@ -1,7 +1,8 @@
-"""Broadcasting arithmetic, comparisons and matmul.
+"""Broadcasting arithmetic, comparisons, bitwise ops and matmul.
 
 A broadcast operand's gradient is summed back to the operand's own shape
-(`unbroadcast`). Python numbers on either side are lifted to constant tensors.
+(`unbroadcast`). Python numbers on either side are lifted to constant tensors, and
+both operands are cast to torch's result dtype (`result_type`) before the op.
 """
 
 import numpy as np
@@ -29,11 +30,31 @@ def unbroadcast(g, shape):
     return g.sum(axis=stretched, keepdims=True) if stretched else g
 
 
-def _binary(a, b, forward, rules, name, saves=True):
-    """Elementwise op; rules[i](g, x, y, out) is the gradient for operand i."""
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2}  # torch promotes bool < int < float
+
+
+def result_type(a, b):
+    """torch's promotion: a higher category wins; within one category a 0-d tensor
+    does not promote a dimensioned one (float32 * tensor(2.0) stays float32)."""
+    ka, kb = _CATEGORY[a.dtype.kind], _CATEGORY[b.dtype.kind]
+    if ka != kb:
+        return (a if ka > kb else b).dtype
+    if (a.ndim == 0) != (b.ndim == 0):
+        return (a if a.ndim else b).dtype
+    return np.promote_types(a.dtype, b.dtype)
+
+
+def _operands(a, b):
+    """(b as a Tensor, a's array, b's array), both cast to the result dtype."""
     b = a._lift(b)
     broadcast_shape(a.shape, b.shape)
-    x, y = a._data, b._data
+    dtype = result_type(a, b)
+    return b, a._data.astype(dtype, copy=False), b._data.astype(dtype, copy=False)
+
+
+def _binary(a, b, forward, rules, name, saves=True):
+    """Elementwise op; rules[i](g, x, y, out) is the gradient for operand i."""
+    b, x, y = _operands(a, b)
     out = forward(x, y)
 
     def backward(g):
@@ -43,6 +64,19 @@ def _binary(a, b, forward, rules, name, saves=True):
         )
 
     return a._result(out, (a, b), backward, name, saves)
+
+
+def _power(x, p):
+    """x ** p, with torch's error type for integers to negative integer powers."""
+    try:
+        return np.power(x, p)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from None
+
+
+def _pick_rule(wins):
+    """torch's maximum/minimum gradient: all to the winner, split evenly on a tie."""
+    return lambda g, x, y, out: np.where(x == y, g / 2, g * wins(x, y))
 
 
 def _matmul_check(a, b):
@@ -80,7 +114,7 @@ class ArithmeticOps:
         if isinstance(other, int | float):  # x ** p: no log(x) needed for x < 0
             p = other
             x = self._data
-            out = x**p
+            out = _power(x, p)
 
             def backward(g):
                 return (np.zeros_like(g) if p == 0 else g * p * x ** (p - 1),)
@@ -91,7 +125,29 @@ class ArithmeticOps:
             # d/dy x**y = out * log(x), taken as 0 where x == 0 like torch
             lambda g, x, y, out: g * out * np.log(np.where(x == 0, 1, x)),
         )
-        return _binary(self, other, np.power, rules, "PowBackward1")
+        return _binary(self, other, _power, rules, "PowBackward1")
+
+    pow = __pow__
+
+    def __mod__(self, other):
+        """torch.remainder: the result takes the sign of the divisor, as in Python."""
+        rules = (
+            lambda g, x, y, out: g,
+            lambda g, x, y, out: -g * np.floor_divide(x, y),
+        )
+        return _binary(self, other, np.remainder, rules, "RemainderBackward0")
+
+    def __floordiv__(self, other):
+        """Rounds down; not differentiable (torch records it, then fails in backward)."""
+        return self._untracked(other, np.floor_divide)
+
+    def maximum(self, other):
+        rules = (_pick_rule(np.greater), _pick_rule(np.less))
+        return _binary(self, other, np.maximum, rules, "MaximumBackward0")
+
+    def minimum(self, other):
+        rules = (_pick_rule(np.less), _pick_rule(np.greater))
+        return _binary(self, other, np.minimum, rules, "MinimumBackward0")
 
     def __radd__(self, other):
         return self._lift(other) + self
@@ -107,6 +163,12 @@ class ArithmeticOps:
 
     def __rpow__(self, other):
         return self._lift(other) ** self
+
+    def __rmod__(self, other):
+        return self._lift(other) % self
+
+    def __rfloordiv__(self, other):
+        return self._lift(other) // self
 
     def __matmul__(self, other):
         return self.matmul(other)
@@ -142,26 +204,38 @@ class ArithmeticOps:
 
         return self._result(out, (self, other), backward, "MmBackward0")
 
-    # comparisons give bool tensors that never require grad
-    def _compare(self, other, fn):
-        other = self._lift(other)
-        broadcast_shape(self.shape, other.shape)
-        return self._result(fn(self._data, other._data))
+    # comparisons and bitwise ops give tensors that never require grad
+    def _untracked(self, other, fn):
+        other, x, y = _operands(self, other)
+        return self._result(fn(x, y))
 
     def __lt__(self, other):
-        return self._compare(other, np.less)
+        return self._untracked(other, np.less)
 
     def __le__(self, other):
-        return self._compare(other, np.less_equal)
+        return self._untracked(other, np.less_equal)
 
     def __gt__(self, other):
-        return self._compare(other, np.greater)
+        return self._untracked(other, np.greater)
 
     def __ge__(self, other):
-        return self._compare(other, np.greater_equal)
+        return self._untracked(other, np.greater_equal)
 
     def __eq__(self, other):
-        return self._compare(other, np.equal)
+        return self._untracked(other, np.equal)
 
     def __ne__(self, other):
-        return self._compare(other, np.not_equal)
+        return self._untracked(other, np.not_equal)
+
+    def __and__(self, other):
+        return self._untracked(other, np.bitwise_and)
+
+    def __or__(self, other):
+        return self._untracked(other, np.bitwise_or)
+
+    def __xor__(self, other):
+        return self._untracked(other, np.bitwise_xor)
+
+    def __invert__(self):
+        """Logical not of a bool tensor (a mask), bitwise not of an integer one."""
+        return self._result(np.invert(self._data))

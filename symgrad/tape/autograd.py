@@ -50,8 +50,12 @@ class no_grad(contextlib.ContextDecorator):
 
 
 class Node:
-    """One recorded op: its input tensors and the closure mapping d(out) to d(inputs).
+    """One recorded op: the versions of its inputs and the closure mapping d(out) to
+    d(inputs).
 
+    `edges` holds, per input, (tensor, its grad_fn when the op ran) if it required grad
+    then, else None: a recorded assignment (`y[0] = 0`) later gives the tensor a new
+    grad_fn, and this op's gradient must still reach the version it used.
     `backward(g)` returns one NumPy gradient (or None) per input. Ops whose closure
     holds saved arrays (`saves=True`) drop it after a backward pass without
     retain_graph, as PyTorch frees saved tensors; ops that save nothing can be
@@ -60,7 +64,7 @@ class Node:
 
     def __init__(self, name, inputs, backward, saves):
         self._name = name
-        self.inputs = inputs
+        self.edges = tuple((t, t.grad_fn) if t.requires_grad else None for t in inputs)
         self._backward = backward
         self._saves = saves
 
@@ -79,35 +83,40 @@ class Node:
         return grads
 
 
+def _key(version):
+    """A (tensor, grad_fn) version: a non-leaf is named by its op, a leaf by itself."""
+    t, fn = version
+    return id(t) if fn is None else id(fn)
+
+
 def _topological_order(root):
-    """Tensors that need a gradient, each after all of its inputs (iterative DFS)."""
-    order, seen, stack = [], set(), [(root, False)]
+    """Versions that need a gradient, each after all of its inputs (iterative DFS)."""
+    order, seen, stack = [], set(), [((root, root.grad_fn), False)]
     while stack:
-        t, inputs_done = stack.pop()
+        version, inputs_done = stack.pop()
         if inputs_done:
-            order.append(t)
-        elif id(t) not in seen:
-            seen.add(id(t))
-            stack.append((t, True))
-            if t.grad_fn is not None:
-                stack.extend((p, False) for p in t.grad_fn.inputs if p.requires_grad)
+            order.append(version)
+        elif _key(version) not in seen:
+            seen.add(_key(version))
+            stack.append((version, True))
+            if version[1] is not None:
+                stack.extend((e, False) for e in version[1].edges if e is not None)
     return order
 
 
 @underflow_ok
 def backward(root, grad, retain_graph=False):
     """Propagate `grad` (d root / d root) to every leaf reachable from `root`."""
-    grads = {id(root): grad}
-    for t in reversed(_topological_order(root)):
-        g = grads.pop(id(t), None)
+    grads = {_key((root, root.grad_fn)): grad}
+    for t, fn in reversed(_topological_order(root)):
+        g = grads.pop(_key((t, fn)), None)
         if g is None:
             continue
-        if t.grad_fn is None or t.retains_grad:
+        if fn is None or (t.retains_grad and t.grad_fn is fn):
             t._accumulate_grad(g)
-        if t.grad_fn is None:
+        if fn is None:
             continue
-        for p, pg in zip(
-            t.grad_fn.inputs, t.grad_fn.apply(g, retain_graph), strict=True
-        ):
-            if pg is not None and p.requires_grad:
-                grads[id(p)] = pg if id(p) not in grads else grads[id(p)] + pg
+        for edge, pg in zip(fn.edges, fn.apply(g, retain_graph), strict=True):
+            if pg is not None and edge is not None:
+                k = _key(edge)
+                grads[k] = pg if k not in grads else grads[k] + pg

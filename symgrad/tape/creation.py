@@ -20,17 +20,19 @@ def manual_seed(seed):
 
 def tensor(data, dtype=None, requires_grad=False):
     """A new leaf tensor holding a copy of `data`."""
-    return Tensor(np.array(as_array(data), dtype=dtype), requires_grad=requires_grad)
+    return Tensor._wrap(
+        np.array(as_array(data), dtype=dtype, order="C"), requires_grad=requires_grad
+    )
 
 
 def from_numpy(array):
     """A tensor sharing memory with `array`."""
-    return Tensor(array)
+    return Tensor._wrap(array)
 
 
 def _new(array, dtype, requires_grad):
     dtype = np.float64 if dtype is None else dtype  # (a np.dtype is falsy: no `or`)
-    return Tensor(array.astype(dtype, copy=False), requires_grad)
+    return Tensor._wrap(array.astype(dtype, copy=False), requires_grad)
 
 
 def full(size, fill_value, dtype=None, requires_grad=False):
@@ -68,7 +70,12 @@ def ones_like(input, dtype=None, requires_grad=False):
 def arange(start, end=None, step=1, dtype=None, requires_grad=False):
     """int64 for integer arguments, float64 otherwise."""
     start, end = (0, start) if end is None else (start, end)
-    return Tensor(np.arange(start, end, step, dtype=dtype), requires_grad)
+    return Tensor._wrap(np.arange(start, end, step, dtype=dtype), requires_grad)
+
+
+def linspace(start, end, steps, dtype=None, requires_grad=False):
+    """`steps` evenly spaced values from start to end inclusive."""
+    return _new(np.linspace(start, end, steps), dtype, requires_grad)
 
 
 def rand(*size, dtype=None, requires_grad=False):
@@ -89,4 +96,4 @@ def randint(*args, size=None, dtype=None):
         *args, size = args
     low, high = (0, *args) if len(args) == 1 else args
     values = default_generator.integers(low, high, _shape_arg((size,)))
-    return Tensor(values if dtype is None else values.astype(dtype))
+    return Tensor._wrap(values if dtype is None else values.astype(dtype))

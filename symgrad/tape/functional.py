@@ -86,17 +86,20 @@ def mse_loss(input, target, reduction="mean"):
     return _reduce((input - target) ** 2, reduction)
 
 
-def cross_entropy(input, target, reduction="mean"):
+def cross_entropy(input, target, reduction="mean", ignore_index=-100):
     """-log_softmax(input)[target] with classes along dim 1 (dim 0 for 1-D input);
-    `target` holds integer class indices."""
+    `target` holds integer class indices. Targets equal to ignore_index add nothing,
+    and the mean is over the others, as in torch."""
     if target.dtype.kind not in "iu":
         raise RuntimeError(
             "expected target dtype to be an integer class index, but got "
             f"{target.dtype} (class-probability targets are not supported)"
         )
     dim = 0 if input.ndim == 1 else 1
-    picked = input.log_softmax(dim).gather(dim, target.unsqueeze(dim)).squeeze(dim)
-    return _reduce(-picked, reduction)
+    keep = target != ignore_index
+    index = (target * keep).unsqueeze(dim)  # an ignored target picks class 0, unused
+    loss = -input.log_softmax(dim).gather(dim, index).squeeze(dim) * keep
+    return loss.sum() / keep.sum() if reduction == "mean" else _reduce(loss, reduction)
 
 
 def binary_cross_entropy_with_logits(input, target, reduction="mean"):

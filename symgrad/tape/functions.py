@@ -9,7 +9,12 @@ from .tensor import Tensor
 def cat(tensors, dim=0):
     """Join tensors along an existing dim; g is split back into the pieces."""
     tensors = list(tensors)
-    out = np.concatenate([t._data for t in tensors], axis=dim)
+    try:
+        out = np.concatenate([t._data for t in tensors], axis=dim)
+    except np.exceptions.AxisError:  # an IndexError, as in torch
+        raise
+    except ValueError as exc:  # mismatched shapes
+        raise RuntimeError(str(exc)) from None
     cuts = np.cumsum([t.shape[dim] for t in tensors])[:-1]
 
     def backward(g):
@@ -26,7 +31,9 @@ def stack(tensors, dim=0):
 def where(condition, input, other):
     """input where condition holds, else other; either may be a Python number."""
     if not isinstance(input, Tensor):
-        input = Tensor(input) if not isinstance(other, Tensor) else other._lift(input)
+        input = (
+            Tensor._wrap(input) if not isinstance(other, Tensor) else other._lift(input)
+        )
     other = input._lift(other)
     cond = condition._data.astype(bool)
     broadcast_shape(broadcast_shape(cond.shape, input.shape), other.shape)

@@ -7,7 +7,7 @@ from collections import OrderedDict, namedtuple
 
 from . import functional
 from .creation import default_generator
-from .tensor import Tensor
+from .tensor import Tensor, as_array
 
 # `import symgrad.tape.nn.functional as F` then works like `import torch.nn.functional`.
 sys.modules[__name__ + ".functional"] = functional
@@ -19,7 +19,7 @@ class Parameter(Tensor):
     """A leaf tensor that requires grad and that a Module registers on assignment."""
 
     def __init__(self, data, requires_grad=True):
-        super().__init__(data, requires_grad)
+        self._setup(as_array(data), requires_grad)
 
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()
@@ -112,7 +112,7 @@ class Module:
         own = dict(self.named_parameters(remove_duplicate=False))
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
-        values = {k: Tensor(v)._data for k, v in state_dict.items() if k in own}
+        values = {k: as_array(v) for k, v in state_dict.items() if k in own}
         errors = [
             f"size mismatch for {k}: copying a param with shape {v.shape} from "
             f"checkpoint, the shape in current model is {own[k].shape}."
@@ -167,12 +167,17 @@ class Linear(Module):
 
 
 class Sequential(Module):
-    """Apply the given modules in order."""
+    """Apply the given modules (or an OrderedDict of named modules) in order."""
 
     def __init__(self, *modules):
         super().__init__()
-        for i, module in enumerate(modules):
-            setattr(self, str(i), module)
+        named = (
+            modules[0].items()
+            if len(modules) == 1 and isinstance(modules[0], OrderedDict)
+            else enumerate(modules)
+        )
+        for name, module in named:
+            setattr(self, str(name), module)
 
     def forward(self, input):
         for module in self._modules.values():
@@ -180,10 +185,27 @@ class Sequential(Module):
         return input
 
     def __getitem__(self, i):
+        """The i-th module; a slice is a Sequential keeping the modules' names."""
+        if isinstance(i, slice):
+            return Sequential(OrderedDict(list(self._modules.items())[i]))
         return list(self._modules.values())[i]
 
     def __len__(self):
         return len(self._modules)
+
+
+class Flatten(Module):
+    """Flatten dims start_dim..end_dim into one (by default all but the batch dim)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, input):
+        return input.flatten(self.start_dim, self.end_dim)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class Sigmoid(Module):
@@ -213,8 +235,14 @@ class MSELoss(_Loss):
 
 
 class CrossEntropyLoss(_Loss):
+    def __init__(self, reduction="mean", ignore_index=-100):
+        super().__init__(reduction)
+        self.ignore_index = ignore_index
+
     def forward(self, input, target):
-        return functional.cross_entropy(input, target, reduction=self.reduction)
+        return functional.cross_entropy(
+            input, target, reduction=self.reduction, ignore_index=self.ignore_index
+        )
 
 
 class BCEWithLogitsLoss(_Loss):

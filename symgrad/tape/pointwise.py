@@ -27,8 +27,17 @@ def _sigmoid(x):
     return np.where(x >= 0, 1 / (1 + z), z / (1 + z))
 
 
+def _negative(x):
+    if x.dtype == np.bool_:
+        raise RuntimeError(
+            "Negation, the `-` operator, on a bool tensor is not supported. If you are "
+            "trying to invert a mask, use the `~` or `logical_not()` operator instead."
+        )
+    return np.negative(x)
+
+
 class PointwiseOps:
-    __neg__ = _unary("Neg", np.negative, lambda g, x, out: -g, saves=False)
+    __neg__ = _unary("Neg", _negative, lambda g, x, out: -g, saves=False)
     neg = __neg__
     exp = _unary("Exp", np.exp, lambda g, x, out: g * out)
     log = _unary("Log", np.log, lambda g, x, out: g / x)
@@ -64,9 +73,11 @@ class PointwiseOps:
         out = self._data.copy()
         return self._result(out, (self,), lambda g: (g,), "CloneBackward0", saves=False)
 
-    def to(self, dtype):
-        """Cast to `dtype`; the gradient is cast back to this tensor's dtype."""
-        if np.dtype(dtype) == self.dtype:
+    def to(self, *args, dtype=None, device=None):
+        """to(dtype), to(device) or to(device, dtype): cast to `dtype`, the gradient
+        cast back. The CPU is the only device, so a device string changes nothing."""
+        dtype = next((a for a in args if not isinstance(a, str)), dtype)
+        if dtype is None or np.dtype(dtype) == self.dtype:
             return self
         x = self._data
         out = x.astype(dtype)

@@ -12,6 +12,7 @@ import numpy as np
 from .autograd import underflow_ok
 
 MaxResult = namedtuple("max", ["values", "indices"])
+MinResult = namedtuple("min", ["values", "indices"])
 
 
 def _dims(dim, ndim):
@@ -34,6 +35,39 @@ def _reduced(self, out_kept, dims, keepdim, backward, name, saves=True):
     return self._result(out, (self,), backward, name, saves)
 
 
+def _extreme(self, dim, keepdim, reduce, name):
+    """amax/amin over `dim`; the gradient is shared evenly among tied extremes."""
+    x, dims = self._data, _dims(dim, self.ndim)
+    out = reduce(x, axis=dims, keepdims=True)
+
+    def backward(g):
+        ties = x == out
+        return (g.reshape(out.shape) * ties / ties.sum(axis=dims, keepdims=True),)
+
+    return _reduced(self, out, dims, keepdim, backward, name)
+
+
+def _select(self, dim, keepdim, arg, result, name):
+    """(values, indices) of max(dim)/min(dim): the gradient goes to the first pick."""
+    x, (dim,) = self._data, _dims(dim, self.ndim)
+    idx = arg(x, axis=dim, keepdims=True)
+
+    def backward(g):
+        grad = np.zeros_like(x, dtype=g.dtype)
+        np.put_along_axis(grad, idx, g.reshape(idx.shape), axis=dim)
+        return (grad,)
+
+    values = np.take_along_axis(x, idx, axis=dim)
+    values = _reduced(self, values, (dim,), keepdim, backward, name)
+    return result(values, self._result(idx if keepdim else np.squeeze(idx, axis=dim)))
+
+
+def _arg(self, arg, dim, keepdim):
+    if dim is None:
+        return self._result(arg(self._data))
+    return self._result(arg(self._data, axis=dim, keepdims=keepdim))
+
+
 class ReductionOps:
     def sum(self, dim=None, keepdim=False):
         x, dims = self._data, _dims(dim, self.ndim)
@@ -45,6 +79,11 @@ class ReductionOps:
         return _reduced(self, out, dims, keepdim, backward, "SumBackward0", saves=False)
 
     def mean(self, dim=None, keepdim=False):
+        if self.dtype.kind != "f":
+            raise RuntimeError(
+                "mean(): could not infer output dtype. Input dtype must be either a "
+                f"floating point or complex dtype. Got: {self.dtype}"
+            )
         x, dims = self._data, _dims(dim, self.ndim)
         out = x.mean(axis=dims, keepdims=True)
         count = math.prod(x.shape[d] for d in dims)
@@ -57,39 +96,34 @@ class ReductionOps:
         )
 
     def amax(self, dim=(), keepdim=False):
-        """Maximum over `dim`; the gradient is shared evenly among tied maxima."""
-        x, dims = self._data, _dims(dim, self.ndim)
-        out = x.max(axis=dims, keepdims=True)
+        return _extreme(self, dim, keepdim, np.max, "AmaxBackward0")
 
-        def backward(g):
-            ties = x == out
-            return (g.reshape(out.shape) * ties / ties.sum(axis=dims, keepdims=True),)
-
-        return _reduced(self, out, dims, keepdim, backward, "AmaxBackward0")
+    def amin(self, dim=(), keepdim=False):
+        return _extreme(self, dim, keepdim, np.min, "AminBackward0")
 
     def max(self, dim=None, keepdim=False):
         """max() reduces everything (ties share the gradient); max(dim) gives
-        (values, indices) and routes the gradient to the first maximum, as in torch."""
+        (values, indices) and routes the gradient to the first maximum, as in torch;
+        max(other) is the elementwise maximum."""
+        if isinstance(dim, ReductionOps):
+            return self.maximum(dim)
         if dim is None:
             return self.amax()
-        x, (dim,) = self._data, _dims(dim, self.ndim)
-        idx = np.argmax(x, axis=dim, keepdims=True)
+        return _select(self, dim, keepdim, np.argmax, MaxResult, "MaxBackward0")
 
-        def backward(g):
-            grad = np.zeros_like(x, dtype=g.dtype)
-            np.put_along_axis(grad, idx, g.reshape(idx.shape), axis=dim)
-            return (grad,)
-
-        values = np.take_along_axis(x, idx, axis=dim)
-        values = _reduced(self, values, (dim,), keepdim, backward, "MaxBackward0")
-        indices = self._result(idx if keepdim else np.squeeze(idx, axis=dim))
-        return MaxResult(values, indices)
+    def min(self, dim=None, keepdim=False):
+        """The same as max for the minimum."""
+        if isinstance(dim, ReductionOps):
+            return self.minimum(dim)
+        if dim is None:
+            return self.amin()
+        return _select(self, dim, keepdim, np.argmin, MinResult, "MinBackward0")
 
     def argmax(self, dim=None, keepdim=False):
-        x = self._data
-        if dim is None:
-            return self._result(np.argmax(x))
-        return self._result(np.argmax(x, axis=dim, keepdims=keepdim))
+        return _arg(self, np.argmax, dim, keepdim)
+
+    def argmin(self, dim=None, keepdim=False):
+        return _arg(self, np.argmin, dim, keepdim)
 
     @underflow_ok
     def logsumexp(self, dim, keepdim=False):

@@ -23,15 +23,32 @@ def _is_basic(index):
 
 class ShapeOps:
     def reshape(self, *shape):
-        x = self._data
-        out = x.reshape(_shape_arg(shape))
+        x, shape = self._data, _shape_arg(shape)
+        try:
+            out = x.reshape(shape)
+        except ValueError:
+            raise RuntimeError(
+                f"shape '{list(shape)}' is invalid for input of size {x.size}"
+            ) from None
 
         def backward(g):
             return (g.reshape(x.shape),)
 
-        return self._result(out, (self,), backward, "ViewBackward0", saves=False)
+        return self._result(
+            out, (self,), backward, "ViewBackward0", saves=False, view=True
+        )
 
-    view = reshape
+    def view(self, *shape):
+        """reshape that never copies: like torch, an error where the strides of a
+        transposed or sliced tensor would need a copy."""
+        out = self.reshape(*shape)
+        if self.numel() and not np.may_share_memory(out._data, self._data):
+            raise RuntimeError(
+                "view size is not compatible with input tensor's size and stride (at "
+                "least one dimension spans across two contiguous subspaces). Use "
+                ".reshape(...) instead."
+            )
+        return out
 
     def flatten(self, start_dim=0, end_dim=-1):
         shape = self.shape or (1,)
@@ -61,7 +78,28 @@ class ShapeOps:
         def backward(g):
             return (unbroadcast(g, x.shape),)
 
-        return self._result(out, (self,), backward, "ExpandBackward0", saves=False)
+        return self._result(
+            out, (self,), backward, "ExpandBackward0", saves=False, view=True
+        )
+
+    def repeat(self, *repeats):
+        """Tile `repeats[i]` copies along dim i (leading repeats add dims)."""
+        repeats = _shape_arg(repeats)
+        if len(repeats) < self.ndim:
+            raise RuntimeError(
+                "Number of dimensions of repeat dims can not be smaller than number of "
+                "dimensions of tensor"
+            )
+        x = self._data
+        shape = (1,) * (len(repeats) - x.ndim) + x.shape
+        out = np.tile(x.reshape(shape), repeats)
+
+        def backward(g):  # split each dim into (copy, original) and sum the copies
+            split = [n for pair in zip(repeats, shape, strict=True) for n in pair]
+            copies = tuple(range(0, len(split), 2))
+            return (g.reshape(split).sum(axis=copies).reshape(x.shape),)
+
+        return self._result(out, (self,), backward, "RepeatBackward0", saves=False)
 
     def permute(self, *dims):
         dims = [d % self.ndim for d in _shape_arg(dims)]
@@ -70,7 +108,9 @@ class ShapeOps:
         def backward(g):
             return (np.transpose(g, np.argsort(dims)),)
 
-        return self._result(out, (self,), backward, "PermuteBackward0", saves=False)
+        return self._result(
+            out, (self,), backward, "PermuteBackward0", saves=False, view=True
+        )
 
     def transpose(self, dim0, dim1):
         dims = list(range(self.ndim))
@@ -81,6 +121,14 @@ class ShapeOps:
     def T(self):
         """Reversed dims (the matrix transpose for 2-D tensors)."""
         return self.permute(list(reversed(range(self.ndim))))
+
+    def t(self):
+        """Matrix transpose; tensors of fewer than 2 dims are returned as they are."""
+        if self.ndim > 2:
+            raise RuntimeError(
+                f"t() expects a tensor with <= 2 dimensions, but self is {self.ndim}D"
+            )
+        return self.T
 
     @property
     def mT(self):
@@ -104,8 +152,26 @@ class ShapeOps:
             np.add.at(grad, index, g)  # unbuffered: duplicate indices accumulate
             return (grad,)
 
-        saves = not _is_basic(index)  # torch keeps index arrays, not slices
-        return self._result(out, (self,), backward, "IndexBackward0", saves)
+        view = _is_basic(index)  # else a copy, and torch keeps the index arrays
+        return self._result(out, (self,), backward, "IndexBackward0", not view, view)
+
+    def _index_put(self, index, value):
+        """A copy of self with self[index] = value (the value broadcast and cast):
+        the recorded form of assignment into a tensor the graph tracks."""
+        index, value = self._index(index), self._lift(value)
+        out = self._data.copy()
+        out[index] = value._data
+
+        def backward(g):
+            rest = g.copy()
+            rest[index] = 0
+            picked = g[index]
+            return rest, (
+                unbroadcast(picked, value.shape) if value.requires_grad else None
+            )
+
+        saves = not _is_basic(index)
+        return self._result(out, (self, value), backward, "CopySlices", saves)
 
     def gather(self, dim, index):
         """out[i][j][k] = self[index[i][j][k]][j][k] for dim 0, and so on."""

@@ -39,8 +39,22 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     __array_priority__ = 1000  # `ndarray + tensor` defers to Tensor.__radd__
     __hash__ = object.__hash__  # __eq__ is elementwise; hash by identity like torch
 
-    def __init__(self, data, requires_grad=False):
-        self._data = as_array(data)
+    def __init__(self, *data):
+        """torch.Tensor(data) or torch.Tensor(*sizes): like torch, always the default
+        float dtype (`tensor(data)` keeps the data's dtype)."""
+        if all(isinstance(n, int) for n in data):  # sizes: uninitialised in torch
+            data = (np.zeros(data or 0),)
+        self._setup(as_array(data[0], np.float64))
+
+    @classmethod
+    def _wrap(cls, data, requires_grad=False):
+        """The engine's own constructor: holds `data` with its dtype, sharing arrays."""
+        t = cls.__new__(cls)
+        t._setup(as_array(data), requires_grad)
+        return t
+
+    def _setup(self, array, requires_grad=False):
+        self._data = array
         self.grad = None
         self.grad_fn = None
         self.retains_grad = False
@@ -48,9 +62,13 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         self.requires_grad = requires_grad
 
     @staticmethod
-    def _result(data, inputs=(), backward=None, name=None, saves=True):
-        """Wrap an op's output; record it if grad mode is on and an input needs grad."""
-        out = Tensor(data)
+    def _result(data, inputs=(), backward=None, name=None, saves=True, view=False):
+        """Wrap an op's output; record it if grad mode is on and an input needs grad.
+
+        Outputs are stored C-contiguous, as torch's are, unless the op is a `view`
+        (sharing its input's memory and strides), so that view() fails where torch's
+        does; NumPy alone would leave, say, a sum over a transposed array strided."""
+        out = Tensor._wrap(data if view else np.asarray(data, order="C"))
         if (
             autograd.is_grad_enabled()
             and out.dtype.kind == "f"
@@ -65,7 +83,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         if isinstance(value, Tensor):
             return value
         weak = isinstance(value, int | float) and self.dtype.kind == "f"
-        return Tensor(np.asarray(value, dtype=self.dtype if weak else None))
+        return Tensor._wrap(np.asarray(value, dtype=self.dtype if weak else None))
 
     # ---- autograd state -------------------------------------------------------
 
@@ -116,7 +134,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
 
     def detach(self):
         """A Tensor sharing this data but cut from the graph."""
-        return Tensor(self._data)
+        return Tensor._wrap(self._data)
 
     def backward(self, gradient=None, retain_graph=False):
         """Add d(self)/d(leaf) to each leaf's .grad (`gradient` defaults to 1)."""
@@ -140,40 +158,52 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
 
     def _accumulate_grad(self, g):
         if self._grad is None:
-            self._grad = Tensor(np.array(g, dtype=self.dtype))  # copy: g may be a view
+            self._grad = Tensor._wrap(
+                np.array(g, dtype=self.dtype)
+            )  # copy: g may be a view
         else:
             self._grad._data += g
 
-    # ---- in-place ops: only on tensors the graph does not track ------------------
+    # ---- in-place ops -------------------------------------------------------------
 
-    def _check_inplace(self, value=None):
-        tracked = self.requires_grad or getattr(value, "requires_grad", False)
-        if autograd.is_grad_enabled() and tracked:
-            if self.is_leaf and self.requires_grad:
-                raise RuntimeError(LEAF_INPLACE)
-            raise RuntimeError(
-                "symgrad.tape does not record in-place ops on tensors that require "
-                "grad; use the out-of-place form or detach() first"
-            )
+    def _records_inplace(self, value):
+        """Whether an in-place op must be recorded in the graph (torch's error if this
+        is a leaf that requires grad, whose value the graph may still need)."""
+        tracked = autograd.is_grad_enabled() and (
+            self.requires_grad or getattr(value, "requires_grad", False)
+        )
+        if tracked and self.is_leaf and self.requires_grad:
+            raise RuntimeError(LEAF_INPLACE)
+        return tracked
+
+    def __setitem__(self, index, value):
+        """In place; if the graph tracks this tensor or `value`, the assignment is
+        recorded and this tensor becomes its result, as in torch. Having no version
+        counters, the recorded form writes a fresh array (ops that saved the old one
+        keep correct gradients) where torch would write in place."""
+        if not self._records_inplace(value):
+            self._data[self._index(index)] = as_array(value)
+            return
+        new = self._index_put(index, value)  # its graph keeps the version before
+        self._data, self.grad_fn = new._data, new.grad_fn
+        self._requires_grad = new.requires_grad
+
+    def copy_(self, src):
+        """Copy `src` (broadcast and cast) into this tensor."""
+        self[...] = src
+        return self
+
+    def fill_(self, value):
+        self[...] = value
+        return self
 
     def zero_(self):
         return self.fill_(0)
 
-    def fill_(self, value):
-        self._check_inplace()
-        self._data[...] = value
-        return self
-
-    def __setitem__(self, index, value):
-        self._check_inplace(value)
-        self._data[self._index(index)] = as_array(value)
-
     def _inplace(self, other, ufunc, op):
         """`x += y`: in place if untracked, else recorded out of place (rebinding x)."""
         other = self._lift(other)
-        if autograd.is_grad_enabled() and (self.requires_grad or other.requires_grad):
-            if self.is_leaf and self.requires_grad:
-                raise RuntimeError(LEAF_INPLACE)
+        if self._records_inplace(other):
             return op(self, other)
         ufunc(self._data, other._data, out=self._data)
         return self
@@ -195,7 +225,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     @property
     def data(self):
         """The same storage as a Tensor that does not require grad (torch's .data)."""
-        return Tensor(self._data)
+        return Tensor._wrap(self._data)
 
     @data.setter
     def data(self, value):
@@ -255,11 +285,18 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
             )
         return bool(self._data)
 
+    def _python_number(self):
+        if self._data.size != 1:
+            raise ValueError(
+                "only one element tensors can be converted to Python scalars"
+            )
+        return self._data.item()
+
     def __float__(self):
-        return float(self.item())
+        return float(self._python_number())
 
     def __int__(self):
-        return int(self.item())
+        return int(self._python_number())
 
     def __format__(self, spec):
         return format(self.item(), spec) if self.ndim == 0 else repr(self)
