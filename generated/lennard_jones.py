@@ -11,6 +11,10 @@ PARAMS = {"pos": ("N", 3)}
 INPUTS = {"i": ("pairs",), "j": ("pairs",)}
 OUTPUTS = ()
 
+# Sums over a fixed axis are products with ones: constants, as np.ones costs a call.
+_ONES_3 = np.ones(3)
+_ONES_3.flags.writeable = False
+
 
 def _unpack(params, inputs):
     """Check names, dtypes and shapes; return the arrays (0-d: as scalars) and dims."""
@@ -87,11 +91,11 @@ def _pair_scatter(x, i, j, c):
 def forward(params, inputs):
     """Return (outputs, cache): outputs has "loss"; backward(cache) needs the cache."""
     pos, i, j, N, pairs = _unpack(params, inputs)
-    t3 = np.take(pos.T, i, axis=1).T
-    t2 = np.take(pos.T, j, axis=1).T
+    t3 = pos.T.take(i, axis=1).T
+    t2 = pos.T.take(j, axis=1).T
     t3 -= t2
     np.square(t3, out=t3)
-    r2 = t3 @ np.ones(3)
+    r2 = t3 @ _ONES_3
     t4 = np.reciprocal(r2)
     t5 = t4 * t4 * t4
     t6 = np.square(t5)
@@ -137,11 +141,11 @@ def value_and_grad(params, inputs):
             return _value_and_grad_N_8_pairs_28(pos, i, j)
         except (ArithmeticError, ValueError, IndexError):
             pass  # math raised where NumPy gives inf or nan (or an index error): use NumPy
-    t3 = np.take(pos.T, i, axis=1).T
-    t2 = np.take(pos.T, j, axis=1).T
+    t3 = pos.T.take(i, axis=1).T
+    t2 = pos.T.take(j, axis=1).T
     t3 -= t2
     np.square(t3, out=t3)
-    r2 = t3 @ np.ones(3)
+    r2 = t3 @ _ONES_3
     t4 = np.reciprocal(r2)
     t5 = t4 * t4 * t4
     t6 = t5 @ t5

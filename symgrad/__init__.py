@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _API = {
     "symgrad.model": (
-        "Cond Expr Model ModelError abs cos elementwise exp log log_softmax logsumexp max "
+        "Cond Expr Model ModelError abs cos elementwise erf exp log log_softmax logsumexp max "
         "maximum mean minimum relu reshape sigmoid sin softmax softplus sqrt sum "
         "take_along_axis tanh "
         "transpose where"

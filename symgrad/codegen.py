@@ -466,6 +466,9 @@ def _return(values: dict[str, Node], emitter: Emitter, cached=frozenset()) -> st
     return "{" + ", ".join(items) + "}"
 
 
+_ONES = re.compile(r"\b(_ONES_(\d+(?:x\d+)?))\b")  # ops._ones: constant vectors of ones
+
+
 def _guards_invalid_values(model) -> bool:
     """Whether an ``sg.where`` may guard a value that is invalid where it is not picked,
     as ``where(x > 0, sqrt(x), 0)`` does: NumPy computes both branches, and would warn.
@@ -638,7 +641,15 @@ def render(program: Program) -> str:
         lines = [line for key in bodies for line in context[key]]
         lines += context["hvp"]["lines"] if context["hvp"] else []
         context["pair_scatter"] = any("_pair_scatter(" in line for line in lines)
+        # NumPy has no erf: the module defines _erf/_erfc (math's, vectorized) if used
+        context["erf"] = [
+            f for f in ("erf", "erfc") if any(f"_{f}(" in x for x in lines)
+        ]
         context["quiet"] = _guards_invalid_values(model)
+        context["ones"] = sorted(
+            (name, f"({size.replace('x', ', ')})" if "x" in size else size)
+            for name, size in set(_ONES.findall("\n".join(lines)))
+        )
         source = _environment().get_template("module.py.j2").render(context)
     with program.timed("black"):
         return black.format_str(source, mode=black.Mode())

@@ -358,6 +358,7 @@ sqrt = _unary(sp.sqrt)
 sin = _unary(sp.sin)
 cos = _unary(sp.cos)
 tanh = _unary(sp.tanh)
+erf = _unary(sp.erf)  # exact GELU: x * (1 + sg.erf(x / np.sqrt(2))) / 2
 abs = _unary(sp.Abs)  # noqa: A001 - NumPy's name
 sigmoid = _unary(ew.sigmoid)
 softplus = _unary(ew.softplus)

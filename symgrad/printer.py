@@ -197,6 +197,13 @@ class NumPyPrinter(_SymPyNumPyPrinter):
     def _print_Abs(self, expr):
         return f"np.abs({self._print(expr.args[0])})"
 
+    def _print_erf(self, expr):
+        """NumPy has no erf: ``_erf`` is math.erf vectorized, emitted by the template."""
+        return f"_erf({self._print(expr.args[0])})"
+
+    def _print_erfc(self, expr):
+        return f"_erfc({self._print(expr.args[0])})"
+
 
 def to_numpy(expr: sp.Expr, ranks: dict[str, int] | None = None) -> str:
     return NumPyPrinter(ranks).doprint(expr)

@@ -94,7 +94,9 @@ class _Interpreter:
             sp.exp: engine.exp, sp.log: engine.log, sp.sin: engine.sin, sp.cos: engine.cos,
             sp.tan: engine.tan, sp.sinh: engine.sinh, sp.cosh: engine.cosh,
             sp.tanh: engine.tanh, sp.asin: engine.asin, sp.acos: engine.acos,
-            sp.atan: engine.atan, sp.Abs: engine.abs, sp.sign: engine.sign,
+            sp.atan: engine.atan, sp.asinh: engine.asinh, sp.acosh: engine.acosh,
+            sp.atanh: engine.atanh, sp.atan2: engine.atan2, sp.erf: engine.erf,
+            sp.erfc: engine.erfc, sp.Abs: engine.abs, sp.sign: engine.sign,
             symbolic.sigmoid: engine.sigmoid, symbolic.relu: engine.relu,
             symbolic.softplus: F.softplus, symbolic.log1p: lambda x: engine.log(1 + x),
         }  # fmt: skip
@@ -154,7 +156,7 @@ class _Interpreter:
         if e.is_Pow:
             return parts[0] ** parts[1]
         if type(e) in self.functions:
-            return self.functions[type(e)](self.tensor(parts[0]))
+            return self.functions[type(e)](*(self.tensor(p) for p in parts))
         if isinstance(e, (sp.Max, sp.Min)):
             return _fold(parts, lambda x, y: self._pick(x, y, isinstance(e, sp.Max)))
         data = [_data(p) for p in parts]

@@ -145,11 +145,13 @@ def lower(expr: sp.Expr) -> sp.Expr:
     return expr
 
 
-# Functions an elementwise expression may use: each has a NumPy spelling in the printer.
+# Functions an elementwise expression may use: each has a NumPy spelling in the printer
+# (erf and erfc: math.erf vectorized, as NumPy has none) and a tape op in reference.py.
 FUNCTIONS = (
     sp.exp, sp.log, sp.sin, sp.cos, sp.tan, sp.sinh, sp.cosh, sp.tanh, sp.asin,
-    sp.acos, sp.atan, sp.Abs, sp.sign, sp.Heaviside, sp.Max, sp.Min, sp.floor,
-    sp.ceiling, sigmoid, softplus, relu, log1p,
+    sp.acos, sp.atan, sp.asinh, sp.acosh, sp.atanh, sp.atan2, sp.erf, sp.erfc, sp.Abs,
+    sp.sign, sp.Heaviside, sp.Max, sp.Min, sp.floor, sp.ceiling, sigmoid, softplus,
+    relu, log1p,
 )  # fmt: skip
 _ATOMS = (sp.Symbol, sp.Number, sp.NumberSymbol)
 _OPERATORS = (

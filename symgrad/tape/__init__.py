@@ -40,7 +40,7 @@ __all__ += (  # torch-level functions, defined below
     "neg exp log sqrt sin cos tan tanh sinh cosh asin acos atan abs sign sigmoid relu "
     "clamp softmax log_softmax logsumexp sum mean amax max argmax matmul gather clone "
     "reshape flatten squeeze unsqueeze transpose permute pow amin min argmin maximum "
-    "minimum t"
+    "minimum t asinh acosh atanh atan2 erf erfc"
 ).split()
 
 float32 = float = np.float32
@@ -62,3 +62,5 @@ squeeze, unsqueeze, transpose = Tensor.squeeze, Tensor.unsqueeze, Tensor.transpo
 permute, pow, t = Tensor.permute, Tensor.pow, Tensor.t
 amin, min, argmin = Tensor.amin, Tensor.min, Tensor.argmin
 maximum, minimum = Tensor.maximum, Tensor.minimum
+asinh, acosh, atanh, atan2 = Tensor.asinh, Tensor.acosh, Tensor.atanh, Tensor.atan2
+erf, erfc = Tensor.erf, Tensor.erfc

@@ -149,6 +149,14 @@ class ArithmeticOps:
         rules = (_pick_rule(np.less), _pick_rule(np.greater))
         return _binary(self, other, np.minimum, rules, "MinimumBackward0")
 
+    def atan2(self, other):
+        """The angle of (other, self): d/dself = other / r^2, d/dother = -self / r^2."""
+        rules = (
+            lambda g, y, x, out: g * x / (x * x + y * y),
+            lambda g, y, x, out: -g * y / (x * x + y * y),
+        )
+        return _binary(self, other, np.arctan2, rules, "Atan2Backward0")
+
     def __radd__(self, other):
         return self._lift(other) + self
 

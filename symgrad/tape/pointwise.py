@@ -3,6 +3,8 @@
 Rules use the forward result `out` where that is cheaper (exp, sigmoid, tanh, tan).
 """
 
+import math
+
 import numpy as np
 
 from .autograd import underflow_ok
@@ -25,6 +27,21 @@ def _sigmoid(x):
     """1/(1+e^-x) for x >= 0, e^x/(1+e^x) below: never overflows, full precision."""
     z = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + z), z / (1 + z))
+
+
+def _elementwise(fn):
+    """A `math` function applied element by element (NumPy has no erf), at Python
+    speed; float inputs keep their dtype, as in torch."""
+    vectorized = np.vectorize(fn, otypes=[np.float64])
+
+    def forward(x):
+        out = vectorized(x)
+        return out.astype(x.dtype, copy=False) if x.dtype.kind == "f" else out
+
+    return forward
+
+
+_TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)  # erf'(x) = 2/sqrt(pi) exp(-x^2)
 
 
 def _negative(x):
@@ -51,6 +68,19 @@ class PointwiseOps:
     asin = _unary("Asin", np.arcsin, lambda g, x, out: g / np.sqrt(1 - x * x))
     acos = _unary("Acos", np.arccos, lambda g, x, out: -g / np.sqrt(1 - x * x))
     atan = _unary("Atan", np.arctan, lambda g, x, out: g / (1 + x * x))
+    asinh = _unary("Asinh", np.arcsinh, lambda g, x, out: g / np.sqrt(x * x + 1))
+    acosh = _unary("Acosh", np.arccosh, lambda g, x, out: g / np.sqrt(x * x - 1))
+    atanh = _unary("Atanh", np.arctanh, lambda g, x, out: g / (1 - x * x))
+    erf = _unary(
+        "Erf",
+        _elementwise(math.erf),
+        lambda g, x, out: g * _TWO_OVER_SQRT_PI * np.exp(-x * x),
+    )
+    erfc = _unary(
+        "Erfc",
+        _elementwise(math.erfc),
+        lambda g, x, out: -g * _TWO_OVER_SQRT_PI * np.exp(-x * x),
+    )
     abs = _unary("Abs", np.abs, lambda g, x, out: g * np.sign(x))
     sign = _unary("Sign", np.sign, lambda g, x, out: np.zeros_like(g))
     sigmoid = _unary("Sigmoid", _sigmoid, lambda g, x, out: g * out * (1 - out))

@@ -1,0 +1,275 @@
+"""asinh, acosh, atanh, atan2, erf and erfc in formulas, end to end.
+
+Each function in a small model against PyTorch (float64, 1e-10): value_and_grad and
+forward + backward, in vectorized code and unrolled (``m.unroll``), and ``verify``; one
+with a Hessian; an exact-GELU MLP against ``torch.nn.functional.gelu``; the tape ops
+against torch's values and gradients. NumPy has no erf: the generated module applies
+``math.erf`` element by element, which must agree with ``torch.special.erf``.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import sympy as sp
+from helpers import assert_agrees_with_torch, compile_module, rel, torch_hessian
+
+import symgrad as sg
+from symgrad import tape
+from symgrad.cli import generate
+from symgrad.verify import verify
+
+torch = pytest.importorskip("torch")
+
+TOL = 1e-10
+GRAD_LOSS = -1.5
+
+# name -> (SymPy formula of z and x, the same in torch, what the NumPy code calls, what
+# the unrolled code calls). Arguments are kept inside each function's domain.
+FUNCTIONS = {
+    "asinh": (
+        lambda z, x: sp.asinh(3 * z),
+        lambda z, x: torch.asinh(3 * z),
+        "np.arcsinh(",
+        "math.asinh(",
+    ),
+    "acosh": (
+        lambda z, x: sp.acosh(z**2 + 1.5),
+        lambda z, x: torch.acosh(z**2 + 1.5),
+        "np.arccosh(",
+        "math.acosh(",
+    ),
+    "atanh": (
+        lambda z, x: sp.atanh(z / (2 + z**2)),
+        lambda z, x: torch.atanh(z / (2 + z**2)),
+        "np.arctanh(",
+        "math.atanh(",
+    ),
+    "atan2": (
+        lambda z, x: sp.atan2(z, x - 0.5),
+        lambda z, x: torch.atan2(z, x - 0.5),
+        "np.arctan2(",
+        "math.atan2(",
+    ),
+    "erf": (
+        lambda z, x: sp.erf(z),
+        lambda z, x: torch.erf(z),
+        "_erf(",
+        "math.erf(",
+    ),
+    "erfc": (
+        lambda z, x: sp.erfc(2 * z),
+        lambda z, x: torch.special.erfc(2 * z),
+        "_erfc(",
+        "math.erfc(",
+    ),
+}
+
+
+def special(name: str, unroll: bool = False) -> sg.Model:
+    """mean(f(z)**2) + sum(f(z) * x) / 3 with z = x * w + c, x of shape (batch, 3)."""
+    formula = FUNCTIONS[name][0]
+    m = sg.Model(f"special_{name}")
+    x = m.input("x", ("batch", 3))
+    w, c = m.param("w", (3,)), m.param("c")
+    u = sg.elementwise(formula, x * w + c, x)
+    m.output("u", u)
+    m.loss(sg.mean(u**2) + sg.sum(u * x) / 3)
+    if unroll:
+        m.unroll(batch=2)
+    return m
+
+
+def torch_special(name: str):
+    formula = FUNCTIONS[name][1]
+
+    def reference(p, i):
+        x = i["x"]
+        u = formula(x * p["w"] + p["c"], x)
+        return (u**2).mean() + (u * x).sum() / 3, {"u": u}
+
+    return reference
+
+
+def data(rng, batch):
+    params = {"w": rng.standard_normal(3), "c": np.array(rng.standard_normal())}
+    return params, {"x": rng.standard_normal((batch, 3))}
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_vectorized_agrees_with_pytorch(name):
+    model = special(name)
+    source, _ = generate(model)
+    assert FUNCTIONS[name][2] in source
+    assert ("import math" in source) == name.startswith("erf")
+    module = compile_module(model)
+    for batch in (1, 5):
+        params, inputs = data(np.random.default_rng(batch), batch)
+        assert_agrees_with_torch(
+            module, torch_special(name), params, inputs, TOL, GRAD_LOSS
+        )
+    report = verify(model, module)
+    assert report.ok, report.table()
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_unrolled_agrees_with_pytorch(name):
+    model = special(name, unroll=True)
+    source, _ = generate(model)
+    assert FUNCTIONS[name][3] in source
+    module = compile_module(model)
+    calls = []
+    unrolled = module._value_and_grad_batch_2
+    module._value_and_grad_batch_2 = lambda *a: calls.append(a) or unrolled(*a)
+    params, inputs = data(np.random.default_rng(7), 2)
+    assert_agrees_with_torch(
+        module, torch_special(name), params, inputs, TOL, GRAD_LOSS
+    )
+    assert len(calls) == 1  # math raised nothing: the unrolled code gave the result
+    report = verify(model, module)
+    assert report.ok, report.table()
+
+
+def test_normal_cdf_formula_with_hessian():
+    """A probit fit declared with Model.from_expr: erf and erfc, dense Hessian."""
+    mu, s, t, y = sp.symbols("mu s t y")
+    cdf = (1 + sp.erf((t - mu) / (s * sp.sqrt(2)))) / 2
+    tail = sp.erfc((t - mu) / (s * sp.sqrt(2))) / 2
+    model = sg.Model.from_expr(
+        "probit",
+        loss=(cdf - y) ** 2 + tail**2 / 10,
+        params=[mu, s],
+        inputs=[t, y],
+        hessian=True,
+    )
+
+    def sampler(rng, batch):  # a scale near 0 would make finite differences useless
+        params = {"mu": np.array(rng.normal()), "s": np.array(rng.uniform(1, 2))}
+        return params, {"t": rng.standard_normal(batch), "y": rng.uniform(size=batch)}
+
+    model.sampler = sampler
+    module = compile_module(model)
+    params, inputs = sampler(np.random.default_rng(0), 6)
+
+    def reference(p, i):
+        z = (i["t"] - p["mu"]) / (p["s"] * math.sqrt(2))
+        loss = ((1 + torch.erf(z)) / 2 - i["y"]) ** 2 + (torch.erfc(z) / 2) ** 2 / 10
+        return loss.mean(), {}
+
+    assert_agrees_with_torch(module, reference, params, inputs, TOL, GRAD_LOSS)
+    H = module.hessian(params, inputs)
+    assert rel(H, torch_hessian(reference, params, inputs)) <= TOL
+    report = verify(model, module)
+    assert report.ok, report.table()
+
+
+@pytest.mark.parametrize("form", ["sg.erf", "elementwise"])
+def test_exact_gelu_mlp_matches_torch_gelu(form):
+    """x * (1 + erf(x / sqrt(2))) / 2: PyTorch's nn.GELU default (approximate='none')."""
+
+    def gelu(z):
+        if form == "sg.erf":
+            return z * (1 + sg.erf(z / math.sqrt(2))) / 2
+        return sg.elementwise(lambda v: v * (1 + sp.erf(v / sp.sqrt(2))) / 2, z)
+
+    m = sg.Model("gelu_mlp")
+    x, target = m.input("x", ("batch", 3)), m.input("target", ("batch", 1))
+    W1, b1 = m.param("W1", (4, 3)), m.param("b1", (4,))
+    W2, b2 = m.param("W2", (1, 4)), m.param("b2", (1,))
+    y = gelu(x @ W1.T + b1) @ W2.T + b2
+    m.output("y", y)
+    m.loss(sg.mean((y - target) ** 2))
+    module = compile_module(m)
+    rng = np.random.default_rng(1)
+    params = {k: rng.standard_normal(shape) for k, shape in module.PARAMS.items()}
+    inputs = {"x": 2 * rng.standard_normal((8, 3)), "target": rng.random((8, 1))}
+
+    def reference(p, i):
+        F = torch.nn.functional
+        y = F.gelu(i["x"] @ p["W1"].T + p["b1"]) @ p["W2"].T + p["b2"]
+        return ((y - i["target"]) ** 2).mean(), {"y": y}
+
+    assert_agrees_with_torch(module, reference, params, inputs, TOL, GRAD_LOSS)
+    report = verify(m, module)
+    assert report.ok, report.table()
+
+
+def test_generated_erf_matches_torch_special_erf():
+    """The module's _erf/_erfc (math's, vectorized) agree with torch to ~1 ulp."""
+    m = sg.Model("erfs")
+    p = m.param("p", (2,))
+    m.loss(sg.sum(sg.elementwise(lambda z: sp.erf(z) + sp.erfc(z), p)))
+    module = compile_module(m)
+    z = np.linspace(-6, 6, 20001)
+    for fn, ref in [
+        (module._erf, torch.special.erf),
+        (module._erfc, torch.special.erfc),
+    ]:
+        out = fn(z)
+        assert out.dtype == np.float64 and out.shape == z.shape
+        assert rel(out, ref(torch.tensor(z)).numpy()) <= 1e-15
+    assert fn(np.float64(0.5)).shape == ()  # a 0-d value stays 0-d
+    assert fn(np.zeros((0, 3))).shape == (0, 3)
+
+
+def test_still_unsupported_functions_are_named():
+    m = sg.Model("gamma")
+    x = m.param("x", (3,))
+    with pytest.raises(sg.UnsupportedError, match="gamma"):
+        sg.elementwise(sp.gamma, x)
+
+
+# --------------------------------------------------------------------------- tape ops
+
+
+def _both(fn, *arrays):
+    """fn(lib, *leaves) with lib = symgrad.tape and torch: values and input gradients."""
+    results = []
+    for lib in (tape, torch):
+        leaves = [lib.tensor(a, requires_grad=True) for a in arrays]
+        out = fn(lib, *leaves)
+        weights = np.random.default_rng(0).standard_normal(tuple(out.shape))
+        (out * lib.tensor(weights)).sum().backward()
+        results.append((out, [t.grad.numpy() for t in leaves]))
+    return results
+
+
+@pytest.mark.parametrize(
+    "name, low, high",
+    [
+        ("asinh", -5, 5),
+        ("acosh", 1.01, 30),
+        ("atanh", -0.99, 0.99),
+        ("erf", -6, 6),
+        ("erfc", -6, 26),
+    ],
+)
+def test_tape_unary_ops_match_torch(name, low, high):
+    x = np.random.default_rng(2).uniform(low, high, (4, 5))
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours, theirs = _both(lambda lib, t: getattr(lib, name)(t), x)
+    assert type(ours[0]).__name__ == "Tensor"
+    assert ours[0].grad_fn.name() == theirs[0].grad_fn.name()
+    np.testing.assert_allclose(
+        ours[0].detach().numpy(), theirs[0].detach().numpy(), 1e-14
+    )
+    np.testing.assert_allclose(ours[1][0], theirs[1][0], rtol=1e-12, atol=1e-300)
+    method = getattr(tape.tensor(x), name)()  # also a Tensor method, as in torch
+    np.testing.assert_array_equal(method.numpy(), ours[0].detach().numpy())
+
+
+def test_tape_atan2_broadcasts_like_torch():
+    rng = np.random.default_rng(3)
+    y, x = rng.standard_normal((4, 3)), rng.standard_normal(3)
+    ours, theirs = _both(lambda lib, a, b: lib.atan2(a, b), y, x)
+    assert ours[0].grad_fn.name() == theirs[0].grad_fn.name() == "Atan2Backward0"
+    np.testing.assert_allclose(
+        ours[0].detach().numpy(), theirs[0].detach().numpy(), 1e-14
+    )
+    for a, b in zip(ours[1], theirs[1], strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    method = tape.tensor(y).atan2(tape.tensor(x))
+    np.testing.assert_array_equal(method.numpy(), ours[0].detach().numpy())
