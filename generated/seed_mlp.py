@@ -125,7 +125,7 @@ def backward(cache, grad_loss=1.0):
     grad_W1 = t6.T @ x
     grad_b1 = np.ones(batch) @ t6
     grad_W2 = t5.T @ h
-    grad_b2 = np.ones(batch) @ t5
+    grad_b2 = t5.sum(axis=0)
     return {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}
 
 
@@ -166,7 +166,7 @@ def value_and_grad(params, inputs):
     grad_W1 = t6.T @ x
     grad_b1 = np.ones(batch) @ t6
     grad_W2 = t3.T @ h
-    grad_b2 = np.ones(batch) @ t3
+    grad_b2 = t3.sum(axis=0)
     return np.array(loss), {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}
 
 

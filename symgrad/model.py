@@ -66,6 +66,8 @@ def _number(value) -> sp.Expr:
     which prints back as written (0.1) and which SymPy never factors out of a sum (an
     exact ``Rational(1e-5)`` turned ``x + 1e-5`` into ``(590295810358705651712 x +
     5902958103587057) / 590295810358705651712``)."""
+    if isinstance(value, sp.Expr) and value.is_number and value.is_real:
+        value = value if value.is_Rational else float(value)  # sp.pi, sp.sqrt(2)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"expected an sg expression or a real number, got {value!r}")
     if not math.isfinite(value):

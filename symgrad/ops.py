@@ -40,13 +40,15 @@ def map_(expr: sp.Expr, args: Sequence[Node] = (), shape: Shape | None = None) -
         shape = broadcast(*args)
     kept: list[Node] = []
     renames = {}
+    present = expr.free_symbols  # once: expr.has per argument is quadratic in a fusion
     for i, a in enumerate(args):
-        if expr.has(ew.arg(i)):
+        if ew.arg(i) in present:
             if a not in kept:
                 kept.append(a)
             renames[ew.arg(i)] = ew.arg(kept.index(a))
     expr = expr.xreplace(renames)  # simultaneous, so _1 -> _0 never collides
-    if not all(expr.has(ew.arg(i)) for i in range(len(kept))):
+    present = expr.free_symbols
+    if not all(ew.arg(i) in present for i in range(len(kept))):
         return map_(expr, kept, shape)  # merged arguments cancelled out: x - x
     if expr == ew.arg(0) and kept[0].shape == tuple(shape):
         return kept[0]
@@ -507,10 +509,11 @@ def _numpy_max(args: list[str], node: Node) -> str:
 
 def _numpy_sum(args: list[str], node: Node) -> str:
     """Row and column sums of a matrix as products with ones: NumPy's strided reductions
-    are several times slower than a BLAS matrix-vector product for narrow matrices."""
+    are several times slower than a BLAS matrix-vector product for narrow matrices
+    (a single row or column is summed as it is: nothing is strided)."""
     (a,) = node.args
     axes, keepdims = node.attrs
-    if a.ndim == 2 and len(axes) == 1:
+    if a.ndim == 2 and len(axes) == 1 and a.shape[1 - axes[0]] != 1:
         rows, cols = a.shape
         if axes == (0,):
             return f"{_ones((1, rows) if keepdims else (rows,))} @ {args[0]}"

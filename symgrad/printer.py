@@ -32,6 +32,15 @@ def literal(c: sp.Expr, module: str = "np") -> str:
     return "-" + text if value < 0 else text
 
 
+def fold_numbers(expr: sp.Expr) -> sp.Expr:
+    """``sqrt(2)/sqrt(pi)`` as one float: printed as it is, it would cost a NumPy call on
+    every run. Plain numbers (``1/3``, ``2*pi``) stay as people write them."""
+    return expr.replace(
+        lambda e: e.is_number and e.has(sp.Pow, sp.Function) and not e.is_Rational,
+        lambda e: sp.Float(float(e)) if e.is_real else e,
+    )
+
+
 def _simple(c: sp.Expr) -> bool:
     """A number people write as a fraction: 200, 1/3 (not the exact form of 1.37)."""
     return c.is_Rational and abs(c.p) < 10**6 and c.q < 1000
@@ -52,6 +61,9 @@ class NumPyPrinter(_SymPyNumPyPrinter):
 
     def _module_format(self, fqn: str, register: bool = True) -> str:
         return "np." + fqn.removeprefix("numpy.")
+
+    def doprint(self, expr, assign_to=None):
+        return super().doprint(fold_numbers(sp.sympify(expr)), assign_to)
 
     def _rank(self, expr: sp.Expr) -> int:
         if expr.is_Number:
@@ -228,6 +240,9 @@ class MathPrinter(PythonCodePrinter):
     _product = NumPyPrinter._product
     _ordered = NumPyPrinter._ordered
     _print_Relational = NumPyPrinter._print_Relational
+
+    def doprint(self, expr, assign_to=None):
+        return super().doprint(fold_numbers(sp.sympify(expr)), assign_to)
 
     def __init__(self, hoist=None):
         super().__init__({"fully_qualified_modules": True})

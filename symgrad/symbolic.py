@@ -130,10 +130,31 @@ class relu(sp.Function):  # noqa: N801
         return self.args[0].is_real
 
 
+class _Max(sp.Max):
+    """sp.Max that does not compare symbolic arguments when it is built: for a formula
+    in placeholders SymPy cannot decide which is larger, and tries for milliseconds
+    every time an expression holding it is rebuilt (compile time grew with the number
+    of sigmoids in a model)."""
+
+    def __new__(cls, *args):
+        if all(sp.sympify(a).is_number for a in args):
+            return sp.Max(*args)
+        return sp.Max.__new__(cls, *args, evaluate=False)
+
+
+class _Min(sp.Min):
+    __doc__ = _Max.__doc__
+
+    def __new__(cls, *args):
+        if all(sp.sympify(a).is_number for a in args):
+            return sp.Min(*args)
+        return sp.Min.__new__(cls, *args, evaluate=False)
+
+
 _LOWERED = {
-    sigmoid: lambda x: 1 / (1 + sp.exp(sp.Min(-x, 709))),  # exp(709) is finite
-    softplus: lambda x: sp.Max(x, 0) + log1p(sp.exp(-sp.Abs(x))),
-    relu: lambda x: sp.Max(x, 0),
+    sigmoid: lambda x: 1 / (1 + sp.exp(_Min(-x, 709))),  # exp(709) is finite
+    softplus: lambda x: _Max(x, 0) + log1p(sp.exp(-sp.Abs(x))),
+    relu: lambda x: _Max(x, 0),
 }
 
 

@@ -4,10 +4,12 @@ import math
 
 import numpy as np
 import sympy as sp
+from helpers import compile_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sympy.core.parameters import distribute
 
+import symgrad as sg
 from symgrad.printer import to_numpy
 from symgrad.symbolic import lower, relu, sigmoid, softplus
 
@@ -88,3 +90,22 @@ def test_user_floats_print_as_written():
     expr = sp.Rational(1.37) * X + sp.Rational(1.74) * Y
     assert to_numpy(expr) in ("1.37*x + 1.74*y", "1.74*y + 1.37*x")
     assert to_numpy(200 * X - 200 * Y) == "200*(x - y)"
+
+
+def test_numbers_of_functions_are_folded_into_one_float():
+    """sqrt(2)/sqrt(pi) would be a NumPy call per run; 1/3 and 2*pi read as written."""
+    assert (
+        to_numpy(sp.sqrt(2) / sp.sqrt(sp.pi) * X) == f"{float(sp.sqrt(2 / sp.pi))!r}*x"
+    )
+    assert to_numpy(X / 3) == "x/3"
+    assert "np.pi" in to_numpy(2 * sp.pi * X)
+
+
+def test_sympy_numbers_are_constants_in_models():
+    m = sg.Model("m")
+    x = m.param("x", (3,))
+    m.loss(sg.sum(x / sp.sqrt(2) + sp.pi + sp.Rational(1, 3)))
+    x0 = np.array([0.5, -1.0, 2.0])
+    loss, grads = compile_module(m).value_and_grad({"x": x0}, {})
+    assert np.isclose(loss, np.sum(x0 / np.sqrt(2) + np.pi + 1 / 3), rtol=1e-15)
+    assert np.allclose(grads["x"], 1 / np.sqrt(2), rtol=1e-15)
