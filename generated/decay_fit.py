@@ -121,10 +121,10 @@ def value_and_grad(params, inputs):
     t4 = t2 @ t1
     grad_a = 2 * t4 / batch
     t1 *= t2
-    t6 = t @ t1
-    grad_b = -2 * a * t6 / batch
-    t7 = t2.sum()
-    grad_c = 2 * t7 / batch
+    t5 = t @ t1
+    grad_b = -2 * a * t5 / batch
+    t6 = t2.sum()
+    grad_c = 2 * t6 / batch
     return np.array(loss), {
         "a": np.array(grad_a),
         "b": np.array(grad_b),

@@ -67,40 +67,40 @@ def forward(params, inputs):
     w, b, X, y, batch = _unpack(params, inputs)
     logits = X @ w
     logits += b
-    t2 = logits @ y
-    t3 = np.abs(logits)
-    np.negative(t3, out=t3)
-    np.exp(t3, out=t3)
-    t4 = np.maximum(logits, 0)
-    _tmp2 = np.log1p(t3)
-    t4 += _tmp2
-    t5 = t4.sum()
-    loss = (t5 - t2) / batch
+    t1 = logits @ y
+    t2 = np.abs(logits)
+    np.negative(t2, out=t2)
+    np.exp(t2, out=t2)
+    t3 = np.maximum(logits, 0)
+    _tmp2 = np.log1p(t2)
+    t3 += _tmp2
+    t4 = t3.sum()
+    loss = (t4 - t1) / batch
     return {"loss": np.array(loss), "logits": logits.copy()}, {
         "X": X,
         "batch": batch,
         "logits": logits,
-        "t3": t3,
+        "t2": t2,
         "y": y,
     }
 
 
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
-    X, batch, logits, t3, y = (
+    X, batch, logits, t2, y = (
         cache["X"],
         cache["batch"],
         cache["logits"],
-        cache["t3"],
+        cache["t2"],
         cache["y"],
     )
-    t6 = np.where(logits >= 0, 1.0, t3)
-    _tmp2 = t3 + 1
-    t6 /= _tmp2
-    t6 -= y
-    t6 *= grad_loss / batch
-    grad_w = X.T @ t6
-    grad_b = t6.sum()
+    t5 = np.where(logits >= 0, 1.0, t2)
+    _tmp2 = t2 + 1
+    t5 /= _tmp2
+    t5 -= y
+    t5 *= grad_loss / batch
+    grad_w = X.T @ t5
+    grad_b = t5.sum()
     return {"w": grad_w, "b": np.array(grad_b)}
 
 
@@ -109,22 +109,22 @@ def value_and_grad(params, inputs):
     w, b, X, y, batch = _unpack(params, inputs)
     logits = X @ w
     logits += b
-    t2 = logits @ y
-    t3 = np.abs(logits)
-    np.negative(t3, out=t3)
-    np.exp(t3, out=t3)
-    t4 = np.maximum(logits, 0)
-    _tmp2 = np.log1p(t3)
-    t4 += _tmp2
-    t5 = t4.sum()
-    loss = (t5 - t2) / batch
-    t6 = np.where(logits >= 0, 1.0, t3)
-    _tmp2 = t3 + 1
-    t6 /= _tmp2
-    t6 -= y
-    t6 /= batch
-    grad_w = X.T @ t6
-    grad_b = t6.sum()
+    t1 = logits @ y
+    t2 = np.abs(logits)
+    np.negative(t2, out=t2)
+    np.exp(t2, out=t2)
+    t3 = np.maximum(logits, 0)
+    _tmp2 = np.log1p(t2)
+    t3 += _tmp2
+    t4 = t3.sum()
+    loss = (t4 - t1) / batch
+    t5 = np.where(logits >= 0, 1.0, t2)
+    _tmp2 = t2 + 1
+    t5 /= _tmp2
+    t5 -= y
+    t5 /= batch
+    grad_w = X.T @ t5
+    grad_b = t5.sum()
     return np.array(loss), {"w": grad_w, "b": np.array(grad_b)}
 
 

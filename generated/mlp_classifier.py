@@ -81,50 +81,50 @@ def forward(params, inputs):
     np.tanh(h, out=h)
     logits = h @ W2.T
     logits += b2
-    t3 = logits.max(axis=1, keepdims=True)
-    t4 = logits - t3
-    np.exp(t4, out=t4)
-    t5 = t4 @ _ONES_10x1
-    t6 = logits - (t3 + np.log(t5))
-    t7 = labels[:, None]
-    t8 = t6[np.arange(batch)[:, None], t7]
-    t9 = t8.sum()
-    loss = -t9 / batch
+    t1 = logits.max(axis=1, keepdims=True)
+    t2 = logits - t1
+    np.exp(t2, out=t2)
+    t3 = t2 @ _ONES_10x1
+    t4 = logits - (t1 + np.log(t3))
+    t5 = labels[:, None]
+    t6 = t4[np.arange(batch)[:, None], t5]
+    t7 = t6.sum()
+    loss = -t7 / batch
     return {"loss": np.array(loss), "logits": logits}, {
         "W2": W2,
         "batch": batch,
         "h": h,
-        "t4": t4,
+        "t2": t2,
+        "t3": t3,
         "t5": t5,
-        "t7": t7,
         "x": x,
     }
 
 
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
-    W2, batch, h, t4, t5, t7, x = (
+    W2, batch, h, t2, t3, t5, x = (
         cache["W2"],
         cache["batch"],
         cache["h"],
-        cache["t4"],
+        cache["t2"],
+        cache["t3"],
         cache["t5"],
-        cache["t7"],
         cache["x"],
     )
-    t10 = np.zeros((batch, 10))
-    t10[np.arange(batch)[:, None], t7] = -grad_loss / batch
-    t11 = t10 @ _ONES_10x1
-    grad_logits = t4 * (-t11)
-    grad_logits /= t5
-    grad_logits[np.arange(batch)[:, None], t7] += -grad_loss / batch
+    t8 = np.zeros((batch, 10))
+    t8[np.arange(batch)[:, None], t5] = -grad_loss / batch
+    t9 = t8 @ _ONES_10x1
+    grad_logits = t2 * (-t9)
+    grad_logits /= t3
+    grad_logits[np.arange(batch)[:, None], t5] += -grad_loss / batch
     grad_h = grad_logits @ W2
     _tmp1 = np.square(h)
     np.subtract(1, _tmp1, out=_tmp1)
     grad_h *= _tmp1
-    t13 = grad_h
-    grad_W1 = t13.T @ x
-    grad_b1 = np.ones(batch) @ t13
+    t10 = grad_h
+    grad_W1 = t10.T @ x
+    grad_b1 = np.ones(batch) @ t10
     grad_W2 = grad_logits.T @ h
     grad_b2 = np.ones(batch) @ grad_logits
     return {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}
@@ -138,25 +138,25 @@ def value_and_grad(params, inputs):
     np.tanh(h, out=h)
     logits = h @ W2.T
     logits += b2
-    t3 = logits.max(axis=1, keepdims=True)
-    t4 = logits - t3
-    np.exp(t4, out=t4)
-    t5 = t4 @ _ONES_10x1
-    t6 = logits - (t3 + np.log(t5))
-    t7 = labels[:, None]
-    t8 = t6[np.arange(batch)[:, None], t7]
-    t9 = t8.sum()
-    loss = -t9 / batch
-    t4 /= batch * t5
-    grad_logits = t4
-    grad_logits[np.arange(batch)[:, None], t7] += -1 / batch
+    t1 = logits.max(axis=1, keepdims=True)
+    t2 = logits - t1
+    np.exp(t2, out=t2)
+    t3 = t2 @ _ONES_10x1
+    t4 = logits - (t1 + np.log(t3))
+    t5 = labels[:, None]
+    t6 = t4[np.arange(batch)[:, None], t5]
+    t7 = t6.sum()
+    loss = -t7 / batch
+    t2 /= batch * t3
+    grad_logits = t2
+    grad_logits[np.arange(batch)[:, None], t5] += -1 / batch
     grad_h = grad_logits @ W2
     _tmp1 = np.square(h)
     np.subtract(1, _tmp1, out=_tmp1)
     grad_h *= _tmp1
-    t11 = grad_h
-    grad_W1 = t11.T @ x
-    grad_b1 = np.ones(batch) @ t11
+    t8 = grad_h
+    grad_W1 = t8.T @ x
+    grad_b1 = np.ones(batch) @ t8
     grad_W2 = grad_logits.T @ h
     grad_b2 = np.ones(batch) @ grad_logits
     return np.array(loss), {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}

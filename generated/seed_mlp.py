@@ -90,14 +90,14 @@ def forward(params, inputs):
     np.exp(y, out=y)
     y += 1
     np.reciprocal(y, out=y)
-    t3 = y - target
-    t4 = np.vdot(t3, t3)
-    loss = t4 / batch
+    t1 = y - target
+    t2 = np.vdot(t1, t1)
+    loss = t2 / batch
     return {"loss": np.array(loss), "y": y.copy()}, {
         "W2": W2,
         "batch": batch,
         "h": h,
-        "t3": t3,
+        "t1": t1,
         "x": x,
         "y": y,
     }
@@ -105,27 +105,27 @@ def forward(params, inputs):
 
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
-    W2, batch, h, t3, x, y = (
+    W2, batch, h, t1, x, y = (
         cache["W2"],
         cache["batch"],
         cache["h"],
-        cache["t3"],
+        cache["t1"],
         cache["x"],
         cache["y"],
     )
-    t5 = 1 - y
-    t5 *= t3
-    t5 *= y
-    t5 *= 2 * grad_loss / batch
-    grad_h = t5 @ W2
+    t3 = 1 - y
+    t3 *= t1
+    t3 *= y
+    t3 *= 2 * grad_loss / batch
+    grad_h = t3 @ W2
     _tmp1 = 1 - h
     grad_h *= h
     grad_h *= _tmp1
-    t6 = grad_h
-    grad_W1 = t6.T @ x
-    grad_b1 = np.ones(batch) @ t6
-    grad_W2 = t5.T @ h
-    grad_b2 = t5.sum(axis=0)
+    t4 = grad_h
+    grad_W1 = t4.T @ x
+    grad_b1 = np.ones(batch) @ t4
+    grad_W2 = t3.T @ h
+    grad_b2 = t3.sum(axis=0)
     return {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}
 
 
@@ -151,22 +151,22 @@ def value_and_grad(params, inputs):
     np.exp(y, out=y)
     y += 1
     np.reciprocal(y, out=y)
-    t3 = y - target
-    t4 = np.vdot(t3, t3)
-    loss = t4 / batch
+    t1 = y - target
+    t2 = np.vdot(t1, t1)
+    loss = t2 / batch
     _tmp1 = 1 - y
-    t3 *= y
-    t3 *= _tmp1
-    t3 *= 2 / batch
-    grad_h = t3 @ W2
+    t1 *= y
+    t1 *= _tmp1
+    t1 *= 2 / batch
+    grad_h = t1 @ W2
     _tmp1 = 1 - h
     grad_h *= h
     grad_h *= _tmp1
-    t6 = grad_h
-    grad_W1 = t6.T @ x
-    grad_b1 = np.ones(batch) @ t6
-    grad_W2 = t3.T @ h
-    grad_b2 = t3.sum(axis=0)
+    t3 = grad_h
+    grad_W1 = t3.T @ x
+    grad_b1 = np.ones(batch) @ t3
+    grad_W2 = t1.T @ h
+    grad_b2 = t1.sum(axis=0)
     return np.array(loss), {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}
 
 
@@ -186,24 +186,24 @@ def _value_and_grad_batch_1(W1, b1, W2, b2, x, target):
     h_0_1 = 1.0 / (1.0 + math.exp((709.0 if h_0_1_arg > 709.0 else h_0_1_arg)))
     y_0_0_arg = -W2_0_0 * h_0_0 - W2_0_1 * h_0_1 - b2_0
     y_0_0 = 1.0 / (1.0 + math.exp((709.0 if y_0_0_arg > 709.0 else y_0_0_arg)))
-    t3_0_0 = y_0_0 - target_0_0
-    t5_0_0 = 2.0 * t3_0_0 * y_0_0 * (1.0 - y_0_0)
-    t6_0_0 = W2_0_0 * h_0_0 * t5_0_0 * (1.0 - h_0_0)
-    t6_0_1 = W2_0_1 * h_0_1 * t5_0_0 * (1.0 - h_0_1)
-    return np.array((t3_0_0 * t3_0_0)), {
+    t1_0_0 = y_0_0 - target_0_0
+    t4_0_0 = 2.0 * t1_0_0 * y_0_0 * (1.0 - y_0_0)
+    t3_0_0 = W2_0_0 * h_0_0 * t4_0_0 * (1.0 - h_0_0)
+    t3_0_1 = W2_0_1 * h_0_1 * t4_0_0 * (1.0 - h_0_1)
+    return np.array((t1_0_0 * t1_0_0)), {
         "W1": np.array(
             [
-                t6_0_0 * x_0_0,
-                t6_0_0 * x_0_1,
-                t6_0_0 * x_0_2,
-                t6_0_1 * x_0_0,
-                t6_0_1 * x_0_1,
-                t6_0_1 * x_0_2,
+                t3_0_0 * x_0_0,
+                t3_0_0 * x_0_1,
+                t3_0_0 * x_0_2,
+                t3_0_1 * x_0_0,
+                t3_0_1 * x_0_1,
+                t3_0_1 * x_0_2,
             ]
         ).reshape((2, 3)),
-        "b1": np.array([t6_0_0, t6_0_1]),
-        "W2": np.array([h_0_0 * t5_0_0, h_0_1 * t5_0_0]).reshape((1, 2)),
-        "b2": np.array([t5_0_0]),
+        "b1": np.array([t3_0_0, t3_0_1]),
+        "W2": np.array([h_0_0 * t4_0_0, h_0_1 * t4_0_0]).reshape((1, 2)),
+        "b2": np.array([t4_0_0]),
     }
 
 

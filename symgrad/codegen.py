@@ -637,6 +637,19 @@ def render(program: Program) -> str:
             hvp=_hvp(program.hvp) if program.hvp else None,
             unrolled=unrolled,
         )
+        numbers: dict = {}  # forward and backward share names through the cache
+        for key in ("forward", "forward_return", "cache", "cache_names"):
+            context[key] = _renumber(context[key], numbers)
+        for key in ("backward", "grads_return"):
+            context[key] = _renumber(context[key], numbers)
+        numbers = {}
+        for key in ("value_and_grad", "loss", "unit_grads_return"):
+            context[key] = _renumber(context[key], numbers)
+        for f in unrolled:  # its t3_0_1 is value_and_grad's t3 at [0, 1]
+            f.lines = _renumber(f.lines, dict(numbers))
+        numbers = {}
+        for key in ("lines", "returns") if context["hvp"] else ():
+            context["hvp"][key] = _renumber(context["hvp"][key], numbers)
         bodies = ("forward", "backward", "value_and_grad")
         lines = [line for key in bodies for line in context[key]]
         lines += context["hvp"]["lines"] if context["hvp"] else []
@@ -653,6 +666,22 @@ def render(program: Program) -> str:
         source = _environment().get_template("module.py.j2").render(context)
     with program.timed("black"):
         return black.format_str(source, mode=black.Mode())
+
+
+_TEMPORARY = re.compile(r"\bt(\d+)(?=\b|_\d)")  # t3, and t3_0_1 in unrolled code
+
+
+def _renumber(values, numbers: dict):
+    """``values`` (a line, or lists of them) with temporaries renamed t1, t2, ... in order
+    of first appearance, continuing ``numbers`` (old number -> new): in-place reuse and
+    CSE leave gaps and names out of order (t93 on a function's third line)."""
+    if not isinstance(values, str):
+        return [_renumber(v, numbers) for v in values]
+
+    def new(match: re.Match) -> str:
+        return f"t{numbers.setdefault(match.group(1), len(numbers) + 1)}"
+
+    return _TEMPORARY.sub(new, values)
 
 
 def _hvp(program: Program) -> dict:

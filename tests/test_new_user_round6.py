@@ -1070,11 +1070,6 @@ def _first_temporaries(body):
     return seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LSTM value_and_grad numbers temporaries out of order (t93 = t1 @ t2 on "
-    "line 3): a buffer reused in place is named after its last value",
-)
 def test_lstm_temporaries_are_numbered_in_order_of_use():
     source, _ = deep_source("lstm8")
     seen = _first_temporaries(_function(source, "value_and_grad"))
