@@ -585,6 +585,16 @@ def test_missing_and_extra_keys_raise_key_error_naming_them(seed_mlp, entry):
         run(params, inputs)
 
 
+def test_a_model_without_inputs_refuses_any():
+    m = sg.Model("no_inputs")
+    m.loss(sg.sum(m.param("x", (2,)) ** 2))
+    module = compile_module(m)
+    for run in (module.value_and_grad, module.forward):
+        with pytest.raises(KeyError, match=r"inputs: missing \[\], unexpected \['y'\]"):
+            run({"x": np.ones(2)}, {"y": 1.0})
+        assert run({"x": np.ones(2)}, {})[0]  # (a loss, or outputs with one)
+
+
 BAD_ARRAYS = [
     # (which dict, name, array, pieces the message must contain)
     ("inputs", "x", np.ones(3), ["inputs['x']", "(batch, 3)", "shape (3,)"]),
