@@ -638,9 +638,9 @@ def render(program: Program) -> str:
             unrolled=unrolled,
         )
         numbers: dict = {}  # forward and backward share names through the cache
-        for key in ("forward", "forward_return", "cache", "cache_names"):
-            context[key] = _renumber(context[key], numbers)
-        for key in ("backward", "grads_return"):
+        for key in (
+            "forward", "forward_return", "cache", "cache_names", "backward", "grads_return"
+        ):  # fmt: skip
             context[key] = _renumber(context[key], numbers)
         numbers = {}
         for key in ("value_and_grad", "loss", "unit_grads_return"):

@@ -130,25 +130,21 @@ class relu(sp.Function):  # noqa: N801
         return self.args[0].is_real
 
 
-class _Max(sp.Max):
-    """sp.Max that does not compare symbolic arguments when it is built: for a formula
-    in placeholders SymPy cannot decide which is larger, and tries for milliseconds
-    every time an expression holding it is rebuilt (compile time grew with the number
-    of sigmoids in a model)."""
+def _unevaluated(minmax: type) -> type:
+    """``minmax`` (sp.Max or sp.Min) that does not compare symbolic arguments when it is
+    built: for a formula in placeholders SymPy cannot decide which is larger, and tries
+    for milliseconds every time an expression holding it is rebuilt (compile time grew
+    with the number of sigmoids in a model). Numbers are still compared."""
 
-    def __new__(cls, *args):
+    def new(cls, *args):
         if all(sp.sympify(a).is_number for a in args):
-            return sp.Max(*args)
-        return sp.Max.__new__(cls, *args, evaluate=False)
+            return minmax(*args)
+        return minmax.__new__(cls, *args, evaluate=False)
+
+    return type(f"_{minmax.__name__}", (minmax,), {"__new__": new})
 
 
-class _Min(sp.Min):
-    __doc__ = _Max.__doc__
-
-    def __new__(cls, *args):
-        if all(sp.sympify(a).is_number for a in args):
-            return sp.Min(*args)
-        return sp.Min.__new__(cls, *args, evaluate=False)
+_Max, _Min = _unevaluated(sp.Max), _unevaluated(sp.Min)
 
 
 _LOWERED = {
