@@ -71,7 +71,7 @@ def forward(params, inputs):
     t2 = np.abs(logits)
     np.negative(t2, out=t2)
     np.exp(t2, out=t2)
-    t3 = np.maximum(logits, 0)
+    t3 = np.maximum(logits, 0.0)
     _tmp2 = np.log1p(t2)
     t3 += _tmp2
     t4 = t3.sum()
@@ -94,8 +94,8 @@ def backward(cache, grad_loss=1.0):
         cache["t2"],
         cache["y"],
     )
-    t5 = np.where(logits >= 0, 1.0, t2)
-    _tmp2 = t2 + 1
+    t5 = np.where(logits >= 0.0, 1.0, t2)
+    _tmp2 = t2 + 1.0
     t5 /= _tmp2
     t5 -= y
     t5 *= grad_loss / batch
@@ -113,13 +113,13 @@ def value_and_grad(params, inputs):
     t2 = np.abs(logits)
     np.negative(t2, out=t2)
     np.exp(t2, out=t2)
-    t3 = np.maximum(logits, 0)
+    t3 = np.maximum(logits, 0.0)
     _tmp2 = np.log1p(t2)
     t3 += _tmp2
     t4 = t3.sum()
     loss = (t4 - t1) / batch
-    t5 = np.where(logits >= 0, 1.0, t2)
-    _tmp2 = t2 + 1
+    t5 = np.where(logits >= 0.0, 1.0, t2)
+    _tmp2 = t2 + 1.0
     t5 /= _tmp2
     t5 -= y
     t5 /= batch

@@ -50,23 +50,23 @@ def forward(params, inputs):
     """Return (outputs, cache): outputs has "loss"; backward(cache) needs the cache."""
     x, n = _unpack(params, inputs)
     t1 = x[:-1]
-    t2 = 1 - t1
+    t2 = 1.0 - t1
     t3 = t2 @ t2
     t4 = x[1:]
     t5 = np.square(t1)
     np.subtract(t4, t5, out=t5)
     t6 = t5 @ t5
-    loss = t3 + 100 * t6
+    loss = t3 + 100.0 * t6
     return {"loss": np.array(loss)}, {"n": n, "t1": t1, "t2": t2, "t5": t5}
 
 
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
     n, t1, t2, t5 = cache["n"], cache["t1"], cache["t2"], cache["t5"]
-    t7 = t5 * 200
+    t7 = t5 * 200.0
     t8 = t1 * t7
     t8 += t2
-    t8 *= -2 * grad_loss
+    t8 *= -2.0 * grad_loss
     t7 *= grad_loss
     grad_x = np.zeros((n,))
     grad_x[:-1] = t8
@@ -83,17 +83,17 @@ def value_and_grad(params, inputs):
         except (ArithmeticError, ValueError, IndexError):
             pass  # math raised where NumPy gives inf or nan (or an index error): use NumPy
     t1 = x[:-1]
-    t2 = 1 - t1
+    t2 = 1.0 - t1
     t3 = t2 @ t2
     t4 = x[1:]
     t5 = np.square(t1)
     np.subtract(t4, t5, out=t5)
     t6 = t5 @ t5
-    loss = t3 + 100 * t6
-    t5 *= 200
+    loss = t3 + 100.0 * t6
+    t5 *= 200.0
     _tmp1 = t1 * t5
     t2 += _tmp1
-    t2 *= -2
+    t2 *= -2.0
     grad_x = np.zeros((n,))
     grad_x[:-1] = t2
     grad_x[1:] += t5

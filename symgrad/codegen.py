@@ -658,6 +658,10 @@ def render(program: Program) -> str:
         context["erf"] = [
             f for f in ("erf", "erfc") if any(f"_{f}(" in x for x in lines)
         ]
+        scalar_lines = [line for f in unrolled for line in f.lines]
+        context["nan_checked"] = [  # unrolled max/min of several values (MathPrinter)
+            f for f in ("max", "min") if any(f"_{f}(" in x for x in scalar_lines)
+        ]
         context["quiet"] = _guards_invalid_values(model)
         context["ones"] = sorted(
             (name, f"({size.replace('x', ', ')})" if "x" in size else size)

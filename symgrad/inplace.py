@@ -20,7 +20,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
 from .ir import broadcast_shapes
-from .printer import NumPyPrinter, sign_into_sum
+from .printer import NumPyPrinter, coefficient_into_sum
 
 UFUNCS = {
     sp.exp: "exp", sp.log: "log", log1p: "log1p", sp.sin: "sin", sp.cos: "cos",
@@ -56,7 +56,7 @@ class InPlace:
         if e.is_Symbol:
             return e.name, e.name in self.owned
         if e.is_Mul:
-            e = sign_into_sum(e)
+            e = coefficient_into_sum(e)
         if e.is_Mul and e.args[0] == -1 and self.full(-e) and e.args[1:] == (-e,):
             return self.unary("negative", -e, name)
         if e.is_Add or e.is_Mul:
@@ -196,7 +196,13 @@ def lower(
 ) -> list[str]:
     """Lines computing ``expr`` into ``name`` with in-place ufuncs."""
     lowering = InPlace(printer, shapes, shape, owned)
-    result, _ = lowering.emit(expr, name)
+    result, overwritten = lowering.emit(expr, name)
+    lines = lowering.lines
     if result.startswith("_tmp"):  # the result's own buffer: call it by its name
-        return [re.sub(rf"\b{result}\b", name, line) for line in lowering.lines]
-    return [*lowering.lines, f"{name} = {result}"]
+        return [re.sub(rf"\b{result}\b", name, line) for line in lines]
+    if (
+        overwritten and lines
+    ):  # a dead array's buffer: named as the result from the start
+        rename = [re.sub(rf"\b{result}\b", name, line) for line in lines]
+        return [f"{name} = {result}", *rename]
+    return [*lines, f"{name} = {result}"]

@@ -198,7 +198,7 @@ class _Expander:
         self.lines: list[_Line] = []
         # The function's arguments and the globals it uses; locals get fresh names.
         self.used = {*emitter.program.model.params, *emitter.program.model.inputs}
-        self.used |= {"np", "math", "min", "max", "abs", "float", "int"}
+        self.used |= {"np", "math", "min", "max", "_min", "_max", "abs", "float", "int"}
         self.out: list[str] = []
         self.target = (
             ""  # the line being printed: hoisted temporaries are named after it

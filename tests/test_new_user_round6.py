@@ -887,12 +887,8 @@ def test_unrolled_where_max_softmax_gathers_at_and_off_the_unrolled_sizes(
     assert calls == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unrolled sg.max uses Python max(), which drops a NaN unless it comes first: "
-    "finite loss at the unrolled size where NumPy/torch (and other sizes) give nan",
-)
 def test_unrolled_max_propagates_nan_like_numpy():
+    """Python's max() drops a NaN unless it comes first; the unrolled code must not."""
     m = sg.Model("max_nan")
     xin, w = m.input("x", ("batch", 3)), m.param("w", (3,))
     m.loss(sg.sum(sg.max(xin * w, axis=1)))
@@ -1088,4 +1084,4 @@ def test_formula_residual_is_computed_once():
         )
     )
     body = _function(module_source, "value_and_grad").split("pass  #")[1]
-    assert body.count("4 * x") <= 1, body
+    assert len(re.findall(r"t2 - (?:[\d.]+ \* )?x\b", body)) <= 1, body

@@ -79,17 +79,34 @@ def test_negated_sums_keep_their_parentheses():
 
 
 def test_reads_like_hand_written_numpy():
-    assert to_numpy(1 / X) == "1/x"
-    assert to_numpy(X / 3) == "x/3"
+    assert to_numpy(1 / X) == "1.0/x"
+    assert to_numpy(X / 3) == "x/3.0"
     assert to_numpy(Y - X) == "y - x"
     assert to_numpy(sp.Rational(0.1) * X) == "0.1*x"
-    assert to_numpy(sp.Piecewise((X, X > 0), (Y, True))) == "np.where(x > 0, x, y)"
+    assert to_numpy(sp.Piecewise((X, X > 0), (Y, True))) == "np.where(x > 0.0, x, y)"
 
 
 def test_user_floats_print_as_written():
     expr = sp.Rational(1.37) * X + sp.Rational(1.74) * Y
     assert to_numpy(expr) in ("1.37*x + 1.74*y", "1.74*y + 1.37*x")
-    assert to_numpy(200 * X - 200 * Y) == "200*(x - y)"
+    assert to_numpy(200 * X - 200 * Y) == "200.0*(x - y)"
+
+
+def test_integers_print_as_floats_but_powers_stay_integer():
+    """NumPy combines an array with a Python int slower than with a float."""
+    assert to_numpy(2 * X + Y) == "2.0*x + y"
+    assert to_numpy(X**2) == "x**2"
+    assert to_numpy(sp.Max(X, 0)) == "np.maximum(x, 0.0)"
+
+
+def test_a_coefficient_goes_into_a_sum_it_scales_for_free():
+    """-24*x*y*(2*y - 1): the 24 rides on the sum's own coefficients, a pass less."""
+    assert to_numpy(-24 * X * Y * (2 * Y - 1)) == "x*y*(24.0 - 48.0*y)"
+    assert to_numpy(sp.Rational(1, 2) * X * (2 * Y + 4)) == "x*(2.0 + y)"
+    # scaling x + y would cost two multiplications instead of one
+    assert to_numpy(3 * X * (X + Y)) == "3.0*x*(x + y)"
+    # and 24*(1 - 2*x) would cost one more than 24 - 48*x
+    assert to_numpy(24 - 48 * X) == "24.0 - 48.0*x"
 
 
 def test_numbers_of_functions_are_folded_into_one_float():
@@ -97,7 +114,7 @@ def test_numbers_of_functions_are_folded_into_one_float():
     assert (
         to_numpy(sp.sqrt(2) / sp.sqrt(sp.pi) * X) == f"{float(sp.sqrt(2 / sp.pi))!r}*x"
     )
-    assert to_numpy(X / 3) == "x/3"
+    assert to_numpy(X / 3) == "x/3.0"
     assert "np.pi" in to_numpy(2 * sp.pi * X)
 
 
