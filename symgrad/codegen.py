@@ -654,6 +654,7 @@ def render(program: Program) -> str:
         lines = [line for key in bodies for line in context[key]]
         lines += context["hvp"]["lines"] if context["hvp"] else []
         context["pair_scatter"] = any("_pair_scatter(" in line for line in lines)
+        context["add_rows"] = any("_add_rows(" in line for line in lines)
         # NumPy has no erf: the module defines _erf/_erfc (math's, vectorized) if used
         context["erf"] = [
             f for f in ("erf", "erfc") if any(f"_{f}(" in x for x in lines)

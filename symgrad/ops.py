@@ -653,18 +653,17 @@ def _positions(entry: tuple, dim: int) -> range:
 def _scatter_rows(
     value: str, idx: str, value_node: Node, idx_node: Node, shape
 ) -> list[str]:
-    """``out[idx[k]] += value[k]``: np.bincount where it applies (several times faster than
-    np.add.at), per column of a narrow matrix, on a transposed copy whose rows are
-    contiguous (bincount reads strided columns at half speed); np.add.at otherwise."""
-    rows = shape[0]
-    if idx_node.ndim == 1 and value_node.shape == idx_node.shape + tuple(shape[1:]):
-        if len(shape) == 1:
-            return [f"{{out}} += np.bincount({idx}, weights={value}, minlength={rows})"]
-        if len(shape) == 2 and isinstance(shape[1], int) and shape[1] <= 8:
-            return [f"_columns = np.ascontiguousarray({value}.T)"] + [
-                f"{{out}}[:, {c}] += np.bincount({idx}, weights=_columns[{c}], minlength={rows})"
-                for c in range(shape[1])
-            ]
+    """``out[idx[k]] += value[k]``: np.add.at, which counts negative indices from the end
+    as the gather did; the rows of a narrow matrix go through the module's ``_add_rows``
+    (np.bincount per column: several times faster there)."""
+    if (
+        idx_node.ndim == 1
+        and value_node.shape == idx_node.shape + tuple(shape[1:])
+        and len(shape) == 2
+        and isinstance(shape[1], int)
+        and shape[1] <= 8
+    ):
+        return [f"_add_rows({{out}}, {idx}, {value})"]
     return [f"np.add.at({{out}}, {idx}, {value})"]
 
 

@@ -297,3 +297,36 @@ def test_temporary_that_became_a_power_chain_link():
         m.loss(sg.sum(sg.sin(v)))
 
     check(model(declare))
+
+
+@pytest.mark.skipif(torch is None, reason="needs torch")
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint64])
+def test_gather_gradients_take_negative_and_unsigned_indices_like_torch(dtype):
+    """Negative indices count from the end in the gather, so must they in its scatter:
+    np.bincount refused them (and unsigned ones), for rows of every width."""
+    m = sg.Model("gathers")
+    w, pos, emb = (
+        m.param("w", ("n",)),
+        m.param("pos", ("n", 3)),
+        m.param("E", ("n", 12)),
+    )
+    idx = m.input("idx", ("k",), dtype="int64")
+    m.loss(sg.sum(w[idx] ** 2) + sg.sum(sg.tanh(pos[idx])) + sg.sum(sg.sin(emb[idx])))
+    module = compile_module(m)
+    rng = np.random.default_rng(0)
+    params = {"w": rng.random(5), "pos": rng.random((5, 3)), "E": rng.random((5, 12))}
+    index = (
+        np.array([0, 4, 2, 4, 1])
+        if dtype == np.uint64
+        else np.array([0, -1, 2, -5, 4, 4])
+    )
+    loss, grads = module.value_and_grad(params, {"idx": index.astype(dtype)})
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    ti = torch.tensor(index.astype(np.int64))
+    expected = (
+        (tp["w"][ti] ** 2).sum() + tp["pos"][ti].tanh().sum() + tp["E"][ti].sin().sum()
+    )
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), rel=1e-12)
+    for k, p in tp.items():
+        np.testing.assert_allclose(grads[k], p.grad.numpy(), rtol=1e-12, atol=1e-15)
