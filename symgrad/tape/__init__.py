@@ -9,13 +9,15 @@ the two means something. Floats default to float64 (torch: float32).
 import numpy as np
 
 from . import nn, optim
-from .autograd import is_grad_enabled, no_grad
+from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (
     arange,
     default_generator,
     empty,
+    eye,
     from_numpy,
     full,
+    full_like,
     linspace,
     manual_seed,
     ones,
@@ -33,14 +35,15 @@ from .tensor import Tensor
 __all__ = ["Tensor", "tensor", "from_numpy", "no_grad", "is_grad_enabled", "nn"]
 __all__ += ["optim", "cat", "stack", "where", "manual_seed", "default_generator"]
 __all__ += ["zeros", "ones", "zeros_like", "ones_like", "full", "empty", "arange"]
-__all__ += ["linspace"]
+__all__ += ["linspace", "eye", "full_like", "enable_grad", "set_grad_enabled"]
 __all__ += ["rand", "randn", "randint"]
 __all__ += ["float32", "float", "float64", "double", "int32", "int64", "long", "bool"]
 __all__ += (  # torch-level functions, defined below
     "neg exp log sqrt sin cos tan tanh sinh cosh asin acos atan abs sign sigmoid relu "
     "clamp softmax log_softmax logsumexp sum mean amax max argmax matmul gather clone "
     "reshape flatten squeeze unsqueeze transpose permute pow amin min argmin maximum "
-    "minimum t asinh acosh atanh atan2 erf erfc"
+    "minimum t asinh acosh atanh atan2 erf erfc var std prod cumsum clamp_min "
+    "clamp_max masked_fill"
 ).split()
 
 float32 = float = np.float32
@@ -64,3 +67,9 @@ amin, min, argmin = Tensor.amin, Tensor.min, Tensor.argmin
 maximum, minimum = Tensor.maximum, Tensor.minimum
 asinh, acosh, atanh, atan2 = Tensor.asinh, Tensor.acosh, Tensor.atanh, Tensor.atan2
 erf, erfc = Tensor.erf, Tensor.erfc
+var, std, prod, cumsum = Tensor.var, Tensor.std, Tensor.prod, Tensor.cumsum
+clamp_min, clamp_max, masked_fill = (
+    Tensor.clamp_min,
+    Tensor.clamp_max,
+    Tensor.masked_fill,
+)

@@ -44,7 +44,7 @@ def result_type(a, b):
     return np.promote_types(a.dtype, b.dtype)
 
 
-def _operands(a, b):
+def operands(a, b):
     """(b as a Tensor, a's array, b's array), both cast to the result dtype."""
     b = a._lift(b)
     broadcast_shape(a.shape, b.shape)
@@ -52,10 +52,18 @@ def _operands(a, b):
     return b, a._data.astype(dtype, copy=False), b._data.astype(dtype, copy=False)
 
 
-def _binary(a, b, forward, rules, name, saves=True):
-    """Elementwise op; rules[i](g, x, y, out) is the gradient for operand i."""
-    b, x, y = _operands(a, b)
+def _binary(a, b, forward, rules, name, reads=None):
+    """Elementwise op; rules[i](g, x, y, out) is the gradient for operand i, and
+    reads[i] names the values it uses ("x", "y", "o" for out; None: none at all).
+    As in torch, only the values that the needed rules read are saved (x * 2 saves
+    nothing), so only those are checked for later in-place changes."""
+    b, x, y = operands(a, b)
     out = forward(x, y)
+    needed = (
+        r for r, t in zip(reads or ("", ""), (a, b), strict=True) if t.requires_grad
+    )
+    used = "".join(needed)
+    saves = tuple(v for k, v in zip("xyo", (a, b, "out"), strict=True) if k in used)
 
     def backward(g):
         return tuple(
@@ -63,7 +71,7 @@ def _binary(a, b, forward, rules, name, saves=True):
             for rule, t in zip(rules, (a, b), strict=True)
         )
 
-    return a._result(out, (a, b), backward, name, saves)
+    return a._result(out, (a, b), backward, name, saves or False)
 
 
 def _power(x, p):
@@ -96,19 +104,19 @@ def _matmul_check(a, b):
 class ArithmeticOps:
     def __add__(self, other):
         rules = (lambda g, x, y, out: g, lambda g, x, y, out: g)
-        return _binary(self, other, np.add, rules, "AddBackward0", saves=False)
+        return _binary(self, other, np.add, rules, "AddBackward0")
 
     def __sub__(self, other):
         rules = (lambda g, x, y, out: g, lambda g, x, y, out: -g)
-        return _binary(self, other, np.subtract, rules, "SubBackward0", saves=False)
+        return _binary(self, other, np.subtract, rules, "SubBackward0")
 
     def __mul__(self, other):
         rules = (lambda g, x, y, out: g * y, lambda g, x, y, out: g * x)
-        return _binary(self, other, np.multiply, rules, "MulBackward0")
+        return _binary(self, other, np.multiply, rules, "MulBackward0", ("y", "x"))
 
     def __truediv__(self, other):
         rules = (lambda g, x, y, out: g / y, lambda g, x, y, out: -g * x / (y * y))
-        return _binary(self, other, np.true_divide, rules, "DivBackward0")
+        return _binary(self, other, np.true_divide, rules, "DivBackward0", ("y", "xy"))
 
     def __pow__(self, other):
         if isinstance(other, int | float):  # x ** p: no log(x) needed for x < 0
@@ -125,7 +133,7 @@ class ArithmeticOps:
             # d/dy x**y = out * log(x), taken as 0 where x == 0 like torch
             lambda g, x, y, out: g * out * np.log(np.where(x == 0, 1, x)),
         )
-        return _binary(self, other, _power, rules, "PowBackward1")
+        return _binary(self, other, _power, rules, "PowBackward1", ("xy", "xo"))
 
     pow = __pow__
 
@@ -135,7 +143,9 @@ class ArithmeticOps:
             lambda g, x, y, out: g,
             lambda g, x, y, out: -g * np.floor_divide(x, y),
         )
-        return _binary(self, other, np.remainder, rules, "RemainderBackward0")
+        return _binary(
+            self, other, np.remainder, rules, "RemainderBackward0", ("", "xy")
+        )
 
     def __floordiv__(self, other):
         """Rounds down; not differentiable (torch records it, then fails in backward)."""
@@ -143,11 +153,11 @@ class ArithmeticOps:
 
     def maximum(self, other):
         rules = (_pick_rule(np.greater), _pick_rule(np.less))
-        return _binary(self, other, np.maximum, rules, "MaximumBackward0")
+        return _binary(self, other, np.maximum, rules, "MaximumBackward0", ("xy", "xy"))
 
     def minimum(self, other):
         rules = (_pick_rule(np.less), _pick_rule(np.greater))
-        return _binary(self, other, np.minimum, rules, "MinimumBackward0")
+        return _binary(self, other, np.minimum, rules, "MinimumBackward0", ("xy", "xy"))
 
     def atan2(self, other):
         """The angle of (other, self): d/dself = other / r^2, d/dother = -self / r^2."""
@@ -155,7 +165,7 @@ class ArithmeticOps:
             lambda g, y, x, out: g * x / (x * x + y * y),
             lambda g, y, x, out: -g * y / (x * x + y * y),
         )
-        return _binary(self, other, np.arctan2, rules, "Atan2Backward0")
+        return _binary(self, other, np.arctan2, rules, "Atan2Backward0", ("xy", "xy"))
 
     def __radd__(self, other):
         return self._lift(other) + self
@@ -210,11 +220,12 @@ class ArithmeticOps:
                 )
             return ga, gb
 
-        return self._result(out, (self, other), backward, "MmBackward0")
+        saves = (other,) * self.requires_grad + (self,) * other.requires_grad
+        return self._result(out, (self, other), backward, "MmBackward0", saves)
 
     # comparisons and bitwise ops give tensors that never require grad
     def _untracked(self, other, fn):
-        other, x, y = _operands(self, other)
+        other, x, y = operands(self, other)
         return self._result(fn(x, y))
 
     def __lt__(self, other):
@@ -230,10 +241,12 @@ class ArithmeticOps:
         return self._untracked(other, np.greater_equal)
 
     def __eq__(self, other):
-        return self._untracked(other, np.equal)
+        """Elementwise; against None it is False, as in torch (so `t in [None, t]`
+        works)."""
+        return other is not None and self._untracked(other, np.equal)
 
     def __ne__(self, other):
-        return self._untracked(other, np.not_equal)
+        return other is None or self._untracked(other, np.not_equal)
 
     def __and__(self, other):
         return self._untracked(other, np.bitwise_and)

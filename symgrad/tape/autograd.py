@@ -29,9 +29,11 @@ def is_grad_enabled():
     return _grad_enabled
 
 
-class no_grad(contextlib.ContextDecorator):
-    """Context manager and decorator (`@no_grad()` or `@no_grad`) that stops ops
-    from being recorded."""
+class _GradMode(contextlib.ContextDecorator):
+    """Grad mode set to `enabled` inside a with block or a decorated function (used
+    as @no_grad() or @no_grad)."""
+
+    enabled = None
 
     def __new__(cls, func=None):
         return super().__new__(cls) if func is None else cls()(func)
@@ -42,11 +44,56 @@ class no_grad(contextlib.ContextDecorator):
     def __enter__(self):
         global _grad_enabled
         self._saved.append(_grad_enabled)
-        _grad_enabled = False
+        _grad_enabled = self.enabled
 
     def __exit__(self, *exc_info):
         global _grad_enabled
         _grad_enabled = self._saved.pop()
+
+
+class no_grad(_GradMode):
+    """Ops inside are not recorded."""
+
+    enabled = False
+
+
+class enable_grad(_GradMode):
+    """Ops inside are recorded, even within no_grad."""
+
+    enabled = True
+
+
+class set_grad_enabled(contextlib.ContextDecorator):
+    """Sets grad mode on construction, so a plain call works too; as a context
+    manager it restores the previous mode on exit."""
+
+    def __init__(self, mode):
+        global _grad_enabled
+        self._mode, self._previous = bool(mode), _grad_enabled
+        _grad_enabled = self._mode
+
+    def __enter__(self):
+        global _grad_enabled
+        _grad_enabled = self._mode
+
+    def __exit__(self, *exc_info):
+        global _grad_enabled
+        _grad_enabled = self._previous
+
+
+MODIFIED_INPLACE = (
+    "one of the variables needed for gradient computation has been modified by an "
+    "inplace operation: [{dtype} {shape}], saved by {op}, is at version {now}; "
+    "expected version {then} instead."
+)
+
+
+class VersionCounter:
+    """Counts the in-place writes to one memory: shared by a tensor, its views and
+    detach(), so that a saved value changed through any of them is noticed."""
+
+    def __init__(self):
+        self.value = 0
 
 
 class Node:
@@ -54,19 +101,20 @@ class Node:
     d(inputs).
 
     `edges` holds, per input, (tensor, its grad_fn when the op ran) if it required grad
-    then, else None: a recorded assignment (`y[0] = 0`) later gives the tensor a new
-    grad_fn, and this op's gradient must still reach the version it used.
-    `backward(g)` returns one NumPy gradient (or None) per input. Ops whose closure
-    holds saved arrays (`saves=True`) drop it after a backward pass without
-    retain_graph, as PyTorch frees saved tensors; ops that save nothing can be
-    traversed again, also as in PyTorch.
+    then, else None: an in-place op (`y[0] = 0`) later gives the tensor a new grad_fn,
+    and this op's gradient must still reach the version it used.
+    `backward(g)` returns one NumPy gradient (or None) per input. `saved` is None for
+    ops whose closure holds no values, else the tensors whose values it holds: as in
+    PyTorch, their versions are checked before backward runs (an in-place change since
+    makes the gradient wrong, so it raises), and the closure is dropped after a
+    backward pass without retain_graph; ops that save nothing can be traversed again.
     """
 
-    def __init__(self, name, inputs, backward, saves):
+    def __init__(self, name, inputs, backward, saved=None):
         self._name = name
         self.edges = tuple((t, t.grad_fn) if t.requires_grad else None for t in inputs)
         self._backward = backward
-        self._saves = saves
+        self._saved = saved if saved is None else tuple((t, t._version) for t in saved)
 
     def name(self):
         return self._name
@@ -77,8 +125,19 @@ class Node:
     def apply(self, g, retain_graph):
         if self._backward is None:
             raise RuntimeError(FREED_GRAPH)
+        for t, version in self._saved or ():
+            if t._version != version:
+                raise RuntimeError(
+                    MODIFIED_INPLACE.format(
+                        dtype=t.dtype,
+                        shape=list(t.shape),
+                        op=self._name,
+                        now=t._version,
+                        then=version,
+                    )
+                )
         grads = self._backward(g)
-        if self._saves and not retain_graph:
+        if self._saved is not None and not retain_graph:
             self._backward = None
         return grads
 

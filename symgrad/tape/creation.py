@@ -67,6 +67,20 @@ def ones_like(input, dtype=None, requires_grad=False):
     )
 
 
+def full_like(input, fill_value, dtype=None, requires_grad=False):
+    return full(
+        input.shape,
+        fill_value,
+        dtype=input.dtype if dtype is None else dtype,
+        requires_grad=requires_grad,
+    )
+
+
+def eye(n, m=None, dtype=None, requires_grad=False):
+    """The n x m (default n x n) identity matrix."""
+    return _new(np.eye(n, m), dtype, requires_grad)
+
+
 def arange(start, end=None, step=1, dtype=None, requires_grad=False):
     """int64 for integer arguments, float64 otherwise."""
     start, end = (0, start) if end is None else (start, end)

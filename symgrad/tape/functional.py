@@ -5,11 +5,14 @@ logsigmoid are primitives written never to overflow, and the losses are built fr
 them and from log_softmax, which subtracts the max before exponentiating.
 """
 
+import math
 import warnings
 
 import numpy as np
 
+from .arithmetic import operands, unbroadcast
 from .autograd import underflow_ok
+from .pointwise import sigmoid_array
 
 
 def sigmoid(input):
@@ -24,11 +27,22 @@ def relu(input):
     return input.relu()
 
 
-def softmax(input, dim):
-    return input.softmax(dim)
+def _implicit_dim(input, name):
+    """torch's old choice when no dim is given (deprecated there, so it warns)."""
+    warnings.warn(
+        f"Implicit dimension choice for {name} has been deprecated. Change the call "
+        "to include dim=X as an argument.",
+        stacklevel=3,
+    )
+    return 0 if input.ndim in (0, 1, 3) else 1
 
 
-def log_softmax(input, dim):
+def softmax(input, dim=None):
+    return input.softmax(_implicit_dim(input, "softmax") if dim is None else dim)
+
+
+def log_softmax(input, dim=None):
+    dim = _implicit_dim(input, "log_softmax") if dim is None else dim
     return input.log_softmax(dim)
 
 
@@ -50,29 +64,100 @@ def softplus(input, beta=1.0, threshold=20.0):
 def logsigmoid(input):
     """log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)); its gradient is sigmoid(-x)."""
     x = input._data
-    z = np.exp(-np.abs(x))
 
     def backward(g):
-        return (g * np.where(x < 0, 1 / (1 + z), z / (1 + z)),)
+        return (g * sigmoid_array(-x),)
 
-    out = np.minimum(x, 0) - np.log1p(z)
-    return input._result(out, (input,), backward, "LogSigmoidBackward0")
+    return input._result(
+        _logsigmoid_array(x), (input,), backward, "LogSigmoidBackward0"
+    )
+
+
+@underflow_ok
+def _logsigmoid_array(x):
+    return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+
+
+def leaky_relu(input, negative_slope=0.01):
+    x = input._data
+    slope = np.where(x > 0, 1, negative_slope).astype(x.dtype)
+    return input._result(
+        x * slope, (input,), lambda g: (g * slope,), "LeakyReluBackward0"
+    )
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_SQRT_TWO_OVER_PI = math.sqrt(2 / math.pi)
+_erf = np.vectorize(math.erf, otypes=[np.float64])  # NumPy has no erf
+
+
+@underflow_ok
+def gelu(input, *, approximate="none"):
+    """x Phi(x) with Phi the normal CDF, or torch's tanh approximation of it."""
+    x = input._data
+    if approximate == "tanh":
+        inner = _SQRT_TWO_OVER_PI * (x + 0.044715 * x**3)
+        t = np.tanh(inner)
+        cdf = 0.5 * (1 + t)
+        dcdf = 0.5 * (1 - t * t) * _SQRT_TWO_OVER_PI * (1 + 3 * 0.044715 * x * x)
+    elif approximate == "none":
+        cdf = 0.5 * (1 + _erf(x * _SQRT_HALF)).astype(x.dtype)
+        dcdf = np.exp(-0.5 * x * x) * _SQRT_HALF / math.sqrt(math.pi)
+    else:
+        raise RuntimeError("approximate argument must be either none or tanh.")
+
+    def backward(g):
+        return (g * (cdf + x * dcdf),)
+
+    return input._result(x * cdf, (input,), backward, "GeluBackward0")
+
+
+def silu(input):
+    """x sigmoid(x); its derivative is s (1 + x (1 - s))."""
+    x = input._data
+    s = sigmoid_array(x)
+
+    def backward(g):
+        return (g * s * (1 + x * (1 - s)),)
+
+    return input._result(x * s, (input,), backward, "SiluBackward0")
 
 
 def linear(input, weight, bias=None):
-    """input @ weight.T + bias, weight of shape (out_features, in_features)."""
+    """input @ weight.T + bias, weight of shape (out_features, in_features). Like
+    torch, the input must have the weight's dtype (no promotion inside a layer)."""
+    if input.dtype != weight.dtype:
+        raise RuntimeError(
+            "mat1 and mat2 must have the same dtype, but got "
+            f"{input.dtype} != {weight.dtype}"
+        )
     out = input @ weight.T
     return out if bias is None else out + bias
 
 
-def _reduce(loss, reduction):
-    if reduction == "none":
-        return loss
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    raise ValueError(f"{reduction} is not a valid value for reduction")
+def _check_reduction(reduction):
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+def _elementwise_loss(name, input, target, reduction, loss, grads):
+    """A loss whose per-element value is loss(x, y), reduced; grads(x, y) gives its
+    per-element derivatives in x and y (broadcast operands get summed gradients)."""
+    _check_reduction(reduction)
+    target, x, y = operands(input, target)
+    per = loss(x, y)
+    out = per if reduction == "none" else getattr(per, reduction)()
+
+    def backward(g):
+        if reduction == "mean":
+            g = g / per.size
+        dx, dy = grads(x, y)
+        return tuple(
+            unbroadcast(g * d, t.shape) if t.requires_grad else None
+            for d, t in ((dx, input), (dy, target))
+        )
+
+    return input._result(out, (input, target), backward, name)
 
 
 def mse_loss(input, target, reduction="mean"):
@@ -83,25 +168,96 @@ def mse_loss(input, target, reduction="mean"):
             "broadcasting. Please ensure they have the same size.",
             stacklevel=2,
         )
-    return _reduce((input - target) ** 2, reduction)
+    return _elementwise_loss(
+        "MseLossBackward0",
+        input,
+        target,
+        reduction,
+        lambda x, y: (x - y) ** 2,
+        lambda x, y: (2 * (x - y), 2 * (y - x)),
+    )
 
 
-def cross_entropy(input, target, reduction="mean", ignore_index=-100):
-    """-log_softmax(input)[target] with classes along dim 1 (dim 0 for 1-D input);
-    `target` holds integer class indices. Targets equal to ignore_index add nothing,
-    and the mean is over the others, as in torch."""
+@underflow_ok
+def binary_cross_entropy_with_logits(input, target, reduction="mean"):
+    """(1 - y) x - logsigmoid(x): torch's formula, finite for every logit x; its
+    derivatives are sigmoid(x) - y and -x."""
+    if target.shape != input.shape:
+        raise ValueError(
+            f"Target size ({target.shape}) must be the same as input size "
+            f"({input.shape})"
+        )
+    return _elementwise_loss(
+        "BinaryCrossEntropyWithLogitsBackward0",
+        input,
+        target,
+        reduction,
+        lambda x, y: (1 - y) * x - _logsigmoid_array(x),
+        lambda x, y: (sigmoid_array(x) - y, -x),
+    )
+
+
+def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean"):
+    """-input[target] (input: log-probabilities, classes along dim 1, or dim 0 for 1-D
+    input), scaled by weight[target]. Targets equal to ignore_index add nothing, and
+    the mean is over the others' weights, as in torch (nan, with zero gradients, if
+    all are ignored)."""
+    _check_reduction(reduction)
+    dim = 0 if input.ndim == 1 else 1
+    t = _class_targets(input, target, dim, ignore_index)
+    x = input._data
+    keep = t != ignore_index
+    safe = np.where(keep, t, 0)  # an ignored target picks class 0, weighted 0
+    w = (keep if weight is None else weight._data[safe] * keep).astype(x.dtype)
+    index = np.expand_dims(safe, dim)
+    losses = w * -np.take_along_axis(x, index, dim).squeeze(dim)
+    total = w.sum()
+    with np.errstate(invalid="ignore"):  # 0/0 = nan when every target is ignored
+        out = losses if reduction == "none" else losses.sum()
+        out = out / total if reduction == "mean" else out
+
+    def backward(g):
+        if reduction == "mean":
+            g = g / total if total else np.zeros_like(g)
+        grad = np.zeros_like(x, dtype=g.dtype)
+        np.put_along_axis(grad, index, np.expand_dims(-w * g, dim), dim)
+        return (grad,)
+
+    saves = (input, target) if weight is None else (input, target, weight)
+    return input._result(out, (input,), backward, "NllLossBackward0", saves)
+
+
+def _class_targets(input, target, dim, ignore_index):
+    """target's array, checked as torch checks class indices for input."""
     if target.dtype.kind not in "iu":
         raise RuntimeError(
             "expected target dtype to be an integer class index, but got "
             f"{target.dtype} (class-probability targets are not supported)"
         )
-    dim = 0 if input.ndim == 1 else 1
-    keep = target != ignore_index
-    index = (target * keep).unsqueeze(dim)  # an ignored target picks class 0, unused
-    loss = -input.log_softmax(dim).gather(dim, index).squeeze(dim) * keep
-    return loss.sum() / keep.sum() if reduction == "mean" else _reduce(loss, reduction)
+    if dim and target.ndim and input.shape[0] != target.shape[0]:
+        raise ValueError(
+            f"Expected input batch_size ({input.shape[0]}) to match target "
+            f"batch_size ({target.shape[0]})."
+        )
+    expected = input.shape[:dim] + input.shape[dim + 1 :]
+    if target.shape != expected:
+        raise RuntimeError(
+            f"Expected target size {list(expected)}, got {list(target.shape)}"
+        )
+    t = target._data
+    bad = (t != ignore_index) & ((t < 0) | (t >= input.shape[dim]))
+    if bad.any():
+        raise IndexError(f"Target {t[bad].flat[0]} is out of bounds.")
+    return t
 
 
-def binary_cross_entropy_with_logits(input, target, reduction="mean"):
-    """(1 - y) x - logsigmoid(x): torch's formula, finite for every logit x."""
-    return _reduce((1 - target) * input - logsigmoid(input), reduction)
+def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean"):
+    """nll_loss of log_softmax(input) over the class dim; `target` holds integer
+    class indices."""
+    return nll_loss(
+        input.log_softmax(0 if input.ndim == 1 else 1),
+        target,
+        weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+    )

@@ -35,7 +35,12 @@ def where(condition, input, other):
             Tensor._wrap(input) if not isinstance(other, Tensor) else other._lift(input)
         )
     other = input._lift(other)
-    cond = condition._data.astype(bool)
+    if condition.dtype != np.bool_:
+        raise RuntimeError(
+            "where expected condition to be a boolean tensor, but got a tensor with "
+            f"dtype {condition.dtype}"
+        )
+    cond = condition._data
     broadcast_shape(broadcast_shape(cond.shape, input.shape), other.shape)
     out = np.where(cond, input._data, other._data)
 
@@ -53,4 +58,4 @@ def where(condition, input, other):
             ),
         )
 
-    return Tensor._result(out, (input, other), backward, "WhereBackward0")
+    return Tensor._result(out, (input, other), backward, "WhereBackward0", (condition,))

@@ -34,6 +34,8 @@ class Module:
         self.training = True
 
     def __setattr__(self, name, value):
+        """As torch: a Parameter or Module is registered, and a registered name takes
+        only its own kind or None."""
         params, modules = self.__dict__.get("_parameters"), self.__dict__.get(
             "_modules"
         )
@@ -41,14 +43,43 @@ class Module:
             raise AttributeError(
                 "cannot assign parameters or modules before Module.__init__() call"
             )
-        if params is not None:
-            params.pop(name, None)
-            modules.pop(name, None)
-            if isinstance(value, Parameter):
-                params[name] = value
-            elif isinstance(value, Module):
-                modules[name] = value
-        object.__setattr__(self, name, value)
+        if params is not None and (isinstance(value, Parameter) or name in params):
+            self._register(params, name, value, Parameter, "parameter")
+        elif params is not None and (isinstance(value, Module) or name in modules):
+            self._register(modules, name, value, Module, "child module")
+        else:
+            object.__setattr__(self, name, value)
+
+    def _register(self, store, name, value, kind, what):
+        """store[name] = value, a `kind` or None; a replaced entry keeps its slot, so
+        the order of parameters() does not change."""
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(
+                f"cannot assign '{type(value).__name__}' as {what} '{name}' "
+                f"(torch.nn.{kind.__name__} or None expected)"
+            )
+        for other in (self.__dict__, self._parameters, self._modules):
+            if other is not store:
+                other.pop(name, None)
+        store[name] = value
+
+    def __getattr__(self, name):
+        """Registered parameters and submodules (only called when normal lookup
+        fails)."""
+        for store in ("_parameters", "_modules"):
+            if name in self.__dict__.get(store, ()):
+                return self.__dict__[store][name]
+        raise AttributeError(
+            f"'{type(self).__name__}' object has no attribute '{name}'"
+        )
+
+    def __delattr__(self, name):
+        if name in self._parameters:
+            del self._parameters[name]
+        elif name in self._modules:
+            del self._modules[name]
+        else:
+            object.__delattr__(self, name)
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(
@@ -66,6 +97,8 @@ class Module:
         memo.add(id(self))
         yield prefix, self
         for name, module in self._modules.items():
+            if module is None:
+                continue
             path = f"{prefix}.{name}" if prefix else name
             yield from module.named_modules(memo, path, remove_duplicate)
 
@@ -79,7 +112,7 @@ class Module:
         walk = self.named_modules(None, prefix, remove_duplicate)
         for module_prefix, module in walk if recurse else [(prefix, self)]:
             for name, param in module._parameters.items():
-                if remove_duplicate and id(param) in seen:
+                if param is None or remove_duplicate and id(param) in seen:
                     continue
                 seen.add(id(param))
                 yield (f"{module_prefix}.{name}" if module_prefix else name), param
@@ -194,6 +227,49 @@ class Sequential(Module):
         return len(self._modules)
 
 
+class ModuleList(Module):
+    """A list of modules, each registered (named "0", "1", ...) so that
+    parameters() finds them; it has no forward of its own."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        self.extend(modules)
+
+    def append(self, module):
+        setattr(self, str(len(self)), module)
+        return self
+
+    def extend(self, modules):
+        for module in modules:
+            self.append(module)
+        return self
+
+    def __getitem__(self, i):
+        """The i-th module; a slice is a ModuleList of those modules."""
+        if isinstance(i, slice):
+            return ModuleList(list(self._modules.values())[i])
+        return list(self._modules.values())[i]
+
+    def __setitem__(self, i, module):
+        setattr(self, list(self._modules)[i], module)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules.values()))
+
+
+class Identity(Module):
+    """Returns its input (a placeholder, e.g. for a removed layer)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, input):
+        return input
+
+
 class Flatten(Module):
     """Flatten dims start_dim..end_dim into one (by default all but the batch dim)."""
 
@@ -223,6 +299,52 @@ class ReLU(Module):
         return functional.relu(input)
 
 
+class LeakyReLU(Module):
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, input):
+        return functional.leaky_relu(input, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class GELU(Module):
+    def __init__(self, approximate="none"):
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, input):
+        return functional.gelu(input, approximate=self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class SiLU(Module):
+    def forward(self, input):
+        return functional.silu(input)
+
+
+class Softmax(Module):
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, input):
+        return functional.softmax(input, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Softmax):
+    def forward(self, input):
+        return functional.log_softmax(input, self.dim)
+
+
 class _Loss(Module):
     def __init__(self, reduction="mean"):
         super().__init__()
@@ -234,15 +356,29 @@ class MSELoss(_Loss):
         return functional.mse_loss(input, target, reduction=self.reduction)
 
 
-class CrossEntropyLoss(_Loss):
-    def __init__(self, reduction="mean", ignore_index=-100):
+class NLLLoss(_Loss):
+    """Negative log-likelihood of class indices given log-probabilities."""
+
+    loss = staticmethod(functional.nll_loss)
+
+    def __init__(self, weight=None, *, ignore_index=-100, reduction="mean"):
         super().__init__(reduction)
-        self.ignore_index = ignore_index
+        self.weight, self.ignore_index = weight, ignore_index
 
     def forward(self, input, target):
-        return functional.cross_entropy(
-            input, target, reduction=self.reduction, ignore_index=self.ignore_index
+        return self.loss(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
         )
+
+
+class CrossEntropyLoss(NLLLoss):
+    """NLLLoss of log_softmax(input): takes raw scores (logits)."""
+
+    loss = staticmethod(functional.cross_entropy)
 
 
 class BCEWithLogitsLoss(_Loss):

@@ -1,25 +1,35 @@
 """torch.optim: SGD and Adam, following PyTorch's documented update rules step by step.
 
-Updates are in place on each parameter's array, outside the graph.
+Updates are in place on each parameter's array, outside the graph, and count as
+in-place writes (a graph that saved the old value then refuses to backward, as in
+torch). Per-parameter state holds tensors, as torch's does.
 """
 
 import math
 
 import numpy as np
 
+from .tensor import Tensor
+
 
 class Optimizer:
     """Holds param_groups (dicts of params plus hyperparameters) and per-param state."""
 
     def __init__(self, params, defaults):
+        if isinstance(params, Tensor):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of "
+                f"Tensors or dicts, but got {type(params).__name__}"
+            )
         params = list(params)
         if not params:
             raise ValueError("optimizer got an empty parameter list")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.defaults = defaults
-        self.param_groups = [
-            {**defaults, **g, "params": list(g["params"])} for g in groups
-        ]
+        self.param_groups = [{**defaults, **g, "params": _params(g)} for g in groups]
+        every = [p for g in self.param_groups for p in g["params"]]
+        if len({id(p) for p in every}) != len(every):
+            raise ValueError("some parameters appear in more than one parameter group")
         self.state = {}
 
     def zero_grad(self, set_to_none=True):
@@ -37,6 +47,22 @@ class Optimizer:
                     self._update(
                         p._data, p.grad._data, self.state.setdefault(p, {}), group
                     )
+                    p._counter.value += 1
+
+
+def _params(group):
+    """A group's parameters as a list (one tensor alone is wrapped, as in torch)."""
+    params = group["params"]
+    params = [params] if isinstance(params, Tensor) else list(params)
+    for p in params:
+        if not isinstance(p, Tensor):
+            raise TypeError(
+                "optimizer can only optimize Tensors, but one of the params is "
+                f"{type(p).__name__}"
+            )
+        if not p.is_leaf:
+            raise ValueError("can't optimize a non-leaf Tensor")
+    return params
 
 
 def _check(ok, what, value):
@@ -70,10 +96,11 @@ class SGD(Optimizer):
             g = g + group["weight_decay"] * p
         momentum = group["momentum"]
         if momentum != 0:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = g.copy()
+            if "momentum_buffer" not in state:
+                buf = g.copy()
+                state["momentum_buffer"] = Tensor._wrap(buf)
             else:
+                buf = state["momentum_buffer"]._data
                 buf *= momentum
                 buf += (1 - group["dampening"]) * g
             g = g + momentum * buf if group["nesterov"] else buf
@@ -109,16 +136,19 @@ class Adam(Optimizer):
         if group["weight_decay"] != 0:
             g = g + group["weight_decay"] * p
         if not state:
-            state.update(step=0, exp_avg=np.zeros_like(p), exp_avg_sq=np.zeros_like(p))
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = np.zeros_like(p)
-        state["step"] += 1
-        t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+            names = ["exp_avg", "exp_avg_sq"] + ["max_exp_avg_sq"] * group["amsgrad"]
+            state["step"] = Tensor._wrap(np.zeros((), p.dtype))
+            state.update((name, Tensor._wrap(np.zeros_like(p))) for name in names)
+        state["step"]._data += 1
+        t = state["step"].item()
+        m, v = state["exp_avg"]._data, state["exp_avg_sq"]._data
         m += (1 - beta1) * (g - m)  # torch's exp_avg.lerp_(grad, 1 - beta1)
         v *= beta2
         v += (1 - beta2) * g * g
         if group["amsgrad"]:
-            v = np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+            v = np.maximum(
+                state["max_exp_avg_sq"]._data, v, out=state["max_exp_avg_sq"]._data
+            )
         step_size = group["lr"] / (1 - beta1**t)
         denom = np.sqrt(v) / math.sqrt(1 - beta2**t) + group["eps"]
         p -= step_size * (m / denom)

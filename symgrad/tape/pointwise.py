@@ -7,7 +7,10 @@ import math
 
 import numpy as np
 
+from .arithmetic import broadcast_shape, unbroadcast
 from .autograd import underflow_ok
+
+OUT = ("out",)  # `saves` of a rule that reads only the output (see Tensor._result)
 
 
 def _unary(name, forward, rule, saves=True):
@@ -23,7 +26,7 @@ def _unary(name, forward, rule, saves=True):
 
 
 @underflow_ok
-def _sigmoid(x):
+def sigmoid_array(x):
     """1/(1+e^-x) for x >= 0, e^x/(1+e^x) below: never overflows, full precision."""
     z = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + z), z / (1 + z))
@@ -56,15 +59,15 @@ def _negative(x):
 class PointwiseOps:
     __neg__ = _unary("Neg", _negative, lambda g, x, out: -g, saves=False)
     neg = __neg__
-    exp = _unary("Exp", np.exp, lambda g, x, out: g * out)
+    exp = _unary("Exp", np.exp, lambda g, x, out: g * out, OUT)
     log = _unary("Log", np.log, lambda g, x, out: g / x)
-    sqrt = _unary("Sqrt", np.sqrt, lambda g, x, out: g / (2 * out))
+    sqrt = _unary("Sqrt", np.sqrt, lambda g, x, out: g / (2 * out), OUT)
     sin = _unary("Sin", np.sin, lambda g, x, out: g * np.cos(x))
     cos = _unary("Cos", np.cos, lambda g, x, out: -g * np.sin(x))
-    tan = _unary("Tan", np.tan, lambda g, x, out: g * (1 + out * out))
+    tan = _unary("Tan", np.tan, lambda g, x, out: g * (1 + out * out), OUT)
     sinh = _unary("Sinh", np.sinh, lambda g, x, out: g * np.cosh(x))
     cosh = _unary("Cosh", np.cosh, lambda g, x, out: g * np.sinh(x))
-    tanh = _unary("Tanh", np.tanh, lambda g, x, out: g * (1 - out * out))
+    tanh = _unary("Tanh", np.tanh, lambda g, x, out: g * (1 - out * out), OUT)
     asin = _unary("Asin", np.arcsin, lambda g, x, out: g / np.sqrt(1 - x * x))
     acos = _unary("Acos", np.arccos, lambda g, x, out: -g / np.sqrt(1 - x * x))
     atan = _unary("Atan", np.arctan, lambda g, x, out: g / (1 + x * x))
@@ -82,9 +85,13 @@ class PointwiseOps:
         lambda g, x, out: -g * _TWO_OVER_SQRT_PI * np.exp(-x * x),
     )
     abs = _unary("Abs", np.abs, lambda g, x, out: g * np.sign(x))
-    sign = _unary("Sign", np.sign, lambda g, x, out: np.zeros_like(g))
-    sigmoid = _unary("Sigmoid", _sigmoid, lambda g, x, out: g * out * (1 - out))
-    relu = _unary("Relu", lambda x: np.maximum(x, 0), lambda g, x, out: g * (x > 0))
+    sign = _unary("Sign", np.sign, lambda g, x, out: np.zeros_like(g), False)
+    sigmoid = _unary(
+        "Sigmoid", sigmoid_array, lambda g, x, out: g * out * (1 - out), OUT
+    )
+    relu = _unary(
+        "Relu", lambda x: np.maximum(x, 0), lambda g, x, out: g * (out > 0), OUT
+    )
 
     def clamp(self, min=None, max=None):
         """Clip to [min, max]; the gradient passes where min <= x <= max (as torch)."""
@@ -98,6 +105,39 @@ class PointwiseOps:
         )
         out = np.clip(x, min, max)
         return self._result(out, (self,), lambda g: (g * inside,), "ClampBackward1")
+
+    def clamp_min(self, min):
+        return self.clamp(min=min)
+
+    def clamp_max(self, max):
+        return self.clamp(max=max)
+
+    def masked_fill(self, mask, value):
+        """self with `value` (a number or 0-d tensor) where the bool `mask` is True;
+        self and mask broadcast together."""
+        if mask.dtype != np.bool_:
+            raise RuntimeError(
+                "masked_fill_ only supports boolean masks, but got mask with dtype "
+                f"{mask.dtype}"
+            )
+        value = self._lift(value)
+        if value.ndim:
+            raise RuntimeError(
+                "masked_fill_ only supports a 0-dimensional value tensor, but got "
+                f"tensor with {value.ndim} dimension(s)."
+            )
+        broadcast_shape(self.shape, mask.shape)
+        where = mask._data
+        out = np.where(where, value._data.astype(self.dtype), self._data)
+
+        def backward(g):
+            return unbroadcast(np.where(where, 0, g), self.shape), (
+                np.where(where, g, 0).sum() if value.requires_grad else None
+            )
+
+        return self._result(
+            out, (self, value), backward, "MaskedFillBackward0", (mask,)
+        )
 
     def clone(self):
         out = self._data.copy()

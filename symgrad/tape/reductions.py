@@ -15,7 +15,7 @@ MaxResult = namedtuple("max", ["values", "indices"])
 MinResult = namedtuple("min", ["values", "indices"])
 
 
-def _dims(dim, ndim):
+def normalize_dims(dim, ndim):
     """Sorted non-negative axes for `dim`, with torch's error for out-of-range dims."""
     if dim is None or dim == ():
         return tuple(range(ndim))
@@ -37,19 +37,19 @@ def _reduced(self, out_kept, dims, keepdim, backward, name, saves=True):
 
 def _extreme(self, dim, keepdim, reduce, name):
     """amax/amin over `dim`; the gradient is shared evenly among tied extremes."""
-    x, dims = self._data, _dims(dim, self.ndim)
+    x, dims = self._data, normalize_dims(dim, self.ndim)
     out = reduce(x, axis=dims, keepdims=True)
 
     def backward(g):
         ties = x == out
         return (g.reshape(out.shape) * ties / ties.sum(axis=dims, keepdims=True),)
 
-    return _reduced(self, out, dims, keepdim, backward, name)
+    return _reduced(self, out, dims, keepdim, backward, name, (self, "out"))
 
 
 def _select(self, dim, keepdim, arg, result, name):
     """(values, indices) of max(dim)/min(dim): the gradient goes to the first pick."""
-    x, (dim,) = self._data, _dims(dim, self.ndim)
+    x, (dim,) = self._data, normalize_dims(dim, self.ndim)
     idx = arg(x, axis=dim, keepdims=True)
 
     def backward(g):
@@ -58,19 +58,51 @@ def _select(self, dim, keepdim, arg, result, name):
         return (grad,)
 
     values = np.take_along_axis(x, idx, axis=dim)
-    values = _reduced(self, values, (dim,), keepdim, backward, name)
+    values = _reduced(self, values, (dim,), keepdim, backward, name, saves=())
     return result(values, self._result(idx if keepdim else np.squeeze(idx, axis=dim)))
 
 
 def _arg(self, arg, dim, keepdim):
-    if dim is None:
-        return self._result(arg(self._data))
+    if dim is None:  # the flat index; keepdim keeps every dim, as size 1
+        return self._result(
+            arg(self._data).reshape((1,) * self.ndim if keepdim else ())
+        )
     return self._result(arg(self._data, axis=dim, keepdims=keepdim))
+
+
+def _others_product(x, axis):
+    """For each element, the product of the others along `axis`: exclusive
+    cumulative products from both ends, exact where x has zeros (out / x is not)."""
+    x = np.moveaxis(x, axis, -1)
+    ones = np.ones_like(x[..., :1])
+    before = np.cumprod(np.concatenate([ones, x[..., :-1]], -1), -1)
+    after = np.cumprod(np.concatenate([ones, x[..., :0:-1]], -1), -1)[..., ::-1]
+    return np.moveaxis(before * after, -1, axis)
+
+
+def _spread(self, dim, unbiased, keepdim, correction, root):
+    """var (root=False) or std over `dim`, dividing by N - correction (Bessel's
+    correction 1 by default; `unbiased` is torch's older spelling of 0 or 1)."""
+    x, dims = self._data, normalize_dims(dim, self.ndim)
+    c = int(unbiased) if correction is None else correction
+    dev = x - x.mean(axis=dims, keepdims=True)
+    dof = max(math.prod(x.shape[d] for d in dims) - c, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # nan/inf, as torch
+        out = (dev * dev).sum(axis=dims, keepdims=True) / dof
+        out = np.sqrt(out) if root else out
+
+    def backward(g):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = 1 / (dof * out) if root else 2 / dof
+            return (g.reshape(out.shape) * scale * dev,)
+
+    name = "StdBackward0" if root else "VarBackward0"
+    return _reduced(self, out, dims, keepdim, backward, name, (self, "out"))
 
 
 class ReductionOps:
     def sum(self, dim=None, keepdim=False):
-        x, dims = self._data, _dims(dim, self.ndim)
+        x, dims = self._data, normalize_dims(dim, self.ndim)
         out = x.sum(axis=dims, keepdims=True)
 
         def backward(g):
@@ -84,7 +116,7 @@ class ReductionOps:
                 "mean(): could not infer output dtype. Input dtype must be either a "
                 f"floating point or complex dtype. Got: {self.dtype}"
             )
-        x, dims = self._data, _dims(dim, self.ndim)
+        x, dims = self._data, normalize_dims(dim, self.ndim)
         out = x.mean(axis=dims, keepdims=True)
         count = math.prod(x.shape[d] for d in dims)
 
@@ -94,6 +126,44 @@ class ReductionOps:
         return _reduced(
             self, out, dims, keepdim, backward, "MeanBackward0", saves=False
         )
+
+    def var(self, dim=None, unbiased=True, keepdim=False, *, correction=None):
+        return _spread(self, dim, unbiased, keepdim, correction, root=False)
+
+    def std(self, dim=None, unbiased=True, keepdim=False, *, correction=None):
+        return _spread(self, dim, unbiased, keepdim, correction, root=True)
+
+    def prod(self, dim=None, keepdim=False):
+        """The product over one dim, or over everything; the gradient of each
+        element is g times the product of the others."""
+        x = self._data
+        if dim is None or self.ndim == 0:
+            normalize_dims(dim, self.ndim)
+            out = np.prod(x)
+
+            def backward(g):
+                return (g * _others_product(x.reshape(-1), 0).reshape(x.shape),)
+
+            return self._result(out, (self,), backward, "ProdBackward0")
+        (axis,) = normalize_dims(dim, self.ndim)
+        out = np.prod(x, axis=axis, keepdims=True)
+
+        def backward(g):
+            return (g.reshape(out.shape) * _others_product(x, axis),)
+
+        return _reduced(self, out, (axis,), keepdim, backward, "ProdBackward1")
+
+    def cumsum(self, dim):
+        """Running sums along dim; the gradient is g summed from the other end."""
+        normalize_dims(dim, self.ndim)
+        x = np.atleast_1d(self._data)  # a 0-d tensor has dims 0 and -1
+        out = np.cumsum(x, axis=dim).reshape(self.shape)
+
+        def backward(g):
+            g = np.flip(np.atleast_1d(g), dim)
+            return (np.flip(np.cumsum(g, axis=dim), dim).reshape(out.shape),)
+
+        return self._result(out, (self,), backward, "CumsumBackward0", saves=False)
 
     def amax(self, dim=(), keepdim=False):
         return _extreme(self, dim, keepdim, np.max, "AmaxBackward0")
@@ -128,7 +198,7 @@ class ReductionOps:
     @underflow_ok
     def logsumexp(self, dim, keepdim=False):
         """log(sum(exp(x))) computed as m + log(sum(exp(x - m))) with m the max."""
-        x, dims = self._data, _dims(dim, self.ndim)
+        x, dims = self._data, normalize_dims(dim, self.ndim)
         m = x.max(axis=dims, keepdims=True)
         m = np.where(np.isfinite(m), m, 0)  # all -inf (or an inf) slice: shift by 0
         out = np.log(np.exp(x - m).sum(axis=dims, keepdims=True)) + m
@@ -136,7 +206,9 @@ class ReductionOps:
         def backward(g):
             return (g.reshape(out.shape) * np.exp(x - out),)
 
-        return _reduced(self, out, dims, keepdim, backward, "LogsumexpBackward0")
+        return _reduced(
+            self, out, dims, keepdim, backward, "LogsumexpBackward0", (self, "out")
+        )
 
     @underflow_ok
     def softmax(self, dim):
@@ -147,7 +219,7 @@ class ReductionOps:
         def backward(g):
             return (out * (g - (g * out).sum(axis=dim, keepdims=True)),)
 
-        return self._result(out, (self,), backward, "SoftmaxBackward0")
+        return self._result(out, (self,), backward, "SoftmaxBackward0", ("out",))
 
     @underflow_ok
     def log_softmax(self, dim):
@@ -158,4 +230,4 @@ class ReductionOps:
         def backward(g):
             return (g - np.exp(out) * g.sum(axis=dim, keepdims=True),)
 
-        return self._result(out, (self,), backward, "LogSoftmaxBackward0")
+        return self._result(out, (self,), backward, "LogSoftmaxBackward0", ("out",))

@@ -3,7 +3,9 @@ indexing scatter-adds, so repeated indices accumulate."""
 
 import numpy as np
 
+from . import autograd
 from .arithmetic import unbroadcast
+from .reductions import normalize_dims
 
 
 def _shape_arg(shape):
@@ -11,6 +13,31 @@ def _shape_arg(shape):
     return (
         tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
     )
+
+
+def _basic_index_name(parts):
+    """torch's grad_fn for a basic index: named by its last step, where a full slice
+    `:` next to other steps is no step at all."""
+    steps = [p for p in parts if p is not Ellipsis]
+    steps = [p for p in steps if p != slice(None)] or steps
+    if not steps:
+        return "AliasBackward0"
+    last = steps[-1]
+    if last is None:
+        return "UnsqueezeBackward0"
+    return "SliceBackward0" if isinstance(last, slice) else "SelectBackward0"
+
+
+def _broadcast_view(a, shape):
+    """np.broadcast_to, but writable like torch's expand: a write reaches the one
+    memory location that a broadcast dim repeats."""
+    strides = np.broadcast_to(a, shape).strides
+    return np.lib.stride_tricks.as_strided(a, shape, strides)
+
+
+def _tensors(parts):
+    """The index tensors in an index, which an op that keeps them saves."""
+    return tuple(p for p in parts if isinstance(p, ShapeOps))
 
 
 def _is_basic(index):
@@ -35,7 +62,12 @@ class ShapeOps:
             return (g.reshape(x.shape),)
 
         return self._result(
-            out, (self,), backward, "ViewBackward0", saves=False, view=True
+            out,
+            (self,),
+            backward,
+            "ViewBackward0",
+            saves=False,
+            view=lambda a: a.reshape(shape),
         )
 
     def view(self, *shape):
@@ -52,7 +84,12 @@ class ShapeOps:
 
     def flatten(self, start_dim=0, end_dim=-1):
         shape = self.shape or (1,)
+        normalize_dims((start_dim, end_dim), self.ndim)  # torch's IndexError
         start, end = start_dim % len(shape), end_dim % len(shape)
+        if start > end:
+            raise RuntimeError(
+                "flatten() has invalid args: start_dim cannot come after end_dim"
+            )
         return self.reshape(shape[:start] + (-1,) + shape[end + 1 :])
 
     def unsqueeze(self, dim):
@@ -60,7 +97,7 @@ class ShapeOps:
 
     def squeeze(self, dim=None):
         """Drop size-1 dims (only those in `dim` if given; other dims are kept)."""
-        dims = range(self.ndim) if dim is None else np.atleast_1d(dim) % self.ndim
+        dims = normalize_dims(dim, self.ndim)
         return self.reshape(
             tuple(n for d, n in enumerate(self.shape) if not (d in dims and n == 1))
         )
@@ -69,17 +106,34 @@ class ShapeOps:
         """Broadcast to `sizes` (-1 keeps a dim) without copying."""
         sizes = _shape_arg(sizes)
         lead = len(sizes) - self.ndim
+        if lead < 0:
+            raise RuntimeError(
+                f"expand: the number of sizes provided ({len(sizes)}) must be greater "
+                f"or equal to the number of dimensions in the tensor ({self.ndim})"
+            )
         shape = tuple(
             n if n != -1 else self.shape[i - lead] for i, n in enumerate(sizes)
         )
+        for i, n in enumerate(self.shape):
+            if n != 1 and n != shape[lead + i]:
+                raise RuntimeError(
+                    f"The expanded size of the tensor ({shape[lead + i]}) must match "
+                    f"the existing size ({n}) at non-singleton dimension {lead + i}.  "
+                    f"Target sizes: {list(sizes)}.  Tensor sizes: {list(self.shape)}"
+                )
         x = self._data
-        out = np.broadcast_to(x, shape)
+        out = _broadcast_view(x, shape)
 
         def backward(g):
             return (unbroadcast(g, x.shape),)
 
         return self._result(
-            out, (self,), backward, "ExpandBackward0", saves=False, view=True
+            out,
+            (self,),
+            backward,
+            "ExpandBackward0",
+            saves=False,
+            view=lambda a: _broadcast_view(a, shape),
         )
 
     def repeat(self, *repeats):
@@ -102,14 +156,28 @@ class ShapeOps:
         return self._result(out, (self,), backward, "RepeatBackward0", saves=False)
 
     def permute(self, *dims):
-        dims = [d % self.ndim for d in _shape_arg(dims)]
+        dims = _shape_arg(dims)
+        if len(dims) != self.ndim:
+            raise RuntimeError(
+                "permute(sparse_coo): number of dimensions in the tensor input does "
+                "not match the length of the desired ordering of dimensions i.e. "
+                f"input.dim() = {self.ndim} is not equal to len(dims) = {len(dims)}"
+            )
+        if len(normalize_dims(dims, self.ndim)) != len(dims):
+            raise RuntimeError("permute(): duplicate dims are not allowed.")
+        dims = [d % self.ndim for d in dims]
         out = np.transpose(self._data, dims)
 
         def backward(g):
             return (np.transpose(g, np.argsort(dims)),)
 
         return self._result(
-            out, (self,), backward, "PermuteBackward0", saves=False, view=True
+            out,
+            (self,),
+            backward,
+            "PermuteBackward0",
+            saves=False,
+            view=lambda a: np.transpose(a, dims),
         )
 
     def transpose(self, dim0, dim1):
@@ -143,6 +211,9 @@ class ShapeOps:
         return parts if isinstance(index, tuple) else parts[0]
 
     def __getitem__(self, index):
+        parts = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(p, slice) and (p.step or 1) < 0 for p in parts):
+            raise ValueError("step must be greater than zero")
         index = self._index(index)
         x = self._data
         out = x[index]
@@ -152,26 +223,40 @@ class ShapeOps:
             np.add.at(grad, index, g)  # unbuffered: duplicate indices accumulate
             return (grad,)
 
-        view = _is_basic(index)  # else a copy, and torch keeps the index arrays
-        return self._result(out, (self,), backward, "IndexBackward0", not view, view)
+        if not _is_basic(index):  # a copy, and torch keeps the index tensors
+            return self._result(
+                out, (self,), backward, "IndexBackward0", _tensors(parts)
+            )
+        return self._result(
+            out,
+            (self,),
+            backward,
+            _basic_index_name(parts),
+            saves=False,
+            view=lambda a: a[index],
+        )
 
-    def _index_put(self, index, value):
-        """A copy of self with self[index] = value (the value broadcast and cast):
-        the recorded form of assignment into a tensor the graph tracks."""
-        index, value = self._index(index), self._lift(value)
-        out = self._data.copy()
-        out[index] = value._data
+    def _copy_slices(self, view_fn, index, value):
+        """Record the write just made of `value` into view_fn(self)[index] (self
+        itself if view_fn is None): value gets the gradient of the overwritten
+        region, self's version before the write the rest."""
+        parts = index if isinstance(index, tuple) else (index,)
+        index = self._index(index)
+
+        def region(a):
+            return a if view_fn is None else view_fn(a)
 
         def backward(g):
             rest = g.copy()
-            rest[index] = 0
-            picked = g[index]
+            region(rest)[index] = 0
+            picked = region(g)[index]
             return rest, (
                 unbroadcast(picked, value.shape) if value.requires_grad else None
             )
 
-        saves = not _is_basic(index)
-        return self._result(out, (self, value), backward, "CopySlices", saves)
+        saved = None if _is_basic(index) else _tensors(parts)
+        self._grad_fn = autograd.Node("CopySlices", (self, value), backward, saved)
+        self._requires_grad = True
 
     def gather(self, dim, index):
         """out[i][j][k] = self[index[i][j][k]][j][k] for dim 0, and so on."""
@@ -190,4 +275,4 @@ class ShapeOps:
             np.add.at(grad, where, g)
             return (grad,)
 
-        return self._result(out, (self,), backward, "GatherBackward0")
+        return self._result(out, (self,), backward, "GatherBackward0", (self, index))

@@ -4,6 +4,7 @@ The differentiable ops live in the mixins (one module per family); each builds i
 output with `_result`, passing the closure that maps d(out) to d(inputs).
 """
 
+import math
 import warnings
 
 import numpy as np
@@ -23,14 +24,39 @@ NON_LEAF_GRAD = (
 LEAF_INPLACE = (
     "a leaf Variable that requires grad is being used in an in-place operation."
 )
+LEAF_VIEW_INPLACE = (
+    "a view of a leaf Variable that requires grad is being used in an in-place "
+    "operation."
+)
+NO_GRAD_VIEW = (
+    "A view was created in no_grad mode and is being modified inplace with grad mode "
+    "enabled. Given that this use case is ambiguous and error-prone, it is forbidden. "
+    "You can clarify your code by moving both the view and the inplace either both "
+    "inside the no_grad block (if you don't want the inplace to be tracked) or both "
+    "outside (if you want the inplace to be tracked)."
+)
+OVERLAPPING_WRITE = (
+    "unsupported operation: more than one element of the written-to tensor refers to "
+    "a single memory location. Please clone() the tensor before performing the "
+    "operation."
+)
 
 
 def as_array(data, dtype=None):
-    """NumPy's dtype rules give float64 for Python floats and int64 for Python ints."""
-    arr = np.asarray(data._data if isinstance(data, Tensor) else data, dtype=dtype)
+    """NumPy's dtype rules give float64 for Python floats and int64 for Python ints.
+    Tensors (also inside lists) give their values, even if they require grad."""
+    arr = np.asarray(_values(data), dtype=dtype)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"can't convert {arr.dtype} data to a Tensor")
     return arr
+
+
+def _values(data):
+    if isinstance(data, Tensor):
+        return data._data
+    if isinstance(data, list | tuple):
+        return [_values(d) for d in data]
+    return data
 
 
 class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
@@ -56,27 +82,51 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def _setup(self, array, requires_grad=False):
         self._data = array
         self.grad = None
-        self.grad_fn = None
+        self._grad_fn = None
         self.retains_grad = False
         self._requires_grad = False
+        self._counter = autograd.VersionCounter()
+        # a view: the tensor whose memory it shows, and the NumPy function giving it
+        # from that base's array (None if made under no_grad, when torch forbids
+        # recording writes through it)
+        self._base = self._view_fn = None
         self.requires_grad = requires_grad
 
     @staticmethod
-    def _result(data, inputs=(), backward=None, name=None, saves=True, view=False):
+    def _result(data, inputs=(), backward=None, name=None, saves=True, view=None):
         """Wrap an op's output; record it if grad mode is on and an input needs grad.
 
-        Outputs are stored C-contiguous, as torch's are, unless the op is a `view`
-        (sharing its input's memory and strides), so that view() fails where torch's
-        does; NumPy alone would leave, say, a sum over a transposed array strided."""
+        `saves` says which tensors' values the backward closure holds: False (none),
+        True (the inputs) or a tuple in which "out" stands for the output. Outputs are
+        stored C-contiguous, as torch's are, unless the op may return a view: then
+        `view` is the NumPy function that made it from inputs[0]'s array, and a
+        result sharing that memory is a view (so that view() fails where torch's
+        does, and writes to it reach the base)."""
         out = Tensor._wrap(data if view else np.asarray(data, order="C"))
+        if view is not None and np.may_share_memory(data, inputs[0]._data):
+            out._view_of(inputs[0], view)
         if (
             autograd.is_grad_enabled()
             and out.dtype.kind == "f"
             and any(t.requires_grad for t in inputs)
         ):
+            saved = None if saves is False else inputs if saves is True else saves
+            saved = saved and tuple(out if isinstance(t, str) else t for t in saved)
             out._requires_grad = True
-            out.grad_fn = autograd.Node(name, tuple(inputs), backward, saves)
+            out._grad_fn = autograd.Node(name, tuple(inputs), backward, saved)
         return out
+
+    def _view_of(self, src, fn):
+        """Make this tensor a view of src's memory, shown by fn(src's array)."""
+        self._counter = src._counter
+        if src._base is None:
+            self._base, self._view_fn = src, fn
+        else:
+            outer = src._view_fn
+            self._base, self._view_fn = src._base, outer and (lambda a: fn(outer(a)))
+        if not autograd.is_grad_enabled():
+            self._view_fn = None
+        self._view_version = self._counter.value
 
     def _lift(self, value):
         """Tensor for `value`; a Python number takes this tensor's float dtype."""
@@ -88,8 +138,39 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     # ---- autograd state -------------------------------------------------------
 
     @property
+    def grad_fn(self):
+        """The op that made this tensor, None for a leaf. A view whose memory was
+        written in place since (through its base or another view) is re-derived from
+        its base, whose graph recorded the write, as torch does."""
+        if self._view_fn is not None and self._view_version != self._counter.value:
+            self._view_version = self._counter.value
+            if self._base.requires_grad:
+                self._requires_grad = True
+                self._grad_fn = autograd.Node(
+                    "AsStridedBackward0", (self._base,), self._view_backward()
+                )
+        return self._grad_fn
+
+    def _view_backward(self):
+        """d(base) from d(view): each view element's gradient added to the base
+        element it shows (found by viewing the base's flat positions)."""
+        shape, fn = self._base.shape, self._view_fn
+
+        def backward(g):
+            where = fn(np.arange(math.prod(shape)).reshape(shape)).ravel()
+            grad = np.bincount(where, g.ravel(), math.prod(shape)).reshape(shape)
+            return (grad.astype(g.dtype, copy=False),)
+
+        return backward
+
+    @property
+    def _version(self):
+        """How many in-place writes this tensor's memory has had (torch's _version)."""
+        return self._counter.value
+
+    @property
     def requires_grad(self):
-        return self._requires_grad
+        return self.grad_fn is not None or self._requires_grad
 
     @requires_grad.setter
     def requires_grad(self, flag):
@@ -134,7 +215,9 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
 
     def detach(self):
         """A Tensor sharing this data but cut from the graph."""
-        return Tensor._wrap(self._data)
+        out = Tensor._wrap(self._data)
+        out._counter = self._counter  # as torch's: writes through it are noticed
+        return out
 
     def backward(self, gradient=None, retain_graph=False):
         """Add d(self)/d(leaf) to each leaf's .grad (`gradient` defaults to 1)."""
@@ -165,28 +248,48 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
             self._grad._data += g
 
     # ---- in-place ops -------------------------------------------------------------
+    # A write goes into this tensor's memory, which its views and detach() share, and
+    # bumps the version counter they share. If the graph tracks it, it is recorded
+    # too: on the base when this is a view (CopySlices), as in torch.
 
-    def _records_inplace(self, value):
-        """Whether an in-place op must be recorded in the graph (torch's error if this
-        is a leaf that requires grad, whose value the graph may still need)."""
-        tracked = autograd.is_grad_enabled() and (
-            self.requires_grad or getattr(value, "requires_grad", False)
-        )
-        if tracked and self.is_leaf and self.requires_grad:
+    def _records_inplace(self, value, written):
+        """Whether an in-place write of `value` into the array `written` (this tensor
+        or part of it) must be recorded in the graph, with torch's errors where it
+        cannot be: a leaf that requires grad (the graph may need its value), a view
+        of one, a view made under no_grad, and memory that `written` shows twice."""
+        if any(
+            n > 1 and step == 0
+            for n, step in zip(written.shape, written.strides, strict=True)
+        ):
+            raise RuntimeError(OVERLAPPING_WRITE)  # an expand()ed tensor
+        if not autograd.is_grad_enabled():
+            return False
+        value_grad = getattr(value, "requires_grad", False)
+        base = self._base
+        if (
+            base is not None
+            and self._view_fn is None
+            and (base.requires_grad or value_grad)
+        ):
+            raise RuntimeError(NO_GRAD_VIEW)
+        if not (self.requires_grad or value_grad):
+            return False
+        if self.is_leaf and self.requires_grad:
             raise RuntimeError(LEAF_INPLACE)
-        return tracked
+        if base is not None and base.is_leaf and base.requires_grad:
+            raise RuntimeError(LEAF_VIEW_INPLACE)
+        return True
 
     def __setitem__(self, index, value):
-        """In place; if the graph tracks this tensor or `value`, the assignment is
-        recorded and this tensor becomes its result, as in torch. Having no version
-        counters, the recorded form writes a fresh array (ops that saved the old one
-        keep correct gradients) where torch would write in place."""
-        if not self._records_inplace(value):
-            self._data[self._index(index)] = as_array(value)
-            return
-        new = self._index_put(index, value)  # its graph keeps the version before
-        self._data, self.grad_fn = new._data, new.grad_fn
-        self._requires_grad = new.requires_grad
+        """In place; if the graph tracks this tensor or `value`, the write is recorded
+        and this tensor (or the base it is a view of) gets a CopySlices grad_fn."""
+        value, where = self._lift(value), self._index(index)
+        tracked = self._records_inplace(value, self._data[where])
+        self._data[where] = value._data
+        self._counter.value += 1
+        if tracked:
+            base = self if self._base is None else self._base
+            base._copy_slices(self._view_fn, index, value)
 
     def copy_(self, src):
         """Copy `src` (broadcast and cast) into this tensor."""
@@ -200,25 +303,37 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def zero_(self):
         return self.fill_(0)
 
-    def _inplace(self, other, ufunc, op):
-        """`x += y`: in place if untracked, else recorded out of place (rebinding x)."""
+    def _inplace(self, other, op):
+        """`x += y`: op's result written into x. If tracked, op runs on a clone (whose
+        values its closure may hold) and x takes op's grad_fn, or a view's base takes
+        a CopySlices."""
         other = self._lift(other)
-        if self._records_inplace(other):
-            return op(self, other)
-        ufunc(self._data, other._data, out=self._data)
+        tracked = self._records_inplace(other, self._data)
+        new = op(self.clone() if tracked else self, other)
+        if not np.can_cast(new.dtype, self.dtype, "same_kind"):
+            raise RuntimeError(
+                f"result type {new.dtype} can't be cast to the desired output type "
+                f"{self.dtype}"
+            )
+        self._data[...] = new._data
+        self._counter.value += 1
+        if tracked and self._base is not None:
+            self._base._copy_slices(self._view_fn, Ellipsis, new)
+        elif tracked:
+            self._grad_fn, self._requires_grad = new.grad_fn, True
         return self
 
     def __iadd__(self, other):
-        return self._inplace(other, np.add, Tensor.__add__)
+        return self._inplace(other, Tensor.__add__)
 
     def __isub__(self, other):
-        return self._inplace(other, np.subtract, Tensor.__sub__)
+        return self._inplace(other, Tensor.__sub__)
 
     def __imul__(self, other):
-        return self._inplace(other, np.multiply, Tensor.__mul__)
+        return self._inplace(other, Tensor.__mul__)
 
     def __itruediv__(self, other):
-        return self._inplace(other, np.divide, Tensor.__truediv__)
+        return self._inplace(other, Tensor.__truediv__)
 
     # ---- properties and conversions --------------------------------------------
 
@@ -276,7 +391,15 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         return np.array(self.numpy(), dtype=dtype, copy=copy)
 
     def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
         return len(self._data)
+
+    def __iter__(self):
+        """The sub-tensors along dim 0 (views, so gradients flow back)."""
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(len(self)))
 
     def __bool__(self):
         if self._data.size != 1:
@@ -298,13 +421,29 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def __int__(self):
         return int(self._python_number())
 
+    def __index__(self):
+        """A one-element integer tensor can index a list or size a range()."""
+        if self.dtype.kind not in "iub" or self._data.size != 1:
+            raise TypeError(
+                "only integer tensors of a single element can be converted to an index"
+            )
+        return int(self._data.item())
+
     def __format__(self, spec):
         return format(self.item(), spec) if self.ndim == 0 else repr(self)
 
     def __repr__(self):
         x = self._data
-        finite = x[np.isfinite(x)] if x.dtype.kind == "f" else x
-        fixed = x.dtype.kind == "f" and np.any(finite != np.round(finite))
+        fixed = False  # 4 decimals, else as few digits as show each value exactly
+        if x.dtype.kind == "f":
+            finite = x[np.isfinite(x)]
+            big = np.abs(finite[finite != 0])
+            # NumPy and torch choose scientific notation alike, but torch then always
+            # prints 4 decimals (1.0000e+05 where NumPy prints 1.e+05)
+            scientific = big.size and (
+                big.max() >= 1e8 or big.min() < 1e-4 or big.max() / big.min() > 1e3
+            )
+            fixed = scientific or np.any(finite != np.round(finite))
         body = np.array2string(
             x,
             separator=", ",
