@@ -62,19 +62,25 @@ def _pair_scatter(x, i, j, c):
 
     Dense pairs (n^2 <= 4 pairs, e.g. all i < j) go through the (n, n) matrix a of the c
     of each (i, j): with s = a + a.T, row u is sum(s[u]) x[u] - s[u] @ x, one bincount
-    and two matmuls (x with a column of ones) instead of a bincount per coordinate and
-    direction. x is taken relative to x[0] (the result does not change), so points far
-    from the origin do not cancel.
+    and a matmul or two instead of a bincount per coordinate and direction. x is taken
+    relative to x[0] (the result does not change), so points far from the origin do not
+    cancel.
     """
     n, width = x.shape
+    if len(c) and (i[i.argmin()] < 0 or j[j.argmin()] < 0):  # (argmin: faster than min)
+        i, j = i % n, j % n  # negative indices count from the end, as in the gathers
     if 0 < n * n <= 4 * len(c):
-        if j.min() < 0:  # i * n + j would pick the wrong pair
-            raise ValueError("pair indices j must be non-negative")
         k = i * n
         k += j
         a = np.bincount(k, weights=c, minlength=n * n).reshape(n, n)
-        x1 = np.empty((n, width + 1))
-        np.subtract(x, x[0], out=x1[:, :width])  # small numbers: no cancellation below
+        if n < 64:  # s costs less than a second product while it is small
+            x = x - x[0]  # small numbers: no cancellation below
+            s = a + a.T
+            g = s.sum(axis=1)[:, None] * x
+            g -= s @ x
+            return g
+        x1 = np.empty((n, width + 1))  # x with a column of ones: the row sums of s
+        np.subtract(x, x[0], out=x1[:, :width])
         x1[:, width] = 1
         s = a @ x1
         s += a.T @ x1

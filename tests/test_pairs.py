@@ -87,12 +87,16 @@ def test_lennard_jones_pairs_agree_with_pytorch_dense_and_sparse(rng):
         assert relative_error(grads["pos"], ref_grads["pos"]) <= 1e-10
 
 
-def test_negative_pair_index_is_refused_not_misread(rng):
+@pytest.mark.parametrize("n, dense", [(6, True), (20, False)])
+def test_negative_pair_indices_count_from_the_end(rng, n, dense):
+    """As in the gathers (and in torch): i * n + j would misread them in the pair matrix."""
     module = compile_module(springs())
-    params, inputs = pairs_data(rng, 6, dense=True)
-    inputs["j"] = inputs["j"] - 6  # np.take wraps these in the forward pass
-    with pytest.raises(ValueError, match="pair indices"):
-        module.value_and_grad(params, inputs)
+    params, inputs = pairs_data(rng, n, dense=dense)
+    expected = module.value_and_grad(params, inputs)
+    wrapped = {**inputs, "i": inputs["i"] - n * (inputs["i"] % 2), "j": inputs["j"] - n}
+    loss, grads = module.value_and_grad(params, wrapped)
+    assert loss == expected[0]
+    np.testing.assert_allclose(grads["x"], expected[1]["x"], rtol=1e-12, atol=1e-14)
 
 
 def test_unrolled_code_updates_per_pair():
