@@ -90,6 +90,7 @@ def forward(params, inputs):
 
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
+    grad_loss = float(grad_loss)  # float64, whatever scalar type is given
     a, batch, t, t1, t2 = (
         cache["a"],
         cache["batch"],

@@ -287,6 +287,9 @@ class Emitter:
             return False
         if self.shape(target) != shape:
             return False
+        expr = self.statement_of[target].expr
+        if expr is not None and expr.is_Symbol:  # another value under a second name
+            return False
         return not isinstance(target, Node) or (
             target.op in FRESH
             and not _broadcast_map(target)

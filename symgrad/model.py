@@ -675,6 +675,11 @@ class Model:
                 raise ModelError(
                     f"model {name!r}: params and inputs must be SymPy symbols, got {s!r}"
                 )
+        if inputs and "batch" in {s.name for s in symbols}:
+            raise ModelError(
+                f"model {name!r}: 'batch' names the data axis of from_expr's inputs; "
+                "rename the symbol"
+            )
         args = [m.param(s.name).node for s in params]
         args += [m.input(s.name, ("batch",)).node for s in inputs]
         placeholders = {s: ew.arg(i) for i, s in enumerate(symbols)}

@@ -14,6 +14,7 @@ Every elementwise function is one primitive, ``map``, whose adjoint SymPy derive
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,14 @@ def map_(expr: sp.Expr, args: Sequence[Node] = (), shape: Shape | None = None) -
     result (the adjoint of a reduction). Repeated or unused arguments are dropped.
     """
     expr = sp.sympify(expr)
+    # 0.5 * 2 is the Float 1.0, which SymPy keeps as a factor: a pass multiplying by one
+    whole = {
+        f: sp.Integer(int(f))
+        for f in expr.atoms(sp.Float)
+        if abs(f) < 2**53 and f % 1 == 0
+    }
+    if whole:
+        expr = expr.xreplace(whole)
     if shape is None:
         shape = broadcast(*args)
     kept: list[Node] = []
@@ -124,7 +133,14 @@ def reshape(a: Node, shape: Shape) -> Node:
 def normalize_axes(a: Node, axis) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(a.ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    try:
+        axes = tuple(
+            map(operator.index, axis if isinstance(axis, tuple | list) else [axis])
+        )
+    except TypeError:
+        raise TypeError(
+            f"axis={axis!r} for {a.describe()}: an axis is an int, or a tuple of ints"
+        ) from None
     for ax in axes:
         if not -a.ndim <= ax < a.ndim:
             raise ShapeError(

@@ -75,7 +75,8 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
         id(n)
         for n, us in users.items()
         if n.op == "map" and n.name is None and id(n) not in keep and us
-        and all(u.op == "map" for u in us) and (len(us) == 1 or _cheap(n))
+        and all(u.op == "map" for u in us)
+        and (len(us) == 1 and _copies(n, us[0]) <= 1 or _cheap(n))
     }  # fmt: skip
     kept -= fusible
 
@@ -101,6 +102,17 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
         return replace(fused, name=node.name) if node.name else fused
 
     return rewrite(roots, inline)
+
+
+def _copies(node: Node, user: Node) -> int:
+    """How many copies of ``node``'s formula inlining it into ``user`` would make, beyond
+    what CSE takes back cheaply: one per use in ``user``'s formula, but one in all for a
+    small formula. (Copies multiply along a chain: ten steps of z + sin(z)/10 - z**3/30
+    would differentiate a tree of 3**10 copies.)"""
+    uses = sum(
+        user.attrs[0].count(ew.arg(i)) for i, a in enumerate(user.args) if a is node
+    )
+    return 1 if sp.count_ops(node.attrs[0]) <= 4 else uses
 
 
 def _cheap(node: Node) -> bool:

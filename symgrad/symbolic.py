@@ -213,6 +213,32 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
     if d.has(sp.Derivative, sp.Subs):
         missing = sorted({str(x.expr.func) for x in d.atoms(sp.Derivative)})
         raise UnsupportedError(f"{', '.join(missing) or d} has no derivative")
+    d = d.replace(lambda e: e.is_Mul, _power_rule)
     if not expr.is_Symbol and not expr.is_Number:
-        d = d.subs(expr, OUT)
+        reused = d.subs(expr, OUT)
+        # but u**(p-1) stays: as OUT/u it would be 0/0 at u = 0
+        if not (_fractional_power(expr) and reused.has(1 / expr.base)):
+            d = reused
     return sp.factor_terms(d)
+
+
+def _fractional_power(expr: sp.Expr) -> bool:
+    return expr.is_Pow and not expr.exp.is_Integer
+
+
+def _power_rule(term: sp.Expr) -> sp.Expr:
+    """SymPy's p*u**p/u (for u = a*x: p*u**p/a) as p*u**(p-1) (p*u**(p-1)*x), as torch
+    computes it: finite at u = 0, where the other is 0/0, and no underflow for tiny u.
+    """
+    factors = list(sp.Mul.make_args(term))
+    for k, power in enumerate(factors):
+        if not _fractional_power(power):
+            continue
+        for m, divisor in enumerate(factors):
+            if divisor.is_Pow and divisor.exp == -1:
+                quotient = sp.cancel(power.base / divisor.base)
+                if sp.fraction(quotient)[1] == 1:
+                    factors[k] = power.base ** (power.exp - 1)
+                    factors[m] = quotient
+                    return sp.Mul(*factors)
+    return term

@@ -330,3 +330,18 @@ def test_gather_gradients_take_negative_and_unsigned_indices_like_torch(dtype):
     assert loss == pytest.approx(expected.item(), rel=1e-12)
     for k, p in tp.items():
         np.testing.assert_allclose(grads[k], p.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_a_gradient_that_is_a_parameter_itself_is_not_updated_in_place():
+    """0.5 * sum(x**2) has gradient x: a later scatter into it must not write into x."""
+    m = sg.Model("alias")
+    x = m.param("x", ("n", 3))
+    i = m.input("i", ("pairs",), dtype="int64")
+    j = m.input("j", ("pairs",), dtype="int64")
+    m.loss(sg.sum(x[i] - x[j]) + 0.5 * sg.sum(x**2))
+    module = compile_module(m)
+    params = {"x": np.arange(6.0).reshape(2, 3)}
+    before = params["x"].copy()
+    _, grads = module.value_and_grad(params, {"i": np.array([1]), "j": np.array([0])})
+    np.testing.assert_array_equal(params["x"], before)
+    np.testing.assert_array_equal(grads["x"], before + [[-1.0], [1.0]])

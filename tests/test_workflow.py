@@ -205,7 +205,7 @@ def test_verify_catches_a_wrong_gradient():
 def test_verify_catches_a_wrong_loss():
     model = load("decay_fit")
     source = generate(model)[0]
-    wrong = re.sub(r"loss = (.*)", r"loss = (\1) * 1.001", source)
+    wrong = re.sub(r"(?m)^(\s+)loss = (.*)", r"\1loss = (\2) * 1.001", source)
     assert wrong != source
     assert not verify(model, load_source(wrong, "decay_fit")).ok
 
