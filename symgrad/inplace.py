@@ -126,7 +126,7 @@ class InPlace:
         else:  # nothing to overwrite: the first operation allocates
             (inverse, code, _), *operands = operands
             if inverse:
-                start = head if head is not None else ("0" if add else "1")
+                start = head if head is not None else ("0" if add else "1.0")
                 buf = self.assign(
                     name, f"-{code}" if start == "0" else f"{start} {inv} {code}"
                 )[0]

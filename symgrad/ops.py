@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from . import symbolic as ew
-from .ir import Node, Shape, ShapeError, broadcast, format_shape
+from .ir import Node, Shape, ShapeError, broadcast, format_shape, size
 
 # --------------------------------------------------------------------------- builders
 
@@ -164,6 +164,9 @@ def reduce_sum(a: Node, axis=None, keepdims: bool = False) -> Node:
         axes = tuple(ax for ax in axes if a.shape[ax] != 1)
     if not axes:
         return a
+    if is_const(a):  # a constant times the count: no array to sum
+        count = size(tuple(a.shape[ax] for ax in axes))
+        return const(a.attrs[0] * count, _reduced(a, axes, keepdims))
     return Node("sum", (a,), _reduced(a, axes, keepdims), attrs=(axes, keepdims))
 
 

@@ -214,12 +214,23 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
         missing = sorted({str(x.expr.func) for x in d.atoms(sp.Derivative)})
         raise UnsupportedError(f"{', '.join(missing) or d} has no derivative")
     d = d.replace(lambda e: e.is_Mul, _power_rule)
+    d = d.xreplace(_log_of_bases(expr, arg(i)))
     if not expr.is_Symbol and not expr.is_Number:
         reused = d.subs(expr, OUT)
         # but u**(p-1) stays: as OUT/u it would be 0/0 at u = 0
         if not (_fractional_power(expr) and reused.has(1 / expr.base)):
             d = reused
     return sp.factor_terms(d)
+
+
+def _log_of_bases(expr: sp.Expr, x: sp.Symbol) -> dict:
+    """d(u**p)/dp = u**p*log(u), with log(u) read as log(1) = 0 where u = 0, as torch
+    masks it: 0**p*log(0) would be 0*(-inf) = nan (a power law fitted to data with zeros).
+    """
+    bases = {
+        p.base for p in expr.atoms(sp.Pow) if p.exp.has(x) and not p.base.is_Number
+    }
+    return {sp.log(b): sp.log(sp.Piecewise((1, sp.Eq(b, 0)), (b, True))) for b in bases}
 
 
 def _fractional_power(expr: sp.Expr) -> bool:
