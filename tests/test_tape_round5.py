@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+from tape_compare import RTOL, assert_same, check, check_raises, data, dtype_name
 
 from symgrad import tape
 
@@ -18,76 +19,13 @@ torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.usefixtures("torch_float64")
 
-RTOL = 1e-10
-
 
 def both(fn):
     return fn(tape), fn(torch)
 
 
-def dtype_name(t):
-    return str(t.dtype).replace("torch.", "")
-
-
-def to_np(x):
-    """Tensors (and nested tuples/lists/dicts of them) as NumPy arrays."""
-    if isinstance(x, tape.Tensor | torch.Tensor):
-        return np.array(x.detach().numpy())
-    if isinstance(x, dict):
-        return {k: to_np(v) for k, v in x.items()}
-    if isinstance(x, tuple | list):
-        return type(x)(to_np(v) for v in x)
-    return x
-
-
-def assert_same(ours, theirs):
-    """Same structure, values within RTOL, same dtypes for tensors."""
-    if isinstance(theirs, torch.Tensor):
-        assert isinstance(ours, tape.Tensor), type(ours)
-        assert tuple(ours.shape) == tuple(theirs.shape)
-        assert dtype_name(ours) == dtype_name(theirs)
-        np.testing.assert_allclose(to_np(ours), to_np(theirs), rtol=RTOL, atol=1e-12)
-    elif isinstance(theirs, dict):
-        assert list(ours) == list(theirs)
-        for k in theirs:
-            assert_same(ours[k], theirs[k])
-    elif isinstance(theirs, tuple | list):
-        assert len(ours) == len(theirs)
-        for a, b in zip(ours, theirs, strict=True):
-            assert_same(a, b)
-    elif isinstance(theirs, float):
-        np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=1e-12)
-    else:
-        assert ours == theirs
-
-
-def check(fn):
-    assert_same(*both(fn))
-
-
 def grads(*leaves):
     return tuple(t.grad for t in leaves)
-
-
-def raised(fn, lib):
-    try:
-        fn(lib)
-    except Exception as exc:  # noqa: BLE001 - the type is what is compared
-        return exc
-    return None
-
-
-def check_raises(fn):
-    """Both engines raise, and tape's exception is an instance of torch's type."""
-    theirs = raised(fn, torch)
-    assert theirs is not None, "torch did not raise"
-    ours = raised(fn, tape)
-    assert ours is not None, "tape did not raise"
-    assert isinstance(ours, type(theirs)), (type(ours), type(theirs))
-
-
-def data(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
 
 
 # ---- autograd core ------------------------------------------------------------------

@@ -7,11 +7,19 @@ difference from torch, with the place in symgrad/tape/ where the fix belongs.
 """
 
 import math
-import warnings
 from collections import OrderedDict
 
 import numpy as np
 import pytest
+from tape_compare import (
+    assert_same,
+    check,
+    check_raises,
+    data,
+    dtype_name,
+    quiet,
+    to_np,
+)
 
 from symgrad import tape
 
@@ -19,74 +27,7 @@ torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.usefixtures("torch_float64")
 
-RTOL = 1e-10
-
-
 # ---- helpers -------------------------------------------------------------------------
-
-
-def dtype_name(t):
-    return str(t.dtype).replace("torch.", "")
-
-
-def to_np(x):
-    return np.array(x.detach().numpy())
-
-
-def assert_same(ours, theirs):
-    """Same structure; tensors with the same shape, dtype and values (to RTOL)."""
-    if isinstance(theirs, torch.Tensor):
-        assert isinstance(ours, tape.Tensor), type(ours)
-        assert tuple(ours.shape) == tuple(theirs.shape)
-        assert dtype_name(ours) == dtype_name(theirs)
-        np.testing.assert_allclose(to_np(ours), to_np(theirs), rtol=RTOL, atol=1e-12)
-    elif isinstance(theirs, dict):
-        assert list(ours) == list(theirs)
-        for k in theirs:
-            assert_same(ours[k], theirs[k])
-    elif isinstance(theirs, tuple | list):
-        assert len(ours) == len(theirs), (ours, theirs)
-        for a, b in zip(ours, theirs, strict=True):
-            assert_same(a, b)
-    elif isinstance(theirs, float) and not isinstance(theirs, bool):
-        assert type(ours) is float
-        np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=1e-12)
-    else:
-        assert type(ours) is type(theirs), (ours, theirs)
-        assert ours == theirs
-
-
-def quiet(fn, lib):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn(lib)
-
-
-def check(fn):
-    theirs = quiet(fn, torch)
-    ours = quiet(fn, tape)
-    assert_same(ours, theirs)
-
-
-def raised(fn, lib):
-    try:
-        quiet(fn, lib)
-    except Exception as exc:  # noqa: BLE001 - the type is what is compared
-        return exc
-    return None
-
-
-def check_raises(fn):
-    """torch raises, and tape raises an instance of torch's exception type."""
-    theirs = raised(fn, torch)
-    assert theirs is not None, "torch did not raise"
-    ours = raised(fn, tape)
-    assert ours is not None, "tape did not raise"
-    assert isinstance(ours, type(theirs)), (type(ours), type(theirs))
-
-
-def data(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
 
 
 def weights(y, lib, seed=9):
