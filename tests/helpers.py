@@ -1,6 +1,9 @@
 """Helpers shared by the tests."""
 
+import functools
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -89,3 +92,39 @@ def torch_hessian(reference, params, inputs) -> np.ndarray:
 
     flat = np.concatenate([np.ravel(np.asarray(params[k], float)) for k in names])
     return torch.autograd.functional.hessian(loss, torch.tensor(flat)).numpy()
+
+
+@dataclass
+class Case:
+    build: Callable  # () -> sg.Model, the declaration
+    reference: Callable  # (torch params, torch inputs) -> (loss, {output: tensor})
+    data: Callable  # (rng, **dims) -> (params, inputs), NumPy arrays
+    sizes: list = field(default_factory=lambda: [{}])  # dims to run at
+
+
+class Zoo:
+    """Models with their PyTorch twins and data, each compiled once and checked against
+    its twin (``assert_agrees_with_torch``) at each of its sizes."""
+
+    def __init__(self, tol: float, grad_loss: float):
+        self.cases: dict[str, Case] = {}
+        self.tol, self.grad_loss = tol, grad_loss
+
+    def register(self, build, reference, data, *sizes):
+        self.cases[build.__name__] = Case(build, reference, data, list(sizes) or [{}])
+
+    @functools.cache  # noqa: B019 - one zoo per test module, alive for the session
+    def module_of(self, name, unroll=()):
+        model = self.cases[name].build()
+        if unroll:
+            model.unroll(**dict(unroll))
+        return model, compile_module(model)
+
+    def check(self, name, dims, seed=0, unroll=False):
+        model, module = self.module_of(name, tuple(dims.items()) if unroll else ())
+        case = self.cases[name]
+        params, inputs = case.data(np.random.default_rng(seed), **dims)
+        assert_agrees_with_torch(
+            module, case.reference, params, inputs, self.tol, self.grad_loss
+        )
+        return model, module, params, inputs

@@ -11,16 +11,13 @@ every symbolic dim (one of them 1), and with ``symgrad.verify.verify``.
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 import sympy as sp
 from helpers import (
-    assert_agrees_with_torch,
+    Zoo,
     compile_module,
     rel,
     torch_hessian,
@@ -38,35 +35,8 @@ TOL = 1e-10
 GRAD_LOSS = -1.5
 
 
-@dataclass
-class Case:
-    build: Callable[[], sg.Model]
-    reference: Callable  # (torch params, torch inputs) -> (loss, {output: tensor})
-    data: Callable  # (rng, **dims) -> (params, inputs) as NumPy arrays
-    sizes: list = field(default_factory=lambda: [{}])
-
-
-CASES: dict[str, Case] = {}
-
-
-def register(build, reference, data, *sizes):
-    CASES[build.__name__] = Case(build, reference, data, list(sizes) or [{}])
-
-
-@functools.cache
-def module_of(name, unroll=()):
-    model = CASES[name].build()
-    if unroll:
-        model.unroll(**dict(unroll))
-    return model, compile_module(model)
-
-
-def check(name, dims, seed=0, unroll=False):
-    model, module = module_of(name, tuple(dims.items()) if unroll else ())
-    params, inputs = CASES[name].data(np.random.default_rng(seed), **dims)
-    reference = CASES[name].reference
-    assert_agrees_with_torch(module, reference, params, inputs, TOL, GRAD_LOSS)
-    return model, module, params, inputs
+ZOO = Zoo(TOL, GRAD_LOSS)
+CASES, register, module_of, check = ZOO.cases, ZOO.register, ZOO.module_of, ZOO.check
 
 
 # --------------------------------------------------------------------------- models

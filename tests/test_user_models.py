@@ -6,17 +6,14 @@ gradient from ``value_and_grad`` and from ``forward`` + ``backward``.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import itertools
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 import sympy as sp
-from helpers import assert_agrees_with_torch, compile_module, rel, torch_hessian
+from helpers import Zoo, compile_module, rel, torch_hessian
 
 import symgrad as sg
 from symgrad.cli import generate, main
@@ -27,35 +24,8 @@ F = torch.nn.functional
 TOL = 1e-10
 
 
-@dataclass
-class Case:
-    build: Callable[[], sg.Model]  # the declaration
-    reference: Callable  # (torch params, torch inputs) -> (loss, {output: tensor})
-    data: Callable  # (rng, **dims) -> (params, inputs), NumPy arrays
-    sizes: list = field(default_factory=lambda: [{}])  # dims to run at
-
-
-CASES: dict[str, Case] = {}
-
-
-def register(build, reference, data, *sizes):
-    """A model ``build``, its PyTorch twin and its data, checked at each of ``sizes``."""
-    CASES[build.__name__] = Case(build, reference, data, list(sizes) or [{}])
-
-
-@functools.cache
-def module_of(name, unroll=()):
-    model = CASES[name].build()
-    if unroll:
-        model.unroll(**dict(unroll))
-    return model, compile_module(model)
-
-
-def check(name, dims, seed=0, unroll=False):
-    model, module = module_of(name, tuple(dims.items()) if unroll else ())
-    params, inputs = CASES[name].data(np.random.default_rng(seed), **dims)
-    assert_agrees_with_torch(module, CASES[name].reference, params, inputs, TOL, 2.0)
-    return model, module, params, inputs
+ZOO = Zoo(TOL, 2.0)
+CASES, register, module_of, check = ZOO.cases, ZOO.register, ZOO.module_of, ZOO.check
 
 
 # --------------------------------------------------------------------------- models
