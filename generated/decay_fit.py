@@ -16,31 +16,41 @@ def _unpack(params, inputs):
         _wrong_keys("params", params, PARAMS)
     if inputs.keys() != INPUTS.keys():
         _wrong_keys("inputs", inputs, INPUTS)
-    a = np.asarray(params["a"])
+    a = params["a"]
+    if type(a) is not np.ndarray:
+        a = _array("params", "a", a)
     if a.dtype.char != "d":
         a = _float64("params", "a", a, "()")
     if a.shape != ():
         _bad("params", "a", a, "()", "a float")
     a = a[()]
-    b = np.asarray(params["b"])
+    b = params["b"]
+    if type(b) is not np.ndarray:
+        b = _array("params", "b", b)
     if b.dtype.char != "d":
         b = _float64("params", "b", b, "()")
     if b.shape != ():
         _bad("params", "b", b, "()", "a float")
     b = b[()]
-    c = np.asarray(params["c"])
+    c = params["c"]
+    if type(c) is not np.ndarray:
+        c = _array("params", "c", c)
     if c.dtype.char != "d":
         c = _float64("params", "c", c, "()")
     if c.shape != ():
         _bad("params", "c", c, "()", "a float")
     c = c[()]
-    t = np.asarray(inputs["t"])
+    t = inputs["t"]
+    if type(t) is not np.ndarray:
+        t = _array("inputs", "t", t)
     if t.dtype.char != "d":
         t = _float64("inputs", "t", t, "(batch,)")
     if t.ndim != 1:
         _bad("inputs", "t", t, "(batch,)", "a float")
     batch = t.shape[0]
-    y = np.asarray(inputs["y"])
+    y = inputs["y"]
+    if type(y) is not np.ndarray:
+        y = _array("inputs", "y", y)
     if y.dtype.char != "d":
         y = _float64("inputs", "y", y, f"(batch={batch},)")
     if y.shape != (batch,):
@@ -54,6 +64,13 @@ def _wrong_keys(group, given, expected):
     missing = sorted(expected.keys() - given.keys())
     extra = sorted(given.keys() - expected.keys())
     raise KeyError(f"{group}: missing {missing}, unexpected {extra}")
+
+
+def _array(group, name, value):
+    try:
+        return np.asarray(value)
+    except ValueError as error:  # a ragged list, say: say which array
+        raise ValueError(f"{group}[{name!r}]: {error}") from None
 
 
 def _float64(group, name, array, expected):

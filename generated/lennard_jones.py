@@ -22,17 +22,23 @@ def _unpack(params, inputs):
         _wrong_keys("params", params, PARAMS)
     if inputs.keys() != INPUTS.keys():
         _wrong_keys("inputs", inputs, INPUTS)
-    pos = np.asarray(params["pos"])
+    pos = params["pos"]
+    if type(pos) is not np.ndarray:
+        pos = _array("params", "pos", pos)
     if pos.dtype.char != "d":
         pos = _float64("params", "pos", pos, "(N, 3)")
     if pos.ndim != 2 or pos.shape[1] != 3:
         _bad("params", "pos", pos, "(N, 3)", "a float")
     N = pos.shape[0]
-    i = np.asarray(inputs["i"])
+    i = inputs["i"]
+    if type(i) is not np.ndarray:
+        i = _array("inputs", "i", i)
     if i.ndim != 1 or i.dtype.kind not in "iu":
         _bad("inputs", "i", i, "(pairs,)", "an integer")
     pairs = i.shape[0]
-    j = np.asarray(inputs["j"])
+    j = inputs["j"]
+    if type(j) is not np.ndarray:
+        j = _array("inputs", "j", j)
     if j.shape != (pairs,) or j.dtype.kind not in "iu":
         _bad("inputs", "j", j, f"(pairs={pairs},)", "an integer")
     return pos, i, j, N, pairs
@@ -42,6 +48,13 @@ def _wrong_keys(group, given, expected):
     missing = sorted(expected.keys() - given.keys())
     extra = sorted(given.keys() - expected.keys())
     raise KeyError(f"{group}: missing {missing}, unexpected {extra}")
+
+
+def _array(group, name, value):
+    try:
+        return np.asarray(value)
+    except ValueError as error:  # a ragged list, say: say which array
+        raise ValueError(f"{group}[{name!r}]: {error}") from None
 
 
 def _float64(group, name, array, expected):

@@ -16,24 +16,32 @@ def _unpack(params, inputs):
         _wrong_keys("params", params, PARAMS)
     if inputs.keys() != INPUTS.keys():
         _wrong_keys("inputs", inputs, INPUTS)
-    w = np.asarray(params["w"])
+    w = params["w"]
+    if type(w) is not np.ndarray:
+        w = _array("params", "w", w)
     if w.dtype.char != "d":
         w = _float64("params", "w", w, "(20,)")
     if w.shape != (20,):
         _bad("params", "w", w, "(20,)", "a float")
-    b = np.asarray(params["b"])
+    b = params["b"]
+    if type(b) is not np.ndarray:
+        b = _array("params", "b", b)
     if b.dtype.char != "d":
         b = _float64("params", "b", b, "()")
     if b.shape != ():
         _bad("params", "b", b, "()", "a float")
     b = b[()]
-    X = np.asarray(inputs["X"])
+    X = inputs["X"]
+    if type(X) is not np.ndarray:
+        X = _array("inputs", "X", X)
     if X.dtype.char != "d":
         X = _float64("inputs", "X", X, "(batch, 20)")
     if X.ndim != 2 or X.shape[1] != 20:
         _bad("inputs", "X", X, "(batch, 20)", "a float")
     batch = X.shape[0]
-    y = np.asarray(inputs["y"])
+    y = inputs["y"]
+    if type(y) is not np.ndarray:
+        y = _array("inputs", "y", y)
     if y.dtype.char != "d":
         y = _float64("inputs", "y", y, f"(batch={batch},)")
     if y.shape != (batch,):
@@ -47,6 +55,13 @@ def _wrong_keys(group, given, expected):
     missing = sorted(expected.keys() - given.keys())
     extra = sorted(given.keys() - expected.keys())
     raise KeyError(f"{group}: missing {missing}, unexpected {extra}")
+
+
+def _array(group, name, value):
+    try:
+        return np.asarray(value)
+    except ValueError as error:  # a ragged list, say: say which array
+        raise ValueError(f"{group}[{name!r}]: {error}") from None
 
 
 def _float64(group, name, array, expected):

@@ -20,33 +20,45 @@ def _unpack(params, inputs):
         _wrong_keys("params", params, PARAMS)
     if inputs.keys() != INPUTS.keys():
         _wrong_keys("inputs", inputs, INPUTS)
-    W1 = np.asarray(params["W1"])
+    W1 = params["W1"]
+    if type(W1) is not np.ndarray:
+        W1 = _array("params", "W1", W1)
     if W1.dtype.char != "d":
         W1 = _float64("params", "W1", W1, "(128, 784)")
     if W1.shape != (128, 784):
         _bad("params", "W1", W1, "(128, 784)", "a float")
-    b1 = np.asarray(params["b1"])
+    b1 = params["b1"]
+    if type(b1) is not np.ndarray:
+        b1 = _array("params", "b1", b1)
     if b1.dtype.char != "d":
         b1 = _float64("params", "b1", b1, "(128,)")
     if b1.shape != (128,):
         _bad("params", "b1", b1, "(128,)", "a float")
-    W2 = np.asarray(params["W2"])
+    W2 = params["W2"]
+    if type(W2) is not np.ndarray:
+        W2 = _array("params", "W2", W2)
     if W2.dtype.char != "d":
         W2 = _float64("params", "W2", W2, "(10, 128)")
     if W2.shape != (10, 128):
         _bad("params", "W2", W2, "(10, 128)", "a float")
-    b2 = np.asarray(params["b2"])
+    b2 = params["b2"]
+    if type(b2) is not np.ndarray:
+        b2 = _array("params", "b2", b2)
     if b2.dtype.char != "d":
         b2 = _float64("params", "b2", b2, "(10,)")
     if b2.shape != (10,):
         _bad("params", "b2", b2, "(10,)", "a float")
-    x = np.asarray(inputs["x"])
+    x = inputs["x"]
+    if type(x) is not np.ndarray:
+        x = _array("inputs", "x", x)
     if x.dtype.char != "d":
         x = _float64("inputs", "x", x, "(batch, 784)")
     if x.ndim != 2 or x.shape[1] != 784:
         _bad("inputs", "x", x, "(batch, 784)", "a float")
     batch = x.shape[0]
-    labels = np.asarray(inputs["labels"])
+    labels = inputs["labels"]
+    if type(labels) is not np.ndarray:
+        labels = _array("inputs", "labels", labels)
     if labels.shape != (batch,) or labels.dtype.kind not in "iu":
         _bad("inputs", "labels", labels, f"(batch={batch},)", "an integer")
     if batch < 1:
@@ -58,6 +70,13 @@ def _wrong_keys(group, given, expected):
     missing = sorted(expected.keys() - given.keys())
     extra = sorted(given.keys() - expected.keys())
     raise KeyError(f"{group}: missing {missing}, unexpected {extra}")
+
+
+def _array(group, name, value):
+    try:
+        return np.asarray(value)
+    except ValueError as error:  # a ragged list, say: say which array
+        raise ValueError(f"{group}[{name!r}]: {error}") from None
 
 
 def _float64(group, name, array, expected):

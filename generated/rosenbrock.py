@@ -18,7 +18,9 @@ def _unpack(params, inputs):
         _wrong_keys("params", params, PARAMS)
     if inputs:  # (faster than comparing keys with none)
         _wrong_keys("inputs", inputs, INPUTS)
-    x = np.asarray(params["x"])
+    x = params["x"]
+    if type(x) is not np.ndarray:
+        x = _array("params", "x", x)
     if x.dtype.char != "d":
         x = _float64("params", "x", x, "(n,)")
     if x.ndim != 1:
@@ -31,6 +33,13 @@ def _wrong_keys(group, given, expected):
     missing = sorted(expected.keys() - given.keys())
     extra = sorted(given.keys() - expected.keys())
     raise KeyError(f"{group}: missing {missing}, unexpected {extra}")
+
+
+def _array(group, name, value):
+    try:
+        return np.asarray(value)
+    except ValueError as error:  # a ragged list, say: say which array
+        raise ValueError(f"{group}[{name!r}]: {error}") from None
 
 
 def _float64(group, name, array, expected):

@@ -525,7 +525,9 @@ def _unpack(model) -> tuple[list[str], list[str]]:
             ]
             shown = f"({shown[0]},)" if node.ndim == 1 else f"({', '.join(shown)})"
             shown = f'f"{shown}"' if "{" in shown else f'"{shown}"'
-            lines.append(f'{name} = np.asarray({group}["{name}"])')
+            lines.append(f'{name} = {group}["{name}"]')
+            lines.append(f"if type({name}) is not np.ndarray:")
+            lines.append(f'    {name} = _array("{group}", "{name}", {name})')
             if node.dtype == "float64":  # float32 and the like are computed in float64
                 lines.append(f'if {name}.dtype.char != "d":')
                 lines.append(

@@ -436,10 +436,6 @@ def test_an_empty_batch_is_nan_like_torch_or_a_clear_value_error(modules, name):
                 assert np.isnan(loss), name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a ragged list raises NumPy's ValueError, which does not name the array",
-)
 def test_ragged_list_error_names_the_array(modules):
     params, _ = data("seed_mlp", 2)
     inputs = {"x": [[1.0, 2.0, 3.0], [1.0]], "target": [[0.0], [1.0]]}
