@@ -70,18 +70,18 @@ def _run_build(path: Path):
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() in a script
         raise UsageError(f"model file {path}: {_describe(e)}") from e
     build = getattr(module, "build", None)
     if not callable(build):
         raise UsageError(f"model file {path} defines no build() function")
     try:
         return build()
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() in a script
         raise UsageError(f"{path}: build() raised {_describe(e)}") from e
 
 
-def _describe(e: Exception) -> str:
+def _describe(e: BaseException) -> str:
     """One line for an exception from a model file: its type, and its message if any."""
     if isinstance(e, SyntaxError):
         return f"syntax error at line {e.lineno}: {e.msg}"
@@ -89,11 +89,15 @@ def _describe(e: Exception) -> str:
 
 
 def generate(model: Model, hessian: bool = False):
-    """Compile and render one model: (source, program)."""
-    if hessian:
-        model.hessian = True
-    program = compile_model(model)
-    return render(program), program
+    """Compile and render one model: (source, program); ``hessian`` asks for hvp and
+    hessian for this call only, without changing ``model``."""
+    asked = model.hessian
+    model.hessian = asked or hessian
+    try:
+        program = compile_model(model)
+        return render(program), program
+    finally:
+        model.hessian = asked
 
 
 def _timing(program) -> str:

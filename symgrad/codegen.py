@@ -322,6 +322,11 @@ class Emitter:
         last use (computing the statement that reads them last, in place), except those
         the model names: a reviewer reading ``mu`` should find the mean in it."""
         last = {r: k for k, st in enumerate(statements) for r in st.reads}
+        for st in reversed(statements):  # an array lives as long as a view or alias
+            view = isinstance(st.target, Node) and st.target.op in VIEWS
+            if view or (st.expr is not None and st.expr.is_Symbol):
+                for r in st.reads:
+                    last[r] = max(last[r], last.get(st.target, -1))
         local = {  # never overwrite what the caller passed
             st.target
             for st in statements

@@ -156,6 +156,9 @@ class Expr:
     def __neg__(self):
         return _elementwise(lambda a: -a, self)  # noqa: E704
 
+    def __abs__(self):
+        return _elementwise(sp.Abs, self)  # noqa: E704
+
     def __pos__(self):
         return self  # noqa: E704
 

@@ -14,7 +14,7 @@ import sympy as sp
 
 from . import ops
 from . import symbolic as ew
-from .ir import Node, consumers, toposort
+from .ir import Node, broadcast, consumers, toposort
 
 
 def rewrite(roots: Sequence[Node], fn: Callable[[Node, Node], Node]) -> list[Node]:
@@ -63,8 +63,8 @@ def eliminate_common(roots: Sequence[Node]) -> list[Node]:
 def fuse(roots: Sequence[Node]) -> list[Node]:
     """Inline elementwise nodes into the elementwise nodes that use them.
 
-    A node is inlined into its only consumer, or into all of them when it is cheap to
-    repeat (a broadcast, or arithmetic on scalars). Fused chains become one SymPy
+    A node is inlined where it is used once, and a broadcast of one array wherever it is
+    used. Fused chains become one SymPy
     expression, so SymPy differentiates and simplifies them as a whole. Roots and named
     nodes stay separate: their values are needed as such.
     """
@@ -76,7 +76,7 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
         for n, us in users.items()
         if n.op == "map" and n.name is None and id(n) not in keep and us
         and all(u.op == "map" for u in us)
-        and (len(us) == 1 and _copies(n, us[0]) <= 1 or _cheap(n))
+        and (n.attrs[0].is_Symbol or _copies(n, us) == 1)
     }  # fmt: skip
     kept -= fusible
 
@@ -104,15 +104,17 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
     return rewrite(roots, inline)
 
 
-def _copies(node: Node, user: Node) -> int:
-    """How many copies of ``node``'s formula inlining it into ``user`` would make, beyond
-    what CSE takes back cheaply: one per use in ``user``'s formula, but one in all for a
-    small formula. (Copies multiply along a chain: ten steps of z + sin(z)/10 - z**3/30
-    would differentiate a tree of 3**10 copies.)"""
-    uses = sum(
-        user.attrs[0].count(ew.arg(i)) for i, a in enumerate(user.args) if a is node
+def _copies(node: Node, users: list[Node]) -> int:
+    """How many copies of ``node``'s formula inlining it would make: one per use in its
+    users' formulas. More than one multiplies along a chain (ten steps of
+    z + sin(z)/10 - z**3/30, or of r*x*(1 - x) on a scalar, would make a tree of 3**10
+    or 2**10 copies for SymPy to differentiate), so such a node is computed once."""
+    return sum(
+        u.attrs[0].count(ew.arg(i))
+        for u in users
+        for i, a in enumerate(u.args)
+        if a is node
     )
-    return 1 if sp.count_ops(node.attrs[0]) <= 4 else uses
 
 
 def _cheap(node: Node) -> bool:
@@ -207,7 +209,8 @@ def _reduce_product(term: sp.Expr, m: Node, axes: tuple, keepdims: bool) -> Node
             ops.map_(sp.Mul(*inside), m.args, m.shape), axes, keepdims
         )
     scale = sp.Mul(*outside) * ew.arg(len(m.args))
-    return ops.map_(scale, (*m.args, total))
+    used = [m.args[i] for i in range(len(m.args)) if scale.has(ew.arg(i))]
+    return ops.map_(scale, (*m.args, total), broadcast(*used, total))
 
 
 def _sum_of_scatter(node: Node) -> Node | None:

@@ -345,3 +345,21 @@ def test_a_gradient_that_is_a_parameter_itself_is_not_updated_in_place():
     _, grads = module.value_and_grad(params, {"i": np.array([1]), "j": np.array([0])})
     np.testing.assert_array_equal(params["x"], before)
     np.testing.assert_array_equal(grads["x"], before + [[-1.0], [1.0]])
+
+
+@pytest.mark.skipif(torch is None, reason="needs torch")
+def test_an_array_outlives_an_alias_of_its_view():
+    """t18 = t4[0] stayed in use after t4 was overwritten in place (t4 looked dead)."""
+    m = sg.Model("alias_of_view")
+    A = m.param("A", (2, 3, "k", 4))
+    m.loss(
+        sg.sum(sg.softmax(A, axis=0)[0] * sg.log_softmax(A, axis=1)[1])
+        + sg.sum(sg.softmax(A, axis=(0, 2)) * sg.sin(A))
+    )
+    a = np.random.default_rng(0).standard_normal((2, 3, 2, 4))
+    _, grads = compile_module(m).value_and_grad({"A": a}, {})
+    t = torch.tensor(a, requires_grad=True)
+    softmax_02 = torch.exp(t - torch.logsumexp(t, (0, 2), keepdim=True))
+    loss = (torch.softmax(t, 0)[0] * torch.log_softmax(t, 1)[1]).sum()
+    (loss + (softmax_02 * torch.sin(t)).sum()).backward()
+    np.testing.assert_allclose(grads["A"], t.grad.numpy(), rtol=1e-10, atol=1e-12)
