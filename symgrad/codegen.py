@@ -60,6 +60,11 @@ class Statement:
     reads: set = field(default_factory=set)  # Nodes and symbols this statement uses
     name: str = ""
 
+    @property
+    def alias(self) -> bool:
+        """Whether it only gives another value (or a view of it) a second name."""
+        return self.expr is not None and self.expr.is_Symbol
+
 
 class Emitter:
     """Turns a Program into ordered, named statements and prints them."""
@@ -287,8 +292,7 @@ class Emitter:
             return False
         if self.shape(target) != shape:
             return False
-        expr = self.statement_of[target].expr
-        if expr is not None and expr.is_Symbol:  # another value under a second name
+        if self.statement_of[target].alias:
             return False
         return not isinstance(target, Node) or (
             target.op in FRESH
@@ -324,7 +328,7 @@ class Emitter:
         last = {r: k for k, st in enumerate(statements) for r in st.reads}
         for st in reversed(statements):  # an array lives as long as a view or alias
             view = isinstance(st.target, Node) and st.target.op in VIEWS
-            if view or (st.expr is not None and st.expr.is_Symbol):
+            if view or st.alias:
                 for r in st.reads:
                     last[r] = max(last[r], last.get(st.target, -1))
         local = {  # never overwrite what the caller passed
@@ -663,20 +667,19 @@ def render(program: Program) -> str:
         bodies = ("forward", "backward", "value_and_grad")
         lines = [line for key in bodies for line in context[key]]
         lines += context["hvp"]["lines"] if context["hvp"] else []
-        context["pair_scatter"] = any("_pair_scatter(" in line for line in lines)
-        context["add_rows"] = any("_add_rows(" in line for line in lines)
+        text = "\n".join(lines)
+        scalar_text = "\n".join(line for f in unrolled for line in f.lines)
+        # The module's helpers, each defined only if called
+        context["pair_scatter"] = "_pair_scatter(" in text
+        context["add_rows"] = "_add_rows(" in text
         # NumPy has no erf: the module defines _erf/_erfc (math's, vectorized) if used
-        context["erf"] = [
-            f for f in ("erf", "erfc") if any(f"_{f}(" in x for x in lines)
-        ]
-        scalar_lines = [line for f in unrolled for line in f.lines]
-        context["nan_checked"] = [  # unrolled max/min of several values (MathPrinter)
-            f for f in ("max", "min") if any(f"_{f}(" in x for x in scalar_lines)
-        ]
+        context["erf"] = [f for f in ("erf", "erfc") if f"_{f}(" in text]
+        # unrolled max/min of several values (MathPrinter)
+        context["nan_checked"] = [f for f in ("max", "min") if f"_{f}(" in scalar_text]
         context["quiet"] = _guards_invalid_values(model)
         context["ones"] = sorted(
             (name, f"({size.replace('x', ', ')})" if "x" in size else size)
-            for name, size in set(_ONES.findall("\n".join(lines)))
+            for name, size in set(_ONES.findall(text))
         )
         source = _environment().get_template("module.py.j2").render(context)
     with program.timed("black"):
