@@ -17,6 +17,10 @@ def compile_module(model):
     return load_source(source, model.name)
 
 
+def normal(rng, *shape, scale=1.0):
+    return scale * rng.standard_normal(shape)
+
+
 def rel(actual, expected, floor=1e-300) -> float:
     """max |actual - expected| over the largest magnitude of ``expected``, or ``floor``
     if that is larger (a gradient that is zero up to round-off); shapes must agree."""

@@ -32,6 +32,7 @@ import sympy as sp
 from helpers import (
     assert_agrees_with_torch,
     compile_module,
+    normal,
     rel,
     torch_hessian,
 )
@@ -48,10 +49,6 @@ GRAD_LOSS = -1.5
 
 def check(module, reference, params, inputs, tol=TOL):
     assert_agrees_with_torch(module, reference, params, inputs, tol, GRAD_LOSS)
-
-
-def normal(rng, *shape, scale=1.0):
-    return scale * rng.standard_normal(shape)
 
 
 # ===================================================================== 1. model families
