@@ -150,12 +150,14 @@ def cmd_check(args) -> int:
     models = load_models(args.models)
     out = Path(args.out)
     stale, wanted = [], set()
-    for model in models:
+    for spec, model in zip(args.models or [""] * len(models), models, strict=True):
         path = out / f"{model.name}.py"
         wanted.add(path.name)
-        source, _ = generate(model)
+        hessian = args.hessian or (path.exists() and _built_with_hessian(path))
+        source, _ = generate(model, hessian)
+        rebuild = _build_command(spec, args.out, hessian)
         if not path.exists():
-            print(f"missing: {path} (run: symgrad build)")
+            print(f"missing: {path} (run: {rebuild})")
             stale.append(path)
             continue
         committed = path.read_text(encoding="utf-8")
@@ -167,7 +169,7 @@ def cmd_check(args) -> int:
                 f"{path} (rebuilt)",
             )
             sys.stdout.writelines(diff)
-            print(f"stale: {path} (run: symgrad build)")
+            print(f"stale: {path} (run: {rebuild})")
             stale.append(path)
         else:
             print(f"ok: {path}")
@@ -182,6 +184,21 @@ def cmd_check(args) -> int:
         print(f"{len(stale)} generated module(s) out of date", file=sys.stderr)
         return 1
     return 0
+
+
+def _built_with_hessian(path: Path) -> bool:
+    """Whether the module at ``path`` says in its header that it was built with --hessian."""
+    with path.open(encoding="utf-8") as f:
+        header = [f.readline() for _ in range(4)]
+    return any(
+        line.startswith("# Regenerate:") and "--hessian" in line for line in header
+    )
+
+
+def _build_command(spec: str, out: str, hessian: bool) -> str:
+    """The ``symgrad build`` that rewrites a module where check looked for it."""
+    words = ["symgrad build", spec, "" if out == "generated" else f"--out {out}"]
+    return " ".join(w for w in [*words, "--hessian" if hessian else ""] if w)
 
 
 def _is_generated(path: Path) -> bool:
@@ -248,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("models", nargs="*", help=models_help)
     p.add_argument(
         "--out", default="generated", help="directory to check (default: generated)"
+    )
+    p.add_argument(
+        "--hessian",
+        action="store_true",
+        help="expect hessian() and hvp() (implied for modules built with --hessian)",
     )
     p.set_defaults(run=cmd_check)
 

@@ -1107,12 +1107,6 @@ def test_hvp_with_a_direction_dict_in_any_form(unroll):
         module.hvp(params, inputs, {**v, "W": np.zeros((3, 2))})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hvp never checks the keys of v: an unexpected name is silently ignored "
-    "(and a missing one is a bare KeyError('b')), where params and inputs raise "
-    "KeyError 'v: missing [...], unexpected [...]' (codegen's hvp template)",
-)
 def test_hvp_direction_with_an_unexpected_key_is_a_key_error():
     module = api_module(False)
     params, inputs = _api_data()
@@ -1262,12 +1256,6 @@ def test_build_is_byte_identical_and_check_sees_an_edit(tmp_path):
     np.testing.assert_allclose(grads["w"], 6.0 + 0.2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="'symgrad build --hessian' has no counterpart in 'symgrad check' (no --hessian "
-    "option, and the header does not record it): a module built with --hessian is "
-    "always reported stale, its hvp/hessian shown as deleted (cli.py check subparser)",
-)
 def test_check_accepts_a_module_built_with_hessian(tmp_path):
     (tmp_path / "ridge_model.py").write_text(MODEL_FILE.format(decay=0.1))
     built = run_cli(
@@ -1300,12 +1288,6 @@ def test_a_model_file_that_exits_is_a_clear_error(tmp_path):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check's hint for a stale model file is 'run: symgrad build' (cli.py), which "
-    "rebuilds the built-in models into generated/, not this file into --out: it should "
-    "name the files and --out it was given",
-)
 def test_stale_hint_names_the_model_file_and_out_dir(tmp_path):
     (tmp_path / "ridge_model.py").write_text(MODEL_FILE.format(decay=0.1))
     assert (
