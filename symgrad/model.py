@@ -438,19 +438,29 @@ def take_along_axis(x: Expr, indices: Expr, axis: int) -> Expr:
 
 
 def logsumexp(x: Expr, axis=None, keepdims: bool = False) -> Expr:
-    """log(sum(exp(x))), shifted by the (detached) max so it never overflows."""
+    """log(sum(exp(x))), shifted by the (detached) max so it never overflows; a row of
+    -inf gives -inf (log 0), as in torch."""
     node = _expr(x, "sg.logsumexp").node
     axes = ops.normalize_axes(node, axis)
-    shift = Expr(ops.detach(ops.reduce_max(node, axes, keepdims=True)))
-    total = sum(exp(x - shift), axes, keepdims=True)
-    out = log(total) + shift
+    out = _logsumexp(x, axes, finite_shift=True)
     if keepdims:
         return out
     return out[tuple(0 if i in axes else slice(None) for i in range(node.ndim))]
 
 
+def _logsumexp(x: Expr, axes: tuple[int, ...], finite_shift: bool) -> Expr:
+    """logsumexp over ``axes``, kept as size-1 axes. ``finite_shift`` shifts by 0 where
+    the max is infinite (one op on the reduced shape), as torch does."""
+    shift = Expr(ops.detach(ops.reduce_max(x.node, axes, keepdims=True)))
+    if finite_shift:
+        shift = where(abs(shift) <= sys.float_info.max, shift, 0.0)
+    return log(sum(exp(x - shift), axes, keepdims=True)) + shift
+
+
 def log_softmax(x: Expr, axis: int = -1) -> Expr:
-    return x - logsumexp(x, axis, keepdims=True)
+    """x - logsumexp(x); a row of -inf is nan either way, so the shift needs no guard."""
+    node = _expr(x, "sg.log_softmax").node
+    return x - _logsumexp(x, ops.normalize_axes(node, axis), finite_shift=False)
 
 
 def softmax(x: Expr, axis: int = -1) -> Expr:
