@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from . import symbolic as ew
-from .ir import Node, Shape, ShapeError, broadcast, format_shape, size
+from .ir import Node, Shape, ShapeError, broadcast, broadcast_shapes, format_shape, size
 
 # --------------------------------------------------------------------------- builders
 
@@ -315,12 +315,18 @@ def take_along_axis(a: Node, idx: Node, axis: int) -> Node:
         )
     (axis,) = normalize_axes(a, axis)
     for k, (d_a, d_i) in enumerate(zip(a.shape, idx.shape, strict=True)):
-        if k != axis and d_a != d_i:
+        if k != axis and d_a != d_i and 1 not in (d_a, d_i):
             raise ShapeError(
                 f"{what}: shapes {format_shape(a.shape)} and {format_shape(idx.shape)} "
-                f"differ outside axis {axis}"
+                f"do not broadcast outside axis {axis}"
             )
-    return Node("take_along_axis", (a, idx), idx.shape, a.dtype, (axis,))
+    # They broadcast against each other outside the axis, as in NumPy. An array
+    # broadcast up is a map (its gradient sums back); an index broadcasts in NumPy.
+    wide = along_shape(broadcast_shapes(a.shape, idx.shape), axis, a.shape)
+    if wide != a.shape:
+        a = map_(ew.arg(0), [a], wide)
+    return Node("take_along_axis", (a, idx), along_shape(wide, axis, idx.shape),
+                a.dtype, (axis,))  # fmt: skip
 
 
 # A scatter adds updates into zeros (or into a dense ``base``): the adjoint of picking
@@ -628,10 +634,18 @@ def _numpy_scatter(args: list[str], node: Node) -> list[str]:
                 f"np.put_along_axis({{out}}, {index_code[0]}, {value}, axis={kind[1]})"
             )
         else:
-            grid = f"np.indices({index_code[0]}.shape, sparse=True)"
-            where = f"tuple({index_code[0]} if k == {kind[1]} else r for k, r in enumerate({grid}))"
-            lines.append(f"np.add.at({{out}}, {where}, {value})")
+            where = _along(index_code[0], kind[1], node.shape)
+            if where is None:
+                picked = along_shape(node.shape, kind[1], idx[0].shape)
+                grid = f"np.indices({format_shape(picked)}, sparse=True)"
+                where = f"tuple({index_code[0]} if k == {kind[1]} else r for k, r in enumerate({grid}))"
+            lines.append(f"np.add.at({{out}}, ({where}), {value})")
     return lines
+
+
+def along_shape(shape: Shape, axis: int, index_shape: Shape) -> Shape:
+    """The shape take_along_axis picks from ``shape``: the index's size along ``axis``."""
+    return shape[:axis] + (index_shape[axis],) + shape[axis + 1 :]
 
 
 def _along(index: str, axis: int, shape: Shape) -> str | None:

@@ -124,7 +124,8 @@ class _Interpreter:
         if op == "gather":
             return args[0][args[1]]
         if op == "take_along_axis":
-            return args[0].gather(attrs[0], args[1])
+            shape = _concrete(node.shape, sizes)  # torch's gather does not broadcast
+            return args[0].gather(attrs[0], args[1].expand(*shape))
         if op == "detach":
             return args[0].detach()
         raise symbolic.UnsupportedError(f"no reference rule for {op}")

@@ -30,7 +30,7 @@ import sympy as sp
 from .codegen import LEAVES, VIEWS
 from .ir import Node, format_shape
 from .model import ModelError
-from .ops import is_const, scatter_updates
+from .ops import along_shape, is_const, scatter_updates
 from .printer import MathPrinter
 
 # A model without symbolic dims is unrolled automatically when no array in its
@@ -497,10 +497,10 @@ class _Expander:
                 self.lines.append(_Line(f"{_pattern(tail, names)} = {table}[{at}]"))
                 values.update({p + c: self._symbol(n) for c, n in names.items()})
         else:
-            axis = node.attrs[0]
+            axis, ishape = node.attrs[0], self.shape(index)
             for p in _indices(shape):
                 path = [str(i) for i in p]
-                path[axis] = self._at(self.elem(index, p))
+                path[axis] = self._at(self.elem(index, _broadcast_index(p, ishape)))
                 local = self._fresh(name + _suffix(p, shape))
                 at = "".join(f"[{i}]" for i in path)
                 self.lines.append(_Line(f"{local} = {table}{at}"))
@@ -527,8 +527,11 @@ class _Expander:
                     static[_index_source(kind[1], shape, k)].append(sign * update(k))
                 continue
             ishape = self.shape(index[0])
-            for p in _indices(ishape):
-                at = self._at(self.elem(index[0], p))
+            picked = (
+                ishape if kind[0] == "rows" else along_shape(shape, kind[1], ishape)
+            )
+            for p in _indices(picked):
+                at = self._at(self.elem(index[0], _broadcast_index(p, ishape)))
                 if kind[0] == "rows":
                     for c in _indices(shape[1:]):
                         runtime.append(([at, *map(str, c)], update(p + c)))

@@ -1253,31 +1253,46 @@ def test_logsumexp_of_a_fully_masked_row_is_minus_inf():
 # ===================================================================== 5. valid models / clear errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sg.take_along_axis refuses an index that broadcasts against the array "
-    "outside the axis ((b, 1, 1) for (b, 3, 5)), which NumPy's take_along_axis and "
-    "torch.take_along_dim accept (ops.take_along_axis requires equal shapes)",
+@pytest.mark.parametrize(
+    "a_shape, idx_shape, axis",
+    [
+        (("b", 3, 5), ("b", 1, 2), 2),  # the index broadcasts; np.add.at gradient
+        (("b", 3, 5), ("b", 1, 1), 2),  # one pick per row: put_along_axis gradient
+        ((1, 3, 5), ("b", 3, 2), 2),  # the array broadcasts: its gradient sums back
+        (("b", 4), (1, 3), 1),  # 2-D, fancy-index spelling
+        ((4, "b"), (2, 1), 0),
+    ],
 )
-def test_take_along_axis_broadcasts_the_index_like_numpy():
+@pytest.mark.parametrize("unroll", [False, True])
+def test_take_along_axis_broadcasts_like_numpy(a_shape, idx_shape, axis, unroll):
     m = sg.Model("take_broadcast")
-    A = m.param("A", ("b", 3, 5))
-    idx = m.input("idx", ("b", 1, 2), dtype="int64")
-    g = m.output("g", sg.take_along_axis(A, idx, axis=2))  # (b, 3, 2)
-    m.loss(sg.sum(g**2))
+    A = m.param("A", a_shape)
+    idx = m.input("idx", idx_shape, dtype="int64")
+    g = m.output("g", sg.take_along_axis(A, idx, axis=axis))
+    m.loss(sg.sum(sg.sin(g) * g))
+    if unroll:
+        m.unroll(b=2)
     module = compile_module(m)
 
     def reference(p, i):
-        g = torch.take_along_dim(p["A"], i["idx"], dim=2)
-        return (g**2).sum(), {"g": g}
+        g = torch.take_along_dim(p["A"], i["idx"], dim=axis)
+        return (torch.sin(g) * g).sum(), {"g": g}
 
     rng = np.random.default_rng(0)
-    check(
-        module,
-        reference,
-        {"A": normal(rng, 2, 3, 5)},
-        {"idx": rng.integers(0, 5, (2, 1, 2))},
-    )
+    for b in (2, 3):
+        sizes = {"b": b}
+        a = [sizes.get(d, d) for d in a_shape]
+        n = [sizes.get(d, d) for d in idx_shape]
+        picks = rng.integers(-a[axis], a[axis], n)  # negative picks count from the end
+        check(module, reference, {"A": normal(rng, *a)}, {"idx": picks})
+
+
+def test_take_along_axis_shapes_that_do_not_broadcast_are_named():
+    m = sg.Model("take_bad")
+    A = m.param("A", ("b", 3, 5))
+    idx = m.input("idx", ("b", 2, 2), dtype="int64")
+    with pytest.raises(sg.ShapeError, match=r"A.*idx.*do not broadcast outside axis 2"):
+        sg.take_along_axis(A, idx, axis=2)
 
 
 @pytest.mark.parametrize("axis", [1.0, "1"])
