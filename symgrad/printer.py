@@ -58,6 +58,13 @@ def fold_numbers(expr: sp.Expr) -> sp.Expr:
     )
 
 
+def rational(c: sp.Rational) -> str:
+    """0.5 and 2.25 as decimals, 1/3 as 1.0/3.0 (CPython folds it): both read better than
+    0.3333333333333333, and stay floats."""
+    text = repr(float(c))
+    return text if len(text) <= 8 else f"{float(c.p)!r}/{float(c.q)!r}"
+
+
 def _simple(c: sp.Expr) -> bool:
     """A number people write as a fraction: 200, 1/3 (not the exact form of 1.37)."""
     return c.is_Rational and abs(c.p) < 10**6 and c.q < 1000
@@ -183,9 +190,7 @@ class NumPyPrinter(_SymPyNumPyPrinter):
         return literal(expr)
 
     def _print_Rational(self, expr):
-        if abs(expr.q) < 1000:  # 1/3 reads better than 0.3333333333333333
-            return f"{expr.p}/{expr.q}"
-        return repr(float(expr))
+        return rational(expr)
 
     def _print_Relational(self, expr):
         lhs = self.parenthesize(expr.lhs, precedence(expr))
@@ -286,8 +291,7 @@ class MathPrinter(PythonCodePrinter):
         return repr(float(expr))
 
     def _print_Rational(self, expr):
-        text = repr(float(expr))  # 0.5, but 1.0/3.0 (CPython folds it) for 1/3
-        return text if len(text) <= 8 else f"{float(expr.p)!r}/{float(expr.q)!r}"
+        return rational(expr)
 
     def _print_Float(self, expr):
         return literal(expr, "math")

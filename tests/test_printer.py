@@ -97,6 +97,9 @@ def test_integers_print_as_floats_but_powers_stay_integer():
     assert to_numpy(2 * X + Y) == "2.0*x + y"
     assert to_numpy(X**2) == "x**2"
     assert to_numpy(sp.Max(X, 0)) == "np.maximum(x, 0.0)"
+    # fractions as the unrolled printer writes them: short decimals, or float / float
+    assert to_numpy(sp.Rational(9, 4) + X) == "2.25 + x"
+    assert to_numpy(X ** sp.Rational(1, 3)) == "x**(1.0/3.0)"
 
 
 def test_a_coefficient_goes_into_a_sum_it_scales_for_free():
