@@ -683,7 +683,17 @@ def render(program: Program) -> str:
         )
         source = _environment().get_template("module.py.j2").render(context)
     with program.timed("black"):
-        return black.format_str(source, mode=black.Mode())
+        return _black(source)
+
+
+def _black(source: str) -> str:
+    """One pass of black. ``black.format_str`` makes a second pass over any source the
+    first changed, for trailing commas that a first pass adds inside optional parentheses;
+    generated code has none of those cases (the tests check that the result is black's
+    fixed point), and the second pass doubled the time of the slowest step of a build.
+    """
+    format_once = getattr(black, "_format_str_once", black.format_str)
+    return format_once(source, mode=black.Mode())
 
 
 _TEMPORARY = re.compile(r"\bt(\d+)(?=\b|_\d)")  # t3, and t3_0_1 in unrolled code

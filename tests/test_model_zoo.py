@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import black
 import numpy as np
 import pytest
 import sympy as sp
@@ -25,7 +26,7 @@ from helpers import (
 )
 
 import symgrad as sg
-from symgrad.cli import main
+from symgrad.cli import generate, main
 from symgrad.verify import verify
 
 torch = pytest.importorskip("torch")
@@ -571,6 +572,13 @@ register(
 )
 def test_agrees_with_pytorch(name, dims):
     check(name, dims)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_generated_source_is_a_fixed_point_of_black(name):
+    """codegen runs black's formatter once, not twice as black.format_str does."""
+    source, _ = generate(CASES[name].build())
+    assert black.format_str(source, mode=black.Mode()) == source
 
 
 @pytest.mark.parametrize("name", list(CASES))

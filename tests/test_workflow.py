@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import black
 import numpy as np
 import pytest
 
@@ -118,6 +119,13 @@ def test_small_model_change_gives_local_diff():
 
 
 # --------------------------------------------------------------------------- symgrad check
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_generated_modules_are_fixed_points_of_black(name):
+    """codegen runs black's formatter once, not twice as black.format_str does."""
+    source = (ROOT / "generated" / f"{name}.py").read_text()
+    assert black.format_str(source, mode=black.Mode()) == source
 
 
 def test_check_passes_on_committed_files():
