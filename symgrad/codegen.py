@@ -481,22 +481,29 @@ def _return(values: dict[str, Node], emitter: Emitter, cached=frozenset()) -> st
 _ONES = re.compile(r"\b(_ONES_(\d+(?:x\d+)?))\b")  # ops._ones: constant vectors of ones
 
 
-def _guards_invalid_values(model) -> bool:
-    """Whether an ``sg.where`` may guard a value that is invalid where it is not picked,
-    as ``where(x > 0, sqrt(x), 0)`` does: NumPy computes both branches, and would warn.
+def _unpicked_errors(model) -> str:
+    """The NumPy errors an ``sg.where`` may guard against in the branch it does not pick,
+    as ``errstate`` keywords ("" for none): NumPy computes both branches, and would warn.
+    ``where(x > 0, sqrt(x), 0)``: invalid and divide; ``where(z > 0, z, exp(z) - 1)``:
+    overflow, for large z.
     """
     nodes = toposort([model.loss_node, *model.outputs.values()])
     exprs = [node.attrs[0] for node in nodes if node.op == "map"]
     if not any(e.has(sp.Piecewise) for e in exprs):
-        return False
-    partial = (sp.log, ew.log1p, sp.asin, sp.acos)
+        return ""
     sizes = set(model.dims.values())
-    roots = (  # x**-1, sqrt(x): undefined at 0 or below; 1/n for a size n is fine
+    powers = [  # x**-1, sqrt(x): undefined at 0 or below; 1/n for a size n is fine
         p for e in exprs for p in e.atoms(sp.Pow) if not p.base.free_symbols <= sizes
+    ]
+    partial = (sp.log, ew.log1p, sp.asin, sp.acos)
+    invalid = any(e.has(*partial) for e in exprs) or any(
+        not (p.exp.is_integer and p.exp.is_nonnegative) for p in powers
     )
-    return any(e.has(*partial) for e in exprs) or any(
-        not (p.exp.is_integer and p.exp.is_nonnegative) for p in roots
+    over = any(e.has(sp.exp, sp.cosh, sp.sinh) for e in exprs) or any(
+        p.exp.free_symbols for p in powers
     )
+    errors = ["divide", "invalid"] if invalid else []
+    return ", ".join(f'{e}="ignore"' for e in errors + ["over"] * over)
 
 
 def _unpack(model) -> tuple[list[str], list[str]]:
@@ -676,7 +683,7 @@ def render(program: Program) -> str:
         context["erf"] = [f for f in ("erf", "erfc") if f"_{f}(" in text]
         # unrolled max/min of several values (MathPrinter)
         context["nan_checked"] = [f for f in ("max", "min") if f"_{f}(" in scalar_text]
-        context["quiet"] = _guards_invalid_values(model)
+        context["quiet"] = _unpicked_errors(model)
         context["ones"] = sorted(
             (name, f"({size.replace('x', ', ')})" if "x" in size else size)
             for name, size in set(_ONES.findall(text))

@@ -629,11 +629,10 @@ class Model:
         needs: dict[sp.Expr, str] = {}
         for node in toposort([self.loss_node, *self.outputs.values()]):
             for need in ops.size_requirements(node):
-                where = (
-                    f"a mean over {need + 1}"  # or any division by the size
-                    if node.op == "map"
-                    else node.args[0].describe() + ops.format_index(node.attrs[0])
-                )
+                if node.op == "index":
+                    where = node.args[0].describe() + ops.format_index(node.attrs[0])
+                else:  # a map divides by the size: a mean
+                    where = f"a {'mean' if node.op == 'map' else 'max'} over {need + 1}"
                 needs.setdefault(need, where)
         strongest: dict[sp.Symbol, tuple[int, sp.Expr]] = {}  # n >= 3 says n >= 2
         for need in sorted(needs, key=str):

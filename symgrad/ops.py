@@ -247,13 +247,16 @@ def size_requirements(node: Node) -> list[sp.Expr]:
     or for a division by a size to be defined.
 
     ``x[:3]`` has 3 elements only if ``n >= 3`` (NumPy would silently give fewer),
-    ``x[1:-1]`` has ``n - 2`` only if ``n >= 2``, and a mean over ``n`` needs ``n >= 1``;
+    ``x[1:-1]`` has ``n - 2`` only if ``n >= 2``, and a mean or max over ``n`` needs ``n >= 1``;
     the generated ``_unpack`` checks these.
     """
     if node.op == "map":  # a mean over an empty axis would divide by zero
         powers = node.attrs[0].atoms(sp.Pow)
         sizes = {s for p in powers if p.exp.is_negative for s in p.base.free_symbols}
         return [s - 1 for s in sorted(sizes, key=str) if s.is_integer]
+    if node.op == "max":  # nor has an empty axis a max (also the shift of a softmax)
+        dims = {node.args[0].shape[k] for k in node.attrs[0]}
+        return [d - 1 for d in sorted(dims, key=str) if not isinstance(d, int)]
     if node.op != "index":
         return []
     needs = []
