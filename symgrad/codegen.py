@@ -102,7 +102,12 @@ class Emitter:
             return node.op in LEAVES or unused
         if node.op in VIEWS and len(self.users[node]) > 1 and node.args[0].op in LEAVES:
             return False  # x[:-1] used twice: one view object, not one per use
-        return node.op in VIEWS or is_const(node) or _scalar_map(node)
+        if _scalar_map(node):  # into formulas, where CSE sees it, or where it is cheap
+            users = self.users[node]
+            return (
+                all(u.op == "map" for u in users) or sp.count_ops(self._expr(node)) <= 2
+            )
+        return node.op in VIEWS or is_const(node)
 
     def _expr(self, node: Node) -> sp.Expr:
         """A map's formula over placeholders, with activations lowered to stable forms."""

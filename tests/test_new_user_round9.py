@@ -922,7 +922,9 @@ def test_family_agrees_with_pytorch(name):
     check(module_of(name), reference, params, inputs)
 
 
-HESSIAN_FAMILIES = [  # (the 3-point GP takes 20 s: see test_scalar_formulas_...)
+HESSIAN_FAMILIES = [
+    "gp_marginal_likelihood_3_points",  # (it took 22 s to build while 0-d formulas were
+    # copied into every gradient element: see test_scalar_formulas_...)
     "negative_binomial_fixed_dispersion",
     "ordinal_cumulative_logits",
     "bradley_terry_home_advantage",
@@ -1109,13 +1111,6 @@ def _repeated_groups(source: str, function: str) -> dict[str, int]:
     return {g: n for g, n in groups.items() if n >= 3}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="0-d formulas are inlined into every user (codegen.inline: _scalar_map) and "
-    "the element scatters of an index adjoint (grad_K[i, j] += ...) are outside "
-    "sympy.cse: det = K00 K11 - K01 K10 is held in a temporary yet recomputed in every "
-    "gradient element (11 copies here; 426 in the 3x3 GP's hvp, whose build takes 22 s)",
-)
 def test_scalar_formulas_of_matrix_elements_are_computed_once():
     m = sg.Model("gaussian_2d_by_cofactors")
     K, y = m.param("K", (2, 2)), m.input("y", (2,))
