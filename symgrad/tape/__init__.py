@@ -8,7 +8,7 @@ the two means something. Floats default to float64 (torch: float32).
 
 import numpy as np
 
-from . import nn, optim
+from . import autograd, nn, optim
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (
     arange,
@@ -43,8 +43,9 @@ __all__ += (  # torch-level functions, defined below
     "clamp softmax log_softmax logsumexp sum mean amax max argmax matmul gather clone "
     "reshape flatten squeeze unsqueeze transpose permute pow amin min argmin maximum "
     "minimum t asinh acosh atanh atan2 erf erfc var std prod cumsum clamp_min "
-    "clamp_max masked_fill"
+    "clamp_max masked_fill mm split chunk unbind flip"
 ).split()
+__all__ += ["autograd"]
 
 float32 = float = np.float32
 float64 = double = np.float64
@@ -72,4 +73,11 @@ clamp_min, clamp_max, masked_fill = (
     Tensor.clamp_min,
     Tensor.clamp_max,
     Tensor.masked_fill,
+)
+mm, split, chunk, unbind, flip = (
+    Tensor.mm,
+    Tensor.split,
+    Tensor.chunk,
+    Tensor.unbind,
+    Tensor.flip,
 )

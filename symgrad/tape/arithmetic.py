@@ -87,11 +87,25 @@ def _pick_rule(wins):
     return lambda g, x, y, out: np.where(x == y, g / 2, g * wins(x, y))
 
 
+# torch's grad_fn for matmul by the operands' dims (more dims: a batched matmul)
+_MATMUL_NAMES = {
+    (1, 1): "DotBackward0",
+    (1, 2): "SqueezeBackward4",
+    (2, 1): "MvBackward0",
+    (2, 2): "MmBackward0",
+}
+
+
 def _matmul_check(a, b):
     if a.ndim == 0 or b.ndim == 0:
         raise RuntimeError(
             f"both arguments to matmul need to be at least 1D, but they are "
             f"{a.ndim}D and {b.ndim}D"
+        )
+    if a.dtype != b.dtype:  # torch does not promote inside matmul
+        raise RuntimeError(
+            "expected m1 and m2 to have the same dtype, but got: "
+            f"{a.dtype} != {b.dtype}"
         )
     k = b.shape[-2] if b.ndim > 1 else b.shape[0]
     if a.shape[-1] != k:
@@ -221,7 +235,15 @@ class ArithmeticOps:
             return ga, gb
 
         saves = (other,) * self.requires_grad + (self,) * other.requires_grad
-        return self._result(out, (self, other), backward, "MmBackward0", saves)
+        name = _MATMUL_NAMES.get((a.ndim, b.ndim), "UnsafeViewBackward0")
+        return self._result(out, (self, other), backward, name, saves)
+
+    def mm(self, mat2):
+        """The product of two matrices (matmul without its 1-D and batch cases)."""
+        for what, t in (("self", self), ("mat2", mat2)):
+            if t.ndim != 2:
+                raise RuntimeError(f"{what} must be a matrix")
+        return self.matmul(mat2)
 
     # comparisons and bitwise ops give tensors that never require grad
     def _untracked(self, other, fn):

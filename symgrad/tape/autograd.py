@@ -1,8 +1,9 @@
 """Grad mode, graph nodes and the backward pass: a topological sort plus the
 recorded closures run in reverse.
 
-Nothing here knows about Tensor itself: a tensor is anything with `requires_grad`,
-`grad_fn`, `retains_grad` and `_accumulate_grad(array)`.
+Apart from grad(), which returns Tensors, nothing here knows about Tensor itself: a
+tensor is anything with `requires_grad`, `grad_fn`, `retains_grad`, `_run_hooks(array)`
+and `_accumulate_grad(array)`.
 """
 
 import contextlib
@@ -142,15 +143,26 @@ class Node:
         return grads
 
 
+class RemovableHandle:
+    """What register_hook returns: remove() unregisters the hook."""
+
+    def __init__(self, hooks, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self):
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)
+
+
 def _key(version):
     """A (tensor, grad_fn) version: a non-leaf is named by its op, a leaf by itself."""
     t, fn = version
     return id(t) if fn is None else id(fn)
 
 
-def _topological_order(root):
+def _topological_order(roots):
     """Versions that need a gradient, each after all of its inputs (iterative DFS)."""
-    order, seen, stack = [], set(), [((root, root.grad_fn), False)]
+    order, seen, stack = [], set(), [((r, r.grad_fn), False) for r in roots]
     while stack:
         version, inputs_done = stack.pop()
         if inputs_done:
@@ -164,18 +176,67 @@ def _topological_order(root):
 
 
 @underflow_ok
-def backward(root, grad, retain_graph=False):
-    """Propagate `grad` (d root / d root) to every leaf reachable from `root`."""
-    grads = {_key((root, root.grad_fn)): grad}
-    for t, fn in reversed(_topological_order(root)):
-        g = grads.pop(_key((t, fn)), None)
+def backward(roots, grads, retain_graph=False, inputs=None):
+    """Propagate grads[i] (d root / d roots[i]) back through the graph. Without
+    `inputs`, every leaf reached, and each non-leaf that retains its grad, adds its
+    gradient to .grad; with `inputs`, nothing is accumulated: the gradient reaching
+    each input is returned (None where none does). Each tensor's hooks see its
+    gradient first and may replace it."""
+    wanted = {_key((t, t.grad_fn)) for t in inputs or ()}
+    found = {}
+    pending = {}
+    for root, grad in zip(roots, grads, strict=True):
+        k = _key((root, root.grad_fn))
+        pending[k] = grad if k not in pending else pending[k] + grad
+    for t, fn in reversed(_topological_order(roots)):
+        k = _key((t, fn))
+        g = pending.pop(k, None)
         if g is None:
             continue
-        if fn is None or (t.retains_grad and t.grad_fn is fn):
+        if fn is None or t.grad_fn is fn:
+            g = t._run_hooks(g)
+        if k in wanted:
+            found[k] = g
+        if inputs is None and (fn is None or (t.retains_grad and t.grad_fn is fn)):
             t._accumulate_grad(g)
         if fn is None:
             continue
         for edge, pg in zip(fn.edges, fn.apply(g, retain_graph), strict=True):
             if pg is not None and edge is not None:
                 k = _key(edge)
-                grads[k] = pg if k not in grads else grads[k] + pg
+                pending[k] = pg if k not in pending else pending[k] + pg
+    return [found.get(_key((t, t.grad_fn))) for t in inputs or ()]
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=False, allow_unused=False):
+    """The gradients of outputs (weighted by grad_outputs, default 1 for scalars)
+    with respect to each of inputs, as new tensors; .grad fields are left alone."""
+    from .tensor import Tensor, as_array  # here: Tensor itself builds on this module
+
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif isinstance(grad_outputs, Tensor):
+        grad_outputs = [grad_outputs]
+    seeds = []
+    for out, g in zip(outputs, grad_outputs, strict=True):
+        if not out.requires_grad:
+            raise RuntimeError(
+                "element 0 of tensors does not require grad and does not have a grad_fn"
+            )
+        if g is None and out.numel() != 1:
+            raise RuntimeError("grad can be implicitly created only for scalar outputs")
+        seeds.append(np.ones(out.shape, out.dtype) if g is None else as_array(g))
+    if not all(t.requires_grad for t in inputs):
+        raise RuntimeError("One of the differentiated Tensors does not require grad")
+    grads = backward(outputs, seeds, retain_graph, inputs)
+    if not allow_unused and any(g is None for g in grads):
+        raise RuntimeError(
+            "One of the differentiated Tensors appears to not have been used in the "
+            "graph. Set allow_unused=True if this is the desired behavior."
+        )
+    return tuple(
+        None if g is None else Tensor._wrap(np.array(g, t.dtype))
+        for t, g in zip(inputs, grads, strict=True)
+    )

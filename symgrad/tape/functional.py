@@ -1,4 +1,4 @@
-"""torch.nn.functional: activations and losses.
+"""torch.nn.functional: activations, dropout, one_hot and losses.
 
 Everything here is finite, with finite gradients, for any finite input: softplus and
 logsigmoid are primitives written never to overflow, and the losses are built from
@@ -12,6 +12,7 @@ import numpy as np
 
 from .arithmetic import operands, unbroadcast
 from .autograd import underflow_ok
+from .creation import default_generator
 from .pointwise import sigmoid_array
 
 
@@ -23,8 +24,37 @@ def tanh(input):
     return input.tanh()
 
 
-def relu(input):
-    return input.relu()
+def relu(input, inplace=False):
+    return input.relu_() if inplace else input.relu()
+
+
+def dropout(input, p=0.5, training=True, inplace=False):
+    """In training, each element zeroed with probability p (draws from the tape's
+    generator) and the rest scaled by 1/(1-p), so the mean is kept; otherwise the
+    input itself."""
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0:
+        return input
+    keep = default_generator.random(input.shape) >= p
+    scale = input._lift(keep.astype(input.dtype) * (0.0 if p == 1 else 1 / (1 - p)))
+    return input.mul_(scale) if inplace else input * scale
+
+
+def one_hot(tensor, num_classes=-1):
+    """int64 tensor of tensor.shape + (num_classes,) with a 1 at each class index;
+    num_classes=-1 means the largest index + 1."""
+    if tensor.dtype != np.int64:
+        raise RuntimeError(
+            "one_hot is only applicable to index tensor of type LongTensor."
+        )
+    x = tensor._data
+    if x.size and x.min() < 0:
+        raise RuntimeError("Class values must be non-negative.")
+    n = (int(x.max()) + 1 if x.size else 0) if num_classes == -1 else num_classes
+    if x.size and x.max() >= n:
+        raise RuntimeError("Class values must be smaller than num_classes.")
+    return tensor._result((x[..., None] == np.arange(n)).astype(np.int64))
 
 
 def _implicit_dim(input, name):
@@ -78,7 +108,9 @@ def _logsigmoid_array(x):
     return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
 
 
-def leaky_relu(input, negative_slope=0.01):
+def leaky_relu(input, negative_slope=0.01, inplace=False):
+    if inplace:
+        return input._inplace(lambda t: leaky_relu(t, negative_slope))
     x = input._data
     slope = np.where(x > 0, 1, negative_slope).astype(x.dtype)
     return input._result(
@@ -232,7 +264,7 @@ def _class_targets(input, target, dim, ignore_index):
     if target.dtype.kind not in "iu":
         raise RuntimeError(
             "expected target dtype to be an integer class index, but got "
-            f"{target.dtype} (class-probability targets are not supported)"
+            f"{target.dtype}"
         )
     if dim and target.ndim and input.shape[0] != target.shape[0]:
         raise ValueError(
@@ -251,13 +283,55 @@ def _class_targets(input, target, dim, ignore_index):
     return t
 
 
-def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean"):
-    """nll_loss of log_softmax(input) over the class dim; `target` holds integer
-    class indices."""
-    return nll_loss(
-        input.log_softmax(0 if input.ndim == 1 else 1),
-        target,
-        weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-    )
+def cross_entropy(
+    input,
+    target,
+    weight=None,
+    *,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+):
+    """-log_softmax(input) at the target class (classes along dim 1, or dim 0 for
+    1-D input), i.e. nll_loss; or, for a target of input's shape, class
+    probabilities: -sum(target * log_softmax(input)) over the classes. As in torch,
+    label_smoothing mixes that much of the uniform distribution into the target."""
+    _check_reduction(reduction)
+    dim = 0 if input.ndim == 1 else 1
+    logp, n = input.log_softmax(dim), input.shape[dim]
+    along_dim = [-1 if d == dim else 1 for d in range(input.ndim)]
+    w = 1 if weight is None else weight.reshape(along_dim)
+    if target.shape == input.shape:
+        return _soft_cross_entropy(
+            logp, target, w, ignore_index, reduction, label_smoothing
+        )
+    nll = nll_loss(logp, target, weight, ignore_index=ignore_index, reduction=reduction)
+    if not label_smoothing:
+        return nll
+    ignored = target == ignore_index
+    smooth = -(logp * w).sum(dim).masked_fill(ignored, 0.0)
+    if reduction == "mean":
+        kept = target[~ignored]
+        smooth = smooth.sum() / (kept.numel() if weight is None else weight[kept].sum())
+    elif reduction == "sum":
+        smooth = smooth.sum()
+    return (1 - label_smoothing) * nll + smooth * (label_smoothing / n)
+
+
+def _soft_cross_entropy(logp, target, w, ignore_index, reduction, label_smoothing):
+    """cross_entropy for class-probability targets; the mean is over the samples."""
+    if target.dtype.kind != "f":
+        raise RuntimeError(
+            "Expected floating point type for target with class probabilities, got "
+            f"{target.dtype}"
+        )
+    if ignore_index >= 0:
+        raise RuntimeError("ignore_index is not supported for floating point target")
+    dim = 0 if logp.ndim == 1 else 1
+    n = logp.shape[dim]
+    if label_smoothing:
+        target = target * (1 - label_smoothing) + label_smoothing / n
+    losses = -(logp * target * w).sum(dim)
+    if reduction == "none":
+        return losses
+    return losses.sum() / (logp.numel() / n) if reduction == "mean" else losses.sum()

@@ -24,8 +24,20 @@ def cat(tensors, dim=0):
 
 
 def stack(tensors, dim=0):
-    """Join tensors along a new dim."""
-    return cat([t.unsqueeze(dim) for t in tensors], dim)
+    """Join equal-shaped tensors along a new dim; g is unstacked into the pieces."""
+    tensors = list(tensors)
+    for i, t in enumerate(tensors):
+        if t.shape != tensors[0].shape:
+            raise RuntimeError(
+                "stack expects each tensor to be equal size, but got "
+                f"{list(tensors[0].shape)} at entry 0 and {list(t.shape)} at entry {i}"
+            )
+    out = np.stack([t._data for t in tensors], axis=dim)
+
+    def backward(g):
+        return tuple(np.moveaxis(g, dim, 0))
+
+    return Tensor._result(out, tensors, backward, "StackBackward0", saves=False)
 
 
 def where(condition, input, other):

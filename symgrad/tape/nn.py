@@ -1,16 +1,21 @@
-"""torch.nn: Modules that register Parameters by attribute assignment, and the layers
-and losses the examples need."""
+"""torch.nn: Modules that register Parameters (and buffers) by attribute assignment,
+and the layers and losses the examples need."""
 
 import math
 import sys
 from collections import OrderedDict, namedtuple
 
-from . import functional
+import numpy as np
+
+from . import functional, nn_init, nn_utils
 from .creation import default_generator
 from .tensor import Tensor, as_array
 
-# `import symgrad.tape.nn.functional as F` then works like `import torch.nn.functional`.
+# `import symgrad.tape.nn.functional as F` then works like `import torch.nn.functional`;
+# likewise nn.init and nn.utils.
 sys.modules[__name__ + ".functional"] = functional
+sys.modules[__name__ + ".init"] = init = nn_init
+sys.modules[__name__ + ".utils"] = utils = nn_utils
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -30,7 +35,9 @@ class Module:
 
     def __init__(self):
         object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "_modules", {})
+        self._non_persistent_buffers = set()
         self.training = True
 
     def __setattr__(self, name, value):
@@ -47,6 +54,8 @@ class Module:
             self._register(params, name, value, Parameter, "parameter")
         elif params is not None and (isinstance(value, Module) or name in modules):
             self._register(modules, name, value, Module, "child module")
+        elif params is not None and name in self._buffers:
+            self._register(self._buffers, name, value, Tensor, "buffer")
         else:
             object.__setattr__(self, name, value)
 
@@ -58,7 +67,7 @@ class Module:
                 f"cannot assign '{type(value).__name__}' as {what} '{name}' "
                 f"(torch.nn.{kind.__name__} or None expected)"
             )
-        for other in (self.__dict__, self._parameters, self._modules):
+        for other in (self.__dict__, self._parameters, self._buffers, self._modules):
             if other is not store:
                 other.pop(name, None)
         store[name] = value
@@ -66,7 +75,7 @@ class Module:
     def __getattr__(self, name):
         """Registered parameters and submodules (only called when normal lookup
         fails)."""
-        for store in ("_parameters", "_modules"):
+        for store in ("_parameters", "_buffers", "_modules"):
             if name in self.__dict__.get(store, ()):
                 return self.__dict__[store][name]
         raise AttributeError(
@@ -74,12 +83,30 @@ class Module:
         )
 
     def __delattr__(self, name):
-        if name in self._parameters:
-            del self._parameters[name]
-        elif name in self._modules:
-            del self._modules[name]
+        for store in (self._parameters, self._buffers, self._modules):
+            if name in store:
+                del store[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name, tensor, persistent=True):
+        """Keep `tensor` as module state that is not a parameter (running
+        statistics, constants): to() converts it, and state_dict() holds it unless
+        persistent is False."""
+        if "_buffers" not in self.__dict__:
+            raise AttributeError("cannot assign buffer before Module.__init__() call")
+        if hasattr(self, name) and name not in self._buffers:
+            raise KeyError(f"attribute '{name}' already exists")
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(
+                f"cannot assign '{type(tensor).__name__}' object to buffer '{name}' "
+                "(torch Tensor or None required)"
+            )
+        self._buffers[name] = tensor
+        if persistent:
+            self._non_persistent_buffers.discard(name)
         else:
-            object.__delattr__(self, name)
+            self._non_persistent_buffers.add(name)
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(
@@ -105,20 +132,72 @@ class Module:
     def modules(self):
         return (module for _, module in self.named_modules())
 
-    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
-        """(dotted name, Parameter) pairs; a shared Parameter is listed once unless
-        remove_duplicate=False (as state_dict lists it under every name)."""
+    def children(self):
+        """The direct submodules, each once."""
+        seen = set()
+        for module in self._modules.values():
+            if module is not None and id(module) not in seen:
+                seen.add(id(module))
+                yield module
+
+    def apply(self, fn):
+        """Call fn on every submodule (depth first), then on this module."""
+        for module in self.children():
+            module.apply(fn)
+        fn(self)
+        return self
+
+    def _named_tensors(self, store, prefix, recurse, remove_duplicate):
+        """(dotted name, tensor) pairs of one store ("_parameters" or "_buffers") of
+        this module and, with recurse, its submodules; a shared tensor is listed
+        once unless remove_duplicate=False (as state_dict lists it under every
+        name)."""
         seen = set()
         walk = self.named_modules(None, prefix, remove_duplicate)
         for module_prefix, module in walk if recurse else [(prefix, self)]:
-            for name, param in module._parameters.items():
-                if param is None or remove_duplicate and id(param) in seen:
+            for name, t in getattr(module, store).items():
+                if t is None or remove_duplicate and id(t) in seen:
                     continue
-                seen.add(id(param))
-                yield (f"{module_prefix}.{name}" if module_prefix else name), param
+                seen.add(id(t))
+                yield (f"{module_prefix}.{name}" if module_prefix else name), t
+
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        return self._named_tensors("_parameters", prefix, recurse, remove_duplicate)
 
     def parameters(self, recurse=True):
         return (param for _, param in self.named_parameters(recurse=recurse))
+
+    def named_buffers(self, prefix="", recurse=True, remove_duplicate=True):
+        return self._named_tensors("_buffers", prefix, recurse, remove_duplicate)
+
+    def buffers(self, recurse=True):
+        return (buffer for _, buffer in self.named_buffers(recurse=recurse))
+
+    def to(self, *args, dtype=None, device=None):
+        """Cast floating-point parameters (in place, so they stay the same objects)
+        and buffers to `dtype`; the CPU is the only device."""
+        dtype = next((a for a in args if not isinstance(a, str)), dtype)
+        if dtype is None:
+            return self
+        for module in self.modules():
+            for p in module._parameters.values():
+                if p is not None and p.dtype.kind == "f":
+                    p.data = p._data.astype(dtype, copy=False)
+                    if p.grad is not None:
+                        p.grad.data = p.grad._data.astype(dtype, copy=False)
+            for name, b in module._buffers.items():
+                if b is not None and b.dtype.kind == "f":
+                    module._buffers[name] = b.to(dtype)
+        return self
+
+    def double(self):
+        return self.to(np.float64)
+
+    def float(self):
+        return self.to(np.float32)
+
+    def cpu(self):
+        return self
 
     def zero_grad(self, set_to_none=True):
         for param in self.parameters():
@@ -136,13 +215,24 @@ class Module:
         return self.train(False)
 
     def state_dict(self):
-        """Name -> detached tensor sharing the parameter's storage."""
-        params = self.named_parameters(remove_duplicate=False)
-        return OrderedDict((name, param.detach()) for name, param in params)
+        """Name -> detached tensor sharing storage: each module's parameters, then
+        its persistent buffers, then its submodules' entries, as torch orders them."""
+        out = OrderedDict()
+        for prefix, module in self.named_modules(remove_duplicate=False):
+            buffers = [
+                (name, b)
+                for name, b in module._buffers.items()
+                if name not in module._non_persistent_buffers
+            ]
+            for name, t in [*module._parameters.items(), *buffers]:
+                if t is not None:
+                    out[f"{prefix}.{name}" if prefix else name] = t.detach()
+        return out
 
     def load_state_dict(self, state_dict, strict=True):
-        """Copy values into the existing parameters (in place, keeping identities)."""
-        own = dict(self.named_parameters(remove_duplicate=False))
+        """Copy values into the existing parameters and buffers (in place, keeping
+        identities)."""
+        own = self.state_dict()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         values = {k: as_array(v) for k, v in state_dict.items() if k in own}
@@ -181,13 +271,17 @@ class Linear(Module):
     """y = x @ weight.T + bias, with torch's default init: weight and bias drawn from
     U(-1/sqrt(in_features), 1/sqrt(in_features)) (kaiming_uniform with a=sqrt(5))."""
 
-    def __init__(self, in_features, out_features, bias=True):
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         bound = 1 / math.sqrt(in_features) if in_features > 0 else 0.0
-        uniform = default_generator.uniform
-        self.weight = Parameter(uniform(-bound, bound, (out_features, in_features)))
-        self.bias = Parameter(uniform(-bound, bound, out_features)) if bias else None
+
+        def uniform(shape):  # astype(None) keeps float64, the tape's default
+            draws = default_generator.uniform(-bound, bound, shape)
+            return Parameter(draws.astype(dtype))
+
+        self.weight = uniform((out_features, in_features))
+        self.bias = uniform(out_features) if bias else None
 
     def forward(self, input):
         return functional.linear(input, self.weight, self.bias)
@@ -295,20 +389,50 @@ class Tanh(Module):
 
 
 class ReLU(Module):
+    """max(x, 0); with inplace=True it overwrites its input, as relu_ does."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
     def forward(self, input):
-        return functional.relu(input)
+        return functional.relu(input, self.inplace)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class LeakyReLU(Module):
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
-        self.negative_slope = negative_slope
+        self.negative_slope, self.inplace = negative_slope, inplace
 
     def forward(self, input):
-        return functional.leaky_relu(input, self.negative_slope)
+        return functional.leaky_relu(input, self.negative_slope, self.inplace)
 
     def extra_repr(self):
-        return f"negative_slope={self.negative_slope}"
+        return f"negative_slope={self.negative_slope}" + (
+            ", inplace=True" if self.inplace else ""
+        )
+
+
+class Dropout(Module):
+    """Zeroes each element with probability p while training, scaling the rest by
+    1/(1-p); the identity in eval mode."""
+
+    def __init__(self, p=0.5, inplace=False):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(
+                f"dropout probability has to be between 0 and 1, but got {p}"
+            )
+        self.p, self.inplace = p, inplace
+
+    def forward(self, input):
+        return functional.dropout(input, self.p, self.training, self.inplace)
+
+    def extra_repr(self):
+        return f"p={self.p}, inplace={self.inplace}"
 
 
 class GELU(Module):
@@ -359,14 +483,12 @@ class MSELoss(_Loss):
 class NLLLoss(_Loss):
     """Negative log-likelihood of class indices given log-probabilities."""
 
-    loss = staticmethod(functional.nll_loss)
-
     def __init__(self, weight=None, *, ignore_index=-100, reduction="mean"):
         super().__init__(reduction)
         self.weight, self.ignore_index = weight, ignore_index
 
     def forward(self, input, target):
-        return self.loss(
+        return functional.nll_loss(
             input,
             target,
             weight=self.weight,
@@ -376,9 +498,24 @@ class NLLLoss(_Loss):
 
 
 class CrossEntropyLoss(NLLLoss):
-    """NLLLoss of log_softmax(input): takes raw scores (logits)."""
+    """NLLLoss of log_softmax(input): takes raw scores (logits), and class indices
+    or class probabilities as targets."""
 
-    loss = staticmethod(functional.cross_entropy)
+    def __init__(
+        self, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0
+    ):
+        super().__init__(weight, ignore_index=ignore_index, reduction=reduction)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input, target):
+        return functional.cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
 
 
 class BCEWithLogitsLoss(_Loss):

@@ -1,4 +1,5 @@
-"""torch.optim: SGD and Adam, following PyTorch's documented update rules step by step.
+"""torch.optim: SGD, Adam, AdamW and RMSprop, following PyTorch's documented update
+rules step by step, and optimizer checkpoints (state_dict/load_state_dict).
 
 Updates are in place on each parameter's array, outside the graph, and count as
 in-place writes (a graph that saved the old value then refuses to backward, as in
@@ -6,10 +7,15 @@ torch). Per-parameter state holds tensors, as torch's does.
 """
 
 import math
+import sys
 
 import numpy as np
 
+from . import lr_scheduler
 from .tensor import Tensor
+
+# `from symgrad.tape.optim import lr_scheduler` and `optim.lr_scheduler.StepLR` work.
+sys.modules[__name__ + ".lr_scheduler"] = lr_scheduler
 
 
 class Optimizer:
@@ -48,6 +54,56 @@ class Optimizer:
                         p._data, p.grad._data, self.state.setdefault(p, {}), group
                     )
                     p._counter.value += 1
+
+    def state_dict(self):
+        """{"state": per-parameter state, "param_groups": hyperparameters}, with the
+        parameters numbered in order across groups, as torch does; the state's
+        tensors are shared, not copied."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        index = {id(p): i for i, p in enumerate(params)}
+        groups = [
+            {**g, "params": [index[id(p)] for p in g["params"]]}
+            for g in self.param_groups
+        ]
+        state = {index[id(p)]: s for p, s in self.state.items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Take the hyperparameters and per-parameter state of a state_dict() of an
+        optimizer over parameters of the same shapes, in the same groups."""
+        saved = state_dict["param_groups"]
+        if len(saved) != len(self.param_groups):
+            raise ValueError(
+                "loaded state dict has a different number of parameter groups"
+            )
+        if any(
+            len(s["params"]) != len(g["params"])
+            for s, g in zip(saved, self.param_groups, strict=True)
+        ):
+            raise ValueError(
+                "loaded state dict contains a parameter group that doesn't match the "
+                "size of optimizer's group"
+            )
+        params = {
+            i: p
+            for s, g in zip(saved, self.param_groups, strict=True)
+            for i, p in zip(s["params"], g["params"], strict=True)
+        }
+        self.state = {
+            params[i]: {k: _cast(v, params[i], k) for k, v in s.items()}
+            for i, s in state_dict["state"].items()
+        }
+        self.param_groups = [
+            {**s, "params": g["params"]}
+            for s, g in zip(saved, self.param_groups, strict=True)
+        ]
+
+
+def _cast(value, param, key):
+    """A state tensor in its parameter's dtype (the step count stays as it is)."""
+    if isinstance(value, Tensor) and key != "step":
+        return value.to(param.dtype)
+    return value
 
 
 def _params(group):
@@ -131,10 +187,13 @@ class Adam(Optimizer):
         )
         super().__init__(params, defaults)
 
+    def _decayed(self, p, g, group):
+        """The gradient with L2 weight decay added (AdamW decays p instead)."""
+        return g + group["weight_decay"] * p if group["weight_decay"] != 0 else g
+
     def _update(self, p, g, state, group):
         beta1, beta2 = group["betas"]
-        if group["weight_decay"] != 0:
-            g = g + group["weight_decay"] * p
+        g = self._decayed(p, g, group)
         if not state:
             names = ["exp_avg", "exp_avg_sq"] + ["max_exp_avg_sq"] * group["amsgrad"]
             state["step"] = Tensor._wrap(np.zeros((), p.dtype))
@@ -152,3 +211,80 @@ class Adam(Optimizer):
         step_size = group["lr"] / (1 - beta1**t)
         denom = np.sqrt(v) / math.sqrt(1 - beta2**t) + group["eps"]
         p -= step_size * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: p *= 1 - lr*weight_decay, then the Adam
+    step on the plain gradient."""
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=1e-2,
+        amsgrad=False,
+    ):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+
+    def _decayed(self, p, g, group):
+        p *= 1 - group["lr"] * group["weight_decay"]
+        return g
+
+
+class RMSprop(Optimizer):
+    """g = grad + weight_decay*p; v = alpha*v + (1-alpha)*g^2; centered: a = lerp(a,
+    g, 1-alpha) and v - a^2 in place of v; d = sqrt(v) + eps; p -= lr*g/d, or with
+    momentum buf = momentum*buf + g/d and p -= lr*buf."""
+
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        alpha=0.99,
+        eps=1e-8,
+        weight_decay=0,
+        momentum=0,
+        centered=False,
+    ):
+        _check(lr >= 0, "learning rate", lr)
+        _check(eps >= 0, "epsilon value", eps)
+        _check(momentum >= 0, "momentum value", momentum)
+        _check(weight_decay >= 0, "weight_decay value", weight_decay)
+        _check(alpha >= 0, "alpha value", alpha)
+        defaults = dict(
+            lr=lr,
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            centered=centered,
+        )
+        super().__init__(params, defaults)
+
+    def _update(self, p, g, state, group):
+        alpha, momentum = group["alpha"], group["momentum"]
+        if not state:
+            names = ["square_avg"] + ["momentum_buffer"] * (momentum > 0)
+            names += ["grad_avg"] * group["centered"]
+            state["step"] = Tensor._wrap(np.zeros((), p.dtype))
+            state.update((name, Tensor._wrap(np.zeros_like(p))) for name in names)
+        state["step"]._data += 1
+        if group["weight_decay"] != 0:
+            g = g + group["weight_decay"] * p
+        v = state["square_avg"]._data
+        v *= alpha
+        v += (1 - alpha) * g * g
+        if group["centered"]:
+            a = state["grad_avg"]._data
+            a += (1 - alpha) * (g - a)  # torch's grad_avg.lerp_(grad, 1 - alpha)
+            v = v - a * a
+        denom = np.sqrt(v) + group["eps"]
+        if momentum > 0:
+            buf = state["momentum_buffer"]._data
+            buf *= momentum
+            buf += g / denom
+            p -= group["lr"] * buf
+        else:
+            p -= group["lr"] * (g / denom)

@@ -94,17 +94,31 @@ class PointwiseOps:
     )
 
     def clamp(self, min=None, max=None):
-        """Clip to [min, max]; the gradient passes where min <= x <= max (as torch)."""
+        """Clip to [min, max], numbers or tensors broadcast against self. As in
+        torch, x's gradient passes where min <= x <= max, and a tensor bound's where
+        the bound is the result (max wins where min > max)."""
         if min is None and max is None:
             raise RuntimeError(
                 "torch.clamp: At least one of 'min' or 'max' must not be None"
             )
         x = self._data
-        inside = (x >= (-np.inf if min is None else min)) & (
-            x <= (np.inf if max is None else max)
-        )
-        out = np.clip(x, min, max)
-        return self._result(out, (self,), lambda g: (g * inside,), "ClampBackward1")
+        lo, hi = getattr(min, "_data", min), getattr(max, "_data", max)
+        out = np.clip(x, lo, hi)
+        lo = -np.inf if lo is None else lo
+        hi = np.inf if hi is None else hi
+        inside = (x >= lo) & (x <= hi)
+        picks = ((min, (x < lo) & (lo < hi)), (max, (x > hi) | (hi < lo)))
+        bounds = [(b, mask) for b, mask in picks if isinstance(b, PointwiseOps)]
+
+        def backward(g):
+            return (g * inside,) + tuple(
+                unbroadcast(np.where(mask, g, 0), b.shape) if b.requires_grad else None
+                for b, mask in bounds
+            )
+
+        inputs = (self, *(b for b, _ in bounds))
+        name = "ClampBackward0" if bounds else "ClampBackward1"
+        return self._result(out, inputs, backward, name)
 
     def clamp_min(self, min):
         return self.clamp(min=min)
@@ -156,6 +170,10 @@ class PointwiseOps:
             return (g.astype(x.dtype),)
 
         return self._result(out, (self,), backward, "ToCopyBackward0", saves=False)
+
+    def cpu(self):
+        """This tensor: the CPU is the only device."""
+        return self
 
     def double(self):
         return self.to(np.float64)

@@ -16,7 +16,8 @@ MinResult = namedtuple("min", ["values", "indices"])
 
 
 def normalize_dims(dim, ndim):
-    """Sorted non-negative axes for `dim`, with torch's error for out-of-range dims."""
+    """Sorted non-negative axes for `dim`, with torch's errors for out-of-range and
+    repeated dims."""
     if dim is None or dim == ():
         return tuple(range(ndim))
     dims = (dim,) if isinstance(dim, int | np.integer) else tuple(dim)
@@ -27,7 +28,34 @@ def normalize_dims(dim, ndim):
                 f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], "
                 f"but got {d})"
             )
-    return tuple(sorted({d % n for d in dims})) if ndim else ()
+    axes = [d % n for d in dims]
+    for d in axes:
+        if axes.count(d) > 1:
+            raise RuntimeError(f"dim {d} appears multiple times in the list of dims")
+    return tuple(sorted(axes)) if ndim else ()
+
+
+def _check_nonempty(x, dim, dims, op):
+    """torch refuses to take an extreme over nothing: over all dims of an empty
+    tensor (RuntimeError), or over a dim of size 0 (IndexError)."""
+    if dim is None or dim == ():
+        if x.size == 0:
+            raise RuntimeError(
+                f"{op}(): Expected reduction dim to be specified for input.numel() "
+                "== 0. Specify the reduction dim with the 'dim' argument."
+            )
+        return
+    for d in dims:
+        if x.shape[d] == 0:
+            raise IndexError(
+                f"{op}(): Expected reduction dim {d} to have non-zero size."
+            )
+
+
+def _check_softmax_dtype(x, op):
+    """torch has no integer softmax: it wants a float input (or a dtype= argument)."""
+    if x.dtype.kind != "f":
+        raise NotImplementedError(f"\"{op}\" not implemented for '{x.dtype}'")
 
 
 def _reduced(self, out_kept, dims, keepdim, backward, name, saves=True):
@@ -35,9 +63,10 @@ def _reduced(self, out_kept, dims, keepdim, backward, name, saves=True):
     return self._result(out, (self,), backward, name, saves)
 
 
-def _extreme(self, dim, keepdim, reduce, name):
+def _extreme(self, dim, keepdim, reduce, op, name):
     """amax/amin over `dim`; the gradient is shared evenly among tied extremes."""
     x, dims = self._data, normalize_dims(dim, self.ndim)
+    _check_nonempty(x, dim, dims, op)
     out = reduce(x, axis=dims, keepdims=True)
 
     def backward(g):
@@ -49,7 +78,14 @@ def _extreme(self, dim, keepdim, reduce, name):
 
 def _select(self, dim, keepdim, arg, result, name):
     """(values, indices) of max(dim)/min(dim): the gradient goes to the first pick."""
-    x, (dim,) = self._data, normalize_dims(dim, self.ndim)
+    if not isinstance(dim, int | np.integer):
+        raise TypeError(
+            f"{result.__name__}() received an invalid combination of arguments - got "
+            f"(dim={type(dim).__name__}), but expected (int dim, bool keepdim = False)"
+        )
+    x, dims = self._data, normalize_dims(dim, self.ndim)
+    _check_nonempty(x, dim, dims, result.__name__)
+    (dim,) = dims
     idx = arg(x, axis=dim, keepdims=True)
 
     def backward(g):
@@ -83,6 +119,8 @@ def _others_product(x, axis):
 def _spread(self, dim, unbiased, keepdim, correction, root):
     """var (root=False) or std over `dim`, dividing by N - correction (Bessel's
     correction 1 by default; `unbiased` is torch's older spelling of 0 or 1)."""
+    if self.dtype.kind != "f":
+        raise RuntimeError("std and var only support floating point and complex dtypes")
     x, dims = self._data, normalize_dims(dim, self.ndim)
     c = int(unbiased) if correction is None else correction
     dev = x - x.mean(axis=dims, keepdims=True)
@@ -108,7 +146,8 @@ class ReductionOps:
         def backward(g):
             return (np.broadcast_to(g.reshape(out.shape), x.shape),)
 
-        return _reduced(self, out, dims, keepdim, backward, "SumBackward0", saves=False)
+        name = "SumBackward0" if dim is None else "SumBackward1"
+        return _reduced(self, out, dims, keepdim, backward, name, saves=False)
 
     def mean(self, dim=None, keepdim=False):
         if self.dtype.kind != "f":
@@ -123,9 +162,8 @@ class ReductionOps:
         def backward(g):
             return (np.broadcast_to(g.reshape(out.shape) / count, x.shape),)
 
-        return _reduced(
-            self, out, dims, keepdim, backward, "MeanBackward0", saves=False
-        )
+        name = "MeanBackward0" if dim is None else "MeanBackward1"
+        return _reduced(self, out, dims, keepdim, backward, name, saves=False)
 
     def var(self, dim=None, unbiased=True, keepdim=False, *, correction=None):
         return _spread(self, dim, unbiased, keepdim, correction, root=False)
@@ -166,10 +204,10 @@ class ReductionOps:
         return self._result(out, (self,), backward, "CumsumBackward0", saves=False)
 
     def amax(self, dim=(), keepdim=False):
-        return _extreme(self, dim, keepdim, np.max, "AmaxBackward0")
+        return _extreme(self, dim, keepdim, np.max, "amax", "AmaxBackward0")
 
     def amin(self, dim=(), keepdim=False):
-        return _extreme(self, dim, keepdim, np.min, "AminBackward0")
+        return _extreme(self, dim, keepdim, np.min, "amin", "AminBackward0")
 
     def max(self, dim=None, keepdim=False):
         """max() reduces everything (ties share the gradient); max(dim) gives
@@ -178,7 +216,7 @@ class ReductionOps:
         if isinstance(dim, ReductionOps):
             return self.maximum(dim)
         if dim is None:
-            return self.amax()
+            return _extreme(self, None, False, np.max, "max", "MaxBackward1")
         return _select(self, dim, keepdim, np.argmax, MaxResult, "MaxBackward0")
 
     def min(self, dim=None, keepdim=False):
@@ -186,7 +224,7 @@ class ReductionOps:
         if isinstance(dim, ReductionOps):
             return self.minimum(dim)
         if dim is None:
-            return self.amin()
+            return _extreme(self, None, False, np.min, "min", "MinBackward1")
         return _select(self, dim, keepdim, np.argmin, MinResult, "MinBackward0")
 
     def argmax(self, dim=None, keepdim=False):
@@ -213,6 +251,7 @@ class ReductionOps:
     @underflow_ok
     def softmax(self, dim):
         x = self._data
+        _check_softmax_dtype(x, "softmax")
         e = np.exp(x - x.max(axis=dim, keepdims=True))
         out = e / e.sum(axis=dim, keepdims=True)
 
@@ -224,6 +263,7 @@ class ReductionOps:
     @underflow_ok
     def log_softmax(self, dim):
         x = self._data
+        _check_softmax_dtype(x, "log_softmax")
         shifted = x - x.max(axis=dim, keepdims=True)
         out = shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
 

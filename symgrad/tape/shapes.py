@@ -50,7 +50,11 @@ def _is_basic(index):
 
 class ShapeOps:
     def reshape(self, *shape):
-        x, shape = self._data, _shape_arg(shape)
+        return self._reshaped(_shape_arg(shape), "ViewBackward0")
+
+    def _reshaped(self, shape, name):
+        """The values in `shape`, a view where NumPy can make one."""
+        x = self._data
         try:
             out = x.reshape(shape)
         except ValueError:
@@ -65,7 +69,7 @@ class ShapeOps:
             out,
             (self,),
             backward,
-            "ViewBackward0",
+            name,
             saves=False,
             view=lambda a: a.reshape(shape),
         )
@@ -82,9 +86,17 @@ class ShapeOps:
             )
         return out
 
+    def view_as(self, other):
+        return self.view(other.shape)
+
+    def contiguous(self):
+        """This tensor if its elements are in C order in memory, else a copy that is."""
+        return self if self._data.flags.c_contiguous else self.clone()
+
     def flatten(self, start_dim=0, end_dim=-1):
         shape = self.shape or (1,)
-        normalize_dims((start_dim, end_dim), self.ndim)  # torch's IndexError
+        for d in (start_dim, end_dim):
+            normalize_dims(d, self.ndim)  # torch's IndexError
         start, end = start_dim % len(shape), end_dim % len(shape)
         if start > end:
             raise RuntimeError(
@@ -93,14 +105,60 @@ class ShapeOps:
         return self.reshape(shape[:start] + (-1,) + shape[end + 1 :])
 
     def unsqueeze(self, dim):
-        return self.reshape(np.expand_dims(self._data, dim).shape)
+        shape = np.expand_dims(self._data, dim).shape
+        return self._reshaped(shape, "UnsqueezeBackward0")
 
     def squeeze(self, dim=None):
         """Drop size-1 dims (only those in `dim` if given; other dims are kept)."""
         dims = normalize_dims(dim, self.ndim)
-        return self.reshape(
-            tuple(n for d, n in enumerate(self.shape) if not (d in dims and n == 1))
+        shape = tuple(n for d, n in enumerate(self.shape) if not (d in dims and n == 1))
+        overload = 0 if dim is None else 1 if isinstance(dim, int | np.integer) else 2
+        return self._reshaped(shape, f"SqueezeBackward{overload}")
+
+    def split(self, split_size_or_sections, dim=0):
+        """Views of consecutive pieces along dim: each split_size long (the last may
+        be shorter), or of the listed sizes."""
+        (axis,) = normalize_dims(dim, self.ndim)
+        n = self.shape[axis]
+        if isinstance(split_size_or_sections, int):
+            size = split_size_or_sections
+            sizes = [min(size, n - start) for start in range(0, n, size)] or [0]
+        else:
+            sizes = list(split_size_or_sections)
+            if sum(sizes) != n:
+                raise RuntimeError(
+                    f"split_with_sizes expects split_sizes to sum exactly to {n} "
+                    f"(input tensor's size at dimension {dim}), but got "
+                    f"split_sizes={sizes}"
+                )
+        ends = np.cumsum(sizes)
+        lead = (slice(None),) * axis
+        return tuple(
+            self[lead + (slice(end - size, end),)]
+            for size, end in zip(sizes, ends, strict=True)
         )
+
+    def chunk(self, chunks, dim=0):
+        """At most `chunks` pieces along dim, all but the last of size
+        ceil(n / chunks), as torch splits them."""
+        n = self.shape[normalize_dims(dim, self.ndim)[0]]
+        return self.split(max(-(-n // chunks), 1), dim)
+
+    def unbind(self, dim=0):
+        """The slices along dim, that dim removed (views)."""
+        (axis,) = normalize_dims(dim, self.ndim)
+        lead = (slice(None),) * axis
+        return tuple(self[lead + (i,)] for i in range(self.shape[axis]))
+
+    def flip(self, *dims):
+        """A copy with the order of elements reversed along each of dims."""
+        axes = normalize_dims(_shape_arg(dims), self.ndim)
+        out = np.flip(self._data, axes)
+
+        def backward(g):
+            return (np.flip(g, axes),)
+
+        return self._result(out, (self,), backward, "FlipBackward0", saves=False)
 
     def expand(self, *sizes):
         """Broadcast to `sizes` (-1 keeps a dim) without copying."""
@@ -156,15 +214,17 @@ class ShapeOps:
         return self._result(out, (self,), backward, "RepeatBackward0", saves=False)
 
     def permute(self, *dims):
-        dims = _shape_arg(dims)
+        return self._permuted(_shape_arg(dims), "PermuteBackward0")
+
+    def _permuted(self, dims, name):
+        """The dims reordered (a view): dim i of the result is dims[i] of self."""
         if len(dims) != self.ndim:
             raise RuntimeError(
                 "permute(sparse_coo): number of dimensions in the tensor input does "
                 "not match the length of the desired ordering of dimensions i.e. "
                 f"input.dim() = {self.ndim} is not equal to len(dims) = {len(dims)}"
             )
-        if len(normalize_dims(dims, self.ndim)) != len(dims):
-            raise RuntimeError("permute(): duplicate dims are not allowed.")
+        normalize_dims(dims, self.ndim)  # torch's errors for bad or repeated dims
         dims = [d % self.ndim for d in dims]
         out = np.transpose(self._data, dims)
 
@@ -175,7 +235,7 @@ class ShapeOps:
             out,
             (self,),
             backward,
-            "PermuteBackward0",
+            name,
             saves=False,
             view=lambda a: np.transpose(a, dims),
         )
@@ -183,7 +243,7 @@ class ShapeOps:
     def transpose(self, dim0, dim1):
         dims = list(range(self.ndim))
         dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
-        return self.permute(dims)
+        return self._permuted(dims, "TransposeBackward0")
 
     @property
     def T(self):
@@ -196,7 +256,7 @@ class ShapeOps:
             raise RuntimeError(
                 f"t() expects a tensor with <= 2 dimensions, but self is {self.ndim}D"
             )
-        return self.T
+        return self._permuted(list(reversed(range(self.ndim))), "TBackward0")
 
     @property
     def mT(self):

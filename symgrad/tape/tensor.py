@@ -84,6 +84,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         self.grad = None
         self._grad_fn = None
         self.retains_grad = False
+        self._hooks = []
         self._requires_grad = False
         self._counter = autograd.VersionCounter()
         # a view: the tensor whose memory it shows, and the NumPy function giving it
@@ -219,8 +220,9 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         out._counter = self._counter  # as torch's: writes through it are noticed
         return out
 
-    def backward(self, gradient=None, retain_graph=False):
-        """Add d(self)/d(leaf) to each leaf's .grad (`gradient` defaults to 1)."""
+    def backward(self, gradient=None, retain_graph=False, inputs=None):
+        """Add d(self)/d(leaf) to each leaf's .grad (`gradient` defaults to 1), or
+        only to the .grad of the tensors in `inputs`."""
         if not self.requires_grad:
             raise RuntimeError(
                 "element 0 of tensors does not require grad and does not have a grad_fn"
@@ -237,7 +239,28 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
                 f"Mismatch in shape: grad_output[0] has a shape of {gradient.shape} "
                 f"and output[0] has a shape of {self.shape}."
             )
-        autograd.backward(self, gradient, retain_graph)
+        if isinstance(inputs, Tensor):
+            inputs = [inputs]
+        grads = autograd.backward([self], [gradient], retain_graph, inputs)
+        for t, g in zip(inputs or (), grads, strict=True):
+            if g is not None:
+                t._accumulate_grad(g)
+
+    def register_hook(self, hook):
+        """Call hook(grad) with this tensor's gradient whenever backward computes it;
+        a returned tensor replaces the gradient. The handle's remove() undoes it."""
+        if not self.requires_grad:
+            raise RuntimeError(
+                "cannot register a hook on a tensor that doesn't require gradient"
+            )
+        self._hooks.append(hook)
+        return autograd.RemovableHandle(self._hooks, hook)
+
+    def _run_hooks(self, g):
+        for hook in self._hooks:
+            out = hook(Tensor._wrap(g))
+            g = g if out is None else out._data
+        return g
 
     def _accumulate_grad(self, g):
         if self._grad is None:
@@ -285,7 +308,10 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         and this tensor (or the base it is a view of) gets a CopySlices grad_fn."""
         value, where = self._lift(value), self._index(index)
         tracked = self._records_inplace(value, self._data[where])
-        self._data[where] = value._data
+        try:
+            self._data[where] = value._data
+        except ValueError as exc:  # value does not broadcast to the written shape
+            raise RuntimeError(str(exc)) from None
         self._counter.value += 1
         if tracked:
             base = self if self._base is None else self._base
@@ -303,13 +329,18 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def zero_(self):
         return self.fill_(0)
 
-    def _inplace(self, other, op):
-        """`x += y`: op's result written into x. If tracked, op runs on a clone (whose
-        values its closure may hold) and x takes op's grad_fn, or a view's base takes
-        a CopySlices."""
-        other = self._lift(other)
+    def _inplace(self, op, other=None):
+        """`x += y` and the `x.f_()` methods: op(x)'s result written into x. If
+        tracked, op runs on a clone (whose values its closure may hold) and x takes
+        op's grad_fn, or a view's base takes a CopySlices. `other` is op's tensor
+        operand, if any, that may require grad."""
         tracked = self._records_inplace(other, self._data)
-        new = op(self.clone() if tracked else self, other)
+        new = op(self.clone() if tracked else self)
+        if new.shape != self.shape:
+            raise RuntimeError(
+                f"output with shape {list(self.shape)} doesn't match the broadcast "
+                f"shape {list(new.shape)}"
+            )
         if not np.can_cast(new.dtype, self.dtype, "same_kind"):
             raise RuntimeError(
                 f"result type {new.dtype} can't be cast to the desired output type "
@@ -323,17 +354,42 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
             self._grad_fn, self._requires_grad = new.grad_fn, True
         return self
 
+    def add_(self, other, *, alpha=1):
+        """self += alpha * other."""
+        scaled = other if alpha == 1 else other * alpha
+        return self._inplace(lambda t: t + scaled, scaled)
+
+    def sub_(self, other, *, alpha=1):
+        """self -= alpha * other."""
+        scaled = other if alpha == 1 else other * alpha
+        return self._inplace(lambda t: t - scaled, scaled)
+
+    def mul_(self, other):
+        return self._inplace(lambda t: t * other, other)
+
+    def div_(self, other):
+        return self._inplace(lambda t: t / other, other)
+
+    def clamp_(self, min=None, max=None):
+        return self._inplace(lambda t: t.clamp(min, max))
+
+    def relu_(self):
+        return self._inplace(lambda t: t.relu())
+
+    def masked_fill_(self, mask, value):
+        return self._inplace(lambda t: t.masked_fill(mask, value), value)
+
     def __iadd__(self, other):
-        return self._inplace(other, Tensor.__add__)
+        return self.add_(other)
 
     def __isub__(self, other):
-        return self._inplace(other, Tensor.__sub__)
+        return self.sub_(other)
 
     def __imul__(self, other):
-        return self._inplace(other, Tensor.__mul__)
+        return self.mul_(other)
 
     def __itruediv__(self, other):
-        return self._inplace(other, Tensor.__truediv__)
+        return self.div_(other)
 
     # ---- properties and conversions --------------------------------------------
 
@@ -451,9 +507,10 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
             precision=4 if fixed else 8,
             floatmode="fixed" if fixed else "maxprec",
         )
-        extras = (
-            [] if x.dtype in (np.float64, np.int64, np.bool_) else [f"dtype={x.dtype}"]
-        )
+        body = body.replace(", ..., ", ",  ..., ")  # torch pads the elision in a row
+        extras = [f"size={x.shape}"] if x.size == 0 and x.ndim != 1 else []
+        if x.dtype not in (np.float64, np.int64, np.bool_):
+            extras.append(f"dtype={x.dtype}")
         if self.grad_fn is not None:
             extras.append(f"grad_fn=<{self.grad_fn.name()}>")
         elif self.requires_grad:
