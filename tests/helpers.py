@@ -80,6 +80,12 @@ def assert_agrees_with_torch(module, reference, params, inputs, tol, grad_loss=1
         assert rel(grads_bw[k], grad_loss * ref, abs(grad_loss) * floor) <= tol, k
 
 
+def check(module, reference, params, inputs, tol=1e-9):
+    """``assert_agrees_with_torch`` at float64 accuracy, with a grad_loss other than 1 (a
+    backward that ignored it would agree at 1): the new-user rounds' comparison."""
+    assert_agrees_with_torch(module, reference, params, inputs, tol, grad_loss=-1.5)
+
+
 def torch_hessian(reference, params, inputs) -> np.ndarray:
     """The dense Hessian of the twin's loss over the flattened parameters, in the order
     of ``params`` (as a generated ``hessian`` orders them)."""

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import sympy as sp
 from helpers import (
-    assert_agrees_with_torch,
+    check,
     compile_module,
     normal,
     rel,
@@ -42,14 +42,6 @@ from symgrad.cli import generate
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-
-TOL = 1e-9
-GRAD_LOSS = -1.5
-
-
-def check(module, reference, params, inputs, tol=TOL):
-    assert_agrees_with_torch(module, reference, params, inputs, tol, GRAD_LOSS)
-
 
 # ===================================================================== 1. model families
 # Each family: (hessian=False) -> (model, torch twin, params, inputs), data from rng 0.
