@@ -83,3 +83,30 @@ def check_raises(fn):
 
 def data(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape)
+
+
+def weights(y, m, seed=9):
+    """A fixed cotangent of y's shape, so every output element gets its own weight."""
+    return m.tensor(data(*y.shape, seed=seed))
+
+
+def values_and_grad(op, shape=(2, 3, 4)):
+    """op(m, x) and d(sum(op * w))/dx for x of `shape`."""
+
+    def fn(m):
+        x = m.tensor(data(*shape), requires_grad=True)
+        y = op(m, x)
+        if y.requires_grad:
+            (y * weights(y, m)).sum().backward()
+        return y, x.grad
+
+    return fn
+
+
+def set_linear(lin, m, seed=0):
+    """Deterministic weights for an nn.Linear, the same in both libraries."""
+    with m.no_grad():
+        lin.weight.copy_(m.tensor(0.5 * data(*lin.weight.shape, seed=seed)))
+        if lin.bias is not None:
+            lin.bias.copy_(m.tensor(0.1 * data(*lin.bias.shape, seed=seed + 1)))
+    return lin

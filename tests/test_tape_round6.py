@@ -18,7 +18,10 @@ from tape_compare import (
     data,
     dtype_name,
     quiet,
+    set_linear,
     to_np,
+    values_and_grad,
+    weights,
 )
 
 from symgrad import tape
@@ -28,33 +31,6 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("torch_float64")
 
 # ---- helpers -------------------------------------------------------------------------
-
-
-def weights(y, lib, seed=9):
-    """A fixed cotangent of y's shape, so every output element gets its own weight."""
-    return lib.tensor(data(*y.shape, seed=seed))
-
-
-def values_and_grad(op, shape=(2, 3, 4)):
-    """op(m, x) and d(sum(op * w))/dx for x of `shape`."""
-
-    def fn(m):
-        x = m.tensor(data(*shape), requires_grad=True)
-        y = op(m, x)
-        if y.requires_grad:
-            (y * weights(y, m)).sum().backward()
-        return y, x.grad
-
-    return fn
-
-
-def set_linear(lin, m, seed=0):
-    """Deterministic weights for an nn.Linear, the same in both libraries."""
-    with m.no_grad():
-        lin.weight.copy_(m.tensor(0.5 * data(*lin.weight.shape, seed=seed)))
-        if lin.bias is not None:
-            lin.bias.copy_(m.tensor(0.1 * data(*lin.bias.shape, seed=seed + 1)))
-    return lin
 
 
 # ---- tensor creation -----------------------------------------------------------------

@@ -11,7 +11,14 @@ import copy
 
 import numpy as np
 import pytest
-from tape_compare import check, check_raises, data
+from tape_compare import (
+    check,
+    check_raises,
+    data,
+    set_linear,
+    values_and_grad,
+    weights,
+)
 
 from symgrad import tape
 
@@ -33,33 +40,6 @@ def cases(table):
         fn, marks = value if isinstance(value, tuple) else (value, ())
         params.append(pytest.param(fn, marks=marks, id=name))
     return params
-
-
-def weights(y, m, seed=9):
-    """A fixed cotangent of y's shape, so every output element gets its own weight."""
-    return m.tensor(data(*y.shape, seed=seed))
-
-
-def values_and_grad(op, shape=(2, 3, 4)):
-    """op(m, x) and d(sum(op * w))/dx for x of `shape`."""
-
-    def fn(m):
-        x = m.tensor(data(*shape), requires_grad=True)
-        y = op(m, x)
-        if y.requires_grad:
-            (y * weights(y, m)).sum().backward()
-        return y, x.grad
-
-    return fn
-
-
-def set_linear(lin, m, seed=0):
-    """Deterministic weights for an nn.Linear, the same in both libraries."""
-    with m.no_grad():
-        lin.weight.copy_(m.tensor(0.5 * data(*lin.weight.shape, seed=seed)))
-        if lin.bias is not None:
-            lin.bias.copy_(m.tensor(0.1 * data(*lin.bias.shape, seed=seed + 1)))
-    return lin
 
 
 def mlp(m):
