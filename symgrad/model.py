@@ -440,12 +440,12 @@ def take_along_axis(x: Expr, indices: Expr, axis: int) -> Expr:
 def logsumexp(x: Expr, axis=None, keepdims: bool = False) -> Expr:
     """log(sum(exp(x))), shifted by the (detached) max so it never overflows; a row of
     -inf gives -inf (log 0), as in torch."""
-    node = _expr(x, "sg.logsumexp").node
-    axes = ops.normalize_axes(node, axis)
+    x = _expr(x, "sg.logsumexp")
+    axes = ops.normalize_axes(x.node, axis)
     out = _logsumexp(x, axes, finite_shift=True)
     if keepdims:
         return out
-    return out[tuple(0 if i in axes else slice(None) for i in range(node.ndim))]
+    return out[tuple(0 if i in axes else slice(None) for i in range(x.node.ndim))]
 
 
 def _logsumexp(x: Expr, axes: tuple[int, ...], finite_shift: bool) -> Expr:
@@ -459,8 +459,8 @@ def _logsumexp(x: Expr, axes: tuple[int, ...], finite_shift: bool) -> Expr:
 
 def log_softmax(x: Expr, axis: int = -1) -> Expr:
     """x - logsumexp(x); a row of -inf is nan either way, so the shift needs no guard."""
-    node = _expr(x, "sg.log_softmax").node
-    return x - _logsumexp(x, ops.normalize_axes(node, axis), finite_shift=False)
+    x = _expr(x, "sg.log_softmax")
+    return x - _logsumexp(x, ops.normalize_axes(x.node, axis), finite_shift=False)
 
 
 def softmax(x: Expr, axis: int = -1) -> Expr:
@@ -631,7 +631,7 @@ class Model:
             for need in ops.size_requirements(node):
                 if node.op == "index":
                     where = node.args[0].describe() + ops.format_index(node.attrs[0])
-                else:  # a map divides by the size: a mean
+                else:  # a map divides by the size (a mean); a max needs an element
                     where = f"a {'mean' if node.op == 'map' else 'max'} over {need + 1}"
                 needs.setdefault(need, where)
         strongest: dict[sp.Symbol, tuple[int, sp.Expr]] = {}  # n >= 3 says n >= 2
