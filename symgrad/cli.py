@@ -114,9 +114,8 @@ def cmd_build(args) -> int:
     models = load_models(args.models)
     out = Path(args.out)
     results = []
-    for (
-        model
-    ) in models:  # everything is generated and verified before anything is written
+    # Everything is generated and verified before anything is written.
+    for model in models:
         start = time.perf_counter()
         source, program = generate(model, args.hessian)
         line = f"{model.name}: ops forward {_ops(source)}, {_timing(program)}"

@@ -32,6 +32,9 @@ from .printer import NumPyPrinter, literal, to_numpy
 from .symbolic import factored
 
 VIEWS = ("transpose", "index", "reshape")
+# A scalar map is written into its users' formulas only up to this many operations
+# (counted as a tree); beyond, it gets a statement, as an array would.
+INLINE_OPS = 40
 LEAVES = ("input", "param", "seed")
 # Operations whose result is a new array of the node's shape, safe to overwrite when dead.
 FRESH = (
@@ -87,10 +90,13 @@ class Emitter:
         self.statements: list[Statement] = []
         self.names: dict[object, str] = {}
         self.alias: dict[Node, object] = {}  # nodes whose value a CSE temporary holds
+        self._exprs: dict[Node, sp.Expr] = {}
+        self._ops: dict[Node, int] = {}
         with program.timed("cse"):
             self._schedule()
         self._name()
         self.statement_of = {st.target: st for st in self.statements}
+        self._temp_shapes: dict[sp.Symbol, tuple] = {}
 
     # ------------------------------------------------------------------ scheduling
 
@@ -103,16 +109,32 @@ class Emitter:
         if node.op in VIEWS and len(self.users[node]) > 1 and node.args[0].op in LEAVES:
             return False  # x[:-1] used twice: one view object, not one per use
         if _scalar_map(node):  # into formulas, where CSE sees it, or where it is cheap
+            if self._inlined_ops(node) > INLINE_OPS:
+                return False
             users = self.users[node]
             return (
                 all(u.op == "map" for u in users) or sp.count_ops(self._expr(node)) <= 2
             )
         return node.op in VIEWS or is_const(node)
 
+    def _inlined_ops(self, node: Node) -> int:
+        """Operations in a scalar map's formula with its inlined scalar maps written out,
+        counted as a tree (``x = r*x*(1 - x)`` iterated doubles it per step)."""
+        if node not in self._ops:
+            formula = ew.lower(node.attrs[0])
+            self._ops[node] = sp.count_ops(formula) + sum(
+                formula.count(ew.arg(i)) * self._inlined_ops(a)
+                for i, a in enumerate(node.args)
+                if _scalar_map(a) and self.inline(a)
+            )
+        return self._ops[node]
+
     def _expr(self, node: Node) -> sp.Expr:
         """A map's formula over placeholders, with activations lowered to stable forms."""
-        args = {ew.arg(i): self._operand(a) for i, a in enumerate(node.args)}
-        return ew.lower(node.attrs[0]).xreplace(args)
+        if node not in self._exprs:
+            args = {ew.arg(i): self._operand(a) for i, a in enumerate(node.args)}
+            self._exprs[node] = ew.lower(node.attrs[0]).xreplace(args)
+        return self._exprs[node]
 
     def _operand(self, node: Node) -> sp.Expr:
         if node.op == "map" and self.inline(node) and node.shape == ():
@@ -286,10 +308,12 @@ class Emitter:
             return target.shape
         if target in self.dims:
             return ()
-        expr = self.statement_of[target].expr  # not reads: those see through views
-        return broadcast_shapes(
-            *(self.shape(self.node_of.get(s, s)) for s in expr.free_symbols)
-        )
+        if target not in self._temp_shapes:  # memoized: temporaries form a DAG
+            expr = self.statement_of[target].expr  # not reads: those see views
+            self._temp_shapes[target] = broadcast_shapes(
+                *(self.shape(self.node_of.get(s, s)) for s in expr.free_symbols)
+            )
+        return self._temp_shapes[target]
 
     def fresh(self, target, shape: tuple) -> bool:
         """Whether ``target`` is an array this function allocated, of exactly ``shape``."""

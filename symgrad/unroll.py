@@ -200,9 +200,8 @@ class _Expander:
         self.used = {*emitter.program.model.params, *emitter.program.model.inputs}
         self.used |= {"np", "math", "min", "max", "_min", "_max", "abs", "float", "int"}
         self.out: list[str] = []
-        self.target = (
-            ""  # the line being printed: hoisted temporaries are named after it
-        )
+        self.target = ""  # the line printed: its hoisted temporaries are named after it
+        self._temp_shapes: dict[sp.Symbol, tuple[int, ...]] = {}
         self.printer = MathPrinter(hoist=self._hoist)
 
     # ------------------------------------------------------------------ the function
@@ -287,14 +286,16 @@ class _Expander:
         """Concrete shape of a node or CSE temporary (the broadcast of its operands)."""
         if isinstance(target, Node):
             return tuple(int(sp.sympify(d).xreplace(self.dims)) for d in target.shape)
-        expr = self.em.statement_of[target].expr
-        operands = sorted(expr.free_symbols - set(self.dims), key=str)
-        shapes = [self.shape(self._operand(s)) for s in operands]
-        ndim = max((len(s) for s in shapes), default=0)
-        padded = [(1,) * (ndim - len(s)) + s for s in shapes]
-        return tuple(
-            0 if 0 in dims else max(dims) for dims in zip(*padded, strict=True)
-        )
+        if target not in self._temp_shapes:  # memoized: temporaries form a DAG
+            expr = self.em.statement_of[target].expr
+            operands = sorted(expr.free_symbols - set(self.dims), key=str)
+            shapes = [self.shape(self._operand(s)) for s in operands]
+            ndim = max((len(s) for s in shapes), default=0)
+            padded = [(1,) * (ndim - len(s)) + s for s in shapes]
+            self._temp_shapes[target] = tuple(
+                0 if 0 in dims else max(dims) for dims in zip(*padded, strict=True)
+            )
+        return self._temp_shapes[target]
 
     def _operand(self, symbol):
         """What a symbol of a printed formula stands for: a node or a CSE temporary."""
