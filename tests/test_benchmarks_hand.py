@@ -442,6 +442,21 @@ def test_runner_smoke(tmp_path):
     assert "summary:" in text
 
 
+def test_import_times_count_the_module_after_numpy(tmp_path, monkeypatch):
+    """A module that sleeps 20 ms on import costs at least that over numpy; the
+    bytecode goes to a temporary prefix even where the environment forbids writing it,
+    and never next to the module."""
+    run = importlib.import_module("benchmarks.run")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    slow, empty = tmp_path / "slow.py", tmp_path / "empty.py"
+    slow.write_text("import time\ntime.sleep(0.02)\n")
+    empty.write_text("")
+    numpy_s, module_s = run.import_times([slow, empty], runs=1)
+    assert numpy_s > 0 and module_s[slow] >= 0.02
+    assert module_s[empty] < module_s[slow]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.py", "slow.py"]
+
+
 def test_runner_helpers():
     run = importlib.import_module("benchmarks.run")
     calls = []
