@@ -104,6 +104,30 @@ def torch_hessian(reference, params, inputs) -> np.ndarray:
     return torch.autograd.functional.hessian(loss, torch.tensor(flat)).numpy()
 
 
+def assert_second_order_agrees(
+    module, reference, params, inputs, tol=1e-8, scaled=False, seed=5
+):
+    """``module.hessian`` and ``module.hvp`` in a random direction agree with the
+    twin's Hessian from torch, raising no NumPy warning. ``scaled``: errors count
+    against at least 1e-3 of the largest entry, for results whose small entries are
+    round-off (cancellations in torch's double backward as much as in ours)."""
+    expected = torch_hessian(reference, params, inputs)
+    rng = np.random.default_rng(seed)
+    v = {k: rng.standard_normal(np.shape(p)) for k, p in params.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        H = module.hessian(params, inputs)
+        product = module.hvp(params, inputs, v)
+    floor = 1e-3 * np.max(np.abs(expected), initial=0.0) if scaled else 0.0
+    assert rel(H, expected, floor) <= tol
+    flat_v = np.concatenate([np.ravel(v[k]) for k in params])
+    expected_hv = expected @ flat_v
+    floor = 1e-3 * np.max(np.abs(expected_hv), initial=0.0) if scaled else 0.0
+    sizes = np.cumsum([np.size(p) for p in params.values()])[:-1]
+    for k, part in zip(params, np.split(expected_hv, sizes), strict=True):
+        assert rel(product[k], part.reshape(np.shape(params[k])), floor) <= tol, k
+
+
 @dataclass
 class Case:
     build: Callable  # () -> sg.Model, the declaration

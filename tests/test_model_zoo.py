@@ -19,9 +19,9 @@ import pytest
 import sympy as sp
 from helpers import (
     Zoo,
+    assert_second_order_agrees,
     compile_module,
     rel,
-    torch_hessian,
     torch_twin,
 )
 
@@ -600,18 +600,7 @@ def test_verify_passes(name):
 def test_hessian_and_hvp_agree_with_pytorch(name, dims):
     _, module = module_of(name)
     params, inputs = CASES[name].data(np.random.default_rng(3), **dims)
-    expected = torch_hessian(CASES[name].reference, params, inputs)
-    sizes = [params[k].size for k in params]
-    H = module.hessian(params, inputs)
-    assert H.shape == (sum(sizes), sum(sizes))
-    assert rel(H, expected) <= TOL
-    rng = np.random.default_rng(4)
-    v = {k: rng.standard_normal(params[k].shape) for k in params}
-    hv = module.hvp(params, inputs, v)
-    flat_v = np.concatenate([v[k].ravel() for k in params])
-    parts = np.split(expected @ flat_v, np.cumsum(sizes)[:-1])
-    for n, k in enumerate(params):
-        assert rel(hv[k], parts[n].reshape(params[k].shape)) <= TOL, k
+    assert_second_order_agrees(module, CASES[name].reference, params, inputs, TOL)
 
 
 @pytest.mark.parametrize(

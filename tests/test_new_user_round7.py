@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 import sympy as sp
 from helpers import (
+    assert_second_order_agrees,
     check,
     compile_module,
     normal,
     rel,
-    torch_hessian,
     torch_twin,
 )
 
@@ -927,36 +927,13 @@ HESSIAN_FAMILIES = [
 ]
 
 
-def torch_hvp(reference, params, inputs, v) -> dict:
-    names = list(params)
-    tinputs = {k: torch.tensor(x) for k, x in inputs.items()}
-
-    def loss(*flat):
-        return reference(dict(zip(names, flat, strict=True)), tinputs)[0]
-
-    primals = tuple(torch.tensor(np.asarray(params[k], float)) for k in names)
-    tangents = tuple(torch.tensor(np.asarray(v[k], float)) for k in names)
-    _, hv = torch.autograd.functional.hvp(loss, primals, tangents)
-    return {k: h.numpy() for k, h in zip(names, hv, strict=True)}
-
-
 @pytest.mark.parametrize("name", HESSIAN_FAMILIES)
 def test_hvp_and_hessian_agree_with_torch(name):
     _, reference, data = FAMILIES[name]
     module = module_of(name, hessian=True)
     rng = np.random.default_rng(11)
     params, inputs = data(rng)
-    v = {k: rng.standard_normal(np.shape(p)) for k, p in params.items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        hv = module.hvp(params, inputs, v)
-        H = module.hessian(params, inputs)
-    expected = torch_hvp(reference, params, inputs, v)
-    scale = max(np.max(np.abs(e), initial=0.0) for e in expected.values())
-    for k in params:
-        assert np.shape(hv[k]) == np.shape(params[k]), k
-        assert rel(hv[k], expected[k], 1e-3 * scale) <= 1e-8, k
-    assert rel(H, torch_hessian(reference, params, inputs)) <= 1e-8
+    assert_second_order_agrees(module, reference, params, inputs, scaled=True)
 
 
 # ===================================================================== 3. unrolled sizes
