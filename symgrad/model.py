@@ -174,6 +174,12 @@ class Expr:
     def __ge__(self, o):
         return _compare(sp.GreaterThan, self, o)  # noqa: E704
 
+    def __eq__(self, o):  # a condition, as in NumPy and torch (labels == 2)
+        return _compare(sp.Eq, self, o)  # noqa: E704
+
+    def __ne__(self, o):
+        return _compare(sp.Ne, self, o)  # noqa: E704
+
     def __matmul__(self, other: Expr) -> Expr:
         return Expr(ops.matmul(*_values([self, _expr(other, "@")], "@")))
 
@@ -372,12 +378,12 @@ relu = _unary(ew.relu)
 
 def maximum(a, b) -> Expr:
     """Elementwise max of two operands (broadcast); ties split the gradient, as in torch."""
-    return _elementwise(sp.Max, a, b)
+    return _elementwise(ew.Max, a, b)
 
 
 def minimum(a, b) -> Expr:
     """Elementwise min of two operands (broadcast); ties split the gradient, as in torch."""
-    return _elementwise(sp.Min, a, b)
+    return _elementwise(ew.Min, a, b)
 
 
 def sum(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001

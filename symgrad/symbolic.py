@@ -144,13 +144,24 @@ def _unevaluated(minmax: type) -> type:
     return type(f"_{minmax.__name__}", (minmax,), {"__new__": new})
 
 
-_Max, _Min = _unevaluated(sp.Max), _unevaluated(sp.Min)
+# Also not flattened: max(max(a, b), c) splits a three-way tie 1/4, 1/4, 1/2, as torch
+# does, where the derivative of SymPy's Max(a, b, c) gives each argument 1/2.
+Max, Min = _unevaluated(sp.Max), _unevaluated(sp.Min)
+
+
+def _binary(minmax: sp.Expr) -> sp.Expr:
+    """A Max or Min of three or more arguments as a left fold of binary ones."""
+    fold = Max if isinstance(minmax, sp.Max) else Min
+    folded = minmax.args[0]
+    for a in minmax.args[1:]:
+        folded = fold(folded, a)
+    return folded
 
 
 _LOWERED = {
-    sigmoid: lambda x: 1 / (1 + sp.exp(_Min(-x, 709))),  # exp(709) is finite
-    softplus: lambda x: _Max(x, 0) + log1p(sp.exp(-sp.Abs(x))),
-    relu: lambda x: _Max(x, 0),
+    sigmoid: lambda x: 1 / (1 + sp.exp(Min(-x, 709))),  # exp(709) is finite
+    softplus: lambda x: Max(x, 0) + log1p(sp.exp(-sp.Abs(x))),
+    relu: lambda x: Max(x, 0),
 }
 
 
@@ -209,7 +220,9 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
     DiracDelta (the derivative of sign and Heaviside) is zero almost everywhere and is
     dropped, which matches PyTorch's gradients of sign, abs and relu.
     """
-    d = sp.diff(expr, arg(i)).replace(sp.DiracDelta, lambda *a: sp.S.Zero)
+    nary = lambda e: isinstance(e, sp.Max | sp.Min) and len(e.args) > 2  # noqa: E731
+    binary = expr.replace(nary, _binary)
+    d = sp.diff(binary, arg(i)).replace(sp.DiracDelta, lambda *a: sp.S.Zero)
     if d.has(sp.Derivative, sp.Subs):
         missing = sorted({str(x.expr.func) for x in d.atoms(sp.Derivative)})
         raise UnsupportedError(f"{', '.join(missing) or d} has no derivative")

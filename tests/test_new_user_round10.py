@@ -1273,8 +1273,15 @@ TIES = {
         np.array([1.0, 2.0, 0.5, 1.0, -1.0]),
     ),
     "max_of_relu_and_its_double": (
-        lambda w, x: sg.sum(sg.maximum(sg.maximum(w, 0.0), 2 * sg.maximum(w, 0.0))),
+        lambda w, x: sg.sum(sg.maximum(sg.relu(w), 2 * sg.relu(w))),
         lambda w, x: torch.maximum(F.relu(w), 2 * F.relu(w)).sum(),
+        np.array([0.0, 1.0, -1.0, 0.0, 2.0]),
+    ),
+    "max_of_clipped_and_its_double": (  # maximum(w, 0) splits its tie, unlike relu
+        lambda w, x: sg.sum(sg.maximum(sg.maximum(w, 0.0), 2 * sg.maximum(w, 0.0))),
+        lambda w, x: torch.maximum(
+            torch.maximum(w, 0 * w), 2 * torch.maximum(w, 0 * w)
+        ).sum(),
         np.array([0.0, 1.0, -1.0, 0.0, 2.0]),
     ),
 }
@@ -1307,45 +1314,41 @@ def test_two_way_maximum_ties_split_like_torch():
     check(compile_module(m), reference, {"w": np.array([0.0, 0.4, -0.4, 1e-9])}, {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a 3-way tie gets weights summing to 1.5 (w = 0 in max(max(w, w/2), "
-    "sin w): 1.25 where torch gives 0.875; any subgradient is in [0.5, 1]): "
-    "optimize.fuse inlines sg.maximum into sg.maximum by xreplace, and SymPy "
-    "flattens Max(Max(a, b), c) into Max(a, b, c); symbolic.partial then takes "
-    "sympy.diff of the n-ary Max, Heaviside(a - Max(b, c), 1/2) per argument, whose "
-    "H(0) = 1/2 is right for 2-way ties only. Fix: differentiate Max/Min as the "
-    "left fold of binary ones (as reference.py's _fold and torch do), or keep the "
-    "inlined Max/Min unflattened (evaluate=False, as symbolic._unevaluated)",
-)
 @pytest.mark.parametrize("name", list(TIES))
 def test_nested_maximum_and_minimum_ties_split_like_torch(name):
     module, twin, params, inputs = _ties_model(name)
     check(module, twin, params, inputs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model.Expr defines no __eq__/__ne__: x == 2 is Python's identity "
-    "comparison, False (and x != 2 is True), so sg.where(x == 2, a, b) fails with "
-    "'sg.where needs a comparison of expressions, e.g. x > 0' although == is one; "
-    "either return a Cond of sp.Eq/sp.Ne as for < and >, or raise a TypeError at "
-    "== naming the operator and the workaround ((x >= 2) & (x <= 2))",
-)
-def test_equality_conditions_work_or_are_refused_by_name():
+def test_a_formula_max_of_three_gives_a_subgradient_at_a_tie():
+    """sp.Max(a, b, c) in a user's formula is differentiated as a fold of binary maxima
+    (in SymPy's order of the arguments), so the weights of a three-way tie sum to 1;
+    SymPy's own derivative gives each 1/2. Away from ties it is torch's maximum."""
+    m = sg.Model("formula_max_of_three")
+    w = m.param("w", (3,))
+    m.loss(sg.sum(sg.elementwise(lambda a: sp.Max(a, a / 2, sp.sin(a)), w)))
+    module = compile_module(m)
+
+    def reference(p, i):
+        w = p["w"]
+        return torch.maximum(torch.maximum(w, w / 2), torch.sin(w)).sum(), {}
+
+    check(module, reference, {"w": np.array([0.3, -0.2, 2.0])}, {})
+    _, grads = module.value_and_grad({"w": np.zeros(3)}, {})
+    assert np.all((0.5 <= grads["w"]) & (grads["w"] <= 1.0))  # slopes 1, 1/2, cos 0
+
+
+def test_equality_conditions_select_like_torch():
     rng = np.random.default_rng(0)
     m = sg.Model("equality_condition")
     labels = m.input("labels", ("n",), dtype="int64")
     x, w = m.input("x", ("n",)), m.param("w", ())
-    try:
-        cond = labels == 2
-        m.loss(sg.sum(sg.where(cond, w * x, w**2)))
-    except TypeError as e:
-        assert "==" in str(e)
-        return
+    m.loss(sg.sum(sg.where(labels == 2, w * x, w**2) + sg.where(labels != 0, x, w)))
 
     def reference(p, i):
-        return torch.where(i["labels"] == 2, p["w"] * i["x"], p["w"] ** 2).sum(), {}
+        w, x, labels = p["w"], i["x"], i["labels"]
+        picked = torch.where(labels == 2, w * x, w**2) + torch.where(labels != 0, x, w)
+        return picked.sum(), {}
 
     inputs = {"labels": rng.integers(0, 4, 9), "x": normal(rng, 9)}
     check(compile_module(m), reference, {"w": np.array(0.7)}, inputs)
