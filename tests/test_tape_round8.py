@@ -310,11 +310,6 @@ def test_float32_model_and_data_train_in_float32():
     check(fn)
 
 
-@xfail(
-    "Adam's state['step'] takes the parameter's dtype (symgrad/tape/optim.py "
-    "Adam._update, also RMSprop._update); torch makes it a tensor of the default "
-    "float dtype (_get_scalar_dtype) whatever the parameter's dtype"
-)
 def test_adam_step_count_dtype_for_float32_parameters():
     def fn(m):
         w = m.ones(2, dtype=m.float32, requires_grad=True)
@@ -326,12 +321,6 @@ def test_adam_step_count_dtype_for_float32_parameters():
     check(fn)
 
 
-@xfail(
-    "Optimizer.state is a plain dict (symgrad/tape/optim.py Optimizer.__init__ and "
-    "load_state_dict); torch's is a defaultdict(dict), so `self.state[p]` of a new "
-    "parameter raises KeyError in a custom optimizer's step",
-    KeyError,
-)
 def test_custom_optimizer_subclass_using_state_as_a_defaultdict():
     def fn(m):
         class Momentum(m.optim.Optimizer):
@@ -551,35 +540,18 @@ def _forward_hook(m):
 
 
 MISSING_TRAINING = {
-    "SGD(maximize=True)": (
-        _maximize,
-        missing("SGD/Adam maximize", "optim.py SGD.__init__", TypeError),
-    ),
-    "Optimizer.add_param_group": (
-        _add_param_group,
-        missing("Optimizer.add_param_group", "optim.py Optimizer"),
-    ),
-    "Optimizer.step(closure)": (
-        _closure,
-        missing(
-            "Optimizer.step(closure)",
-            "optim.py Optimizer.step takes no closure",
-            TypeError,
-        ),
-    ),
-    "ReduceLROnPlateau": (
-        _plateau,
-        missing("lr_scheduler.ReduceLROnPlateau", "lr_scheduler.py"),
-    ),
-    "LinearLR warmup": (
-        lambda m: _warmup(m, "LinearLR", start_factor=0.25, total_iters=3),
-        missing("lr_scheduler.LinearLR", "lr_scheduler.py"),
+    "SGD(maximize=True)": _maximize,
+    "Optimizer.add_param_group": _add_param_group,
+    "Optimizer.step(closure)": _closure,
+    "ReduceLROnPlateau": _plateau,
+    "LinearLR warmup": lambda m: _warmup(
+        m, "LinearLR", start_factor=0.25, total_iters=3
     ),
     "OneCycleLR": (
         lambda m: _warmup(m, "OneCycleLR", max_lr=0.5, total_steps=6),
         missing("lr_scheduler.OneCycleLR", "lr_scheduler.py"),
     ),
-    "Adagrad": (_adagrad, missing("optim.Adagrad", "optim.py")),
+    "Adagrad": _adagrad,
     "torch.save / torch.load": (
         _save_load,
         missing("torch.save/torch.load", "__init__.py"),
@@ -588,29 +560,16 @@ MISSING_TRAINING = {
         _custom_function,
         missing("autograd.Function", "autograd.py"),
     ),
-    "randperm for shuffling": (
-        _shuffled_minibatches,
-        missing("torch.randperm", "creation.py"),
-    ),
-    "Module.requires_grad_": (
-        _requires_grad_module,
-        missing("Module.requires_grad_", "nn.py Module"),
-    ),
+    "randperm for shuffling": _shuffled_minibatches,
+    "Module.requires_grad_": _requires_grad_module,
     "Module.register_forward_hook": (
         _forward_hook,
         missing("Module.register_forward_hook", "nn.py Module.__call__"),
     ),
-    "Module.named_children": (
-        lambda m: [n for n, _ in mlp(m).named_children()],
-        missing("Module.named_children", "nn.py Module"),
-    ),
-    "Module.add_module": (
-        lambda m: [n for n, _ in _add_module(m).named_parameters()],
-        missing("Module.add_module", "nn.py Module"),
-    ),
-    "Sequential.append": (
-        lambda m: len(m.nn.Sequential(m.nn.Linear(1, 1)).append(m.nn.ReLU())),
-        missing("Sequential.append", "nn.py Sequential"),
+    "Module.named_children": lambda m: [n for n, _ in mlp(m).named_children()],
+    "Module.add_module": lambda m: [n for n, _ in _add_module(m).named_parameters()],
+    "Sequential.append": lambda m: len(
+        m.nn.Sequential(m.nn.Linear(1, 1)).append(m.nn.ReLU())
     ),
 }
 
@@ -689,51 +648,26 @@ def _binary_targets(m, x):
 
 
 MISSING_LAYERS = {
-    "nn.Embedding": (_embedding_bag_of_words, missing("nn.Embedding", "nn.py")),
-    "nn.LayerNorm": (_layer_norm, missing("nn.LayerNorm", "nn.py")),
+    "nn.Embedding": _embedding_bag_of_words,
+    "nn.LayerNorm": _layer_norm,
     "nn.BatchNorm1d": (_batch_norm, missing("nn.BatchNorm1d", "nn.py")),
-    "nn.ModuleDict": (_module_dict, missing("nn.ModuleDict", "nn.py")),
-    "nn.Softplus": (
-        values_and_grad(lambda m, x: m.nn.Softplus(beta=2.0)(x)),
-        missing("nn.Softplus (F.softplus exists)", "nn.py"),
+    "nn.ModuleDict": _module_dict,
+    "nn.Softplus": values_and_grad(lambda m, x: m.nn.Softplus(beta=2.0)(x)),
+    "nn.ELU": values_and_grad(lambda m, x: m.nn.ELU(alpha=0.5)(x)),
+    "BCEWithLogitsLoss(pos_weight=)": _loss_case(
+        lambda m: m.nn.BCEWithLogitsLoss(pos_weight=m.tensor([1.0, 2.0, 0.5, 3.0])),
+        _binary_targets,
     ),
-    "nn.ELU": (
-        values_and_grad(lambda m, x: m.nn.ELU(alpha=0.5)(x)),
-        missing("nn.ELU and F.elu", "nn.py and functional.py"),
+    "nn.BCELoss after sigmoid": _loss_case(
+        lambda m: lambda x, t: m.nn.BCELoss()(x.sigmoid(), t), _binary_targets
     ),
-    "BCEWithLogitsLoss(pos_weight=)": (
-        _loss_case(
-            lambda m: m.nn.BCEWithLogitsLoss(pos_weight=m.tensor([1.0, 2.0, 0.5, 3.0])),
-            _binary_targets,
-        ),
-        missing(
-            "BCEWithLogitsLoss pos_weight/weight",
-            "nn.py BCEWithLogitsLoss, functional.py binary_cross_entropy_with_logits",
-            TypeError,
-        ),
-    ),
-    "nn.BCELoss after sigmoid": (
-        _loss_case(
-            lambda m: lambda x, t: m.nn.BCELoss()(x.sigmoid(), t), _binary_targets
-        ),
-        missing("nn.BCELoss and F.binary_cross_entropy", "nn.py and functional.py"),
-    ),
-    "nn.L1Loss": (_loss_case(lambda m: m.nn.L1Loss()), missing("nn.L1Loss", "nn.py")),
-    "nn.SmoothL1Loss": (
-        _loss_case(lambda m: m.nn.SmoothL1Loss(beta=0.5)),
-        missing("nn.SmoothL1Loss", "nn.py"),
-    ),
-    "nn.HuberLoss": (
-        _loss_case(lambda m: m.nn.HuberLoss(delta=0.5)),
-        missing("nn.HuberLoss", "nn.py"),
-    ),
-    "F.kl_div": (
-        _loss_case(
-            lambda m: lambda x, t: m.nn.functional.kl_div(
-                x.log_softmax(1), t.softmax(1), reduction="batchmean"
-            )
-        ),
-        missing("F.kl_div / nn.KLDivLoss", "functional.py"),
+    "nn.L1Loss": _loss_case(lambda m: m.nn.L1Loss()),
+    "nn.SmoothL1Loss": _loss_case(lambda m: m.nn.SmoothL1Loss(beta=0.5)),
+    "nn.HuberLoss": _loss_case(lambda m: m.nn.HuberLoss(delta=0.5)),
+    "F.kl_div": _loss_case(
+        lambda m: lambda x, t: m.nn.functional.kl_div(
+            x.log_softmax(1), t.softmax(1), reduction="batchmean"
+        )
     ),
 }
 
@@ -1142,36 +1076,10 @@ def _mean_over_empty_dim_list(m):
 
 
 MISSING_AUTOGRAD = {
-    "CopySlices grad_fn.name()": (
-        _copy_slices_name,
-        xfail(
-            "torch names the in-place-write node 'torch::autograd::CopySlices' in "
-            "name() (its repr shows <CopySlices>); symgrad/tape/shapes.py "
-            "_copy_slices creates Node('CopySlices') and autograd.py Node.name "
-            "returns it bare"
-        ),
-    ),
-    "grad_fn.next_functions": (
-        _next_functions,
-        missing("Node.next_functions", "autograd.py Node has edges only"),
-    ),
-    "torch.autograd.backward(tensors)": (
-        _autograd_backward,
-        xfail(
-            "symgrad/tape/autograd.py backward is the engine's internal "
-            "backward(roots, grads, ...) exported under torch's public name: "
-            "grad_tensors is required (and must be arrays), where torch defaults it "
-            "to ones for scalars",
-            TypeError,
-        ),
-    ),
-    "mean/sum over dim=[]": (
-        _mean_over_empty_dim_list,
-        xfail(
-            "symgrad/tape/reductions.py normalize_dims treats only None and () as "
-            "'all dims': dim=[] reduces nothing, where torch reduces everything"
-        ),
-    ),
+    "CopySlices grad_fn.name()": _copy_slices_name,
+    "grad_fn.next_functions": _next_functions,
+    "torch.autograd.backward(tensors)": _autograd_backward,
+    "mean/sum over dim=[]": _mean_over_empty_dim_list,
 }
 
 
@@ -1180,13 +1088,6 @@ def test_autograd_differences(fn):
     check(fn)
 
 
-@xfail(
-    "symgrad/tape/reductions.py ReductionOps.softmax computes x - max(x) with "
-    "max = -inf on a fully masked row (inf - inf) and NumPy warns 'invalid value "
-    "encountered in subtract'; torch returns the same nan silently (logsumexp in "
-    "the same file already shifts by 0 when the max is not finite)",
-    RuntimeWarning,
-)
 def test_causal_attention_with_a_fully_masked_row_warns_nothing():
     def fn(m):
         scores = m.tensor(data(3, 3), requires_grad=True)
@@ -1230,91 +1131,25 @@ def test_common_mistakes_raise_torchs_error_and_message(fn):
 
 
 ERROR_TYPES = {
-    "cross_entropy with int32 targets": (
-        lambda m: m.nn.functional.cross_entropy(
-            m.ones(3, 4), m.tensor([0, 1, 2], dtype=m.int32)
-        ),
-        xfail(
-            "symgrad/tape/functional.py _class_targets accepts any integer dtype "
-            "(kind 'iu'); torch wants int64 (or uint8) class indices and raises "
-            "RuntimeError 'expected target dtype to be Long or Byte'"
-        ),
+    "cross_entropy with int32 targets": lambda m: m.nn.functional.cross_entropy(
+        m.ones(3, 4), m.tensor([0, 1, 2], dtype=m.int32)
     ),
-    "BCEWithLogitsLoss with int64 labels": (
-        lambda m: m.nn.BCEWithLogitsLoss()(m.ones(3), m.tensor([0, 1, 1])),
-        xfail(
-            "symgrad/tape/functional.py binary_cross_entropy_with_logits promotes an "
-            "integer target (via _elementwise_loss/operands); torch raises "
-            "RuntimeError 'result type Double can't be cast to the desired output "
-            "type Long': the target must be float"
-        ),
+    "BCEWithLogitsLoss with int64 labels": lambda m: m.nn.BCEWithLogitsLoss()(
+        m.ones(3), m.tensor([0, 1, 1])
     ),
-    "mse_loss of int tensors": (
-        lambda m: m.nn.functional.mse_loss(m.tensor([1, 2]), m.tensor([1, 3])),
-        xfail(
-            "symgrad/tape/functional.py mse_loss computes integer losses; torch "
-            "raises NotImplementedError '\"mse_cpu\" not implemented for 'Long''"
-        ),
+    "mse_loss of int tensors": lambda m: m.nn.functional.mse_loss(
+        m.tensor([1, 2]), m.tensor([1, 3])
     ),
-    "int // 0": (
-        lambda m: m.tensor([1, 2]) // m.tensor([0, 1]),
-        xfail(
-            "symgrad/tape/arithmetic.py __floordiv__ (via _untracked) lets "
-            "np.floor_divide return 0 with a RuntimeWarning; torch raises "
-            "RuntimeError 'ZeroDivisionError' for integer division by zero"
-        ),
+    "int // 0": lambda m: m.tensor([1, 2]) // m.tensor([0, 1]),
+    "gather with a float index": lambda m: m.ones(2, 3).gather(
+        1, m.tensor([[0.0], [1.0]])
     ),
-    "gather with a float index": (
-        lambda m: m.ones(2, 3).gather(1, m.tensor([[0.0], [1.0]])),
-        xfail(
-            "symgrad/tape/shapes.py gather uses the index array as a NumPy index "
-            "(IndexError); torch checks the dtype first: RuntimeError 'gather(): "
-            "Expected dtype int32/int64 for index'"
-        ),
-    ),
-    "gather out of range": (
-        lambda m: m.ones(2, 3).gather(1, m.tensor([[3], [1]])),
-        xfail(
-            "symgrad/tape/shapes.py gather lets NumPy's IndexError through; torch "
-            "raises RuntimeError 'index 3 is out of bounds for dimension 1 with "
-            "size 3'"
-        ),
-    ),
-    "chunk(0)": (
-        lambda m: m.ones(3).chunk(0),
-        xfail(
-            "symgrad/tape/shapes.py chunk divides by chunks (ZeroDivisionError); "
-            "torch raises RuntimeError 'chunk expects `chunks` to be greater than 0'"
-        ),
-    ),
-    "arange with step 0": (
-        lambda m: m.arange(0, 5, 0),
-        xfail(
-            "symgrad/tape/creation.py arange lets np.arange's ZeroDivisionError "
-            "through; torch raises RuntimeError 'step must be nonzero'"
-        ),
-    ),
-    "zeros of a negative size": (
-        lambda m: m.zeros(-1),
-        xfail(
-            "symgrad/tape/creation.py zeros (also ones, eye, linspace) lets "
-            "NumPy's ValueError through; torch raises RuntimeError"
-        ),
-    ),
-    "full with an int size": (
-        lambda m: m.full(2, 1.0),
-        xfail(
-            "symgrad/tape/creation.py full wraps any size with _shape_arg((size,)) "
-            "so an int works; torch raises TypeError: size must be a tuple of ints"
-        ),
-    ),
-    "tensor of strings": (
-        lambda m: m.tensor(["a"]),
-        xfail(
-            "symgrad/tape/tensor.py as_array raises TypeError for non-numeric data; "
-            "torch raises ValueError 'too many dimensions 'str''"
-        ),
-    ),
+    "gather out of range": lambda m: m.ones(2, 3).gather(1, m.tensor([[3], [1]])),
+    "chunk(0)": lambda m: m.ones(3).chunk(0),
+    "arange with step 0": lambda m: m.arange(0, 5, 0),
+    "zeros of a negative size": lambda m: m.zeros(-1),
+    "full with an int size": lambda m: m.full(2, 1.0),
+    "tensor of strings": lambda m: m.tensor(["a"]),
 }
 
 
@@ -1324,44 +1159,14 @@ def test_misuse_raises_torchs_error_type(fn):
 
 
 MESSAGES = {
-    "load_state_dict size mismatch": (
-        lambda m: m.nn.Linear(2, 2).load_state_dict(
-            {"weight": m.ones(3, 2), "bias": m.ones(2)}
-        ),
-        xfail(
-            "symgrad/tape/nn.py Module.load_state_dict prints shapes as NumPy "
-            "tuples '(3, 2)'; torch prints 'torch.Size([3, 2])'"
-        ),
+    "load_state_dict size mismatch": lambda m: m.nn.Linear(2, 2).load_state_dict(
+        {"weight": m.ones(3, 2), "bias": m.ones(2)}
     ),
-    "cat of mismatched shapes": (
-        lambda m: m.cat([m.ones(2, 3), m.ones(3, 2)]),
-        xfail(
-            "symgrad/tape/functions.py cat re-raises NumPy's concatenate message; "
-            "torch says 'Sizes of tensors must match except in dimension 0. "
-            "Expected size 3 but got size 2 for tensor number 1 in the list.'"
-        ),
-    ),
-    "index out of range": (
-        lambda m: m.ones(2, 3)[2],
-        xfail(
-            "symgrad/tape/shapes.py __getitem__ lets NumPy's message through "
-            "('for axis 0'); torch says 'for dimension 0'"
-        ),
-    ),
-    "transpose of a dim out of range": (
-        lambda m: m.ones(2, 3).transpose(0, 2),
-        xfail(
-            "symgrad/tape/shapes.py transpose indexes a Python list with the dims "
-            "('list index out of range') instead of normalize_dims; torch says "
-            "'Dimension out of range (expected to be in range of [-2, 1], but got 2)'"
-        ),
-    ),
-    "where with a non-bool condition": (
-        lambda m: m.where(m.tensor([1, 0]), m.ones(2), m.zeros(2)),
-        xfail(
-            "symgrad/tape/functions.py where (like other messages) names NumPy "
-            "dtypes ('int64'); torch names its own ('Long')"
-        ),
+    "cat of mismatched shapes": lambda m: m.cat([m.ones(2, 3), m.ones(3, 2)]),
+    "index out of range": lambda m: m.ones(2, 3)[2],
+    "transpose of a dim out of range": lambda m: m.ones(2, 3).transpose(0, 2),
+    "where with a non-bool condition": lambda m: m.where(
+        m.tensor([1, 0]), m.ones(2), m.zeros(2)
     ),
 }
 
@@ -1416,108 +1221,47 @@ def _scatter_index(m):
 
 
 MISSING_OPS = {
-    "index_select": (
-        values_and_grad(lambda m, x: x.index_select(1, m.tensor([2, 0, 2]))),
-        missing("Tensor.index_select / torch.index_select", "shapes.py"),
+    "index_select": values_and_grad(
+        lambda m, x: x.index_select(1, m.tensor([2, 0, 2]))
     ),
-    "scatter_add": (
-        values_and_grad(
-            lambda m, x: m.zeros(2, 5, 4).scatter_add(1, _scatter_index(m), x)
-        ),
-        missing("Tensor.scatter_add / scatter_add_", "shapes.py"),
+    "scatter_add": values_and_grad(
+        lambda m, x: m.zeros(2, 5, 4).scatter_add(1, _scatter_index(m), x)
     ),
-    "index_add": (
-        values_and_grad(
-            lambda m, x: m.zeros(4, 3, 4).index_add(0, m.tensor([3, 3]), x)
-        ),
-        missing("Tensor.index_add / index_add_", "shapes.py"),
+    "index_add": values_and_grad(
+        lambda m, x: m.zeros(4, 3, 4).index_add(0, m.tensor([3, 3]), x)
     ),
-    "cumprod": (
-        values_and_grad(lambda m, x: x.cumprod(-1)),
-        missing("Tensor.cumprod / torch.cumprod", "reductions.py"),
-    ),
-    "sort": (
-        values_and_grad(lambda m, x: x.sort(dim=-1, descending=True).values),
-        missing("Tensor.sort / torch.sort", "reductions.py"),
-    ),
-    "topk": (
-        values_and_grad(lambda m, x: x.topk(2, dim=-1).values),
-        missing("Tensor.topk / torch.topk", "reductions.py"),
-    ),
-    "argsort": (
-        values_and_grad(lambda m, x: x.gather(-1, x.argsort(-1))),
-        missing("Tensor.argsort / torch.argsort", "reductions.py"),
-    ),
+    "cumprod": values_and_grad(lambda m, x: x.cumprod(-1)),
+    "sort": values_and_grad(lambda m, x: x.sort(dim=-1, descending=True).values),
+    "topk": values_and_grad(lambda m, x: x.topk(2, dim=-1).values),
+    "argsort": values_and_grad(lambda m, x: x.gather(-1, x.argsort(-1))),
     "einsum": (
         values_and_grad(lambda m, x: m.einsum("bij,bkj->bik", x, x)),
         missing("torch.einsum", "__init__.py and functions.py"),
     ),
-    "bmm": (
-        values_and_grad(lambda m, x: m.bmm(x, x.transpose(1, 2))),
-        missing("torch.bmm / Tensor.bmm", "arithmetic.py"),
-    ),
-    "Tensor.norm": (
-        values_and_grad(lambda m, x: x.norm(dim=-1) + x.norm(p=1, dim=-1)),
-        missing("Tensor.norm / torch.norm", "reductions.py"),
-    ),
+    "bmm": values_and_grad(lambda m, x: m.bmm(x, x.transpose(1, 2))),
+    "Tensor.norm": values_and_grad(lambda m, x: x.norm(dim=-1) + x.norm(p=1, dim=-1)),
     "torch.linalg.norm": (
         values_and_grad(lambda m, x: m.linalg.norm(x, dim=-1)),
         missing("torch.linalg", "__init__.py"),
     ),
-    "F.normalize": (
-        values_and_grad(lambda m, x: m.nn.functional.normalize(x, dim=-1)),
-        missing("F.normalize", "functional.py"),
+    "F.normalize": values_and_grad(lambda m, x: m.nn.functional.normalize(x, dim=-1)),
+    "F.cosine_similarity": values_and_grad(
+        lambda m, x: m.nn.functional.cosine_similarity(x, x.flip(0), dim=-1)
     ),
-    "F.cosine_similarity": (
-        values_and_grad(
-            lambda m, x: m.nn.functional.cosine_similarity(x, x.flip(0), dim=-1)
-        ),
-        missing("F.cosine_similarity", "functional.py"),
+    "log1p": values_and_grad(lambda m, x: x.abs().log1p()),
+    "square": values_and_grad(lambda m, x: x.square()),
+    "rsqrt": values_and_grad(lambda m, x: (x * x + 1).rsqrt()),
+    "floor and round": values_and_grad(lambda m, x: x.floor() + (x * 3).round() + x),
+    "Tensor.add/mul methods": values_and_grad(
+        lambda m, x: x.add(1).mul(x).sub(x, alpha=2)
     ),
-    "log1p": (
-        values_and_grad(lambda m, x: x.abs().log1p()),
-        missing("Tensor.log1p / torch.log1p (and expm1)", "pointwise.py"),
+    "expand_as": values_and_grad(lambda m, x: x[:, :1].expand_as(x) * x),
+    "tril/triu": values_and_grad(lambda m, x: x.tril() + m.triu(x, diagonal=1) * 2),
+    "masked_select": values_and_grad(lambda m, x: x.masked_select(x > 0)),
+    "any/all": _bool_results(
+        lambda m, t: [(t > 0).any(), (t > 0).all(dim=1), t.isnan()]
     ),
-    "square": (
-        values_and_grad(lambda m, x: x.square()),
-        missing("Tensor.square / torch.square", "pointwise.py"),
-    ),
-    "rsqrt": (
-        values_and_grad(lambda m, x: (x * x + 1).rsqrt()),
-        missing("Tensor.rsqrt / torch.rsqrt (and reciprocal)", "pointwise.py"),
-    ),
-    "floor and round": (
-        values_and_grad(lambda m, x: x.floor() + (x * 3).round() + x),
-        missing("Tensor.floor/ceil/round/trunc", "pointwise.py"),
-    ),
-    "Tensor.add/mul methods": (
-        values_and_grad(lambda m, x: x.add(1).mul(x).sub(x, alpha=2)),
-        missing("out-of-place Tensor.add/sub/mul/div and torch.add", "arithmetic.py"),
-    ),
-    "expand_as": (
-        values_and_grad(lambda m, x: x[:, :1].expand_as(x) * x),
-        missing("Tensor.expand_as", "shapes.py"),
-    ),
-    "tril/triu": (
-        values_and_grad(lambda m, x: x.tril() + m.triu(x, diagonal=1) * 2),
-        missing("Tensor.tril/triu / torch.tril/triu", "shapes.py"),
-    ),
-    "masked_select": (
-        values_and_grad(lambda m, x: x.masked_select(x > 0)),
-        missing("Tensor.masked_select", "shapes.py"),
-    ),
-    "any/all": (
-        _bool_results(lambda m, t: [(t > 0).any(), (t > 0).all(dim=1), t.isnan()]),
-        missing("Tensor.any/all, isnan/isfinite", "reductions.py and pointwise.py"),
-    ),
-    "where(condition) alone": (
-        _bool_results(lambda m, t: m.where(t > 0)),
-        missing(
-            "torch.where(condition) / nonzero(as_tuple=True)",
-            "functions.py where requires input and other",
-            TypeError,
-        ),
-    ),
+    "where(condition) alone": _bool_results(lambda m, t: m.where(t > 0)),
 }
 
 
@@ -1537,61 +1281,19 @@ def _grad_fn_name(op):
     return fn
 
 
-def _named_differently(torch_name, where):
-    return xfail(f"grad_fn is named differently from torch's {torch_name} ({where})")
-
-
 GRAD_FN_NAMES = {
     "x.var()": lambda m, x: x.var(),
     "x.std(1)": lambda m, x: x.std(1),
     "x.prod(1)": lambda m, x: x.prod(1),
     "x.cumsum(0)": lambda m, x: x.cumsum(0),
     "x.logsumexp(1)": lambda m, x: x.logsumexp(1),
-    "1 - x": (
-        lambda m, x: 1 - x,
-        _named_differently(
-            "RsubBackward1",
-            "symgrad/tape/arithmetic.py __rsub__ lifts the number and runs __sub__",
-        ),
-    ),
-    "2 / x": (
-        lambda m, x: 2 / x,
-        _named_differently(
-            "MulBackward0 (reciprocal times the number)",
-            "symgrad/tape/arithmetic.py __rtruediv__ runs __truediv__",
-        ),
-    ),
-    "2 ** x": (
-        lambda m, x: 2**x,
-        _named_differently(
-            "PowBackward2", "symgrad/tape/arithmetic.py __rpow__ runs __pow__"
-        ),
-    ),
-    "x.clamp_min(0)": (
-        lambda m, x: x.clamp_min(0),
-        _named_differently(
-            "ClampMinBackward0", "symgrad/tape/pointwise.py clamp_min calls clamp"
-        ),
-    ),
-    "reshape of a transposed tensor": (
-        lambda m, x: x.t().reshape(-1),
-        _named_differently(
-            "UnsafeViewBackward0 (a copy)",
-            "symgrad/tape/shapes.py reshape names every result ViewBackward0",
-        ),
-    ),
-    "x.split(1, 1)[0]": (
-        lambda m, x: x.split(1, 1)[0],
-        _named_differently(
-            "SplitBackward0", "symgrad/tape/shapes.py split slices with __getitem__"
-        ),
-    ),
-    "x.unbind(0)[0]": (
-        lambda m, x: x.unbind(0)[0],
-        _named_differently(
-            "UnbindBackward0", "symgrad/tape/shapes.py unbind selects with __getitem__"
-        ),
-    ),
+    "1 - x": lambda m, x: 1 - x,
+    "2 / x": lambda m, x: 2 / x,
+    "2 ** x": lambda m, x: 2**x,
+    "x.clamp_min(0)": lambda m, x: x.clamp_min(0),
+    "reshape of a transposed tensor": lambda m, x: x.t().reshape(-1),
+    "x.split(1, 1)[0]": lambda m, x: x.split(1, 1)[0],
+    "x.unbind(0)[0]": lambda m, x: x.unbind(0)[0],
 }
 
 
@@ -1753,51 +1455,195 @@ def test_conversions(fn):
 
 
 MISSING_CREATION = {
-    "zeros(size=...)": (
-        lambda m: m.zeros(size=(2, 3)),
-        missing("size= keyword of zeros/ones", "creation.py zeros(*size)", TypeError),
-    ),
-    "ones(device='cpu')": (
-        lambda m: m.ones(2, device="cpu"),
-        missing("device= keyword of factories", "creation.py", TypeError),
-    ),
-    "Tensor.device": (
-        lambda m: m.zeros(2, device=m.ones(1).device),
-        missing("Tensor.device", "tensor.py"),
-    ),
-    "empty_like / randn_like": (
-        lambda m: [m.empty_like(m.ones(2, 3)).shape, m.randn_like(m.ones(2)).shape],
-        missing("torch.empty_like/randn_like/rand_like", "creation.py"),
-    ),
-    "as_tensor": (
-        lambda m: m.as_tensor([1, 2]),
-        missing("torch.as_tensor", "creation.py"),
-    ),
-    "new_zeros / new_tensor": (
-        lambda m: [
-            m.ones(2, dtype=m.float32).new_zeros(3),
-            m.ones(2, dtype=m.float32).new_tensor([1, 2]),
-        ],
-        missing("Tensor.new_zeros/new_ones/new_full/new_tensor", "tensor.py"),
-    ),
-    "int() and bool() casts": (
-        lambda m: [m.tensor([1.7, -1.7]).int(), m.tensor([0.0, 2.0]).bool()],
-        missing("Tensor.int/bool/half", "pointwise.py (has float/double/long)"),
-    ),
-    "type(dtype) and type_as": (
-        lambda m: [
-            m.tensor([1, 2]).type(m.float32),
-            m.tensor([1, 2]).type_as(m.ones(1)),
-        ],
-        missing("Tensor.type/type_as", "pointwise.py"),
-    ),
-    "uint8 masks": (
-        lambda m: m.tensor([1, 0, 1], dtype=m.uint8).sum(),
-        missing("torch.uint8/int8/int16/float16", "__init__.py"),
-    ),
+    "zeros(size=...)": lambda m: m.zeros(size=(2, 3)),
+    "ones(device='cpu')": lambda m: m.ones(2, device="cpu"),
+    "Tensor.device": lambda m: m.zeros(2, device=m.ones(1).device),
+    "empty_like / randn_like": lambda m: [
+        m.empty_like(m.ones(2, 3)).shape,
+        m.randn_like(m.ones(2)).shape,
+    ],
+    "as_tensor": lambda m: m.as_tensor([1, 2]),
+    "new_zeros / new_tensor": lambda m: [
+        m.ones(2, dtype=m.float32).new_zeros(3),
+        m.ones(2, dtype=m.float32).new_tensor([1, 2]),
+    ],
+    "int() and bool() casts": lambda m: [
+        m.tensor([1.7, -1.7]).int(),
+        m.tensor([0.0, 2.0]).bool(),
+    ],
+    "type(dtype) and type_as": lambda m: [
+        m.tensor([1, 2]).type(m.float32),
+        m.tensor([1, 2]).type_as(m.ones(1)),
+    ],
+    "uint8 masks": lambda m: m.tensor([1, 0, 1], dtype=m.uint8).sum(),
 }
 
 
 @pytest.mark.parametrize("fn", cases(MISSING_CREATION))
 def test_missing_creation_and_conversion(fn):
+    check(fn)
+
+
+# ---- gradients of features added after round 8, against torch -------------------------
+
+ADDED_GRADS = {
+    "cumprod with zeros": lambda m, x: (x * (x.abs() > 0.5)).cumprod(1),
+    "argsort and topk(largest=False)": lambda m, x: x.topk(3, dim=1, largest=False)[0]
+    + x.gather(1, x.argsort(1, descending=True))[:, :3],
+    "norm p=inf, p=0.5, p=3 and of zeros": lambda m, x: x.norm(p=float("inf"), dim=-1)
+    + x.norm(p=0.5, dim=(0, 2)).sum()
+    + x.norm(p=3)
+    + (x * (x > 5)).norm(dim=-1),
+    "reciprocal, expm1, ceil, trunc": lambda m, x: x.reciprocal()
+    + x.expm1()
+    + x.ceil()
+    + x.trunc(),
+    "rsub, rdiv, rpow": lambda m, x: (1 - x) * (2 / x) + 2**x,
+    "clamp_min/max with tensor bounds": lambda m, x: x.clamp_min(x.mean(0))
+    + x.clamp_max(x[0].detach()),
+    "scatter_add and index_add onto a tensor that requires grad": lambda m, x: (
+        x[:, :1].repeat(1, 5, 1).scatter_add(1, _scatter_index(m), x)
+        + x.index_add(0, m.tensor([1, 1]), x, alpha=-2)[:, :1]
+    ),
+    "div rounding modes": lambda m, x: x.div(0.3, rounding_mode="floor")
+    + x.div(0.3, rounding_mode="trunc")
+    + m.sub(x, 1, alpha=3),
+    "elu inplace on a non-leaf, softplus": lambda m, x: m.nn.functional.elu(
+        x * 2, inplace=True
+    )
+    + m.nn.functional.softplus(x, beta=0.5, threshold=1.0),
+    "layer_norm over two dims": lambda m, x: m.nn.functional.layer_norm(x, (3, 4)),
+    "cosine_similarity broadcast": lambda m, x: m.nn.functional.cosine_similarity(
+        x, x[:1] ** 2, dim=-1
+    ),
+    "normalize p=1": lambda m, x: m.nn.functional.normalize(x, p=1, dim=0),
+}
+
+
+@pytest.mark.parametrize("name", ADDED_GRADS)
+def test_added_ops_values_and_grads(name):
+    check(values_and_grad(ADDED_GRADS[name]))
+
+
+def _loss_and_target_grads(make):
+    """A loss of (x, t), both requiring grad, and both gradients."""
+
+    def fn(m):
+        x = m.tensor(data(3, 4), requires_grad=True)
+        t = m.tensor(np.abs(data(3, 4, seed=1)) / 3, requires_grad=True)
+        loss = make(m, x, t)
+        loss.backward()
+        return loss, x.grad, t.grad
+
+    return fn
+
+
+ADDED_LOSSES = {
+    "BCEWithLogits weight and pos_weight": lambda m, x, t: (
+        m.nn.functional.binary_cross_entropy_with_logits(
+            x,
+            t,
+            weight=m.tensor([1.0, 0.5, 2.0, 1.0]),
+            pos_weight=m.tensor([3.0, 1.0, 0.5, 2.0]),
+            reduction="sum",
+        )
+    ),
+    "BCE weight": lambda m, x, t: m.nn.BCELoss(weight=m.tensor([[1.0], [2.0], [0.5]]))(
+        x.sigmoid(), t
+    ),
+    "kl_div log_target": lambda m, x, t: m.nn.KLDivLoss(
+        reduction="sum", log_target=True
+    )(x.log_softmax(1), t.log()),
+    "kl_div with a zero target": lambda m, x, t: m.nn.functional.kl_div(
+        x.log_softmax(1), t * (t > 0.2), reduction="batchmean"
+    ),
+    "smooth_l1 beta=0 and huber none": lambda m, x, t: m.nn.functional.smooth_l1_loss(
+        x, t, beta=0.0
+    )
+    + m.nn.functional.huber_loss(x, t, reduction="none", delta=2.0).sum(),
+    "l1 sum": lambda m, x, t: m.nn.L1Loss(reduction="sum")(x, t),
+}
+
+
+@pytest.mark.parametrize("name", ADDED_LOSSES)
+def test_added_losses_and_target_grads(name):
+    check(_loss_and_target_grads(ADDED_LOSSES[name]))
+
+
+def test_embedding_padding_idx_gets_no_gradient():
+    def fn(m):
+        emb = _copy_weight(m.nn.Embedding(5, 3, padding_idx=-1), m)
+        out = emb(m.tensor([[4, 1], [1, 0]]))
+        (out * weights(out, m)).sum().backward()
+        return out, emb.weight.grad, emb.padding_idx
+
+    check(fn)
+
+
+def _optimized(make, steps=4):
+    """A few steps of an optimizer made by make(m, params); the params after."""
+
+    def fn(m):
+        w = m.tensor([1.0, -2.0, 0.5], requires_grad=True)
+        v = m.tensor([[0.3, 0.1]], requires_grad=True)
+        opt = make(m, [w, v])
+        for _ in range(steps):
+            opt.zero_grad()
+            ((w**2).sum() * (v**2).sum() + w.sum()).backward()
+            opt.step()
+        return w, v, opt.state_dict()["state"]
+
+    return fn
+
+
+ADDED_OPTIMIZERS = {
+    "Adagrad lr_decay, weight_decay, initial accumulator": lambda m, p: (
+        m.optim.Adagrad(
+            p, lr=0.3, lr_decay=0.1, weight_decay=0.05, initial_accumulator_value=0.2
+        )
+    ),
+    "Adam maximize amsgrad": lambda m, p: m.optim.Adam(
+        p, lr=0.1, amsgrad=True, maximize=True
+    ),
+    "RMSprop maximize": lambda m, p: m.optim.RMSprop(p, lr=0.01, maximize=True),
+    "AdamW maximize": lambda m, p: m.optim.AdamW(p, lr=0.1, maximize=True),
+}
+
+
+@pytest.mark.parametrize("name", ADDED_OPTIMIZERS)
+def test_added_optimizer_options(name):
+    check(_optimized(ADDED_OPTIMIZERS[name]))
+
+
+def _plateau_schedule(**kw):
+    def fn(m):
+        opt = m.optim.SGD([m.tensor([1.0], requires_grad=True)], lr=1.0)
+        sched = m.optim.lr_scheduler.ReduceLROnPlateau(opt, **kw)
+        lrs = []
+        for metric in [-1.0, -1.05, -1.0, -0.9, -1.2, -1.1, -1.0, -1.0, -1.0, -1.0]:
+            sched.step(metric)
+            lrs.append(opt.param_groups[0]["lr"])
+        return lrs, sched.get_last_lr(), sched.num_bad_epochs
+
+    return fn
+
+
+SCHEDULES_ADDED = {
+    "plateau min rel with negative metrics": _plateau_schedule(patience=1, factor=0.5),
+    "plateau max abs with cooldown and min_lr": _plateau_schedule(
+        mode="max",
+        threshold_mode="abs",
+        threshold=0.01,
+        patience=0,
+        cooldown=2,
+        min_lr=0.2,
+    ),
+    "LinearLR decay past total_iters": lambda m: _warmup(
+        m, "LinearLR", start_factor=1.0, end_factor=0.5, total_iters=2
+    ),
+}
+
+
+@pytest.mark.parametrize("fn", cases(SCHEDULES_ADDED))
+def test_added_schedules(fn):
     check(fn)

@@ -6,14 +6,14 @@ per-op backward functions, never with the symbolic compiler, so that agreement b
 the two means something. Floats default to float64 (torch: float32).
 """
 
-import numpy as np
-
 from . import autograd, nn, optim
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (
     arange,
+    as_tensor,
     default_generator,
     empty,
+    empty_like,
     eye,
     from_numpy,
     full,
@@ -23,11 +23,32 @@ from .creation import (
     ones,
     ones_like,
     rand,
+    rand_like,
     randint,
     randn,
+    randn_like,
+    randperm,
     tensor,
     zeros,
     zeros_like,
+)
+from .dtypes import (
+    bool,
+    device,
+    double,
+    float,
+    float16,
+    float32,
+    float64,
+    half,
+    int,
+    int8,
+    int16,
+    int32,
+    int64,
+    long,
+    short,
+    uint8,
 )
 from .functions import cat, stack, where
 from .tensor import Tensor
@@ -36,22 +57,22 @@ __all__ = ["Tensor", "tensor", "from_numpy", "no_grad", "is_grad_enabled", "nn"]
 __all__ += ["optim", "cat", "stack", "where", "manual_seed", "default_generator"]
 __all__ += ["zeros", "ones", "zeros_like", "ones_like", "full", "empty", "arange"]
 __all__ += ["linspace", "eye", "full_like", "enable_grad", "set_grad_enabled"]
-__all__ += ["rand", "randn", "randint"]
+__all__ += ["rand", "randn", "randint", "randperm", "rand_like", "randn_like"]
+__all__ += ["empty_like", "as_tensor", "device"]
 __all__ += ["float32", "float", "float64", "double", "int32", "int64", "long", "bool"]
+__all__ += ["float16", "half", "uint8", "int8", "int16", "short", "int"]
 __all__ += (  # torch-level functions, defined below
     "neg exp log sqrt sin cos tan tanh sinh cosh asin acos atan abs sign sigmoid relu "
     "clamp softmax log_softmax logsumexp sum mean amax max argmax matmul gather clone "
     "reshape flatten squeeze unsqueeze transpose permute pow amin min argmin maximum "
     "minimum t asinh acosh atanh atan2 erf erfc var std prod cumsum clamp_min "
-    "clamp_max masked_fill mm split chunk unbind flip"
+    "clamp_max masked_fill mm split chunk unbind flip add sub mul div multiply "
+    "subtract divide true_divide bmm log1p expm1 square rsqrt reciprocal floor ceil "
+    "round trunc isnan isinf isfinite cumprod sort argsort topk norm any all tril "
+    "triu index_select scatter_add index_add masked_select nonzero"
 ).split()
 __all__ += ["autograd"]
 
-float32 = float = np.float32
-float64 = double = np.float64
-int32 = np.int32
-int64 = long = np.int64
-bool = np.bool_
 
 # torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.
 neg, exp, log, sqrt, sin = Tensor.neg, Tensor.exp, Tensor.log, Tensor.sqrt, Tensor.sin
@@ -81,3 +102,15 @@ mm, split, chunk, unbind, flip = (
     Tensor.unbind,
     Tensor.flip,
 )
+add, sub, mul, div = Tensor.add, Tensor.sub, Tensor.mul, Tensor.div
+multiply, subtract, divide = Tensor.multiply, Tensor.subtract, Tensor.divide
+true_divide, bmm = Tensor.true_divide, Tensor.bmm
+log1p, expm1, square = Tensor.log1p, Tensor.expm1, Tensor.square
+rsqrt, reciprocal = Tensor.rsqrt, Tensor.reciprocal
+floor, ceil, round, trunc = Tensor.floor, Tensor.ceil, Tensor.round, Tensor.trunc
+isnan, isinf, isfinite = Tensor.isnan, Tensor.isinf, Tensor.isfinite
+cumprod, sort, argsort, topk = Tensor.cumprod, Tensor.sort, Tensor.argsort, Tensor.topk
+norm, any, all = Tensor.norm, Tensor.any, Tensor.all
+tril, triu, index_select = Tensor.tril, Tensor.triu, Tensor.index_select
+scatter_add, index_add = Tensor.scatter_add, Tensor.index_add
+masked_select, nonzero = Tensor.masked_select, Tensor.nonzero

@@ -82,6 +82,37 @@ def _power(x, p):
         raise RuntimeError(str(exc)) from None
 
 
+def _checked_division(fn):
+    """fn, except that integer division by zero raises, as in torch (NumPy gives
+    0 with a warning)."""
+
+    def divide(x, y):
+        if x.dtype.kind in "iu" and not np.all(y):
+            raise RuntimeError("ZeroDivisionError")
+        return fn(x, y)
+
+    return divide
+
+
+def _scaled(other, alpha):
+    """alpha * other, for add/sub's alpha= (other itself when alpha is 1)."""
+    return other if alpha == 1 else other * alpha
+
+
+# d/dx x**y and d/dy x**y = out * log(x), taken as 0 where x == 0 like torch
+_POW_RULES = (
+    lambda g, x, y, out: g * y * x ** (y - 1),
+    lambda g, x, y, out: g * out * np.log(np.where(x == 0, 1, x)),
+)
+
+
+def _truncated_divide(x, y):
+    """The quotient rounded toward 0, in the operands' dtype."""
+    if x.dtype.kind in "iu":
+        return np.where((x < 0) != (y < 0), -(-x // y), x // y)
+    return np.trunc(x / y)
+
+
 def _pick_rule(wins):
     """torch's maximum/minimum gradient: all to the winner, split evenly on a tie."""
     return lambda g, x, y, out: np.where(x == y, g / 2, g * wins(x, y))
@@ -120,6 +151,33 @@ class ArithmeticOps:
         rules = (lambda g, x, y, out: g, lambda g, x, y, out: g)
         return _binary(self, other, np.add, rules, "AddBackward0")
 
+    def add(self, other, *, alpha=1):
+        """self + alpha * other (torch.add)."""
+        return self + _scaled(other, alpha)
+
+    def sub(self, other, *, alpha=1):
+        """self - alpha * other (torch.sub)."""
+        return self - _scaled(other, alpha)
+
+    def mul(self, other):
+        return self * other
+
+    def div(self, other, *, rounding_mode=None):
+        """self / other, or rounded down ("floor") or toward 0 ("trunc"), as
+        torch.div: the rounded quotients are not differentiable."""
+        if rounding_mode is None:
+            return self / other
+        if rounding_mode == "floor":
+            return self // other
+        if rounding_mode == "trunc":
+            return self._untracked(other, _checked_division(_truncated_divide))
+        raise RuntimeError(
+            "div expected rounding_mode to be one of None, 'trunc', or 'floor' but "
+            f"found '{rounding_mode}'"
+        )
+
+    multiply, subtract, divide, true_divide = mul, sub, div, div
+
     def __sub__(self, other):
         rules = (lambda g, x, y, out: g, lambda g, x, y, out: -g)
         return _binary(self, other, np.subtract, rules, "SubBackward0")
@@ -142,12 +200,7 @@ class ArithmeticOps:
                 return (np.zeros_like(g) if p == 0 else g * p * x ** (p - 1),)
 
             return self._result(out, (self,), backward, "PowBackward0")
-        rules = (
-            lambda g, x, y, out: g * y * x ** (y - 1),
-            # d/dy x**y = out * log(x), taken as 0 where x == 0 like torch
-            lambda g, x, y, out: g * out * np.log(np.where(x == 0, 1, x)),
-        )
-        return _binary(self, other, _power, rules, "PowBackward1", ("xy", "xo"))
+        return _binary(self, other, _power, _POW_RULES, "PowBackward1", ("xy", "xo"))
 
     pow = __pow__
 
@@ -157,13 +210,12 @@ class ArithmeticOps:
             lambda g, x, y, out: g,
             lambda g, x, y, out: -g * np.floor_divide(x, y),
         )
-        return _binary(
-            self, other, np.remainder, rules, "RemainderBackward0", ("", "xy")
-        )
+        remainder = _checked_division(np.remainder)
+        return _binary(self, other, remainder, rules, "RemainderBackward0", ("", "xy"))
 
     def __floordiv__(self, other):
         """Rounds down; not differentiable (torch records it, then fails in backward)."""
-        return self._untracked(other, np.floor_divide)
+        return self._untracked(other, _checked_division(np.floor_divide))
 
     def maximum(self, other):
         rules = (_pick_rule(np.greater), _pick_rule(np.less))
@@ -185,16 +237,21 @@ class ArithmeticOps:
         return self._lift(other) + self
 
     def __rsub__(self, other):
-        return self._lift(other) - self
+        """other - self, recorded as torch's rsub."""
+        rules = (lambda g, x, y, out: -g, lambda g, x, y, out: g)
+        return _binary(self, other, lambda x, y: y - x, rules, "RsubBackward1")
 
     def __rmul__(self, other):
         return self._lift(other) * self
 
     def __rtruediv__(self, other):
-        return self._lift(other) / self
+        """other / self as torch computes it: other times the reciprocal."""
+        return self.reciprocal() * other
 
     def __rpow__(self, other):
-        return self._lift(other) ** self
+        """other ** self, a number to a tensor power (torch's PowBackward2)."""
+        base = self._lift(other)
+        return _binary(base, self, _power, _POW_RULES, "PowBackward2", ("xy", "xo"))
 
     def __rmod__(self, other):
         return self._lift(other) % self
@@ -208,8 +265,9 @@ class ArithmeticOps:
     def __rmatmul__(self, other):
         return self._lift(other).matmul(self)
 
-    def matmul(self, other):
-        """torch.matmul: a 1-D operand becomes a matrix and the extra dim is dropped."""
+    def matmul(self, other, name=None):
+        """torch.matmul: a 1-D operand becomes a matrix and the extra dim is dropped.
+        `name` overrides the grad_fn name the operands' dims give."""
         other = self._lift(other)
         _matmul_check(self, other)
         a, b = self._data, other._data
@@ -235,7 +293,7 @@ class ArithmeticOps:
             return ga, gb
 
         saves = (other,) * self.requires_grad + (self,) * other.requires_grad
-        name = _MATMUL_NAMES.get((a.ndim, b.ndim), "UnsafeViewBackward0")
+        name = name or _MATMUL_NAMES.get((a.ndim, b.ndim), "UnsafeViewBackward0")
         return self._result(out, (self, other), backward, name, saves)
 
     def mm(self, mat2):
@@ -244,6 +302,20 @@ class ArithmeticOps:
             if t.ndim != 2:
                 raise RuntimeError(f"{what} must be a matrix")
         return self.matmul(mat2)
+
+    def bmm(self, mat2):
+        """Batched matrix product of (b, n, m) and (b, m, p) tensors (no
+        broadcasting)."""
+        for what, t in (("batch1", self), ("batch2", mat2)):
+            if t.ndim != 3:
+                raise RuntimeError(f"{what} must be a 3D tensor")
+        expected = [self.shape[0], self.shape[2]]
+        if list(mat2.shape[:2]) != expected:
+            raise RuntimeError(
+                "Expected size for first two dimensions of batch2 tensor to be: "
+                f"{expected} but got: {list(mat2.shape[:2])}."
+            )
+        return self.matmul(mat2, "BmmBackward0")
 
     # comparisons and bitwise ops give tensors that never require grad
     def _untracked(self, other, fn):

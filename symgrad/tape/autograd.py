@@ -120,8 +120,20 @@ class Node:
     def name(self):
         return self._name
 
+    def _type_name(self):
+        """torch's class name for the node (name() may add a C++ namespace)."""
+        return self._name.rpartition("::")[2]
+
     def __repr__(self):
-        return f"<{self._name} object>"
+        return f"<{self._type_name()} object>"
+
+    @property
+    def next_functions(self):
+        """(node, 0) per input: its op, AccumulateGrad for a leaf that requires
+        grad, None for an input that does not."""
+        return tuple(
+            (None if e is None else e[1] or AccumulateGrad(e[0]), 0) for e in self.edges
+        )
 
     def apply(self, g, retain_graph):
         if self._backward is None:
@@ -141,6 +153,14 @@ class Node:
         if self._saved is not None and not retain_graph:
             self._backward = None
         return grads
+
+
+class AccumulateGrad(Node):
+    """The node that adds a leaf's gradient to its .grad (seen in next_functions)."""
+
+    def __init__(self, variable):
+        super().__init__("torch::autograd::AccumulateGrad", (), None)
+        self.variable = variable
 
 
 class RemovableHandle:
@@ -176,7 +196,7 @@ def _topological_order(roots):
 
 
 @underflow_ok
-def backward(roots, grads, retain_graph=False, inputs=None):
+def run_backward(roots, grads, retain_graph=False, inputs=None):
     """Propagate grads[i] (d root / d roots[i]) back through the graph. Without
     `inputs`, every leaf reached, and each non-leaf that retains its grad, adds its
     gradient to .grad; with `inputs`, nothing is accumulated: the gradient reaching
@@ -208,29 +228,72 @@ def backward(roots, grads, retain_graph=False, inputs=None):
     return [found.get(_key((t, t.grad_fn))) for t in inputs or ()]
 
 
+def _tensors(value):
+    """A tensor alone as a one-element list, else the list of value's items."""
+    from .tensor import Tensor  # here: Tensor itself builds on this module
+
+    return [value] if isinstance(value, Tensor) else list(value)
+
+
+def _seeds(outputs, grad_outputs):
+    """The gradient each output starts the backward pass with (grad_outputs[i], by
+    default 1 for a one-element output), checked as torch checks them."""
+    from .tensor import as_array
+
+    grad_outputs = [None] * len(outputs) if grad_outputs is None else grad_outputs
+    seeds = []
+    for i, (out, g) in enumerate(zip(outputs, grad_outputs, strict=True)):
+        if not out.requires_grad:
+            raise RuntimeError(
+                f"element {i} of tensors does not require grad and does not have a "
+                "grad_fn"
+            )
+        if g is None:
+            if out.numel() != 1:
+                raise RuntimeError(
+                    "grad can be implicitly created only for scalar outputs"
+                )
+            g = np.ones(out.shape, out.dtype)
+        g = as_array(g, out.dtype)
+        if g.shape != out.shape:
+            raise RuntimeError(
+                f"Mismatch in shape: grad_output[{i}] has a shape of {g.shape} and "
+                f"output[{i}] has a shape of {out.shape}."
+            )
+        seeds.append(g)
+    return seeds
+
+
+def backward(
+    tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None
+):
+    """Add d(sum of tensors weighted by grad_tensors)/d(leaf) to each leaf's .grad
+    (and to retain_grad() non-leaves'), or only to the .grad of `inputs`."""
+    if create_graph:
+        raise NotImplementedError("create_graph=True: no second-order gradients")
+    tensors = _tensors(tensors)
+    if grad_tensors is not None:
+        grad_tensors = _tensors(grad_tensors)
+    inputs = None if inputs is None else _tensors(inputs)
+    seeds = _seeds(tensors, grad_tensors)
+    grads = run_backward(tensors, seeds, bool(retain_graph), inputs)
+    for t, g in zip(inputs or (), grads, strict=True):
+        if g is not None:
+            t._accumulate_grad(g)
+
+
 def grad(outputs, inputs, grad_outputs=None, retain_graph=False, allow_unused=False):
     """The gradients of outputs (weighted by grad_outputs, default 1 for scalars)
     with respect to each of inputs, as new tensors; .grad fields are left alone."""
-    from .tensor import Tensor, as_array  # here: Tensor itself builds on this module
+    from .tensor import Tensor
 
-    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
-    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
-    if grad_outputs is None:
-        grad_outputs = [None] * len(outputs)
-    elif isinstance(grad_outputs, Tensor):
-        grad_outputs = [grad_outputs]
-    seeds = []
-    for out, g in zip(outputs, grad_outputs, strict=True):
-        if not out.requires_grad:
-            raise RuntimeError(
-                "element 0 of tensors does not require grad and does not have a grad_fn"
-            )
-        if g is None and out.numel() != 1:
-            raise RuntimeError("grad can be implicitly created only for scalar outputs")
-        seeds.append(np.ones(out.shape, out.dtype) if g is None else as_array(g))
+    outputs, inputs = _tensors(outputs), _tensors(inputs)
+    if grad_outputs is not None:
+        grad_outputs = _tensors(grad_outputs)
+    seeds = _seeds(outputs, grad_outputs)
     if not all(t.requires_grad for t in inputs):
         raise RuntimeError("One of the differentiated Tensors does not require grad")
-    grads = backward(outputs, seeds, retain_graph, inputs)
+    grads = run_backward(outputs, seeds, retain_graph, inputs)
     if not allow_unused and any(g is None for g in grads):
         raise RuntimeError(
             "One of the differentiated Tensors appears to not have been used in the "

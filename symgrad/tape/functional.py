@@ -10,9 +10,10 @@ import warnings
 
 import numpy as np
 
-from .arithmetic import operands, unbroadcast
+from .arithmetic import broadcast_shape, operands, result_type, unbroadcast
 from .autograd import underflow_ok
 from .creation import default_generator
+from .dtypes import scalar_name
 from .pointwise import sigmoid_array
 
 
@@ -108,6 +109,20 @@ def _logsigmoid_array(x):
     return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
 
 
+def elu(input, alpha=1.0, inplace=False):
+    """x for x > 0, alpha (e^x - 1) below; the derivative there is out + alpha."""
+    if inplace:
+        return input._inplace(lambda t: elu(t, alpha))
+    x = input._data
+    with np.errstate(over="ignore"):  # e^x of a large x is not picked
+        out = np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+    def backward(g):
+        return (np.where(x > 0, g, g * (out + alpha)),)
+
+    return input._result(out, (input,), backward, "EluBackward0")
+
+
 def leaky_relu(input, negative_slope=0.01, inplace=False):
     if inplace:
         return input._inplace(lambda t: leaky_relu(t, negative_slope))
@@ -155,6 +170,62 @@ def silu(input):
     return input._result(x * s, (input,), backward, "SiluBackward0")
 
 
+def normalize(input, p=2.0, dim=1, eps=1e-12):
+    """input divided by its p-norm along dim (at least eps)."""
+    return input / input.norm(p, dim, keepdim=True).clamp_min(eps)
+
+
+def cosine_similarity(x1, x2, dim=1, eps=1e-8):
+    """The cosine of the angle between x1 and x2 along dim (broadcast); as in
+    torch, each norm is raised to eps outside the graph."""
+    shape = broadcast_shape(x1.shape, x2.shape)
+    x1, x2 = x1.expand(shape), x2.expand(shape)
+    norms = [x.norm(dim=dim, keepdim=True) for x in (x1, x2)]
+    floors = [x.detach().clamp_min(eps) - x.detach() for x in norms]
+    return ((x1 / (norms[0] + floors[0])) * (x2 / (norms[1] + floors[1]))).sum(dim)
+
+
+def embedding(input, weight, padding_idx=None):
+    """The rows of weight at the integer indices `input`; the padding_idx row gets
+    no gradient."""
+    if input.dtype not in (np.int64, np.int32):
+        raise RuntimeError(
+            "Expected tensor for argument #1 'indices' to have one of the following "
+            f"scalar types: Long, Int; but got {scalar_name(input.dtype)} instead "
+            "(while checking arguments for embedding)"
+        )
+    i, w = input._data, weight._data
+    if i.size and (i.min() < -len(w) or i.max() >= len(w)):
+        raise IndexError("index out of range in self")
+
+    def backward(g):
+        grad = np.zeros_like(w, dtype=g.dtype)
+        np.add.at(grad, i, g)
+        if padding_idx is not None:
+            grad[padding_idx] = 0
+        return (grad,)
+
+    return weight._result(w[i], (weight,), backward, "EmbeddingBackward0", (input,))
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """(x - mean) / sqrt(var + eps) over the last len(normalized_shape) dims
+    (biased variance), then * weight + bias."""
+    normalized_shape = tuple(normalized_shape)
+    if input.shape[input.ndim - len(normalized_shape) :] != normalized_shape:
+        raise RuntimeError(
+            f"Given normalized_shape={list(normalized_shape)}, expected input with "
+            f"shape [*, {', '.join(map(str, normalized_shape))}], but got input of "
+            f"size{list(input.shape)}"
+        )
+    dims = tuple(range(-len(normalized_shape), 0))
+    centered = input - input.mean(dims, keepdim=True)
+    var = (centered * centered).mean(dims, keepdim=True)
+    out = centered / (var + eps).sqrt()
+    out = out if weight is None else out * weight
+    return out if bias is None else out + bias
+
+
 def linear(input, weight, bias=None):
     """input @ weight.T + bias, weight of shape (out_features, in_features). Like
     torch, the input must have the weight's dtype (no promotion inside a layer)."""
@@ -170,6 +241,12 @@ def linear(input, weight, bias=None):
 def _check_reduction(reduction):
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+def _reduce(losses, reduction):
+    """The per-element losses (a tensor) as `reduction` asks."""
+    _check_reduction(reduction)
+    return losses if reduction == "none" else getattr(losses, reduction)()
 
 
 def _elementwise_loss(name, input, target, reduction, loss, grads):
@@ -192,6 +269,10 @@ def _elementwise_loss(name, input, target, reduction, loss, grads):
     return input._result(out, (input, target), backward, name)
 
 
+def _squared(d):
+    return d * d, 2 * d
+
+
 def mse_loss(input, target, reduction="mean"):
     if target.shape != input.shape:
         warnings.warn(
@@ -200,33 +281,160 @@ def mse_loss(input, target, reduction="mean"):
             "broadcasting. Please ensure they have the same size.",
             stacklevel=2,
         )
-    return _elementwise_loss(
-        "MseLossBackward0",
-        input,
-        target,
-        reduction,
-        lambda x, y: (x - y) ** 2,
-        lambda x, y: (2 * (x - y), 2 * (y - x)),
-    )
+    dtype = result_type(input, input._lift(target))
+    if dtype.kind != "f":
+        raise NotImplementedError(
+            f"\"mse_cpu\" not implemented for '{scalar_name(dtype)}'"
+        )
+    return _difference_loss("MseLossBackward0", input, target, reduction, _squared)
+
+
+def _weighted(array, weight):
+    return array if weight is None else array * weight._data
 
 
 @underflow_ok
-def binary_cross_entropy_with_logits(input, target, reduction="mean"):
-    """(1 - y) x - logsigmoid(x): torch's formula, finite for every logit x; its
-    derivatives are sigmoid(x) - y and -x."""
+def binary_cross_entropy_with_logits(
+    input, target, weight=None, reduction="mean", pos_weight=None
+):
+    """w ((1 - y) x - l logsigmoid(x)) with l = 1 + (pos_weight - 1) y: torch's
+    formula, finite for every logit x; its derivatives are w ((1 - y) - l
+    sigmoid(-x)) and w (-x - (pos_weight - 1) logsigmoid(x)). The target must be
+    float, as in torch."""
     if target.shape != input.shape:
         raise ValueError(
             f"Target size ({target.shape}) must be the same as input size "
             f"({input.shape})"
         )
+    if target.dtype.kind != "f":
+        raise RuntimeError(
+            f"result type {scalar_name(input.dtype)} can't be cast to the desired "
+            f"output type {scalar_name(target.dtype)}"
+        )
+    extra = 0 if pos_weight is None else pos_weight._data - 1  # l = 1 + extra * y
     return _elementwise_loss(
         "BinaryCrossEntropyWithLogitsBackward0",
         input,
         target,
         reduction,
-        lambda x, y: (1 - y) * x - _logsigmoid_array(x),
-        lambda x, y: (sigmoid_array(x) - y, -x),
+        lambda x, y: _weighted(
+            (1 - y) * x - (1 + extra * y) * _logsigmoid_array(x), weight
+        ),
+        lambda x, y: (
+            _weighted((1 - y) - (1 + extra * y) * sigmoid_array(-x), weight),
+            _weighted(-x - extra * _logsigmoid_array(x), weight),
+        ),
     )
+
+
+def _clamped_log(x):
+    """log(x), at least -100, as torch's binary_cross_entropy takes it."""
+    with np.errstate(divide="ignore"):
+        return np.maximum(np.log(x), -100)
+
+
+def binary_cross_entropy(input, target, weight=None, reduction="mean"):
+    """-w (y log(x) + (1 - y) log(1 - x)) for probabilities x, each log at least
+    -100; d/dx = w (x - y) / max(x (1 - x), 1e-12), as torch computes it."""
+    if target.shape != input.shape:
+        raise ValueError(
+            f"Using a target size (torch.Size({list(target.shape)})) that is "
+            f"different to the input size (torch.Size({list(input.shape)})) is "
+            "deprecated. Please ensure they have the same size."
+        )
+    x = input._data
+    if np.any((x < 0) | (x > 1)):
+        raise RuntimeError("all elements of input should be between 0 and 1")
+    return _elementwise_loss(
+        "BinaryCrossEntropyBackward0",
+        input,
+        target,
+        reduction,
+        lambda x, y: _weighted(
+            -(y * _clamped_log(x) + (1 - y) * _clamped_log(1 - x)), weight
+        ),
+        lambda x, y: (
+            _weighted((x - y) / np.maximum(x * (1 - x), 1e-12), weight),
+            _weighted(_clamped_log(1 - x) - _clamped_log(x), weight),
+        ),
+    )
+
+
+def l1_loss(input, target, reduction="mean"):
+    return _reduce((input - target).abs(), reduction)
+
+
+def _difference_loss(name, input, target, reduction, parts):
+    """A loss of d = x - y per element: parts(d) gives its value and derivative."""
+    return _elementwise_loss(
+        name,
+        input,
+        target,
+        reduction,
+        lambda x, y: parts(x - y)[0],
+        lambda x, y: (lambda slope: (slope, -slope))(parts(x - y)[1]),
+    )
+
+
+def _smooth_l1(beta, scale=1.0):
+    """parts(d) for scale times 0.5 d^2 / beta inside |d| < beta, |d| - beta/2
+    outside."""
+
+    def parts(d):
+        inside = np.abs(d) < beta
+        with np.errstate(divide="ignore", invalid="ignore"):  # beta = 0: never inside
+            value = np.where(inside, 0.5 * d * d / beta, np.abs(d) - 0.5 * beta)
+            slope = np.where(inside, d / beta, np.sign(d))
+        return scale * value, scale * slope
+
+    return parts
+
+
+def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
+    parts = _smooth_l1(beta)
+    return _difference_loss("SmoothL1LossBackward0", input, target, reduction, parts)
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0):
+    """delta times smooth_l1_loss with beta = delta."""
+    parts = _smooth_l1(delta, delta)
+    return _difference_loss("HuberLossBackward0", input, target, reduction, parts)
+
+
+def _log(y):
+    """log(y), -inf at 0 and nan below, silently, as torch's."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(y)
+
+
+def _xlogy(y):
+    """y log(y), 0 at y = 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(y == 0, 0, y * np.log(y))
+
+
+# kl_div's per-element loss and its derivatives in x and y, by log_target; y log(y)
+# is 0 at y = 0 (torch's xlogy), but its derivative there is -inf
+_KL_DIV = {
+    False: (
+        lambda x, y: _xlogy(y) - y * x,
+        lambda x, y: (-y, _log(y) + 1 - x),
+    ),
+    True: (
+        lambda x, y: np.exp(y) * (y - x),
+        lambda x, y: (-np.exp(y), np.exp(y) * (y - x + 1)),
+    ),
+}
+
+
+def kl_div(input, target, reduction="mean", log_target=False):
+    """sum of target (log(target) - input) for log-probabilities `input`;
+    "batchmean" divides the sum by the batch size."""
+    batch = reduction == "batchmean"
+    loss, grads = _KL_DIV[bool(log_target)]
+    reduction = "sum" if batch else reduction
+    total = _elementwise_loss("KlDivBackward0", input, target, reduction, loss, grads)
+    return total / input.shape[0] if batch else total
 
 
 def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean"):
@@ -261,10 +469,10 @@ def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean")
 
 def _class_targets(input, target, dim, ignore_index):
     """target's array, checked as torch checks class indices for input."""
-    if target.dtype.kind not in "iu":
+    if target.dtype not in (np.int64, np.uint8):
         raise RuntimeError(
-            "expected target dtype to be an integer class index, but got "
-            f"{target.dtype}"
+            "expected target dtype to be Long or Byte, but got "
+            f"{scalar_name(target.dtype)}"
         )
     if dim and target.ndim and input.shape[0] != target.shape[0]:
         raise ValueError(

@@ -122,3 +122,95 @@ class CosineAnnealingLR(LRScheduler):
             ]
         ratio = (1 + math.cos(math.pi * t / n)) / (1 + math.cos(math.pi * (t - 1) / n))
         return [ratio * (lr - low) + low for lr in self._current()]
+
+
+class LinearLR(LRScheduler):
+    """The rate's factor goes linearly from start_factor to end_factor over
+    total_iters epochs, then stays (a warmup), by torch's recurrence."""
+
+    def __init__(self, optimizer, start_factor=1 / 3, end_factor=1.0, total_iters=5):
+        if not 0 < start_factor <= 1:
+            raise ValueError(
+                "Starting multiplicative factor expected to be greater than 0 and "
+                "less or equal to 1."
+            )
+        if not 0 <= end_factor <= 1:
+            raise ValueError(
+                "Ending multiplicative factor expected to be between 0 and 1."
+            )
+        self.start_factor, self.end_factor = start_factor, end_factor
+        self.total_iters = total_iters
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        t, start, change = self.last_epoch, self.start_factor, self.end_factor
+        change -= start
+        if t == 0:
+            return [lr * start for lr in self._current()]
+        if t > self.total_iters:
+            return self._current()
+        ratio = 1 + change / (self.total_iters * start + (t - 1) * change)
+        return [lr * ratio for lr in self._current()]
+
+
+class ReduceLROnPlateau(LRScheduler):
+    """lr *= factor (not below min_lr) once the metric given to step() has not
+    improved by more than threshold for more than `patience` epochs; then waits
+    `cooldown` epochs before counting again."""
+
+    def __init__(
+        self,
+        optimizer,
+        mode="min",
+        factor=0.1,
+        patience=10,
+        threshold=1e-4,
+        threshold_mode="rel",
+        cooldown=0,
+        min_lr=0,
+        eps=1e-8,
+    ):
+        if factor >= 1.0:
+            raise ValueError("Factor should be < 1.0.")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode {mode} is unknown!")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold mode {threshold_mode} is unknown!")
+        groups = len(optimizer.param_groups)
+        self.min_lrs = list(min_lr) if isinstance(min_lr, list | tuple) else [min_lr]
+        self.min_lrs *= groups if len(self.min_lrs) == 1 else 1
+        if len(self.min_lrs) != groups:
+            raise ValueError(f"expected {groups} min_lrs, got {len(self.min_lrs)}")
+        self.optimizer, self.mode, self.factor = optimizer, mode, factor
+        self.patience, self.cooldown, self.eps = patience, cooldown, eps
+        self.threshold, self.threshold_mode = threshold, threshold_mode
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = self.cooldown_counter = self.last_epoch = 0
+        self._last_lr = self._current()
+
+    def _is_better(self, value):
+        """torch's test: beyond best * (1 -+ threshold), or best -+ threshold."""
+        sign = 1 if self.mode == "min" else -1
+        if self.threshold_mode == "rel":
+            return sign * value < sign * self.best * (1 - sign * self.threshold)
+        return sign * value < sign * self.best - self.threshold
+
+    def step(self, metrics):
+        value = float(metrics)
+        self.last_epoch += 1
+        if self._is_better(value):
+            self.best, self.num_bad_epochs = value, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            for group, low in zip(
+                self.optimizer.param_groups, self.min_lrs, strict=True
+            ):
+                new = max(group["lr"] * self.factor, low)
+                if group["lr"] - new > self.eps:
+                    group["lr"] = new
+            self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
+        self._last_lr = self._current()

@@ -132,13 +132,36 @@ class Module:
     def modules(self):
         return (module for _, module in self.named_modules())
 
-    def children(self):
-        """The direct submodules, each once."""
+    def named_children(self):
+        """(name, module) of the direct submodules, each module once."""
         seen = set()
-        for module in self._modules.values():
+        for name, module in self._modules.items():
             if module is not None and id(module) not in seen:
                 seen.add(id(module))
-                yield module
+                yield name, module
+
+    def children(self):
+        return (module for _, module in self.named_children())
+
+    def add_module(self, name, module):
+        """Register `module` (a Module or None) as the submodule `name`."""
+        if not isinstance(name, str):
+            raise TypeError(
+                f"module name should be a string. Got {type(name).__name__}"
+            )
+        if "." in name or not name:
+            raise KeyError(f'module name can\'t contain ".", got: {name}')
+        if hasattr(self, name) and name not in self._modules:
+            raise KeyError(f"attribute '{name}' already exists")
+        self._register(self._modules, name, module, Module, "child module")
+
+    register_module = add_module
+
+    def requires_grad_(self, requires_grad=True):
+        """Set requires_grad on every parameter (False freezes the module)."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
 
     def apply(self, fn):
         """Call fn on every submodule (depth first), then on this module."""
@@ -237,8 +260,9 @@ class Module:
         unexpected = [k for k in state_dict if k not in own]
         values = {k: as_array(v) for k, v in state_dict.items() if k in own}
         errors = [
-            f"size mismatch for {k}: copying a param with shape {v.shape} from "
-            f"checkpoint, the shape in current model is {own[k].shape}."
+            f"size mismatch for {k}: copying a param with shape "
+            f"torch.Size({list(v.shape)}) from checkpoint, the shape in current "
+            f"model is torch.Size({list(own[k].shape)})."
             for k, v in values.items()
             if v.shape != own[k].shape
         ]
@@ -293,6 +317,12 @@ class Linear(Module):
         )
 
 
+def _append(self, module):
+    """Add `module` at the end, named by its position."""
+    self.add_module(str(len(self)), module)
+    return self
+
+
 class Sequential(Module):
     """Apply the given modules (or an OrderedDict of named modules) in order."""
 
@@ -320,6 +350,8 @@ class Sequential(Module):
     def __len__(self):
         return len(self._modules)
 
+    append = _append
+
 
 class ModuleList(Module):
     """A list of modules, each registered (named "0", "1", ...) so that
@@ -329,9 +361,7 @@ class ModuleList(Module):
         super().__init__()
         self.extend(modules)
 
-    def append(self, module):
-        setattr(self, str(len(self)), module)
-        return self
+    append = _append
 
     def extend(self, modules):
         for module in modules:
@@ -352,6 +382,114 @@ class ModuleList(Module):
 
     def __iter__(self):
         return iter(list(self._modules.values()))
+
+
+class ModuleDict(Module):
+    """A dict of modules, each registered under its key so that parameters()
+    finds them; it has no forward of its own."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def update(self, modules):
+        items = modules.items() if hasattr(modules, "items") else modules
+        for name, module in items:
+            self[name] = module
+
+    def __getitem__(self, name):
+        return self._modules[name]
+
+    def __setitem__(self, name, module):
+        self.add_module(name, module)
+
+    def __delitem__(self, name):
+        del self._modules[name]
+
+    def __contains__(self, name):
+        return name in self._modules
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+    def pop(self, name):
+        return self._modules.pop(name)
+
+
+class Embedding(Module):
+    """A lookup table of num_embeddings rows of size embedding_dim, drawn from
+    N(0, 1) as in torch; the padding_idx row starts at 0 and gets no gradient."""
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype=None):
+        super().__init__()
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise AssertionError("Padding_idx must be within num_embeddings")
+            padding_idx %= num_embeddings
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = padding_idx
+        draws = default_generator.standard_normal((num_embeddings, embedding_dim))
+        if padding_idx is not None:
+            draws[padding_idx] = 0
+        self.weight = Parameter(draws.astype(dtype))
+
+    def forward(self, input):
+        return functional.embedding(input, self.weight, self.padding_idx)
+
+    def extra_repr(self):
+        padding = (
+            "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        )
+        return f"{self.num_embeddings}, {self.embedding_dim}{padding}"
+
+
+class LayerNorm(Module):
+    """Normalize over the last dims (normalized_shape) to mean 0 and variance 1,
+    then scale by weight (ones) and shift by bias (zeros)."""
+
+    def __init__(
+        self,
+        normalized_shape,
+        eps=1e-5,
+        elementwise_affine=True,
+        bias=True,
+        dtype=None,
+    ):
+        super().__init__()
+        if isinstance(normalized_shape, int):
+            normalized_shape = (normalized_shape,)
+        self.normalized_shape, self.eps = tuple(normalized_shape), eps
+        self.elementwise_affine = elementwise_affine
+        self.weight = self.bias = None
+        if elementwise_affine:
+            self.weight = Parameter(np.ones(self.normalized_shape, dtype))
+            if bias:
+                self.bias = Parameter(np.zeros(self.normalized_shape, dtype))
+
+    def forward(self, input):
+        return functional.layer_norm(
+            input, self.normalized_shape, self.weight, self.bias, self.eps
+        )
+
+    def extra_repr(self):
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, "
+            f"elementwise_affine={self.elementwise_affine}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 class Identity(Module):
@@ -435,6 +573,30 @@ class Dropout(Module):
         return f"p={self.p}, inplace={self.inplace}"
 
 
+class ELU(Module):
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        self.alpha, self.inplace = alpha, inplace
+
+    def forward(self, input):
+        return functional.elu(input, self.alpha, self.inplace)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+
+
+class Softplus(Module):
+    def __init__(self, beta=1.0, threshold=20.0):
+        super().__init__()
+        self.beta, self.threshold = beta, threshold
+
+    def forward(self, input):
+        return functional.softplus(input, self.beta, self.threshold)
+
+    def extra_repr(self):
+        return f"beta={self.beta}, threshold={self.threshold}"
+
+
 class GELU(Module):
     def __init__(self, approximate="none"):
         super().__init__()
@@ -480,6 +642,51 @@ class MSELoss(_Loss):
         return functional.mse_loss(input, target, reduction=self.reduction)
 
 
+class L1Loss(_Loss):
+    def forward(self, input, target):
+        return functional.l1_loss(input, target, reduction=self.reduction)
+
+
+class SmoothL1Loss(_Loss):
+    def __init__(self, reduction="mean", beta=1.0):
+        super().__init__(reduction)
+        self.beta = beta
+
+    def forward(self, input, target):
+        return functional.smooth_l1_loss(input, target, self.reduction, self.beta)
+
+
+class HuberLoss(_Loss):
+    def __init__(self, reduction="mean", delta=1.0):
+        super().__init__(reduction)
+        self.delta = delta
+
+    def forward(self, input, target):
+        return functional.huber_loss(input, target, self.reduction, self.delta)
+
+
+class KLDivLoss(_Loss):
+    def __init__(self, reduction="mean", log_target=False):
+        super().__init__(reduction)
+        self.log_target = log_target
+
+    def forward(self, input, target):
+        return functional.kl_div(input, target, self.reduction, self.log_target)
+
+
+class BCELoss(_Loss):
+    """Binary cross entropy of probabilities, each element weighted by weight."""
+
+    def __init__(self, weight=None, reduction="mean"):
+        super().__init__(reduction)
+        self.register_buffer("weight", weight)
+
+    def forward(self, input, target):
+        return functional.binary_cross_entropy(
+            input, target, self.weight, self.reduction
+        )
+
+
 class NLLLoss(_Loss):
     """Negative log-likelihood of class indices given log-probabilities."""
 
@@ -519,7 +726,15 @@ class CrossEntropyLoss(NLLLoss):
 
 
 class BCEWithLogitsLoss(_Loss):
+    """Binary cross entropy of logits; weight scales each element's loss and
+    pos_weight (per class) the positive targets' term."""
+
+    def __init__(self, weight=None, reduction="mean", pos_weight=None):
+        super().__init__(reduction)
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+
     def forward(self, input, target):
         return functional.binary_cross_entropy_with_logits(
-            input, target, reduction=self.reduction
+            input, target, self.weight, self.reduction, self.pos_weight
         )

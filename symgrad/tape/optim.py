@@ -1,4 +1,4 @@
-"""torch.optim: SGD, Adam, AdamW and RMSprop, following PyTorch's documented update
+"""torch.optim: SGD, Adam, AdamW, RMSprop and Adagrad, following PyTorch's documented update
 rules step by step, and optimizer checkpoints (state_dict/load_state_dict).
 
 Updates are in place on each parameter's array, outside the graph, and count as
@@ -8,10 +8,12 @@ torch). Per-parameter state holds tensors, as torch's does.
 
 import math
 import sys
+from collections import defaultdict
 
 import numpy as np
 
 from . import lr_scheduler
+from .autograd import enable_grad
 from .tensor import Tensor
 
 # `from symgrad.tape.optim import lr_scheduler` and `optim.lr_scheduler.StepLR` work.
@@ -32,11 +34,19 @@ class Optimizer:
             raise ValueError("optimizer got an empty parameter list")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.defaults = defaults
-        self.param_groups = [{**defaults, **g, "params": _params(g)} for g in groups]
-        every = [p for g in self.param_groups for p in g["params"]]
+        self.state = defaultdict(dict)
+        self.param_groups = []
+        for group in groups:
+            self.add_param_group(group)
+
+    def add_param_group(self, param_group):
+        """Optimize more parameters, with their own hyperparameters (the defaults
+        fill in the ones the group does not give)."""
+        params = _params(param_group)
+        every = [p for g in self.param_groups for p in g["params"]] + params
         if len({id(p) for p in every}) != len(every):
             raise ValueError("some parameters appear in more than one parameter group")
-        self.state = {}
+        self.param_groups.append({**self.defaults, **param_group, "params": params})
 
     def zero_grad(self, set_to_none=True):
         for group in self.param_groups:
@@ -46,14 +56,21 @@ class Optimizer:
                 elif p.grad is not None:
                     p.grad.zero_()
 
-    def step(self):
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient; `closure`, if given,
+        recomputes the loss (with grad enabled) first, and its result is returned.
+        With maximize=True the update climbs the gradient instead."""
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self._update(
-                        p._data, p.grad._data, self.state.setdefault(p, {}), group
-                    )
+                    g = -p.grad._data if group["maximize"] else p.grad._data
+                    self._update(p._data, g, self.state[p], group)
                     p._counter.value += 1
+        return loss
 
     def state_dict(self):
         """{"state": per-parameter state, "param_groups": hyperparameters}, with the
@@ -89,10 +106,11 @@ class Optimizer:
             for s, g in zip(saved, self.param_groups, strict=True)
             for i, p in zip(s["params"], g["params"], strict=True)
         }
-        self.state = {
-            params[i]: {k: _cast(v, params[i], k) for k, v in s.items()}
+        self.state = defaultdict(dict)
+        self.state.update(
+            (params[i], {k: _cast(v, params[i], k) for k, v in s.items()})
             for i, s in state_dict["state"].items()
-        }
+        )
         self.param_groups = [
             {**s, "params": g["params"]}
             for s, g in zip(saved, self.param_groups, strict=True)
@@ -121,6 +139,13 @@ def _params(group):
     return params
 
 
+def _init_state(state, p, names, fill=0.0):
+    """A step count (a tensor of the default float dtype, whatever p's, as torch's)
+    and a buffer of p's shape and dtype, filled with `fill`, per name."""
+    state["step"] = Tensor._wrap(np.zeros((), np.float64))
+    state.update((name, Tensor._wrap(np.full_like(p, fill))) for name in names)
+
+
 def _check(ok, what, value):
     if not ok:
         raise ValueError(f"Invalid {what}: {value}")
@@ -131,7 +156,15 @@ class SGD(Optimizer):
     first step); g = g + momentum*buf if nesterov else buf; p -= lr*g."""
 
     def __init__(
-        self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False
+        self,
+        params,
+        lr=1e-3,
+        momentum=0,
+        dampening=0,
+        weight_decay=0,
+        nesterov=False,
+        *,
+        maximize=False,
     ):
         _check(lr >= 0, "learning rate", lr)
         _check(momentum >= 0, "momentum value", momentum)
@@ -144,6 +177,7 @@ class SGD(Optimizer):
             dampening=dampening,
             weight_decay=weight_decay,
             nesterov=nesterov,
+            maximize=maximize,
         )
         super().__init__(params, defaults)
 
@@ -176,6 +210,8 @@ class Adam(Optimizer):
         eps=1e-8,
         weight_decay=0,
         amsgrad=False,
+        *,
+        maximize=False,
     ):
         _check(lr >= 0, "learning rate", lr)
         _check(eps >= 0, "epsilon value", eps)
@@ -183,7 +219,12 @@ class Adam(Optimizer):
         _check(0 <= betas[1] < 1, "beta parameter at index 1", betas[1])
         _check(weight_decay >= 0, "weight_decay value", weight_decay)
         defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
         )
         super().__init__(params, defaults)
 
@@ -196,8 +237,7 @@ class Adam(Optimizer):
         g = self._decayed(p, g, group)
         if not state:
             names = ["exp_avg", "exp_avg_sq"] + ["max_exp_avg_sq"] * group["amsgrad"]
-            state["step"] = Tensor._wrap(np.zeros((), p.dtype))
-            state.update((name, Tensor._wrap(np.zeros_like(p))) for name in names)
+            _init_state(state, p, names)
         state["step"]._data += 1
         t = state["step"].item()
         m, v = state["exp_avg"]._data, state["exp_avg_sq"]._data
@@ -225,8 +265,12 @@ class AdamW(Adam):
         eps=1e-8,
         weight_decay=1e-2,
         amsgrad=False,
+        *,
+        maximize=False,
     ):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize
+        )
 
     def _decayed(self, p, g, group):
         p *= 1 - group["lr"] * group["weight_decay"]
@@ -247,6 +291,8 @@ class RMSprop(Optimizer):
         weight_decay=0,
         momentum=0,
         centered=False,
+        *,
+        maximize=False,
     ):
         _check(lr >= 0, "learning rate", lr)
         _check(eps >= 0, "epsilon value", eps)
@@ -260,6 +306,7 @@ class RMSprop(Optimizer):
             weight_decay=weight_decay,
             momentum=momentum,
             centered=centered,
+            maximize=maximize,
         )
         super().__init__(params, defaults)
 
@@ -268,8 +315,7 @@ class RMSprop(Optimizer):
         if not state:
             names = ["square_avg"] + ["momentum_buffer"] * (momentum > 0)
             names += ["grad_avg"] * group["centered"]
-            state["step"] = Tensor._wrap(np.zeros((), p.dtype))
-            state.update((name, Tensor._wrap(np.zeros_like(p))) for name in names)
+            _init_state(state, p, names)
         state["step"]._data += 1
         if group["weight_decay"] != 0:
             g = g + group["weight_decay"] * p
@@ -288,3 +334,56 @@ class RMSprop(Optimizer):
             p -= group["lr"] * buf
         else:
             p -= group["lr"] * (g / denom)
+
+
+class Adagrad(Optimizer):
+    """g = grad + weight_decay*p; sum += g^2; p -= lr/(1 + (t-1)*lr_decay) * g /
+    (sqrt(sum) + eps). As in torch, each parameter's state exists as soon as the
+    parameter is added."""
+
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        lr_decay=0,
+        weight_decay=0,
+        initial_accumulator_value=0,
+        eps=1e-10,
+        *,
+        maximize=False,
+    ):
+        _check(lr >= 0, "learning rate", lr)
+        _check(lr_decay >= 0, "lr_decay value", lr_decay)
+        _check(weight_decay >= 0, "weight_decay value", weight_decay)
+        _check(
+            initial_accumulator_value >= 0,
+            "initial_accumulator_value value",
+            initial_accumulator_value,
+        )
+        _check(eps >= 0, "epsilon value", eps)
+        defaults = dict(
+            lr=lr,
+            lr_decay=lr_decay,
+            eps=eps,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            maximize=maximize,
+        )
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for p in group["params"]:
+            init = group["initial_accumulator_value"]
+            _init_state(self.state[p], p._data, ["sum"], init)
+
+    def _update(self, p, g, state, group):
+        state["step"]._data += 1
+        t = state["step"].item()
+        if group["weight_decay"] != 0:
+            g = g + group["weight_decay"] * p
+        clr = group["lr"] / (1 + (t - 1) * group["lr_decay"])
+        total = state["sum"]._data
+        total += g * g
+        p -= clr * g / (np.sqrt(total) + group["eps"])

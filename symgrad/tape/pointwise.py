@@ -47,6 +47,16 @@ def _elementwise(fn):
 _TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)  # erf'(x) = 2/sqrt(pi) exp(-x^2)
 
 
+def _rounding(fn):
+    """A rounding function that leaves integers as they are (NumPy would give
+    floats); its gradient is 0 everywhere."""
+    return lambda x: fn(x) if x.dtype.kind == "f" else x.copy()
+
+
+def _zero(g, x, out):
+    return np.zeros_like(g)
+
+
 def _negative(x):
     if x.dtype == np.bool_:
         raise RuntimeError(
@@ -61,7 +71,15 @@ class PointwiseOps:
     neg = __neg__
     exp = _unary("Exp", np.exp, lambda g, x, out: g * out, OUT)
     log = _unary("Log", np.log, lambda g, x, out: g / x)
+    log1p = _unary("Log1P", np.log1p, lambda g, x, out: g / (1 + x))
+    expm1 = _unary("Expm1", np.expm1, lambda g, x, out: g * (out + 1), OUT)
     sqrt = _unary("Sqrt", np.sqrt, lambda g, x, out: g / (2 * out), OUT)
+    rsqrt = _unary(
+        "Rsqrt", lambda x: 1 / np.sqrt(x), lambda g, x, out: -0.5 * g * out**3, OUT
+    )
+    reciprocal = _unary(
+        "Reciprocal", lambda x: 1 / x, lambda g, x, out: -g * out * out, OUT
+    )
     sin = _unary("Sin", np.sin, lambda g, x, out: g * np.cos(x))
     cos = _unary("Cos", np.cos, lambda g, x, out: -g * np.sin(x))
     tan = _unary("Tan", np.tan, lambda g, x, out: g * (1 + out * out), OUT)
@@ -85,7 +103,11 @@ class PointwiseOps:
         lambda g, x, out: -g * _TWO_OVER_SQRT_PI * np.exp(-x * x),
     )
     abs = _unary("Abs", np.abs, lambda g, x, out: g * np.sign(x))
-    sign = _unary("Sign", np.sign, lambda g, x, out: np.zeros_like(g), False)
+    sign = _unary("Sign", np.sign, _zero, False)
+    floor = _unary("Floor", _rounding(np.floor), _zero, False)
+    ceil = _unary("Ceil", _rounding(np.ceil), _zero, False)
+    round = _unary("Round", _rounding(np.round), _zero, False)  # half to even
+    trunc = _unary("Trunc", _rounding(np.trunc), _zero, False)
     sigmoid = _unary(
         "Sigmoid", sigmoid_array, lambda g, x, out: g * out * (1 - out), OUT
     )
@@ -93,10 +115,33 @@ class PointwiseOps:
         "Relu", lambda x: np.maximum(x, 0), lambda g, x, out: g * (out > 0), OUT
     )
 
+    def square(self):
+        return self**2
+
+    # tests of values, never differentiable
+    def isnan(self):
+        return self._result(np.isnan(self._data))
+
+    def isinf(self):
+        return self._result(np.isinf(self._data))
+
+    def isfinite(self):
+        return self._result(np.isfinite(self._data))
+
     def clamp(self, min=None, max=None):
         """Clip to [min, max], numbers or tensors broadcast against self. As in
         torch, x's gradient passes where min <= x <= max, and a tensor bound's where
         the bound is the result (max wins where min > max)."""
+        return self._clamp(min, max, ("ClampBackward1", "ClampBackward0"))
+
+    def clamp_min(self, min):
+        return self._clamp(min, None, ("ClampMinBackward0", "ClampMinBackward1"))
+
+    def clamp_max(self, max):
+        return self._clamp(None, max, ("ClampMaxBackward0", "ClampMaxBackward1"))
+
+    def _clamp(self, min, max, names):
+        """clamp, its grad_fn named names[0] for number bounds, else names[1]."""
         if min is None and max is None:
             raise RuntimeError(
                 "torch.clamp: At least one of 'min' or 'max' must not be None"
@@ -117,14 +162,7 @@ class PointwiseOps:
             )
 
         inputs = (self, *(b for b, _ in bounds))
-        name = "ClampBackward0" if bounds else "ClampBackward1"
-        return self._result(out, inputs, backward, name)
-
-    def clamp_min(self, min):
-        return self.clamp(min=min)
-
-    def clamp_max(self, max):
-        return self.clamp(max=max)
+        return self._result(out, inputs, backward, names[bool(bounds)])
 
     def masked_fill(self, mask, value):
         """self with `value` (a number or 0-d tensor) where the bool `mask` is True;
@@ -183,3 +221,18 @@ class PointwiseOps:
 
     def long(self):
         return self.to(np.int64)
+
+    def int(self):
+        return self.to(np.int32)
+
+    def half(self):
+        return self.to(np.float16)
+
+    def bool(self):
+        return self.to(np.bool_)
+
+    def type(self, dtype):
+        return self.to(dtype)
+
+    def type_as(self, other):
+        return self.to(other.dtype)

@@ -10,15 +10,23 @@ from collections import namedtuple
 import numpy as np
 
 from .autograd import underflow_ok
+from .dtypes import scalar_name
 
 MaxResult = namedtuple("max", ["values", "indices"])
 MinResult = namedtuple("min", ["values", "indices"])
+SortResult = namedtuple("sort", ["values", "indices"])
+TopkResult = namedtuple("topk", ["values", "indices"])
+
+
+def _all_dims(dim):
+    """dim=None, () and [] all mean every dim, as in torch."""
+    return dim is None or isinstance(dim, tuple | list) and not dim
 
 
 def normalize_dims(dim, ndim):
     """Sorted non-negative axes for `dim`, with torch's errors for out-of-range and
     repeated dims."""
-    if dim is None or dim == ():
+    if _all_dims(dim):
         return tuple(range(ndim))
     dims = (dim,) if isinstance(dim, int | np.integer) else tuple(dim)
     n = max(ndim, 1)  # a 0-d tensor accepts dim 0 and -1
@@ -38,7 +46,7 @@ def normalize_dims(dim, ndim):
 def _check_nonempty(x, dim, dims, op):
     """torch refuses to take an extreme over nothing: over all dims of an empty
     tensor (RuntimeError), or over a dim of size 0 (IndexError)."""
-    if dim is None or dim == ():
+    if _all_dims(dim):
         if x.size == 0:
             raise RuntimeError(
                 f"{op}(): Expected reduction dim to be specified for input.numel() "
@@ -56,6 +64,19 @@ def _check_softmax_dtype(x, op):
     """torch has no integer softmax: it wants a float input (or a dtype= argument)."""
     if x.dtype.kind != "f":
         raise NotImplementedError(f"\"{op}\" not implemented for '{x.dtype}'")
+
+
+def _accumulator(x):
+    """The dtype torch sums (and multiplies) in: int64 for every integer and bool
+    dtype, else the input's own (None)."""
+    return np.int64 if x.dtype.kind in "biu" else None
+
+
+def _finite_max(x, dims):
+    """The max over dims as a shift for exp, 0 where it is not finite (a slice of
+    all -inf), so that the shift itself makes no inf - inf."""
+    m = x.max(axis=dims, keepdims=True)
+    return np.where(np.isfinite(m), m, 0)
 
 
 def _reduced(self, out_kept, dims, keepdim, backward, name, saves=True):
@@ -138,10 +159,83 @@ def _spread(self, dim, unbiased, keepdim, correction, root):
     return _reduced(self, out, dims, keepdim, backward, name, (self, "out"))
 
 
+def _cumprod_grad(x, g, axis):
+    """d(sum g * cumprod(x))/dx: element i gets sum over j >= i of g[j] times the
+    product of x[:j+1] without x[i], built from products of x before i and of
+    x[i+1:j+1], so zeros in x are exact (out / x is not)."""
+    x, g = np.moveaxis(x, axis, -1), np.moveaxis(g, axis, -1)
+    i, j = np.indices((x.shape[-1],) * 2)
+    between = np.cumprod(np.where(j > i, x[..., None, :], 1), axis=-1)  # [.., i, j]
+    ones = np.ones_like(x[..., :1])
+    before = np.cumprod(np.concatenate([ones, x[..., :-1]], -1), -1)
+    grad = before * np.where(j >= i, g[..., None, :] * between, 0).sum(-1)
+    return np.moveaxis(grad, -1, axis)
+
+
+def _sorted(self, dim, descending, k, result, name):
+    """(values, indices) of the k first (all if k is None) of the sorted slices
+    along dim; ties keep their order. The gradient goes back to where each value
+    came from."""
+    (axis,) = normalize_dims(dim, self.ndim)
+    x = self._data
+    if descending:  # a stable ascending sort of the reversed slices, reversed
+        n = x.shape[axis]
+        idx = n - 1 - np.flip(np.argsort(np.flip(x, axis), axis, kind="stable"), axis)
+    else:
+        idx = np.argsort(x, axis, kind="stable")
+    if k is not None:
+        if not 0 <= k <= x.shape[axis]:
+            raise RuntimeError("selected index k out of range")
+        idx = np.take(idx, np.arange(k), axis)
+
+    def backward(g):
+        grad = np.zeros_like(x, dtype=g.dtype)
+        np.put_along_axis(grad, idx, g, axis)
+        return (grad,)
+
+    values = np.take_along_axis(x, idx, axis)
+    values = self._result(values, (self,), backward, name, saves=())
+    return result(values, self._result(idx))
+
+
+def _vector_norm(self, p, dim, keepdim):
+    """(sum |x|^p)^(1/p) over dim (max |x| for inf, the count of non-zeros for
+    0), with torch's gradient: sign(x) |x|^(p-1) / norm^(p-1), 0 where the norm
+    is 0; for +-inf, sign(x) shared among the ties at the extreme."""
+    if self.dtype.kind != "f":
+        raise RuntimeError(
+            "linalg.vector_norm: Expected a floating point or complex tensor as "
+            f"input. Got {scalar_name(self.dtype)}"
+        )
+    x, dims = self._data, normalize_dims(dim, self.ndim)
+    a = np.abs(x)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if p in (np.inf, -np.inf):
+            out = (np.max if p > 0 else np.min)(a, axis=dims, keepdims=True)
+        elif p == 0:
+            out = (a != 0).sum(axis=dims, keepdims=True).astype(x.dtype)
+        else:
+            out = (a**p).sum(axis=dims, keepdims=True) ** (1 / p)
+
+    @np.errstate(divide="ignore", invalid="ignore", over="ignore")
+    def backward(g):
+        g = g.reshape(out.shape)
+        if p in (np.inf, -np.inf):
+            ties = a == out
+            return (np.sign(x) * ties * g / ties.sum(axis=dims, keepdims=True),)
+        if p == 0:
+            return (np.zeros_like(x),)
+        scale = np.where(out == 0, 0, g * out ** (1 - p))
+        return (np.sign(x) * np.where(x == 0, 0, a ** (p - 1)) * scale,)
+
+    name = "LinalgVectorNormBackward0"
+    return _reduced(self, out, dims, keepdim, backward, name, (self, "out"))
+
+
 class ReductionOps:
     def sum(self, dim=None, keepdim=False):
         x, dims = self._data, normalize_dims(dim, self.ndim)
-        out = x.sum(axis=dims, keepdims=True)
+        out = x.sum(axis=dims, keepdims=True, dtype=_accumulator(x))
 
         def backward(g):
             return (np.broadcast_to(g.reshape(out.shape), x.shape),)
@@ -177,14 +271,14 @@ class ReductionOps:
         x = self._data
         if dim is None or self.ndim == 0:
             normalize_dims(dim, self.ndim)
-            out = np.prod(x)
+            out = np.prod(x, dtype=_accumulator(x))
 
             def backward(g):
                 return (g * _others_product(x.reshape(-1), 0).reshape(x.shape),)
 
             return self._result(out, (self,), backward, "ProdBackward0")
         (axis,) = normalize_dims(dim, self.ndim)
-        out = np.prod(x, axis=axis, keepdims=True)
+        out = np.prod(x, axis=axis, keepdims=True, dtype=_accumulator(x))
 
         def backward(g):
             return (g.reshape(out.shape) * _others_product(x, axis),)
@@ -195,7 +289,7 @@ class ReductionOps:
         """Running sums along dim; the gradient is g summed from the other end."""
         normalize_dims(dim, self.ndim)
         x = np.atleast_1d(self._data)  # a 0-d tensor has dims 0 and -1
-        out = np.cumsum(x, axis=dim).reshape(self.shape)
+        out = np.cumsum(x, axis=dim, dtype=_accumulator(x)).reshape(self.shape)
 
         def backward(g):
             g = np.flip(np.atleast_1d(g), dim)
@@ -237,8 +331,7 @@ class ReductionOps:
     def logsumexp(self, dim, keepdim=False):
         """log(sum(exp(x))) computed as m + log(sum(exp(x - m))) with m the max."""
         x, dims = self._data, normalize_dims(dim, self.ndim)
-        m = x.max(axis=dims, keepdims=True)
-        m = np.where(np.isfinite(m), m, 0)  # all -inf (or an inf) slice: shift by 0
+        m = _finite_max(x, dims)
         out = np.log(np.exp(x - m).sum(axis=dims, keepdims=True)) + m
 
         def backward(g):
@@ -248,11 +341,13 @@ class ReductionOps:
             self, out, dims, keepdim, backward, "LogsumexpBackward0", (self, "out")
         )
 
+    # A slice of all -inf gives nan (0/0), silently, as in torch.
     @underflow_ok
+    @np.errstate(invalid="ignore", divide="ignore")
     def softmax(self, dim):
         x = self._data
         _check_softmax_dtype(x, "softmax")
-        e = np.exp(x - x.max(axis=dim, keepdims=True))
+        e = np.exp(x - _finite_max(x, dim))
         out = e / e.sum(axis=dim, keepdims=True)
 
         def backward(g):
@@ -261,13 +356,49 @@ class ReductionOps:
         return self._result(out, (self,), backward, "SoftmaxBackward0", ("out",))
 
     @underflow_ok
+    @np.errstate(invalid="ignore", divide="ignore")
     def log_softmax(self, dim):
         x = self._data
         _check_softmax_dtype(x, "log_softmax")
-        shifted = x - x.max(axis=dim, keepdims=True)
+        shifted = x - _finite_max(x, dim)
         out = shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
 
         def backward(g):
             return (g - np.exp(out) * g.sum(axis=dim, keepdims=True),)
 
         return self._result(out, (self,), backward, "LogSoftmaxBackward0", ("out",))
+
+    def cumprod(self, dim):
+        """Running products along dim."""
+        (axis,) = normalize_dims(dim, self.ndim) or (0,)
+        x = np.atleast_1d(self._data)  # a 0-d tensor has dims 0 and -1
+        out = np.cumprod(x, axis=axis, dtype=_accumulator(x)).reshape(self.shape)
+
+        def backward(g):
+            return (_cumprod_grad(x, np.atleast_1d(g), axis).reshape(out.shape),)
+
+        return self._result(out, (self,), backward, "CumprodBackward0")
+
+    def sort(self, dim=-1, descending=False, stable=False):
+        return _sorted(self, dim, descending, None, SortResult, "SortBackward0")
+
+    def argsort(self, dim=-1, descending=False, stable=False):
+        return self.sort(dim, descending).indices
+
+    def topk(self, k, dim=-1, largest=True, sorted=True):
+        """The k largest (smallest) values along dim, in order, and their indices."""
+        return _sorted(self, dim, largest, k, TopkResult, "TopkBackward0")
+
+    def norm(self, p="fro", dim=None, keepdim=False):
+        """The vector p-norm over dim (all dims by default); "fro" is p=2."""
+        return _vector_norm(self, 2 if p == "fro" else p, dim, keepdim)
+
+    def any(self, dim=None, keepdim=False):
+        return self._result(
+            np.any(self._data, normalize_dims(dim, self.ndim), keepdims=keepdim)
+        )
+
+    def all(self, dim=None, keepdim=False):
+        return self._result(
+            np.all(self._data, normalize_dims(dim, self.ndim), keepdims=keepdim)
+        )

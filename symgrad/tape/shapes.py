@@ -4,7 +4,7 @@ indexing scatter-adds, so repeated indices accumulate."""
 import numpy as np
 
 from . import autograd
-from .arithmetic import unbroadcast
+from .arithmetic import broadcast_shape, unbroadcast
 from .reductions import normalize_dims
 
 
@@ -40,6 +40,40 @@ def _tensors(parts):
     return tuple(p for p in parts if isinstance(p, ShapeOps))
 
 
+def _axis(dim, ndim):
+    """One dim as a non-negative axis, with torch's IndexError when out of range."""
+    normalize_dims(dim, ndim)
+    return dim % max(ndim, 1)
+
+
+def _check_index(index, size, dim, op):
+    """An integer index tensor's array, checked as torch checks the index of
+    gather, scatter_add and index_add into a dim of `size`."""
+    if index.dtype not in (np.int32, np.int64):
+        raise RuntimeError(f"{op}(): Expected dtype int32/int64 for index")
+    i = index._data
+    bad = (i < 0) | (i >= size)
+    if bad.any():
+        raise RuntimeError(
+            f"index {i[bad].flat[0]} is out of bounds for dimension {dim} with size "
+            f"{size}"
+        )
+    return i
+
+
+def _scatter_positions(self, dim, index, op):
+    """(axis, NumPy index): the elements gather reads or scatter_add writes,
+    self[index[i][j]][j] for dim 0 and so on."""
+    if index.ndim != self.ndim:
+        raise RuntimeError(
+            "Index tensor must have the same number of dimensions as input tensor"
+        )
+    axis = _axis(dim, self.ndim)
+    where = list(np.indices(index.shape, sparse=True))
+    where[axis] = _check_index(index, self.shape[axis], axis, op)
+    return axis, tuple(where)
+
+
 def _is_basic(index):
     parts = index if isinstance(index, tuple) else (index,)
     return all(
@@ -65,6 +99,8 @@ class ShapeOps:
         def backward(g):
             return (g.reshape(x.shape),)
 
+        if out.size and not np.may_share_memory(out, x):  # torch copies, then views
+            name = "UnsafeViewBackward0"
         return self._result(
             out,
             (self,),
@@ -133,14 +169,23 @@ class ShapeOps:
                 )
         ends = np.cumsum(sizes)
         lead = (slice(None),) * axis
+        name = (
+            "SplitBackward0"
+            if isinstance(split_size_or_sections, int)
+            else ("SplitWithSizesBackward0")
+        )
         return tuple(
-            self[lead + (slice(end - size, end),)]
+            self._indexed(lead + (slice(end - size, end),), name)
             for size, end in zip(sizes, ends, strict=True)
         )
 
     def chunk(self, chunks, dim=0):
         """At most `chunks` pieces along dim, all but the last of size
         ceil(n / chunks), as torch splits them."""
+        if chunks <= 0:
+            raise RuntimeError(
+                f"chunk expects `chunks` to be greater than 0, got: {chunks}"
+            )
         n = self.shape[normalize_dims(dim, self.ndim)[0]]
         return self.split(max(-(-n // chunks), 1), dim)
 
@@ -148,7 +193,10 @@ class ShapeOps:
         """The slices along dim, that dim removed (views)."""
         (axis,) = normalize_dims(dim, self.ndim)
         lead = (slice(None),) * axis
-        return tuple(self[lead + (i,)] for i in range(self.shape[axis]))
+        return tuple(
+            self._indexed(lead + (i,), "UnbindBackward0")
+            for i in range(self.shape[axis])
+        )
 
     def flip(self, *dims):
         """A copy with the order of elements reversed along each of dims."""
@@ -193,6 +241,9 @@ class ShapeOps:
             saves=False,
             view=lambda a: _broadcast_view(a, shape),
         )
+
+    def expand_as(self, other):
+        return self.expand(other.shape)
 
     def repeat(self, *repeats):
         """Tile `repeats[i]` copies along dim i (leading repeats add dims)."""
@@ -242,6 +293,7 @@ class ShapeOps:
 
     def transpose(self, dim0, dim1):
         dims = list(range(self.ndim))
+        dim0, dim1 = _axis(dim0, self.ndim), _axis(dim1, self.ndim)
         dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
         return self._permuted(dims, "TransposeBackward0")
 
@@ -271,12 +323,19 @@ class ShapeOps:
         return parts if isinstance(index, tuple) else parts[0]
 
     def __getitem__(self, index):
+        return self._indexed(index)
+
+    def _indexed(self, index, name=None):
+        """self[index]; `name` overrides the grad_fn name of a view (split's)."""
         parts = index if isinstance(index, tuple) else (index,)
         if any(isinstance(p, slice) and (p.step or 1) < 0 for p in parts):
             raise ValueError("step must be greater than zero")
         index = self._index(index)
         x = self._data
-        out = x[index]
+        try:
+            out = x[index]
+        except IndexError as exc:  # torch says dimension where NumPy says axis
+            raise IndexError(str(exc).replace(" axis ", " dimension ")) from None
 
         def backward(g):
             grad = np.zeros_like(x, dtype=g.dtype)
@@ -291,7 +350,7 @@ class ShapeOps:
             out,
             (self,),
             backward,
-            _basic_index_name(parts),
+            name or _basic_index_name(parts),
             saves=False,
             view=lambda a: a[index],
         )
@@ -315,24 +374,126 @@ class ShapeOps:
             )
 
         saved = None if _is_basic(index) else _tensors(parts)
-        self._grad_fn = autograd.Node("CopySlices", (self, value), backward, saved)
+        self._grad_fn = autograd.Node(
+            "torch::autograd::CopySlices", (self, value), backward, saved
+        )
         self._requires_grad = True
 
     def gather(self, dim, index):
         """out[i][j][k] = self[index[i][j][k]][j][k] for dim 0, and so on."""
-        if index.ndim != self.ndim:
-            raise RuntimeError(
-                "Index tensor must have the same number of dimensions as input tensor"
-            )
+        _, where = _scatter_positions(self, dim, index, "gather")
         x = self._data
-        where = list(np.indices(index.shape, sparse=True))
-        where[dim] = index._data
-        where = tuple(where)
-        out = x[where]
 
         def backward(g):
             grad = np.zeros_like(x, dtype=g.dtype)
             np.add.at(grad, where, g)
             return (grad,)
 
-        return self._result(out, (self,), backward, "GatherBackward0", (self, index))
+        return self._result(
+            x[where], (self,), backward, "GatherBackward0", (self, index)
+        )
+
+    def scatter_add(self, dim, index, src):
+        """A copy of self with src[i][j][k] added at [index[i][j][k]][j][k] for dim
+        0, and so on (repeated positions accumulate); gather's reverse."""
+        _, where = _scatter_positions(self, dim, index, "scatter")
+        picked = tuple(np.indices(index.shape, sparse=True))  # src's used part
+        out = self._data.copy()
+        np.add.at(out, where, src._data[picked])
+
+        def backward(g):
+            gsrc = None
+            if src.requires_grad:
+                gsrc = np.zeros_like(src._data, dtype=g.dtype)
+                gsrc[picked] = g[where]
+            return g, gsrc
+
+        return self._result(out, (self, src), backward, "ScatterAddBackward0", (index,))
+
+    def scatter_add_(self, dim, index, src):
+        return self._inplace(lambda t: t.scatter_add(dim, index, src), src)
+
+    def index_select(self, dim, index):
+        """The slices at `index` (a 1-D integer tensor) along dim."""
+        if index.dtype not in (np.int32, np.int64):
+            raise RuntimeError(
+                "index_select(): Expected dtype int32 or int64 for index"
+            )
+        if index.ndim > 1:
+            raise IndexError("index_select(): Index is supposed to be a vector")
+        axis = _axis(dim, self.ndim)
+        x, i = self._data, index._data.reshape(-1)
+        if i.size and (i.min() < 0 or i.max() >= x.shape[axis]):
+            raise IndexError("index out of range in self")
+        lead = (slice(None),) * axis
+
+        def backward(g):
+            grad = np.zeros_like(x, dtype=g.dtype)
+            np.add.at(grad, lead + (i,), g)
+            return (grad,)
+
+        out = np.take(x, i, axis)
+        return self._result(out, (self,), backward, "IndexSelectBackward0", (index,))
+
+    def index_add(self, dim, index, source, *, alpha=1):
+        """A copy of self with alpha * source's slices along dim added at the
+        positions `index` (1-D) gives; repeated positions accumulate."""
+        axis = _axis(dim, self.ndim)
+        i = _check_index(index, self.shape[axis], axis, "index_add_")
+        lead = (slice(None),) * axis
+        out = self._data.copy()
+        np.add.at(out, lead + (i,), alpha * source._data)
+
+        def backward(g):
+            gsrc = alpha * np.take(g, i, axis) if source.requires_grad else None
+            return g, gsrc
+
+        return self._result(
+            out, (self, source), backward, "IndexAddBackward0", (index,)
+        )
+
+    def index_add_(self, dim, index, source, *, alpha=1):
+        return self._inplace(
+            lambda t: t.index_add(dim, index, source, alpha=alpha), source
+        )
+
+    def _triangle(self, keep, diagonal, op):
+        if self.ndim < 2:
+            raise RuntimeError(f"{op}: input tensor must have at least 2 dimensions")
+        out = keep(self._data, diagonal)
+
+        def backward(g):
+            return (keep(g, diagonal),)
+
+        name = f"{op.capitalize()}Backward0"
+        return self._result(out, (self,), backward, name, saves=False)
+
+    def tril(self, diagonal=0):
+        """The lower triangle of the last two dims (on and below `diagonal`)."""
+        return self._triangle(np.tril, diagonal, "tril")
+
+    def triu(self, diagonal=0):
+        """The upper triangle of the last two dims (on and above `diagonal`)."""
+        return self._triangle(np.triu, diagonal, "triu")
+
+    def masked_select(self, mask):
+        """The elements where the bool mask (broadcast with self) holds, as 1-D."""
+        if mask.dtype != np.bool_:
+            raise RuntimeError("masked_select: expected BoolTensor for mask")
+        shape = broadcast_shape(self.shape, mask.shape)
+        where = np.broadcast_to(mask._data, shape)
+        out = np.broadcast_to(self._data, shape)[where]
+
+        def backward(g):
+            grad = np.zeros(shape, g.dtype)
+            grad[where] = g
+            return (unbroadcast(grad, self.shape),)
+
+        return self._result(out, (self,), backward, "MaskedSelectBackward0", (mask,))
+
+    def nonzero(self, *, as_tuple=False):
+        """The indices of the non-zero elements: an (n, ndim) int64 tensor, or
+        one 1-D tensor per dim with as_tuple=True."""
+        if as_tuple:
+            return tuple(self._result(i) for i in np.nonzero(np.atleast_1d(self._data)))
+        return self._result(np.argwhere(self._data))

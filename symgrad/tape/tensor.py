@@ -11,9 +11,10 @@ import numpy as np
 
 from . import autograd
 from .arithmetic import ArithmeticOps
+from .dtypes import device
 from .pointwise import PointwiseOps
 from .reductions import ReductionOps
-from .shapes import ShapeOps
+from .shapes import ShapeOps, _shape_arg
 
 NON_LEAF_GRAD = (
     "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. Its "
@@ -46,6 +47,8 @@ def as_array(data, dtype=None):
     """NumPy's dtype rules give float64 for Python floats and int64 for Python ints.
     Tensors (also inside lists) give their values, even if they require grad."""
     arr = np.asarray(_values(data), dtype=dtype)
+    if arr.dtype.kind in "US" and arr.ndim:  # torch's error for a list of strings
+        raise ValueError(f"too many dimensions '{type(arr.flat[0].item()).__name__}'")
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"can't convert {arr.dtype} data to a Tensor")
     return arr
@@ -220,31 +223,10 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         out._counter = self._counter  # as torch's: writes through it are noticed
         return out
 
-    def backward(self, gradient=None, retain_graph=False, inputs=None):
+    def backward(self, gradient=None, retain_graph=None, inputs=None):
         """Add d(self)/d(leaf) to each leaf's .grad (`gradient` defaults to 1), or
-        only to the .grad of the tensors in `inputs`."""
-        if not self.requires_grad:
-            raise RuntimeError(
-                "element 0 of tensors does not require grad and does not have a grad_fn"
-            )
-        if gradient is None:
-            if self._data.size != 1:
-                raise RuntimeError(
-                    "grad can be implicitly created only for scalar outputs"
-                )
-            gradient = np.ones_like(self._data)
-        gradient = as_array(gradient, self.dtype)
-        if gradient.shape != self.shape:
-            raise RuntimeError(
-                f"Mismatch in shape: grad_output[0] has a shape of {gradient.shape} "
-                f"and output[0] has a shape of {self.shape}."
-            )
-        if isinstance(inputs, Tensor):
-            inputs = [inputs]
-        grads = autograd.backward([self], [gradient], retain_graph, inputs)
-        for t, g in zip(inputs or (), grads, strict=True):
-            if g is not None:
-                t._accumulate_grad(g)
+        only to the .grad of the tensors in `inputs` (autograd.backward)."""
+        autograd.backward([self], [gradient], retain_graph, inputs=inputs)
 
     def register_hook(self, hook):
         """Call hook(grad) with this tensor's gradient whenever backward computes it;
@@ -407,6 +389,34 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         return self._data.shape
 
     @property
+    def device(self):
+        return device("cpu")
+
+    def _new_filled(self, size, fill, dtype, requires_grad):
+        """A tensor of `size` (given as torch's factories take it) of fill."""
+        dtype = self.dtype if dtype is None else dtype
+        array = np.full(_shape_arg(size), fill, dtype=dtype)
+        return Tensor._wrap(array, requires_grad)
+
+    def new_zeros(self, *size, dtype=None, device=None, requires_grad=False):
+        """zeros of this tensor's dtype (unless given); new_ones and new_full
+        likewise."""
+        return self._new_filled(size, 0, dtype, requires_grad)
+
+    def new_ones(self, *size, dtype=None, device=None, requires_grad=False):
+        return self._new_filled(size, 1, dtype, requires_grad)
+
+    new_empty = new_zeros
+
+    def new_full(self, size, fill_value, dtype=None, device=None, requires_grad=False):
+        return self._new_filled((size,), fill_value, dtype, requires_grad)
+
+    def new_tensor(self, data, dtype=None, device=None, requires_grad=False):
+        """A copy of data with this tensor's dtype (unless given), whatever data's."""
+        dtype = self.dtype if dtype is None else dtype
+        return Tensor._wrap(np.array(as_array(data), dtype=dtype), requires_grad)
+
+    @property
     def ndim(self):
         return self._data.ndim
 
@@ -512,7 +522,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         if x.dtype not in (np.float64, np.int64, np.bool_):
             extras.append(f"dtype={x.dtype}")
         if self.grad_fn is not None:
-            extras.append(f"grad_fn=<{self.grad_fn.name()}>")
+            extras.append(f"grad_fn=<{self.grad_fn._type_name()}>")
         elif self.requires_grad:
             extras.append("requires_grad=True")
         return f"tensor({', '.join([body, *extras])})"
