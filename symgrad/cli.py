@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
@@ -110,9 +111,23 @@ def _timing(program) -> str:
     )
 
 
+def _check_targets(out: Path, paths: list[Path]) -> None:
+    """Refuse, before any work, a build whose modules could not all be written: a
+    failure after the first write would leave a half-updated directory."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--out {out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {existing} is not writable")
+    for path in paths:
+        if path.is_dir():
+            raise UsageError(f"cannot write {path}: it is a directory")
+
+
 def cmd_build(args) -> int:
     models = load_models(args.models)
     out = Path(args.out)
+    _check_targets(out, [out / f"{model.name}.py" for model in models])
     results = []
     # Everything is generated and verified before anything is written.
     for model in models:
@@ -134,7 +149,10 @@ def cmd_build(args) -> int:
         print(f"{line} [{time.perf_counter() - start:.2f} s]", flush=True)
         results.append((out / f"{model.name}.py", source))
     for path, source in results:
-        write_atomic(path, source)
+        try:
+            write_atomic(path, source)
+        except OSError as e:  # named by the target, not by the temporary file
+            raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
         print(f"wrote {path}")
     return 0
 

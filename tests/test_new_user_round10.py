@@ -1612,14 +1612,6 @@ def test_a_build_that_returns_nothing_is_named(tmp_path):
     assert not (tmp_path / "gen").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--out naming an existing file prints 'symgrad: error: [Errno 17] File "
-    "exists: 'outfile'' (after compiling and verifying every model): cli.cmd_build "
-    "never checks --out, and codegen.write_atomic's path.parent.mkdir(exist_ok=True) "
-    "raises FileExistsError, printed as is; check --out up front and say "
-    "'--out outfile is not a directory'",
-)
 def test_out_that_is_a_file_is_named_as_not_a_directory(tmp_path):
     (tmp_path / "torque.py").write_text(TORQUE_FILE.format(name="torque_fit"))
     (tmp_path / "outfile").write_text("not a directory\n")
@@ -1629,15 +1621,6 @@ def test_out_that_is_a_file_is_named_as_not_a_directory(tmp_path):
     assert "not a directory" in done.stderr and "outfile" in done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.cmd_build checks nothing about the targets before its loop of "
-    "codegen.write_atomic calls: with gen/b.py a directory, gen/a.py is written "
-    "('wrote gen/torque_a.py') and then the build fails with exit 1, a half-updated "
-    "generated/ (and the error names a random temporary file, '[Errno 21] Is a "
-    "directory: '/.../gen/.torque_b.py.x1y2z3.tmp' -> ...'); check every target "
-    "(not a directory, its parent writable) before writing any",
-)
 def test_a_target_that_cannot_be_written_leaves_the_others_untouched(tmp_path):
     (tmp_path / "a.py").write_text(TORQUE_FILE.format(name="torque_a"))
     (tmp_path / "b.py").write_text(TORQUE_FILE.format(name="torque_b"))
