@@ -7,6 +7,7 @@ rebuilds every node whose arguments changed.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -71,12 +72,13 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
     users = consumers(toposort(roots))
     keep = {id(r) for r in roots}
     kept = {id(n) for n in users}  # the graph's nodes; minus fusible, below: computed
+    uses: dict[int, Counter] = {}
     fusible = {
         id(n)
         for n, us in users.items()
         if n.op == "map" and n.name is None and id(n) not in keep and us
         and all(u.op == "map" for u in us)
-        and (n.attrs[0].is_Symbol or _copies(n, us) == 1)
+        and (n.attrs[0].is_Symbol or _copies(n, us, uses) == 1)
     }  # fmt: skip
     kept -= fusible
 
@@ -104,17 +106,19 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
     return rewrite(roots, inline)
 
 
-def _copies(node: Node, users: list[Node]) -> int:
+def _copies(node: Node, users: list[Node], uses: dict[int, Counter]) -> int:
     """How many copies of ``node``'s formula inlining it would make: one per use in its
     users' formulas. More than one multiplies along a chain (ten steps of
     z + sin(z)/10 - z**3/30, or of r*x*(1 - x) on a scalar, would make a tree of 3**10
-    or 2**10 copies for SymPy to differentiate), so such a node is computed once."""
-    return sum(
-        u.attrs[0].count(ew.arg(i))
-        for u in users
-        for i, a in enumerate(u.args)
-        if a is node
-    )
+    or 2**10 copies for SymPy to differentiate), so such a node is computed once.
+    ``uses`` memoizes each user's count of its placeholders: one walk of its formula."""
+    total = 0
+    for u in users:
+        if id(u) not in uses:
+            walk = sp.preorder_traversal(u.attrs[0])
+            uses[id(u)] = Counter(s for s in walk if s.is_Symbol)
+        total += sum(uses[id(u)][ew.arg(i)] for i, a in enumerate(u.args) if a is node)
+    return total
 
 
 def _cheap(node: Node) -> bool:
