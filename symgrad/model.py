@@ -338,21 +338,24 @@ def elementwise(fn: Callable[..., sp.Expr], *args) -> Expr:
     _values([x for x in args if isinstance(x, Expr)], what)
     symbols, nodes = _lift(args)
     expr = sp.sympify(fn(*symbols))
-    check_user_formula(expr, {ew.arg(i) for i in range(len(nodes))}, what)
+    expr = checked_formula(expr, {ew.arg(i) for i in range(len(nodes))}, what)
     return Expr(ops.map_(expr, nodes))
 
 
-def check_user_formula(expr: sp.Basic, allowed: set, what: str) -> None:
-    """A formula from a user may use known functions of its own arguments only."""
+def checked_formula(expr: sp.Basic, allowed: set, what: str) -> sp.Expr:
+    """A formula from a user, which may use known functions of its own arguments only;
+    sec, csc, cot and their hyperbolic kin become the reciprocals they are."""
     if not isinstance(expr, sp.Expr):
         raise ModelError(f"{what}: expected a SymPy expression, got {expr!r}")
     if expr.has(sp.Piecewise):
         raise ModelError(f"{what}: Piecewise in {expr} is not supported; use sg.where")
+    expr = ew.without_reciprocal_functions(expr)
     ew.check_supported(expr, what)
     unknown = expr.free_symbols - allowed
     if unknown:
         names = ", ".join(sorted(str(s) for s in unknown))
         raise ModelError(f"{what}: undefined symbol(s) {names} in {expr}")
+    return expr
 
 
 def _unary(fn: Callable[[sp.Expr], sp.Expr]) -> Callable[[Expr], Expr]:
@@ -701,7 +704,7 @@ class Model:
         args = [m.param(s.name).node for s in params]
         args += [m.input(s.name, ("batch",)).node for s in inputs]
         placeholders = {s: ew.arg(i) for i, s in enumerate(symbols)}
-        check_user_formula(loss, set(symbols), f"model {name!r} loss")
+        loss = checked_formula(loss, set(symbols), f"model {name!r} loss")
         per_sample = Expr(ops.map_(loss.xreplace(placeholders), args))
         m.loss(
             (mean if reduce == "mean" else sum)(per_sample)

@@ -173,6 +173,19 @@ def lower(expr: sp.Expr) -> sp.Expr:
     return expr
 
 
+_RECIPROCALS = {
+    sp.sec: sp.cos, sp.csc: sp.sin, sp.cot: sp.tan,
+    sp.sech: sp.cosh, sp.csch: sp.sinh, sp.coth: sp.tanh,
+}  # fmt: skip
+
+
+def without_reciprocal_functions(expr: sp.Expr) -> sp.Expr:
+    """sec(x) as 1/cos(x), and so on: NumPy has none of them."""
+    for reciprocal, fn in _RECIPROCALS.items():
+        expr = expr.replace(reciprocal, lambda x, fn=fn: 1 / fn(x))
+    return expr
+
+
 # Functions an elementwise expression may use: each has a NumPy spelling in the printer
 # (erf and erfc: math.erf vectorized, as NumPy has none) and a tape op in reference.py.
 FUNCTIONS = (
