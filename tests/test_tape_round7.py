@@ -347,14 +347,7 @@ def test_losses_summed_with_python_sum_and_max_of_0d_tensors():
 MISSING_AUTOGRAD = {
     "Tensor.register_hook": lambda m: _hooked(m),
     "torch.autograd.grad": lambda m: _autograd_grad(m),
-    "backward(create_graph=True)": (
-        lambda m: _create_graph(m),
-        xfail(
-            "Tensor.backward takes no create_graph (no higher-order gradients; "
-            "symgrad/tape/tensor.py backward)",
-            TypeError,
-        ),
-    ),
+    "backward(create_graph=True)": lambda m: _create_graph(m),
     "backward(inputs=...)": lambda m: _backward_inputs(m),
 }
 

@@ -33,17 +33,6 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("torch_float64")
 
 
-def xfail(reason, raises=AssertionError):
-    """A strict xfail that must fail the stated way (AssertionError: a compared value
-    or exception type differs; AttributeError/TypeError: the feature is missing)."""
-    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
-
-
-def missing(name, where, raises=AttributeError):
-    """The tape lacks `name`; `where` is the file(s) in symgrad/tape/ it belongs in."""
-    return xfail(f"missing: {name} (symgrad/tape/{where})", raises)
-
-
 def cases(table):
     """Parametrize over a dict whose values are a callable or (callable, mark)."""
     params = []
@@ -547,25 +536,13 @@ MISSING_TRAINING = {
     "LinearLR warmup": lambda m: _warmup(
         m, "LinearLR", start_factor=0.25, total_iters=3
     ),
-    "OneCycleLR": (
-        lambda m: _warmup(m, "OneCycleLR", max_lr=0.5, total_steps=6),
-        missing("lr_scheduler.OneCycleLR", "lr_scheduler.py"),
-    ),
+    "OneCycleLR": lambda m: _warmup(m, "OneCycleLR", max_lr=0.5, total_steps=6),
     "Adagrad": _adagrad,
-    "torch.save / torch.load": (
-        _save_load,
-        missing("torch.save/torch.load", "__init__.py"),
-    ),
-    "autograd.Function": (
-        _custom_function,
-        missing("autograd.Function", "autograd.py"),
-    ),
+    "torch.save / torch.load": _save_load,
+    "autograd.Function": _custom_function,
     "randperm for shuffling": _shuffled_minibatches,
     "Module.requires_grad_": _requires_grad_module,
-    "Module.register_forward_hook": (
-        _forward_hook,
-        missing("Module.register_forward_hook", "nn.py Module.__call__"),
-    ),
+    "Module.register_forward_hook": _forward_hook,
     "Module.named_children": lambda m: [n for n, _ in mlp(m).named_children()],
     "Module.add_module": lambda m: [n for n, _ in _add_module(m).named_parameters()],
     "Sequential.append": lambda m: len(
@@ -650,7 +627,7 @@ def _binary_targets(m, x):
 MISSING_LAYERS = {
     "nn.Embedding": _embedding_bag_of_words,
     "nn.LayerNorm": _layer_norm,
-    "nn.BatchNorm1d": (_batch_norm, missing("nn.BatchNorm1d", "nn.py")),
+    "nn.BatchNorm1d": _batch_norm,
     "nn.ModuleDict": _module_dict,
     "nn.Softplus": values_and_grad(lambda m, x: m.nn.Softplus(beta=2.0)(x)),
     "nn.ELU": values_and_grad(lambda m, x: m.nn.ELU(alpha=0.5)(x)),
@@ -1234,16 +1211,10 @@ MISSING_OPS = {
     "sort": values_and_grad(lambda m, x: x.sort(dim=-1, descending=True).values),
     "topk": values_and_grad(lambda m, x: x.topk(2, dim=-1).values),
     "argsort": values_and_grad(lambda m, x: x.gather(-1, x.argsort(-1))),
-    "einsum": (
-        values_and_grad(lambda m, x: m.einsum("bij,bkj->bik", x, x)),
-        missing("torch.einsum", "__init__.py and functions.py"),
-    ),
+    "einsum": values_and_grad(lambda m, x: m.einsum("bij,bkj->bik", x, x)),
     "bmm": values_and_grad(lambda m, x: m.bmm(x, x.transpose(1, 2))),
     "Tensor.norm": values_and_grad(lambda m, x: x.norm(dim=-1) + x.norm(p=1, dim=-1)),
-    "torch.linalg.norm": (
-        values_and_grad(lambda m, x: m.linalg.norm(x, dim=-1)),
-        missing("torch.linalg", "__init__.py"),
-    ),
+    "torch.linalg.norm": values_and_grad(lambda m, x: m.linalg.norm(x, dim=-1)),
     "F.normalize": values_and_grad(lambda m, x: m.nn.functional.normalize(x, dim=-1)),
     "F.cosine_similarity": values_and_grad(
         lambda m, x: m.nn.functional.cosine_similarity(x, x.flip(0), dim=-1)
@@ -1647,3 +1618,184 @@ SCHEDULES_ADDED = {
 @pytest.mark.parametrize("fn", cases(SCHEDULES_ADDED))
 def test_added_schedules(fn):
     check(fn)
+
+
+# ---- the features added for the round's missing ones, more widely ------------------
+
+
+def _einsum_case(equation, *shapes):
+    def fn(m):
+        xs = [
+            m.tensor(data(*s, seed=i), requires_grad=True) for i, s in enumerate(shapes)
+        ]
+        y = m.einsum(equation, *xs)
+        (y * weights(y, m)).sum().backward()
+        return y, [x.grad for x in xs]
+
+    return fn
+
+
+def _batch_norm_run(shape=(5, 3), **kw):
+    def fn(m):
+        bn = m.nn.BatchNorm1d(3, **kw)
+        x = m.tensor(data(*shape), requires_grad=True)
+        y = bn(x) + bn(2 * x)
+        (y * weights(y, m)).sum().backward()
+        grads = [p.grad for p in bn.parameters()]
+        bn.eval()
+        return y, x.grad, grads, bn(x), dict(bn.state_dict()), repr(bn)
+
+    return fn
+
+
+def _function_twice_differentiable(m):
+    class Cube(m.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, k):
+            ctx.save_for_backward(x)
+            ctx.k = k
+            return x**3 * k
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad * 3 * x**2 * ctx.k, None
+
+    x = m.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    y = Cube.apply(x, 2.0)
+    (g,) = m.autograd.grad(y.sum(), x, create_graph=True)
+    (h,) = m.autograd.grad(g.sum(), x)
+    return y, g, h, y.grad_fn.name()
+
+
+def _function_wrong_gradient_count(m):
+    class Twice(m.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, y):
+            return 2 * x + y
+
+        @staticmethod
+        def backward(ctx, grad):
+            return 2 * grad
+
+    x = m.tensor([1.0], requires_grad=True)
+    Twice.apply(x, x).sum().backward()
+
+
+def _function_saved_then_modified(m):
+    class Square(m.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return 2 * x * grad
+
+    x = m.tensor([1.0, 2.0], requires_grad=True)
+    h = x * 1
+    y = Square.apply(h)
+    h.add_(1)
+    y.sum().backward()
+
+
+def _save_load_file(m, tmp_path):
+    net = mlp(m)
+    opt = m.optim.Adam(net.parameters(), lr=0.1)
+    net(features(m, 2)).sum().backward()
+    opt.step()
+    path = tmp_path / f"{m.__name__}.pt"
+    m.save({"model": net.state_dict(), "optim": opt.state_dict(), "epoch": 3}, path)
+    loaded = m.load(path)
+    fresh = mlp(m)
+    fresh.load_state_dict(loaded["model"])
+    groups = loaded["optim"]["param_groups"]
+    return fresh.state_dict(), loaded["epoch"], [g["lr"] for g in groups]
+
+
+def _hooks_replace_and_remove(m):
+    net, seen = mlp(m), []
+    handle = net[0].register_forward_hook(lambda mod, args, out: out * 0)
+    net[2].register_forward_hook(lambda mod, args, out: seen.append(args[0].sum()))
+    zeroed = net(features(m, 2))
+    handle.remove()
+    return zeroed, net(features(m, 2)), seen
+
+
+def _one_cycle(optimizer, **kw):
+    def fn(m):
+        w = m.tensor([1.0], requires_grad=True)
+        opt = getattr(m.optim, optimizer)([w], lr=1.0)
+        sched = m.optim.lr_scheduler.OneCycleLR(opt, **kw)
+        out = []
+        for _ in range(8):
+            opt.step()
+            sched.step()
+            group = opt.param_groups[0]
+            out.append((sched.get_last_lr(), group.get("momentum"), group.get("betas")))
+        return out
+
+    return fn
+
+
+ADDED_FEATURES = {
+    "einsum matmul, implicit output": _einsum_case("ij,jk", (2, 3), (3, 4)),
+    "einsum full sum": _einsum_case("ij->", (2, 3)),
+    "einsum outer product": _einsum_case("i,j->ij", (3,), (4,)),
+    "einsum summed-out letter": _einsum_case("ijk,k->j", (2, 3, 4), (4,)),
+    "einsum chain of three": _einsum_case("ij,jk,kl->il", (2, 3), (3, 4), (4, 2)),
+    "einsum operand list": lambda m: m.einsum(
+        "ij,j->i", [m.tensor(data(2, 3)), m.tensor(data(3))]
+    ),
+    "linalg.norm whole tensor": values_and_grad(lambda m, x: m.linalg.norm(x)),
+    "linalg.norm fro over two dims": values_and_grad(
+        lambda m, x: m.linalg.norm(x, "fro", dim=(1, 2), keepdim=True)
+    ),
+    "linalg.norm ord=1 over a dim": values_and_grad(
+        lambda m, x: m.linalg.norm(x, 1, dim=0)
+    ),
+    "linalg.vector_norm inf": values_and_grad(
+        lambda m, x: m.linalg.vector_norm(x, float("inf"), dim=-1)
+    ),
+    "BatchNorm1d 3-d input": _batch_norm_run((4, 3, 2)),
+    "BatchNorm1d cumulative average": _batch_norm_run(momentum=None),
+    "BatchNorm1d without affine": _batch_norm_run(affine=False),
+    "BatchNorm1d without running stats": _batch_norm_run(track_running_stats=False),
+    "autograd.Function differentiated twice": _function_twice_differentiable,
+    "forward hooks replace the output and are removed": _hooks_replace_and_remove,
+    "OneCycleLR three phases, linear": _one_cycle(
+        "SGD", max_lr=0.5, total_steps=9, three_phase=True, anneal_strategy="linear"
+    ),
+    "OneCycleLR cycles Adam's beta1": _one_cycle(
+        "Adam", max_lr=[0.5], epochs=3, steps_per_epoch=3, pct_start=0.4
+    ),
+}
+
+
+@pytest.mark.parametrize("fn", cases(ADDED_FEATURES))
+def test_added_features(fn):
+    check(fn)
+
+
+ADDED_FEATURE_ERRORS = {
+    "BatchNorm1d one value per channel": lambda m: m.nn.BatchNorm1d(3)(m.ones(1, 3)),
+    "BatchNorm1d 4-d input": lambda m: m.nn.BatchNorm1d(3)(m.ones(2, 3, 2, 2)),
+    "autograd.Function wrong gradient count": _function_wrong_gradient_count,
+    "autograd.Function saved tensor modified": _function_saved_then_modified,
+    "OneCycleLR past total_steps": _one_cycle("SGD", max_lr=0.5, total_steps=5),
+    "OneCycleLR without a length": lambda m: m.optim.lr_scheduler.OneCycleLR(
+        m.optim.SGD([m.tensor([1.0], requires_grad=True)], lr=0.1), max_lr=0.5
+    ),
+    "einsum wrong operand count": lambda m: m.einsum("ij,jk", m.ones(2, 2)),
+}
+
+
+@pytest.mark.parametrize("fn", cases(ADDED_FEATURE_ERRORS))
+def test_added_feature_errors(fn):
+    check_raises(fn)
+
+
+def test_save_load_through_a_path(tmp_path):
+    check(lambda m: _save_load_file(m, tmp_path))

@@ -6,7 +6,7 @@ per-op backward functions, never with the symbolic compiler, so that agreement b
 the two means something. Floats default to float64 (torch: float32).
 """
 
-from . import autograd, nn, optim
+from . import autograd, linalg, nn, optim
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (
     arange,
@@ -50,7 +50,8 @@ from .dtypes import (
     short,
     uint8,
 )
-from .functions import cat, stack, where
+from .functions import cat, einsum, stack, where
+from .serialization import load, save
 from .tensor import Tensor
 
 __all__ = ["Tensor", "tensor", "from_numpy", "no_grad", "is_grad_enabled", "nn"]
@@ -71,7 +72,7 @@ __all__ += (  # torch-level functions, defined below
     "round trunc isnan isinf isfinite cumprod sort argsort topk norm any all tril "
     "triu index_select scatter_add index_add masked_select nonzero"
 ).split()
-__all__ += ["autograd"]
+__all__ += ["autograd", "linalg", "einsum", "save", "load"]
 
 
 # torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.

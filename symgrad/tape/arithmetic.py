@@ -53,25 +53,30 @@ def operands(a, b):
 
 
 def _binary(a, b, forward, rules, name, reads=None):
-    """Elementwise op; rules[i](g, x, y, out) is the gradient for operand i, and
+    """Elementwise op; rules[i](xp, g, x, y, out) is the gradient for operand i, and
     reads[i] names the values it uses ("x", "y", "o" for out; None: none at all).
     As in torch, only the values that the needed rules read are saved (x * 2 saves
-    nothing), so only those are checked for later in-place changes."""
+    nothing: the rules get None), so only those are checked for later in-place
+    changes."""
     b, x, y = operands(a, b)
     out = forward(x, y)
     needed = (
         r for r, t in zip(reads or ("", ""), (a, b), strict=True) if t.requires_grad
     )
     used = "".join(needed)
-    saves = tuple(v for k, v in zip("xyo", (a, b, "out"), strict=True) if k in used)
+    saves = tuple(
+        v if k in used else None for k, v in zip("xyo", (a, b, "out"), strict=True)
+    )
+    dtype = x.dtype  # the saved operands' values are cast to it, as in forward
 
-    def backward(g):
+    def backward(xp, g, x=None, y=None, out=None):
+        x, y = (v if v is None else xp.cast(v, dtype) for v in (x, y))
         return tuple(
-            unbroadcast(rule(g, x, y, out), t.shape) if t.requires_grad else None
+            unbroadcast(rule(xp, g, x, y, out), t.shape) if t.requires_grad else None
             for rule, t in zip(rules, (a, b), strict=True)
         )
 
-    return a._result(out, (a, b), backward, name, saves or False)
+    return a._result(out, (a, b), backward, name, bool(used) and saves)
 
 
 def _power(x, p):
@@ -101,8 +106,8 @@ def _scaled(other, alpha):
 
 # d/dx x**y and d/dy x**y = out * log(x), taken as 0 where x == 0 like torch
 _POW_RULES = (
-    lambda g, x, y, out: g * y * x ** (y - 1),
-    lambda g, x, y, out: g * out * np.log(np.where(x == 0, 1, x)),
+    lambda xp, g, x, y, out: g * y * x ** (y - 1),
+    lambda xp, g, x, y, out: g * out * xp.log(xp.where(x == 0, 1, x)),
 )
 
 
@@ -115,7 +120,7 @@ def _truncated_divide(x, y):
 
 def _pick_rule(wins):
     """torch's maximum/minimum gradient: all to the winner, split evenly on a tie."""
-    return lambda g, x, y, out: np.where(x == y, g / 2, g * wins(x, y))
+    return lambda xp, g, x, y, out: xp.where(x == y, g / 2, g * wins(x, y))
 
 
 # torch's grad_fn for matmul by the operands' dims (more dims: a batched matmul)
@@ -148,7 +153,7 @@ def _matmul_check(a, b):
 
 class ArithmeticOps:
     def __add__(self, other):
-        rules = (lambda g, x, y, out: g, lambda g, x, y, out: g)
+        rules = (lambda xp, g, x, y, out: g, lambda xp, g, x, y, out: g)
         return _binary(self, other, np.add, rules, "AddBackward0")
 
     def add(self, other, *, alpha=1):
@@ -179,25 +184,27 @@ class ArithmeticOps:
     multiply, subtract, divide, true_divide = mul, sub, div, div
 
     def __sub__(self, other):
-        rules = (lambda g, x, y, out: g, lambda g, x, y, out: -g)
+        rules = (lambda xp, g, x, y, out: g, lambda xp, g, x, y, out: -g)
         return _binary(self, other, np.subtract, rules, "SubBackward0")
 
     def __mul__(self, other):
-        rules = (lambda g, x, y, out: g * y, lambda g, x, y, out: g * x)
+        rules = (lambda xp, g, x, y, out: g * y, lambda xp, g, x, y, out: g * x)
         return _binary(self, other, np.multiply, rules, "MulBackward0", ("y", "x"))
 
     def __truediv__(self, other):
-        rules = (lambda g, x, y, out: g / y, lambda g, x, y, out: -g * x / (y * y))
+        rules = (
+            lambda xp, g, x, y, out: g / y,
+            lambda xp, g, x, y, out: -g * x / (y * y),
+        )
         return _binary(self, other, np.true_divide, rules, "DivBackward0", ("y", "xy"))
 
     def __pow__(self, other):
         if isinstance(other, int | float):  # x ** p: no log(x) needed for x < 0
             p = other
-            x = self._data
-            out = _power(x, p)
+            out = _power(self._data, p)
 
-            def backward(g):
-                return (np.zeros_like(g) if p == 0 else g * p * x ** (p - 1),)
+            def backward(xp, g, x):
+                return (xp.zeros_like(g) if p == 0 else g * p * x ** (p - 1),)
 
             return self._result(out, (self,), backward, "PowBackward0")
         return _binary(self, other, _power, _POW_RULES, "PowBackward1", ("xy", "xo"))
@@ -207,8 +214,8 @@ class ArithmeticOps:
     def __mod__(self, other):
         """torch.remainder: the result takes the sign of the divisor, as in Python."""
         rules = (
-            lambda g, x, y, out: g,
-            lambda g, x, y, out: -g * np.floor_divide(x, y),
+            lambda xp, g, x, y, out: g,
+            lambda xp, g, x, y, out: -g * (x // y),
         )
         remainder = _checked_division(np.remainder)
         return _binary(self, other, remainder, rules, "RemainderBackward0", ("", "xy"))
@@ -218,18 +225,18 @@ class ArithmeticOps:
         return self._untracked(other, _checked_division(np.floor_divide))
 
     def maximum(self, other):
-        rules = (_pick_rule(np.greater), _pick_rule(np.less))
+        rules = (_pick_rule(lambda x, y: x > y), _pick_rule(lambda x, y: x < y))
         return _binary(self, other, np.maximum, rules, "MaximumBackward0", ("xy", "xy"))
 
     def minimum(self, other):
-        rules = (_pick_rule(np.less), _pick_rule(np.greater))
+        rules = (_pick_rule(lambda x, y: x < y), _pick_rule(lambda x, y: x > y))
         return _binary(self, other, np.minimum, rules, "MinimumBackward0", ("xy", "xy"))
 
     def atan2(self, other):
         """The angle of (other, self): d/dself = other / r^2, d/dother = -self / r^2."""
         rules = (
-            lambda g, y, x, out: g * x / (x * x + y * y),
-            lambda g, y, x, out: -g * y / (x * x + y * y),
+            lambda xp, g, y, x, out: g * x / (x * x + y * y),
+            lambda xp, g, y, x, out: -g * y / (x * x + y * y),
         )
         return _binary(self, other, np.arctan2, rules, "Atan2Backward0", ("xy", "xy"))
 
@@ -238,7 +245,7 @@ class ArithmeticOps:
 
     def __rsub__(self, other):
         """other - self, recorded as torch's rsub."""
-        rules = (lambda g, x, y, out: -g, lambda g, x, y, out: g)
+        rules = (lambda xp, g, x, y, out: -g, lambda xp, g, x, y, out: g)
         return _binary(self, other, lambda x, y: y - x, rules, "RsubBackward1")
 
     def __rmul__(self, other):
@@ -279,20 +286,20 @@ class ArithmeticOps:
         )
         out = np.matmul(a, b)
 
-        def backward(g):
+        def backward(xp, g, a=None, b=None):
             g2 = g.reshape(out2_shape)
             ga = gb = None
-            if self.requires_grad:
-                ga = unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(
-                    a.shape
-                )
-            if other.requires_grad:
-                gb = unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(
-                    b.shape
-                )
+            if b is not None:
+                bt = xp.matrix_transpose(b.reshape(b2.shape))
+                ga = unbroadcast(g2 @ bt, a2.shape).reshape(self.shape)
+            if a is not None:
+                at = xp.matrix_transpose(a.reshape(a2.shape))
+                gb = unbroadcast(at @ g2, b2.shape).reshape(other.shape)
             return ga, gb
 
-        saves = (other,) * self.requires_grad + (self,) * other.requires_grad
+        saves = (self if other.requires_grad else None,) + (
+            other if self.requires_grad else None,
+        )
         name = name or _MATMUL_NAMES.get((a.ndim, b.ndim), "UnsafeViewBackward0")
         return self._result(out, (self, other), backward, name, saves)
 

@@ -1,21 +1,24 @@
 """Grad mode, graph nodes and the backward pass: a topological sort plus the
-recorded closures run in reverse.
+recorded rules run in reverse.
 
-Apart from grad(), which returns Tensors, nothing here knows about Tensor itself: a
-tensor is anything with `requires_grad`, `grad_fn`, `retains_grad`, `_run_hooks(array)`
-and `_accumulate_grad(array)`.
+A rule, `rule(xp, g, *saved)`, maps d(out) to d(inputs) given the values of the
+tensors its op saved; `xp` is the namespace it computes with (namespaces.py): NumPy
+arrays in an ordinary pass, Tensors under create_graph=True, so that the gradients
+are recorded too and can be differentiated again.
+
+Apart from the seeds and grad()'s results, nothing here builds a Tensor: a tensor is
+anything with `requires_grad`, `grad_fn`, `retains_grad`, `_run_hooks(g)` and
+`_accumulate_grad(g)`, where g is an array, or a Tensor under create_graph.
 """
 
 import contextlib
+import warnings
 
 import numpy as np
 
-_grad_enabled = True
+from .namespaces import NumPyOps, TensorOps, underflow_ok
 
-# A result too small for float64 rounds to 0: in the tails of exp that is the correctly
-# rounded answer, not an error, so it is not reported. Overflow, invalid and
-# divide-by-zero are never silenced.
-underflow_ok = np.errstate(under="ignore")
+_grad_enabled = True
 
 FREED_GRAPH = (
     "Trying to backward through the graph a second time (or directly access saved "
@@ -24,6 +27,16 @@ FREED_GRAPH = (
     "retain_graph=True if you need to backward through the graph a second time or if "
     "you need to access saved tensors after calling backward."
 )
+
+
+def __getattr__(name):
+    """autograd.Function, from function.py: it builds on Tensor, which builds on
+    this module, so it is imported when first asked for."""
+    if name == "Function":
+        from .function import Function
+
+        return Function
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_grad_enabled():
@@ -97,25 +110,51 @@ class VersionCounter:
         self.value = 0
 
 
+DOUBLE_BACKWARD = (
+    "derivative for {op} is not implemented: symgrad.tape cannot differentiate its "
+    "gradient again (create_graph=True)"
+)
+
+
+def once_differentiable(backward):
+    """A rule for an op whose gradient is computed by `backward(g)` on NumPy arrays
+    only (torch's decorator of that name). Under create_graph its result enters the
+    graph as a constant: Node.apply allows that only where it is exact, when neither
+    g nor the saved values require grad, and otherwise raises naming the op."""
+
+    def rule(xp, g, *saved):
+        if not xp.records:
+            return backward(g)
+        return tuple(None if a is None else type(g)._wrap(a) for a in backward(g._data))
+
+    rule.once_differentiable = True
+    return rule
+
+
 class Node:
-    """One recorded op: the versions of its inputs and the closure mapping d(out) to
+    """One recorded op: the versions of its inputs and the rule mapping d(out) to
     d(inputs).
 
     `edges` holds, per input, (tensor, its grad_fn when the op ran) if it required grad
     then, else None: an in-place op (`y[0] = 0`) later gives the tensor a new grad_fn,
     and this op's gradient must still reach the version it used.
-    `backward(g)` returns one NumPy gradient (or None) per input. `saved` is None for
-    ops whose closure holds no values, else the tensors whose values it holds: as in
-    PyTorch, their versions are checked before backward runs (an in-place change since
-    makes the gradient wrong, so it raises), and the closure is dropped after a
-    backward pass without retain_graph; ops that save nothing can be traversed again.
+    `rule(xp, g, *values)` returns one gradient (or None) per input, given the values
+    of the `saved` tensors (None entries stay None). `saved` is None for ops whose
+    rule reads no values: as in PyTorch, the saved tensors' versions are checked
+    before backward runs (an in-place change since makes the gradient wrong, so it
+    raises), and the rule is dropped after a backward pass without retain_graph; ops
+    that save nothing can be traversed again.
     """
 
-    def __init__(self, name, inputs, backward, saved=None):
+    def __init__(self, name, inputs, rule, saved=None):
         self._name = name
         self.edges = tuple((t, t.grad_fn) if t.requires_grad else None for t in inputs)
-        self._backward = backward
-        self._saved = saved if saved is None else tuple((t, t._version) for t in saved)
+        self._rule = rule
+        self._saved = (
+            saved
+            if saved is None
+            else tuple(t if t is None else (t, t._version) for t in saved)
+        )
 
     def name(self):
         return self._name
@@ -135,10 +174,12 @@ class Node:
             (None if e is None else e[1] or AccumulateGrad(e[0]), 0) for e in self.edges
         )
 
-    def apply(self, g, retain_graph):
-        if self._backward is None:
+    def apply(self, g, retain_graph, create_graph=False):
+        """The gradients for the inputs: arrays, or Tensors if create_graph."""
+        if self._rule is None:
             raise RuntimeError(FREED_GRAPH)
-        for t, version in self._saved or ():
+        saved = tuple(s and s[0] for s in self._saved or ())
+        for t, version in filter(None, self._saved or ()):
             if t._version != version:
                 raise RuntimeError(
                     MODIFIED_INPLACE.format(
@@ -149,10 +190,24 @@ class Node:
                         then=version,
                     )
                 )
-        grads = self._backward(g)
+        if create_graph:
+            self._check_differentiable(g, saved)
+            grads = self._rule(TensorOps, g, *saved)
+        else:
+            grads = self._rule(
+                NumPyOps, g, *(t if t is None else t._data for t in saved)
+            )
         if self._saved is not None and not retain_graph:
-            self._backward = None
+            self._rule = None
         return grads
+
+    def _check_differentiable(self, g, saved):
+        """A once_differentiable rule's constant result is exact only if nothing it
+        reads depends on what is being differentiated."""
+        if getattr(self._rule, "once_differentiable", False) and (
+            g.requires_grad or any(t is not None and t.requires_grad for t in saved)
+        ):
+            raise RuntimeError(DOUBLE_BACKWARD.format(op=self._type_name()))
 
 
 class AccumulateGrad(Node):
@@ -196,35 +251,39 @@ def _topological_order(roots):
 
 
 @underflow_ok
-def run_backward(roots, grads, retain_graph=False, inputs=None):
+def run_backward(roots, grads, retain_graph=False, inputs=None, create_graph=False):
     """Propagate grads[i] (d root / d roots[i]) back through the graph. Without
     `inputs`, every leaf reached, and each non-leaf that retains its grad, adds its
     gradient to .grad; with `inputs`, nothing is accumulated: the gradient reaching
     each input is returned (None where none does). Each tensor's hooks see its
-    gradient first and may replace it."""
+    gradient first and may replace it. Gradients are arrays, or recorded Tensors
+    if create_graph (grad mode is on while they are computed, as in torch)."""
     wanted = {_key((t, t.grad_fn)) for t in inputs or ()}
     found = {}
     pending = {}
     for root, grad in zip(roots, grads, strict=True):
         k = _key((root, root.grad_fn))
         pending[k] = grad if k not in pending else pending[k] + grad
-    for t, fn in reversed(_topological_order(roots)):
-        k = _key((t, fn))
-        g = pending.pop(k, None)
-        if g is None:
-            continue
-        if fn is None or t.grad_fn is fn:
-            g = t._run_hooks(g)
-        if k in wanted:
-            found[k] = g
-        if inputs is None and (fn is None or (t.retains_grad and t.grad_fn is fn)):
-            t._accumulate_grad(g)
-        if fn is None:
-            continue
-        for edge, pg in zip(fn.edges, fn.apply(g, retain_graph), strict=True):
-            if pg is not None and edge is not None:
-                k = _key(edge)
-                pending[k] = pg if k not in pending else pending[k] + pg
+    with set_grad_enabled(create_graph):
+        for t, fn in reversed(_topological_order(roots)):
+            k = _key((t, fn))
+            g = pending.pop(k, None)
+            if g is None:
+                continue
+            if fn is None or t.grad_fn is fn:
+                g = t._run_hooks(g)
+            if k in wanted:
+                found[k] = g
+            if inputs is None and (fn is None or (t.retains_grad and t.grad_fn is fn)):
+                t._accumulate_grad(g)
+            if fn is None:
+                continue
+            for edge, pg in zip(
+                fn.edges, fn.apply(g, retain_graph, create_graph), strict=True
+            ):
+                if pg is not None and edge is not None:
+                    k = _key(edge)
+                    pending[k] = pg if k not in pending else pending[k] + pg
     return [found.get(_key((t, t.grad_fn))) for t in inputs or ()]
 
 
@@ -235,10 +294,11 @@ def _tensors(value):
     return [value] if isinstance(value, Tensor) else list(value)
 
 
-def _seeds(outputs, grad_outputs):
+def _seeds(outputs, grad_outputs, create_graph):
     """The gradient each output starts the backward pass with (grad_outputs[i], by
-    default 1 for a one-element output), checked as torch checks them."""
-    from .tensor import as_array
+    default 1 for a one-element output), checked as torch checks them: arrays, or
+    Tensors if create_graph (a given Tensor itself, so that gradients reach it)."""
+    from .tensor import Tensor, as_array
 
     grad_outputs = [None] * len(outputs) if grad_outputs is None else grad_outputs
     seeds = []
@@ -254,50 +314,77 @@ def _seeds(outputs, grad_outputs):
                     "grad can be implicitly created only for scalar outputs"
                 )
             g = np.ones(out.shape, out.dtype)
-        g = as_array(g, out.dtype)
-        if g.shape != out.shape:
+        array = as_array(g, out.dtype)
+        if array.shape != out.shape:
             raise RuntimeError(
-                f"Mismatch in shape: grad_output[{i}] has a shape of {g.shape} and "
-                f"output[{i}] has a shape of {out.shape}."
+                f"Mismatch in shape: grad_output[{i}] has a shape of {array.shape} "
+                f"and output[{i}] has a shape of {out.shape}."
             )
-        seeds.append(g)
+        if create_graph:
+            array = g if isinstance(g, Tensor) else Tensor._wrap(array)
+        seeds.append(array)
     return seeds
+
+
+CREATE_GRAPH_CYCLE = (
+    "Using backward() with create_graph=True will create a reference cycle between "
+    "the parameter and its gradient which can cause a memory leak. We recommend using "
+    "autograd.grad when creating the graph to avoid this. If you have to use this "
+    "function, make sure to reset the .grad fields of your parameters to None after "
+    "use to break the cycle and avoid the leak."
+)
 
 
 def backward(
     tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None
 ):
     """Add d(sum of tensors weighted by grad_tensors)/d(leaf) to each leaf's .grad
-    (and to retain_grad() non-leaves'), or only to the .grad of `inputs`."""
+    (and to retain_grad() non-leaves'), or only to the .grad of `inputs`. With
+    create_graph the gradients added are recorded, differentiable tensors."""
     if create_graph:
-        raise NotImplementedError("create_graph=True: no second-order gradients")
+        warnings.warn(CREATE_GRAPH_CYCLE, UserWarning, stacklevel=2)
+    retain_graph = create_graph if retain_graph is None else retain_graph
     tensors = _tensors(tensors)
     if grad_tensors is not None:
         grad_tensors = _tensors(grad_tensors)
     inputs = None if inputs is None else _tensors(inputs)
-    seeds = _seeds(tensors, grad_tensors)
-    grads = run_backward(tensors, seeds, bool(retain_graph), inputs)
+    seeds = _seeds(tensors, grad_tensors, create_graph)
+    grads = run_backward(tensors, seeds, retain_graph, inputs, create_graph)
     for t, g in zip(inputs or (), grads, strict=True):
         if g is not None:
             t._accumulate_grad(g)
 
 
-def grad(outputs, inputs, grad_outputs=None, retain_graph=False, allow_unused=False):
+def grad(
+    outputs,
+    inputs,
+    grad_outputs=None,
+    retain_graph=None,
+    create_graph=False,
+    allow_unused=False,
+):
     """The gradients of outputs (weighted by grad_outputs, default 1 for scalars)
-    with respect to each of inputs, as new tensors; .grad fields are left alone."""
+    with respect to each of inputs, as new tensors; .grad fields are left alone.
+    With create_graph they are recorded, so they can be differentiated again."""
     from .tensor import Tensor
 
+    retain_graph = create_graph if retain_graph is None else retain_graph
     outputs, inputs = _tensors(outputs), _tensors(inputs)
     if grad_outputs is not None:
         grad_outputs = _tensors(grad_outputs)
-    seeds = _seeds(outputs, grad_outputs)
+    seeds = _seeds(outputs, grad_outputs, create_graph)
     if not all(t.requires_grad for t in inputs):
         raise RuntimeError("One of the differentiated Tensors does not require grad")
-    grads = run_backward(outputs, seeds, retain_graph, inputs)
+    grads = run_backward(outputs, seeds, retain_graph, inputs, create_graph)
     if not allow_unused and any(g is None for g in grads):
         raise RuntimeError(
             "One of the differentiated Tensors appears to not have been used in the "
             "graph. Set allow_unused=True if this is the desired behavior."
+        )
+    if create_graph:
+        return tuple(
+            g if g is None else g.to(t.dtype)
+            for t, g in zip(inputs, grads, strict=True)
         )
     return tuple(
         None if g is None else Tensor._wrap(np.array(g, t.dtype))

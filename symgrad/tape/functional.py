@@ -11,10 +11,10 @@ import warnings
 import numpy as np
 
 from .arithmetic import broadcast_shape, operands, result_type, unbroadcast
-from .autograd import underflow_ok
+from .autograd import no_grad, once_differentiable, underflow_ok
 from .creation import default_generator
 from .dtypes import scalar_name
-from .pointwise import sigmoid_array
+from .namespaces import NumPyOps, logsigmoid_array, sigmoid_array
 
 
 def sigmoid(input):
@@ -84,8 +84,8 @@ def softplus(input, beta=1.0, threshold=20.0):
     linear = beta * x > threshold
     z = np.exp(np.minimum(beta * x, threshold))  # capped, so exp cannot overflow
 
-    def backward(g):
-        return (np.where(linear, g, g * z / (1 + z)),)
+    def backward(xp, g, x):
+        return (xp.where(linear, g, g * xp.sigmoid(beta * x)),)
 
     out = np.where(linear, x, np.log1p(z) / beta)
     return input._result(out, (input,), backward, "SoftplusBackward0")
@@ -94,19 +94,12 @@ def softplus(input, beta=1.0, threshold=20.0):
 @underflow_ok
 def logsigmoid(input):
     """log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)); its gradient is sigmoid(-x)."""
-    x = input._data
 
-    def backward(g):
-        return (g * sigmoid_array(-x),)
+    def backward(xp, g, x):
+        return (g * xp.sigmoid(-x),)
 
-    return input._result(
-        _logsigmoid_array(x), (input,), backward, "LogSigmoidBackward0"
-    )
-
-
-@underflow_ok
-def _logsigmoid_array(x):
-    return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+    out = logsigmoid_array(input._data)
+    return input._result(out, (input,), backward, "LogSigmoidBackward0")
 
 
 def elu(input, alpha=1.0, inplace=False):
@@ -117,6 +110,7 @@ def elu(input, alpha=1.0, inplace=False):
     with np.errstate(over="ignore"):  # e^x of a large x is not picked
         out = np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
 
+    @once_differentiable
     def backward(g):
         return (np.where(x > 0, g, g * (out + alpha)),)
 
@@ -128,9 +122,11 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
         return input._inplace(lambda t: leaky_relu(t, negative_slope))
     x = input._data
     slope = np.where(x > 0, 1, negative_slope).astype(x.dtype)
-    return input._result(
-        x * slope, (input,), lambda g: (g * slope,), "LeakyReluBackward0"
-    )
+
+    def backward(xp, g, x):
+        return (g * slope,)
+
+    return input._result(x * slope, (input,), backward, "LeakyReluBackward0")
 
 
 _SQRT_HALF = math.sqrt(0.5)
@@ -153,6 +149,7 @@ def gelu(input, *, approximate="none"):
     else:
         raise RuntimeError("approximate argument must be either none or tanh.")
 
+    @once_differentiable
     def backward(g):
         return (g * (cdf + x * dcdf),)
 
@@ -162,12 +159,12 @@ def gelu(input, *, approximate="none"):
 def silu(input):
     """x sigmoid(x); its derivative is s (1 + x (1 - s))."""
     x = input._data
-    s = sigmoid_array(x)
 
-    def backward(g):
+    def backward(xp, g, x):
+        s = xp.sigmoid(x)
         return (g * s * (1 + x * (1 - s)),)
 
-    return input._result(x * s, (input,), backward, "SiluBackward0")
+    return input._result(x * sigmoid_array(x), (input,), backward, "SiluBackward0")
 
 
 def normalize(input, p=2.0, dim=1, eps=1e-12):
@@ -198,6 +195,7 @@ def embedding(input, weight, padding_idx=None):
     if i.size and (i.min() < -len(w) or i.max() >= len(w)):
         raise IndexError("index out of range in self")
 
+    @once_differentiable
     def backward(g):
         grad = np.zeros_like(w, dtype=g.dtype)
         np.add.at(grad, i, g)
@@ -226,6 +224,43 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     return out if bias is None else out + bias
 
 
+def batch_norm(
+    input,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+):
+    """Normalize each channel (dim 1) over the batch (and length) dims: with the
+    batch's mean and biased variance in training, which also move the running
+    statistics (if given) by `momentum`, the variance there unbiased, as torch's;
+    with the running statistics otherwise. Then * weight + bias per channel."""
+    dims = (0, *range(2, input.ndim))
+    along = [-1 if d == 1 else 1 for d in range(input.ndim)]  # a channel vector
+    if not training:
+        mean, var = running_mean.reshape(along), running_var.reshape(along)
+    else:
+        count = input.numel() // input.shape[1]
+        if count == 1:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, got input "
+                f"size {input.shape}"
+            )
+        mean = input.mean(dims, keepdim=True)
+        var = ((input - mean) ** 2).mean(dims, keepdim=True)
+        if running_mean is not None:
+            with no_grad():
+                running_mean.mul_(1 - momentum).add_(momentum * mean.reshape(-1))
+                unbiased = var.reshape(-1) * (count / (count - 1))
+                running_var.mul_(1 - momentum).add_(momentum * unbiased)
+    out = (input - mean) / (var + eps).sqrt()
+    out = out if weight is None else out * weight.reshape(along)
+    return out if bias is None else out + bias.reshape(along)
+
+
 def linear(input, weight, bias=None):
     """input @ weight.T + bias, weight of shape (out_features, in_features). Like
     torch, the input must have the weight's dtype (no promotion inside a layer)."""
@@ -250,17 +285,19 @@ def _reduce(losses, reduction):
 
 
 def _elementwise_loss(name, input, target, reduction, loss, grads):
-    """A loss whose per-element value is loss(x, y), reduced; grads(x, y) gives its
-    per-element derivatives in x and y (broadcast operands get summed gradients)."""
+    """A loss whose per-element value is loss(x, y), reduced; grads(xp, x, y) gives
+    its per-element derivatives in x and y (broadcast operands get summed
+    gradients)."""
     _check_reduction(reduction)
     target, x, y = operands(input, target)
     per = loss(x, y)
     out = per if reduction == "none" else getattr(per, reduction)()
+    dtype = x.dtype
 
-    def backward(g):
+    def backward(xp, g, x, y):
         if reduction == "mean":
             g = g / per.size
-        dx, dy = grads(x, y)
+        dx, dy = grads(xp, xp.cast(x, dtype), xp.cast(y, dtype))
         return tuple(
             unbroadcast(g * d, t.shape) if t.requires_grad else None
             for d, t in ((dx, input), (dy, target))
@@ -269,7 +306,7 @@ def _elementwise_loss(name, input, target, reduction, loss, grads):
     return input._result(out, (input, target), backward, name)
 
 
-def _squared(d):
+def _squared(xp, d):
     return d * d, 2 * d
 
 
@@ -318,19 +355,19 @@ def binary_cross_entropy_with_logits(
         target,
         reduction,
         lambda x, y: _weighted(
-            (1 - y) * x - (1 + extra * y) * _logsigmoid_array(x), weight
+            (1 - y) * x - (1 + extra * y) * logsigmoid_array(x), weight
         ),
-        lambda x, y: (
-            _weighted((1 - y) - (1 + extra * y) * sigmoid_array(-x), weight),
-            _weighted(-x - extra * _logsigmoid_array(x), weight),
+        lambda xp, x, y: (
+            _weighted((1 - y) - (1 + extra * y) * xp.sigmoid(-x), weight),
+            _weighted(-x - extra * xp.logsigmoid(x), weight),
         ),
     )
 
 
-def _clamped_log(x):
+def _clamped_log(xp, x):
     """log(x), at least -100, as torch's binary_cross_entropy takes it."""
     with np.errstate(divide="ignore"):
-        return np.maximum(np.log(x), -100)
+        return xp.maximum(xp.log(x), -100)
 
 
 def binary_cross_entropy(input, target, weight=None, reduction="mean"):
@@ -351,11 +388,12 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
         target,
         reduction,
         lambda x, y: _weighted(
-            -(y * _clamped_log(x) + (1 - y) * _clamped_log(1 - x)), weight
+            -(y * _clamped_log(NumPyOps, x) + (1 - y) * _clamped_log(NumPyOps, 1 - x)),
+            weight,
         ),
-        lambda x, y: (
-            _weighted((x - y) / np.maximum(x * (1 - x), 1e-12), weight),
-            _weighted(_clamped_log(1 - x) - _clamped_log(x), weight),
+        lambda xp, x, y: (
+            _weighted((x - y) / xp.maximum(x * (1 - x), 1e-12), weight),
+            _weighted(_clamped_log(xp, 1 - x) - _clamped_log(xp, x), weight),
         ),
     )
 
@@ -365,26 +403,27 @@ def l1_loss(input, target, reduction="mean"):
 
 
 def _difference_loss(name, input, target, reduction, parts):
-    """A loss of d = x - y per element: parts(d) gives its value and derivative."""
+    """A loss of d = x - y per element: parts(xp, d) gives its value and
+    derivative."""
     return _elementwise_loss(
         name,
         input,
         target,
         reduction,
-        lambda x, y: parts(x - y)[0],
-        lambda x, y: (lambda slope: (slope, -slope))(parts(x - y)[1]),
+        lambda x, y: parts(NumPyOps, x - y)[0],
+        lambda xp, x, y: (lambda slope: (slope, -slope))(parts(xp, x - y)[1]),
     )
 
 
 def _smooth_l1(beta, scale=1.0):
-    """parts(d) for scale times 0.5 d^2 / beta inside |d| < beta, |d| - beta/2
+    """parts(xp, d) for scale times 0.5 d^2 / beta inside |d| < beta, |d| - beta/2
     outside."""
 
-    def parts(d):
-        inside = np.abs(d) < beta
+    def parts(xp, d):
+        inside = xp.abs(d) < beta
         with np.errstate(divide="ignore", invalid="ignore"):  # beta = 0: never inside
-            value = np.where(inside, 0.5 * d * d / beta, np.abs(d) - 0.5 * beta)
-            slope = np.where(inside, d / beta, np.sign(d))
+            value = xp.where(inside, 0.5 * d * d / beta, xp.abs(d) - 0.5 * beta)
+            slope = xp.where(inside, d / beta, xp.sign(d))
         return scale * value, scale * slope
 
     return parts
@@ -401,10 +440,10 @@ def huber_loss(input, target, reduction="mean", delta=1.0):
     return _difference_loss("HuberLossBackward0", input, target, reduction, parts)
 
 
-def _log(y):
+def _log(xp, y):
     """log(y), -inf at 0 and nan below, silently, as torch's."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(y)
+        return xp.log(y)
 
 
 def _xlogy(y):
@@ -418,11 +457,11 @@ def _xlogy(y):
 _KL_DIV = {
     False: (
         lambda x, y: _xlogy(y) - y * x,
-        lambda x, y: (-y, _log(y) + 1 - x),
+        lambda xp, x, y: (-y, _log(xp, y) + 1 - x),
     ),
     True: (
         lambda x, y: np.exp(y) * (y - x),
-        lambda x, y: (-np.exp(y), np.exp(y) * (y - x + 1)),
+        lambda xp, x, y: (-xp.exp(y), xp.exp(y) * (y - x + 1)),
     ),
 }
 
@@ -456,12 +495,13 @@ def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean")
         out = losses if reduction == "none" else losses.sum()
         out = out / total if reduction == "mean" else out
 
-    def backward(g):
+    classes = np.arange(x.shape[dim]).reshape([-1] + [1] * (x.ndim - dim - 1))
+    picked = index == classes  # each target's position in x
+
+    def backward(xp, g, *saved):
         if reduction == "mean":
-            g = g / total if total else np.zeros_like(g)
-        grad = np.zeros_like(x, dtype=g.dtype)
-        np.put_along_axis(grad, index, np.expand_dims(-w * g, dim), dim)
-        return (grad,)
+            g = g / total if total else xp.zeros_like(g)
+        return (xp.where(picked, (-w * g).reshape(index.shape), 0),)
 
     saves = (input, target) if weight is None else (input, target, weight)
     return input._result(out, (input,), backward, "NllLossBackward0", saves)

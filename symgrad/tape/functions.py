@@ -1,4 +1,4 @@
-"""Differentiable functions of several tensors: cat, stack and where."""
+"""Differentiable functions of several tensors: cat, stack, where and einsum."""
 
 import numpy as np
 
@@ -38,10 +38,15 @@ def cat(tensors, dim=0):
         raise ValueError("torch.cat(): expected a non-empty list of Tensors")
     _check_cat(tensors, dim)
     out = np.concatenate([t._data for t in tensors], axis=dim)
-    cuts = np.cumsum([t.shape[dim] for t in tensors])[:-1]
+    ends = np.cumsum([t.shape[dim] for t in tensors])
+    lead = (slice(None),) * (dim % out.ndim)
+    pieces = [
+        lead + (slice(end - t.shape[dim], end),)
+        for t, end in zip(tensors, ends, strict=True)
+    ]
 
-    def backward(g):
-        return tuple(np.split(g, cuts, axis=dim))
+    def backward(xp, g):
+        return tuple(g[piece] for piece in pieces)
 
     return Tensor._result(out, tensors, backward, "CatBackward0", saves=False)
 
@@ -56,9 +61,10 @@ def stack(tensors, dim=0):
                 f"{list(tensors[0].shape)} at entry 0 and {list(t.shape)} at entry {i}"
             )
     out = np.stack([t._data for t in tensors], axis=dim)
+    lead = (slice(None),) * (dim % out.ndim)
 
-    def backward(g):
-        return tuple(np.moveaxis(g, dim, 0))
+    def backward(xp, g):
+        return tuple(g[lead + (i,)] for i in range(len(tensors)))
 
     return Tensor._result(out, tensors, backward, "StackBackward0", saves=False)
 
@@ -82,18 +88,79 @@ def where(condition, input=None, other=None):
     broadcast_shape(broadcast_shape(cond.shape, input.shape), other.shape)
     out = np.where(cond, input._data, other._data)
 
-    def backward(g):
+    def backward(xp, g, condition):
         return (
             (
-                unbroadcast(np.where(cond, g, 0), input.shape)
+                unbroadcast(xp.where(cond, g, 0), input.shape)
                 if input.requires_grad
                 else None
             ),
             (
-                unbroadcast(np.where(cond, 0, g), other.shape)
+                unbroadcast(xp.where(cond, 0, g), other.shape)
                 if other.requires_grad
                 else None
             ),
         )
 
     return Tensor._result(out, (input, other), backward, "WhereBackward0", (condition,))
+
+
+def _einsum_subscripts(equation, operands):
+    """(input subscripts, output subscripts) of an einsum equation; without "->"
+    the output is the letters used once, in alphabetical order, as in torch."""
+    equation = equation.replace(" ", "")
+    inputs, arrow, output = equation.partition("->")
+    inputs = inputs.split(",")
+    if "." in equation:
+        raise NotImplementedError("einsum(): '...' is not supported by symgrad.tape")
+    if len(inputs) != len(operands):
+        raise RuntimeError(
+            "einsum(): more operands were provided than specified in the equation"
+            if len(operands) > len(inputs)
+            else "einsum(): fewer operands were provided than specified in the equation"
+        )
+    for sub, t in zip(inputs, operands, strict=True):
+        if len(sub) != t.ndim:
+            raise RuntimeError(
+                f"einsum(): the number of subscripts in the equation ({len(sub)}) does "
+                f"not match the number of dimensions ({t.ndim}) for operand "
+                f"{inputs.index(sub)} and no ellipsis was given"
+            )
+        if len(set(sub)) != len(sub):  # a diagonal: its gradient is not written
+            raise NotImplementedError(
+                f"einsum(): repeated subscripts in one operand ('{sub}')"
+            )
+    if not arrow:
+        letters = "".join(inputs)
+        output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return inputs, output
+
+
+def einsum(equation, *operands):
+    """The sum over the letters not in the output of the products of the operands'
+    elements, as named by the equation ("bij,bkj->bik"). An operand's gradient is
+    einsum again: g with the other operands, to its letters (those it alone has,
+    summed in the forward pass, come back by broadcasting)."""
+    if len(operands) == 1 and isinstance(operands[0], list | tuple):
+        operands = tuple(operands[0])
+    inputs, output = _einsum_subscripts(equation, operands)
+    out = np.einsum(f"{','.join(inputs)}->{output}", *(t._data for t in operands))
+
+    def backward(xp, g, *values):
+        return tuple(
+            _einsum_grad(xp, g, inputs, output, values, i) if t.requires_grad else None
+            for i, t in enumerate(operands)
+        )
+
+    return Tensor._result(out, operands, backward, "EinsumBackward0")
+
+
+def _einsum_grad(xp, g, inputs, output, values, i):
+    others = [s for j, s in enumerate(inputs) if j != i]
+    seen = output + "".join(others)
+    kept = "".join(c for c in inputs[i] if c in seen)
+    equation = f"{','.join([output, *others])}->{kept}"
+    grad = xp.einsum(equation, g, *(v for j, v in enumerate(values) if j != i))
+    shape = values[i].shape
+    ones = [n if c in kept else 1 for c, n in zip(inputs[i], shape, strict=True)]
+    return xp.broadcast_to(grad.reshape(ones), shape)

@@ -214,3 +214,127 @@ class ReduceLROnPlateau(LRScheduler):
                     group["lr"] = new
             self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
         self._last_lr = self._current()
+
+
+def _per_group(name, optimizer, value):
+    """One value per param group: a list as given, a number for every group."""
+    groups = len(optimizer.param_groups)
+    if not isinstance(value, list | tuple):
+        return [value] * groups
+    if len(value) != groups:
+        raise ValueError(f"expected {groups} values for {name}, got {len(value)}")
+    return list(value)
+
+
+class OneCycleLR(LRScheduler):
+    """The 1cycle policy: the rate climbs from max_lr / div_factor to max_lr over
+    pct_start of total_steps, then anneals to initial_lr / final_div_factor (with
+    three_phase, first back to the initial rate); momentum (or Adam's beta1) cycles
+    the opposite way between max_momentum and base_momentum. Rates are computed
+    from the step number, as in torch."""
+
+    def __init__(
+        self,
+        optimizer,
+        max_lr,
+        total_steps=None,
+        epochs=None,
+        steps_per_epoch=None,
+        pct_start=0.3,
+        anneal_strategy="cos",
+        cycle_momentum=True,
+        base_momentum=0.85,
+        max_momentum=0.95,
+        div_factor=25.0,
+        final_div_factor=1e4,
+        three_phase=False,
+    ):
+        if total_steps is None and (epochs is None or steps_per_epoch is None):
+            raise ValueError(
+                "You must define either total_steps OR (epochs AND steps_per_epoch)"
+            )
+        total = epochs * steps_per_epoch if total_steps is None else total_steps
+        if not isinstance(total, int) or total <= 0:
+            raise ValueError(f"Expected positive integer total_steps, but got {total}")
+        if not isinstance(pct_start, float) or not 0 <= pct_start <= 1:
+            raise ValueError(
+                f"Expected float between 0 and 1 pct_start, but got {pct_start}"
+            )
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(
+                "anneal_strategy must be one of 'cos' or 'linear', instead got "
+                f"{anneal_strategy}"
+            )
+        self.total_steps, self.anneal_strategy = total, anneal_strategy
+        up = pct_start * total - 1
+        # (last step, start and end group keys of the rate, then of the momentum)
+        self._phases = (
+            [
+                (up, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
+                (2 * up, "max_lr", "initial_lr", "base_momentum", "max_momentum"),
+                (total - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum"),
+            ]
+            if three_phase
+            else [
+                (up, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
+                (total - 1, "max_lr", "min_lr", "base_momentum", "max_momentum"),
+            ]
+        )
+        for group, top in zip(
+            optimizer.param_groups,
+            _per_group("max_lr", optimizer, max_lr),
+            strict=True,
+        ):
+            group["initial_lr"] = top / div_factor
+            group["max_lr"] = top
+            group["min_lr"] = group["initial_lr"] / final_div_factor
+        self.cycle_momentum = cycle_momentum
+        if cycle_momentum:
+            self._set_up_momentum(optimizer, base_momentum, max_momentum)
+        super().__init__(optimizer)
+
+    def _set_up_momentum(self, optimizer, base_momentum, max_momentum):
+        if "momentum" not in optimizer.defaults and "betas" not in optimizer.defaults:
+            raise ValueError(
+                "optimizer must support momentum or beta1 with `cycle_momentum` "
+                "option enabled"
+            )
+        self.use_beta1 = "betas" in optimizer.defaults
+        for group, top, base in zip(
+            optimizer.param_groups,
+            _per_group("max_momentum", optimizer, max_momentum),
+            _per_group("base_momentum", optimizer, base_momentum),
+            strict=True,
+        ):
+            self._set_momentum(group, top)
+            group["max_momentum"], group["base_momentum"] = top, base
+
+    def _set_momentum(self, group, value):
+        if self.use_beta1:
+            group["betas"] = (value, *group["betas"][1:])
+        else:
+            group["momentum"] = value
+
+    def _anneal(self, start, end, pct):
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def get_lr(self):
+        t = self.last_epoch
+        if t > self.total_steps:
+            raise ValueError(
+                f"Tried to step {t} times. The specified number of total steps is "
+                f"{self.total_steps}"
+            )
+        last = len(self._phases) - 1  # the phase t is in, the last one at the end
+        i = next((i for i, p in enumerate(self._phases[:last]) if t <= p[0]), last)
+        end, lr0, lr1, m0, m1 = self._phases[i]
+        start = self._phases[i - 1][0] if i else 0.0
+        pct = (t - start) / (end - start)
+        lrs = []
+        for group in self.optimizer.param_groups:
+            lrs.append(self._anneal(group[lr0], group[lr1], pct))
+            if self.cycle_momentum:
+                self._set_momentum(group, self._anneal(group[m0], group[m1], pct))
+        return lrs

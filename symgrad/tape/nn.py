@@ -8,6 +8,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from . import functional, nn_init, nn_utils
+from .autograd import RemovableHandle
 from .creation import default_generator
 from .tensor import Tensor, as_array
 
@@ -38,6 +39,7 @@ class Module:
         object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "_modules", {})
         self._non_persistent_buffers = set()
+        self._forward_hooks = []
         self.training = True
 
     def __setattr__(self, name, value):
@@ -114,7 +116,19 @@ class Module:
         )
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        """forward(), then each forward hook: hook(module, args, output), whose
+        result, if not None, replaces the output."""
+        out = self.forward(*args, **kwargs)
+        for hook in self._forward_hooks:
+            replaced = hook(self, args, out)
+            out = out if replaced is None else replaced
+        return out
+
+    def register_forward_hook(self, hook):
+        """Call hook(module, args, output) after every forward(); the handle's
+        remove() undoes it."""
+        self._forward_hooks.append(hook)
+        return RemovableHandle(self._forward_hooks, hook)
 
     def named_modules(self, memo=None, prefix="", remove_duplicate=True):
         """This module and its submodules, depth first, with dotted names."""
@@ -489,6 +503,67 @@ class LayerNorm(Module):
             f"{self.normalized_shape}, eps={self.eps}, "
             f"elementwise_affine={self.elementwise_affine}, "
             f"bias={self.bias is not None}"
+        )
+
+
+class BatchNorm1d(Module):
+    """Per-channel normalization of (N, C) or (N, C, L) input by the batch's
+    statistics in training (tracked in running_mean and running_var, by
+    `momentum`, or by a cumulative average if it is None), by the running ones in
+    eval mode; then scaled by weight (ones) and shifted by bias (zeros)."""
+
+    def __init__(
+        self,
+        num_features,
+        eps=1e-5,
+        momentum=0.1,
+        affine=True,
+        track_running_stats=True,
+        device=None,
+        dtype=None,
+        *,
+        bias=True,
+    ):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.weight = self.bias = None
+        if affine:
+            self.weight = Parameter(np.ones(num_features, dtype))
+            if bias:
+                self.bias = Parameter(np.zeros(num_features, dtype))
+        for name, fill in (("running_mean", 0.0), ("running_var", 1.0)):
+            stat = np.full(num_features, fill, dtype) if track_running_stats else None
+            self.register_buffer(name, None if stat is None else Tensor._wrap(stat))
+        tracked = Tensor._wrap(np.array(0)) if track_running_stats else None
+        self.register_buffer("num_batches_tracked", tracked)
+
+    def forward(self, input):
+        if input.ndim not in (2, 3):
+            raise ValueError(f"expected 2D or 3D input (got {input.ndim}D input)")
+        momentum = self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if momentum is None:  # a cumulative moving average
+                momentum = 1.0 / self.num_batches_tracked.item()
+        batch_stats = self.training or not self.track_running_stats
+        tracked = not self.training or self.track_running_stats
+        return functional.batch_norm(
+            input,
+            self.running_mean if tracked else None,
+            self.running_var if tracked else None,
+            self.weight,
+            self.bias,
+            batch_stats,
+            momentum,
+            self.eps,
+        )
+
+    def extra_repr(self):
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
         )
 
 

@@ -1,6 +1,6 @@
-"""Elementwise functions: one table row per op, `rule(g, x, out)` is its backward.
-
-Rules use the forward result `out` where that is cheaper (exp, sigmoid, tanh, tan).
+"""Elementwise functions: one table row per op, `rule(xp, g, v)` is its backward,
+where v is the input x, or the result `out` for a row saving OUT (cheaper for exp,
+sigmoid, tanh, tan), or absent for a row saving nothing.
 """
 
 import math
@@ -8,28 +8,22 @@ import math
 import numpy as np
 
 from .arithmetic import broadcast_shape, unbroadcast
-from .autograd import underflow_ok
+from .namespaces import sigmoid_array
 
 OUT = ("out",)  # `saves` of a rule that reads only the output (see Tensor._result)
 
 
 def _unary(name, forward, rule, saves=True):
-    """A Tensor method applying `forward`; rule(g, x, out) gives d(input)."""
+    """A Tensor method applying `forward`; rule(xp, g, *saved) gives d(input)."""
     name += "Backward0"
 
+    def backward(xp, g, *saved):
+        return (rule(xp, g, *saved),)
+
     def method(self):
-        x = self._data
-        out = forward(x)
-        return self._result(out, (self,), lambda g: (rule(g, x, out),), name, saves)
+        return self._result(forward(self._data), (self,), backward, name, saves)
 
     return method
-
-
-@underflow_ok
-def sigmoid_array(x):
-    """1/(1+e^-x) for x >= 0, e^x/(1+e^x) below: never overflows, full precision."""
-    z = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + z), z / (1 + z))
 
 
 def _elementwise(fn):
@@ -53,8 +47,12 @@ def _rounding(fn):
     return lambda x: fn(x) if x.dtype.kind == "f" else x.copy()
 
 
-def _zero(g, x, out):
-    return np.zeros_like(g)
+def _zero(xp, g):
+    return xp.zeros_like(g)
+
+
+def _identity(xp, g):
+    return (g,)
 
 
 def _negative(x):
@@ -67,52 +65,52 @@ def _negative(x):
 
 
 class PointwiseOps:
-    __neg__ = _unary("Neg", _negative, lambda g, x, out: -g, saves=False)
+    __neg__ = _unary("Neg", _negative, lambda xp, g: -g, saves=False)
     neg = __neg__
-    exp = _unary("Exp", np.exp, lambda g, x, out: g * out, OUT)
-    log = _unary("Log", np.log, lambda g, x, out: g / x)
-    log1p = _unary("Log1P", np.log1p, lambda g, x, out: g / (1 + x))
-    expm1 = _unary("Expm1", np.expm1, lambda g, x, out: g * (out + 1), OUT)
-    sqrt = _unary("Sqrt", np.sqrt, lambda g, x, out: g / (2 * out), OUT)
+    exp = _unary("Exp", np.exp, lambda xp, g, out: g * out, OUT)
+    log = _unary("Log", np.log, lambda xp, g, x: g / x)
+    log1p = _unary("Log1P", np.log1p, lambda xp, g, x: g / (1 + x))
+    expm1 = _unary("Expm1", np.expm1, lambda xp, g, out: g * (out + 1), OUT)
+    sqrt = _unary("Sqrt", np.sqrt, lambda xp, g, out: g / (2 * out), OUT)
     rsqrt = _unary(
-        "Rsqrt", lambda x: 1 / np.sqrt(x), lambda g, x, out: -0.5 * g * out**3, OUT
+        "Rsqrt", lambda x: 1 / np.sqrt(x), lambda xp, g, out: -0.5 * g * out**3, OUT
     )
     reciprocal = _unary(
-        "Reciprocal", lambda x: 1 / x, lambda g, x, out: -g * out * out, OUT
+        "Reciprocal", lambda x: 1 / x, lambda xp, g, out: -g * out * out, OUT
     )
-    sin = _unary("Sin", np.sin, lambda g, x, out: g * np.cos(x))
-    cos = _unary("Cos", np.cos, lambda g, x, out: -g * np.sin(x))
-    tan = _unary("Tan", np.tan, lambda g, x, out: g * (1 + out * out), OUT)
-    sinh = _unary("Sinh", np.sinh, lambda g, x, out: g * np.cosh(x))
-    cosh = _unary("Cosh", np.cosh, lambda g, x, out: g * np.sinh(x))
-    tanh = _unary("Tanh", np.tanh, lambda g, x, out: g * (1 - out * out), OUT)
-    asin = _unary("Asin", np.arcsin, lambda g, x, out: g / np.sqrt(1 - x * x))
-    acos = _unary("Acos", np.arccos, lambda g, x, out: -g / np.sqrt(1 - x * x))
-    atan = _unary("Atan", np.arctan, lambda g, x, out: g / (1 + x * x))
-    asinh = _unary("Asinh", np.arcsinh, lambda g, x, out: g / np.sqrt(x * x + 1))
-    acosh = _unary("Acosh", np.arccosh, lambda g, x, out: g / np.sqrt(x * x - 1))
-    atanh = _unary("Atanh", np.arctanh, lambda g, x, out: g / (1 - x * x))
+    sin = _unary("Sin", np.sin, lambda xp, g, x: g * xp.cos(x))
+    cos = _unary("Cos", np.cos, lambda xp, g, x: -g * xp.sin(x))
+    tan = _unary("Tan", np.tan, lambda xp, g, out: g * (1 + out * out), OUT)
+    sinh = _unary("Sinh", np.sinh, lambda xp, g, x: g * xp.cosh(x))
+    cosh = _unary("Cosh", np.cosh, lambda xp, g, x: g * xp.sinh(x))
+    tanh = _unary("Tanh", np.tanh, lambda xp, g, out: g * (1 - out * out), OUT)
+    asin = _unary("Asin", np.arcsin, lambda xp, g, x: g / xp.sqrt(1 - x * x))
+    acos = _unary("Acos", np.arccos, lambda xp, g, x: -g / xp.sqrt(1 - x * x))
+    atan = _unary("Atan", np.arctan, lambda xp, g, x: g / (1 + x * x))
+    asinh = _unary("Asinh", np.arcsinh, lambda xp, g, x: g / xp.sqrt(x * x + 1))
+    acosh = _unary("Acosh", np.arccosh, lambda xp, g, x: g / xp.sqrt(x * x - 1))
+    atanh = _unary("Atanh", np.arctanh, lambda xp, g, x: g / (1 - x * x))
     erf = _unary(
         "Erf",
         _elementwise(math.erf),
-        lambda g, x, out: g * _TWO_OVER_SQRT_PI * np.exp(-x * x),
+        lambda xp, g, x: g * _TWO_OVER_SQRT_PI * xp.exp(-x * x),
     )
     erfc = _unary(
         "Erfc",
         _elementwise(math.erfc),
-        lambda g, x, out: -g * _TWO_OVER_SQRT_PI * np.exp(-x * x),
+        lambda xp, g, x: -g * _TWO_OVER_SQRT_PI * xp.exp(-x * x),
     )
-    abs = _unary("Abs", np.abs, lambda g, x, out: g * np.sign(x))
+    abs = _unary("Abs", np.abs, lambda xp, g, x: g * xp.sign(x))
     sign = _unary("Sign", np.sign, _zero, False)
     floor = _unary("Floor", _rounding(np.floor), _zero, False)
     ceil = _unary("Ceil", _rounding(np.ceil), _zero, False)
     round = _unary("Round", _rounding(np.round), _zero, False)  # half to even
     trunc = _unary("Trunc", _rounding(np.trunc), _zero, False)
     sigmoid = _unary(
-        "Sigmoid", sigmoid_array, lambda g, x, out: g * out * (1 - out), OUT
+        "Sigmoid", sigmoid_array, lambda xp, g, out: g * out * (1 - out), OUT
     )
     relu = _unary(
-        "Relu", lambda x: np.maximum(x, 0), lambda g, x, out: g * (out > 0), OUT
+        "Relu", lambda x: np.maximum(x, 0), lambda xp, g, out: g * (out > 0), OUT
     )
 
     def square(self):
@@ -155,9 +153,9 @@ class PointwiseOps:
         picks = ((min, (x < lo) & (lo < hi)), (max, (x > hi) | (hi < lo)))
         bounds = [(b, mask) for b, mask in picks if isinstance(b, PointwiseOps)]
 
-        def backward(g):
+        def backward(xp, g, *saved):
             return (g * inside,) + tuple(
-                unbroadcast(np.where(mask, g, 0), b.shape) if b.requires_grad else None
+                unbroadcast(xp.where(mask, g, 0), b.shape) if b.requires_grad else None
                 for b, mask in bounds
             )
 
@@ -182,9 +180,9 @@ class PointwiseOps:
         where = mask._data
         out = np.where(where, value._data.astype(self.dtype), self._data)
 
-        def backward(g):
-            return unbroadcast(np.where(where, 0, g), self.shape), (
-                np.where(where, g, 0).sum() if value.requires_grad else None
+        def backward(xp, g, mask):
+            return unbroadcast(xp.where(where, 0, g), self.shape), (
+                xp.where(where, g, 0).sum() if value.requires_grad else None
             )
 
         return self._result(
@@ -193,7 +191,7 @@ class PointwiseOps:
 
     def clone(self):
         out = self._data.copy()
-        return self._result(out, (self,), lambda g: (g,), "CloneBackward0", saves=False)
+        return self._result(out, (self,), _identity, "CloneBackward0", saves=False)
 
     def to(self, *args, dtype=None, device=None):
         """to(dtype), to(device) or to(device, dtype): cast to `dtype`, the gradient
@@ -204,8 +202,8 @@ class PointwiseOps:
         x = self._data
         out = x.astype(dtype)
 
-        def backward(g):
-            return (g.astype(x.dtype),)
+        def backward(xp, g):
+            return (xp.cast(g, x.dtype),)
 
         return self._result(out, (self,), backward, "ToCopyBackward0", saves=False)
 

@@ -9,7 +9,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .autograd import underflow_ok
+from .autograd import once_differentiable, underflow_ok
 from .dtypes import scalar_name
 
 MaxResult = namedtuple("max", ["values", "indices"])
@@ -89,10 +89,11 @@ def _extreme(self, dim, keepdim, reduce, op, name):
     x, dims = self._data, normalize_dims(dim, self.ndim)
     _check_nonempty(x, dim, dims, op)
     out = reduce(x, axis=dims, keepdims=True)
+    kept = out.shape
 
-    def backward(g):
-        ties = x == out
-        return (g.reshape(out.shape) * ties / ties.sum(axis=dims, keepdims=True),)
+    def backward(xp, g, x, out):
+        ties = x == out.reshape(kept)
+        return (g.reshape(kept) * ties / ties.sum(axis=dims, keepdims=True),)
 
     return _reduced(self, out, dims, keepdim, backward, name, (self, "out"))
 
@@ -109,6 +110,7 @@ def _select(self, dim, keepdim, arg, result, name):
     (dim,) = dims
     idx = arg(x, axis=dim, keepdims=True)
 
+    @once_differentiable
     def backward(g):
         grad = np.zeros_like(x, dtype=g.dtype)
         np.put_along_axis(grad, idx, g.reshape(idx.shape), axis=dim)
@@ -150,6 +152,7 @@ def _spread(self, dim, unbiased, keepdim, correction, root):
         out = (dev * dev).sum(axis=dims, keepdims=True) / dof
         out = np.sqrt(out) if root else out
 
+    @once_differentiable
     def backward(g):
         with np.errstate(divide="ignore", invalid="ignore"):
             scale = 1 / (dof * out) if root else 2 / dof
@@ -188,6 +191,7 @@ def _sorted(self, dim, descending, k, result, name):
             raise RuntimeError("selected index k out of range")
         idx = np.take(idx, np.arange(k), axis)
 
+    @once_differentiable
     def backward(g):
         grad = np.zeros_like(x, dtype=g.dtype)
         np.put_along_axis(grad, idx, g, axis)
@@ -217,28 +221,33 @@ def _vector_norm(self, p, dim, keepdim):
         else:
             out = (a**p).sum(axis=dims, keepdims=True) ** (1 / p)
 
+    kept = out.shape
+
     @np.errstate(divide="ignore", invalid="ignore", over="ignore")
-    def backward(g):
-        g = g.reshape(out.shape)
+    def backward(xp, g, x, out):
+        g, out = g.reshape(kept), out.reshape(kept)
         if p in (np.inf, -np.inf):
-            ties = a == out
-            return (np.sign(x) * ties * g / ties.sum(axis=dims, keepdims=True),)
+            ties = xp.abs(x) == out
+            return (xp.sign(x) * ties * g / ties.sum(axis=dims, keepdims=True),)
         if p == 0:
-            return (np.zeros_like(x),)
-        scale = np.where(out == 0, 0, g * out ** (1 - p))
-        return (np.sign(x) * np.where(x == 0, 0, a ** (p - 1)) * scale,)
+            return (xp.zeros_like(x),)
+        scale = xp.where(out == 0, 0, g * out ** (1 - p))
+        return (xp.sign(x) * xp.where(x == 0, 0, xp.abs(x) ** (p - 1)) * scale,)
 
     name = "LinalgVectorNormBackward0"
     return _reduced(self, out, dims, keepdim, backward, name, (self, "out"))
 
 
 class ReductionOps:
-    def sum(self, dim=None, keepdim=False):
+    def sum(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        """`axis` and `keepdims` are torch's NumPy-style aliases (backward rules,
+        which run on arrays too, use them)."""
+        dim, keepdim = dim if axis is None else axis, keepdim or keepdims
         x, dims = self._data, normalize_dims(dim, self.ndim)
         out = x.sum(axis=dims, keepdims=True, dtype=_accumulator(x))
 
-        def backward(g):
-            return (np.broadcast_to(g.reshape(out.shape), x.shape),)
+        def backward(xp, g):
+            return (xp.broadcast_to(g.reshape(out.shape), x.shape),)
 
         name = "SumBackward0" if dim is None else "SumBackward1"
         return _reduced(self, out, dims, keepdim, backward, name, saves=False)
@@ -253,8 +262,8 @@ class ReductionOps:
         out = x.mean(axis=dims, keepdims=True)
         count = math.prod(x.shape[d] for d in dims)
 
-        def backward(g):
-            return (np.broadcast_to(g.reshape(out.shape) / count, x.shape),)
+        def backward(xp, g):
+            return (xp.broadcast_to(g.reshape(out.shape) / count, x.shape),)
 
         name = "MeanBackward0" if dim is None else "MeanBackward1"
         return _reduced(self, out, dims, keepdim, backward, name, saves=False)
@@ -273,6 +282,7 @@ class ReductionOps:
             normalize_dims(dim, self.ndim)
             out = np.prod(x, dtype=_accumulator(x))
 
+            @once_differentiable
             def backward(g):
                 return (g * _others_product(x.reshape(-1), 0).reshape(x.shape),)
 
@@ -280,6 +290,7 @@ class ReductionOps:
         (axis,) = normalize_dims(dim, self.ndim)
         out = np.prod(x, axis=axis, keepdims=True, dtype=_accumulator(x))
 
+        @once_differentiable
         def backward(g):
             return (g.reshape(out.shape) * _others_product(x, axis),)
 
@@ -290,10 +301,11 @@ class ReductionOps:
         normalize_dims(dim, self.ndim)
         x = np.atleast_1d(self._data)  # a 0-d tensor has dims 0 and -1
         out = np.cumsum(x, axis=dim, dtype=_accumulator(x)).reshape(self.shape)
+        line = x.shape  # a 0-d tensor's sums run along a line of one
 
-        def backward(g):
-            g = np.flip(np.atleast_1d(g), dim)
-            return (np.flip(np.cumsum(g, axis=dim), dim).reshape(out.shape),)
+        def backward(xp, g):
+            g = xp.flip(g.reshape(line), dim)
+            return (xp.flip(g.cumsum(dim), dim).reshape(out.shape),)
 
         return self._result(out, (self,), backward, "CumsumBackward0", saves=False)
 
@@ -333,9 +345,10 @@ class ReductionOps:
         x, dims = self._data, normalize_dims(dim, self.ndim)
         m = _finite_max(x, dims)
         out = np.log(np.exp(x - m).sum(axis=dims, keepdims=True)) + m
+        kept = out.shape
 
-        def backward(g):
-            return (g.reshape(out.shape) * np.exp(x - out),)
+        def backward(xp, g, x, out):
+            return (g.reshape(kept) * xp.exp(x - out.reshape(kept)),)
 
         return _reduced(
             self, out, dims, keepdim, backward, "LogsumexpBackward0", (self, "out")
@@ -350,7 +363,7 @@ class ReductionOps:
         e = np.exp(x - _finite_max(x, dim))
         out = e / e.sum(axis=dim, keepdims=True)
 
-        def backward(g):
+        def backward(xp, g, out):
             return (out * (g - (g * out).sum(axis=dim, keepdims=True)),)
 
         return self._result(out, (self,), backward, "SoftmaxBackward0", ("out",))
@@ -363,8 +376,8 @@ class ReductionOps:
         shifted = x - _finite_max(x, dim)
         out = shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
 
-        def backward(g):
-            return (g - np.exp(out) * g.sum(axis=dim, keepdims=True),)
+        def backward(xp, g, out):
+            return (g - xp.exp(out) * g.sum(axis=dim, keepdims=True),)
 
         return self._result(out, (self,), backward, "LogSoftmaxBackward0", ("out",))
 
@@ -374,6 +387,7 @@ class ReductionOps:
         x = np.atleast_1d(self._data)  # a 0-d tensor has dims 0 and -1
         out = np.cumprod(x, axis=axis, dtype=_accumulator(x)).reshape(self.shape)
 
+        @once_differentiable
         def backward(g):
             return (_cumprod_grad(x, np.atleast_1d(g), axis).reshape(out.shape),)
 

@@ -96,7 +96,7 @@ class ShapeOps:
                 f"shape '{list(shape)}' is invalid for input of size {x.size}"
             ) from None
 
-        def backward(g):
+        def backward(xp, g):
             return (g.reshape(x.shape),)
 
         if out.size and not np.may_share_memory(out, x):  # torch copies, then views
@@ -203,8 +203,8 @@ class ShapeOps:
         axes = normalize_dims(_shape_arg(dims), self.ndim)
         out = np.flip(self._data, axes)
 
-        def backward(g):
-            return (np.flip(g, axes),)
+        def backward(xp, g):
+            return (xp.flip(g, axes),)
 
         return self._result(out, (self,), backward, "FlipBackward0", saves=False)
 
@@ -230,7 +230,7 @@ class ShapeOps:
         x = self._data
         out = _broadcast_view(x, shape)
 
-        def backward(g):
+        def backward(xp, g):
             return (unbroadcast(g, x.shape),)
 
         return self._result(
@@ -257,7 +257,7 @@ class ShapeOps:
         shape = (1,) * (len(repeats) - x.ndim) + x.shape
         out = np.tile(x.reshape(shape), repeats)
 
-        def backward(g):  # split each dim into (copy, original) and sum the copies
+        def backward(xp, g):  # split each dim into (copy, original), sum the copies
             split = [n for pair in zip(repeats, shape, strict=True) for n in pair]
             copies = tuple(range(0, len(split), 2))
             return (g.reshape(split).sum(axis=copies).reshape(x.shape),)
@@ -278,9 +278,10 @@ class ShapeOps:
         normalize_dims(dims, self.ndim)  # torch's errors for bad or repeated dims
         dims = [d % self.ndim for d in dims]
         out = np.transpose(self._data, dims)
+        inverse = tuple(dims.index(d) for d in range(len(dims)))
 
-        def backward(g):
-            return (np.transpose(g, np.argsort(dims)),)
+        def backward(xp, g):
+            return (xp.transpose(g, inverse),)
 
         return self._result(
             out,
@@ -337,10 +338,8 @@ class ShapeOps:
         except IndexError as exc:  # torch says dimension where NumPy says axis
             raise IndexError(str(exc).replace(" axis ", " dimension ")) from None
 
-        def backward(g):
-            grad = np.zeros_like(x, dtype=g.dtype)
-            np.add.at(grad, index, g)  # unbuffered: duplicate indices accumulate
-            return (grad,)
+        def backward(xp, g, *index_tensors):
+            return (xp.scatter(g, x.shape, index),)  # repeated indices accumulate
 
         if not _is_basic(index):  # a copy, and torch keeps the index tensors
             return self._result(
@@ -365,6 +364,7 @@ class ShapeOps:
         def region(a):
             return a if view_fn is None else view_fn(a)
 
+        @autograd.once_differentiable
         def backward(g):
             rest = g.copy()
             region(rest)[index] = 0
@@ -384,10 +384,8 @@ class ShapeOps:
         _, where = _scatter_positions(self, dim, index, "gather")
         x = self._data
 
-        def backward(g):
-            grad = np.zeros_like(x, dtype=g.dtype)
-            np.add.at(grad, where, g)
-            return (grad,)
+        def backward(xp, g, x, index):
+            return (xp.scatter(g, x.shape, where),)
 
         return self._result(
             x[where], (self,), backward, "GatherBackward0", (self, index)
@@ -401,11 +399,10 @@ class ShapeOps:
         out = self._data.copy()
         np.add.at(out, where, src._data[picked])
 
-        def backward(g):
-            gsrc = None
-            if src.requires_grad:
-                gsrc = np.zeros_like(src._data, dtype=g.dtype)
-                gsrc[picked] = g[where]
+        def backward(xp, g, index):
+            gsrc = (
+                xp.scatter(g[where], src.shape, picked) if src.requires_grad else None
+            )
             return g, gsrc
 
         return self._result(out, (self, src), backward, "ScatterAddBackward0", (index,))
@@ -427,10 +424,8 @@ class ShapeOps:
             raise IndexError("index out of range in self")
         lead = (slice(None),) * axis
 
-        def backward(g):
-            grad = np.zeros_like(x, dtype=g.dtype)
-            np.add.at(grad, lead + (i,), g)
-            return (grad,)
+        def backward(xp, g, index):
+            return (xp.scatter(g, x.shape, lead + (i,)),)
 
         out = np.take(x, i, axis)
         return self._result(out, (self,), backward, "IndexSelectBackward0", (index,))
@@ -444,8 +439,8 @@ class ShapeOps:
         out = self._data.copy()
         np.add.at(out, lead + (i,), alpha * source._data)
 
-        def backward(g):
-            gsrc = alpha * np.take(g, i, axis) if source.requires_grad else None
+        def backward(xp, g, index):
+            gsrc = alpha * g[lead + (i,)] if source.requires_grad else None
             return g, gsrc
 
         return self._result(
@@ -461,9 +456,10 @@ class ShapeOps:
         if self.ndim < 2:
             raise RuntimeError(f"{op}: input tensor must have at least 2 dimensions")
         out = keep(self._data, diagonal)
+        kept = keep(np.ones(out.shape[-2:], bool), diagonal)
 
-        def backward(g):
-            return (keep(g, diagonal),)
+        def backward(xp, g):
+            return (xp.where(kept, g, 0),)
 
         name = f"{op.capitalize()}Backward0"
         return self._result(out, (self,), backward, name, saves=False)
@@ -481,13 +477,11 @@ class ShapeOps:
         if mask.dtype != np.bool_:
             raise RuntimeError("masked_select: expected BoolTensor for mask")
         shape = broadcast_shape(self.shape, mask.shape)
-        where = np.broadcast_to(mask._data, shape)
+        where = np.nonzero(np.broadcast_to(mask._data, shape))
         out = np.broadcast_to(self._data, shape)[where]
 
-        def backward(g):
-            grad = np.zeros(shape, g.dtype)
-            grad[where] = g
-            return (unbroadcast(grad, self.shape),)
+        def backward(xp, g, mask):
+            return (unbroadcast(xp.scatter(g, shape, where), self.shape),)
 
         return self._result(out, (self,), backward, "MaskedSelectBackward0", (mask,))
 

@@ -160,6 +160,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         element it shows (found by viewing the base's flat positions)."""
         shape, fn = self._base.shape, self._view_fn
 
+        @autograd.once_differentiable
         def backward(g):
             where = fn(np.arange(math.prod(shape)).reshape(shape)).ravel()
             grad = np.bincount(where, g.ravel(), math.prod(shape)).reshape(shape)
@@ -223,10 +224,13 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         out._counter = self._counter  # as torch's: writes through it are noticed
         return out
 
-    def backward(self, gradient=None, retain_graph=None, inputs=None):
+    def backward(
+        self, gradient=None, retain_graph=None, create_graph=False, inputs=None
+    ):
         """Add d(self)/d(leaf) to each leaf's .grad (`gradient` defaults to 1), or
-        only to the .grad of the tensors in `inputs` (autograd.backward)."""
-        autograd.backward([self], [gradient], retain_graph, inputs=inputs)
+        only to the .grad of the tensors in `inputs` (autograd.backward); with
+        create_graph, recorded gradients that can be differentiated again."""
+        autograd.backward([self], [gradient], retain_graph, create_graph, inputs)
 
     def register_hook(self, hook):
         """Call hook(grad) with this tensor's gradient whenever backward computes it;
@@ -239,16 +243,21 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         return autograd.RemovableHandle(self._hooks, hook)
 
     def _run_hooks(self, g):
+        """g (an array, or a Tensor under create_graph) as the hooks leave it."""
+        recorded = isinstance(g, Tensor)
         for hook in self._hooks:
-            out = hook(Tensor._wrap(g))
-            g = g if out is None else out._data
+            out = hook(g if recorded else Tensor._wrap(g))
+            g = g if out is None else out if recorded else out._data
         return g
 
     def _accumulate_grad(self, g):
-        if self._grad is None:
-            self._grad = Tensor._wrap(
-                np.array(g, dtype=self.dtype)
-            )  # copy: g may be a view
+        """Add g to .grad: in place for an array; for a recorded Tensor (under
+        create_graph) out of place, so that .grad is differentiable, as in torch."""
+        if isinstance(g, Tensor):
+            g = g.to(self.dtype)
+            self._grad = g.clone() if self._grad is None else self._grad + g
+        elif self._grad is None:
+            self._grad = Tensor._wrap(np.array(g, self.dtype))  # copy: g may be a view
         else:
             self._grad._data += g
 

@@ -1,0 +1,139 @@
+"""The two array namespaces (`xp`) that backward rules run on.
+
+A rule is written once, in Python operators, methods that NumPy arrays and Tensors
+share (`reshape`, `sum(axis=, keepdims=)`, indexing) and the functions below. An
+ordinary backward pass runs it on NumPy arrays (the fast path); under
+create_graph=True it runs on Tensors, so the gradient is itself recorded and can be
+differentiated again.
+"""
+
+import numpy as np
+
+# A result too small for float64 rounds to 0: in the tails of exp that is the correctly
+# rounded answer, not an error, so it is not reported. Overflow, invalid and
+# divide-by-zero are never silenced.
+underflow_ok = np.errstate(under="ignore")
+
+
+@underflow_ok
+def sigmoid_array(x):
+    """1/(1+e^-x) for x >= 0, e^x/(1+e^x) below: never overflows, full precision."""
+    z = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + z), z / (1 + z))
+
+
+@underflow_ok
+def logsigmoid_array(x):
+    """log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)), finite for every x."""
+    return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+
+
+def _scatter_array(g, shape, index):
+    """Zeros of `shape` with g added at `index` (repeated positions accumulate)."""
+    out = np.zeros(shape, g.dtype)
+    np.add.at(out, index, g)  # unbuffered, unlike out[index] += g
+    return out
+
+
+class NumPyOps:
+    """Rules on arrays: what a first-order backward pass uses."""
+
+    records = False
+    exp, log, sqrt, sin, cos = np.exp, np.log, np.sqrt, np.sin, np.cos
+    sinh, cosh, abs, sign = np.sinh, np.cosh, np.abs, np.sign
+    where, broadcast_to, transpose, flip = (
+        np.where,
+        np.broadcast_to,
+        np.transpose,
+        np.flip,
+    )
+    maximum, einsum = np.maximum, np.einsum
+    zeros_like, scatter = np.zeros_like, staticmethod(_scatter_array)
+    sigmoid, logsigmoid = staticmethod(sigmoid_array), staticmethod(logsigmoid_array)
+
+    @staticmethod
+    def matrix_transpose(a):
+        return np.swapaxes(a, -1, -2)
+
+    @staticmethod
+    def cast(a, dtype):
+        return a.astype(dtype, copy=False)
+
+
+def _where(cond, a, b):
+    from .functions import where  # here: functions builds on Tensor, which needs us
+    from .tensor import Tensor
+
+    return where(Tensor._wrap(cond) if isinstance(cond, np.ndarray) else cond, a, b)
+
+
+def _einsum(equation, *operands):
+    from .functions import einsum  # here: functions builds on Tensor
+
+    return einsum(equation, *operands)
+
+
+def _logsigmoid(a):
+    from .functional import logsigmoid  # here: functional builds on Tensor
+
+    return logsigmoid(a)
+
+
+def _scatter_tensor(g, shape, index):
+    """_scatter_array as a recorded op: its backward is indexing, whose backward
+    is this again, so gradients of any order exist."""
+
+    def backward(xp, gg):
+        return (gg[index],)
+
+    out = _scatter_array(g._data, shape, index)
+    return g._result(out, (g,), backward, "IndexPutBackward0", saves=False)
+
+
+def _method(name):
+    """The Tensor method `name` as a function of the tensor."""
+    return staticmethod(lambda a: getattr(a, name)())
+
+
+class TensorOps:
+    """Rules on Tensors, under create_graph=True: every step is recorded."""
+
+    records = True
+    exp, log, sqrt, sin = (
+        _method("exp"),
+        _method("log"),
+        _method("sqrt"),
+        _method("sin"),
+    )
+    cos, sinh, cosh = _method("cos"), _method("sinh"), _method("cosh")
+    abs, sign, sigmoid = _method("abs"), _method("sign"), _method("sigmoid")
+    where, scatter = staticmethod(_where), staticmethod(_scatter_tensor)
+    logsigmoid, einsum = staticmethod(_logsigmoid), staticmethod(_einsum)
+
+    @staticmethod
+    def broadcast_to(a, shape):
+        return a.expand(shape)
+
+    @staticmethod
+    def matrix_transpose(a):
+        return a.mT
+
+    @staticmethod
+    def maximum(a, b):
+        return a.maximum(b)
+
+    @staticmethod
+    def zeros_like(a):
+        return a.new_zeros(a.shape)
+
+    @staticmethod
+    def transpose(a, axes):
+        return a.permute(axes)
+
+    @staticmethod
+    def flip(a, axes):
+        return a.flip(axes)
+
+    @staticmethod
+    def cast(a, dtype):
+        return a.to(dtype)
