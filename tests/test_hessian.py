@@ -85,9 +85,15 @@ def test_verify_checks_hvp_and_catches_a_wrong_one():
     source = generate(model)[0]
     report = verify(model, load_source(source, "rosenbrock"))
     assert report.ok and "hvp x" in report.rows
+    assert report.rows["hvp x"].tape_error <= 1e-12  # the tape's double backward
     wrong = source.replace('return {"x": hvp_x}', 'return {"x": 1.01 * hvp_x}')
     assert wrong != source
     assert not verify(model, load_source(wrong, "rosenbrock")).ok
+    # Off by 1e-8: below what central differences resolve, not below the tape's check.
+    slightly = source.replace('return {"x": hvp_x}', 'return {"x": hvp_x * 1.00000001}')
+    report = verify(model, load_source(slightly, "rosenbrock"))
+    assert report.rows["hvp x"].fd_error <= 1e-6
+    assert not report.ok and report.rows["hvp x"].tape_error > 1e-10
 
 
 def test_hvp_rejects_a_badly_shaped_vector():

@@ -75,6 +75,16 @@ def test_second_derivatives_of_pointwise_functions(op):
     check(grad_and_hvp(op))
 
 
+@pytest.mark.parametrize(
+    "op",
+    [POINTWISE[k] for k in ("softplus", "logsigmoid", "silu", "leaky_relu", "clamp")],
+    ids=["softplus", "logsigmoid", "silu", "leaky_relu", "clamp"],
+)
+def test_second_derivatives_of_a_zero_dimensional_tensor(op):
+    """Rules that branch with where get a NumPy bool scalar, not an array, at 0-d."""
+    check(grad_and_hvp(op, shape=()))
+
+
 def two_operands(op, sa=(2, 3), sb=(3,)):
     """op(a, b) with broadcasting; the gradient in both and its derivatives."""
 

@@ -64,7 +64,9 @@ def _where(cond, a, b):
     from .functions import where  # here: functions builds on Tensor, which needs us
     from .tensor import Tensor
 
-    return where(Tensor._wrap(cond) if isinstance(cond, np.ndarray) else cond, a, b)
+    if not isinstance(cond, Tensor):  # an array, or a NumPy bool scalar at 0-d
+        cond = Tensor._wrap(np.asarray(cond))
+    return where(cond, a, b)
 
 
 def _einsum(equation, *operands):
