@@ -251,9 +251,14 @@ def size_requirements(node: Node) -> list[sp.Expr]:
     the generated ``_unpack`` checks these.
     """
     if node.op == "map":  # a mean over an empty axis would divide by zero
-        powers = node.attrs[0].atoms(sp.Pow)
-        sizes = {s for p in powers if p.exp.is_negative for s in p.base.free_symbols}
-        return [s - 1 for s in sorted(sizes, key=str) if s.is_integer]
+        needs = set()
+        for p in node.attrs[0].atoms(sp.Pow):
+            sizes = p.base.free_symbols
+            if p.exp.is_negative and sizes and all(s.is_integer for s in sizes):
+                for factor in sp.Mul.make_args(p.base):  # 1/(n*(m - 2)): n, m - 2
+                    factor = factor.base if factor.is_Pow else factor
+                    needs |= set() if factor.is_number else {sp.expand(factor - 1)}
+        return sorted(needs, key=str)
     if node.op == "max":  # nor has an empty axis a max (also the shift of a softmax)
         dims = {node.args[0].shape[k] for k in node.attrs[0]}
         return [d - 1 for d in sorted(dims, key=str) if not isinstance(d, int)]
