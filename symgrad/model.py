@@ -114,7 +114,7 @@ class Expr:
 
     @property
     def shape(self) -> tuple:
-        return tuple(d if isinstance(d, int) else str(d) for d in self.node.shape)
+        return tuple(d if isinstance(d, int) else Size(d) for d in self.node.shape)
 
     @property
     def ndim(self) -> int:
@@ -290,15 +290,26 @@ def _values(xs: Sequence[Expr], what: str) -> list[Node]:
     return [x.node for x in xs]
 
 
+class Size(str):
+    """A symbolic size as ``Expr.shape`` gives it: its name, a str as before, which
+    arithmetic with an expression reads as the size (``kl / x.shape[0]``, as in torch).
+    """
+
+    def __new__(cls, size: sp.Expr):
+        name = super().__new__(cls, str(size))
+        name.size = size
+        return name
+
+
 def _lift(operands) -> tuple[list[sp.Expr], list[Node]]:
-    """Placeholders for expression operands, SymPy constants for numbers."""
+    """Placeholders for expression operands, SymPy constants for numbers and sizes."""
     symbols, nodes = [], []
     for x in operands:
         if isinstance(x, Expr):
             symbols.append(ew.arg(len(nodes)))
             nodes.append(x.node)
         else:
-            symbols.append(_number(x))
+            symbols.append(x.size if isinstance(x, Size) else _number(x))
     return symbols, nodes
 
 

@@ -42,6 +42,7 @@ from helpers import (
 
 import symgrad as sg
 from symgrad.cli import generate
+from symgrad.verify import verify
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -1604,15 +1605,6 @@ def test_long_unrolled_programs_compile_in_seconds(name):
 # ===================================================================== 5. targeted checks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="x.shape[0] of a symbolic dim is the str 'B' (model.Expr.shape returns dim "
-    "names), and model._number accepts only real numbers, so torch's batchmean idiom "
-    'kl.sum() / x.shape[0] raises TypeError "expected an sg expression or a real '
-    "number, got 'B'\", naming neither the dim nor sg.mean; sg.mean already divides by "
-    "the size symbol, so Expr.shape could give size symbols (or _lift accept a name of "
-    "one of the model's dims) and print them as the generated module's B",
-)
 def test_dividing_by_a_symbolic_batch_size_like_batchmean():
     T = 3.0
     m = sg.Model("batchmean_kl")
@@ -1636,6 +1628,29 @@ def test_dividing_by_a_symbolic_batch_size_like_batchmean():
         {"s": normal(rng, 4, 5)},
         {"teacher": normal(rng, 4, 5)},
     )
+
+
+@pytest.mark.parametrize("unroll", [False, True])
+def test_dividing_by_a_sliced_size_is_checked_like_a_mean(unroll):
+    """x.shape of a slice is its size expression, L - 1: the division by it is a mean,
+    which needs L >= 2, and agrees with torch at every size, unrolled too."""
+    m = sg.Model("mean_step")
+    x = m.param("x", ("L",))
+    steps = x[1:] - x[:-1]
+    m.loss(sg.sum(steps**2) / steps.shape[0])
+    assert steps.shape == ("L - 1",)
+    if unroll:
+        m.unroll(L=4)
+    module = compile_module(m)
+
+    def reference(p, i):
+        return torch.diff(p["x"]).pow(2).mean(), {}
+
+    for L in (2, 4, 7):
+        check(module, reference, {"x": normal(np.random.default_rng(L), L)}, {})
+    with pytest.raises(ValueError, match=r"L=1: .* needs L >= 2"):
+        module.value_and_grad({"x": np.ones(1)}, {})
+    assert verify(m, module).ok
 
 
 def _group_lasso_sqrt_reference(p, i):
