@@ -396,9 +396,11 @@ def expand(g: Node, axes: tuple[int, ...], ndim: int) -> Node:
 # --------------------------------------------------------------------------- adjoints
 
 
-def _vjp_map(g: Node, out: Node, i: int) -> Node:
+def _vjp_map(g: Node, out: Node, i: int) -> Node | None:
     expr = out.attrs[0]
     d = ew.partial(expr, i)
+    if d == 0:  # (floor, sign, or a formula that does not depend on this argument)
+        return None
     if d.has(sp.I):  # (-2)**w: d/dw = log(-2) (-2)**w, and SymPy's log(-2) is complex
         raise ew.UnsupportedError("its derivative is complex: a negative base?")
     args = (*out.args, g, out)
