@@ -89,6 +89,15 @@ class NumPyPrinter(_SymPyNumPyPrinter):
     def doprint(self, expr, assign_to=None):
         return super().doprint(fold_numbers(sp.sympify(expr)), assign_to)
 
+    def parenthesize(self, item, level, strict=False):
+        """SymPy's, with a product judged by what it prints as: 2*(a + b) prints as
+        the sum 2*a + 2*b (coefficient_into_sum), which needs parentheses where a sum
+        does (1 - 2*(a + b) lost them, and the sign of b with them)."""
+        shown = coefficient_into_sum(item) if item.is_Mul else item
+        if precedence(shown) < level or (not strict and precedence(shown) <= level):
+            return f"({self._print(item)})"
+        return self._print(item)
+
     def _rank(self, expr: sp.Expr) -> int:
         if expr.is_Number:
             return -1
@@ -271,6 +280,7 @@ class MathPrinter(PythonCodePrinter):
     _product = NumPyPrinter._product
     _ordered = NumPyPrinter._ordered
     _print_Relational = NumPyPrinter._print_Relational
+    parenthesize = NumPyPrinter.parenthesize
 
     def doprint(self, expr, assign_to=None):
         return super().doprint(fold_numbers(sp.sympify(expr)), assign_to)

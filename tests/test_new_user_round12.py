@@ -657,19 +657,10 @@ def _spy_unrolled(module):
     return calls, restore
 
 
-NDCG_UNROLL_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="symgrad/unroll.py (_render inlining a once-used local + _print): unrolled at "
-    "Q=3 the loss 1 - mean(dcg / idcg) is printed as `1.0 - c*t7_0*(...) + "
-    "c*t7_1*(...)`: the minus reaches only the first query's term (0.604 vs torch's "
-    "0.751); the vectorized code and sum(dcg) unrolled are right",
-)
-
-
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param("sigmoid_smoothed_ndcg", marks=NDCG_UNROLL_BUG),
+        "sigmoid_smoothed_ndcg",
         "mixture_of_experts_gating",
         "three_link_arm_atan2",
     ],

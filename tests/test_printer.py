@@ -73,6 +73,9 @@ def test_negated_sums_keep_their_parentheses():
             X - (Y + sp.log(Z)),
             -2 * (X + Y),
             sp.Min(-(X + Y), 709),
+            # a product that prints as a sum (its coefficient distributed) is one
+            1
+            - sp.Rational(1, 2) * (sp.Float(0.7) * X * (Y + Z) + sp.Float(0.7) * Y * Z),
         ]:
             subs = {X: 0.7, Y: -1.3, Z: 2.1}
             assert math.isclose(evaluate(to_numpy(expr)), float(expr.evalf(subs=subs)))
