@@ -26,6 +26,7 @@ def expressions():
         lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b,
         lambda a, b: a / (2 + b**2), lambda a, b: a - (a + b), lambda a, b: -(a + b) * b,
         lambda a, b: 3 * (a - b), lambda a, b: sp.Max(a, b),
+        lambda a, b: 1 - sp.Rational(1, 2) * (sp.Float(0.7) * a * (b + 1) + a * b),
         lambda a, b: sp.Piecewise((a, a > b), (b, True)),
     ]  # fmt: skip
     return st.recursive(
