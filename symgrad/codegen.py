@@ -315,6 +315,20 @@ class Emitter:
             )
         return self._temp_shapes[target]
 
+    def base(self, target):
+        """The value ``target`` is a view or another name of (``t3 = X``, ``t3.T``):
+        the node or CSE temporary whose memory it shares."""
+        while True:
+            if isinstance(target, Node) and target.op in VIEWS:
+                target = target.args[0]
+            elif target in self.alias:
+                target = self.alias[target]
+            elif target in self.statement_of and self.statement_of[target].alias:
+                expr = self.statement_of[target].expr
+                target = self.node_of.get(expr, expr)
+            else:
+                return target
+
     def fresh(self, target, shape: tuple) -> bool:
         """Whether ``target`` is an array this function allocated, of exactly ``shape``."""
         if target not in self.statement_of or target in self.dims:
@@ -493,13 +507,11 @@ def _return(values: dict[str, Node], emitter: Emitter, cached=frozenset()) -> st
     items, seen = [], set()
     for key, node in values.items():
         value = emitter._print_constant(node) if is_const(node) else emitter.code(node)
-        base = node
-        while base.op in VIEWS:
-            base = base.args[0]
+        base = emitter.base(node)
         if node.shape == ():
             value = f"np.array({value})"
         elif not is_const(node) and (
-            base.op in LEAVES or base in cached or base in seen
+            getattr(base, "op", None) in LEAVES or base in cached or base in seen
         ):
             value += ".copy()"
         seen.add(base)

@@ -290,15 +290,37 @@ def _values(xs: Sequence[Expr], what: str) -> list[Node]:
     return [x.node for x in xs]
 
 
+def _size_arithmetic(fn: Callable[[sp.Expr, sp.Expr], sp.Expr]):
+    def op(self, other):
+        if isinstance(other, Size):
+            return Size(fn(self.size, other.size))
+        if isinstance(other, numbers.Real) and not isinstance(other, bool):
+            return Size(fn(self.size, _number(other)))
+        return NotImplemented  # an Expr operand: its reflected method handles it
+
+    return op
+
+
 class Size(str):
     """A symbolic size as ``Expr.shape`` gives it: its name, a str as before, which
-    arithmetic with an expression reads as the size (``kl / x.shape[0]``, as in torch).
-    """
+    arithmetic reads as the size (``kl / x.shape[0]``, ``x.shape[0] - 1``, as in
+    torch), not as text (``2 * x.shape[0]`` would repeat the name)."""
 
     def __new__(cls, size: sp.Expr):
         name = super().__new__(cls, str(size))
         name.size = size
         return name
+
+    __add__ = _size_arithmetic(lambda a, b: a + b)
+    __radd__ = _size_arithmetic(lambda a, b: b + a)
+    __sub__ = _size_arithmetic(lambda a, b: a - b)
+    __rsub__ = _size_arithmetic(lambda a, b: b - a)
+    __mul__ = _size_arithmetic(lambda a, b: a * b)
+    __rmul__ = _size_arithmetic(lambda a, b: b * a)
+    __truediv__ = _size_arithmetic(lambda a, b: a / b)
+    __rtruediv__ = _size_arithmetic(lambda a, b: b / a)
+    __pow__ = _size_arithmetic(lambda a, b: a**b)
+    __rpow__ = _size_arithmetic(lambda a, b: b**a)
 
 
 def _lift(operands) -> tuple[list[sp.Expr], list[Node]]:

@@ -731,15 +731,6 @@ def _unbiased_variance_model():
     return m
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="README 'sizes in arithmetic': x.shape[0] is symgrad/model.py:Size, a str "
-    "subclass with no arithmetic of its own, so `x.shape[0] - 1` (torch.var's "
-    "unbiased T - 1) raises TypeError and `2 * x.shape[0]` is str repetition 'TT'; "
-    "fix: give Size __add__/__sub__/__mul__/__rmul__/... returning Size(self.size op "
-    "other)",
-)
 def test_sizes_in_arithmetic_give_torchs_unbiased_variance():
     module = compile_module(_unbiased_variance_model())
 
@@ -749,12 +740,6 @@ def test_sizes_in_arithmetic_give_torchs_unbiased_variance():
     check(module, reference, {"x": normal(np.random.default_rng(0), 6)}, {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="symgrad/model.py:Size inherits str.__rmul__: `2 * x.shape[0]` is the "
-    "string 'TT', so dividing by it fails with the baffling \"got 'TT'\"",
-)
 def test_twice_a_size_divides_by_twice_the_size():
     m = sg.Model("half_mean")
     x = m.param("x", ("T",))
@@ -776,14 +761,6 @@ def _alias_model():
     return m
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="symgrad/codegen.py:_return copies only leaves and views of leaves, but in "
-    "value_and_grad grad_loss is folded to 1, so grad_b is an identity map `t = c` "
-    "(Statement.alias) of the input: the returned gradients are the user's arrays "
-    "(grads['b'] is inputs['c'], grads['W'] a view of X); fix: follow alias "
-    "statements/identity maps to their base before the LEAVES test",
-)
 def test_value_and_grad_never_returns_the_callers_arrays():
     """README: 'Results never share memory with your arrays'. A user who clips or
     scales gradients in place must not edit their data."""
