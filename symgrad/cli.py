@@ -259,11 +259,19 @@ def main(argv: list[str] | None = None) -> int:
         "--debug", action="store_true", help="show tracebacks on errors"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    # --debug also after the command (symgrad build m.py --debug); SUPPRESS keeps a
+    # subcommand without it from resetting one given before the command
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="as above"
+    )
     models_help = (
         "model files defining build(), or built-in model names (default: all built-ins)"
     )
 
-    p = sub.add_parser("build", help="generate OUT/<model>.py for each model")
+    p = sub.add_parser(
+        "build", help="generate OUT/<model>.py for each model", parents=[debug]
+    )
     p.add_argument("models", nargs="*", help=models_help)
     p.add_argument(
         "--out", default="generated", help="output directory (default: generated)"
@@ -277,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=cmd_build)
 
     p = sub.add_parser(
-        "check", help="exit 1 with a diff if OUT/ is stale; writes nothing"
+        "check",
+        help="exit 1 with a diff if OUT/ is stale; writes nothing",
+        parents=[debug],
     )
     p.add_argument("models", nargs="*", help=models_help)
     p.add_argument(
@@ -291,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=cmd_check)
 
     p = sub.add_parser(
-        "verify", help="generated code vs tape engine vs finite differences"
+        "verify",
+        help="generated code vs tape engine vs finite differences",
+        parents=[debug],
     )
     p.add_argument("models", nargs="*", help=models_help)
     p.add_argument("--seed", type=int, default=0, help="seed of the random test data")

@@ -1077,13 +1077,6 @@ def test_a_model_failing_verification_writes_nothing_at_all(tmp_path):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="symgrad/cli.py:main defines --debug on the top-level parser only, so the "
-    "README's 'add --debug' after the command (`symgrad build bad.py --debug`) is an "
-    "argparse usage error (exit 2) instead of the traceback; fix: also accept it on "
-    "each subparser (a shared parent parser with default=argparse.SUPPRESS)",
-)
 def test_debug_after_the_command_shows_the_traceback(tmp_path):
     (tmp_path / "nob.py").write_text("x = 1\n")
     done = run_cli(["build", "nob.py", "--out", "g", "--debug"], tmp_path)
