@@ -246,7 +246,24 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
         # but u**(p-1) stays: as OUT/u it would be 0/0 at u = 0
         if not (_fractional_power(expr) and reused.has(1 / expr.base)):
             d = reused
-    return sp.factor_terms(d)
+    return _forward_sums(sp.factor_terms(d), expr)
+
+
+def _forward_sums(d: sp.Expr, expr: sp.Expr) -> sp.Expr:
+    """``d`` with each sum that is a rational multiple of a sum of ``expr`` written as
+    that multiple: factor_terms clears denominators, 4*x - 4*y + 9 for the forward's
+    x - y + 9/4, and CSE would compute both."""
+    forward = {}
+    for a in expr.atoms(sp.Add):
+        content, primitive = a.as_content_primitive()
+        forward[primitive] = (content, a)
+    shared = {}
+    for b in d.atoms(sp.Add):
+        content, primitive = b.as_content_primitive()
+        if primitive in forward and forward[primitive][1] != b:
+            c, a = forward[primitive]
+            shared[b] = (content / c) * a
+    return d.xreplace(shared)
 
 
 def _log_of_bases(expr: sp.Expr, x: sp.Symbol) -> dict:

@@ -1038,12 +1038,9 @@ def test_lstm_temporaries_are_numbered_in_order_of_use():
     assert seen == sorted(seen), seen[:8]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="from_expr (x*y**2 - x + 9/4)**2: value_and_grad computes "
-    "9 + 4*t2 - 4*x twice, once inside the loss and again as t3",
-)
 def test_formula_residual_is_computed_once():
+    """factor_terms clears the gradient's denominators (9 + 4*t2 - 4*x for the loss's
+    9/4 + t2 - x); symbolic._forward_sums writes it back as the forward's sum."""
     module_source, _ = generate(
         sg.Model.from_expr(
             "residual_once", loss=(sp.Rational(9, 4) - x + x * y**2) ** 2, params=[x, y]
