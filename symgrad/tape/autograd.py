@@ -30,12 +30,17 @@ FREED_GRAPH = (
 
 
 def __getattr__(name):
-    """autograd.Function, from function.py: it builds on Tensor, which builds on
-    this module, so it is imported when first asked for."""
-    if name == "Function":
-        from .function import Function
+    """autograd.Function and autograd.function (function.py), autograd.functional
+    (autograd_functional.py): they build on Tensor, which builds on this module, so
+    they are imported when first asked for."""
+    if name in ("Function", "function"):
+        from . import function
 
-        return Function
+        return function if name == "function" else function.Function
+    if name == "functional":
+        from . import autograd_functional
+
+        return autograd_functional
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -317,8 +322,9 @@ def _seeds(outputs, grad_outputs, create_graph):
         array = as_array(g, out.dtype)
         if array.shape != out.shape:
             raise RuntimeError(
-                f"Mismatch in shape: grad_output[{i}] has a shape of {array.shape} "
-                f"and output[{i}] has a shape of {out.shape}."
+                f"Mismatch in shape: grad_output[{i}] has a shape of "
+                f"torch.Size({list(array.shape)}) and output[{i}] has a shape of "
+                f"torch.Size({list(out.shape)})."
             )
         if create_graph:
             array = g if isinstance(g, Tensor) else Tensor._wrap(array)
@@ -361,12 +367,20 @@ def grad(
     grad_outputs=None,
     retain_graph=None,
     create_graph=False,
-    allow_unused=False,
+    allow_unused=None,
+    materialize_grads=False,
 ):
     """The gradients of outputs (weighted by grad_outputs, default 1 for scalars)
     with respect to each of inputs, as new tensors; .grad fields are left alone.
-    With create_graph they are recorded, so they can be differentiated again."""
+    With create_graph they are recorded, so they can be differentiated again.
+    materialize_grads gives zeros for unused inputs (allowing them)."""
     from .tensor import Tensor
+
+    if materialize_grads and allow_unused is False:
+        raise ValueError(
+            "Expected allow_unused to be True or not passed when materialize_grads="
+            "True, but got: allow_unused=False."
+        )
 
     retain_graph = create_graph if retain_graph is None else retain_graph
     outputs, inputs = _tensors(outputs), _tensors(inputs)
@@ -376,11 +390,18 @@ def grad(
     if not all(t.requires_grad for t in inputs):
         raise RuntimeError("One of the differentiated Tensors does not require grad")
     grads = run_backward(outputs, seeds, retain_graph, inputs, create_graph)
-    if not allow_unused and any(g is None for g in grads):
+    unused = [i for i, g in enumerate(grads) if g is None]
+    if unused and not (allow_unused or materialize_grads):
         raise RuntimeError(
-            "One of the differentiated Tensors appears to not have been used in the "
-            "graph. Set allow_unused=True if this is the desired behavior."
+            f"The differentiated Tensor at index {unused[0]} appears to not have been "
+            "used in the graph. Set allow_unused=True if this is the desired behavior."
         )
+    if materialize_grads:  # zeros for unused inputs: arrays, or Tensors if recorded
+        zeros = Tensor._wrap if create_graph else np.asarray
+        grads = [
+            zeros(np.zeros(t.shape, t.dtype)) if g is None else g
+            for t, g in zip(inputs, grads, strict=True)
+        ]
     if create_graph:
         return tuple(
             g if g is None else g.to(t.dtype)

@@ -15,6 +15,7 @@ from .autograd import no_grad, once_differentiable, underflow_ok
 from .creation import default_generator
 from .dtypes import scalar_name
 from .namespaces import NumPyOps, logsigmoid_array, sigmoid_array
+from .tensor import Tensor
 
 
 def sigmoid(input):
@@ -110,11 +111,10 @@ def elu(input, alpha=1.0, inplace=False):
     with np.errstate(over="ignore"):  # e^x of a large x is not picked
         out = np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
 
-    @once_differentiable
-    def backward(g):
-        return (np.where(x > 0, g, g * (out + alpha)),)
+    def backward(xp, g, x, out):
+        return (xp.where(x > 0, g, g * (out + alpha)),)
 
-    return input._result(out, (input,), backward, "EluBackward0")
+    return input._result(out, (input,), backward, "EluBackward0", (input, "out"))
 
 
 def leaky_relu(input, negative_slope=0.01, inplace=False):
@@ -195,15 +195,72 @@ def embedding(input, weight, padding_idx=None):
     if i.size and (i.min() < -len(w) or i.max() >= len(w)):
         raise IndexError("index out of range in self")
 
-    @once_differentiable
-    def backward(g):
-        grad = np.zeros_like(w, dtype=g.dtype)
-        np.add.at(grad, i, g)
-        if padding_idx is not None:
-            grad[padding_idx] = 0
-        return (grad,)
+    pad = None if padding_idx is None else padding_idx % len(w)
+    kept = (i != pad)[..., None]  # the padding row gets no gradient
+
+    def backward(xp, g, input):
+        return (xp.scatter(g * kept, w.shape, i),)
 
     return weight._result(w[i], (weight,), backward, "EmbeddingBackward0", (input,))
+
+
+def embedding_bag(
+    input,
+    weight,
+    offsets=None,
+    max_norm=None,
+    norm_type=2,
+    scale_grad_by_freq=False,
+    mode="mean",
+    sparse=False,
+    per_sample_weights=None,
+    include_last_offset=False,
+    padding_idx=None,
+):
+    """The sum or mean of each bag of embedding rows: a bag is a row of a 2-D
+    input, or the indices from one offset to the next of a 1-D one. padding_idx
+    entries are left out (an empty bag gives zeros). Built from embedding and
+    index_add, so its gradients (of any order) are theirs. sparse changes only
+    torch's gradient layout; max_norm, scale_grad_by_freq and mode="max" are not
+    there."""
+    if mode not in ("sum", "mean", "max"):
+        raise ValueError("mode has to be one of sum, mean or max")
+    if mode == "max" or max_norm is not None or scale_grad_by_freq:
+        raise NotImplementedError(
+            "embedding_bag: mode='max', max_norm and scale_grad_by_freq are not "
+            "supported by symgrad.tape"
+        )
+    if per_sample_weights is not None and mode != "sum":
+        raise NotImplementedError(
+            "embedding_bag: per_sample_weights was not None. per_sample_weights is "
+            f"only supported for mode='sum' (got mode='{mode}'). Please open a "
+            "feature request on GitHub."
+        )
+    if input.ndim == 2:
+        if offsets is not None:
+            raise ValueError(
+                "if input is 2D, then offsets has to be None, as input is treated is "
+                "a mini-batch of fixed length sequences."
+            )
+        n, length = input.shape
+        bag = np.repeat(np.arange(n), length)
+    elif offsets is None:
+        raise ValueError("offsets has to be a 1D Tensor but got None")
+    else:
+        n = len(offsets) - include_last_offset
+        bag = np.searchsorted(offsets._data, np.arange(input.numel()), "right") - 1
+    tokens = input.reshape(-1)._data
+    pad = None if padding_idx is None else padding_idx % len(weight)
+    used = (bag < n) & (tokens != pad)  # past the last offset, or padding: left out
+    rows = embedding(Tensor._wrap(tokens[used]), weight)
+    if per_sample_weights is not None:
+        rows = rows * per_sample_weights.reshape(-1)[Tensor._wrap(used)][:, None]
+    bag = Tensor._wrap(bag[used])
+    sums = weight.new_zeros((n, weight.shape[1])).index_add(0, bag, rows)
+    if mode == "sum":
+        return sums
+    counts = np.bincount(bag._data, minlength=n).astype(weight.dtype)
+    return sums / Tensor._wrap(np.maximum(counts, 1)[:, None])
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -379,6 +436,8 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
             f"different to the input size (torch.Size({list(input.shape)})) is "
             "deprecated. Please ensure they have the same size."
         )
+    if target.dtype != input.dtype:
+        raise _dtype_mismatch(input, target)
     x = input._data
     if np.any((x < 0) | (x > 1)):
         raise RuntimeError("all elements of input should be between 0 and 1")
@@ -434,10 +493,28 @@ def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
     return _difference_loss("SmoothL1LossBackward0", input, target, reduction, parts)
 
 
+def _dtype_mismatch(input, target):
+    """torch's error where a loss kernel needs input and target of one dtype."""
+    return RuntimeError(
+        f"Found dtype {scalar_name(target.dtype)} but expected "
+        f"{scalar_name(input.dtype)}"
+    )
+
+
 def huber_loss(input, target, reduction="mean", delta=1.0):
-    """delta times smooth_l1_loss with beta = delta."""
+    """delta times smooth_l1_loss with beta = delta. torch's kernel computes in
+    input's dtype and its backward refuses a target of another dtype."""
     parts = _smooth_l1(delta, delta)
-    return _difference_loss("HuberLossBackward0", input, target, reduction, parts)
+    if target.dtype == input.dtype:
+        return _difference_loss("HuberLossBackward0", input, target, reduction, parts)
+    out = _difference_loss(
+        "HuberLossBackward0", input, target.to(input.dtype), reduction, parts
+    )
+
+    def backward(xp, g):
+        raise _dtype_mismatch(input, target)
+
+    return out._result(out._data, (out,), backward, "HuberLossBackward0", saves=False)
 
 
 def _log(xp, y):

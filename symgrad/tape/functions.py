@@ -130,9 +130,30 @@ def _einsum_subscripts(equation, operands):
             raise NotImplementedError(
                 f"einsum(): repeated subscripts in one operand ('{sub}')"
             )
+    sizes = {}
+    for i, (sub, t) in enumerate(zip(inputs, operands, strict=True)):
+        if t.dtype != operands[0].dtype:
+            raise RuntimeError(
+                f"expected scalar type {scalar_name(operands[0].dtype)} but found "
+                f"{scalar_name(t.dtype)}"
+            )
+        for c, n in zip(sub, t.shape, strict=True):
+            seen = sizes.setdefault(c, n)
+            if 1 not in (seen, n) and seen != n:
+                raise RuntimeError(
+                    f"einsum(): subscript {c} has size {n} for operand {i} which "
+                    f"does not broadcast with previously seen size {seen}"
+                )
+            sizes[c] = max(seen, n)  # a size-1 dim broadcasts, as in torch
     if not arrow:
         letters = "".join(inputs)
         output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    for c in output:
+        if c not in sizes:
+            raise RuntimeError(
+                f"einsum(): output subscript {c} does not appear in the equation for "
+                "any input operand"
+            )
     return inputs, output
 
 
@@ -162,5 +183,12 @@ def _einsum_grad(xp, g, inputs, output, values, i):
     equation = f"{','.join([output, *others])}->{kept}"
     grad = xp.einsum(equation, g, *(v for j, v in enumerate(values) if j != i))
     shape = values[i].shape
-    ones = [n if c in kept else 1 for c, n in zip(inputs[i], shape, strict=True)]
-    return xp.broadcast_to(grad.reshape(ones), shape)
+    own = dict(zip(inputs[i], shape, strict=True))
+    # letters this operand has at size 1 where g or the others are larger: summed
+    summed = tuple(a for a, c in enumerate(kept) if own[c] == 1 and grad.shape[a] != 1)
+    if summed:
+        grad = grad.sum(axis=summed, keepdims=True)
+    # letters grad lacks (this operand's alone) or has at size 1 where this
+    # operand is larger (the others broadcast) come back by broadcasting
+    got = dict(zip(kept, grad.shape, strict=True))
+    return xp.broadcast_to(grad.reshape([got.get(c, 1) for c in inputs[i]]), shape)

@@ -124,6 +124,30 @@ class CosineAnnealingLR(LRScheduler):
         return [ratio * (lr - low) + low for lr in self._current()]
 
 
+class CosineAnnealingWarmRestarts(LRScheduler):
+    """Cosine annealing from each base rate to eta_min over T_i epochs, then a
+    restart at the base rate; T_i starts at T_0 and is multiplied by T_mult at each
+    restart. Computed from the epoch (exactly torch's, whose count is integer)."""
+
+    def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0):
+        if not isinstance(T_0, int) or T_0 <= 0:
+            raise ValueError(f"Expected positive integer T_0, but got {T_0}")
+        if not isinstance(T_mult, int) or T_mult < 1:
+            raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult}")
+        self.T_0, self.T_mult, self.eta_min = T_0, T_mult, eta_min
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        t_cur, t_i = self.last_epoch, self.T_0
+        while t_cur >= t_i:
+            t_cur, t_i = t_cur - t_i, t_i * self.T_mult
+        low = self.eta_min
+        return [
+            low + (base - low) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+            for base in self.base_lrs
+        ]
+
+
 class LinearLR(LRScheduler):
     """The rate's factor goes linearly from start_factor to end_factor over
     total_iters epochs, then stays (a warmup), by torch's recurrence."""
@@ -214,6 +238,41 @@ class ReduceLROnPlateau(LRScheduler):
                     group["lr"] = new
             self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
         self._last_lr = self._current()
+
+
+class SequentialLR(LRScheduler):
+    """schedulers[i] runs from milestones[i - 1] (restarted there at its base
+    rates, as torch's closed forms give at epoch 0) up to milestones[i]."""
+
+    def __init__(self, optimizer, schedulers, milestones):
+        if len(milestones) != len(schedulers) - 1:
+            raise ValueError(
+                "Sequential Schedulers expects number of schedulers provided to be "
+                f"one more than the number of milestone points, but got number of "
+                f"schedulers {len(schedulers)} and the number of milestones to be "
+                f"equal to {len(milestones)}"
+            )
+        self.optimizer, self._schedulers = optimizer, list(schedulers)
+        self._milestones, self.last_epoch = list(milestones), 0
+        for group in optimizer.param_groups:  # undo the schedulers' first steps
+            group["lr"] = group["initial_lr"]
+        for scheduler in self._schedulers:
+            scheduler.last_epoch -= 1
+        self._schedulers[0].step()
+        self._last_lr = self._schedulers[0].get_last_lr()
+
+    def step(self):
+        self.last_epoch += 1
+        i = sum(m <= self.last_epoch for m in self._milestones)
+        scheduler = self._schedulers[i]
+        if i > 0 and self._milestones[i - 1] == self.last_epoch:
+            for group, base in zip(
+                self.optimizer.param_groups, scheduler.base_lrs, strict=True
+            ):
+                group["lr"] = base
+            scheduler.last_epoch = -1
+        scheduler.step()
+        self._last_lr = scheduler.get_last_lr()
 
 
 def _per_group(name, optimizer, value):

@@ -361,6 +361,10 @@ class Sequential(Module):
             return Sequential(OrderedDict(list(self._modules.items())[i]))
         return list(self._modules.values())[i]
 
+    def __setitem__(self, i, module):
+        """Replace the i-th module, under its name."""
+        setattr(self, list(self._modules)[i], module)
+
     def __len__(self):
         return len(self._modules)
 
@@ -470,6 +474,37 @@ class Embedding(Module):
         return f"{self.num_embeddings}, {self.embedding_dim}{padding}"
 
 
+class EmbeddingBag(Embedding):
+    """Embedding whose forward reduces each bag of rows (F.embedding_bag), drawn
+    and padded as Embedding's."""
+
+    def __init__(
+        self,
+        num_embeddings,
+        embedding_dim,
+        mode="mean",
+        include_last_offset=False,
+        padding_idx=None,
+        dtype=None,
+    ):
+        super().__init__(num_embeddings, embedding_dim, padding_idx, dtype)
+        self.mode, self.include_last_offset = mode, include_last_offset
+
+    def forward(self, input, offsets=None, per_sample_weights=None):
+        return functional.embedding_bag(
+            input,
+            self.weight,
+            offsets,
+            mode=self.mode,
+            per_sample_weights=per_sample_weights,
+            include_last_offset=self.include_last_offset,
+            padding_idx=self.padding_idx,
+        )
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, mode='{self.mode}'"
+
+
 class LayerNorm(Module):
     """Normalize over the last dims (normalized_shape) to mean 0 and variance 1,
     then scale by weight (ones) and shift by bias (zeros)."""
@@ -537,6 +572,13 @@ class BatchNorm1d(Module):
             self.register_buffer(name, None if stat is None else Tensor._wrap(stat))
         tracked = Tensor._wrap(np.array(0)) if track_running_stats else None
         self.register_buffer("num_batches_tracked", tracked)
+
+    def reset_running_stats(self):
+        """Back to the initial statistics, in place (the buffers stay the same)."""
+        if self.track_running_stats:
+            self.running_mean._data[...] = 0
+            self.running_var._data[...] = 1
+            self.num_batches_tracked._data[...] = 0
 
     def forward(self, input):
         if input.ndim not in (2, 3):

@@ -20,10 +20,33 @@ from .tensor import Tensor
 sys.modules[__name__ + ".lr_scheduler"] = lr_scheduler
 
 
-class Optimizer:
-    """Holds param_groups (dicts of params plus hyperparameters) and per-param state."""
+_FOREACH = {"foreach": None, "differentiable": False}
+_FUSED = {"fused": None}
+_CAPTURABLE = {"capturable": False}
 
-    def __init__(self, params, defaults):
+
+class Optimizer:
+    """Holds param_groups (dicts of params plus hyperparameters) and per-param state.
+
+    `_FLAGS` are the keywords (with torch's defaults, kept in the groups as torch
+    keeps them) by which a subclass's torch counterpart chooses how it computes a
+    step, not what it computes, so they change nothing here; differentiable=True,
+    a step recorded for autograd, is not there."""
+
+    _FLAGS = _FOREACH
+
+    def __init__(self, params, defaults, flags=None):
+        flags = flags or {}
+        for name in flags.keys() - self._FLAGS.keys():
+            raise TypeError(
+                f"{type(self).__name__}.__init__() got an unexpected keyword argument "
+                f"'{name}'"
+            )
+        if flags.get("differentiable"):
+            raise NotImplementedError(
+                "optimizers with differentiable=True are not in symgrad.tape"
+            )
+        defaults = {**defaults, **self._FLAGS, **flags}
         if isinstance(params, Tensor):
             raise TypeError(
                 "params argument given to the optimizer should be an iterable of "
@@ -155,6 +178,8 @@ class SGD(Optimizer):
     """g = grad + weight_decay*p; buf = momentum*buf + (1-dampening)*g (buf = g on the
     first step); g = g + momentum*buf if nesterov else buf; p -= lr*g."""
 
+    _FLAGS = _FOREACH | _FUSED
+
     def __init__(
         self,
         params,
@@ -165,6 +190,7 @@ class SGD(Optimizer):
         nesterov=False,
         *,
         maximize=False,
+        **flags,
     ):
         _check(lr >= 0, "learning rate", lr)
         _check(momentum >= 0, "momentum value", momentum)
@@ -179,7 +205,7 @@ class SGD(Optimizer):
             nesterov=nesterov,
             maximize=maximize,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flags)
 
     def _update(self, p, g, state, group):
         if group["weight_decay"] != 0:
@@ -202,6 +228,8 @@ class Adam(Optimizer):
     (amsgrad: v = the max of all v so far);
     p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)."""
 
+    _FLAGS = _FOREACH | _FUSED | _CAPTURABLE
+
     def __init__(
         self,
         params,
@@ -212,6 +240,7 @@ class Adam(Optimizer):
         amsgrad=False,
         *,
         maximize=False,
+        **flags,
     ):
         _check(lr >= 0, "learning rate", lr)
         _check(eps >= 0, "epsilon value", eps)
@@ -226,7 +255,7 @@ class Adam(Optimizer):
             amsgrad=amsgrad,
             maximize=maximize,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flags)
 
     def _decayed(self, p, g, group):
         """The gradient with L2 weight decay added (AdamW decays p instead)."""
@@ -267,9 +296,10 @@ class AdamW(Adam):
         amsgrad=False,
         *,
         maximize=False,
+        **flags,
     ):
         super().__init__(
-            params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize
+            params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, **flags
         )
 
     def _decayed(self, p, g, group):
@@ -282,6 +312,8 @@ class RMSprop(Optimizer):
     g, 1-alpha) and v - a^2 in place of v; d = sqrt(v) + eps; p -= lr*g/d, or with
     momentum buf = momentum*buf + g/d and p -= lr*buf."""
 
+    _FLAGS = _FOREACH | _CAPTURABLE
+
     def __init__(
         self,
         params,
@@ -293,6 +325,7 @@ class RMSprop(Optimizer):
         centered=False,
         *,
         maximize=False,
+        **flags,
     ):
         _check(lr >= 0, "learning rate", lr)
         _check(eps >= 0, "epsilon value", eps)
@@ -308,7 +341,7 @@ class RMSprop(Optimizer):
             centered=centered,
             maximize=maximize,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flags)
 
     def _update(self, p, g, state, group):
         alpha, momentum = group["alpha"], group["momentum"]
@@ -341,6 +374,8 @@ class Adagrad(Optimizer):
     (sqrt(sum) + eps). As in torch, each parameter's state exists as soon as the
     parameter is added."""
 
+    _FLAGS = _FOREACH | _FUSED
+
     def __init__(
         self,
         params,
@@ -351,6 +386,7 @@ class Adagrad(Optimizer):
         eps=1e-10,
         *,
         maximize=False,
+        **flags,
     ):
         _check(lr >= 0, "learning rate", lr)
         _check(lr_decay >= 0, "lr_decay value", lr_decay)
@@ -369,7 +405,7 @@ class Adagrad(Optimizer):
             initial_accumulator_value=initial_accumulator_value,
             maximize=maximize,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flags)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)

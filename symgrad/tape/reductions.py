@@ -109,12 +109,10 @@ def _select(self, dim, keepdim, arg, result, name):
     _check_nonempty(x, dim, dims, result.__name__)
     (dim,) = dims
     idx = arg(x, axis=dim, keepdims=True)
+    where = _along(idx, dim)
 
-    @once_differentiable
-    def backward(g):
-        grad = np.zeros_like(x, dtype=g.dtype)
-        np.put_along_axis(grad, idx, g.reshape(idx.shape), axis=dim)
-        return (grad,)
+    def backward(xp, g):
+        return (xp.scatter(g.reshape(idx.shape), x.shape, where),)
 
     values = np.take_along_axis(x, idx, axis=dim)
     values = _reduced(self, values, (dim,), keepdim, backward, name, saves=())
@@ -127,6 +125,14 @@ def _arg(self, arg, dim, keepdim):
             arg(self._data).reshape((1,) * self.ndim if keepdim else ())
         )
     return self._result(arg(self._data, axis=dim, keepdims=keepdim))
+
+
+def _along(idx, axis):
+    """The NumPy index of the positions idx holds along axis (put_along_axis's),
+    so that a rule moves g back to them with xp.scatter, differentiably."""
+    where = list(np.indices(idx.shape, sparse=True))
+    where[axis] = idx
+    return tuple(where)
 
 
 def _others_product(x, axis):
@@ -162,17 +168,16 @@ def _spread(self, dim, unbiased, keepdim, correction, root):
     return _reduced(self, out, dims, keepdim, backward, name, (self, "out"))
 
 
-def _cumprod_grad(x, g, axis):
-    """d(sum g * cumprod(x))/dx: element i gets sum over j >= i of g[j] times the
-    product of x[:j+1] without x[i], built from products of x before i and of
-    x[i+1:j+1], so zeros in x are exact (out / x is not)."""
-    x, g = np.moveaxis(x, axis, -1), np.moveaxis(g, axis, -1)
+def _cumprod_grad(xp, x, g, axis):
+    """d(sum g * cumprod(x))/dx: element i gets the sum over j >= i of g[j] times
+    the product of x[:j+1] without x[i], a cumprod of x with x[i] set to 1, so
+    zeros in x are exact (out / x is not)."""
+    perm = [d for d in range(x.ndim) if d != axis] + [axis]  # axis last
+    x, g = xp.transpose(x, perm), xp.transpose(g, perm)
     i, j = np.indices((x.shape[-1],) * 2)
-    between = np.cumprod(np.where(j > i, x[..., None, :], 1), axis=-1)  # [.., i, j]
-    ones = np.ones_like(x[..., :1])
-    before = np.cumprod(np.concatenate([ones, x[..., :-1]], -1), -1)
-    grad = before * np.where(j >= i, g[..., None, :] * between, 0).sum(-1)
-    return np.moveaxis(grad, -1, axis)
+    others = xp.where(i == j, 1, x[..., None, :]).cumprod(-1)  # [..., i, j]
+    grad = xp.where(j >= i, g[..., None, :] * others, 0).sum(-1)
+    return xp.transpose(grad, [perm.index(d) for d in range(x.ndim)])
 
 
 def _sorted(self, dim, descending, k, result, name):
@@ -387,9 +392,9 @@ class ReductionOps:
         x = np.atleast_1d(self._data)  # a 0-d tensor has dims 0 and -1
         out = np.cumprod(x, axis=axis, dtype=_accumulator(x)).reshape(self.shape)
 
-        @once_differentiable
-        def backward(g):
-            return (_cumprod_grad(x, np.atleast_1d(g), axis).reshape(out.shape),)
+        def backward(xp, g, x1):
+            grad = _cumprod_grad(xp, x1.reshape(x.shape), g.reshape(x.shape), axis)
+            return (grad.reshape(out.shape),)
 
         return self._result(out, (self,), backward, "CumprodBackward0")
 

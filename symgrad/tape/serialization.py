@@ -11,11 +11,39 @@ from .tensor import Tensor
 
 
 class _StoredTensor:
-    """A tensor as saved: a copy of its array and whether it required grad."""
+    """A tensor as saved: its class, whether it required grad, and its array as a
+    window (shape, strides, byte offset) into a copy of the memory it shows, which
+    is shared by all tensors saved from that memory, so that views and repeats
+    load sharing memory as in torch."""
 
-    def __init__(self, tensor):
-        self.array = np.array(tensor._data)
-        self.requires_grad = tensor.requires_grad
+    def __init__(self, tensor, memories):
+        a = tensor._data
+        root = a
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        if not root.flags.c_contiguous:  # a window needs C-ordered memory: copy
+            root = a
+        if id(root) not in memories:  # root kept too, so that its id stays unique
+            memories[id(root)] = (root, np.array(root))
+        self.memory = memories[id(root)][1]
+        self.window = (a.shape, a.strides, _address(a) - _address(root))
+        self.cls, self.requires_grad = type(tensor), tensor.requires_grad
+
+    def load(self, cache):
+        """The tensor, made once per saved tensor (`cache` maps id(self))."""
+        if id(self) not in cache:
+            shape, strides, offset = self.window
+            array = np.ndarray(shape, self.memory.dtype, self.memory, offset, strides)
+            cache[id(self)] = (  # an nn.Parameter is restored as one, as in torch
+                Tensor._wrap(array, self.requires_grad)
+                if self.cls is Tensor
+                else self.cls(array, self.requires_grad)
+            )
+        return cache[id(self)]
+
+
+def _address(a):
+    return a.__array_interface__["data"][0]
 
 
 def _map(obj, fn, kind):
@@ -39,7 +67,14 @@ def _file(f, mode):
 def save(obj, f):
     """Write obj to f, a path (written as named) or a binary file object."""
     holder = np.empty((), object)  # a 0-d array, whatever obj is
-    holder[()] = _map(obj, _StoredTensor, Tensor)
+    memories, stored = {}, {}  # by id: one copy per memory, one record per tensor
+
+    def store(t):
+        if id(t) not in stored:
+            stored[id(t)] = _StoredTensor(t, memories)
+        return stored[id(t)]
+
+    holder[()] = _map(obj, store, Tensor)
     with _file(f, "wb") as file:
         np.save(file, holder, allow_pickle=True)
 
@@ -49,4 +84,5 @@ def load(f, map_location=None, weights_only=False):
     nothing."""
     with _file(f, "rb") as file:
         obj = np.load(file, allow_pickle=True)[()]
-    return _map(obj, lambda s: Tensor._wrap(s.array, s.requires_grad), _StoredTensor)
+    cache = {}
+    return _map(obj, lambda s: s.load(cache), _StoredTensor)

@@ -1,6 +1,9 @@
 """Shape ops, indexing and gather. Their backward moves g back to the input layout;
 indexing scatter-adds, so repeated indices accumulate."""
 
+import math
+import warnings
+
 import numpy as np
 
 from . import autograd
@@ -38,6 +41,20 @@ def _broadcast_view(a, shape):
 def _tensors(parts):
     """The index tensors in an index, which an op that keeps them saves."""
     return tuple(p for p in parts if isinstance(p, ShapeOps))
+
+
+UINT8_INDEX = (
+    "indexing with dtype torch.uint8 is now deprecated, please use a dtype "
+    "torch.bool instead."
+)
+
+
+def _index_array(t):
+    """An index tensor's array; a uint8 one is a mask in torch, so a bool one."""
+    if t.dtype != np.uint8:
+        return t._data
+    warnings.warn(UINT8_INDEX, UserWarning, stacklevel=4)
+    return t._data.astype(bool)
 
 
 def _axis(dim, ndim):
@@ -318,9 +335,10 @@ class ShapeOps:
 
     @staticmethod
     def _index(index):
-        """NumPy index for a torch index: Tensors inside become their arrays."""
+        """NumPy index for a torch index: Tensors inside become their arrays, a
+        uint8 one a bool mask (torch's deprecated meaning, not positions)."""
         parts = index if isinstance(index, tuple) else (index,)
-        parts = tuple(getattr(p, "_data", p) for p in parts)
+        parts = tuple(_index_array(p) if isinstance(p, ShapeOps) else p for p in parts)
         return parts if isinstance(index, tuple) else parts[0]
 
     def __getitem__(self, index):
@@ -364,12 +382,15 @@ class ShapeOps:
         def region(a):
             return a if view_fn is None else view_fn(a)
 
-        @autograd.once_differentiable
-        def backward(g):
-            rest = g.copy()
-            region(rest)[index] = 0
-            picked = region(g)[index]
-            return rest, (
+        shape = self.shape
+
+        def backward(xp, g, *index_tensors):
+            # both parts are indexing of g, so they are recorded under create_graph
+            cells = region(np.arange(math.prod(shape)).reshape(shape))[index]
+            written = np.zeros(shape, bool)
+            written.reshape(-1)[cells] = True
+            picked = g.reshape(-1)[cells]
+            return xp.where(written, 0, g), (
                 unbroadcast(picked, value.shape) if value.requires_grad else None
             )
 

@@ -20,7 +20,9 @@ NON_LEAF_GRAD = (
     "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. Its "
     ".grad attribute won't be populated during autograd.backward(). If you indeed want "
     "the .grad field to be populated for a non-leaf Tensor, use .retain_grad() on the "
-    "non-leaf Tensor."
+    "non-leaf Tensor. If you access the non-leaf Tensor by mistake, make sure you "
+    "access the leaf Tensor instead. See github.com/pytorch/pytorch/pull/30531 for "
+    "more information."
 )
 LEAF_INPLACE = (
     "a leaf Variable that requires grad is being used in an in-place operation."
@@ -97,7 +99,9 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         self.requires_grad = requires_grad
 
     @staticmethod
-    def _result(data, inputs=(), backward=None, name=None, saves=True, view=None):
+    def _result(
+        data, inputs=(), backward=None, name=None, saves=True, view=None, node=None
+    ):
         """Wrap an op's output; record it if grad mode is on and an input needs grad.
 
         `saves` says which tensors' values the backward closure holds: False (none),
@@ -105,7 +109,8 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         stored C-contiguous, as torch's are, unless the op may return a view: then
         `view` is the NumPy function that made it from inputs[0]'s array, and a
         result sharing that memory is a view (so that view() fails where torch's
-        does, and writes to it reach the base)."""
+        does, and writes to it reach the base). `node` makes the grad_fn (default
+        autograd.Node)."""
         out = Tensor._wrap(data if view else np.asarray(data, order="C"))
         if view is not None and np.may_share_memory(data, inputs[0]._data):
             out._view_of(inputs[0], view)
@@ -117,7 +122,8 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
             saved = None if saves is False else inputs if saves is True else saves
             saved = saved and tuple(out if isinstance(t, str) else t for t in saved)
             out._requires_grad = True
-            out._grad_fn = autograd.Node(name, tuple(inputs), backward, saved)
+            node = node or autograd.Node
+            out._grad_fn = node(name, tuple(inputs), backward, saved)
         return out
 
     def _view_of(self, src, fn):
