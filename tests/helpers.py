@@ -104,6 +104,18 @@ def torch_hessian(reference, params, inputs) -> np.ndarray:
     return torch.autograd.functional.hessian(loss, torch.tensor(flat)).numpy()
 
 
+def symbolic_sizes(module, params, inputs) -> dict[str, int]:
+    """The size of each symbolic dim of a generated module, read off its arguments
+    (for ``m.unroll`` at the sizes of a test's data)."""
+    sizes = {}
+    for key, shape in {**module.INPUTS, **module.PARAMS}.items():
+        value = {**params, **inputs}[key]
+        for dim, size in zip(shape, np.shape(value), strict=True):
+            if isinstance(dim, str):
+                sizes[dim] = size
+    return sizes
+
+
 def assert_second_order_agrees(
     module, reference, params, inputs, tol=1e-8, scaled=False, seed=5
 ):

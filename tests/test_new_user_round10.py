@@ -34,6 +34,7 @@ from helpers import (
     compile_module,
     normal,
     rel,
+    symbolic_sizes,
     torch_hessian,
 )
 from sympy.codegen.cfunctions import exp2, expm1, hypot, log1p, log2
@@ -1095,16 +1096,6 @@ def module_of(name, hessian=False, unroll=False):
     module = compile_module(model)
     COMPILE_SECONDS[name, hessian, unroll] = time.perf_counter() - start
     return module
-
-
-def symbolic_sizes(module, params, inputs):
-    sizes = {}
-    for key, shape in {**module.INPUTS, **module.PARAMS}.items():
-        value = {**params, **inputs}[key]
-        for dim, size in zip(shape, np.shape(value), strict=True):
-            if isinstance(dim, str):
-                sizes[dim] = size
-    return sizes
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

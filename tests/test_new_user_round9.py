@@ -29,6 +29,7 @@ from helpers import (
     compile_module,
     normal,
     rel,
+    symbolic_sizes,
     torch_hessian,
     torch_twin,
 )
@@ -896,16 +897,6 @@ def module_of(name, hessian=False, unroll=False):
     if unroll:
         model.unroll(**symbolic_sizes(compile_module(model), params, inputs))
     return compile_module(model)
-
-
-def symbolic_sizes(module, params, inputs):
-    sizes = {}
-    for key, shape in {**module.INPUTS, **module.PARAMS}.items():
-        value = {**params, **inputs}[key]
-        for dim, size in zip(shape, np.shape(value), strict=True):
-            if isinstance(dim, str):
-                sizes[dim] = size
-    return sizes
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
