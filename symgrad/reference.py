@@ -18,10 +18,7 @@ from .model import Model
 
 def reference(model: Model, params: dict, inputs: dict, engine=tape) -> tuple:
     """(loss, outputs, grads) of the model computed by ``engine`` (float64 throughout)."""
-    leaves = {
-        k: engine.tensor(np.asarray(p, dtype=float), requires_grad=True)
-        for k, p in params.items()
-    }
+    leaves = _leaves(params, engine)
     values = evaluate(model, leaves, inputs, engine)
     loss = values[model.loss_node]
     if loss.requires_grad:  # else the loss is constant: every gradient is zero
@@ -38,10 +35,7 @@ def hvp(model: Model, params: dict, inputs: dict, v: dict, engine=tape) -> dict 
     """The Hessian of the loss times ``v``, by ``engine``'s double backward; None where
     an op on the way has no second derivative there (the tape keeps a few first-order,
     such as var and prod)."""
-    leaves = {
-        k: engine.tensor(np.asarray(p, dtype=float), requires_grad=True)
-        for k, p in params.items()
-    }
+    leaves = _leaves(params, engine)
     loss = evaluate(model, leaves, inputs, engine)[model.loss_node]
     products = {k: np.zeros(np.shape(p)) for k, p in params.items()}
     try:
@@ -66,6 +60,14 @@ def hvp(model: Model, params: dict, inputs: dict, v: dict, engine=tape) -> dict 
             return None
         raise
     return products
+
+
+def _leaves(params: dict, engine) -> dict:
+    """The parameters as float64 leaf tensors of ``engine`` that require grad."""
+    return {
+        k: engine.tensor(np.asarray(p, dtype=float), requires_grad=True)
+        for k, p in params.items()
+    }
 
 
 def evaluate(model: Model, params: dict, inputs: dict, engine=tape) -> dict:
