@@ -380,8 +380,12 @@ def checked_formula(expr: sp.Basic, allowed: set, what: str) -> sp.Expr:
     sec, csc, cot and their hyperbolic kin become the reciprocals they are."""
     if not isinstance(expr, sp.Expr):
         raise ModelError(f"{what}: expected a SymPy expression, got {expr!r}")
-    if expr.has(sp.Piecewise):
-        raise ModelError(f"{what}: Piecewise in {expr} is not supported; use sg.where")
+    for piecewise in expr.atoms(sp.Piecewise):
+        if piecewise.args[-1].cond != sp.true:
+            raise ModelError(
+                f"{what}: {piecewise} has no value where no condition holds; "
+                "end it with an (expr, True) branch"
+            )
     expr = ew.without_reciprocal_functions(expr)
     ew.check_supported(expr, what)
     unknown = expr.free_symbols - allowed

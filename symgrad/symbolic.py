@@ -197,7 +197,7 @@ FUNCTIONS = (
 _ATOMS = (sp.Symbol, sp.Number, sp.NumberSymbol)
 _OPERATORS = (
     sp.Add, sp.Mul, sp.Pow, sp.Piecewise, ExprCondPair, sp.core.relational.Relational,
-    BooleanAtom,
+    BooleanAtom, sp.And, sp.Or, sp.Not,
 )  # fmt: skip
 
 

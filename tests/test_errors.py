@@ -191,15 +191,15 @@ def test_floor_of_data_alone_is_fine():
     assert np.isclose(grads["a"], np.mean(2 * (1.0 - np.floor(data))))
 
 
-def test_user_piecewise_points_to_sg_where():
-    with pytest.raises(sg.ModelError, match="Piecewise.*use sg.where"):
+def test_piecewise_without_a_default_branch_is_refused():
+    with pytest.raises(sg.ModelError, match=r"no value where no condition holds"):
         sg.Model.from_expr(
-            "m", loss=sp.Piecewise((a * t, t > 0), (0, True)), params=[a], inputs=[t]
+            "m", loss=sp.Piecewise((a * t, t > 0)), params=[a], inputs=[t]
         )
     m = sg.Model("m")
     p = m.param("p", (3,))
-    with pytest.raises(sg.ModelError, match="use sg.where"):
-        sg.elementwise(lambda z: sp.Piecewise((z, z > 0), (-z, True)), p)
+    with pytest.raises(sg.ModelError, match=r"end it with an \(expr, True\) branch"):
+        sg.elementwise(lambda z: sp.Piecewise((z, z > 0), (-z, z < -1)), p)
 
 
 def test_unevaluated_derivative_and_unknown_functions():

@@ -491,6 +491,52 @@ register(
 )
 
 
+def piecewise_penalty():
+    """SymPy's Piecewise in a formula: branches picked in order, & | ~ and == conditions."""
+    m = sg.Model("piecewise_penalty")
+    x, y = m.input("x", ("batch",)), m.input("y", ("batch",))
+    a, b = m.param("a"), m.param("b", ("batch",))
+
+    def penalty(r, w):
+        return sp.Piecewise(
+            (r**2 / 2, (sp.Abs(r) < 1) & ~sp.Eq(w, 0)),
+            (sp.exp(-r) - 1, (r < -2) | (w > 1)),
+            (sp.Abs(r) - sp.Rational(1, 2), True),
+        )
+
+    r = m.output("r", a * x + b)
+    m.loss(sg.sum(sg.elementwise(penalty, r, y)))
+    return m
+
+
+def _piecewise_penalty_torch(p, i):
+    r, w = p["a"] * i["x"] + p["b"], i["y"]
+    penalty = torch.where(
+        (r.abs() < 1) & ~(w == 0),
+        r**2 / 2,
+        torch.where((r < -2) | (w > 1), torch.exp(-r) - 1, r.abs() - 0.5),
+    )
+    return penalty.sum(), {"r": r}
+
+
+def _piecewise_penalty_data(rng, batch):
+    params = {"a": np.array(1.3), "b": 2 * rng.standard_normal(batch)}
+    # y hits each condition: 0, above 1, and neither
+    return params, {
+        "x": 2 * rng.standard_normal(batch),
+        "y": np.resize([0, 2, 0.5], batch),
+    }
+
+
+register(
+    piecewise_penalty,
+    _piecewise_penalty_torch,
+    _piecewise_penalty_data,
+    {"batch": 1},
+    {"batch": 9},
+)
+
+
 @pytest.mark.parametrize(
     "name, dims",
     [
