@@ -40,6 +40,7 @@ LEAVES = ("input", "param", "seed")
 FRESH = (
     "map",
     "matmul",
+    "concatenate",
     "sum",
     "max",
     "gather",

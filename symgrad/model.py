@@ -444,6 +444,34 @@ def max(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
     return Expr(ops.reduce_max(node, axis, keepdims))
 
 
+def concatenate(xs: Sequence[Expr], axis: int = 0) -> Expr:
+    """NumPy's concatenate: the shapes agree except along ``axis``."""
+    nodes = _values([_expr(x, "sg.concatenate") for x in xs], "sg.concatenate")
+    if not nodes:
+        raise ValueError("sg.concatenate needs at least one expression")
+    return Expr(ops.concatenate(nodes, axis))
+
+
+def stack(xs: Sequence[Expr], axis: int = 0) -> Expr:
+    """NumPy's stack: same shapes, joined along a new axis ``axis``."""
+    nodes = _values([_expr(x, "sg.stack") for x in xs], "sg.stack")
+    if not nodes:
+        raise ValueError("sg.stack needs at least one expression")
+    ndim = nodes[0].ndim + 1
+    if not -ndim <= axis < ndim:
+        raise ShapeError(f"sg.stack: axis {axis} is out of range for rank {ndim}")
+    whole = ("slice", None, None, None)
+    spec = tuple(("new",) if k == axis % ndim else whole for k in range(ndim))
+    for node in nodes[1:]:
+        if node.shape != nodes[0].shape:
+            raise ShapeError(
+                f"cannot stack {nodes[0].describe()} of shape "
+                f"{format_shape(nodes[0].shape)} and {node.describe()} of shape "
+                f"{format_shape(node.shape)}: shapes must be equal"
+            )
+    return Expr(ops.concatenate([ops.index(n, spec) for n in nodes], axis))
+
+
 def transpose(x: Expr, axes=None) -> Expr:
     return Expr(ops.transpose(_expr(x, "sg.transpose").node, axes))
 

@@ -21,7 +21,17 @@ from dataclasses import dataclass
 import sympy as sp
 
 from . import symbolic as ew
-from .ir import Node, Shape, ShapeError, broadcast, broadcast_shapes, format_shape, size
+from .ir import (
+    Dim,
+    Node,
+    Shape,
+    ShapeError,
+    as_dim,
+    broadcast,
+    broadcast_shapes,
+    format_shape,
+    size,
+)
 
 # --------------------------------------------------------------------------- builders
 
@@ -178,6 +188,39 @@ def dot(a: Node, b: Node) -> Node:
 def reduce_max(a: Node, axis=None, keepdims: bool = False) -> Node:
     axes = normalize_axes(a, axis)
     return Node("max", (a,), _reduced(a, axes, keepdims), attrs=(axes, keepdims))
+
+
+def concatenate(parts: Sequence[Node], axis: int) -> Node:
+    """NumPy's concatenate: shapes agree except along ``axis`` (no broadcasting)."""
+    first = parts[0]
+    if first.ndim == 0:
+        raise ShapeError(f"concatenate of {first.describe()}: 0-d values have no axis")
+    (axis,) = normalize_axes(first, axis)
+    for part in parts[1:]:
+        others = [p.shape[:axis] + p.shape[axis + 1 :] for p in (first, part)]
+        if part.ndim != first.ndim or others[0] != others[1]:
+            raise ShapeError(
+                f"cannot concatenate {first.describe()} of shape "
+                f"{format_shape(first.shape)} and {part.describe()} of shape "
+                f"{format_shape(part.shape)} along axis {axis}"
+            )
+    symbolic = [p for p in parts if not sp.sympify(p.shape[axis]).is_Integer]
+    if len(symbolic) > 1:
+        raise ShapeError(
+            f"concatenate along axis {axis}: only one part may have a symbolic size "
+            f"there, but {symbolic[0].describe()} and {symbolic[1].describe()} have "
+            f"{symbolic[0].shape[axis]} and {symbolic[1].shape[axis]}"
+        )
+    if len(parts) == 1:
+        return first
+    length = as_dim(sp.Add(*(p.shape[axis] for p in parts)))
+    shape = first.shape[:axis] + (length,) + first.shape[axis + 1 :]
+    return Node("concatenate", tuple(parts), shape, attrs=(axis,))
+
+
+def concatenated_at(node: Node, i: int) -> Dim:
+    """Where part ``i`` of a concatenation starts along its axis."""
+    return as_dim(sp.Add(*(p.shape[node.attrs[0]] for p in node.args[:i])))
 
 
 def detach(a: Node) -> Node:
@@ -498,6 +541,23 @@ def _vjp_index(g: Node, out: Node, i: int) -> Node:
     return scatter(a.shape, [(("slice", out.attrs[0]), g)])
 
 
+def _vjp_concatenate(g: Node, out: Node, i: int) -> Node:
+    """The part's slice of ``g``, its bounds counted from whichever end is of fixed
+    size (at most one part's size is symbolic)."""
+    axis = out.attrs[0]
+    sizes = [as_dim(sp.sympify(p.shape[axis])) for p in out.args]
+    before, size, after = sizes[:i], sizes[i], sizes[i + 1 :]
+    if all(isinstance(d, int) for d in before):
+        start = sum(before)
+        stop = start + size if after and isinstance(size, int) else -sum(after)
+    else:
+        stop = -sum(after)
+        start = stop - size
+    whole = ("slice", None, None, None)
+    spec = (whole,) * axis + (("slice", start or None, stop or None, None),)
+    return index(g, spec + (whole,) * (out.ndim - axis - 1))
+
+
 def _vjp_gather(g: Node, out: Node, i: int) -> Node | None:
     return scatter(out.args[0].shape, [(("rows",), g, out.args[1])]) if i == 0 else None
 
@@ -749,6 +809,10 @@ PRIMITIVES: dict[str, Primitive] = {
     "index": Primitive(lambda a, n: a[0] + format_index(n.attrs[0]), _vjp_index),
     "gather": Primitive(_numpy_gather, _vjp_gather),
     "take_along_axis": Primitive(_numpy_take_along_axis, _vjp_take_along_axis),
+    "concatenate": Primitive(
+        lambda a, n: f"np.concatenate(({', '.join(a)}), axis={n.attrs[0]})",
+        _vjp_concatenate,
+    ),
     "detach": Primitive(None, _no_grad),  # removed by the optimizer
     "scatter": Primitive(_numpy_scatter, _vjp_scatter),
     # A module-level helper (templates/module.py.j2): dense and sparse pairs differ.

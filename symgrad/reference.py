@@ -162,6 +162,8 @@ class _Interpreter:
         if op == "take_along_axis":
             shape = _concrete(node.shape, sizes)  # torch's gather does not broadcast
             return args[0].gather(attrs[0], args[1].expand(*shape))
+        if op == "concatenate":
+            return self.engine.cat(args, dim=attrs[0])
         if op == "detach":
             return args[0].detach()
         raise symbolic.UnsupportedError(f"no reference rule for {op}")

@@ -30,7 +30,7 @@ import sympy as sp
 from .codegen import LEAVES, VIEWS
 from .ir import Node, format_shape
 from .model import ModelError
-from .ops import along_shape, is_const, scatter_updates
+from .ops import along_shape, concatenated_at, is_const, scatter_updates
 from .printer import MathPrinter
 
 # A model without symbolic dims is unrolled automatically when no array in its
@@ -469,6 +469,15 @@ class _Expander:
             for source in _indices(self.shape(a))
             if tuple(source[k] for k in kept) == idx
         ]
+
+    def _concatenate(self, node: Node, idx: Index) -> sp.Expr:
+        axis = node.attrs[0]
+        for i in reversed(range(len(node.args))):
+            start = int(sp.sympify(concatenated_at(node, i)).subs(self.dims))
+            if idx[axis] >= start:
+                shifted = idx[:axis] + (idx[axis] - start,) + idx[axis + 1 :]
+                return self.elem(node.args[i], shifted)
+        raise AssertionError(idx)
 
     def _sum(self, node: Node, idx: Index) -> sp.Expr:
         return sp.Add(*self._reduced(node, idx))

@@ -202,6 +202,25 @@ def test_piecewise_without_a_default_branch_is_refused():
         sg.elementwise(lambda z: sp.Piecewise((z, z > 0), (-z, z < -1)), p)
 
 
+def test_concatenate_and_stack_name_the_mismatch():
+    m = sg.Model("m")
+    x, y = m.param("x", (3, 2)), m.param("y", ("n", 4))
+    with pytest.raises(
+        sg.ShapeError, match=r"x of shape \(3, 2\) and y .* along axis 0"
+    ):
+        sg.concatenate([x, y])
+    with pytest.raises(sg.ShapeError, match=r"stack x .* and y .* must be equal"):
+        sg.stack([x, y], axis=1)
+    with pytest.raises(sg.ShapeError, match="only one part may have a symbolic size"):
+        sg.concatenate([y, y], axis=0)
+    with pytest.raises(sg.ShapeError, match="0-d"):
+        sg.concatenate([m.param("s"), m.param("t")])
+    with pytest.raises(sg.ModelError, match="int64"):
+        sg.stack([m.input("i", (2,), dtype="int64"), x[:, 0]])
+    with pytest.raises(TypeError, match="sg expressions, got 1.0"):
+        sg.concatenate([x, 1.0])
+
+
 def test_unevaluated_derivative_and_unknown_functions():
     with pytest.raises(sg.UnsupportedError, match="Derivative"):
         sg.Model.from_expr("m", loss=sp.Derivative(a**2 * t, a), params=[a], inputs=[t])

@@ -537,6 +537,86 @@ register(
 )
 
 
+def polynomial_features():
+    """Features joined with sg.concatenate, a pair of scores with sg.stack."""
+    m = sg.Model("polynomial_features")
+    x, labels = m.input("x", ("batch", 2)), m.input("labels", ("batch",), dtype="int64")
+    W = m.param("W", (3, 6))
+    features = sg.concatenate([x, x**2, sg.sin(x[:, :1]), x[:, :1] * x[:, 1:]], axis=1)
+    scores = m.output("scores", features @ W.T)
+    pair = sg.stack([scores[:, 0], sg.max(scores[:, 1:], axis=1)], axis=-1)
+    picked = sg.take_along_axis(sg.log_softmax(scores, axis=1), labels[:, None], axis=1)
+    m.loss(sg.mean(sg.logsumexp(pair, axis=1)) - sg.mean(picked))
+    return m
+
+
+def _polynomial_features_torch(p, i):
+    x = i["x"]
+    features = torch.cat([x, x**2, torch.sin(x[:, :1]), x[:, :1] * x[:, 1:]], 1)
+    scores = features @ p["W"].T
+    pair = torch.stack([scores[:, 0], scores[:, 1:].amax(1)], -1)
+    loss = torch.logsumexp(pair, 1).mean() + F.cross_entropy(scores, i["labels"])
+    return loss, {"scores": scores}
+
+
+def _polynomial_features_data(rng, batch):
+    return {"W": rng.standard_normal((3, 6))}, {
+        "x": rng.standard_normal((batch, 2)),
+        "labels": rng.integers(0, 3, batch),
+    }
+
+
+register(
+    polynomial_features,
+    _polynomial_features_torch,
+    _polynomial_features_data,
+    {"batch": 1},
+    {"batch": 6},
+)
+
+
+def ring_of_points():
+    """A concatenation along a symbolic axis: fixed anchors around n free points, each
+    point pulled towards its neighbours on the closed ring."""
+    m = sg.Model("ring_of_points", hessian=True)
+    free, anchors = m.param("free", ("n", 2)), m.input("anchors", (2, 2))
+    ring = sg.concatenate([anchors[:1], free, anchors[1:]], axis=0)
+    after = sg.concatenate([ring[1:], ring[:1]])
+    m.loss(sg.sum(sg.sqrt(sg.sum((after - ring) ** 2, axis=1) + 0.1)))
+    return m
+
+
+def _ring_of_points_torch(p, i):
+    ring = torch.cat([i["anchors"][:1], p["free"], i["anchors"][1:]], 0)
+    after = torch.cat([ring[1:], ring[:1]])
+    return torch.sqrt(((after - ring) ** 2).sum(1) + 0.1).sum(), {}
+
+
+def _ring_of_points_data(rng, n):
+    return {"free": rng.standard_normal((n, 2))}, {
+        "anchors": rng.standard_normal((2, 2))
+    }
+
+
+register(
+    ring_of_points, _ring_of_points_torch, _ring_of_points_data, {"n": 1}, {"n": 5}
+)
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_hessian_through_a_concatenation(n):
+    _, module = module_of("ring_of_points")
+    params, inputs = _ring_of_points_data(np.random.default_rng(n), n)
+    assert_second_order_agrees(module, _ring_of_points_torch, params, inputs, TOL)
+
+
+def test_concatenation_reads_like_numpy():
+    source, _ = generate(polynomial_features())
+    assert re.search(
+        r"\n    \w+ = np\.concatenate\(\(x, \w+, \w+, \w+\), axis=1\)\n", source
+    )
+
+
 @pytest.mark.parametrize(
     "name, dims",
     [
