@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 
 _API = {
     "symgrad.model": (
-        "Cond Expr Model ModelError abs concatenate cos elementwise erf exp log log_softmax "
-        "logsumexp max maximum mean minimum relu reshape sigmoid sin softmax softplus sqrt "
-        "stack sum take_along_axis tanh transpose where"
+        "Cond Expr Model ModelError abs clip concatenate cos elementwise erf exp log log1p "
+        "log_softmax logsumexp max maximum mean min minimum relu reshape sigmoid sin softmax "
+        "softplus sqrt stack sum take_along_axis tanh transpose where"
     ).split(),
     "symgrad.ir": ["ShapeError"],
     "symgrad.symbolic": ["UnsupportedError"],

@@ -43,6 +43,7 @@ FRESH = (
     "concatenate",
     "sum",
     "max",
+    "min",
     "gather",
     "take_along_axis",
     "scatter",

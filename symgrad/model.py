@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 
 import sympy as sp
 
+import symgrad
+
 from . import ops
 from . import symbolic as ew
 from .ir import (
@@ -106,7 +108,7 @@ class Expr:
     def __array_function__(self, func, types, args, kwargs):
         """np.sum(x) and friends cannot see inside an expression: name the sg twin."""
         name = func.__name__
-        hint = f"use sg.{name}" if name in __all__ else "use sg's functions"
+        hint = f"use sg.{name}" if name in symgrad.__all__ else "use sg's functions"
         raise TypeError(f"numpy.{name} cannot take a symgrad expression; {hint}")
 
     def __init__(self, node: Node):
@@ -236,6 +238,9 @@ class Expr:
 
     def max(self, axis=None, keepdims=False) -> Expr:
         return max(self, axis, keepdims)
+
+    def min(self, axis=None, keepdims=False) -> Expr:
+        return min(self, axis, keepdims)
 
 
 class Cond:
@@ -409,6 +414,7 @@ sqrt = _unary(sp.sqrt)
 sin = _unary(sp.sin)
 cos = _unary(sp.cos)
 tanh = _unary(sp.tanh)
+log1p = _unary(ew.log1p)
 erf = _unary(sp.erf)  # exact GELU: x * (1 + sg.erf(x / np.sqrt(2))) / 2
 abs = _unary(sp.Abs)  # noqa: A001 - NumPy's name
 sigmoid = _unary(ew.sigmoid)
@@ -424,6 +430,25 @@ def maximum(a, b) -> Expr:
 def minimum(a, b) -> Expr:
     """Elementwise min of two operands (broadcast); ties split the gradient, as in torch."""
     return _elementwise(ew.Min, a, b)
+
+
+def clip(x, a_min=None, a_max=None) -> Expr:
+    """NumPy's clip (torch's clamp): the gradient passes where a_min <= x <= a_max and
+    goes to the bound elsewhere; a_min > a_max gives a_max, as both libraries do."""
+    if a_min is None and a_max is None:
+        raise ValueError("sg.clip needs a_min or a_max")
+    if a_min is None:
+        return _elementwise(
+            lambda z, hi: sp.Piecewise((hi, z > hi), (z, True)), x, a_max
+        )
+    if a_max is None:
+        return _elementwise(
+            lambda z, lo: sp.Piecewise((lo, z < lo), (z, True)), x, a_min
+        )
+    return _elementwise(
+        lambda z, lo, hi: sp.Piecewise((hi, (z > hi) | (lo > hi)), (lo, z < lo), (z, True)),
+        x, a_min, a_max,
+    )  # fmt: skip
 
 
 def sum(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
@@ -442,6 +467,12 @@ def max(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
     """NumPy's max; ties share the gradient equally (PyTorch's amax)."""
     (node,) = _values([_expr(x, "sg.max")], "sg.max")
     return Expr(ops.reduce_max(node, axis, keepdims))
+
+
+def min(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
+    """NumPy's min; ties share the gradient equally (PyTorch's amin)."""
+    (node,) = _values([_expr(x, "sg.min")], "sg.min")
+    return Expr(ops.reduce_max(node, axis, keepdims, op="min"))
 
 
 def concatenate(xs: Sequence[Expr], axis: int = 0) -> Expr:
@@ -777,11 +808,3 @@ class Model:
             else per_sample
         )
         return m
-
-
-__all__ = [
-    "Cond", "Expr", "Model", "ModelError", "abs", "cos", "elementwise", "exp", "log",
-    "log_softmax", "logsumexp", "max", "mean", "relu", "reshape", "sigmoid", "sin",
-    "size_symbol", "softmax", "softplus", "sqrt", "sum", "take_along_axis", "tanh",
-    "transpose", "where",
-]  # fmt: skip

@@ -185,9 +185,10 @@ def dot(a: Node, b: Node) -> Node:
     return Node("dot", (a, b), ())
 
 
-def reduce_max(a: Node, axis=None, keepdims: bool = False) -> Node:
+def reduce_max(a: Node, axis=None, keepdims: bool = False, op: str = "max") -> Node:
+    """NumPy's max (or, with ``op="min"``, min) over ``axis``."""
     axes = normalize_axes(a, axis)
-    return Node("max", (a,), _reduced(a, axes, keepdims), attrs=(axes, keepdims))
+    return Node(op, (a,), _reduced(a, axes, keepdims), attrs=(axes, keepdims))
 
 
 def concatenate(parts: Sequence[Node], axis: int) -> Node:
@@ -302,7 +303,10 @@ def size_requirements(node: Node) -> list[sp.Expr]:
                     factor = factor.base if factor.is_Pow else factor
                     needs |= set() if factor.is_number else {sp.expand(factor - 1)}
         return sorted(needs, key=str)
-    if node.op == "max":  # nor has an empty axis a max (also the shift of a softmax)
+    if node.op in (
+        "max",
+        "min",
+    ):  # nor has an empty axis a max (also the shift of a softmax)
         dims = {node.args[0].shape[k] for k in node.attrs[0]}
         return [d - 1 for d in sorted(dims, key=str) if not isinstance(d, int)]
     if node.op != "index":
@@ -518,7 +522,7 @@ def _vjp_sum(g: Node, out: Node, i: int) -> Node:
 
 
 def _vjp_max(g: Node, out: Node, i: int) -> Node:
-    """Ties share the gradient equally, as PyTorch's amax does."""
+    """Ties share the gradient equally, as PyTorch's amax and amin do."""
     (a,) = out.args
     axes, keepdims = out.attrs
     if not keepdims:
@@ -597,9 +601,9 @@ def _axis_kw(axes: tuple[int, ...], keepdims: bool, ndim: int) -> str:
     return ", ".join(parts)
 
 
-def _numpy_max(args: list[str], node: Node) -> str:
+def _numpy_max(args: list[str], node: Node) -> str:  # or min
     axes, keepdims = node.attrs
-    return f"{args[0]}.max({_axis_kw(axes, keepdims, node.args[0].ndim)})"
+    return f"{args[0]}.{node.op}({_axis_kw(axes, keepdims, node.args[0].ndim)})"
 
 
 def _numpy_sum(args: list[str], node: Node) -> str:
@@ -806,6 +810,7 @@ PRIMITIVES: dict[str, Primitive] = {
     ),
     "sum": Primitive(_numpy_sum, _vjp_sum),
     "max": Primitive(_numpy_max, _vjp_max),
+    "min": Primitive(_numpy_max, _vjp_max),
     "index": Primitive(lambda a, n: a[0] + format_index(n.attrs[0]), _vjp_index),
     "gather": Primitive(_numpy_gather, _vjp_gather),
     "take_along_axis": Primitive(_numpy_take_along_axis, _vjp_take_along_axis),

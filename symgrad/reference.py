@@ -155,6 +155,8 @@ class _Interpreter:
             return args[0].sum(dim=attrs[0], keepdim=attrs[1])
         if op == "max":
             return args[0].amax(dim=attrs[0], keepdim=attrs[1])
+        if op == "min":
+            return args[0].amin(dim=attrs[0], keepdim=attrs[1])
         if op == "index":
             return args[0][_index_key(attrs[0])]
         if op == "gather":

@@ -485,6 +485,9 @@ class _Expander:
     def _max(self, node: Node, idx: Index) -> sp.Expr:
         return sp.Max(*self._reduced(node, idx))
 
+    def _min(self, node: Node, idx: Index) -> sp.Expr:
+        return sp.Min(*self._reduced(node, idx))
+
     def _dot(self, node: Node, idx: Index) -> sp.Expr:
         a, b = node.args
         return sp.Add(

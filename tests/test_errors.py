@@ -221,6 +221,17 @@ def test_concatenate_and_stack_name_the_mismatch():
         sg.concatenate([x, 1.0])
 
 
+def test_numpy_functions_on_expressions_name_the_sg_twin():
+    x = sg.Model("m").param("x", (3,))
+    for fn, twin in [(np.clip, "sg.clip"), (np.concatenate, "sg.concatenate")]:
+        with pytest.raises(TypeError, match=f"numpy.{fn.__name__} .*; use {twin}"):
+            fn(x, 0, 1) if fn is np.clip else fn([x, x])
+    with pytest.raises(TypeError, match="use sg's functions"):
+        np.cumsum(x)
+    with pytest.raises(ValueError, match="sg.clip needs a_min or a_max"):
+        sg.clip(x)
+
+
 def test_unevaluated_derivative_and_unknown_functions():
     with pytest.raises(sg.UnsupportedError, match="Derivative"):
         sg.Model.from_expr("m", loss=sp.Derivative(a**2 * t, a), params=[a], inputs=[t])

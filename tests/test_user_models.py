@@ -617,6 +617,51 @@ def test_concatenation_reads_like_numpy():
     )
 
 
+def clipped_ranges():
+    """sg.min over axes (ties share the gradient, as amin), sg.clip with array and
+    number bounds (the gradient passes at x == bound, as clamp), sg.log1p."""
+    m = sg.Model("clipped_ranges")
+    x, lo = m.param("x", ("n", 3)), m.param("lo", (3,))
+    per_column, per_row = sg.min(x, axis=0), x.min(axis=1, keepdims=True)
+    clipped = m.output("clipped", sg.clip(x, lo, 0.5))
+    m.loss(
+        sg.sum(per_column**2)
+        + sg.sum(per_row * x)
+        + sg.sum(clipped * sg.log1p(x**2))
+        + sg.sum(sg.clip(x, None, lo) ** 2)
+        + sg.sum(sg.exp(sg.clip(x, -0.2)))
+        + sg.min(x)
+    )
+    return m
+
+
+def _clipped_ranges_torch(p, i):
+    x, lo = p["x"], p["lo"]
+    clipped = torch.clamp(x, lo, torch.tensor(0.5, dtype=torch.float64))
+    loss = (
+        (x.amin(0) ** 2).sum()
+        + (x.amin(1, keepdim=True) * x).sum()
+        + (clipped * torch.log1p(x**2)).sum()
+        + (torch.clamp(x, max=lo) ** 2).sum()
+        + torch.exp(torch.clamp(x, min=-0.2)).sum()
+        + x.amin()
+    )
+    return loss, {"clipped": clipped}
+
+
+def _clipped_ranges_data(rng, n):
+    lo = np.array([-0.2, 0.3, -0.5])
+    x = rng.standard_normal((n, 3))
+    x[:, 0] = -1.0  # a column whose minimum is tied (when n > 1)
+    x[-1] = [0.3, 0.3, 0.5]  # a row whose minimum is tied; x == lo and x == 0.5
+    return {"x": x, "lo": lo}, {}
+
+
+register(
+    clipped_ranges, _clipped_ranges_torch, _clipped_ranges_data, {"n": 1}, {"n": 4}
+)
+
+
 @pytest.mark.parametrize(
     "name, dims",
     [
