@@ -15,7 +15,7 @@ _API = {
     "symgrad.model": (
         "Cond Expr Model ModelError abs clip concatenate cos elementwise erf exp log log1p "
         "log_softmax logsumexp max maximum mean min minimum relu reshape sigmoid sin softmax "
-        "softplus sqrt stack sum take_along_axis tanh transpose where"
+        "softplus sqrt stack std sum take_along_axis tanh transpose var where cumsum"
     ).split(),
     "symgrad.ir": ["ShapeError"],
     "symgrad.symbolic": ["UnsupportedError"],

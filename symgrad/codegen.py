@@ -41,6 +41,7 @@ FRESH = (
     "map",
     "matmul",
     "concatenate",
+    "cumsum",
     "sum",
     "max",
     "min",

@@ -469,6 +469,27 @@ def max(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
     return Expr(ops.reduce_max(node, axis, keepdims))
 
 
+def var(x: Expr, axis=None, keepdims: bool = False, ddof: int = 0) -> Expr:
+    """NumPy's var: ``ddof=0`` divides by n (torch.var's default is ``ddof=1``)."""
+    node = _expr(x, "sg.var").node
+    count = sp.Mul(*(node.shape[a] for a in ops.normalize_axes(node, axis)))
+    centered = x - mean(x, axis, keepdims=True)
+    return _elementwise(lambda s: s / (count - ddof), sum(centered**2, axis, keepdims))
+
+
+def std(x: Expr, axis=None, keepdims: bool = False, ddof: int = 0) -> Expr:
+    """NumPy's std, the square root of ``sg.var``."""
+    return sqrt(var(x, axis, keepdims, ddof))
+
+
+def cumsum(x: Expr, axis=None) -> Expr:
+    """NumPy's cumsum; without ``axis``, of the flattened array."""
+    (node,) = _values([_expr(x, "sg.cumsum")], "sg.cumsum")
+    if axis is None:
+        node, axis = ops.reshape(node, (size(node.shape),)), 0
+    return Expr(ops.cumsum(node, axis))
+
+
 def min(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
     """NumPy's min; ties share the gradient equally (PyTorch's amin)."""
     (node,) = _values([_expr(x, "sg.min")], "sg.min")

@@ -191,6 +191,14 @@ def reduce_max(a: Node, axis=None, keepdims: bool = False, op: str = "max") -> N
     return Node(op, (a,), _reduced(a, axes, keepdims), attrs=(axes, keepdims))
 
 
+def cumsum(a: Node, axis: int, reverse: bool = False) -> Node:
+    """NumPy's cumsum along ``axis``; ``reverse`` sums from the end (its adjoint)."""
+    (axis,) = normalize_axes(a, axis)
+    if a.op == "index" and _flipped_axes(a.attrs[0]) == {axis}:  # x[::-1]: sum the
+        return index(cumsum(a.args[0], axis, not reverse), a.attrs[0])  # other way
+    return Node("cumsum", (a,), a.shape, attrs=(axis, reverse))
+
+
 def concatenate(parts: Sequence[Node], axis: int) -> Node:
     """NumPy's concatenate: shapes agree except along ``axis`` (no broadcasting)."""
     first = parts[0]
@@ -255,10 +263,8 @@ def normalize_index(a: Node, key) -> tuple:
                     raise ShapeError(
                         f"index of {a.describe()}: slice bounds must be ints"
                     )
-            if k.step is not None and k.step <= 0:
-                raise ShapeError(
-                    f"index of {a.describe()}: slice step must be positive"
-                )
+            if k.step == 0:
+                raise ShapeError(f"index of {a.describe()}: slice step cannot be zero")
             spec.append(("slice", k.start, k.stop, k.step))
         elif isinstance(k, int) and not isinstance(k, bool):
             spec.append(("int", k))
@@ -273,6 +279,8 @@ def normalize_index(a: Node, key) -> tuple:
 def _slice_len(dim, start, stop, step, what: str):
     if isinstance(dim, int):
         return len(range(*slice(start, stop, step).indices(dim)))
+    if step == -1 and start is None and stop is None:
+        return dim  # the whole axis reversed
     if step not in (None, 1):
         raise ShapeError(f"{what}: a step needs a fixed-size axis, not {dim}")
     length = _bound(dim, stop, dim) - _bound(dim, start, 0)
@@ -328,7 +336,21 @@ def _entries(spec: tuple, shape: Shape) -> list[tuple]:
     return list(zip([e for e in spec if e[0] != "new"], shape, strict=True))
 
 
+def _flipped_axes(spec: tuple) -> set[int] | None:
+    """The axes an index reverses (``x[::-1, :]``: {0}), if it only reverses axes."""
+    if all(e[:3] == ("slice", None, None) and e[3] in (None, -1) for e in spec):
+        return {k for k, e in enumerate(spec) if e[3] == -1}
+    return None
+
+
 def index(a: Node, spec: tuple) -> Node:
+    if a.op == "index" and None not in (_flipped_axes(a.attrs[0]), _flipped_axes(spec)):
+        flipped = _flipped_axes(a.attrs[0]) ^ _flipped_axes(spec)  # x[::-1][::-1] is x
+        spec = tuple(
+            ("slice", None, None, -1 if k in flipped else None)
+            for k in range(len(spec))
+        )
+        a = a.args[0]
     shape, axis = [], 0
     for entry in spec:
         if entry[0] == "new":
@@ -535,14 +557,29 @@ def _vjp_max(g: Node, out: Node, i: int) -> Node:
 
 def _vjp_index(g: Node, out: Node, i: int) -> Node:
     """A scatter into zeros; a reshape when the index keeps every element (``x[:, None]``,
-    ``x[..., 0]`` of a size-1 axis): no buffer to fill."""
+    ``x[..., 0]`` of a size-1 axis), and the same view when it reverses whole axes
+    (``x[::-1]``): no buffer to fill."""
     a = out.args[0]
+    if _flipped_axes(out.attrs[0]) is not None:
+        return index(g, out.attrs[0])
     if all(
         entry == ("slice", None, None, None) or (entry[0] == "int" and dim == 1)
         for entry, dim in _entries(out.attrs[0], a.shape)
     ):
         return reshape(g, a.shape)
     return scatter(a.shape, [(("slice", out.attrs[0]), g)])
+
+
+def _vjp_cumsum(g: Node, out: Node, i: int) -> Node:
+    axis, reverse = out.attrs
+    return cumsum(g, axis, not reverse)
+
+
+def _numpy_cumsum(args: list[str], node: Node) -> str:
+    axis, reverse = node.attrs
+    if not reverse:
+        return f"np.cumsum({args[0]}, axis={axis})"
+    return f"np.flip(np.cumsum(np.flip({args[0]}, {axis}), axis={axis}), {axis})"
 
 
 def _vjp_concatenate(g: Node, out: Node, i: int) -> Node:
@@ -814,6 +851,7 @@ PRIMITIVES: dict[str, Primitive] = {
     "index": Primitive(lambda a, n: a[0] + format_index(n.attrs[0]), _vjp_index),
     "gather": Primitive(_numpy_gather, _vjp_gather),
     "take_along_axis": Primitive(_numpy_take_along_axis, _vjp_take_along_axis),
+    "cumsum": Primitive(_numpy_cumsum, _vjp_cumsum),
     "concatenate": Primitive(
         lambda a, n: f"np.concatenate(({', '.join(a)}), axis={n.attrs[0]})",
         _vjp_concatenate,

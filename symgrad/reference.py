@@ -164,6 +164,11 @@ class _Interpreter:
         if op == "take_along_axis":
             shape = _concrete(node.shape, sizes)  # torch's gather does not broadcast
             return args[0].gather(attrs[0], args[1].expand(*shape))
+        if op == "cumsum":
+            axis, reverse = attrs
+            if reverse:
+                return args[0].flip(axis).cumsum(axis).flip(axis)
+            return args[0].cumsum(axis)
         if op == "concatenate":
             return self.engine.cat(args, dim=attrs[0])
         if op == "detach":

@@ -479,6 +479,17 @@ class _Expander:
                 return self.elem(node.args[i], shifted)
         raise AssertionError(idx)
 
+    def _cumsum(self, node: Node, idx: Index) -> sp.Expr:
+        axis, reverse = node.attrs
+        n = self.shape(node)[axis]
+        span = range(idx[axis], n) if reverse else range(idx[axis] + 1)
+        return sp.Add(
+            *(
+                self.elem(node.args[0], idx[:axis] + (k,) + idx[axis + 1 :])
+                for k in span
+            )
+        )
+
     def _sum(self, node: Node, idx: Index) -> sp.Expr:
         return sp.Add(*self._reduced(node, idx))
 

@@ -662,6 +662,116 @@ register(
 )
 
 
+def cox_partial_likelihood():
+    """Survival analysis: rows sorted by time, each event's risk set summed by a
+    reversed cumulative sum (``sg.cumsum(e[::-1])[::-1]`` on a symbolic axis)."""
+    m = sg.Model("cox_partial_likelihood", hessian=True)
+    X, event = m.input("X", ("n", 3)), m.input("event", ("n",))
+    beta = m.param("beta", (3,))
+    eta = X @ beta
+    risk_set = m.output("risk_set", sg.cumsum(sg.exp(eta)[::-1])[::-1])
+    m.loss(-sg.sum(event * (eta - sg.log(risk_set))) / sg.sum(event))
+    return m
+
+
+def _cox_partial_likelihood_torch(p, i):
+    eta = i["X"] @ p["beta"]
+    risk_set = torch.flip(torch.cumsum(torch.flip(torch.exp(eta), [0]), 0), [0])
+    loss = -(i["event"] * (eta - torch.log(risk_set))).sum() / i["event"].sum()
+    return loss, {"risk_set": risk_set}
+
+
+def _cox_partial_likelihood_data(rng, n):
+    event = (rng.random(n) < 0.6).astype(float)
+    event[0] = 1.0
+    return {"beta": rng.standard_normal(3)}, {
+        "X": rng.standard_normal((n, 3)),
+        "event": event,
+    }
+
+
+register(
+    cox_partial_likelihood,
+    _cox_partial_likelihood_torch,
+    _cox_partial_likelihood_data,
+    {"n": 1},
+    {"n": 7},
+)
+
+
+@pytest.mark.parametrize("n", [2, 7])
+def test_hessian_through_a_reversed_cumulative_sum(n):
+    _, module = module_of("cox_partial_likelihood")
+    params, inputs = _cox_partial_likelihood_data(np.random.default_rng(n), n)
+    assert_second_order_agrees(
+        module, _cox_partial_likelihood_torch, params, inputs, TOL
+    )
+
+
+def test_a_reversed_cumulative_sum_is_generated_without_copies():
+    source, _ = generate(cox_partial_likelihood())
+    start = source.index("def value_and_grad")
+    fused = source[start : source.index("\ndef ", start + 1)]
+    assert "risk_set = np.flip(np.cumsum(np.flip(t2, 0), axis=0), 0)" in fused
+    assert "np.cumsum(t7, axis=0)" in fused  # its adjoint: a forward cumsum
+    assert "np.zeros" not in fused and "[::-1]" not in fused
+
+
+def moments_and_reversals():
+    """sg.var/sg.std (NumPy's ddof), sg.cumsum with and without an axis, and negative
+    slice steps on a fixed-size axis."""
+    m = sg.Model("moments_and_reversals")
+    x, y = m.param("x", ("B", 7)), m.input("y", ("B", 7))
+    spread = m.output("spread", sg.std(x, axis=0, ddof=1, keepdims=True))
+    shuffled = x[:, ::-2][:, 1:] * x[:, 5::-2] + x[:, -1:-8:-3].sum(
+        axis=1, keepdims=True
+    )
+    m.loss(
+        sg.sum(sg.var(x, axis=1) * sg.cumsum(y, axis=1)[:, -1])
+        + sg.var(x)
+        + sg.sum(spread * x)
+        + sg.sum(sg.sin(sg.cumsum(x)))
+        + sg.sum(shuffled**2)
+    )
+    return m
+
+
+def _moments_and_reversals_torch(p, i):
+    x, y = p["x"], i["y"]
+    spread = x.std(0, unbiased=True, keepdim=True)
+    flipped = torch.flip(x, [1])
+    shuffled = flipped[:, ::2][:, 1:] * torch.flip(x[:, :6], [1])[:, ::2]
+    shuffled = shuffled + flipped[:, ::3].sum(1, keepdim=True)
+    loss = (
+        (x.var(1, unbiased=False) * torch.cumsum(y, 1)[:, -1]).sum()
+        + x.var(unbiased=False)
+        + (spread * x).sum()
+        + torch.sin(torch.cumsum(x.reshape(-1), 0)).sum()
+        + (shuffled**2).sum()
+    )
+    return loss, {"spread": spread}
+
+
+def _moments_and_reversals_data(rng, B):
+    return {"x": rng.standard_normal((B, 7))}, {"y": rng.standard_normal((B, 7))}
+
+
+register(
+    moments_and_reversals,
+    _moments_and_reversals_torch,
+    _moments_and_reversals_data,
+    {"B": 2},
+    {"B": 5},
+)
+
+
+def test_std_with_ddof_names_the_size_it_needs():
+    _, module = module_of("moments_and_reversals")
+    params, inputs = _moments_and_reversals_data(np.random.default_rng(0), 1)
+    with pytest.raises(ValueError, match="B=1: .* needs B >= 2"):
+        module.value_and_grad(params, inputs)
+
+
 @pytest.mark.parametrize(
     "name, dims",
     [
