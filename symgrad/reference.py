@@ -31,34 +31,27 @@ def reference(model: Model, params: dict, inputs: dict, engine=tape) -> tuple:
     return loss.item(), outputs, grads
 
 
-def hvp(model: Model, params: dict, inputs: dict, v: dict, engine=tape) -> dict | None:
-    """The Hessian of the loss times ``v``, by ``engine``'s double backward; None where
-    an op on the way has no second derivative there (the tape keeps a few first-order,
-    such as var and prod)."""
+def hvp(model: Model, params: dict, inputs: dict, v: dict, engine=tape) -> dict:
+    """The Hessian of the loss times ``v``, by ``engine``'s double backward."""
     leaves = _leaves(params, engine)
     loss = evaluate(model, leaves, inputs, engine)[model.loss_node]
     products = {k: np.zeros(np.shape(p)) for k, p in params.items()}
-    try:
-        if loss.requires_grad:  # else the loss is constant
-            grads = engine.autograd.grad(
-                loss, list(leaves.values()), create_graph=True, allow_unused=True
+    if loss.requires_grad:  # else the loss is constant
+        grads = engine.autograd.grad(
+            loss, list(leaves.values()), create_graph=True, allow_unused=True
+        )
+        along_v = [
+            (g * engine.tensor(np.asarray(v[k], dtype=float))).sum()
+            for k, g in zip(leaves, grads, strict=True)
+            if g is not None and g.requires_grad
+        ]
+        if along_v:  # else the gradient is constant
+            hv = engine.autograd.grad(
+                sum(along_v), list(leaves.values()), allow_unused=True
             )
-            along_v = [
-                (g * engine.tensor(np.asarray(v[k], dtype=float))).sum()
-                for k, g in zip(leaves, grads, strict=True)
-                if g is not None and g.requires_grad
-            ]
-            if along_v:  # else the gradient is constant
-                hv = engine.autograd.grad(
-                    sum(along_v), list(leaves.values()), allow_unused=True
-                )
-                for k, h in zip(leaves, hv, strict=True):
-                    if h is not None:
-                        products[k] = h.numpy()
-    except RuntimeError as e:
-        if "is not implemented" in str(e):
-            return None
-        raise
+            for k, h in zip(leaves, hv, strict=True):
+                if h is not None:
+                    products[k] = h.numpy()
     return products
 
 

@@ -1014,12 +1014,6 @@ def test_repr_matches_torch(name):
     assert repr(REPRS[name](tape)) == torch_float32_repr(REPRS[name])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tape's dtypes are NumPy's (tape.int32 is numpy.int32), so its repr says "
-    "dtype=int32; printing torch's dtype=torch.int32 would name a dtype tape does not "
-    "have",
-)
 def test_repr_of_a_non_default_dtype():
     make = lambda m: m.tensor([1, 2], dtype=m.int32)  # noqa: E731
     assert repr(make(tape)) == torch_float32_repr(make)

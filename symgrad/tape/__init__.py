@@ -40,6 +40,7 @@ from .dtypes import (
     float16,
     float32,
     float64,
+    get_default_dtype,
     half,
     int,
     int8,
@@ -47,10 +48,11 @@ from .dtypes import (
     int32,
     int64,
     long,
+    set_default_dtype,
     short,
     uint8,
 )
-from .functions import cat, einsum, stack, where
+from .functions import addmm, cat, einsum, stack, where
 from .serialization import load, save
 from .tensor import Tensor
 
@@ -62,6 +64,7 @@ __all__ += ["rand", "randn", "randint", "randperm", "rand_like", "randn_like"]
 __all__ += ["empty_like", "as_tensor", "device"]
 __all__ += ["float32", "float", "float64", "double", "int32", "int64", "long", "bool"]
 __all__ += ["float16", "half", "uint8", "int8", "int16", "short", "int"]
+__all__ += ["get_default_dtype", "set_default_dtype"]
 __all__ += (  # torch-level functions, defined below
     "neg exp log sqrt sin cos tan tanh sinh cosh asin acos atan abs sign sigmoid relu "
     "clamp softmax log_softmax logsumexp sum mean amax max argmax matmul gather clone "
@@ -72,7 +75,7 @@ __all__ += (  # torch-level functions, defined below
     "round trunc isnan isinf isfinite cumprod sort argsort topk norm any all tril "
     "triu index_select scatter_add index_add masked_select nonzero"
 ).split()
-__all__ += ["autograd", "linalg", "einsum", "save", "load"]
+__all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load"]
 
 
 # torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.

@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from .dtypes import scalar_name
 from .namespaces import NumPyOps, TensorOps, underflow_ok
 
 _grad_enabled = True
@@ -102,9 +103,27 @@ class set_grad_enabled(contextlib.ContextDecorator):
 
 MODIFIED_INPLACE = (
     "one of the variables needed for gradient computation has been modified by an "
-    "inplace operation: [{dtype} {shape}], saved by {op}, is at version {now}; "
-    "expected version {then} instead."
+    "inplace operation: [torch.{scalar}Tensor {shape}]{producer} is at version {now}; "
+    "expected version {then} instead. Hint: enable anomaly detection to find the "
+    "operation that failed to compute its gradient, with "
+    "torch.autograd.set_detect_anomaly(True, check_nan=False)."
 )
+
+
+def _modified_inplace(t, version, producer):
+    """MODIFIED_INPLACE for saved tensor t, naming the op that made it as torch
+    does: the grad_fn's name without "Backward0" (PowBackward1 is "Pow1")."""
+    op = producer and producer.name()
+    head, backward, number = (op or "").rpartition("Backward")
+    if backward and (number == "" or number.isdigit()):
+        op = head + ("" if number == "0" else number)
+    return MODIFIED_INPLACE.format(
+        scalar=scalar_name(t.dtype),
+        shape=list(t.shape),
+        producer=f", which is output 0 of {op}," if op else "",
+        now=t._version,
+        then=version,
+    )
 
 
 class VersionCounter:
@@ -151,14 +170,15 @@ class Node:
     that save nothing can be traversed again.
     """
 
-    def __init__(self, name, inputs, rule, saved=None):
+    def __init__(self, name, inputs, rule, saved=None, output=None):
         self._name = name
         self.edges = tuple((t, t.grad_fn) if t.requires_grad else None for t in inputs)
         self._rule = rule
+        # per saved tensor, its version and whether it is this op's `output`
         self._saved = (
             saved
             if saved is None
-            else tuple(t if t is None else (t, t._version) for t in saved)
+            else tuple(t if t is None else (t, t._version, t is output) for t in saved)
         )
 
     def name(self):
@@ -184,17 +204,10 @@ class Node:
         if self._rule is None:
             raise RuntimeError(FREED_GRAPH)
         saved = tuple(s and s[0] for s in self._saved or ())
-        for t, version in filter(None, self._saved or ()):
-            if t._version != version:
-                raise RuntimeError(
-                    MODIFIED_INPLACE.format(
-                        dtype=t.dtype,
-                        shape=list(t.shape),
-                        op=self._name,
-                        now=t._version,
-                        then=version,
-                    )
-                )
+        for t, version, is_output in filter(None, self._saved or ()):
+            if t._version != version:  # torch names the saved tensor's maker
+                producer = self if is_output else t.grad_fn
+                raise RuntimeError(_modified_inplace(t, version, producer))
         if create_graph:
             self._check_differentiable(g, saved)
             grads = self._rule(TensorOps, g, *saved)

@@ -32,6 +32,23 @@ def scalar_name(dtype):
     return _SCALAR_NAMES.get(np.dtype(dtype), str(dtype))
 
 
+def get_default_dtype():
+    """The dtype of floats made without one: float64 in the tape (torch: float32)."""
+    return float64
+
+
+def set_default_dtype(d):
+    """Accepted for float64, the tape's fixed default, so that scripts setting it
+    run unchanged; other floats raise rather than be silently ignored."""
+    if np.dtype(d).kind != "f":
+        raise TypeError("only floating-point types are supported as the default type")
+    if np.dtype(d) != np.float64:
+        raise NotImplementedError(
+            "symgrad.tape computes in float64 by default and cannot change it to "
+            f"{np.dtype(d)}"
+        )
+
+
 class device:
     """torch.device: the CPU is the only one, so every tensor's .device is cpu."""
 

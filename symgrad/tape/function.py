@@ -1,6 +1,8 @@
 """torch.autograd.Function: an op whose forward and backward the user writes with
 Tensor ops, recorded as one node of the graph."""
 
+import numpy as np
+
 from . import autograd
 from .arithmetic import broadcast_shape, unbroadcast
 from .tensor import Tensor
@@ -35,8 +37,8 @@ class BackwardCFunction(autograd.Node):
     """The node of a Function's output: in torch it is the ctx itself, so ctx's
     attributes (saved_tensors, needs_input_grad, ...) read through it."""
 
-    def __init__(self, ctx, *args):
-        super().__init__(*args)
+    def __init__(self, ctx, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self._ctx = ctx
 
     def __getattr__(self, name):
@@ -137,12 +139,12 @@ class Function:
         ctx = FunctionCtx(args)
         with autograd.no_grad():
             out = cls.forward(ctx, *args)
-        if not isinstance(out, Tensor):
+        several = isinstance(out, tuple)
+        outs = out if several else (out,)
+        if not all(isinstance(o, Tensor) for o in outs):
             raise NotImplementedError(
-                "autograd.Function: symgrad.tape supports one Tensor output"
+                "autograd.Function: symgrad.tape supports Tensor outputs only"
             )
-        if any(t is out for t in ctx._non_differentiable):
-            return Tensor._wrap(out._data)
         name = f"{cls.__name__}Backward"
 
         def rule(xp, g, *saved):
@@ -151,19 +153,91 @@ class Function:
             ctx.saved_tensors = tuple(
                 v if xp.records or v is None else Tensor._wrap(v) for v in saved
             )
-            grads = _checked(
-                name, cls.backward(ctx, g if xp.records else Tensor._wrap(g)), args
-            )
+            grads = g if several else (g,)
+            grads = _checked(name, cls.backward(ctx, *_given(ctx, grads, outs)), args)
             return tuple(
                 None if grad is None else grad if xp.records else grad._data
                 for grad in grads
             )
 
         rule.once_differentiable = getattr(cls.backward, "once_differentiable", False)
+        if several:
+            return _several(ctx, args, outs, rule, name)
+        if any(t is out for t in ctx._non_differentiable):
+            return Tensor._wrap(out._data)
         inputs = [a for a in args if isinstance(a, Tensor)]
         saves = tuple("out" if t is out else t for t in ctx.saved_tensors) or False
 
-        def node(*node_args):
-            return BackwardCFunction(ctx, *node_args)
+        def node(*node_args, **kwargs):
+            return BackwardCFunction(ctx, *node_args, **kwargs)
 
         return Tensor._result(out._data, inputs, rule, name, saves, node=node)
+
+
+def _given(ctx, grads, outs):
+    """The gradients backward is given, one per output, as Tensors: an output no
+    gradient reached gets zeros, or None after ctx.set_materialize_grads(False)."""
+    for grad, out in zip(grads, outs, strict=True):
+        if grad is None and ctx.materialize_grads:
+            grad = np.zeros(out.shape, out.dtype)
+        yield Tensor._wrap(grad) if isinstance(grad, np.ndarray) else grad
+
+
+class _Slots(tuple):
+    """The gradients of the outputs of a Function with several, None where none
+    arrived: what flows into its node, added slot by slot."""
+
+    def __add__(self, other):
+        return _Slots(
+            b if a is None else a if b is None else a + b
+            for a, b in zip(self, other, strict=True)
+        )
+
+    @property
+    def requires_grad(self):
+        return any(g is not None and g.requires_grad for g in self)
+
+
+class _OutputNode(autograd.Node):
+    """The grad_fn of one output of a Function with several. The engine gives each
+    tensor one gradient, so the Function's node hangs off a hidden joint tensor, and
+    output i passes its gradient into slot i of the joint's; reading an attribute
+    reads the Function's node (its ctx), as torch's shared grad_fn would."""
+
+    def __init__(self, joint, i, n):
+        def rule(xp, g):
+            return (_Slots(g if j == i else None for j in range(n)),)
+
+        super().__init__(joint.grad_fn.name(), (joint,), rule)
+        self._node = joint.grad_fn
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._node, name)
+
+    @property
+    def next_functions(self):
+        return self._node.next_functions
+
+
+def _several(ctx, args, outs, rule, name):
+    """apply's tuple of outputs: each recorded with an _OutputNode, unless marked
+    non-differentiable or not float."""
+    inputs = [a for a in args if isinstance(a, Tensor)]
+    results = tuple(Tensor._wrap(np.asarray(o._data, order="C")) for o in outs)
+    recorded = {id(o): r for o, r in zip(outs, results, strict=True)}
+    saves = tuple(recorded.get(id(t), t) for t in ctx.saved_tensors)
+
+    def node(*node_args, **kwargs):
+        return BackwardCFunction(ctx, *node_args, **kwargs)
+
+    joint = Tensor._result(np.empty(0), inputs, rule, name, saves or False, node=node)
+    if joint.grad_fn is None:
+        return results
+    for i, (out, result) in enumerate(zip(outs, results, strict=True)):
+        if result.dtype.kind == "f" and not any(
+            t is out for t in ctx._non_differentiable
+        ):
+            result._grad_fn = _OutputNode(joint, i, len(outs))
+    return results

@@ -11,9 +11,10 @@ import warnings
 import numpy as np
 
 from .arithmetic import broadcast_shape, operands, result_type, unbroadcast
-from .autograd import no_grad, once_differentiable, underflow_ok
+from .autograd import no_grad, underflow_ok
 from .creation import default_generator
 from .dtypes import scalar_name
+from .functions import addmm
 from .namespaces import NumPyOps, logsigmoid_array, sigmoid_array
 from .tensor import Tensor
 
@@ -131,28 +132,29 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
 
 _SQRT_HALF = math.sqrt(0.5)
 _SQRT_TWO_OVER_PI = math.sqrt(2 / math.pi)
-_erf = np.vectorize(math.erf, otypes=[np.float64])  # NumPy has no erf
 
 
 @underflow_ok
 def gelu(input, *, approximate="none"):
     """x Phi(x) with Phi the normal CDF, or torch's tanh approximation of it."""
-    x = input._data
-    if approximate == "tanh":
-        inner = _SQRT_TWO_OVER_PI * (x + 0.044715 * x**3)
-        t = np.tanh(inner)
-        cdf = 0.5 * (1 + t)
-        dcdf = 0.5 * (1 - t * t) * _SQRT_TWO_OVER_PI * (1 + 3 * 0.044715 * x * x)
-    elif approximate == "none":
-        cdf = 0.5 * (1 + _erf(x * _SQRT_HALF)).astype(x.dtype)
-        dcdf = np.exp(-0.5 * x * x) * _SQRT_HALF / math.sqrt(math.pi)
-    else:
+    if approximate not in ("none", "tanh"):
         raise RuntimeError("approximate argument must be either none or tanh.")
 
-    @once_differentiable
-    def backward(g):
-        return (g * (cdf + x * dcdf),)
+    def cdf_and_pdf(xp, x):
+        """Phi(x) and Phi'(x), in xp so that the gradient can be differentiated."""
+        if approximate == "tanh":
+            t = xp.tanh(_SQRT_TWO_OVER_PI * (x + 0.044715 * x**3))
+            pdf = 0.5 * (1 - t * t) * _SQRT_TWO_OVER_PI * (1 + 3 * 0.044715 * x * x)
+            return 0.5 * (1 + t), pdf
+        pdf = xp.exp(-0.5 * x * x) * _SQRT_HALF / math.sqrt(math.pi)
+        return 0.5 * (1 + xp.erf(x * _SQRT_HALF)), pdf
 
+    def backward(xp, g, x):
+        cdf, pdf = cdf_and_pdf(xp, x)
+        return (g * (cdf + x * pdf),)
+
+    x = input._data
+    cdf, _ = cdf_and_pdf(NumPyOps, x)
     return input._result(x * cdf, (input,), backward, "GeluBackward0")
 
 
@@ -320,14 +322,20 @@ def batch_norm(
 
 def linear(input, weight, bias=None):
     """input @ weight.T + bias, weight of shape (out_features, in_features). Like
-    torch, the input must have the weight's dtype (no promotion inside a layer)."""
+    torch, the input must have the weight's dtype (no promotion inside a layer),
+    and a bias makes it one addmm (a view of one, for other than 2-D inputs)."""
     if input.dtype != weight.dtype:
         raise RuntimeError(
             "mat1 and mat2 must have the same dtype, but got "
             f"{input.dtype} != {weight.dtype}"
         )
-    out = input @ weight.T
-    return out if bias is None else out + bias
+    if bias is None or input.ndim == 0 or weight.ndim != 2:
+        out = input @ weight.T
+        return out if bias is None else out + bias
+    if input.ndim == 2:
+        return addmm(bias, input, weight.T)
+    flat = input.reshape(-1, input.shape[-1])  # addmm and a view, as torch does
+    return addmm(bias, flat, weight.T).reshape(*input.shape[:-1], weight.shape[0])
 
 
 def _check_reduction(reduction):

@@ -1,8 +1,8 @@
-"""Differentiable functions of several tensors: cat, stack, where and einsum."""
+"""Differentiable functions of several tensors: cat, stack, where, addmm and einsum."""
 
 import numpy as np
 
-from .arithmetic import broadcast_shape, unbroadcast
+from .arithmetic import _matmul_check, broadcast_shape, unbroadcast
 from .dtypes import scalar_name
 from .reductions import normalize_dims
 from .tensor import Tensor
@@ -105,30 +105,60 @@ def where(condition, input=None, other=None):
     return Tensor._result(out, (input, other), backward, "WhereBackward0", (condition,))
 
 
+def addmm(input, mat1, mat2, *, beta=1, alpha=1):
+    """beta * input + alpha * (mat1 @ mat2) as one op, input broadcast to the
+    product's shape (nn.Linear's op: its grad_fn is AddmmBackward0)."""
+    for what, t in (("mat1", mat1), ("mat2", mat2)):
+        if t.ndim != 2:
+            raise RuntimeError(f"{what} must be a matrix, got {t.ndim}-D tensor")
+    _matmul_check(mat1, mat2)
+    product = mat1._data @ mat2._data
+    if broadcast_shape(input.shape, product.shape) != product.shape:
+        raise RuntimeError(
+            f"addmm: input of shape {list(input.shape)} cannot be expanded to the "
+            f"product's shape {list(product.shape)}"
+        )
+    if beta == alpha == 1:
+        out = input._data + product
+    else:
+        out = beta * input._data + alpha * product
+
+    def backward(xp, g, m1, m2):
+        gm = g if alpha == 1 else g * alpha
+        return (
+            unbroadcast(g if beta == 1 else g * beta, input.shape),
+            None if m2 is None else gm @ xp.matrix_transpose(m2),
+            None if m1 is None else xp.matrix_transpose(m1) @ gm,
+        )
+
+    saves = (mat1 if mat2.requires_grad else None, mat2 if mat1.requires_grad else None)
+    return Tensor._result(out, (input, mat1, mat2), backward, "AddmmBackward0", saves)
+
+
 def _einsum_subscripts(equation, operands):
-    """(input subscripts, output subscripts) of an einsum equation; without "->"
-    the output is the letters used once, in alphabetical order, as in torch."""
+    """(input subscripts, output subscripts) of an einsum equation, with any '...'
+    spelled out in letters; without "->" the output is the '...' dims and then the
+    letters used once, in alphabetical order, as in torch."""
     equation = equation.replace(" ", "")
     inputs, arrow, output = equation.partition("->")
     inputs = inputs.split(",")
-    if "." in equation:
-        raise NotImplementedError("einsum(): '...' is not supported by symgrad.tape")
     if len(inputs) != len(operands):
         raise RuntimeError(
             "einsum(): more operands were provided than specified in the equation"
             if len(operands) > len(inputs)
             else "einsum(): fewer operands were provided than specified in the equation"
         )
+    if not arrow:
+        letters = "".join(inputs).replace(".", "")
+        once = sorted(c for c in set(letters) if letters.count(c) == 1)
+        output = "..." * ("..." in equation) + "".join(once)
+    inputs, output = _spell_ellipsis(inputs, output, operands)
     for sub, t in zip(inputs, operands, strict=True):
         if len(sub) != t.ndim:
             raise RuntimeError(
                 f"einsum(): the number of subscripts in the equation ({len(sub)}) does "
                 f"not match the number of dimensions ({t.ndim}) for operand "
                 f"{inputs.index(sub)} and no ellipsis was given"
-            )
-        if len(set(sub)) != len(sub):  # a diagonal: its gradient is not written
-            raise NotImplementedError(
-                f"einsum(): repeated subscripts in one operand ('{sub}')"
             )
     sizes = {}
     for i, (sub, t) in enumerate(zip(inputs, operands, strict=True)):
@@ -145,9 +175,6 @@ def _einsum_subscripts(equation, operands):
                     f"does not broadcast with previously seen size {seen}"
                 )
             sizes[c] = max(seen, n)  # a size-1 dim broadcasts, as in torch
-    if not arrow:
-        letters = "".join(inputs)
-        output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
     for c in output:
         if c not in sizes:
             raise RuntimeError(
@@ -157,11 +184,32 @@ def _einsum_subscripts(equation, operands):
     return inputs, output
 
 
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # einsum's
+
+
+def _spell_ellipsis(inputs, output, operands):
+    """'...' replaced by letters the equation does not use, one per dim it stands
+    for; operands covering fewer dims take the last ones, as dims broadcast from
+    the right."""
+    spans = [
+        t.ndim - len(s) + 3 for s, t in zip(inputs, operands, strict=True) if "..." in s
+    ]
+    n = max(spans, default=0)
+    used = "".join(inputs) + output
+    free = [c for c in _LETTERS if c not in used][:n]
+    inputs = [
+        s.replace("...", "".join(free[n - t.ndim + len(s) - 3 :]))
+        for s, t in zip(inputs, operands, strict=True)
+    ]
+    return inputs, output.replace("...", "".join(free))
+
+
 def einsum(equation, *operands):
     """The sum over the letters not in the output of the products of the operands'
-    elements, as named by the equation ("bij,bkj->bik"). An operand's gradient is
-    einsum again: g with the other operands, to its letters (those it alone has,
-    summed in the forward pass, come back by broadcasting)."""
+    elements, as named by the equation ("bij,bkj->bik"; "ii->i" reads a diagonal).
+    An operand's gradient is einsum again: g with the other operands, to its
+    letters (those it alone has, summed in the forward pass, come back by
+    broadcasting, and a repeated letter's diagonal is scattered back)."""
     if len(operands) == 1 and isinstance(operands[0], list | tuple):
         operands = tuple(operands[0])
     inputs, output = _einsum_subscripts(equation, operands)
@@ -177,13 +225,14 @@ def einsum(equation, *operands):
 
 
 def _einsum_grad(xp, g, inputs, output, values, i):
+    sub, shape = inputs[i], values[i].shape
+    letters = "".join(dict.fromkeys(sub))  # each once, in order
     others = [s for j, s in enumerate(inputs) if j != i]
     seen = output + "".join(others)
-    kept = "".join(c for c in inputs[i] if c in seen)
+    kept = "".join(c for c in letters if c in seen)
     equation = f"{','.join([output, *others])}->{kept}"
     grad = xp.einsum(equation, g, *(v for j, v in enumerate(values) if j != i))
-    shape = values[i].shape
-    own = dict(zip(inputs[i], shape, strict=True))
+    own = dict(zip(sub, shape, strict=True))
     # letters this operand has at size 1 where g or the others are larger: summed
     summed = tuple(a for a, c in enumerate(kept) if own[c] == 1 and grad.shape[a] != 1)
     if summed:
@@ -191,4 +240,10 @@ def _einsum_grad(xp, g, inputs, output, values, i):
     # letters grad lacks (this operand's alone) or has at size 1 where this
     # operand is larger (the others broadcast) come back by broadcasting
     got = dict(zip(kept, grad.shape, strict=True))
-    return xp.broadcast_to(grad.reshape([got.get(c, 1) for c in inputs[i]]), shape)
+    grad = grad.reshape([got.get(c, 1) for c in letters])
+    grad = xp.broadcast_to(grad, [own[c] for c in letters])
+    if len(letters) == len(sub):
+        return grad
+    # a repeated letter read a diagonal: its gradient goes back there, 0 elsewhere
+    index = np.indices(grad.shape, sparse=True)
+    return xp.scatter(grad, shape, tuple(index[letters.index(c)] for c in sub))

@@ -7,6 +7,8 @@ create_graph=True it runs on Tensors, so the gradient is itself recorded and can
 differentiated again.
 """
 
+import math
+
 import numpy as np
 
 # A result too small for float64 rounds to 0: in the tails of exp that is the correctly
@@ -28,6 +30,21 @@ def logsigmoid_array(x):
     return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
 
 
+def elementwise(fn):
+    """A `math` function applied element by element (NumPy has no erf), at Python
+    speed; float inputs keep their dtype, as in torch."""
+    vectorized = np.vectorize(fn, otypes=[np.float64])
+
+    def forward(x):
+        out = vectorized(x)
+        return out.astype(x.dtype, copy=False) if x.dtype.kind == "f" else out
+
+    return forward
+
+
+erf_array = elementwise(math.erf)
+
+
 def _scatter_array(g, shape, index):
     """Zeros of `shape` with g added at `index` (repeated positions accumulate)."""
     out = np.zeros(shape, g.dtype)
@@ -40,7 +57,8 @@ class NumPyOps:
 
     records = False
     exp, log, sqrt, sin, cos = np.exp, np.log, np.sqrt, np.sin, np.cos
-    sinh, cosh, abs, sign = np.sinh, np.cosh, np.abs, np.sign
+    sinh, cosh, tanh, abs, sign = np.sinh, np.cosh, np.tanh, np.abs, np.sign
+    erf, concatenate = staticmethod(erf_array), np.concatenate
     where, broadcast_to, transpose, flip = (
         np.where,
         np.broadcast_to,
@@ -67,6 +85,12 @@ def _where(cond, a, b):
     if not isinstance(cond, Tensor):  # an array, or a NumPy bool scalar at 0-d
         cond = Tensor._wrap(np.asarray(cond))
     return where(cond, a, b)
+
+
+def _concatenate(tensors, axis):
+    from .functions import cat  # here: functions builds on Tensor
+
+    return cat(tensors, axis)
 
 
 def _einsum(equation, *operands):
@@ -108,9 +132,11 @@ class TensorOps:
         _method("sin"),
     )
     cos, sinh, cosh = _method("cos"), _method("sinh"), _method("cosh")
+    tanh, erf = _method("tanh"), _method("erf")
     abs, sign, sigmoid = _method("abs"), _method("sign"), _method("sigmoid")
     where, scatter = staticmethod(_where), staticmethod(_scatter_tensor)
     logsigmoid, einsum = staticmethod(_logsigmoid), staticmethod(_einsum)
+    concatenate = staticmethod(_concatenate)
 
     @staticmethod
     def broadcast_to(a, shape):

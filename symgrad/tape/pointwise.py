@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from .arithmetic import broadcast_shape, unbroadcast
-from .namespaces import sigmoid_array
+from .namespaces import elementwise, erf_array, sigmoid_array
 
 OUT = ("out",)  # `saves` of a rule that reads only the output (see Tensor._result)
 
@@ -24,18 +24,6 @@ def _unary(name, forward, rule, saves=True):
         return self._result(forward(self._data), (self,), backward, name, saves)
 
     return method
-
-
-def _elementwise(fn):
-    """A `math` function applied element by element (NumPy has no erf), at Python
-    speed; float inputs keep their dtype, as in torch."""
-    vectorized = np.vectorize(fn, otypes=[np.float64])
-
-    def forward(x):
-        out = vectorized(x)
-        return out.astype(x.dtype, copy=False) if x.dtype.kind == "f" else out
-
-    return forward
 
 
 _TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)  # erf'(x) = 2/sqrt(pi) exp(-x^2)
@@ -92,12 +80,12 @@ class PointwiseOps:
     atanh = _unary("Atanh", np.arctanh, lambda xp, g, x: g / (1 - x * x))
     erf = _unary(
         "Erf",
-        _elementwise(math.erf),
+        erf_array,
         lambda xp, g, x: g * _TWO_OVER_SQRT_PI * xp.exp(-x * x),
     )
     erfc = _unary(
         "Erfc",
-        _elementwise(math.erfc),
+        elementwise(math.erfc),
         lambda xp, g, x: -g * _TWO_OVER_SQRT_PI * xp.exp(-x * x),
     )
     abs = _unary("Abs", np.abs, lambda xp, g, x: g * xp.sign(x))

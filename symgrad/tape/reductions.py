@@ -9,7 +9,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .autograd import once_differentiable, underflow_ok
+from .autograd import underflow_ok
 from .dtypes import scalar_name
 
 MaxResult = namedtuple("max", ["values", "indices"])
@@ -135,14 +135,15 @@ def _along(idx, axis):
     return tuple(where)
 
 
-def _others_product(x, axis):
+def _others_product(xp, x, axis):
     """For each element, the product of the others along `axis`: exclusive
     cumulative products from both ends, exact where x has zeros (out / x is not)."""
-    x = np.moveaxis(x, axis, -1)
-    ones = np.ones_like(x[..., :1])
-    before = np.cumprod(np.concatenate([ones, x[..., :-1]], -1), -1)
-    after = np.cumprod(np.concatenate([ones, x[..., :0:-1]], -1), -1)[..., ::-1]
-    return np.moveaxis(before * after, -1, axis)
+    lead = (slice(None),) * axis
+    ones = xp.zeros_like(x[lead + (slice(0, 1),)]) + 1
+    before = xp.concatenate([ones, x[lead + (slice(None, -1),)]], axis).cumprod(axis)
+    rest = xp.flip(x[lead + (slice(1, None),)], axis)
+    after = xp.flip(xp.concatenate([ones, rest], axis).cumprod(axis), axis)
+    return before * after
 
 
 def _spread(self, dim, unbiased, keepdim, correction, root):
@@ -152,17 +153,20 @@ def _spread(self, dim, unbiased, keepdim, correction, root):
         raise RuntimeError("std and var only support floating point and complex dtypes")
     x, dims = self._data, normalize_dims(dim, self.ndim)
     c = int(unbiased) if correction is None else correction
+    count = math.prod(x.shape[d] for d in dims)
+    dof = max(count - c, 0)
     dev = x - x.mean(axis=dims, keepdims=True)
-    dof = max(math.prod(x.shape[d] for d in dims) - c, 0)
     with np.errstate(divide="ignore", invalid="ignore"):  # nan/inf, as torch
         out = (dev * dev).sum(axis=dims, keepdims=True) / dof
         out = np.sqrt(out) if root else out
+    kept = out.shape
 
-    @once_differentiable
-    def backward(g):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = 1 / (dof * out) if root else 2 / dof
-            return (g.reshape(out.shape) * scale * dev,)
+    @np.errstate(divide="ignore", invalid="ignore")
+    def backward(xp, g, x, out):
+        dev = x - x.sum(axis=dims, keepdims=True) / count
+        if root:
+            return (g.reshape(kept) * dev / (dof * out.reshape(kept)),)
+        return (g.reshape(kept) * (2 / dof if dof else math.inf) * dev,)
 
     name = "StdBackward0" if root else "VarBackward0"
     return _reduced(self, out, dims, keepdim, backward, name, (self, "out"))
@@ -196,11 +200,10 @@ def _sorted(self, dim, descending, k, result, name):
             raise RuntimeError("selected index k out of range")
         idx = np.take(idx, np.arange(k), axis)
 
-    @once_differentiable
-    def backward(g):
-        grad = np.zeros_like(x, dtype=g.dtype)
-        np.put_along_axis(grad, idx, g, axis)
-        return (grad,)
+    where = _along(idx, axis)
+
+    def backward(xp, g):
+        return (xp.scatter(g, x.shape, where),)
 
     values = np.take_along_axis(x, idx, axis)
     values = self._result(values, (self,), backward, name, saves=())
@@ -287,17 +290,15 @@ class ReductionOps:
             normalize_dims(dim, self.ndim)
             out = np.prod(x, dtype=_accumulator(x))
 
-            @once_differentiable
-            def backward(g):
-                return (g * _others_product(x.reshape(-1), 0).reshape(x.shape),)
+            def backward(xp, g, x):
+                return (g * _others_product(xp, x.reshape(-1), 0).reshape(x.shape),)
 
             return self._result(out, (self,), backward, "ProdBackward0")
         (axis,) = normalize_dims(dim, self.ndim)
         out = np.prod(x, axis=axis, keepdims=True, dtype=_accumulator(x))
 
-        @once_differentiable
-        def backward(g):
-            return (g.reshape(out.shape) * _others_product(x, axis),)
+        def backward(xp, g, x):
+            return (g.reshape(out.shape) * _others_product(xp, x, axis),)
 
         return _reduced(self, out, (axis,), keepdim, backward, "ProdBackward1")
 

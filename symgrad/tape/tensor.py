@@ -123,7 +123,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
             saved = saved and tuple(out if isinstance(t, str) else t for t in saved)
             out._requires_grad = True
             node = node or autograd.Node
-            out._grad_fn = node(name, tuple(inputs), backward, saved)
+            out._grad_fn = node(name, tuple(inputs), backward, saved, output=out)
         return out
 
     def _view_of(self, src, fn):
@@ -535,7 +535,9 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         body = body.replace(", ..., ", ",  ..., ")  # torch pads the elision in a row
         extras = [f"size={x.shape}"] if x.size == 0 and x.ndim != 1 else []
         if x.dtype not in (np.float64, np.int64, np.bool_):
-            extras.append(f"dtype={x.dtype}")
+            extras.append(
+                f"dtype=torch.{x.dtype}"
+            )  # as code importing tape as torch names it
         if self.grad_fn is not None:
             extras.append(f"grad_fn=<{self.grad_fn._type_name()}>")
         elif self.requires_grad:
