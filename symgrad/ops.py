@@ -57,6 +57,17 @@ def map_(expr: sp.Expr, args: Sequence[Node] = (), shape: Shape | None = None) -
         expr = expr.xreplace(whole)
     if shape is None:
         shape = broadcast(*args)
+    others = [a for a in args if not broadcast_scalars(a)]
+    if len(others) < len(args) and others and broadcast(*others) == tuple(shape):
+        # an array of one value (a constant, the cotangent of a sum) whose shape the
+        # others give anyway: its formula in this one, over its 0-d arguments
+        args, formulas = list(args), {}
+        for i, a in enumerate(tuple(args)):
+            if broadcast_scalars(a):
+                shift = {ew.arg(j): ew.arg(len(args) + j) for j in range(len(a.args))}
+                formulas[ew.arg(i)] = a.attrs[0].xreplace(shift)
+                args += a.args
+        expr = expr.xreplace(formulas)
     kept: list[Node] = []
     renames = {}
     present = expr.free_symbols  # once: expr.has per argument is quadratic in a fusion
@@ -77,6 +88,13 @@ def map_(expr: sp.Expr, args: Sequence[Node] = (), shape: Shape | None = None) -
         what = node.describe() if kept else f"the constant {expr}"
         raise ew.UnsupportedError(f"{what} is complex: a root or log of a negative?")
     return node
+
+
+def broadcast_scalars(node: Node) -> bool:
+    """Whether ``node`` is an array of one value: a formula of 0-d values broadcast to
+    its shape (a constant, or the cotangent of a sum), so any view of it is the same
+    formula at another shape."""
+    return node.op == "map" and node.ndim > 0 and all(a.ndim == 0 for a in node.args)
 
 
 def apply(fn: Callable[..., sp.Expr], *args: Node, shape: Shape | None = None) -> Node:

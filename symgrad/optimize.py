@@ -33,12 +33,20 @@ def strip_detach(roots: Sequence[Node]) -> list[Node]:
     return rewrite(roots, lambda _, n: n.args[0] if n.op == "detach" else n)
 
 
-def fold_views(roots: Sequence[Node]) -> list[Node]:
-    """A view of a constant is a constant: ``0.0[None]`` is not valid source."""
+def fold_constants(roots: Sequence[Node]) -> list[Node]:
+    """A view of an array of one value (a constant, the cotangent of a sum) is that
+    value at another shape (``0.0[None]`` is not valid source), and a formula reads such
+    an array as its value: ``x * 0.5``, not ``x * np.full((B, 1), 0.5)``."""
 
     def fold(_: Node, n: Node) -> Node:
-        if n.op in ("index", "transpose", "reshape") and ops.is_const(n.args[0]):
-            return ops.const(n.args[0].attrs[0], n.shape)
+        if (
+            n.op in ("index", "transpose", "reshape")
+            and all(a.ndim == 0 for a in n.args[0].args)
+            and n.args[0].op == "map"
+        ):
+            return ops.map_(n.args[0].attrs[0], n.args[0].args, n.shape)
+        if n.op == "map" and any(ops.broadcast_scalars(a) for a in n.args):
+            return ops.map_(n.attrs[0], n.args, n.shape)
         return n
 
     return rewrite(roots, fold)
@@ -252,8 +260,8 @@ def _dot(factors: list, m: Node) -> Node | None:
 
 
 def optimize(roots: Sequence[Node]) -> list[Node]:
-    roots = fuse(eliminate_common(fold_views(strip_detach(roots))))
-    return eliminate_common(fold_views(fuse(factor_sums(roots))))
+    roots = fuse(eliminate_common(fold_constants(strip_detach(roots))))
+    return eliminate_common(fold_constants(fuse(factor_sums(roots))))
 
 
 def pair_differences(roots: Sequence[Node]) -> list[Node]:
