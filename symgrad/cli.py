@@ -142,10 +142,9 @@ def cmd_build(args) -> int:
                     f"{model.name}: verification failed; nothing was written"
                 )
             worst_tape = max(r.tape_error for r in report.rows.values())
-            worst_fd = max(
-                r.fd_error for r in report.rows.values() if r.fd_error == r.fd_error
-            )
-            line += f", verified (tape {worst_tape:.0e}, fd {worst_fd:.0e})"
+            fd = [r.fd_error for r in report.rows.values() if r.fd_error == r.fd_error]
+            checked = f", fd {max(fd):.0e}" if fd else ""  # (no parameters: none)
+            line += f", verified (tape {worst_tape:.0e}{checked})"
         print(f"{line} [{time.perf_counter() - start:.2f} s]", flush=True)
         results.append((out / f"{model.name}.py", source))
     for path, source in results:

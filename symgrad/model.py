@@ -758,7 +758,8 @@ class Model:
                 if node.op == "index":
                     where = node.args[0].describe() + ops.format_index(node.attrs[0])
                 else:  # a map divides by the size (a mean); a max needs an element
-                    where = f"a {'mean' if node.op == 'map' else 'max'} over {need + 1}"
+                    what = "mean" if node.op == "map" else node.op
+                    where = f"a {what} over {need + 1}"
                 needs.setdefault(need, where)
         strongest: dict[sp.Symbol, tuple[int, sp.Expr]] = {}  # n >= 3 says n >= 2
         for need in sorted(needs, key=str):
