@@ -445,9 +445,14 @@ def clip(x, a_min=None, a_max=None) -> Expr:
         return _elementwise(
             lambda z, lo: sp.Piecewise((lo, z < lo), (z, True)), x, a_min
         )
+    # torch's gradients: a_min gets it only below a proper range; with equal bounds
+    # below them nobody does (the value is a_min, detached)
+    frozen = Expr(ops.detach(a_min.node)) if isinstance(a_min, Expr) else a_min
     return _elementwise(
-        lambda z, lo, hi: sp.Piecewise((hi, (z > hi) | (lo > hi)), (lo, z < lo), (z, True)),
-        x, a_min, a_max,
+        lambda z, lo, hi, lo_: sp.Piecewise(
+            (hi, (z > hi) | (lo > hi)), (lo, (z < lo) & (lo < hi)), (lo_, z < lo), (z, True)
+        ),
+        x, a_min, a_max, frozen,
     )  # fmt: skip
 
 
@@ -473,6 +478,11 @@ def var(x: Expr, axis=None, keepdims: bool = False, ddof: int = 0) -> Expr:
     """NumPy's var: ``ddof=0`` divides by n (torch.var's default is ``ddof=1``)."""
     node = _expr(x, "sg.var").node
     count = sp.Mul(*(node.shape[a] for a in ops.normalize_axes(node, axis)))
+    if count.is_Integer and ddof >= count:
+        raise ShapeError(
+            f"sg.var of {node.describe()}: ddof={ddof} leaves no degrees of freedom "
+            f"over {count} elements"
+        )
     centered = x - mean(x, axis, keepdims=True)
     return _elementwise(lambda s: s / (count - ddof), sum(centered**2, axis, keepdims))
 
@@ -758,8 +768,13 @@ class Model:
                 if node.op == "index":
                     where = node.args[0].describe() + ops.format_index(node.attrs[0])
                 else:  # a map divides by the size (a mean); a max needs an element
-                    what = "mean" if node.op == "map" else node.op
-                    where = f"a {what} over {need + 1}"
+                    size = need + 1
+                    if node.op != "map":
+                        where = f"a {node.op} over {size}"
+                    elif size.is_Add:  # var(ddof=1) divides by n - 1
+                        where = f"a division by {size}"
+                    else:
+                        where = f"a mean over {size}"
                 needs.setdefault(need, where)
         strongest: dict[sp.Symbol, tuple[int, sp.Expr]] = {}  # n >= 3 says n >= 2
         for need in sorted(needs, key=str):

@@ -211,6 +211,10 @@ def reduce_max(a: Node, axis=None, keepdims: bool = False, op: str = "max") -> N
 
 def cumsum(a: Node, axis: int, reverse: bool = False) -> Node:
     """NumPy's cumsum along ``axis``; ``reverse`` sums from the end (its adjoint)."""
+    if isinstance(axis, tuple | list):
+        raise ShapeError(
+            f"cumsum of {a.describe()}: one axis (an int) or None, not {axis}"
+        )
     (axis,) = normalize_axes(a, axis)
     if a.op == "index" and _flipped_axes(a.attrs[0]) == {axis}:  # x[::-1]: sum the
         return index(cumsum(a.args[0], axis, not reverse), a.attrs[0])  # other way
@@ -301,7 +305,7 @@ def _slice_len(dim, start, stop, step, what: str):
         return dim  # the whole axis reversed
     if step not in (None, 1):
         raise ShapeError(f"{what}: a step needs a fixed-size axis, not {dim}")
-    length = _bound(dim, stop, dim) - _bound(dim, start, 0)
+    length = sp.expand(_bound(dim, stop, dim) - _bound(dim, start, 0))
     if length.is_nonpositive:
         raise ShapeError(f"{what}: slice {start}:{stop} of axis {dim} is empty")
     return length
@@ -600,12 +604,14 @@ def _numpy_cumsum(args: list[str], node: Node) -> str:
     return f"np.flip(np.cumsum(np.flip({args[0]}, {axis}), axis={axis}), {axis})"
 
 
-def _vjp_concatenate(g: Node, out: Node, i: int) -> Node:
+def _vjp_concatenate(g: Node, out: Node, i: int) -> Node | None:
     """The part's slice of ``g``, its bounds counted from whichever end is of fixed
     size (at most one part's size is symbolic)."""
     axis = out.attrs[0]
     sizes = [as_dim(sp.sympify(p.shape[axis])) for p in out.args]
     before, size, after = sizes[:i], sizes[i], sizes[i + 1 :]
+    if size == 0:
+        return None  # an empty part (where a bound of 0 would mean "from the end")
     if all(isinstance(d, int) for d in before):
         start = sum(before)
         stop = start + size if after and isinstance(size, int) else -sum(after)

@@ -151,7 +151,7 @@ class _Interpreter:
         if op == "min":
             return args[0].amin(dim=attrs[0], keepdim=attrs[1])
         if op == "index":
-            return args[0][_index_key(attrs[0])]
+            return self._index(args[0], attrs[0], _concrete(node.args[0].shape, sizes))
         if op == "gather":
             return args[0][args[1]]
         if op == "take_along_axis":
@@ -167,6 +167,23 @@ class _Interpreter:
         if op == "detach":
             return args[0].detach()
         raise symbolic.UnsupportedError(f"no reference rule for {op}")
+
+    def _index(self, x, spec: tuple, shape: tuple):
+        """``x[spec]``; torch has no negative steps: those axes pick by index_select."""
+        picks, axis, out_axis = [], 0, 0
+        basic = []
+        for entry in spec:
+            if entry[0] == "slice" and entry[3] is not None and entry[3] < 0:
+                rows = range(*slice(*entry[1:]).indices(shape[axis]))
+                picks.append((out_axis, list(rows)))
+                entry = ("slice", None, None, None)
+            basic.append(entry)
+            axis += entry[0] != "new"
+            out_axis += entry[0] != "int"
+        x = x[_index_key(tuple(basic))]
+        for dim, rows in picks:
+            x = x.index_select(dim, self.engine.tensor(rows, dtype=self.engine.int64))
+        return x
 
     def formula(self, expr: sp.Expr, args: list, sizes: dict):
         """A map's SymPy formula computed with the engine's ops on its argument tensors."""
