@@ -224,6 +224,10 @@ def check_supported(expr: sp.Basic, what: str) -> None:
         )
 
 
+# The derivatives of formulas up to this many operations are simplified (partial).
+SIMPLIFY_OPS = 40
+
+
 @cache
 def partial(expr: sp.Expr, i: int) -> sp.Expr:
     """d(expr)/d(_i), simplified, with ``expr`` itself replaced by ``OUT`` where it recurs.
@@ -241,12 +245,16 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
         raise UnsupportedError(f"{', '.join(missing) or d} has no derivative")
     d = d.replace(lambda e: e.is_Mul, _power_rule)
     d = d.xreplace(_log_of_bases(expr, arg(i)))
+    # subs also finds expr inside products and powers (sigmoid' = OUT**2 e**-x), and
+    # factor_terms pulls common factors out; both take seconds on large fused formulas
+    # (their second derivatives), where a structural match must do
+    small = sp.count_ops(expr) <= SIMPLIFY_OPS
     if not expr.is_Symbol and not expr.is_Number:
-        reused = d.subs(expr, OUT)
+        reused = d.subs(expr, OUT) if small else d.xreplace({expr: OUT})
         # but u**(p-1) stays: as OUT/u it would be 0/0 at u = 0
         if not (_fractional_power(expr) and reused.has(1 / expr.base)):
             d = reused
-    return _forward_sums(sp.factor_terms(d), expr)
+    return _forward_sums(sp.factor_terms(d), expr) if small else d
 
 
 def _forward_sums(d: sp.Expr, expr: sp.Expr) -> sp.Expr:
