@@ -174,3 +174,22 @@ class Zoo:
             module, case.reference, params, inputs, self.tol, self.grad_loss
         )
         return model, module, params, inputs
+
+
+def spy_unrolled(module):
+    """Record which unrolled function each value_and_grad call ran (by name)."""
+    calls, names = [], [k for k in vars(module) if k.startswith("_value_and_grad_")]
+    saved = {name: getattr(module, name) for name in names}
+    for name, inner in saved.items():
+
+        def spy(*args, inner=inner, name=name):
+            calls.append(name)
+            return inner(*args)
+
+        setattr(module, name, spy)
+
+    def restore():
+        for name, inner in saved.items():
+            setattr(module, name, inner)
+
+    return calls, restore

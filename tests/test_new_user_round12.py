@@ -36,6 +36,7 @@ from helpers import (
     compile_module,
     normal,
     rel,
+    spy_unrolled,
     symbolic_sizes,
 )
 
@@ -629,25 +630,6 @@ def test_hessian_and_hvp_agree_with_pytorch(name):
     check(module, reference, params, inputs)  # the hessian build keeps the gradient
 
 
-def _spy_unrolled(module):
-    """Record which unrolled function each value_and_grad call ran (by name)."""
-    calls, names = [], [k for k in vars(module) if k.startswith("_value_and_grad_")]
-    saved = {name: getattr(module, name) for name in names}
-    for name, inner in saved.items():
-
-        def spy(*args, inner=inner, name=name):
-            calls.append(name)
-            return inner(*args)
-
-        setattr(module, name, spy)
-
-    def restore():
-        for name, inner in saved.items():
-            setattr(module, name, inner)
-
-    return calls, restore
-
-
 @pytest.mark.parametrize(
     "name",
     [
@@ -659,7 +641,7 @@ def _spy_unrolled(module):
 def test_unrolled_at_its_sizes_agrees_with_pytorch(name):
     _, reference, params, inputs = FAMILIES[name]()
     module = module_of(name, unroll=True)
-    calls, restore = _spy_unrolled(module)
+    calls, restore = spy_unrolled(module)
     try:
         check(module, reference, params, inputs)
     finally:
@@ -1103,7 +1085,7 @@ def test_unroll_dispatches_on_exactly_its_sizes():
     exactly those sizes; other sizes run the vectorized code. All agree with torch."""
     m, reference = _two_size_model()
     module = compile_module(m)
-    calls, restore = _spy_unrolled(module)
+    calls, restore = spy_unrolled(module)
     rng = np.random.default_rng(0)
     try:
         for B, expected in (

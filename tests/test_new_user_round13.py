@@ -35,6 +35,7 @@ from helpers import (
     compile_module,
     normal,
     rel,
+    spy_unrolled,
     symbolic_sizes,
 )
 
@@ -872,25 +873,6 @@ def test_hessian_and_hvp_agree_with_pytorch(name):
     assert COMPILE_SECONDS[name, True, False] < 10.0, COMPILE_SECONDS
 
 
-def _spy_unrolled(module):
-    """Record which unrolled function each value_and_grad call ran (by name)."""
-    calls, names = [], [k for k in vars(module) if k.startswith("_value_and_grad_")]
-    saved = {name: getattr(module, name) for name in names}
-    for name, inner in saved.items():
-
-        def spy(*args, inner=inner, name=name):
-            calls.append(name)
-            return inner(*args)
-
-        setattr(module, name, spy)
-
-    def restore():
-        for name, inner in saved.items():
-            setattr(module, name, inner)
-
-    return calls, restore
-
-
 @pytest.mark.parametrize(
     "name",
     [
@@ -904,7 +886,7 @@ def _spy_unrolled(module):
 def test_unrolled_at_its_sizes_agrees_with_pytorch(name):
     _, reference, params, inputs = FAMILIES[name]()
     module = module_of(name, unroll=True)
-    calls, restore = _spy_unrolled(module)
+    calls, restore = spy_unrolled(module)
     try:
         check(module, reference, params, inputs)
     finally:
