@@ -69,6 +69,12 @@ def eliminate_common(roots: Sequence[Node]) -> list[Node]:
     return rewrite(roots, canonical)
 
 
+# A fused formula reads at most this many arrays: a chain beyond (a loss accumulated
+# over a loop of many steps) is cut into statements, as SymPy's work on one formula
+# grows with its size times its number of arguments (one derivative per argument).
+FUSED_ARGS = 16
+
+
 def fuse(roots: Sequence[Node]) -> list[Node]:
     """Inline elementwise nodes into the elementwise nodes that use them.
 
@@ -100,7 +106,12 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
         for i, (a_old, a) in enumerate(zip(old.args, node.args, strict=True)):
             # A fused chain may simplify to one of its inputs (log(exp(x)) is x): an
             # input that is computed anyway is read, not inlined as a second copy.
-            if id(a_old) in fusible and a.op == "map" and id(a) not in kept:
+            if (
+                id(a_old) in fusible
+                and a.op == "map"
+                and id(a) not in kept
+                and len(args) + len(a.args) + len(old.args) - i <= FUSED_ARGS
+            ):
                 offset = len(args)
                 args.extend(a.args)
                 sub = {ew.arg(j): ew.arg(offset + j) for j in range(len(a.args))}

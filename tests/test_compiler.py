@@ -444,3 +444,43 @@ def test_temporaries_are_numbered_in_order_of_first_use():
     for body in (forward, fused):
         first = [int(n) for n in dict.fromkeys(re.findall(r"\bt(\d+)\b", body))]
         assert first == list(range(1, len(first) + 1)), first
+
+
+def test_a_loss_accumulated_over_a_long_loop_is_cut_into_bounded_formulas():
+    """nll = nll + log(s) + r**2 / s over 48 steps of a variance recursion fused into one
+    formula of ~100 arrays, differentiated once per array (seconds, growing as T**2);
+    the forward's fused formulas read at most optimize.FUSED_ARGS arrays (a gradient may
+    still sum many contributions in one), and the result is exact."""
+    from symgrad import optimize
+    from symgrad.compiler import compile_model
+    from symgrad.ir import toposort
+
+    torch = pytest.importorskip("torch")
+    steps = 48
+    m = sg.Model("long_recursion")
+    r, a, b = m.input("r", ("S", steps)), m.param("a"), m.param("b")
+    s, nll = sg.exp(a) + 0.0 * r[:, 0], 0.0
+    for k in range(steps):
+        if k:
+            s = 0.1 + sg.sigmoid(b) * s + 0.2 * r[:, k - 1] ** 2
+        nll = nll + sg.log(s) + r[:, k] ** 2 / s
+    m.loss(sg.mean(nll))
+    program = compile_model(m)
+    differentiated = [n for n in toposort([program.loss]) if n.op == "map"]
+    assert max(len(n.args) for n in differentiated) <= optimize.FUSED_ARGS
+
+    data = np.random.default_rng(0).standard_normal((3, steps))
+    params = {"a": np.array(0.3), "b": np.array(-0.5)}
+    loss, grads = compile_module(m).value_and_grad(params, {"r": data})
+    ta, tb = (torch.tensor(params[k], requires_grad=True) for k in "ab")
+    tr = torch.tensor(data)
+    s, nll = ta.exp() + 0.0 * tr[:, 0], 0.0
+    for k in range(steps):
+        if k:
+            s = 0.1 + torch.sigmoid(tb) * s + 0.2 * tr[:, k - 1] ** 2
+        nll = nll + torch.log(s) + tr[:, k] ** 2 / s
+    expected = nll.mean()
+    expected.backward()
+    assert np.isclose(loss, expected.item(), rtol=1e-12, atol=0)
+    assert np.isclose(grads["a"], ta.grad.item(), rtol=1e-10, atol=0)
+    assert np.isclose(grads["b"], tb.grad.item(), rtol=1e-10, atol=0)
