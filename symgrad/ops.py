@@ -329,7 +329,8 @@ def size_requirements(node: Node) -> list[sp.Expr]:
         for p in node.attrs[0].atoms(sp.Pow):
             sizes = p.base.free_symbols
             if p.exp.is_negative and sizes and all(s.is_integer for s in sizes):
-                for factor in sp.Mul.make_args(p.base):  # 1/(n*(m - 2)): n, m - 2
+                # 1/(n*(m - 2)): n, m - 2; also when expanded, 1/(7*T - 7): T - 1
+                for factor in sp.Mul.make_args(sp.factor(p.base)):
                     factor = factor.base if factor.is_Pow else factor
                     needs |= set() if factor.is_number else {sp.expand(factor - 1)}
         return sorted(needs, key=str)
