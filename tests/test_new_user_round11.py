@@ -1557,7 +1557,9 @@ def test_wavenet_shorter_than_its_slices_is_a_clear_error():
     _, _, params, inputs = FAMILIES["wavenet_gated_dilated_conv"]()
     module = module_of("wavenet_gated_dilated_conv")
     for L in (0, 3, 5, 7):  # the slices need L >= 7, the mean over L - 7 one more
-        with pytest.raises(ValueError, match=rf"L={L}: a division by L - 7 needs L >= 8"):
+        with pytest.raises(
+            ValueError, match=rf"L={L}: a division by L - 7 needs L >= 8"
+        ):
             module.value_and_grad(params, {**inputs, "x": np.ones((3, 1, L))})
 
 
