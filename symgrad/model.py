@@ -462,9 +462,7 @@ def sum(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
 
 
 def mean(x: Expr, axis=None, keepdims: bool = False) -> Expr:
-    node = _expr(x, "sg.mean").node
-    axes = ops.normalize_axes(node, axis)
-    count = sp.Mul(*(node.shape[a] for a in axes))
+    count = _count(_expr(x, "sg.mean").node, axis)
     return _elementwise(lambda s: s / count, sum(x, axis, keepdims))
 
 
@@ -474,10 +472,15 @@ def max(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
     return Expr(ops.reduce_max(node, axis, keepdims))
 
 
+def _count(node: Node, axis) -> sp.Expr:
+    """How many elements a reduction over ``axis`` combines (a size expression)."""
+    return sp.Mul(*(node.shape[a] for a in ops.normalize_axes(node, axis)))
+
+
 def var(x: Expr, axis=None, keepdims: bool = False, ddof: int = 0) -> Expr:
     """NumPy's var: ``ddof=0`` divides by n (torch.var's default is ``ddof=1``)."""
     node = _expr(x, "sg.var").node
-    count = sp.Mul(*(node.shape[a] for a in ops.normalize_axes(node, axis)))
+    count = _count(node, axis)
     if count.is_Integer and ddof >= count:
         raise ShapeError(
             f"sg.var of {node.describe()}: ddof={ddof} leaves no degrees of freedom "

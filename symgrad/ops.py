@@ -334,10 +334,8 @@ def size_requirements(node: Node) -> list[sp.Expr]:
                     factor = factor.base if factor.is_Pow else factor
                     needs |= set() if factor.is_number else {sp.expand(factor - 1)}
         return sorted(needs, key=str)
-    if node.op in (
-        "max",
-        "min",
-    ):  # nor has an empty axis a max (also the shift of a softmax)
+    # nor has an empty axis a max or min (also the shift of a softmax)
+    if node.op in ("max", "min"):
         dims = {node.args[0].shape[k] for k in node.attrs[0]}
         return [d - 1 for d in sorted(dims, key=str) if not isinstance(d, int)]
     if node.op != "index":

@@ -41,8 +41,8 @@ def fold_constants(roots: Sequence[Node]) -> list[Node]:
     def fold(_: Node, n: Node) -> Node:
         if (
             n.op in ("index", "transpose", "reshape")
-            and all(a.ndim == 0 for a in n.args[0].args)
             and n.args[0].op == "map"
+            and all(a.ndim == 0 for a in n.args[0].args)
         ):
             return ops.map_(n.args[0].attrs[0], n.args[0].args, n.shape)
         if n.op == "map" and any(ops.broadcast_scalars(a) for a in n.args):

@@ -193,3 +193,37 @@ def spy_unrolled(module):
             setattr(module, name, inner)
 
     return calls, restore
+
+
+def assert_matches_central_differences(module, params, inputs, seed=3, tol=1e-6):
+    """v . grad against (f(p + eps v) - f(p - eps v)) / 2 eps along random directions,
+    eps relative to each parameter's size, as gradcheck's fast mode does."""
+    _, grads = module.value_and_grad(params, inputs)
+    rng = np.random.default_rng(seed)
+    for _ in range(2):
+        v = {k: rng.standard_normal(np.shape(p)) for k, p in params.items()}
+        scale = {
+            k: max(1e-3, float(np.max(np.abs(p), initial=0))) for k, p in params.items()
+        }
+        v = {k: x * scale[k] for k, x in v.items()}
+        eps = 1e-6
+
+        def f(sign, v=v, eps=eps):
+            shifted = {k: params[k] + sign * eps * v[k] for k in params}
+            return float(module.value_and_grad(shifted, inputs)[0])
+
+        fd = (f(1) - f(-1)) / (2 * eps)
+        exact = sum(float(np.sum(grads[k] * v[k])) for k in params)
+        size = max(abs(exact), abs(fd), 1e-8)
+        assert abs(exact - fd) <= tol * size + 1e-9, (exact, fd)
+
+
+def first_along(module, inputs, dim, n):
+    """The inputs cut to the first n entries along every axis named ``dim``."""
+    out = {}
+    for key, value in inputs.items():
+        for axis, d in enumerate(module.INPUTS[key]):
+            if d == dim:
+                value = np.take(value, np.arange(n), axis=axis)
+        out[key] = value
+    return out

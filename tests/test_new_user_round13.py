@@ -30,9 +30,11 @@ import numpy as np
 import pytest
 import sympy as sp
 from helpers import (
+    assert_matches_central_differences,
     assert_second_order_agrees,
     check,
     compile_module,
+    first_along,
     normal,
     rel,
     spy_unrolled,
@@ -815,29 +817,6 @@ def module_of(name, hessian=False, unroll=False):
     return module
 
 
-def assert_matches_central_differences(module, params, inputs, seed=3, tol=1e-6):
-    """v . grad against (f(p + eps v) - f(p - eps v)) / 2 eps along random directions,
-    eps relative to each parameter's size, as gradcheck's fast mode does."""
-    _, grads = module.value_and_grad(params, inputs)
-    rng = np.random.default_rng(seed)
-    for _ in range(2):
-        v = {k: rng.standard_normal(np.shape(p)) for k, p in params.items()}
-        scale = {
-            k: max(1e-3, float(np.max(np.abs(p), initial=0))) for k, p in params.items()
-        }
-        v = {k: x * scale[k] for k, x in v.items()}
-        eps = 1e-6
-
-        def f(sign, v=v, eps=eps):
-            shifted = {k: params[k] + sign * eps * v[k] for k in params}
-            return float(module.value_and_grad(shifted, inputs)[0])
-
-        fd = (f(1) - f(-1)) / (2 * eps)
-        exact = sum(float(np.sum(grads[k] * v[k])) for k in params)
-        size = max(abs(exact), abs(fd), 1e-8)
-        assert abs(exact - fd) <= tol * size + 1e-9, (exact, fd)
-
-
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_family_agrees_with_pytorch_and_central_differences(name):
     _, reference, params, inputs = FAMILIES[name]()
@@ -894,17 +873,6 @@ def test_unrolled_at_its_sizes_agrees_with_pytorch(name):
     assert calls and len(set(calls)) == 1, calls
 
 
-def _first(module, inputs, dim, n):
-    """The inputs cut to the first n entries along every axis named ``dim``."""
-    out = {}
-    for key, value in inputs.items():
-        for axis, d in enumerate(module.INPUTS[key]):
-            if d == dim:
-                value = np.take(value, np.arange(n), axis=axis)
-        out[key] = value
-    return out
-
-
 @pytest.mark.parametrize(
     "name, dim, n",
     [
@@ -927,7 +895,7 @@ def test_other_sizes_of_a_symbolic_dim_agree_with_pytorch(name, dim, n):
     """The same module at size 1 (or VICReg's smallest, 2) of one symbolic dim."""
     _, reference, params, inputs = FAMILIES[name]()
     module = module_of(name)
-    small = _first(module, inputs, dim, n)
+    small = first_along(module, inputs, dim, n)
     if name == "arcface_angular_margin" and dim == "C":
         small["labels"] = np.zeros_like(small["labels"])
         params = {"W": params["W"][:1]}
