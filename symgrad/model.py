@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import sympy as sp
 
 import symgrad
@@ -70,6 +71,14 @@ def _number(value) -> sp.Expr:
     5902958103587057) / 590295810358705651712``)."""
     if isinstance(value, sp.Expr) and value.is_number and value.is_real:
         value = value if value.is_Rational else float(value)  # sp.pi, sp.sqrt(2)
+    if isinstance(value, np.ndarray) and value.ndim == 0:  # np.float64(1) < x
+        value = value.item()
+    if isinstance(value, np.ndarray):
+        raise TypeError(
+            f"expected an sg expression or a real number, got a NumPy array of shape "
+            f"{value.shape}: declare array data with m.input(name, shape) and pass it "
+            "in the inputs"
+        )
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"expected an sg expression or a real number, got {value!r}")
     if not math.isfinite(value):
@@ -100,16 +109,45 @@ def lower_bound(need: sp.Expr) -> tuple[sp.Symbol, int] | None:
     return (symbol, int(-rest)) if rest.is_Integer else None
 
 
+_OPERATORS = {  # NumPy's binary ufuncs: (our method, our reflected method)
+    "add": ("__add__", "__radd__"),
+    "subtract": ("__sub__", "__rsub__"),
+    "multiply": ("__mul__", "__rmul__"),
+    "divide": ("__truediv__", "__rtruediv__"),
+    "power": ("__pow__", "__rpow__"),
+    "matmul": ("__matmul__", "__rmatmul__"),
+    "less": ("__lt__", "__gt__"),
+    "less_equal": ("__le__", "__ge__"),
+    "greater": ("__gt__", "__lt__"),
+    "greater_equal": ("__ge__", "__le__"),
+    "equal": ("__eq__", "__eq__"),
+    "not_equal": ("__ne__", "__ne__"),
+}
+
+
+def _numpy_refused(name: str) -> TypeError:
+    hint = f"use sg.{name}" if name in symgrad.__all__ else "use sg's functions"
+    return TypeError(f"numpy.{name} cannot take a symgrad expression; {hint}")
+
+
 class Expr:
     """A symbolic array: the result of an operation in a model."""
 
-    __array_ufunc__ = None  # make numpy defer to our reflected operators
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """``np.float64(2) * x`` arrives as np.multiply: do it with our operators.
+        Any other ufunc (np.exp(x)) cannot see inside an expression: name the sg twin.
+        """
+        if ufunc.__name__ not in _OPERATORS or method != "__call__" or kwargs:
+            raise _numpy_refused(ufunc.__name__)
+        forward, reflected = _OPERATORS[ufunc.__name__]
+        a, b = inputs
+        if isinstance(a, Expr):
+            return getattr(a, forward)(b)
+        return getattr(b, reflected)(a)
 
     def __array_function__(self, func, types, args, kwargs):
         """np.sum(x) and friends cannot see inside an expression: name the sg twin."""
-        name = func.__name__
-        hint = f"use sg.{name}" if name in symgrad.__all__ else "use sg's functions"
-        raise TypeError(f"numpy.{name} cannot take a symgrad expression; {hint}")
+        raise _numpy_refused(func.__name__)
 
     def __init__(self, node: Node):
         self.node = node

@@ -232,6 +232,32 @@ def test_numpy_functions_on_expressions_name_the_sg_twin():
         sg.clip(x)
 
 
+def test_numpy_ufuncs_on_expressions_name_the_sg_twin():
+    x = sg.Model("m").param("x", (3,))
+    for fn, hint in [(np.exp, "use sg.exp"), (np.log1p, "use sg.log1p")]:
+        with pytest.raises(TypeError, match=f"numpy.{fn.__name__} .*; {hint}"):
+            fn(x)
+    with pytest.raises(TypeError, match="numpy.multiply .*; use sg's functions"):
+        np.multiply(x, 2.0, out=np.ones(3))
+    with pytest.raises(TypeError, match=r"NumPy array of shape \(3,\): .*m.input"):
+        np.ones(3) * x
+
+
+def test_numpy_scalars_combine_with_expressions_like_python_numbers():
+    """np.float64(2) * x goes through NumPy's ufunc protocol before our operators."""
+
+    def source(number):
+        m = sg.Model("scaled")
+        x = m.param("x", (3,))
+        y = number(2) * x - number(1) / x + number(0.5) ** x
+        m.loss(sg.sum(sg.where(number(0.25) < y, y, number(3) * y**2)))
+        return generate(m)[0]
+
+    expected = source(float)
+    for number in (np.float64, np.float32, np.array):
+        assert source(number) == expected, number
+
+
 def test_unevaluated_derivative_and_unknown_functions():
     with pytest.raises(sg.UnsupportedError, match="Derivative"):
         sg.Model.from_expr("m", loss=sp.Derivative(a**2 * t, a), params=[a], inputs=[t])

@@ -995,12 +995,6 @@ def test_misuse_is_refused_with_a_clear_error(what):
         fn(_misuse_model())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="np.log1p(expr) gives NumPy's 'operand Expr does not support ufuncs' "
-    "TypeError, not the 'use sg.log1p' hint np.clip/np.cumsum give "
-    "(Expr.__array_ufunc__ = None; only __array_function__ names the twin)",
-)
 def test_np_log1p_names_sg_log1p():
     w = _misuse_model()["w"]
     with pytest.raises(TypeError, match="sg.log1p"):
