@@ -117,7 +117,7 @@ def backward(cache, grad_loss=1.0):
         cache["t2"],
     )
     t4 = t2 @ t1
-    t5 = 2.0 * grad_loss / batch
+    t5 = 2.0 / batch * grad_loss
     grad_a = t4 * t5
     t6 = t1 * t2
     t7 = t @ t6
@@ -138,12 +138,12 @@ def value_and_grad(params, inputs):
     t3 = t2 @ t2
     loss = t3 / batch
     t4 = t2 @ t1
-    grad_a = 2.0 * t4 / batch
+    grad_a = 2.0 / batch * t4
     t1 *= t2
     t5 = t @ t1
-    grad_b = -2.0 * a * t5 / batch
+    grad_b = -2.0 / batch * a * t5
     t6 = t2.sum()
-    grad_c = 2.0 * t6 / batch
+    grad_c = 2.0 / batch * t6
     return np.array(loss), {
         "a": np.array(grad_a),
         "b": np.array(grad_b),

@@ -267,7 +267,7 @@ class Emitter:
             owned = {
                 self.names[r] for r in dead if self.fresh(r, shape) and uses[r] == 1
             }
-            printer = NumPyPrinter({code: len(s) for code, s in shapes.items()})
+            printer = NumPyPrinter(self._ranks(shapes))
             return inplace.lower(named, st.name, printer, shapes, shape, owned)
         if st.expr is not None:
             return [f"{st.name} = {self._print_map(st)}"]
@@ -293,7 +293,12 @@ class Emitter:
 
     def _print_expr(self, expr: sp.Expr) -> str:
         named, shapes = self._named(expr)
-        return to_numpy(named, {code: len(shape) for code, shape in shapes.items()})
+        return to_numpy(named, self._ranks(shapes))
+
+    def _ranks(self, shapes: dict) -> dict[str, int]:
+        """The printer's ranks of named values; -1 for sizes, which are Python ints."""
+        sizes = {self.names[d] for d in self.dims}
+        return {code: -1 if code in sizes else len(s) for code, s in shapes.items()}
 
     def _named(self, expr: sp.Expr) -> tuple[sp.Expr, dict]:
         """``expr`` over symbols named by the code of their values, and those shapes."""

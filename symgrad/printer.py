@@ -98,6 +98,10 @@ class NumPyPrinter(_SymPyNumPyPrinter):
             return f"({self._print(item)})"
         return self._print(item)
 
+    def _python(self, expr: sp.Expr) -> bool:
+        """A number or a size: Python arithmetic, not a NumPy call."""
+        return all(self.ranks.get(s.name, -1) < 0 for s in expr.free_symbols)
+
     def _rank(self, expr: sp.Expr) -> int:
         if expr.is_Number:
             return -1
@@ -157,6 +161,12 @@ class NumPyPrinter(_SymPyNumPyPrinter):
             else:
                 numer.append(f)
         numer, denom = self._ordered(numer), self._ordered(denom)
+        if denom and all(map(self._python, denom)):
+            # 2.0/n*x: Python divides the numbers, NumPy passes over x once, not twice
+            scalars = [f for f in numer if self._python(f)]
+            rest = [f for f in numer if not self._python(f)]
+            if scalars and rest:
+                return f"{self._product(scalars)}/{self._product(denom, True)}*{self._product(rest)}"
         arrays = [f for f in numer if self._rank(f) > 0]
         if denom and len(arrays) > 1 and all(self._rank(f) <= 0 for f in denom):
             # 2/n*a*b: scale once, not after the product of arrays
@@ -275,6 +285,7 @@ class MathPrinter(PythonCodePrinter):
     """
 
     _rank = NumPyPrinter._rank
+    _python = NumPyPrinter._python
     _print_Add = NumPyPrinter._print_Add
     _print_Mul = NumPyPrinter._print_Mul
     _product = NumPyPrinter._product

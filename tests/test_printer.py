@@ -116,6 +116,19 @@ def test_a_coefficient_goes_into_a_sum_it_scales_for_free():
     assert to_numpy(24 - 48 * X) == "24.0 - 48.0*x"
 
 
+def test_numbers_over_sizes_are_divided_by_python_before_scaling_an_array():
+    """2.0/n*x is one pass over x (n is a size: a Python int); 2.0*x/n is two."""
+    n = sp.Symbol("n")
+    ranks = {"x": 1, "y": 0, "n": -1}
+    assert to_numpy(2 * X / n, ranks) == "2.0/n*x"
+    assert to_numpy(-2 * X * Y / n, ranks) == "-2.0/n*y*x"
+    assert to_numpy(X / n, ranks) == "x/n"  # nothing to fold: one pass already
+    assert to_numpy(2 * X / Y, ranks) == "2.0*x/y"  # y is a 0-d array, not Python's
+    values = {**VALUES, "n": 3}
+    printed = eval(to_numpy(-2 * X * Y / n, ranks), values)  # noqa: S307 - our own
+    assert math.isclose(printed, -2.0 * 0.7 * -1.3 / 3, rel_tol=1e-15)
+
+
 def test_numbers_of_functions_are_folded_into_one_float():
     """sqrt(2)/sqrt(pi) would be a NumPy call per run; 1/3 and 2*pi read as written."""
     assert (
