@@ -170,7 +170,28 @@ def lower(expr: sp.Expr) -> sp.Expr:
     while expr.has(*_LOWERED):  # again: Max(relu(2), 0) evaluates back to relu(2)
         for fn, form in _LOWERED.items():
             expr = expr.replace(fn, form)
+    if expr.has(sp.And, sp.Or):
+        expr = expr.replace(
+            lambda e: isinstance(e, sp.Piecewise),
+            lambda e: sp.Piecewise(*((v, _minimal(c)) for v, c in e.args)),
+        )
     return expr
+
+
+def _minimal(cond: sp.Basic) -> sp.Basic:
+    """A condition reduced by Boolean algebra alone, its comparisons taken as opaque:
+    And(x < lo, Or(x < lo, lo < hi)) is x < lo. (simplify_logic on the comparisons
+    themselves would also turn Not(x < y) into x >= y, which differs where x is NaN.)"""
+    if not isinstance(cond, sp.And | sp.Or) or cond.has(sp.Not):
+        return cond
+    leaves = {}
+    for sub in sp.preorder_traversal(cond):
+        if not isinstance(sub, sp.And | sp.Or):
+            leaves.setdefault(sub, sp.Dummy())
+    simple = sp.simplify_logic(cond.xreplace(leaves))
+    if simple.has(sp.Not) or sp.count_ops(simple) >= sp.count_ops(cond):
+        return cond
+    return simple.xreplace({v: k for k, v in leaves.items()})
 
 
 _RECIPROCALS = {

@@ -129,6 +129,26 @@ def test_numbers_over_sizes_are_divided_by_python_before_scaling_an_array():
     assert math.isclose(printed, -2.0 * 0.7 * -1.3 / 3, rel_tol=1e-15)
 
 
+def test_conditions_are_reduced_by_boolean_algebra_alone():
+    """sg.clip's gradient had np.logical_and(t4, np.logical_or(t4, t5)), which is t4.
+    The comparisons are taken as opaque, so NaN compares as it did (False)."""
+    lo, hi = sp.symbols("lo hi", real=True)
+    a, b, c = X < lo, lo < hi, Y > X
+    conditions = [
+        sp.And(a, sp.Or(a, b)),
+        sp.Or(sp.And(a, b), sp.And(a, b, c), c),
+        sp.And(sp.Or(a, b, c), sp.Or(a, b)),
+    ]
+    reduced = [a, sp.Or(sp.And(a, b), c), sp.Or(a, b)]
+    for cond, expected in zip(conditions, reduced, strict=True):
+        expr = sp.Piecewise((1, cond), (0, True))
+        assert lower(expr) == sp.Piecewise((1, expected), (0, True))
+        for x in (np.nan, -1.0, 0.5, 2.0):
+            values = {"np": np, "x": x, "lo": 0.0, "y": 1.0, "hi": 1.0}
+            before, after = (eval(to_numpy(e), values) for e in (expr, lower(expr)))
+            assert before == after, (cond, x)
+
+
 def test_numbers_of_functions_are_folded_into_one_float():
     """sqrt(2)/sqrt(pi) would be a NumPy call per run; 1/3 and 2*pi read as written."""
     assert (
