@@ -13,9 +13,11 @@ __version__ = "0.1.0"
 
 _API = {
     "symgrad.model": (
-        "Cond Expr Model ModelError abs clip concatenate cos elementwise erf exp log log1p "
-        "log_softmax logsumexp max maximum mean min minimum relu reshape sigmoid sin softmax "
-        "softplus sqrt stack std sum take_along_axis tanh transpose var where cumsum"
+        "Cond Expr Model ModelError abs arccos arccosh arcsin arcsinh arctan arctan2 arctanh "
+        "clip concatenate cos cosh cumsum elementwise erf erfc exp expm1 log log10 log1p "
+        "log2 log_softmax logsumexp max maximum mean min minimum relu reshape sigmoid sign "
+        "sin sinh softmax softplus sqrt square stack std sum take_along_axis tan tanh "
+        "transpose var where"
     ).split(),
     "symgrad.ir": ["ShapeError"],
     "symgrad.symbolic": ["UnsupportedError"],

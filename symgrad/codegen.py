@@ -544,11 +544,11 @@ def _unpicked_errors(model) -> str:
     powers = [  # x**-1, sqrt(x): undefined at 0 or below; 1/n for a size n is fine
         p for e in exprs for p in e.atoms(sp.Pow) if not p.base.free_symbols <= sizes
     ]
-    partial = (sp.log, ew.log1p, sp.asin, sp.acos)
+    partial = (sp.log, ew.log1p, sp.asin, sp.acos, sp.acosh, sp.atanh)
     invalid = any(e.has(*partial) for e in exprs) or any(
         not (p.exp.is_integer and p.exp.is_nonnegative) for p in powers
     )
-    over = any(e.has(sp.exp, sp.cosh, sp.sinh) for e in exprs) or any(
+    over = any(e.has(sp.exp, ew.expm1, sp.cosh, sp.sinh) for e in exprs) or any(
         p.exp.free_symbols for p in powers
     )
     errors = ["divide", "invalid"] if invalid else []

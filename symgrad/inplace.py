@@ -17,15 +17,16 @@ from __future__ import annotations
 import re
 
 import sympy as sp
-from sympy.codegen.cfunctions import log1p
+from sympy.codegen.cfunctions import expm1, log1p
 
 from .ir import broadcast_shapes
 from .printer import NumPyPrinter, coefficient_into_sum
 
 UFUNCS = {
-    sp.exp: "exp", sp.log: "log", log1p: "log1p", sp.sin: "sin", sp.cos: "cos",
-    sp.tan: "tan", sp.sinh: "sinh", sp.cosh: "cosh", sp.tanh: "tanh", sp.asin: "arcsin",
-    sp.acos: "arccos", sp.atan: "arctan", sp.Abs: "abs", sp.sign: "sign",
+    sp.exp: "exp", expm1: "expm1", sp.log: "log", log1p: "log1p", sp.sin: "sin",
+    sp.cos: "cos", sp.tan: "tan", sp.sinh: "sinh", sp.cosh: "cosh", sp.tanh: "tanh",
+    sp.asin: "arcsin", sp.acos: "arccos", sp.atan: "arctan", sp.Abs: "abs",
+    sp.sign: "sign",
 }  # fmt: skip
 
 

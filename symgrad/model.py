@@ -453,11 +453,40 @@ sin = _unary(sp.sin)
 cos = _unary(sp.cos)
 tanh = _unary(sp.tanh)
 log1p = _unary(ew.log1p)
+expm1 = _unary(ew.expm1)
 erf = _unary(sp.erf)  # exact GELU: x * (1 + sg.erf(x / np.sqrt(2))) / 2
+erfc = _unary(sp.erfc)
 abs = _unary(sp.Abs)  # noqa: A001 - NumPy's name
+sign = _unary(sp.sign)
+tan = _unary(sp.tan)
+sinh = _unary(sp.sinh)
+cosh = _unary(sp.cosh)
+arcsin = _unary(sp.asin)
+arccos = _unary(sp.acos)
+arctan = _unary(sp.atan)
+arcsinh = _unary(sp.asinh)
+arccosh = _unary(sp.acosh)
+arctanh = _unary(sp.atanh)
 sigmoid = _unary(ew.sigmoid)
 softplus = _unary(ew.softplus)
 relu = _unary(ew.relu)
+
+
+def square(x) -> Expr:
+    return _elementwise(lambda z: z**2, x)
+
+
+def log2(x) -> Expr:
+    return _elementwise(lambda z: sp.log(z) / sp.log(2), x)
+
+
+def log10(x) -> Expr:
+    return _elementwise(lambda z: sp.log(z) / sp.log(10), x)
+
+
+def arctan2(y, x) -> Expr:
+    """NumPy's arctan2(y, x): the angle of the point (x, y), broadcast."""
+    return _elementwise(sp.atan2, y, x)
 
 
 def maximum(a, b) -> Expr:

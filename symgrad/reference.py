@@ -128,6 +128,7 @@ class _Interpreter:
             sp.erfc: engine.erfc, sp.Abs: engine.abs, sp.sign: engine.sign,
             symbolic.sigmoid: engine.sigmoid, symbolic.relu: engine.relu,
             symbolic.softplus: F.softplus, symbolic.log1p: lambda x: engine.log(1 + x),
+            symbolic.expm1: engine.expm1,
         }  # fmt: skip
 
     def node(self, node: Node, args: list, sizes: dict):

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from functools import cache
 
 import sympy as sp
-from sympy.codegen.cfunctions import log1p
+from sympy.codegen.cfunctions import expm1, log1p
 from sympy.core.cache import clear_cache
 from sympy.core.parameters import distribute
 from sympy.functions.elementary.piecewise import ExprCondPair
@@ -213,7 +213,7 @@ FUNCTIONS = (
     sp.exp, sp.log, sp.sin, sp.cos, sp.tan, sp.sinh, sp.cosh, sp.tanh, sp.asin,
     sp.acos, sp.atan, sp.asinh, sp.acosh, sp.atanh, sp.atan2, sp.erf, sp.erfc, sp.Abs,
     sp.sign, sp.Heaviside, sp.Max, sp.Min, sp.floor, sp.ceiling, sigmoid, softplus,
-    relu, log1p,
+    relu, log1p, expm1,
 )  # fmt: skip
 _ATOMS = (sp.Symbol, sp.Number, sp.NumberSymbol)
 _OPERATORS = (
