@@ -280,6 +280,18 @@ class Expr:
     def min(self, axis=None, keepdims=False) -> Expr:
         return min(self, axis, keepdims)
 
+    def var(self, axis=None, keepdims=False, ddof=0) -> Expr:
+        return var(self, axis, keepdims, ddof)
+
+    def std(self, axis=None, keepdims=False, ddof=0) -> Expr:
+        return std(self, axis, keepdims, ddof)
+
+    def cumsum(self, axis=None) -> Expr:
+        return cumsum(self, axis)
+
+    def clip(self, a_min=None, a_max=None) -> Expr:
+        return clip(self, a_min, a_max)
+
 
 class Cond:
     """A comparison of expressions: only meaningful as the condition of ``sg.where``."""
@@ -606,6 +618,29 @@ def stack(xs: Sequence[Expr], axis: int = 0) -> Expr:
 
 def transpose(x: Expr, axes=None) -> Expr:
     return Expr(ops.transpose(_expr(x, "sg.transpose").node, axes))
+
+
+def matmul(a: Expr, b: Expr) -> Expr:
+    return _expr(a, "sg.matmul") @ b
+
+
+def outer(a: Expr, b: Expr) -> Expr:
+    """NumPy's outer: of the flattened operands."""
+    return reshape(a, (-1,))[:, None] * reshape(b, (-1,))[None, :]
+
+
+def flip(x: Expr, axis=None) -> Expr:
+    """NumPy's flip: reversed along ``axis`` (an int or a tuple), or along every axis."""
+    axes = ops.normalize_axes(_expr(x, "sg.flip").node, axis)
+    return x[tuple(slice(None, None, -1 if k in axes else 1) for k in range(x.ndim))]
+
+
+def expand_dims(x: Expr, axis: int) -> Expr:
+    """NumPy's expand_dims: a new axis of size 1 at ``axis``."""
+    ndim = _expr(x, "sg.expand_dims").ndim + 1
+    if not -ndim <= axis < ndim:
+        raise ShapeError(f"sg.expand_dims: axis {axis} is out of range for rank {ndim}")
+    return x[(slice(None),) * (axis % ndim) + (None,)]
 
 
 def reshape(x: Expr, shape) -> Expr:

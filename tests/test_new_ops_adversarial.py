@@ -25,11 +25,13 @@ import numpy as np
 import pytest
 import sympy as sp
 from helpers import (
+    assert_agrees_with_torch,
     assert_second_order_agrees,
     check,
     compile_module,
     rel,
     symbolic_sizes,
+    torch_hessian,
     torch_twin,
 )
 
@@ -1096,3 +1098,39 @@ def test_verify_accepts_negative_slice_steps(kind):
     model = _stepped(kind)
     source, _ = generate(model)
     assert verify(model, load_source(source, model.name)).ok
+
+
+def test_numpy_named_array_functions_and_methods_agree_with_pytorch():
+    """sg.flip/expand_dims/outer/matmul and the var/std/cumsum/clip methods, as a NumPy
+    user writes them, against the same model in torch (n symbolic: sizes 1 and 4)."""
+    m = sg.Model("numpy_named_array_functions", hessian=True)
+    x = m.input("x", ("n", 3))
+    W, v = m.param("W", (3, 2)), m.param("v", (4,))
+    h = sg.matmul(x, W)  # (n, 2)
+    a = sg.flip(h, axis=0) * sg.flip(h) + sg.expand_dims(v[:2], 0)
+    o = sg.outer(a[:, 0], v)  # (n, 4)
+    y = o.cumsum(axis=1).clip(-1.0, 2.0) + sg.expand_dims(h.var(axis=1), -1)
+    m.output("y", y)
+    m.loss(sg.sum(y**2) + h.std(axis=0, ddof=1).sum() + sg.sum(sg.flip(v, 0) * v[0]))
+
+    def reference(p, i):
+        h = i["x"] @ p["W"]
+        a = h.flip(0) * h.flip((0, 1)) + p["v"][:2].unsqueeze(0)
+        o = torch.outer(a[:, 0], p["v"])
+        var = h.var(dim=1, unbiased=False).unsqueeze(-1)
+        y = o.cumsum(1).clamp(-1.0, 2.0) + var
+        std = h.std(dim=0) if h.shape[0] > 1 else torch.full((2,), torch.nan)
+        loss = (y**2).sum() + std.sum() + (p["v"].flip(0) * p["v"][0]).sum()
+        return loss, {"y": y}
+
+    def data(rng, n):
+        params = {"W": rng.standard_normal((3, 2)), "v": rng.standard_normal(4)}
+        return params, {"x": rng.standard_normal((n, 3))}
+
+    module = compile_module(m)
+    params, inputs = data(np.random.default_rng(0), 4)
+    assert_agrees_with_torch(module, reference, params, inputs, 1e-10)
+    expected = torch_hessian(reference, params, inputs)
+    assert rel(module.hessian(params, inputs), expected) < 1e-8
+    with pytest.raises(ValueError, match="n >= 2"):  # std with ddof=1 over n
+        module.value_and_grad(*data(np.random.default_rng(1), 1))
