@@ -17,6 +17,51 @@ def compile_module(model):
     return load_source(source, model.name)
 
 
+class Families(dict):
+    """A round of new-user model families by name. ``@FAMILIES.add`` registers
+    ``fn(hessian=False) -> (model, torch twin, params, inputs)``; ``module(name)``
+    compiles one once (unrolled at its data's sizes if asked)."""
+
+    def add(self, fn):
+        self[fn.__name__] = fn
+        return fn
+
+    @functools.cache  # noqa: B019 - a round's families live as long as its tests
+    def module(self, name, hessian=False, unroll=False):
+        model, _, params, inputs = self[name](hessian=hessian)
+        if unroll:
+            model.unroll(**symbolic_sizes(compile_module(model), params, inputs))
+        return compile_module(model)
+
+    def assert_agrees(self, name):
+        """Loss, outputs and gradients against the twin and central differences."""
+        _, reference, params, inputs = self[name]()
+        module = self.module(name)
+        check(module, reference, params, inputs)
+        assert_matches_central_differences(module, params, inputs)
+
+    def assert_second_order_agrees(self, name):
+        _, reference, params, inputs = self[name]()
+        module = self.module(name, hessian=True)
+        assert_second_order_agrees(module, reference, params, inputs, scaled=True)
+        check(module, reference, params, inputs)  # the hessian build keeps the gradient
+
+    def assert_unrolled_agrees(self, name):
+        """The unrolled function at the data's sizes gives the result (not NumPy's
+        fallback, which would hide an exception in it)."""
+        _, reference, params, inputs = self[name]()
+        module = self.module(name, unroll=True)
+        calls, restore = spy_unrolled(module)
+        try:
+            check(module, reference, params, inputs)
+        finally:
+            restore()
+        assert calls and len(set(calls)) == 1, calls
+
+    def __hash__(self):  # one registry per round: cached by identity
+        return id(self)
+
+
 def normal(rng, *shape, scale=1.0):
     return scale * rng.standard_normal(shape)
 

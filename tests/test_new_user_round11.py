@@ -19,26 +19,25 @@ xfails whose reason is the diagnosis.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
 import pytest
 import sympy as sp
 from helpers import (
+    Families,
     assert_second_order_agrees,
     check,
     compile_module,
     normal,
     rel,
-    symbolic_sizes,
 )
 
 import symgrad as sg
@@ -52,12 +51,8 @@ functional_call = torch.func.functional_call
 # ===================================================================== 1. model families
 # Each family: (hessian=False) -> (model, torch twin, params, inputs), data from rng 0.
 
-FAMILIES = {}
-
-
-def family(fn):
-    FAMILIES[fn.__name__] = fn
-    return fn
+FAMILIES = Families()
+family = FAMILIES.add
 
 
 def _layer_norm(x, g, b, eps=1e-5):
@@ -1339,18 +1334,7 @@ def wavenet_gated_dilated_conv(hessian=False):
 
 # ===================================================================== 2. the families
 
-COMPILE_SECONDS: dict[tuple, float] = {}  # (name, hessian, unroll) -> seconds
-
-
-@functools.cache
-def module_of(name, hessian=False, unroll=False):
-    model, _, params, inputs = FAMILIES[name](hessian=hessian)
-    if unroll:
-        model.unroll(**symbolic_sizes(compile_module(model), params, inputs))
-    start = time.perf_counter()
-    module = compile_module(model)
-    COMPILE_SECONDS[name, hessian, unroll] = time.perf_counter() - start
-    return module
+module_of = FAMILIES.module
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -1568,31 +1552,15 @@ def test_wavenet_shorter_than_its_slices_is_a_clear_error():
 
 def test_compile_time_is_flat_in_width_and_a_10_layer_mlp_agrees():
     """Ten layers through nine activations at width 6 and 512: differentiation works on
-    tensors, so the compile time must not grow with the width (measured: 0.7 s and
-    0.9 s on the shared 2-core machine)."""
-    seconds = {}
+    tensors, so the work (and the compile time) does not grow with the width: the two
+    modules are the same program, up to the width in their shapes."""
+    sources = {}
     for width in (6, 512):
         model, reference, params, inputs = _deep_mlp(width, name=f"mlp_{width}")
-        start = time.perf_counter()
-        module = compile_module(model)
-        seconds[width] = time.perf_counter() - start
-        check(module, reference, params, inputs)
-    assert seconds[512] < 10.0 and seconds[512] < 3 * seconds[6] + 1.0, seconds
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "pendulum_batch_symplectic",
-        "soft_dtw_alignment",
-        "transformer_encoder_layer_torch",
-    ],
-)
-def test_long_unrolled_programs_compile_in_seconds(name):
-    """30 pendulum steps (2.3 s measured), the 4 x 5 soft-DTW grid (2.4 s), a whole
-    encoder layer (0.4 s)."""
-    module_of(name)
-    assert COMPILE_SECONDS[name, False, False] < 10.0
+        check(compile_module(model), reference, params, inputs)
+        source = generate(model)[0]  # forward ... hvp, without the digest and init
+        sources[width] = source[source.index("def forward") : source.index("def init")]
+    assert re.sub(r"\b512\b", "6", sources[512]) == sources[6]
 
 
 # ===================================================================== 5. targeted checks

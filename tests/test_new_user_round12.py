@@ -18,7 +18,6 @@ whose reason is the diagnosis.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import re
@@ -31,13 +30,13 @@ import numpy as np
 import pytest
 import sympy as sp
 from helpers import (
+    Families,
     assert_second_order_agrees,
     check,
     compile_module,
     normal,
     rel,
     spy_unrolled,
-    symbolic_sizes,
 )
 
 import symgrad as sg
@@ -52,12 +51,8 @@ README = (ROOT / "README.md").read_text()
 # ===================================================================== 1. model families
 # Each family: (hessian=False) -> (model, torch twin, params, inputs), data from rng 0.
 
-FAMILIES = {}
-
-
-def family(fn):
-    FAMILIES[fn.__name__] = fn
-    return fn
+FAMILIES = Families()
+family = FAMILIES.add
 
 
 @family
@@ -596,12 +591,7 @@ def parzen_density_softplus_bandwidth(hessian=False):
 # ===================================================================== 2. the families
 
 
-@functools.cache
-def module_of(name, hessian=False, unroll=False):
-    model, _, params, inputs = FAMILIES[name](hessian=hessian)
-    if unroll:
-        model.unroll(**symbolic_sizes(compile_module(model), params, inputs))
-    return compile_module(model)
+module_of = FAMILIES.module
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

@@ -22,7 +22,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 import pytest
 import sympy as sp
 from helpers import (
+    Families,
     assert_matches_central_differences,
     assert_second_order_agrees,
     check,
@@ -37,8 +37,6 @@ from helpers import (
     first_along,
     normal,
     rel,
-    spy_unrolled,
-    symbolic_sizes,
 )
 
 import symgrad as sg
@@ -52,12 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # ===================================================================== 1. model families
 # Each family: (hessian=False) -> (model, torch twin, params, inputs), data from rng 0.
 
-FAMILIES = {}
-
-
-def family(fn):
-    FAMILIES[fn.__name__] = fn
-    return fn
+FAMILIES = Families()
+family = FAMILIES.add
 
 
 def _efron_design(time_, event):
@@ -803,27 +797,12 @@ def bachelier_option_book(hessian=False):
 
 # ===================================================================== 2. the families
 
-COMPILE_SECONDS = {}
-
-
-@functools.cache
-def module_of(name, hessian=False, unroll=False):
-    model, _, params, inputs = FAMILIES[name](hessian=hessian)
-    if unroll:
-        model.unroll(**symbolic_sizes(compile_module(model), params, inputs))
-    start = time.perf_counter()
-    module = compile_module(model)
-    COMPILE_SECONDS[name, hessian, unroll] = time.perf_counter() - start
-    return module
+module_of = FAMILIES.module
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_family_agrees_with_pytorch_and_central_differences(name):
-    _, reference, params, inputs = FAMILIES[name]()
-    module = module_of(name)
-    check(module, reference, params, inputs)
-    assert_matches_central_differences(module, params, inputs)
-    assert COMPILE_SECONDS[name, False, False] < 10.0, COMPILE_SECONDS
+    FAMILIES.assert_agrees(name)
 
 
 HESSIAN_FAMILIES = [
@@ -845,11 +824,7 @@ HESSIAN_FAMILIES = [
 
 @pytest.mark.parametrize("name", HESSIAN_FAMILIES)
 def test_hessian_and_hvp_agree_with_pytorch(name):
-    _, reference, params, inputs = FAMILIES[name]()
-    module = module_of(name, hessian=True)
-    assert_second_order_agrees(module, reference, params, inputs, scaled=True)
-    check(module, reference, params, inputs)  # the hessian build keeps the gradient
-    assert COMPILE_SECONDS[name, True, False] < 10.0, COMPILE_SECONDS
+    FAMILIES.assert_second_order_agrees(name)
 
 
 @pytest.mark.parametrize(
@@ -863,14 +838,7 @@ def test_hessian_and_hvp_agree_with_pytorch(name):
     ],
 )
 def test_unrolled_at_its_sizes_agrees_with_pytorch(name):
-    _, reference, params, inputs = FAMILIES[name]()
-    module = module_of(name, unroll=True)
-    calls, restore = spy_unrolled(module)
-    try:
-        check(module, reference, params, inputs)
-    finally:
-        restore()
-    assert calls and len(set(calls)) == 1, calls
+    FAMILIES.assert_unrolled_agrees(name)
 
 
 @pytest.mark.parametrize(

@@ -21,27 +21,25 @@ strict xfails whose reason is the diagnosis.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sympy as sp
 from helpers import (
-    assert_matches_central_differences,
+    Families,
     assert_second_order_agrees,
     check,
     compile_module,
     first_along,
     normal,
     rel,
-    symbolic_sizes,
+    spy_unrolled,
     torch_twin,
 )
 
@@ -54,12 +52,8 @@ F = torch.nn.functional
 # ===================================================================== 1. model families
 # Each family: (hessian=False) -> (model, torch twin, params, inputs), data from rng 0.
 
-FAMILIES = {}
-
-
-def family(fn):
-    FAMILIES[fn.__name__] = fn
-    return fn
+FAMILIES = Families()
+family = FAMILIES.add
 
 
 def _tsne_affinities(rng, n):
@@ -833,27 +827,12 @@ def glove_cooccurrence(hessian=False):
 
 # ===================================================================== 2. the families
 
-COMPILE_SECONDS = {}
-
-
-@functools.cache
-def module_of(name, hessian=False, unroll=False):
-    model, _, params, inputs = FAMILIES[name](hessian=hessian)
-    if unroll:
-        model.unroll(**symbolic_sizes(compile_module(model), params, inputs))
-    start = time.perf_counter()
-    module = compile_module(model)
-    COMPILE_SECONDS[name, hessian, unroll] = time.perf_counter() - start
-    return module
+module_of = FAMILIES.module
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_family_agrees_with_pytorch_and_central_differences(name):
-    _, reference, params, inputs = FAMILIES[name]()
-    module = module_of(name)
-    check(module, reference, params, inputs)
-    assert_matches_central_differences(module, params, inputs)
-    assert COMPILE_SECONDS[name, False, False] < 10.0, COMPILE_SECONDS
+    FAMILIES.assert_agrees(name)
 
 
 HESSIAN_FAMILIES = [
@@ -874,30 +853,7 @@ HESSIAN_FAMILIES = [
 
 @pytest.mark.parametrize("name", HESSIAN_FAMILIES)
 def test_hessian_and_hvp_agree_with_pytorch(name):
-    _, reference, params, inputs = FAMILIES[name]()
-    module = module_of(name, hessian=True)
-    assert_second_order_agrees(module, reference, params, inputs, scaled=True)
-    check(module, reference, params, inputs)  # the hessian build keeps the gradient
-    assert COMPILE_SECONDS[name, True, False] < 10.0, COMPILE_SECONDS
-
-
-def _spy_unrolled(module):
-    """Record which unrolled function each value_and_grad call ran (by name)."""
-    calls, names = [], [k for k in vars(module) if k.startswith("_value_and_grad_")]
-    saved = {name: getattr(module, name) for name in names}
-    for name, inner in saved.items():
-
-        def spy(*args, inner=inner, name=name):
-            calls.append(name)
-            return inner(*args)
-
-        setattr(module, name, spy)
-
-    def restore():
-        for name, inner in saved.items():
-            setattr(module, name, inner)
-
-    return calls, restore
+    FAMILIES.assert_second_order_agrees(name)
 
 
 UNROLLED = [
@@ -916,14 +872,7 @@ UNROLLED = [
 
 @pytest.mark.parametrize("name", UNROLLED)
 def test_unrolled_at_its_sizes_agrees_with_pytorch(name):
-    _, reference, params, inputs = FAMILIES[name]()
-    module = module_of(name, unroll=True)
-    calls, restore = _spy_unrolled(module)
-    try:
-        check(module, reference, params, inputs)
-    finally:
-        restore()
-    assert calls and len(set(calls)) == 1, calls
+    FAMILIES.assert_unrolled_agrees(name)
 
 
 @pytest.mark.parametrize(
@@ -1048,7 +997,7 @@ def test_sharpe_with_a_tied_minimum_of_log_wealth_and_a_zero_return():
     model = FAMILIES["sharpe_sortino_portfolio"]()[0]
     model.unroll(T=8)
     module = compile_module(model)
-    calls, restore = _spy_unrolled(module)
+    calls, restore = spy_unrolled(module)
     try:
         check(module, reference, params, {"R": R})
     finally:

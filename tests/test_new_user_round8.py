@@ -29,12 +29,12 @@ import numpy as np
 import pytest
 import sympy as sp
 from helpers import (
+    Families,
     assert_second_order_agrees,
     check,
     compile_module,
     normal,
     rel,
-    symbolic_sizes,
     torch_hessian,
 )
 
@@ -47,12 +47,8 @@ F = torch.nn.functional
 # ===================================================================== 1. model families
 # Each family: (hessian=False) -> (model, torch twin, params, inputs), data from rng 0.
 
-FAMILIES = {}
-
-
-def family(fn):
-    FAMILIES[fn.__name__] = fn
-    return fn
+FAMILIES = Families()
+family = FAMILIES.add
 
 
 @family
@@ -762,12 +758,7 @@ def batch_centered_covariance(hessian=False):
     return m, reference, {"W": normal(rng, 2, 3)}, {"x": normal(rng, 6, 3)}
 
 
-@functools.cache
-def module_of(name, hessian=False, unroll=False):
-    model, _, params, inputs = FAMILIES[name](hessian=hessian)
-    if unroll:
-        model.unroll(**symbolic_sizes(compile_module(model), params, inputs))
-    return compile_module(model)
+module_of = FAMILIES.module
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

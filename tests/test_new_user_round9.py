@@ -14,7 +14,6 @@ reason is the diagnosis.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import subprocess
@@ -24,12 +23,12 @@ import numpy as np
 import pytest
 import sympy as sp
 from helpers import (
+    Families,
     assert_second_order_agrees,
     check,
     compile_module,
     normal,
     rel,
-    symbolic_sizes,
     torch_hessian,
     torch_twin,
 )
@@ -43,12 +42,8 @@ F = torch.nn.functional
 # ===================================================================== 1. model families
 # Each family: (hessian=False) -> (model, torch twin, params, inputs), data from rng 0.
 
-FAMILIES = {}
-
-
-def family(fn):
-    FAMILIES[fn.__name__] = fn
-    return fn
+FAMILIES = Families()
+family = FAMILIES.add
 
 
 @family
@@ -891,12 +886,7 @@ def sequence_length_mask(hessian=False):
     return m, reference, {"w": normal(rng, 3), "v": normal(rng, 3)}, inputs
 
 
-@functools.cache
-def module_of(name, hessian=False, unroll=False):
-    model, _, params, inputs = FAMILIES[name](hessian=hessian)
-    if unroll:
-        model.unroll(**symbolic_sizes(compile_module(model), params, inputs))
-    return compile_module(model)
+module_of = FAMILIES.module
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
