@@ -530,17 +530,22 @@ def _return(values: dict[str, Node], emitter: Emitter, cached=frozenset()) -> st
 _ONES = re.compile(r"\b(_ONES_(\d+(?:x\d+)?))\b")  # ops._ones: constant vectors of ones
 
 
-def _unpicked_errors(model) -> str:
+def _unpicked_errors(program) -> str:
     """The NumPy errors an ``sg.where`` may guard against in the branch it does not pick,
     as ``errstate`` keywords ("" for none): NumPy computes both branches, and would warn.
     ``where(x > 0, sqrt(x), 0)``: invalid and divide; ``where(z > 0, z, exp(z) - 1)``:
-    overflow, for large z.
+    overflow, for large z. What counts is each branch and the formulas computed for it
+    alone, in the derivatives too: d/dp (x**p) reads log(x) only where x != 0, and the
+    second derivative divides by x there.
     """
-    nodes = toposort([model.loss_node, *model.outputs.values()])
-    exprs = [node.attrs[0] for node in nodes if node.op == "map"]
-    if not any(e.has(sp.Piecewise) for e in exprs):
-        return ""
-    sizes = set(model.dims.values())
+    programs = [program, program.hvp] if program.hvp else [program]
+    exprs, seen = [], set()
+    for node in toposort([root for p in programs for root in p.roots()]):
+        if node.op == "map":
+            for where in node.attrs[0].atoms(sp.Piecewise):
+                exprs += [value for value, _ in where.args]
+                exprs += _feeding(node, where, seen)
+    sizes = set(program.model.dims.values())
     powers = [  # x**-1, sqrt(x): undefined at 0 or below; 1/n for a size n is fine
         p for e in exprs for p in e.atoms(sp.Pow) if not p.base.free_symbols <= sizes
     ]
@@ -548,11 +553,29 @@ def _unpicked_errors(model) -> str:
     invalid = any(e.has(*partial) for e in exprs) or any(
         not (p.exp.is_integer and p.exp.is_nonnegative) for p in powers
     )
-    over = any(e.has(sp.exp, ew.expm1, sp.cosh, sp.sinh) for e in exprs) or any(
-        p.exp.free_symbols for p in powers
-    )
+    growing = [f for e in exprs for f in e.atoms(sp.exp, ew.expm1, sp.cosh, sp.sinh)]
+    over = any(  # (exp(-|z|) of a stable sigmoid never overflows)
+        not (f.func in (sp.exp, ew.expm1) and f.args[0].is_nonpositive) for f in growing
+    ) or any(p.exp.free_symbols for p in powers)
     errors = ["divide", "invalid"] if invalid else []
     return ", ".join(f'{e}="ignore"' for e in errors + ["over"] * over)
+
+
+def _feeding(node: Node, where: sp.Piecewise, seen: set) -> list[sp.Expr]:
+    """The formulas of the maps upstream of ``where``'s branches in ``node`` (a log
+    named with m.let, then picked by sg.where): NumPy computes them everywhere."""
+    exprs = []
+    values = [value for value, _ in where.args]
+    stack = [
+        a for k, a in enumerate(node.args) if any(v.has(ew.arg(k)) for v in values)
+    ]
+    while stack:
+        arg = stack.pop()
+        if arg.op == "map" and id(arg) not in seen:
+            seen.add(id(arg))
+            exprs.append(arg.attrs[0])
+            stack += arg.args
+    return exprs
 
 
 def _unpack(model) -> tuple[list[str], list[str]]:
@@ -609,7 +632,8 @@ def _unpack(model) -> tuple[list[str], list[str]]:
     for need, where in model.size_requirements():
         wanted = requirement(need)  # n >= 3
         sizes = ", ".join(f"{s}={{{s}}}" for s in sorted(map(str, need.free_symbols)))
-        lines.append(f"if {wanted.replace(' >= ', ' < ')}:")
+        violated = wanted.replace(" >= ", " < ").replace(" != ", " == ")
+        lines.append(f"if {violated}:")
         lines.append(
             f'    raise ValueError(f"{sizes}: " + {where + " needs " + wanted!r})'
         )
@@ -732,7 +756,7 @@ def render(program: Program) -> str:
         context["erf"] = [f for f in ("erf", "erfc") if f"_{f}(" in text]
         # unrolled max/min of several values (MathPrinter)
         context["nan_checked"] = [f for f in ("max", "min") if f"_{f}(" in scalar_text]
-        context["quiet"] = _unpicked_errors(model)
+        context["quiet"] = _unpicked_errors(program)
         context["ones"] = sorted(
             (name, f"({size.replace('x', ', ')})" if "x" in size else size)
             for name, size in set(_ONES.findall(text))

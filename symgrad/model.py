@@ -94,9 +94,17 @@ def _number(value) -> sp.Expr:
 
 
 def requirement(need: sp.Expr) -> str:
-    """``need >= 0`` as a person says it: ``n >= 3`` for ``n - 3``."""
+    """``need >= 0`` as a person says it: ``n >= 3`` for ``n - 3``; ``C - B != 0``."""
+    if isinstance(need, sp.Ne):
+        return f"{need.lhs} != 0"
     least = lower_bound(need)
     return f"{least[0]} >= {least[1]}" if least else f"{need} >= 0"
+
+
+def holds(need: sp.Expr, sizes: dict) -> bool:
+    """Whether a size requirement holds at these sizes."""
+    value = need.xreplace(sizes)
+    return bool(value) if isinstance(need, sp.Ne) else value >= 0
 
 
 def lower_bound(need: sp.Expr) -> tuple[sp.Symbol, int] | None:
@@ -857,7 +865,7 @@ class Model:
                 )
             values = {self.dims[k]: v for k, v in sizes.items()}
             for need, where in self.size_requirements():
-                if need.xreplace(values) < 0:
+                if not holds(need, values):
                     raise ModelError(
                         f"m.unroll({given}): {where} needs {requirement(need)}"
                     )
@@ -873,7 +881,7 @@ class Model:
                 if node.op == "index":
                     where = node.args[0].describe() + ops.format_index(node.attrs[0])
                 else:  # a map divides by the size (a mean); a max needs an element
-                    size = need + 1
+                    size = need.lhs if isinstance(need, sp.Ne) else need + 1
                     if node.op != "map":
                         where = f"a {node.op} over {size}"
                     elif size.is_Add:  # var(ddof=1) divides by n - 1

@@ -318,11 +318,12 @@ def _bound(dim, b, default):
 
 def size_requirements(node: Node) -> list[sp.Expr]:
     """What must be >= 0 for a slice of a symbolic axis to be as long as its shape says,
-    or for a division by a size to be defined.
+    or for a division by a size to be defined (``Ne(d, 0)``: what must not be 0).
 
     ``x[:3]`` has 3 elements only if ``n >= 3`` (NumPy would silently give fewer),
     ``x[1:-1]`` has ``n - 2`` only if ``n >= 2``, and a mean or max over ``n`` needs ``n >= 1``;
-    the generated ``_unpack`` checks these.
+    a division by ``C - B``, which may be negative, needs ``C - B != 0``. The generated
+    ``_unpack`` checks these.
     """
     if node.op == "map":  # a mean over an empty axis would divide by zero
         needs = set()
@@ -332,7 +333,11 @@ def size_requirements(node: Node) -> list[sp.Expr]:
                 # 1/(n*(m - 2)): n, m - 2; also when expanded, 1/(7*T - 7): T - 1
                 for factor in sp.Mul.make_args(sp.factor(p.base)):
                     factor = factor.base if factor.is_Pow else factor
-                    needs |= set() if factor.is_number else {sp.expand(factor - 1)}
+                    if len(factor.free_symbols) > 1:  # C - B (factor may write B - C)
+                        sign = -1 if sp.expand(factor + p.base) == 0 else 1
+                        needs.add(sp.Ne(sp.expand(sign * factor), 0))
+                    elif not factor.is_number:  # a count, n or n - 1: positive
+                        needs.add(sp.expand(factor - 1))
         return sorted(needs, key=str)
     # nor has an empty axis a max or min (also the shift of a softmax)
     if node.op in ("max", "min"):

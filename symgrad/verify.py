@@ -17,7 +17,7 @@ import numpy as np
 import sympy as sp
 
 from .ir import toposort
-from .model import Model, ModelError, lower_bound
+from .model import Model, ModelError, holds, lower_bound
 from .reference import bound_dims, hvp, reference
 
 TAPE_TOLERANCE = 1e-10
@@ -158,11 +158,16 @@ def default_dims(model: Model) -> list[dict]:
     """Two sizes for every symbolic dim, so size-dependent mistakes show, and the sizes
     of ``m.unroll``, which run the module's scalar-unrolled code."""
     least = dict.fromkeys(model.dims, 1)  # the sizes the model's slices need (n >= 4)
-    for need, _ in model.size_requirements():
+    needs = [need for need, _ in model.size_requirements()]
+    for need in needs:
         if bound := lower_bound(need):
             least[bound[0].name] = max(least[bound[0].name], bound[1])
     sizes = [{d: max(3, least[d]) for d in model.dims}]
     sizes.append({d: max(5, least[d] + 2) for d in model.dims})
+    for chosen in sizes:  # a division by C - B: not at C = B
+        for need in needs:
+            while not holds(need, {model.dims[d]: n for d, n in chosen.items()}):
+                chosen[max(need.free_symbols, key=str).name] += 1
     return sizes + [s for s in model.unroll_sizes() if s not in sizes]
 
 
