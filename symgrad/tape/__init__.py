@@ -7,7 +7,13 @@ the two means something. Floats default to float64 (torch: float32).
 """
 
 from . import autograd, linalg, nn, optim
-from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .autograd import (
+    enable_grad,
+    inference_mode,
+    is_grad_enabled,
+    no_grad,
+    set_grad_enabled,
+)
 from .creation import (
     arange,
     as_tensor,
@@ -36,12 +42,14 @@ from .dtypes import (
     bool,
     device,
     double,
+    finfo,
     float,
     float16,
     float32,
     float64,
     get_default_dtype,
     half,
+    iinfo,
     int,
     int8,
     int16,
@@ -54,6 +62,7 @@ from .dtypes import (
 )
 from .functions import addmm, cat, einsum, stack, where
 from .serialization import load, save
+from .shapes import Size
 from .tensor import Tensor
 
 __all__ = ["Tensor", "tensor", "from_numpy", "no_grad", "is_grad_enabled", "nn"]
@@ -64,7 +73,8 @@ __all__ += ["rand", "randn", "randint", "randperm", "rand_like", "randn_like"]
 __all__ += ["empty_like", "as_tensor", "device"]
 __all__ += ["float32", "float", "float64", "double", "int32", "int64", "long", "bool"]
 __all__ += ["float16", "half", "uint8", "int8", "int16", "short", "int"]
-__all__ += ["get_default_dtype", "set_default_dtype"]
+__all__ += ["get_default_dtype", "set_default_dtype", "finfo", "iinfo", "Size"]
+__all__ += ["inference_mode", "is_tensor"]
 __all__ += (  # torch-level functions, defined below
     "neg exp log sqrt sin cos tan tanh sinh cosh asin acos atan abs sign sigmoid relu "
     "clamp softmax log_softmax logsumexp sum mean amax max argmax matmul gather clone "
@@ -73,7 +83,9 @@ __all__ += (  # torch-level functions, defined below
     "clamp_max masked_fill mm split chunk unbind flip add sub mul div multiply "
     "subtract divide true_divide bmm log1p expm1 square rsqrt reciprocal floor ceil "
     "round trunc isnan isinf isfinite cumprod sort argsort topk norm any all tril "
-    "triu index_select scatter_add index_add masked_select nonzero"
+    "triu index_select scatter_add index_add masked_select nonzero allclose equal "
+    "numel eq ne gt lt ge le logical_and logical_or logical_xor logical_not dot "
+    "outer clip roll diag trace swapaxes movedim narrow scatter is_floating_point"
 ).split()
 __all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load"]
 
@@ -118,3 +130,30 @@ norm, any, all = Tensor.norm, Tensor.any, Tensor.all
 tril, triu, index_select = Tensor.tril, Tensor.triu, Tensor.index_select
 scatter_add, index_add = Tensor.scatter_add, Tensor.index_add
 masked_select, nonzero = Tensor.masked_select, Tensor.nonzero
+allclose, equal, numel = Tensor.allclose, Tensor.equal, Tensor.numel
+eq, ne, gt, lt, ge, le = (
+    Tensor.eq,
+    Tensor.ne,
+    Tensor.gt,
+    Tensor.lt,
+    Tensor.ge,
+    Tensor.le,
+)
+logical_and, logical_or = Tensor.logical_and, Tensor.logical_or
+logical_xor, logical_not = Tensor.logical_xor, Tensor.logical_not
+dot, outer, clip, roll = Tensor.dot, Tensor.outer, Tensor.clip, Tensor.roll
+diag, trace, swapaxes, movedim = (
+    Tensor.diag,
+    Tensor.trace,
+    Tensor.swapaxes,
+    Tensor.movedim,
+)
+narrow, scatter, is_floating_point = (
+    Tensor.narrow,
+    Tensor.scatter,
+    Tensor.is_floating_point,
+)
+
+
+def is_tensor(obj):
+    return isinstance(obj, Tensor)

@@ -7,6 +7,8 @@ both operands are cast to torch's result dtype (`result_type`) before the op.
 
 import numpy as np
 
+from .namespaces import silent_methods
+
 
 def broadcast_shape(a, b):
     """The broadcast of shapes a and b, or torch's error naming both shapes."""
@@ -19,7 +21,7 @@ def broadcast_shape(a, b):
         raise RuntimeError(
             f"The size of tensor a ({a[-d]}) must match the size of tensor b ({b[-d]}) "
             f"at non-singleton dimension {max(len(a), len(b)) - d} "
-            f"(shapes {a} and {b})"
+            f"(shapes {tuple(a)} and {tuple(b)})"
         ) from None
 
 
@@ -151,6 +153,7 @@ def _matmul_check(a, b):
         )
 
 
+@silent_methods
 class ArithmeticOps:
     def __add__(self, other):
         rules = (lambda xp, g, x, y, out: g, lambda xp, g, x, y, out: g)
@@ -310,6 +313,25 @@ class ArithmeticOps:
                 raise RuntimeError(f"{what} must be a matrix")
         return self.matmul(mat2)
 
+    def dot(self, other):
+        """The inner product of two 1-D tensors of the same length."""
+        if self.ndim != 1 or other.ndim != 1:
+            raise RuntimeError(
+                f"1D tensors expected, but got {self.ndim}D and {other.ndim}D tensors"
+            )
+        if self.shape != other.shape:
+            raise RuntimeError(
+                f"inconsistent tensor size, expected tensor [{self.numel()}] and src "
+                f"[{other.numel()}] to have the same number of elements, but got "
+                f"{self.numel()} and {other.numel()} elements respectively"
+            )
+        return self.matmul(other)
+
+    def outer(self, vec2):
+        """The matrix of products self[i] * vec2[j] (torch computes it as this
+        broadcast product)."""
+        return self.reshape(-1, 1) * vec2
+
     def bmm(self, mat2):
         """Batched matrix product of (b, n, m) and (b, m, p) tensors (no
         broadcasting)."""
@@ -348,6 +370,32 @@ class ArithmeticOps:
 
     def __ne__(self, other):
         return other is None or self._untracked(other, np.not_equal)
+
+    lt, le, gt, ge, eq, ne = __lt__, __le__, __gt__, __ge__, __eq__, __ne__
+
+    def logical_and(self, other):
+        """Whether both are non-zero, elementwise (a bool tensor, whatever dtypes)."""
+        return self._untracked(other, np.logical_and)
+
+    def logical_or(self, other):
+        return self._untracked(other, np.logical_or)
+
+    def logical_xor(self, other):
+        return self._untracked(other, np.logical_xor)
+
+    def logical_not(self):
+        return self._result(np.logical_not(self._data))
+
+    def allclose(self, other, rtol=1e-05, atol=1e-08, equal_nan=False):
+        """Whether |self - other| <= atol + rtol |other| everywhere (a Python bool)."""
+        _, x, y = operands(self, other)
+        return bool(np.allclose(x, y, rtol, atol, equal_nan))
+
+    def equal(self, other):
+        """Whether both have the same shape and values (a Python bool)."""
+        return self.shape == other.shape and bool(
+            np.array_equal(*operands(self, other)[1:])
+        )
 
     def __and__(self, other):
         return self._untracked(other, np.bitwise_and)

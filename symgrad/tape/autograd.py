@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from .dtypes import scalar_name
-from .namespaces import NumPyOps, TensorOps, underflow_ok
+from .namespaces import NumPyOps, TensorOps, silent
 
 _grad_enabled = True
 
@@ -81,6 +81,23 @@ class enable_grad(_GradMode):
     """Ops inside are recorded, even within no_grad."""
 
     enabled = True
+
+
+class inference_mode(_GradMode):
+    """no_grad by torch's name for inference (whose tensors torch also marks as
+    never to be recorded later; the tape's are ordinary); inference_mode(False)
+    leaves grad mode as it is."""
+
+    def __new__(cls, mode=True):
+        return super().__new__(cls, mode if callable(mode) else None)
+
+    def __init__(self, mode=True):
+        super().__init__()
+        self._mode = mode
+
+    @property
+    def enabled(self):
+        return _grad_enabled and not self._mode
 
 
 class set_grad_enabled(contextlib.ContextDecorator):
@@ -169,6 +186,18 @@ class Node:
     raises), and the rule is dropped after a backward pass without retain_graph; ops
     that save nothing can be traversed again.
     """
+
+    _classes = {}  # torch's class name of an op's node -> the subclass of that name
+
+    def __new__(cls, name=None, *args, **kwargs):
+        """A Node made for an op is an instance of a subclass named as torch's class
+        for it (MulBackward0), so that type(grad_fn).__name__ reads as in torch."""
+        if cls is Node:
+            short = name.rpartition("::")[2]
+            cls = Node._classes.get(short) or Node._classes.setdefault(
+                short, type(short, (Node,), {})
+            )
+        return super().__new__(cls)
 
     def __init__(self, name, inputs, rule, saved=None, output=None):
         self._name = name
@@ -268,7 +297,7 @@ def _topological_order(roots):
     return order
 
 
-@underflow_ok
+@silent
 def run_backward(roots, grads, retain_graph=False, inputs=None, create_graph=False):
     """Propagate grads[i] (d root / d roots[i]) back through the graph. Without
     `inputs`, every leaf reached, and each non-leaf that retains its grad, adds its

@@ -32,6 +32,31 @@ def scalar_name(dtype):
     return _SCALAR_NAMES.get(np.dtype(dtype), str(dtype))
 
 
+class finfo:
+    """torch.finfo: a float dtype's limits (the default dtype's if not given), as
+    Python floats."""
+
+    def __init__(self, type=None):
+        info = np.finfo(get_default_dtype() if type is None else type)
+        self.bits, self.dtype = info.bits, str(info.dtype)
+        self.eps, self.max, self.min = info.eps.item(), info.max.item(), info.min.item()
+        self.tiny = self.smallest_normal = info.smallest_normal.item()
+        self.resolution = info.resolution.item()
+
+
+class iinfo:
+    """torch.iinfo: an integer dtype's limits, as Python ints."""
+
+    def __init__(self, type):
+        info = np.iinfo(type)
+        self.bits, self.dtype, self.max, self.min = (
+            info.bits,
+            str(info.dtype),
+            info.max,
+            info.min,
+        )
+
+
 def get_default_dtype():
     """The dtype of floats made without one: float64 in the tape (torch: float32)."""
     return float64

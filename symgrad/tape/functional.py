@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 
 from .arithmetic import broadcast_shape, operands, result_type, unbroadcast
-from .autograd import no_grad, underflow_ok
+from .autograd import no_grad, silent
 from .creation import default_generator
 from .dtypes import scalar_name
 from .functions import addmm
@@ -79,7 +79,7 @@ def log_softmax(input, dim=None):
     return input.log_softmax(dim)
 
 
-@underflow_ok
+@silent
 def softplus(input, beta=1.0, threshold=20.0):
     """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (as torch)."""
     x = input._data
@@ -93,7 +93,7 @@ def softplus(input, beta=1.0, threshold=20.0):
     return input._result(out, (input,), backward, "SoftplusBackward0")
 
 
-@underflow_ok
+@silent
 def logsigmoid(input):
     """log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)); its gradient is sigmoid(-x)."""
 
@@ -134,7 +134,7 @@ _SQRT_HALF = math.sqrt(0.5)
 _SQRT_TWO_OVER_PI = math.sqrt(2 / math.pi)
 
 
-@underflow_ok
+@silent
 def gelu(input, *, approximate="none"):
     """x Phi(x) with Phi the normal CDF, or torch's tanh approximation of it."""
     if approximate not in ("none", "tanh"):
@@ -395,7 +395,7 @@ def _weighted(array, weight):
     return array if weight is None else array * weight._data
 
 
-@underflow_ok
+@silent
 def binary_cross_entropy_with_logits(
     input, target, weight=None, reduction="mean", pos_weight=None
 ):

@@ -4,6 +4,15 @@ changed by hand between steps carries on), and the constructor takes step 0.
 """
 
 import math
+import warnings
+
+EARLY_STEP = (
+    "Detected call of `lr_scheduler.step()` before `optimizer.step()`. In PyTorch "
+    "1.1.0 and later, you should call them in the opposite order: `optimizer.step()` "
+    "before `lr_scheduler.step()`.  Failure to do this will result in PyTorch "
+    "skipping the first value of the learning rate schedule. See more details at "
+    "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate"
+)
 
 
 class LRScheduler:
@@ -16,6 +25,7 @@ class LRScheduler:
             group.setdefault("initial_lr", group["lr"])
         self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         self.last_epoch = -1
+        self._step_count = 0
         self.step()
 
     def get_lr(self):
@@ -26,6 +36,11 @@ class LRScheduler:
         return [group["lr"] for group in self.optimizer.param_groups]
 
     def step(self):
+        """The next rates; torch warns if the first call after the constructor's
+        comes before any optimizer.step(), which would skip the schedule's first."""
+        if self._step_count == 1 and not getattr(self.optimizer, "_opt_called", False):
+            warnings.warn(EARLY_STEP, UserWarning, stacklevel=2)
+        self._step_count += 1
         self.last_epoch += 1
         self._last_lr = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):

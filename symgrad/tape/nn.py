@@ -21,6 +21,11 @@ sys.modules[__name__ + ".utils"] = utils = nn_utils
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
+def _quoted(keys):
+    """Keys as torch lists them in its messages: "a", "b"."""
+    return ", ".join(f'"{k}"' for k in keys)
+
+
 class Parameter(Tensor):
     """A leaf tensor that requires grad and that a Module registers on assignment."""
 
@@ -251,9 +256,10 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def state_dict(self):
-        """Name -> detached tensor sharing storage: each module's parameters, then
-        its persistent buffers, then its submodules' entries, as torch orders them."""
+    def state_dict(self, *, keep_vars=False):
+        """Name -> detached tensor sharing storage (the tensor itself with
+        keep_vars): each module's parameters, then its persistent buffers, then its
+        submodules' entries, as torch orders them."""
         out = OrderedDict()
         for prefix, module in self.named_modules(remove_duplicate=False):
             buffers = [
@@ -263,7 +269,9 @@ class Module:
             ]
             for name, t in [*module._parameters.items(), *buffers]:
                 if t is not None:
-                    out[f"{prefix}.{name}" if prefix else name] = t.detach()
+                    out[f"{prefix}.{name}" if prefix else name] = (
+                        t if keep_vars else t.detach()
+                    )
         return out
 
     def load_state_dict(self, state_dict, strict=True):
@@ -274,16 +282,17 @@ class Module:
         unexpected = [k for k in state_dict if k not in own]
         values = {k: as_array(v) for k, v in state_dict.items() if k in own}
         errors = [
+            f"{what} key(s) in state_dict: {_quoted(keys)}. "
+            for what, keys in (("Missing", missing), ("Unexpected", unexpected))
+            if strict and keys
+        ]
+        errors += [
             f"size mismatch for {k}: copying a param with shape "
             f"torch.Size({list(v.shape)}) from checkpoint, the shape in current "
             f"model is torch.Size({list(own[k].shape)})."
             for k, v in values.items()
             if v.shape != own[k].shape
         ]
-        if strict and missing:
-            errors.append(f"Missing key(s) in state_dict: {missing}.")
-        if strict and unexpected:
-            errors.append(f"Unexpected key(s) in state_dict: {unexpected}.")
         if errors:
             raise RuntimeError(
                 f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
@@ -400,6 +409,84 @@ class ModuleList(Module):
 
     def __iter__(self):
         return iter(list(self._modules.values()))
+
+
+def _as_parameter(value):
+    """A tensor put in a ParameterList or ParameterDict becomes a Parameter."""
+    if isinstance(value, Tensor) and not isinstance(value, Parameter):
+        return Parameter(value)
+    return value
+
+
+class ParameterList(Module):
+    """A list of parameters, each registered (named "0", "1", ...) so that
+    parameters() finds them; a plain tensor is made a Parameter."""
+
+    def __init__(self, values=None):
+        super().__init__()
+        self.extend(values or ())
+
+    def append(self, value):
+        setattr(self, str(len(self)), _as_parameter(value))
+        return self
+
+    def extend(self, values):
+        for value in values:
+            self.append(value)
+        return self
+
+    def __getitem__(self, i):
+        return list(self._parameters.values())[i]
+
+    def __setitem__(self, i, value):
+        setattr(self, list(self._parameters)[i], _as_parameter(value))
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(list(self._parameters.values()))
+
+
+class ParameterDict(Module):
+    """A dict of parameters, each registered under its key so that parameters()
+    finds them; a plain tensor is made a Parameter."""
+
+    def __init__(self, parameters=None):
+        super().__init__()
+        self.update(parameters or {})
+
+    def update(self, parameters):
+        items = parameters.items() if hasattr(parameters, "items") else parameters
+        for key, value in items:
+            self[key] = value
+
+    def __getitem__(self, key):
+        return self._parameters[key]
+
+    def __setitem__(self, key, value):
+        setattr(self, key, _as_parameter(value))
+
+    def __delitem__(self, key):
+        del self._parameters[key]
+
+    def __contains__(self, key):
+        return key in self._parameters
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters)
+
+    def keys(self):
+        return self._parameters.keys()
+
+    def values(self):
+        return self._parameters.values()
+
+    def items(self):
+        return self._parameters.items()
 
 
 class ModuleDict(Module):

@@ -84,6 +84,7 @@ class Optimizer:
         recomputes the loss (with grad enabled) first, and its result is returned.
         With maximize=True the update climbs the gradient instead."""
         loss = None
+        self._opt_called = True  # read by lr_scheduler, as torch's flag of that name
         if closure is not None:
             with enable_grad():
                 loss = closure()

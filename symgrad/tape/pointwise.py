@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from .arithmetic import broadcast_shape, unbroadcast
-from .namespaces import elementwise, erf_array, sigmoid_array
+from .namespaces import elementwise, erf_array, sigmoid_array, silent_methods
 
 OUT = ("out",)  # `saves` of a rule that reads only the output (see Tensor._result)
 
@@ -39,6 +39,10 @@ def _zero(xp, g):
     return xp.zeros_like(g)
 
 
+def _zeros(xp, g):
+    return (xp.zeros_like(g),)
+
+
 def _identity(xp, g):
     return (g,)
 
@@ -52,9 +56,15 @@ def _negative(x):
     return np.negative(x)
 
 
+@silent_methods
 class PointwiseOps:
     __neg__ = _unary("Neg", _negative, lambda xp, g: -g, saves=False)
     neg = __neg__
+
+    def __pos__(self):
+        """+x is x itself, as in torch."""
+        return self
+
     exp = _unary("Exp", np.exp, lambda xp, g, out: g * out, OUT)
     log = _unary("Log", np.log, lambda xp, g, x: g / x)
     log1p = _unary("Log1P", np.log1p, lambda xp, g, x: g / (1 + x))
@@ -88,12 +98,19 @@ class PointwiseOps:
         elementwise(math.erfc),
         lambda xp, g, x: -g * _TWO_OVER_SQRT_PI * xp.exp(-x * x),
     )
-    abs = _unary("Abs", np.abs, lambda xp, g, x: g * xp.sign(x))
+    abs = __abs__ = _unary("Abs", np.abs, lambda xp, g, x: g * xp.sign(x))
     sign = _unary("Sign", np.sign, _zero, False)
     floor = _unary("Floor", _rounding(np.floor), _zero, False)
     ceil = _unary("Ceil", _rounding(np.ceil), _zero, False)
-    round = _unary("Round", _rounding(np.round), _zero, False)  # half to even
     trunc = _unary("Trunc", _rounding(np.trunc), _zero, False)
+
+    def round(self, *, decimals=0):
+        """Half to even, at `decimals` places (NumPy scales by 10**decimals as
+        torch does); its gradient is 0."""
+        out = _rounding(lambda x: np.round(x, decimals))(self._data)
+        name = "RoundBackward1" if decimals else "RoundBackward0"
+        return self._result(out, (self,), _zeros, name, saves=False)
+
     sigmoid = _unary(
         "Sigmoid", sigmoid_array, lambda xp, g, out: g * out * (1 - out), OUT
     )
@@ -119,6 +136,15 @@ class PointwiseOps:
         torch, x's gradient passes where min <= x <= max, and a tensor bound's where
         the bound is the result (max wins where min > max)."""
         return self._clamp(min, max, ("ClampBackward1", "ClampBackward0"))
+
+    clip = clamp
+
+    def where(self, condition, other):
+        """self where condition holds, else other (torch.where(condition, self,
+        other))."""
+        from .functions import where  # here: functions builds on Tensor, on us
+
+        return where(condition, self, other)
 
     def clamp_min(self, min):
         return self._clamp(min, None, ("ClampMinBackward0", "ClampMinBackward1"))

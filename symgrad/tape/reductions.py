@@ -5,13 +5,18 @@ g to that kept shape and broadcast it back over the input.
 """
 
 import math
+import warnings
 from collections import namedtuple
 
 import numpy as np
 
-from .autograd import underflow_ok
 from .dtypes import scalar_name
+from .namespaces import silent_methods
 
+DOF_WARNING = (
+    "{}(): degrees of freedom is <= 0. Correction should be strictly less than the "
+    "reduction factor (input numel divided by output numel)."
+)
 MaxResult = namedtuple("max", ["values", "indices"])
 MinResult = namedtuple("min", ["values", "indices"])
 SortResult = namedtuple("sort", ["values", "indices"])
@@ -77,6 +82,14 @@ def _finite_max(x, dims):
     all -inf), so that the shift itself makes no inf - inf."""
     m = x.max(axis=dims, keepdims=True)
     return np.where(np.isfinite(m), m, 0)
+
+
+def _mean(x, dims, count):
+    """x's mean over dims (kept): nan over no elements, without np.mean's warning."""
+    if count:
+        return x.mean(axis=dims, keepdims=True)
+    kept = [1 if d in dims else n for d, n in enumerate(x.shape)]
+    return np.full(kept, np.nan, x.dtype)
 
 
 def _reduced(self, out_kept, dims, keepdim, backward, name, saves=True):
@@ -155,13 +168,13 @@ def _spread(self, dim, unbiased, keepdim, correction, root):
     c = int(unbiased) if correction is None else correction
     count = math.prod(x.shape[d] for d in dims)
     dof = max(count - c, 0)
-    dev = x - x.mean(axis=dims, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):  # nan/inf, as torch
-        out = (dev * dev).sum(axis=dims, keepdims=True) / dof
-        out = np.sqrt(out) if root else out
+    if dof == 0:
+        warnings.warn(DOF_WARNING.format("std" if root else "var"), stacklevel=3)
+    dev = x - _mean(x, dims, count)
+    out = (dev * dev).sum(axis=dims, keepdims=True) / dof  # nan or inf if dof is 0
+    out = np.sqrt(out) if root else out
     kept = out.shape
 
-    @np.errstate(divide="ignore", invalid="ignore")
     def backward(xp, g, x, out):
         dev = x - x.sum(axis=dims, keepdims=True) / count
         if root:
@@ -221,17 +234,15 @@ def _vector_norm(self, p, dim, keepdim):
         )
     x, dims = self._data, normalize_dims(dim, self.ndim)
     a = np.abs(x)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if p in (np.inf, -np.inf):
-            out = (np.max if p > 0 else np.min)(a, axis=dims, keepdims=True)
-        elif p == 0:
-            out = (a != 0).sum(axis=dims, keepdims=True).astype(x.dtype)
-        else:
-            out = (a**p).sum(axis=dims, keepdims=True) ** (1 / p)
+    if p in (np.inf, -np.inf):
+        out = (np.max if p > 0 else np.min)(a, axis=dims, keepdims=True)
+    elif p == 0:
+        out = (a != 0).sum(axis=dims, keepdims=True).astype(x.dtype)
+    else:
+        out = (a**p).sum(axis=dims, keepdims=True) ** (1 / p)
 
     kept = out.shape
 
-    @np.errstate(divide="ignore", invalid="ignore", over="ignore")
     def backward(xp, g, x, out):
         g, out = g.reshape(kept), out.reshape(kept)
         if p in (np.inf, -np.inf):
@@ -246,10 +257,14 @@ def _vector_norm(self, p, dim, keepdim):
     return _reduced(self, out, dims, keepdim, backward, name, (self, "out"))
 
 
+@silent_methods
 class ReductionOps:
-    def sum(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+    def sum(self, dim=None, keepdim=False, *, dtype=None, axis=None, keepdims=False):
         """`axis` and `keepdims` are torch's NumPy-style aliases (backward rules,
-        which run on arrays too, use them)."""
+        which run on arrays too, use them). `dtype` casts self first, as in torch
+        (so do mean's, prod's and cumsum's)."""
+        if dtype is not None:
+            return self.to(dtype).sum(dim, keepdim, axis=axis, keepdims=keepdims)
         dim, keepdim = dim if axis is None else axis, keepdim or keepdims
         x, dims = self._data, normalize_dims(dim, self.ndim)
         out = x.sum(axis=dims, keepdims=True, dtype=_accumulator(x))
@@ -260,15 +275,17 @@ class ReductionOps:
         name = "SumBackward0" if dim is None else "SumBackward1"
         return _reduced(self, out, dims, keepdim, backward, name, saves=False)
 
-    def mean(self, dim=None, keepdim=False):
+    def mean(self, dim=None, keepdim=False, *, dtype=None):
+        if dtype is not None:
+            return self.to(dtype).mean(dim, keepdim)
         if self.dtype.kind != "f":
             raise RuntimeError(
                 "mean(): could not infer output dtype. Input dtype must be either a "
                 f"floating point or complex dtype. Got: {self.dtype}"
             )
         x, dims = self._data, normalize_dims(dim, self.ndim)
-        out = x.mean(axis=dims, keepdims=True)
         count = math.prod(x.shape[d] for d in dims)
+        out = _mean(x, dims, count)
 
         def backward(xp, g):
             return (xp.broadcast_to(g.reshape(out.shape) / count, x.shape),)
@@ -276,15 +293,32 @@ class ReductionOps:
         name = "MeanBackward0" if dim is None else "MeanBackward1"
         return _reduced(self, out, dims, keepdim, backward, name, saves=False)
 
+    def trace(self):
+        """The sum of a matrix's diagonal."""
+        if self.ndim != 2:
+            raise RuntimeError(
+                f"trace: expected a matrix, but got tensor with dim {self.ndim}"
+            )
+        x = self._data
+        diagonal = np.eye(*x.shape, dtype=bool)
+
+        def backward(xp, g):
+            return (xp.where(diagonal, g, 0),)
+
+        out = np.trace(x, dtype=_accumulator(x))
+        return self._result(out, (self,), backward, "TraceBackward0", saves=False)
+
     def var(self, dim=None, unbiased=True, keepdim=False, *, correction=None):
         return _spread(self, dim, unbiased, keepdim, correction, root=False)
 
     def std(self, dim=None, unbiased=True, keepdim=False, *, correction=None):
         return _spread(self, dim, unbiased, keepdim, correction, root=True)
 
-    def prod(self, dim=None, keepdim=False):
+    def prod(self, dim=None, keepdim=False, *, dtype=None):
         """The product over one dim, or over everything; the gradient of each
         element is g times the product of the others."""
+        if dtype is not None:
+            return self.to(dtype).prod(dim, keepdim)
         x = self._data
         if dim is None or self.ndim == 0:
             normalize_dims(dim, self.ndim)
@@ -302,8 +336,10 @@ class ReductionOps:
 
         return _reduced(self, out, (axis,), keepdim, backward, "ProdBackward1")
 
-    def cumsum(self, dim):
+    def cumsum(self, dim, *, dtype=None):
         """Running sums along dim; the gradient is g summed from the other end."""
+        if dtype is not None:
+            return self.to(dtype).cumsum(dim)
         normalize_dims(dim, self.ndim)
         x = np.atleast_1d(self._data)  # a 0-d tensor has dims 0 and -1
         out = np.cumsum(x, axis=dim, dtype=_accumulator(x)).reshape(self.shape)
@@ -345,7 +381,6 @@ class ReductionOps:
     def argmin(self, dim=None, keepdim=False):
         return _arg(self, np.argmin, dim, keepdim)
 
-    @underflow_ok
     def logsumexp(self, dim, keepdim=False):
         """log(sum(exp(x))) computed as m + log(sum(exp(x - m))) with m the max."""
         x, dims = self._data, normalize_dims(dim, self.ndim)
@@ -361,8 +396,6 @@ class ReductionOps:
         )
 
     # A slice of all -inf gives nan (0/0), silently, as in torch.
-    @underflow_ok
-    @np.errstate(invalid="ignore", divide="ignore")
     def softmax(self, dim):
         x = self._data
         _check_softmax_dtype(x, "softmax")
@@ -374,8 +407,6 @@ class ReductionOps:
 
         return self._result(out, (self,), backward, "SoftmaxBackward0", ("out",))
 
-    @underflow_ok
-    @np.errstate(invalid="ignore", divide="ignore")
     def log_softmax(self, dim):
         x = self._data
         _check_softmax_dtype(x, "log_softmax")

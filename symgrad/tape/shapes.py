@@ -11,6 +11,24 @@ from .arithmetic import broadcast_shape, unbroadcast
 from .reductions import normalize_dims
 
 
+class Size(tuple):
+    """torch.Size: a tensor's shape, a tuple that prints as torch.Size([2, 3])."""
+
+    def __repr__(self):
+        return f"torch.Size({list(self)})"
+
+    def __getitem__(self, index):
+        item = super().__getitem__(index)
+        return Size(item) if isinstance(index, slice) else item
+
+    def __add__(self, other):
+        return Size(tuple(self) + tuple(other))
+
+    def numel(self):
+        """The number of elements of a tensor of this shape."""
+        return math.prod(self)
+
+
 def _shape_arg(shape):
     """Accept both f(2, 3) and f((2, 3)), as torch does."""
     return (
@@ -106,6 +124,8 @@ class ShapeOps:
     def _reshaped(self, shape, name):
         """The values in `shape`, a view where NumPy can make one."""
         x = self._data
+        if list(shape).count(-1) > 1:
+            raise RuntimeError("only one dimension can be inferred")
         try:
             out = x.reshape(shape)
         except ValueError:
@@ -315,6 +335,70 @@ class ShapeOps:
         dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
         return self._permuted(dims, "TransposeBackward0")
 
+    swapaxes = swapdims = transpose
+
+    def movedim(self, source, destination):
+        """The dims `source` moved to positions `destination`, the others keeping
+        their order (a permuted view)."""
+        source, destination = (
+            [_axis(d, self.ndim) for d in ((dims,) if isinstance(dims, int) else dims)]
+            for dims in (source, destination)
+        )
+        order = [d for d in range(self.ndim) if d not in source]
+        for d, s in sorted(zip(destination, source, strict=True)):
+            order.insert(d, s)
+        return self._permuted(order, "PermuteBackward0")
+
+    moveaxis = movedim
+
+    def narrow(self, dim, start, length):
+        """The `length` elements from `start` along dim (a view)."""
+        axis = _axis(dim, self.ndim)
+        start = start % self.shape[axis] if start < 0 else start
+        if start + length > self.shape[axis]:
+            raise RuntimeError(
+                f"start ({start}) + length ({length}) exceeds dimension size "
+                f"({self.shape[axis]})."
+            )
+        return self[(slice(None),) * axis + (slice(start, start + length),)]
+
+    def roll(self, shifts, dims=None):
+        """Elements shifted along dims, those pushed off the end coming back at the
+        start (dims None: over the flattened tensor)."""
+        back = np.negative(shifts).tolist()
+
+        def backward(xp, g):
+            return (xp.roll(g, back, dims),)
+
+        out = np.roll(self._data, shifts, dims)
+        return self._result(out, (self,), backward, "RollBackward0", saves=False)
+
+    def diag(self, diagonal=0):
+        """A 1-D tensor as the `diagonal`-th diagonal of a square matrix (zeros
+        elsewhere), or a matrix's `diagonal`-th diagonal as a 1-D tensor."""
+        if self.ndim not in (1, 2):
+            raise RuntimeError(f"diag(): Supports 1D or 2D tensors. Got {self.ndim}D")
+        x = self._data
+        if self.ndim == 1:
+            n = x.size + abs(diagonal)
+            where = np.nonzero(np.eye(n, k=diagonal, dtype=bool))
+            out = np.zeros((n, n), x.dtype)
+            out[where] = x
+
+            def backward(xp, g):
+                return (g[where],)
+
+            name = "DiagEmbedBackward0"
+        else:
+            where = np.nonzero(np.eye(*x.shape, k=diagonal, dtype=bool))
+            out = x[where]
+
+            def backward(xp, g):
+                return (xp.scatter(g, x.shape, where),)
+
+            name = "DiagonalBackward0_copy"
+        return self._result(out, (self,), backward, name, saves=False)
+
     @property
     def T(self):
         """Reversed dims (the matrix transpose for 2-D tensors)."""
@@ -427,6 +511,29 @@ class ShapeOps:
             return g, gsrc
 
         return self._result(out, (self, src), backward, "ScatterAddBackward0", (index,))
+
+    def scatter(self, dim, index, src):
+        """A copy of self with src[i][j][k] written at [index[i][j][k]][j][k] for
+        dim 0, and so on; `src` may be a number, written at every position."""
+        _, where = _scatter_positions(self, dim, index, "scatter")
+        picked = tuple(np.indices(index.shape, sparse=True))  # src's used part
+        src = self._lift(src)
+        out = self._data.copy()
+        out[where] = src._data[picked] if src.ndim else src._data
+        written = np.zeros(self.shape, bool)
+        written[where] = True
+
+        def backward(xp, g, index):
+            gsrc = (
+                xp.scatter(g[where], src.shape, picked) if src.requires_grad else None
+            )
+            return xp.where(written, 0, g), gsrc
+
+        name = "ScatterBackward0" if src.ndim else "ScatterBackward1"
+        return self._result(out, (self, src), backward, name, (index,))
+
+    def scatter_(self, dim, index, src):
+        return self._inplace(lambda t: t.scatter(dim, index, src), src)
 
     def scatter_add_(self, dim, index, src):
         return self._inplace(lambda t: t.scatter_add(dim, index, src), src)

@@ -11,10 +11,11 @@ import numpy as np
 
 from . import autograd
 from .arithmetic import ArithmeticOps
-from .dtypes import device
+from .dtypes import device, scalar_name
 from .pointwise import PointwiseOps
+from .printing import array_str
 from .reductions import ReductionOps
-from .shapes import ShapeOps, _shape_arg
+from .shapes import ShapeOps, Size, _shape_arg
 
 NON_LEAF_GRAD = (
     "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. Its "
@@ -64,6 +65,15 @@ def _values(data):
     return data
 
 
+def _in_place(name):
+    """The method x.name_(): x.name() written into x."""
+
+    def method(self):
+        return self._inplace(lambda t: getattr(t, name)())
+
+    return method
+
+
 class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     """An n-d array that can record the ops applied to it (PyTorch's torch.Tensor)."""
 
@@ -86,7 +96,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
 
     def _setup(self, array, requires_grad=False):
         self._data = array
-        self.grad = None
+        self._grad = None
         self._grad_fn = None
         self.retains_grad = False
         self._hooks = []
@@ -210,6 +220,25 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
 
     @grad.setter
     def grad(self, value):
+        """A gradient set by hand must be a tensor of this tensor's shape and dtype."""
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(
+                "assigned grad expected to be a Tensor or None but got grad of type "
+                f"{type(value).__name__}"
+            )
+        if value is not None and value.shape != self.shape:
+            raise RuntimeError(
+                f"attempting to assign a gradient of size '{list(value.shape)}' to a "
+                f"tensor of size '{list(self.shape)}'. Please ensure that the "
+                "gradient and the tensor are the same size"
+            )
+        if value is not None and value.dtype != self.dtype:
+            raise RuntimeError(
+                "attempting to assign a gradient with dtype "
+                f"'{scalar_name(value.dtype).lower()}' to a tensor with grad_dtype "
+                f"'{scalar_name(self.dtype)}'. The gradient must match the tensor's "
+                "grad_dtype (defaults to the tensor's dtype)."
+            )
         self._grad = value
 
     @property
@@ -373,6 +402,28 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def relu_(self):
         return self._inplace(lambda t: t.relu())
 
+    sqrt_, exp_, log_ = _in_place("sqrt"), _in_place("exp"), _in_place("log")
+    neg_, abs_ = _in_place("neg"), _in_place("abs")
+    sigmoid_, tanh_ = _in_place("sigmoid"), _in_place("tanh")
+
+    def pow_(self, exponent):
+        return self._inplace(lambda t: t.pow(exponent), exponent)
+
+    def uniform_(self, low=0.0, high=1.0):
+        """Fill with draws from U(low, high) (torch's from, to), from the generator
+        manual_seed seeds."""
+        from .creation import default_generator  # here: creation builds on Tensor
+
+        return self.copy_(
+            Tensor._wrap(default_generator.uniform(low, high, self.shape))
+        )
+
+    def normal_(self, mean=0.0, std=1.0):
+        """Fill with draws from N(mean, std^2)."""
+        from .creation import default_generator  # here: creation builds on Tensor
+
+        return self.copy_(Tensor._wrap(default_generator.normal(mean, std, self.shape)))
+
     def masked_fill_(self, mask, value):
         return self._inplace(lambda t: t.masked_fill(mask, value), value)
 
@@ -401,7 +452,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
 
     @property
     def shape(self):
-        return self._data.shape
+        return Size(self._data.shape)
 
     @property
     def device(self):
@@ -447,6 +498,11 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
 
     def numel(self):
         return self._data.size
+
+    nelement, ndimension = numel, dim
+
+    def is_floating_point(self):
+        return self.dtype.kind == "f"
 
     def item(self):
         if self._data.size != 1:
@@ -515,26 +571,12 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
 
     def __repr__(self):
         x = self._data
-        fixed = False  # 4 decimals, else as few digits as show each value exactly
-        if x.dtype.kind == "f":
-            finite = x[np.isfinite(x)]
-            big = np.abs(finite[finite != 0])
-            # NumPy and torch choose scientific notation alike, but torch then always
-            # prints 4 decimals (1.0000e+05 where NumPy prints 1.e+05)
-            scientific = big.size and (
-                big.max() >= 1e8 or big.min() < 1e-4 or big.max() / big.min() > 1e3
-            )
-            fixed = scientific or np.any(finite != np.round(finite))
-        body = np.array2string(
-            x,
-            separator=", ",
-            prefix="tensor(",
-            precision=4 if fixed else 8,
-            floatmode="fixed" if fixed else "maxprec",
-        )
-        body = body.replace(", ..., ", ",  ..., ")  # torch pads the elision in a row
+        body = array_str(x)
         extras = [f"size={x.shape}"] if x.size == 0 and x.ndim != 1 else []
-        if x.dtype not in (np.float64, np.int64, np.bool_):
+        # torch names the dtype unless the values show it, which no values can
+        if x.dtype not in (np.float64, np.int64, np.bool_) or (
+            x.size == 0 and x.dtype != np.float64
+        ):
             extras.append(
                 f"dtype=torch.{x.dtype}"
             )  # as code importing tape as torch names it
