@@ -327,7 +327,8 @@ class Cond:
 
     def __bool__(self):
         raise TypeError(
-            "a symbolic condition has no truth value; use sg.where(cond, a, b)"
+            "a symbolic condition has no truth value; use sg.where(cond, a, b), "
+            "or sg.maximum(a, b) for max(a, b)"
         )
 
 
@@ -815,10 +816,15 @@ class Model:
         self.names[node] = self._claim(name, what)
 
     def loss(self, x: Expr) -> Expr:
+        """The scalar to minimize; one element of shape (1,) or (1, 1) also does, as it
+        does for torch's backward()."""
         (node,) = _values([_expr(x, "loss")], "the loss")
+        if node.shape and all(d == 1 for d in node.shape):
+            node = reshape(x, ()).node
         if node.shape != ():
             raise ModelError(
-                f"the loss must be a scalar, got shape {format_shape(node.shape)}"
+                f"the loss must be a scalar, got shape {format_shape(node.shape)}; "
+                "reduce it with sg.sum or sg.mean"
             )
         if self._loss is not None:
             raise ModelError(f"model {self.name!r} already has a loss")

@@ -337,7 +337,7 @@ def test_integer_inputs_still_index_and_compare():
 def test_loss_must_be_a_scalar_and_must_exist():
     m = sg.Model("m")
     p = m.param("p", (3,))
-    with pytest.raises(sg.ModelError, match=r"scalar, got shape \(3,\)"):
+    with pytest.raises(sg.ModelError, match=r"scalar, got shape \(3,\); reduce it"):
         m.loss(p * 2)
     m.output("y", p * 2)
     with pytest.raises(sg.ModelError, match="model 'm' has no loss"):
@@ -345,6 +345,27 @@ def test_loss_must_be_a_scalar_and_must_exist():
     m.loss(sg.sum(p))
     with pytest.raises(sg.ModelError, match="already has a loss"):
         m.loss(sg.sum(p))
+
+
+def test_a_loss_of_one_element_is_a_scalar_as_for_torch_backward():
+    """torch's loss.backward() takes a (1,) tensor (an MSE with dim=0 over one output)."""
+    torch = pytest.importorskip("torch")
+    m = sg.Model("one_element_loss")
+    y, w = m.input("y", ("B", 1)), m.param("w", (1,))
+    m.loss(sg.mean((y - w) ** 2, axis=0))
+    y_, w_ = np.array([[0.5], [2.0], [-1.0]]), np.array([0.25])
+    loss, grads = compile_module(m).value_and_grad({"w": w_}, {"y": y_})
+    w_t = torch.tensor(w_, requires_grad=True)
+    expected = ((torch.tensor(y_) - w_t) ** 2).mean(0)
+    expected.backward()
+    assert loss.shape == () and np.isclose(loss, expected.item(), rtol=1e-14)
+    assert np.allclose(grads["w"], w_t.grad.numpy(), rtol=1e-14)
+
+
+def test_max_of_expressions_suggests_sg_maximum():
+    w = sg.Model("m").param("w", (3,))
+    with pytest.raises(TypeError, match=r"sg.maximum\(a, b\) for max\(a, b\)"):
+        max(w, 0)
 
 
 # --------------------------------------------------------------------------- the CLI
