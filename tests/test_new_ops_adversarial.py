@@ -1134,3 +1134,64 @@ def test_numpy_named_array_functions_and_methods_agree_with_pytorch():
     assert rel(module.hessian(params, inputs), expected) < 1e-8
     with pytest.raises(ValueError, match="n >= 2"):  # std with ddof=1 over n
         module.value_and_grad(*data(np.random.default_rng(1), 1))
+
+
+EINSUMS = [
+    "ij,jk->ik", "ij,jk", "i,i->", "i,j->ij", "bij,bjk->bik", "bhqd,bhkd->bhqk",
+    "ij->ji", "ij->", "ijk->kj", "ij,ij->i", "ijk,jl->ilk", "ab,bc,cd->ad",
+    "i,ij,j->", "ij,kl->ijkl", "abc,cd->abd", "ia,ib->ab", "ji,j->i",
+]  # fmt: skip
+EINSUM_SIZES = dict(zip("abcdhijklq", [2, 3, 4, 2, 2, 3, 4, 2, 3, 2], strict=True))
+
+
+@pytest.mark.parametrize("subscripts", EINSUMS)
+def test_einsum_agrees_with_torch_einsum(subscripts):
+    """The first letter of the first operand is a symbolic size (n = 1 and 3)."""
+    terms = subscripts.partition("->")[0].split(",")
+    first = terms[0][0]
+    m = sg.Model("einsum_" + "".join(c for c in subscripts if c.isalpha()))
+    operands = [
+        m.param(f"p{k}", tuple("n" if c == first else EINSUM_SIZES[c] for c in t))
+        for k, t in enumerate(terms)
+    ]
+    m.output("y", sg.einsum(subscripts, *operands))
+    m.loss(sg.sum(sg.sin(sg.einsum(subscripts, *operands))))
+    module = compile_module(m)
+
+    def reference(p, i):
+        y = torch.einsum(subscripts, *p.values())
+        return torch.sin(y).sum(), {"y": y}
+
+    for n in (1, 3):
+        rng = np.random.default_rng(n)
+        sizes = {**EINSUM_SIZES, first: n}
+        params = {
+            f"p{k}": rng.standard_normal([sizes[c] for c in t])
+            for k, t in enumerate(terms)
+        }
+        check(module, reference, params, {})
+
+
+def test_einsum_attention_scores_hessian_and_errors():
+    m = sg.Model("einsum_attention", hessian=True)
+    q, k = m.param("q", (2, 3)), m.input("k", ("T", 3))
+    scores = sg.einsum("qd,td->qt", q, k)
+    m.loss(sg.sum(sg.logsumexp(scores, axis=1)))
+
+    def reference(p, i):
+        return torch.logsumexp(torch.einsum("qd,td->qt", p["q"], i["k"]), 1).sum(), {}
+
+    rng = np.random.default_rng(0)
+    params, inputs = {"q": rng.standard_normal((2, 3))}, {
+        "k": rng.standard_normal((4, 3))
+    }
+    assert_second_order_agrees(compile_module(m), reference, params, inputs)
+    for subscripts, operands, pattern in [
+        ("ii->i", [q[:, :2]], "by a letter of its own"),
+        ("...d,td->t", [q, k], "by a letter of its own"),
+        ("qd,tq->t", [q, k], "q is 2 in one operand and 3"),
+        ("qd,td->qt", [q], "2 terms, 1 operands"),
+        ("qd,td->qz", [q, k], "bad output 'qz'"),
+    ]:
+        with pytest.raises((sg.ShapeError, ValueError), match=pattern):
+            sg.einsum(subscripts, *operands)
