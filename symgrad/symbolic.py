@@ -99,11 +99,7 @@ class softplus(sp.Function):  # noqa: N801
     """log(1 + exp(x)), printed in a form that never overflows."""
 
     def fdiff(self, argindex=1):
-        # sigmoid(x) = exp(x - softplus(x)): stable (the exponent is <= 0), and it reuses
-        # the forward value instead of computing another exponential.
-        x = self.args[0]
-        e = sp.exp(-sp.Abs(x))
-        return sp.Piecewise((1, x >= 0), (e, True)) / (1 + e)
+        return softplus_slope(self.args[0])
 
     @classmethod
     def eval(cls, x):
@@ -115,6 +111,12 @@ class softplus(sp.Function):  # noqa: N801
 
     def _eval_is_real(self):
         return self.args[0].is_real
+
+
+class softplus_slope(sigmoid):  # noqa: N801
+    """softplus' derivative, a sigmoid printed through exp(-|x|): the exponential the
+    softplus computed, which CSE shares. (Written as that formula, its derivative would
+    take |x|' = sign(x) = 0 at 0, and softplus''(0) would be 0, not 1/4.)"""
 
 
 class relu(sp.Function):  # noqa: N801
@@ -158,7 +160,13 @@ def _binary(minmax: sp.Expr) -> sp.Expr:
     return folded
 
 
-_LOWERED = {
+def _abs_form_sigmoid(x: sp.Expr) -> sp.Expr:
+    e = sp.exp(-sp.Abs(x))
+    return sp.Piecewise((1, x >= 0), (e, True)) / (1 + e)
+
+
+_LOWERED = {  # (softplus_slope first: replacing sigmoid would also take its subclass)
+    softplus_slope: _abs_form_sigmoid,
     sigmoid: lambda x: 1 / (1 + sp.exp(Min(-x, 709))),  # exp(709) is finite
     softplus: lambda x: Max(x, 0) + log1p(sp.exp(-sp.Abs(x))),
     relu: lambda x: Max(x, 0),
