@@ -15,7 +15,7 @@ _API = {
     "symgrad.model": (
         "Cond Expr Model ModelError abs arccos arccosh arcsin arcsinh arctan arctan2 arctanh "
         "clip concatenate cos cosh cumsum elementwise erf erfc exp expand_dims expm1 flip log "
-        "log10 log1p log2 log_softmax logsumexp matmul max maximum mean min minimum outer "
+        "log10 log1p log2 logaddexp log_softmax logsumexp matmul max maximum mean min minimum outer "
         "relu reshape sigmoid sign sin sinh softmax softplus sqrt square stack std sum "
         "take_along_axis tan tanh transpose var where"
     ).split(),

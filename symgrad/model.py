@@ -510,6 +510,11 @@ def arctan2(y, x) -> Expr:
     return _elementwise(sp.atan2, y, x)
 
 
+def logaddexp(a, b) -> Expr:
+    """NumPy's log(exp(a) + exp(b)), as b + softplus(a - b): it never overflows."""
+    return b + softplus(a - b)
+
+
 def maximum(a, b) -> Expr:
     """Elementwise max of two operands (broadcast); ties split the gradient, as in torch."""
     return _elementwise(ew.Max, a, b)

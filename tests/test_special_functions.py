@@ -150,6 +150,7 @@ NUMPY_NAMED = {
     "log2": (lambda z, x: sg.log2(z**2 + 0.5), lambda z, x: torch.log2(z**2 + 0.5)),
     "log10": (lambda z, x: sg.log10(z**2 + 0.5), lambda z, x: torch.log10(z**2 + 0.5)),
     "arctan2": (lambda z, x: sg.arctan2(z, x - 0.5), lambda z, x: torch.atan2(z, x - 0.5)),
+    "logaddexp": (lambda z, x: sg.logaddexp(30 * z, 30 * x), lambda z, x: torch.logaddexp(30 * z, 30 * x)),
 }  # fmt: skip
 
 
@@ -174,7 +175,27 @@ def test_numpy_named_functions_agree_with_pytorch(name):
     assert rel(module.hessian(params, inputs), expected) < 1e-8
     if hasattr(np, name):  # (NumPy has no erfc)
         with pytest.raises(TypeError, match=f"use sg.{name}"):
-            getattr(np, name)(x, x) if name == "arctan2" else getattr(np, name)(x)
+            binary = name in ("arctan2", "logaddexp")
+            getattr(np, name)(x, x) if binary else getattr(np, name)(x)
+
+
+def test_logaddexp_at_a_tie_and_far_apart_agrees_with_torch():
+    """a = b: gradient 1/2 each, Hessian entries 1/4 (as torch's); |a - b| = 1e3 and
+    a value of 1e300: no overflow."""
+    m = sg.Model("logaddexp_ties", hessian=True)
+    a, b = m.param("a", (3,)), m.input("b", (3,))
+    m.loss(sg.sum(sg.logaddexp(a, b)))
+
+    def reference(p, i):
+        return torch.logaddexp(p["a"], i["b"]).sum(), {}
+
+    params, inputs = {"a": np.array([0.5, 1e3, 1e300])}, {
+        "b": np.array([0.5, 0.0, 1.0])
+    }
+    module = compile_module(m)
+    assert_agrees_with_torch(module, reference, params, inputs, TOL, GRAD_LOSS)
+    expected = torch_hessian(reference, params, inputs)
+    assert np.allclose(module.hessian(params, inputs), expected, rtol=1e-12, atol=0)
 
 
 def test_normal_cdf_formula_with_hessian():
