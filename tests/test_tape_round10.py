@@ -1031,17 +1031,11 @@ REPRS = {
             m.tensor([1.0, 2.0], requires_grad=True)
         )
     ],
-    "str() of a dtype": (
-        lambda m: [str(m.ones(2).dtype), str(m.float32), str(m.tensor([1]).dtype)],
-        xfail(
-            "dtypes.py makes torch's dtypes NumPy scalar types and Tensor.dtype "
-            "(tensor.py) returns a np.dtype: print(x.dtype) shows 'float64' and "
-            "print(torch.float32) \"<class 'numpy.float32'>\", where torch shows "
-            "'torch.float64' and 'torch.float32'. Left for a separate refactor: "
-            "torch.dtype objects would touch every module that reads .dtype.kind or "
-            "hands a dtype to NumPy"
-        ),
-    ),
+    "str() of a dtype": lambda m: [
+        str(m.ones(2).dtype),
+        str(m.float32),
+        str(m.tensor([1]).dtype),
+    ],
     "str() of a shape": lambda m: [str(m.ones(2, 3).shape), str(m.ones(2).size())],
 }
 
@@ -1156,14 +1150,10 @@ MISSING = {
     and m.empty(3).normal_(0, 1).shape == (3,),
     "torch.inference_mode": _inference_mode,
     "torch.finfo": lambda m: [m.finfo(m.float32).eps, m.finfo(m.float64).max],
-    "dtype.is_floating_point and Size.numel()": (
-        lambda m: [m.ones(2).dtype.is_floating_point, m.ones(2, 3).shape.numel()],
-        missing(
-            "torch.dtype.is_floating_point: dtypes are NumPy types (dtypes.py), a "
-            "separate refactor; torch.Size.numel is there (shapes.py)",
-            "dtypes.py",
-        ),
-    ),
+    "dtype.is_floating_point and Size.numel()": lambda m: [
+        m.ones(2).dtype.is_floating_point,
+        m.ones(2, 3).shape.numel(),
+    ],
     "torch.roll / diag / trace": lambda m: [
         m.roll(m.arange(5), 2),
         m.diag(m.tensor([1.0, 2.0])),

@@ -6,7 +6,7 @@ per-op backward functions, never with the symbolic compiler, so that agreement b
 the two means something. Floats default to float64 (torch: float32).
 """
 
-from . import autograd, linalg, nn, optim
+from . import autograd, cuda, linalg, nn, optim, utils
 from .autograd import (
     enable_grad,
     inference_mode,
@@ -42,6 +42,7 @@ from .dtypes import (
     bool,
     device,
     double,
+    dtype,
     finfo,
     float,
     float16,
@@ -61,6 +62,7 @@ from .dtypes import (
     uint8,
 )
 from .functions import addmm, cat, einsum, stack, where
+from .out import with_out
 from .serialization import load, save
 from .shapes import Size
 from .tensor import Tensor
@@ -70,7 +72,7 @@ __all__ += ["optim", "cat", "stack", "where", "manual_seed", "default_generator"
 __all__ += ["zeros", "ones", "zeros_like", "ones_like", "full", "empty", "arange"]
 __all__ += ["linspace", "eye", "full_like", "enable_grad", "set_grad_enabled"]
 __all__ += ["rand", "randn", "randint", "randperm", "rand_like", "randn_like"]
-__all__ += ["empty_like", "as_tensor", "device"]
+__all__ += ["empty_like", "as_tensor", "device", "dtype"]
 __all__ += ["float32", "float", "float64", "double", "int32", "int64", "long", "bool"]
 __all__ += ["float16", "half", "uint8", "int8", "int16", "short", "int"]
 __all__ += ["get_default_dtype", "set_default_dtype", "finfo", "iinfo", "Size"]
@@ -87,7 +89,8 @@ __all__ += (  # torch-level functions, defined below
     "numel eq ne gt lt ge le logical_and logical_or logical_xor logical_not dot "
     "outer clip roll diag trace swapaxes movedim narrow scatter is_floating_point"
 ).split()
-__all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load"]
+__all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load", "cuda", "utils"]
+__all__ += ["isclose"]
 
 
 # torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.
@@ -131,6 +134,7 @@ tril, triu, index_select = Tensor.tril, Tensor.triu, Tensor.index_select
 scatter_add, index_add = Tensor.scatter_add, Tensor.index_add
 masked_select, nonzero = Tensor.masked_select, Tensor.nonzero
 allclose, equal, numel = Tensor.allclose, Tensor.equal, Tensor.numel
+isclose = Tensor.isclose
 eq, ne, gt, lt, ge, le = (
     Tensor.eq,
     Tensor.ne,
@@ -153,6 +157,14 @@ narrow, scatter, is_floating_point = (
     Tensor.scatter,
     Tensor.is_floating_point,
 )
+
+# torch.f(..., out=t) for the elementwise, matrix and joining functions
+for _name in (
+    "add sub mul div multiply subtract divide true_divide pow neg exp log sqrt sin "
+    "cos tanh sigmoid abs clamp maximum minimum matmul mm bmm cat stack"
+).split():
+    globals()[_name] = with_out(globals()[_name])
+del _name
 
 
 def is_tensor(obj):

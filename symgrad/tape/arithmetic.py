@@ -37,7 +37,9 @@ _CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2}  # torch promotes bool < int < floa
 
 def result_type(a, b):
     """torch's promotion: a higher category wins; within one category a 0-d tensor
-    does not promote a dimensioned one (float32 * tensor(2.0) stays float32)."""
+    does not promote a dimensioned one (float32 * tensor(2.0) stays float32). A NumPy
+    dtype, which NumPy takes faster than a tape dtype."""
+    a, b = a._data, b._data
     ka, kb = _CATEGORY[a.dtype.kind], _CATEGORY[b.dtype.kind]
     if ka != kb:
         return (a if ka > kb else b).dtype
@@ -390,6 +392,12 @@ class ArithmeticOps:
         """Whether |self - other| <= atol + rtol |other| everywhere (a Python bool)."""
         _, x, y = operands(self, other)
         return bool(np.allclose(x, y, rtol, atol, equal_nan))
+
+    def isclose(self, other, rtol=1e-05, atol=1e-08, equal_nan=False):
+        """allclose elementwise: a bool tensor."""
+        return self._untracked(
+            other, lambda x, y: np.isclose(x, y, rtol, atol, equal_nan)
+        )
 
     def equal(self, other):
         """Whether both have the same shape and values (a Python bool)."""

@@ -32,8 +32,8 @@ FREED_GRAPH = (
 
 def __getattr__(name):
     """autograd.Function and autograd.function (function.py), autograd.functional
-    (autograd_functional.py): they build on Tensor, which builds on this module, so
-    they are imported when first asked for."""
+    (autograd_functional.py), autograd.gradcheck (gradcheck.py): they build on
+    Tensor, which builds on this module, so they are imported when first asked for."""
     if name in ("Function", "function"):
         from . import function
 
@@ -42,6 +42,10 @@ def __getattr__(name):
         from . import autograd_functional
 
         return autograd_functional
+    if name == "gradcheck":
+        from .gradcheck import gradcheck
+
+        return gradcheck
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

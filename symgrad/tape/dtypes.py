@@ -1,17 +1,68 @@
-"""torch's dtypes as NumPy scalar types (torch.float32 is np.float32, ...), torch's
+"""torch's dtypes (torch.float32, ...): small objects wrapping a NumPy dtype, torch's
 names for them ('Double', 'Long'), which its error messages use, and torch.device."""
 
 import numpy as np
 
-float16 = half = np.float16
-float32 = float = np.float32
-float64 = double = np.float64
-uint8 = np.uint8
-int8 = np.int8
-int16 = short = np.int16
-int32 = int = np.int32
-int64 = long = np.int64
-bool = np.bool_
+
+class dtype:
+    """torch.dtype: prints as torch.float64 and answers is_floating_point, as torch's
+    does. NumPy takes it wherever it takes a dtype (it reads `.dtype`, the wrapped
+    np.dtype); `.kind` is NumPy's, which the engine's code reads."""
+
+    __slots__ = (
+        "dtype",
+        "kind",
+        "itemsize",
+        "is_floating_point",
+        "is_complex",
+        "is_signed",
+    )
+
+    def __init__(self, numpy_dtype):
+        self.dtype = numpy_dtype
+        self.kind, self.itemsize = numpy_dtype.kind, numpy_dtype.itemsize
+        self.is_floating_point = self.kind == "f"
+        self.is_complex = self.kind == "c"
+        self.is_signed = self.kind in "fic"
+
+    def __eq__(self, other):
+        """Equal to the same dtype, and to the NumPy dtype or type it wraps, which
+        the engine (and tests) compare with: `x.dtype == np.int64`."""
+        if isinstance(other, dtype):
+            return self.dtype == other.dtype
+        if isinstance(other, np.dtype) or (
+            isinstance(other, type) and issubclass(other, np.generic)
+        ):
+            return self.dtype == other
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(self.dtype)
+
+    def __repr__(self):
+        return f"torch.{self.dtype.name}"
+
+
+class _OfNumpy(dict):
+    """The dtype object of each NumPy dtype, made on first use (also for NumPy dtypes
+    torch lacks, such as uint64), so that `x.dtype is torch.float32` holds."""
+
+    def __missing__(self, numpy_dtype):
+        self[numpy_dtype] = value = dtype(numpy_dtype)
+        return value
+
+
+of_numpy = _OfNumpy()
+
+float16 = half = of_numpy[np.dtype(np.float16)]
+float32 = float = of_numpy[np.dtype(np.float32)]
+float64 = double = of_numpy[np.dtype(np.float64)]
+uint8 = of_numpy[np.dtype(np.uint8)]
+int8 = of_numpy[np.dtype(np.int8)]
+int16 = short = of_numpy[np.dtype(np.int16)]
+int32 = int = of_numpy[np.dtype(np.int32)]
+int64 = long = of_numpy[np.dtype(np.int64)]
+bool = of_numpy[np.dtype(np.bool_)]
 
 _SCALAR_NAMES = {
     np.dtype(np.float16): "Half",

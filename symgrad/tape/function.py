@@ -46,6 +46,18 @@ class BackwardCFunction(autograd.Node):
             raise AttributeError(name)
         return getattr(self._ctx, name)
 
+    def __repr__(self):
+        return f"<torch.autograd.function.{type(self).__name__} object>"
+
+
+def _backward_class(cls):
+    """The node class of Function cls, made once as torch makes it: a
+    BackwardCFunction named <Name>Backward, which type(y.grad_fn) shows."""
+    if "_backward_cls" not in vars(cls):  # not a parent Function's
+        name = f"{cls.__name__}Backward"
+        cls._backward_cls = type(name, (BackwardCFunction,), {"_forward_cls": cls})
+    return cls._backward_cls
+
 
 def once_differentiable(backward):
     """torch.autograd.function.once_differentiable for a Function's backward: it
@@ -161,15 +173,16 @@ class Function:
             )
 
         rule.once_differentiable = getattr(cls.backward, "once_differentiable", False)
+        node_class = _backward_class(cls)
         if several:
-            return _several(ctx, args, outs, rule, name)
+            return _several(ctx, args, outs, rule, name, node_class)
         if any(t is out for t in ctx._non_differentiable):
             return Tensor._wrap(out._data)
         inputs = [a for a in args if isinstance(a, Tensor)]
         saves = tuple("out" if t is out else t for t in ctx.saved_tensors) or False
 
         def node(*node_args, **kwargs):
-            return BackwardCFunction(ctx, *node_args, **kwargs)
+            return node_class(ctx, *node_args, **kwargs)
 
         return Tensor._result(out._data, inputs, rule, name, saves, node=node)
 
@@ -216,12 +229,15 @@ class _OutputNode(autograd.Node):
             raise AttributeError(name)
         return getattr(self._node, name)
 
+    def __repr__(self):
+        return repr(self._node)
+
     @property
     def next_functions(self):
         return self._node.next_functions
 
 
-def _several(ctx, args, outs, rule, name):
+def _several(ctx, args, outs, rule, name, node_class):
     """apply's tuple of outputs: each recorded with an _OutputNode, unless marked
     non-differentiable or not float."""
     inputs = [a for a in args if isinstance(a, Tensor)]
@@ -230,7 +246,7 @@ def _several(ctx, args, outs, rule, name):
     saves = tuple(recorded.get(id(t), t) for t in ctx.saved_tensors)
 
     def node(*node_args, **kwargs):
-        return BackwardCFunction(ctx, *node_args, **kwargs)
+        return node_class(ctx, *node_args, **kwargs)
 
     joint = Tensor._result(np.empty(0), inputs, rule, name, saves or False, node=node)
     if joint.grad_fn is None:

@@ -7,7 +7,7 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
-from . import functional, nn_init, nn_utils
+from . import dtypes, functional, nn_init, nn_utils
 from .autograd import RemovableHandle
 from .creation import default_generator
 from .tensor import Tensor, as_array
@@ -18,7 +18,47 @@ sys.modules[__name__ + ".functional"] = functional
 sys.modules[__name__ + ".init"] = init = nn_init
 sys.modules[__name__ + ".utils"] = utils = nn_utils
 
-IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+def __getattr__(name):
+    """The recurrent cells (nn_rnn.py), which build on Module: imported when first
+    asked for."""
+    if name in ("RNNCellBase", "RNNCell", "GRUCell", "LSTMCell"):
+        from . import nn_rnn
+
+        return getattr(nn_rnn, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _IncompatibleKeys(
+    namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+):
+    """What load_state_dict returns, printed as torch prints it."""
+
+    def __repr__(self):
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return super().__repr__()
+
+    __str__ = __repr__
+
+
+def _layout(name, extra, children):
+    """name(...) around the lines of extra_repr and of the children, as torch."""
+    if len(extra) == 1 and not children:
+        return f"{name}({extra[0]})"
+    lines = extra + children
+    return f"{name}(" + ("\n  " + "\n  ".join(lines) + "\n" if lines else "") + ")"
+
+
+def _parameter_lines(items, type_name=str):
+    """A ParameterList's or ParameterDict's extra_repr: "(key): Parameter
+    containing: [torch.float64 of size 2x3]" for each (ParameterDict names the
+    type by type_name, torch.DoubleTensor)."""
+    return "\n".join(
+        f"  ({k}): {'Parameter' if isinstance(p, Parameter) else 'Tensor'} "
+        f"containing: [{type_name(p.dtype)} of size {'x'.join(map(str, p.shape))}]"
+        for k, p in items
+    )
 
 
 def _quoted(keys):
@@ -218,7 +258,9 @@ class Module:
     def to(self, *args, dtype=None, device=None):
         """Cast floating-point parameters (in place, so they stay the same objects)
         and buffers to `dtype`; the CPU is the only device."""
-        dtype = next((a for a in args if not isinstance(a, str)), dtype)
+        dtype = next((a for a in args if not isinstance(a, str | dtypes.device)), dtype)
+        if isinstance(dtype, Tensor):  # to(other): other's dtype
+            dtype = dtype.dtype
         if dtype is None:
             return self
         for module in self.modules():
@@ -300,18 +342,21 @@ class Module:
             )
         for k, v in values.items():
             own[k]._data[...] = v
-        return IncompatibleKeys(missing, unexpected)
+        return _IncompatibleKeys(missing, unexpected)
 
     def extra_repr(self):
         return ""
 
     def __repr__(self):
-        lines = [
+        """extra_repr inline if it is one line and there are no children, else
+        one line each, then "(name): child" lines, as torch lays them out."""
+        extra = self.extra_repr()
+        extra = extra.split("\n") if extra else []
+        children = [
             f"({name}): {module!r}".replace("\n", "\n  ")
             for name, module in self._modules.items()
         ]
-        body = "\n  " + "\n  ".join(lines) + "\n" if lines else ""
-        return f"{type(self).__name__}({self.extra_repr()}{body})"
+        return _layout(type(self).__name__, extra, children)
 
 
 class Linear(Module):
@@ -346,6 +391,37 @@ def _append(self, module):
     return self
 
 
+def _extend(self, modules):
+    for module in modules:
+        self.append(module)
+    return self
+
+
+def _renumbered(self, edit):
+    """self with its modules, as a list, changed by edit(list), then renamed "0",
+    "1", ... as torch renames them after an insert or a deletion; edit's result."""
+    modules = list(self._modules.values())
+    result = edit(modules)
+    self._modules.clear()
+    self.extend(modules)
+    return result
+
+
+def _insert(self, index, module):
+    _renumbered(self, lambda modules: modules.insert(index, module))
+
+
+def _pop(self, index=-1):
+    return _renumbered(self, lambda modules: modules.pop(index))
+
+
+def _delitem(self, i):
+    def delete(modules):
+        del modules[i]
+
+    _renumbered(self, delete)
+
+
 class Sequential(Module):
     """Apply the given modules (or an OrderedDict of named modules) in order."""
 
@@ -377,7 +453,11 @@ class Sequential(Module):
     def __len__(self):
         return len(self._modules)
 
-    append = _append
+    append, extend, pop, __delitem__ = _append, _extend, _pop, _delitem
+
+    def insert(self, index, module):
+        _insert(self, index, module)
+        return self  # as torch's Sequential.insert (ModuleList's returns None)
 
 
 class ModuleList(Module):
@@ -388,12 +468,7 @@ class ModuleList(Module):
         super().__init__()
         self.extend(modules)
 
-    append = _append
-
-    def extend(self, modules):
-        for module in modules:
-            self.append(module)
-        return self
+    append, extend, insert, pop, __delitem__ = _append, _extend, _insert, _pop, _delitem
 
     def __getitem__(self, i):
         """The i-th module; a slice is a ModuleList of those modules."""
@@ -409,6 +484,28 @@ class ModuleList(Module):
 
     def __iter__(self):
         return iter(list(self._modules.values()))
+
+    def __repr__(self):
+        """Runs of equal modules folded, as torch does: "(0-2): 3 x Linear(...)"."""
+        runs = []  # [first index, last index, repr]
+        for i, module in enumerate(self):
+            if runs and repr(module) == runs[-1][2]:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i, repr(module)])
+        lines = [
+            (f"({a}): {r}" if a == b else f"({a}-{b}): {b - a + 1} x {r}").replace(
+                "\n", "\n  "
+            )
+            for a, b, r in runs
+        ]
+        return _layout(type(self).__name__, [], lines)
+
+    def __iadd__(self, modules):
+        return self.extend(modules)
+
+    def __add__(self, other):
+        return ModuleList([*self, *other])
 
 
 def _as_parameter(value):
@@ -446,6 +543,9 @@ class ParameterList(Module):
 
     def __iter__(self):
         return iter(list(self._parameters.values()))
+
+    def extra_repr(self):
+        return _parameter_lines(enumerate(self))
 
 
 class ParameterDict(Module):
@@ -487,6 +587,11 @@ class ParameterDict(Module):
 
     def items(self):
         return self._parameters.items()
+
+    def extra_repr(self):
+        return _parameter_lines(
+            self.items(), lambda dtype: f"torch.{dtypes.scalar_name(dtype)}Tensor"
+        )
 
 
 class ModuleDict(Module):
@@ -534,12 +639,36 @@ class ModuleDict(Module):
         return self._modules.pop(name)
 
 
+def _refuse_options(**options):
+    """Refuse, by name, an option the tape does not implement, given a value other
+    than torch's default (None or False); the defaults are accepted."""
+    for name, value in options.items():
+        if value not in (None, False):
+            raise NotImplementedError(f"{name}={value!r} is not in symgrad.tape")
+
+
 class Embedding(Module):
     """A lookup table of num_embeddings rows of size embedding_dim, drawn from
     N(0, 1) as in torch; the padding_idx row starts at 0 and gets no gradient."""
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype=None):
+    def __init__(
+        self,
+        num_embeddings,
+        embedding_dim,
+        padding_idx=None,
+        max_norm=None,
+        norm_type=2.0,
+        scale_grad_by_freq=False,
+        sparse=False,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
+        _refuse_options(
+            max_norm=max_norm, scale_grad_by_freq=scale_grad_by_freq, sparse=sparse
+        )
+        self.max_norm, self.norm_type = max_norm, norm_type
+        self.scale_grad_by_freq, self.sparse = scale_grad_by_freq, sparse
         if padding_idx is not None:
             if not -num_embeddings <= padding_idx < num_embeddings:
                 raise AssertionError("Padding_idx must be within num_embeddings")
@@ -569,12 +698,26 @@ class EmbeddingBag(Embedding):
         self,
         num_embeddings,
         embedding_dim,
+        max_norm=None,
+        norm_type=2.0,
+        scale_grad_by_freq=False,
         mode="mean",
+        sparse=False,
         include_last_offset=False,
         padding_idx=None,
+        device=None,
         dtype=None,
     ):
-        super().__init__(num_embeddings, embedding_dim, padding_idx, dtype)
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            padding_idx,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            dtype=dtype,
+        )
         self.mode, self.include_last_offset = mode, include_last_offset
 
     def forward(self, input, offsets=None, per_sample_weights=None):

@@ -6,7 +6,11 @@ import math
 from .autograd import no_grad
 from .creation import default_generator
 
-_GAINS = {"linear": 1.0, "sigmoid": 1.0, "tanh": 5 / 3, "relu": math.sqrt(2.0)}
+# torch's table, with its types: the int 1 for the linear maps and sigmoid
+_LINEAR = ["linear", "sigmoid", "conv1d", "conv2d", "conv3d"]
+_LINEAR += ["conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
+_GAINS = dict.fromkeys(_LINEAR, 1)
+_GAINS |= {"tanh": 5.0 / 3, "relu": math.sqrt(2.0), "selu": 3.0 / 4}
 
 
 def calculate_gain(nonlinearity, param=None):

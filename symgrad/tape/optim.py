@@ -62,6 +62,16 @@ class Optimizer:
         for group in groups:
             self.add_param_group(group)
 
+    def __repr__(self):
+        """Each group's hyperparameters, sorted by name, as torch prints them."""
+        text = type(self).__name__ + " ("
+        for i, group in enumerate(self.param_groups):
+            text += f"\nParameter Group {i}\n"
+            text += "".join(
+                f"    {k}: {group[k]}\n" for k in sorted(group) if k != "params"
+            )
+        return text + ")"
+
     def add_param_group(self, param_group):
         """Optimize more parameters, with their own hyperparameters (the defaults
         fill in the ones the group does not give)."""
@@ -241,6 +251,7 @@ class Adam(Optimizer):
         amsgrad=False,
         *,
         maximize=False,
+        decoupled_weight_decay=False,
         **flags,
     ):
         _check(lr >= 0, "learning rate", lr)
@@ -255,11 +266,16 @@ class Adam(Optimizer):
             weight_decay=weight_decay,
             amsgrad=amsgrad,
             maximize=maximize,
+            decoupled_weight_decay=decoupled_weight_decay,
         )
         super().__init__(params, defaults, flags)
 
     def _decayed(self, p, g, group):
-        """The gradient with L2 weight decay added (AdamW decays p instead)."""
+        """The gradient with L2 weight decay added, or (decoupled, as AdamW) the
+        gradient as it is, p decayed instead."""
+        if group["decoupled_weight_decay"]:
+            p *= 1 - group["lr"] * group["weight_decay"]
+            return g
         return g + group["weight_decay"] * p if group["weight_decay"] != 0 else g
 
     def _update(self, p, g, state, group):
@@ -300,12 +316,16 @@ class AdamW(Adam):
         **flags,
     ):
         super().__init__(
-            params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, **flags
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize=maximize,
+            decoupled_weight_decay=True,
+            **flags,
         )
-
-    def _decayed(self, p, g, group):
-        p *= 1 - group["lr"] * group["weight_decay"]
-        return g
 
 
 class RMSprop(Optimizer):

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from . import dtypes
 from .arithmetic import broadcast_shape, unbroadcast
 from .namespaces import elementwise, erf_array, sigmoid_array, silent_methods
 
@@ -210,7 +211,9 @@ class PointwiseOps:
     def to(self, *args, dtype=None, device=None):
         """to(dtype), to(device) or to(device, dtype): cast to `dtype`, the gradient
         cast back. The CPU is the only device, so a device string changes nothing."""
-        dtype = next((a for a in args if not isinstance(a, str)), dtype)
+        dtype = next((a for a in args if not isinstance(a, str | dtypes.device)), dtype)
+        if isinstance(dtype, PointwiseOps):  # to(other): other's dtype
+            dtype = dtype.dtype
         if dtype is None or np.dtype(dtype) == self.dtype:
             return self
         x = self._data

@@ -1,9 +1,14 @@
-"""The values part of a tensor's repr, as torch prints it: NumPy lays out the rows
-(and elides the middle of large tensors); the element formats are torch's."""
+"""A tensor's repr laid out as torch's _tensor_str does: the element formats, the
+rows wrapped at 80 columns, the middle of large tensors elided, and the suffixes
+(dtype=, grad_fn=...) moved to a new line where they would pass 80 columns."""
+
+import math
 
 import numpy as np
 
 EDGE_ITEMS = 3  # shown at each end of a dim, when a tensor has over 1000 elements
+LINE_WIDTH = 80
+PREFIX = len("tensor(")  # the indent of every line after the first
 
 
 def _shown(x):
@@ -36,22 +41,65 @@ def _float_format(x):
         dot = "." if spec == ".0f" and np.isfinite(v) else ""
         return format(float(v), spec) + dot
 
-    width = max((len(text(v)) for v in values), default=1)
-    return lambda v: text(v).rjust(width)
+    return text, max((len(text(v)) for v in values), default=1)
 
 
-def _bool_format(x):
-    """True and False, right-aligned to the longer of those present."""
-    width = 5 if not np.all(x) else 4
-    return lambda v: str(bool(v)).rjust(width)
-
-
-def array_str(x):
-    """x's values as torch's repr shows them inside tensor(...)."""
-    formatter = {}
+def _format(x):
+    """(element -> text right-aligned to the width, that width) for x's dtype; torch
+    wraps rows by the width."""
+    shown = _shown(x)
     if x.dtype.kind == "f":
-        formatter["float_kind"] = _float_format(x)
+        text, width = _float_format(x)
     elif x.dtype == np.bool_:
-        formatter["bool"] = _bool_format(_shown(x))
-    body = np.array2string(x, separator=", ", prefix="tensor(", formatter=formatter)
-    return body.replace(", ..., ", ",  ..., ")  # torch pads the elision in a row
+        text, width = (lambda v: str(bool(v))), (4 if np.all(shown) else 5)
+    else:
+        text = str
+        width = max((len(str(v)) for v in shown.ravel().tolist()), default=1)
+    return (lambda v: text(v).rjust(width)), width
+
+
+def _vector(x, indent, fmt, width, summarize):
+    if summarize and len(x) > 2 * EDGE_ITEMS:
+        items = [*map(fmt, x[:EDGE_ITEMS]), " ...", *map(fmt, x[-EDGE_ITEMS:])]
+    else:
+        items = [fmt(v) for v in x]
+    per_line = max(1, math.floor((LINE_WIDTH - indent) / (width + 2)))
+    lines = [", ".join(items[i : i + per_line]) for i in range(0, len(items), per_line)]
+    return "[" + (",\n" + " " * (indent + 1)).join(lines) + "]"
+
+
+def _nested(x, indent, fmt, width, summarize):
+    if x.ndim == 1:
+        return _vector(x, indent, fmt, width, summarize)
+    rows = range(len(x))
+    if summarize and len(x) > 2 * EDGE_ITEMS:
+        rows = [*range(EDGE_ITEMS), None, *range(len(x) - EDGE_ITEMS, len(x))]
+    slices = [
+        "..." if i is None else _nested(x[i], indent + 1, fmt, width, summarize)
+        for i in rows
+    ]
+    return "[" + ("," + "\n" * (x.ndim - 1) + " " * (indent + 1)).join(slices) + "]"
+
+
+def array_str(x, indent=PREFIX):
+    """x's values as torch's repr shows them after `indent` columns of prefix."""
+    if x.size == 0:
+        return "[]"
+    fmt, width = _format(x)
+    if x.ndim == 0:
+        return fmt(x.item())
+    return _nested(x, indent, fmt, width, summarize=x.size > 1000)
+
+
+def with_suffixes(text, suffixes, indent=PREFIX):
+    """text + ", suffix" for each, a suffix starting a new line where it would pass
+    the line width (torch counts the last line 2 columns longer than it is)."""
+    parts, last = [text], len(text) - text.rfind("\n") + 1
+    for suffix in suffixes:
+        if last + len(suffix) + 2 > LINE_WIDTH:
+            parts.append(",\n" + " " * indent + suffix)
+            last = indent + len(suffix)
+        else:
+            parts.append(", " + suffix)
+            last += len(suffix) + 2
+    return "".join(parts) + ")"

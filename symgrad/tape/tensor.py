@@ -11,9 +11,9 @@ import numpy as np
 
 from . import autograd
 from .arithmetic import ArithmeticOps
-from .dtypes import device, scalar_name
+from .dtypes import device, of_numpy, scalar_name
 from .pointwise import PointwiseOps
-from .printing import array_str
+from .printing import array_str, with_suffixes
 from .reductions import ReductionOps
 from .shapes import ShapeOps, Size, _shape_arg
 
@@ -152,8 +152,9 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         """Tensor for `value`; a Python number takes this tensor's float dtype."""
         if isinstance(value, Tensor):
             return value
-        weak = isinstance(value, int | float) and self.dtype.kind == "f"
-        return Tensor._wrap(np.asarray(value, dtype=self.dtype if weak else None))
+        dtype = self._data.dtype  # NumPy's, quicker for NumPy than a tape dtype
+        weak = isinstance(value, int | float) and dtype.kind == "f"
+        return Tensor._wrap(np.asarray(value, dtype=dtype if weak else None))
 
     # ---- autograd state -------------------------------------------------------
 
@@ -458,6 +459,11 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def device(self):
         return device("cpu")
 
+    def data_ptr(self):
+        """The address of the first element: equal for tensors sharing storage there,
+        as torch users check after detach() or view()."""
+        return self._data.__array_interface__["data"][0]
+
     def _new_filled(self, size, fill, dtype, requires_grad):
         """A tensor of `size` (given as torch's factories take it) of fill."""
         dtype = self.dtype if dtype is None else dtype
@@ -488,7 +494,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
 
     @property
     def dtype(self):
-        return self._data.dtype
+        return of_numpy[self._data.dtype]
 
     def size(self, dim=None):
         return self.shape if dim is None else self.shape[dim]
@@ -584,4 +590,4 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
             extras.append(f"grad_fn=<{self.grad_fn._type_name()}>")
         elif self.requires_grad:
             extras.append("requires_grad=True")
-        return f"tensor({', '.join([body, *extras])})"
+        return with_suffixes("tensor(" + body, extras)
