@@ -40,10 +40,6 @@ def xfail(reason, raises=AssertionError):
     return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
 
 
-def missing(name, where):
-    return xfail(f"missing: {name} (belongs in {where})", raises=AttributeError)
-
-
 def check_message(fn):
     """torch and tape raise the same exception type with the same message."""
     theirs, ours = raised(fn, torch), raised(fn, tape)
