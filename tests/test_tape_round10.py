@@ -36,10 +36,6 @@ def cases(table):
     return params
 
 
-def xfail(reason, raises=AssertionError):
-    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
-
-
 def check_message(fn):
     """torch and tape raise the same exception type with the same message."""
     theirs, ours = raised(fn, torch), raised(fn, tape)
