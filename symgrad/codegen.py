@@ -98,6 +98,7 @@ class Emitter:
         with program.timed("cse"):
             self._schedule()
         self._name()
+        self.size_names = {self.names[d] for d in self.dims}  # Python ints when printed
         self.statement_of = {st.target: st for st in self.statements}
         self._temp_shapes: dict[sp.Symbol, tuple] = {}
 
@@ -297,8 +298,10 @@ class Emitter:
 
     def _ranks(self, shapes: dict) -> dict[str, int]:
         """The printer's ranks of named values; -1 for sizes, which are Python ints."""
-        sizes = {self.names[d] for d in self.dims}
-        return {code: -1 if code in sizes else len(s) for code, s in shapes.items()}
+        return {
+            code: -1 if code in self.size_names else len(s)
+            for code, s in shapes.items()
+        }
 
     def _named(self, expr: sp.Expr) -> tuple[sp.Expr, dict]:
         """``expr`` over symbols named by the code of their values, and those shapes."""
