@@ -7,17 +7,18 @@ The declaration API is loaded on first use, so ``from symgrad import tape`` (the
 engine) never imports SymPy or the compiler.
 """
 
-import importlib
+from importlib import import_module as _import_module
 
 __version__ = "0.1.0"
 
 _API = {
     "symgrad.model": (
         "Cond Expr Model ModelError abs arccos arccosh arcsin arcsinh arctan arctan2 arctanh "
-        "clip concatenate cos cosh cumsum elementwise erf erfc exp expand_dims expm1 flip log "
-        "log10 log1p log2 logaddexp log_softmax logsumexp matmul max maximum mean min minimum outer "
-        "relu reshape sigmoid sign sin sinh softmax softplus sqrt square stack std sum "
-        "take_along_axis tan tanh transpose var where"
+        "clip concatenate cos cosh cumsum dot elementwise erf erfc exp expand_dims expm1 flip "
+        "log log10 log1p log2 logaddexp log_softmax logsumexp matmul max maximum mean min "
+        "minimum moveaxis norm outer prod relu reshape sigmoid sign sin sinh softmax softplus "
+        "sqrt square squeeze stack std sum swapaxes take_along_axis tan tanh transpose var "
+        "where"
     ).split(),
     "symgrad.contractions": ["einsum"],
     "symgrad.ir": ["ShapeError"],
@@ -30,7 +31,7 @@ __all__ = sorted(_HOME)
 
 def __getattr__(name):
     if name in _HOME:
-        value = getattr(importlib.import_module(_HOME[name]), name)
+        value = getattr(_import_module(_HOME[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'symgrad' has no attribute {name!r}")

@@ -7,10 +7,12 @@ operation is declared, so a mismatch is reported at the line that caused it.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import keyword
 import math
 import numbers
+import operator
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -300,6 +302,39 @@ class Expr:
     def clip(self, a_min=None, a_max=None) -> Expr:
         return clip(self, a_min, a_max)
 
+    def prod(self, axis=None, keepdims=False) -> Expr:
+        return prod(self, axis, keepdims)
+
+    def dot(self, other) -> Expr:
+        return dot(self, other)
+
+    def squeeze(self, axis=None) -> Expr:
+        return squeeze(self, axis)
+
+    def swapaxes(self, axis1: int, axis2: int) -> Expr:
+        return swapaxes(self, axis1, axis2)
+
+    def __len__(self) -> int:
+        if not self.node.shape:
+            raise TypeError("len() of a 0-d expression")
+        first = self.node.shape[0]
+        if not isinstance(first, int):
+            raise TypeError(
+                f"len() of {self.node.describe()}: its first axis {first} is symbolic; "
+                "use x.shape[0] (a size that does arithmetic)"
+            )
+        return first
+
+    def __getattr__(self, name: str):
+        """x.exp() is torch's spelling: name NumPy's, sg.exp(x)."""
+        if not name.startswith("__") and name in symgrad.__all__:
+            raise AttributeError(
+                f"an expression has no method {name!r}; use sg.{name}(x)"
+            )
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r}"
+        )
+
 
 class Cond:
     """A comparison of expressions: only meaningful as the condition of ``sg.where``."""
@@ -563,6 +598,93 @@ def max(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
     """NumPy's max; ties share the gradient equally (PyTorch's amax)."""
     (node,) = _values([_expr(x, "sg.max")], "sg.max")
     return Expr(ops.reduce_max(node, axis, keepdims))
+
+
+def prod(x: Expr, axis=None, keepdims: bool = False) -> Expr:
+    """NumPy's prod over axes of fixed size, written as the product of the slices: the
+    gradient is exact where factors are 0 (as torch's), unlike prod / x."""
+    node = _expr(x, "sg.prod").node
+    axes = ops.normalize_axes(node, axis)
+    for a in axes:
+        n = node.shape[a]
+        if not isinstance(n, int) or not 0 < n <= _PROD_MAX:
+            raise ShapeError(
+                f"sg.prod of {node.describe()} over axis {a} of size {n}: it needs a "
+                f"fixed size from 1 to {_PROD_MAX}; for positive x, "
+                "sg.exp(sg.sum(sg.log(x), axis)) is the product over any axis"
+            )
+    out = x
+    for a in reversed(axes):  # from the last, so the earlier axes keep their numbers
+        slices = [out[(slice(None),) * a + (k,)] for k in range(node.shape[a])]
+        out = functools.reduce(operator.mul, slices)
+    if keepdims:
+        return out[tuple(None if k in axes else slice(None) for k in range(x.ndim))]
+    return out
+
+
+_PROD_MAX = 32  # one slice per element: a product of more is a long formula
+
+
+def norm(x: Expr, axis=None, keepdims: bool = False) -> Expr:
+    """The 2-norm (np.linalg.norm's default: of vectors, Frobenius of matrices), with
+    torch's gradient 0 at the zero vector, where sqrt's is infinite."""
+    squares = sum(square(x), axis, keepdims)
+    return where(squares > 0, sqrt(squares), 0.0)
+
+
+def dot(a: Expr, b: Expr) -> Expr:
+    """NumPy's dot for operands of rank <= 2: a product with a 0-d one, else a @ b."""
+    ranks = [v.ndim if isinstance(v, Expr) else np.ndim(v) for v in (a, b)]
+    if 0 in ranks:
+        return a * b
+    if builtins.max(ranks) > 2:
+        raise ShapeError(
+            "sg.dot of arrays of rank > 2: use sg.matmul (batched) or sg.einsum, "
+            "whose summed axes are explicit"
+        )
+    return matmul(a, b)
+
+
+def squeeze(x: Expr, axis=None) -> Expr:
+    """NumPy's squeeze: without ``axis``, every axis of fixed size 1 goes."""
+    node = _expr(x, "sg.squeeze").node
+    if axis is None:
+        axes = [k for k, n in enumerate(node.shape) if n == 1]
+    else:
+        axes = ops.normalize_axes(node, axis)
+        for k in axes:
+            if node.shape[k] != 1:
+                raise ShapeError(
+                    f"sg.squeeze of {node.describe()}: axis {k} has size "
+                    f"{node.shape[k]}, not 1"
+                )
+    return x[tuple(0 if k in axes else slice(None) for k in range(node.ndim))]
+
+
+def swapaxes(x: Expr, axis1: int, axis2: int) -> Expr:
+    """NumPy's swapaxes, a transpose."""
+    order = list(range(_expr(x, "sg.swapaxes").ndim))
+    a, b = ops.normalize_axes(x.node, axis1)[0], ops.normalize_axes(x.node, axis2)[0]
+    order[a], order[b] = order[b], order[a]
+    return transpose(x, order)
+
+
+def moveaxis(x: Expr, source, destination) -> Expr:
+    """NumPy's moveaxis: the axes ``source`` go to ``destination``, the others keep
+    their order."""
+    node = _expr(x, "sg.moveaxis").node
+    source = [ops.normalize_axes(node, a)[0] for a in np.atleast_1d(source).tolist()]
+    destination = [
+        ops.normalize_axes(node, a)[0] for a in np.atleast_1d(destination).tolist()
+    ]
+    if len(source) != len(destination):
+        raise ShapeError(
+            "sg.moveaxis: source and destination must have the same number of axes"
+        )
+    order = [k for k in range(node.ndim) if k not in source]
+    for to, frm in sorted(zip(destination, source, strict=True)):
+        order.insert(to, frm)
+    return transpose(x, order)
 
 
 def _count(node: Node, axis) -> sp.Expr:

@@ -1,0 +1,174 @@
+"""NumPy's names a user reaches for: sg.prod, sg.norm, sg.dot, sg.squeeze, sg.swapaxes,
+sg.moveaxis, len(), and torch-style methods (x.exp()) answered with NumPy's spelling.
+Values, gradients and Hessians against torch, with the edge cases torch defines: a
+product with zero factors, the norm of a zero vector."""
+
+import numpy as np
+import pytest
+from helpers import assert_second_order_agrees, check, compile_module, spy_unrolled
+
+import symgrad as sg
+
+torch = pytest.importorskip("torch")
+
+
+def prod_model(hessian=False):
+    m = sg.Model("noisy_or", hessian=hessian)
+    p = m.param("p", (5, 3))
+    w = m.param("w", (3,))
+    keep = sg.prod(1 - sg.sigmoid(p) * w, axis=1)  # noisy-OR: 1 - prod(1 - p_k)
+    m.output("keep", keep)
+    whole = p.prod(axis=(0, 1), keepdims=True)
+    m.loss(sg.sum((1 - keep) ** 2) + sg.sum(whole) + sg.prod(w))
+
+    def reference(t, _):
+        keep = torch.prod(1 - torch.sigmoid(t["p"]) * t["w"], dim=1)
+        whole = t["p"].prod()
+        return torch.sum((1 - keep) ** 2) + whole + t["w"].prod(), {"keep": keep}
+
+    return m, reference
+
+
+def norm_model(hessian=False):
+    m = sg.Model("norms", hessian=hessian)
+    X = m.param("X", ("B", 4))
+    v = m.param("v", (4,))
+    rows = sg.norm(X, axis=1, keepdims=True)
+    m.output("rows", rows)
+    m.loss(sg.sum(X / (rows + 1.0)) + sg.norm(v) ** 3 + sg.norm(X))
+
+    def reference(t, _):
+        rows = torch.linalg.vector_norm(t["X"], dim=1, keepdim=True)
+        loss = torch.sum(t["X"] / (rows + 1.0)) + torch.linalg.vector_norm(t["v"]) ** 3
+        return loss + torch.linalg.norm(t["X"]), {"rows": rows}
+
+    return m, reference
+
+
+def shapes_model(hessian=False):
+    m = sg.Model("shapes", hessian=hessian)
+    A = m.param("A", (2, 1, 3, 4))
+    v = m.param("v", (4,))
+    M = m.param("M", (3, 4))
+    x = m.input("x", ("n",))
+    t = sg.squeeze(A, axis=1)  # (2, 3, 4)
+    u = sg.moveaxis(t, 0, -1)  # (3, 4, 2)
+    s = u.swapaxes(0, 1)  # (4, 3, 2)
+    y = sg.dot(M, v) + M.dot(v) * sg.dot(v, v)  # (3,)
+    z = sg.squeeze(s[:1, :, :1])  # (3,)
+    m.loss(sg.sum(sg.tanh(s) * 2.0) + sg.sum(y * z) + sg.dot(2.0, sg.sum(x)) * len(M))
+
+    def reference(t, i):
+        s = torch.squeeze(t["A"], 1).movedim(0, -1).transpose(0, 1)
+        y = t["M"] @ t["v"] + (t["M"] @ t["v"]) * torch.dot(t["v"], t["v"])
+        z = s[:1, :, :1].squeeze()
+        loss = torch.sum(torch.tanh(s) * 2.0) + torch.sum(y * z)
+        return loss + 2.0 * i["x"].sum() * 3, {}
+
+    return m, reference
+
+
+FAMILIES = {"prod": prod_model, "norm": norm_model, "shapes": shapes_model}
+
+
+def data(name, rng):
+    params = {
+        "prod": lambda: {"p": rng.standard_normal((5, 3)), "w": rng.uniform(0, 1, 3)},
+        "norm": lambda: {"X": rng.standard_normal((6, 4)), "v": rng.standard_normal(4)},
+        "shapes": lambda: {
+            "A": rng.standard_normal((2, 1, 3, 4)),
+            "v": rng.standard_normal(4),
+            "M": rng.standard_normal((3, 4)),
+        },
+    }[name]()
+    inputs = {"x": rng.standard_normal(5)} if name == "shapes" else {}
+    return params, inputs
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_values_gradients_and_hessians_agree_with_torch(name):
+    params, inputs = data(name, np.random.default_rng(1))
+    model, reference = FAMILIES[name]()
+    check(compile_module(model), reference, params, inputs)
+    model, reference = FAMILIES[name](hessian=True)
+    module = compile_module(model)
+    assert_second_order_agrees(module, reference, params, inputs, scaled=True)
+
+
+def test_prod_gradient_is_exact_with_zero_factors():
+    """prod / x would be 0/0: torch's gradient of a product with one zero factor is the
+    product of the others at that factor and 0 elsewhere; with two zeros, all 0."""
+    model, reference = prod_model()
+    params, inputs = data("prod", np.random.default_rng(2))
+    params["w"] = np.array([0.5, 0.0, 2.0])
+    params["p"][1, 2] = params["p"][3, 0] = 0.0
+    check(compile_module(model), reference, params, inputs)
+    params["w"][2] = 0.0
+    check(compile_module(model), reference, params, inputs)
+
+
+def test_norm_of_a_zero_vector_has_torchs_zero_gradient():
+    model, reference = norm_model()
+    params, inputs = data("norm", np.random.default_rng(3))
+    params["X"][2] = 0.0
+    params["v"][:] = 0.0
+    check(compile_module(model), reference, params, inputs)
+
+
+@pytest.mark.parametrize(
+    "name, unrolled",
+    [("prod", "_value_and_grad_unrolled"), ("norm", "_value_and_grad_B_6")],
+)
+def test_unrolled_code_agrees_with_torch(name, unrolled):
+    """prod's model has fixed sizes only (unrolled unasked); norm's is asked for B = 6.
+    The norm of a zero row takes the other branch in the straight-line code too."""
+    model, reference = FAMILIES[name]()
+    params, inputs = data(name, np.random.default_rng(4))
+    if name == "norm":
+        model.unroll(B=6)
+        params["X"][4] = 0.0
+    module = compile_module(model)
+    calls, restore = spy_unrolled(module)
+    try:
+        check(module, reference, params, inputs)
+    finally:
+        restore()
+    assert set(calls) == {unrolled}, calls
+
+
+def test_prod_over_a_symbolic_or_long_axis_names_the_alternative():
+    m = sg.Model("p")
+    with pytest.raises(sg.ShapeError, match=r"axis 0 of size n.*sg\.exp\(sg\.sum"):
+        sg.prod(m.param("x", ("n",)))
+    with pytest.raises(sg.ShapeError, match="size 40"):
+        m.param("y", (2, 40)).prod(axis=1)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda x, W: sg.squeeze(W, axis=0), sg.ShapeError, "axis 0 has size 3, not 1"),
+        (lambda x, W: sg.dot(W[None], W), sg.ShapeError, "rank > 2: use sg.matmul"),
+        (lambda x, W: sg.moveaxis(W, [0, 1], [0]), sg.ShapeError, "same number"),
+        (lambda x, W: len(x), TypeError, "first axis n is symbolic; use x.shape"),
+        (lambda x, W: len(x[0]), TypeError, "0-d"),
+        (lambda x, W: x.exp(), AttributeError, r"use sg\.exp\(x\)"),
+        (lambda x, W: x.logsumexp(), AttributeError, r"use sg\.logsumexp\(x\)"),
+        (lambda x, W: x.no_such_thing, AttributeError, "has no attribute"),
+        (lambda x, W: np.dot(W, W), TypeError, r"numpy\.dot .*use sg\.dot"),
+        (lambda x, W: sg.swapaxes(W, 0, 2), sg.ShapeError, "out of range"),
+    ],
+)
+def test_misuse_is_a_clear_error(call, error, message):
+    m = sg.Model("misuse")
+    with pytest.raises(error, match=message):
+        call(m.param("x", ("n",)), m.param("W", (3, 4)))
+
+
+def test_the_methods_are_the_functions():
+    m = sg.Model("same")
+    W = m.param("W", (3, 4))
+    assert W.prod(axis=0).shape == (4,) and W.squeeze().shape == (3, 4)
+    assert len(W) == 3 and sg.swapaxes(W, 0, -1).shape == (4, 3)
+    assert sg.moveaxis(W[None], (0, 1), (2, 0)).shape == (3, 4, 1)
+    assert np.moveaxis(np.zeros((1, 3, 4)), (0, 1), (2, 0)).shape == (3, 4, 1)
