@@ -146,14 +146,6 @@ def cases(table):
     return params
 
 
-def xfail(reason, raises=AssertionError):
-    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
-
-
-def missing(name, where):
-    return xfail(f"missing: {name} (belongs in {where})", raises=AttributeError)
-
-
 # ==== (1) the autograd and tensors tutorials ===========================================
 
 
@@ -956,18 +948,9 @@ MODELS = {
     "LSTM tagger from scratch": lstm_tagger_from_scratch,
     "EmbeddingBag text classifier": embedding_bag_text_classifier,
     "EmbeddingBag(sparse=False)": embedding_bag_sparse_keyword,
-    "nn.RNN classifier": (
-        rnn_module_script("RNN"),
-        missing("nn.RNN", "symgrad/tape/nn.py"),
-    ),
-    "nn.GRU classifier": (
-        rnn_module_script("GRU"),
-        missing("nn.GRU", "symgrad/tape/nn.py"),
-    ),
-    "nn.LSTM classifier": (
-        rnn_module_script("LSTM"),
-        missing("nn.LSTM", "symgrad/tape/nn.py"),
-    ),
+    "nn.RNN classifier": rnn_module_script("RNN"),
+    "nn.GRU classifier": rnn_module_script("GRU"),
+    "nn.LSTM classifier": rnn_module_script("LSTM"),
     "RNNCell/GRUCell/LSTMCell loop": rnn_cell_loop,
 }
 

@@ -20,9 +20,10 @@ sys.modules[__name__ + ".utils"] = utils = nn_utils
 
 
 def __getattr__(name):
-    """The recurrent cells (nn_rnn.py), which build on Module: imported when first
-    asked for."""
-    if name in ("RNNCellBase", "RNNCell", "GRUCell", "LSTMCell"):
+    """The recurrent cells and layers (nn_rnn.py), which build on Module: imported
+    when first asked for."""
+    cells = ("RNNCellBase", "RNNCell", "GRUCell", "LSTMCell")
+    if name in (*cells, "RNNBase", "RNN", "GRU", "LSTM"):
         from . import nn_rnn
 
         return getattr(nn_rnn, name)
