@@ -27,6 +27,8 @@ def _unpack(params, inputs):
     if x.ndim != 1:
         _bad("params", "x", x, "(n,)", "a float")
     n = x.shape[0]
+    if n < 1:
+        raise ValueError(f"n={n}: " + "x[1:] needs n >= 1")
     return x, n
 
 

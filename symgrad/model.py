@@ -314,6 +314,12 @@ class Expr:
     def swapaxes(self, axis1: int, axis2: int) -> Expr:
         return swapaxes(self, axis1, axis2)
 
+    def __float__(self):
+        raise TypeError(
+            f"{self.node.describe()} is symbolic, not a number: math functions and "
+            "float() cannot take it; use sg's functions (sg.exp, sg.sqrt, ...)"
+        )
+
     def __len__(self) -> int:
         if not self.node.shape:
             raise TypeError("len() of a 0-d expression")
@@ -511,7 +517,7 @@ tanh = _unary(sp.tanh)
 log1p = _unary(ew.log1p)
 expm1 = _unary(ew.expm1)
 erf = _unary(sp.erf)  # exact GELU: x * (1 + sg.erf(x / np.sqrt(2))) / 2
-erfc = _unary(sp.erfc)
+erfc = _unary(ew.erfc)
 abs = _unary(sp.Abs)  # noqa: A001 - NumPy's name
 sign = _unary(sp.sign)
 tan = _unary(sp.tan)
@@ -542,7 +548,7 @@ def log10(x) -> Expr:
 
 def arctan2(y, x) -> Expr:
     """NumPy's arctan2(y, x): the angle of the point (x, y), broadcast."""
-    return _elementwise(sp.atan2, y, x)
+    return _elementwise(ew.atan2, y, x)
 
 
 def logaddexp(a, b) -> Expr:
@@ -596,6 +602,7 @@ def mean(x: Expr, axis=None, keepdims: bool = False) -> Expr:
 
 def max(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
     """NumPy's max; ties share the gradient equally (PyTorch's amax)."""
+    _not_elementwise("max", axis)
     (node,) = _values([_expr(x, "sg.max")], "sg.max")
     return Expr(ops.reduce_max(node, axis, keepdims))
 
@@ -687,6 +694,15 @@ def moveaxis(x: Expr, source, destination) -> Expr:
     return transpose(x, order)
 
 
+def _not_elementwise(name: str, axis) -> None:
+    """torch.max(a, b) is elementwise; NumPy's (and ours) reduces over the axis b."""
+    if isinstance(axis, Expr):
+        raise TypeError(
+            f"sg.{name}(a, b) reduces a over the axis b; for the elementwise "
+            f"{name}imum of two arrays use sg.{name}imum(a, b)"
+        )
+
+
 def _count(node: Node, axis) -> sp.Expr:
     """How many elements a reduction over ``axis`` combines (a size expression)."""
     return sp.Mul(*(node.shape[a] for a in ops.normalize_axes(node, axis)))
@@ -706,8 +722,10 @@ def var(x: Expr, axis=None, keepdims: bool = False, ddof: int = 0) -> Expr:
 
 
 def std(x: Expr, axis=None, keepdims: bool = False, ddof: int = 0) -> Expr:
-    """NumPy's std, the square root of ``sg.var``."""
-    return sqrt(var(x, axis, keepdims, ddof))
+    """NumPy's std, the square root of ``sg.var``, with torch's gradient 0 where it is
+    0 (a constant row), where sqrt's is infinite."""
+    spread = var(x, axis, keepdims, ddof)
+    return where(spread > 0, sqrt(spread), 0.0)
 
 
 def cumsum(x: Expr, axis=None) -> Expr:
@@ -720,6 +738,7 @@ def cumsum(x: Expr, axis=None) -> Expr:
 
 def min(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
     """NumPy's min; ties share the gradient equally (PyTorch's amin)."""
+    _not_elementwise("min", axis)
     (node,) = _values([_expr(x, "sg.min")], "sg.min")
     return Expr(ops.reduce_max(node, axis, keepdims, op="min"))
 

@@ -353,7 +353,10 @@ def size_requirements(node: Node) -> list[sp.Expr]:
         elif entry[0] == "int" and not isinstance(dim, int):
             needs.append(dim - entry[1] - 1 if entry[1] >= 0 else dim + entry[1])
     needs = [sp.expand(e) for e in needs]  # n - (n - 1) is 1
-    return [e for e in needs if not e.is_nonnegative]
+    # a size may be 0 at run time (an empty batch), where x[1:] would be -1 long
+    sizes = set().union(*(e.free_symbols for e in needs))
+    empty = {s: sp.Dummy(integer=True, nonnegative=True) for s in sizes}
+    return [e for e in needs if not e.xreplace(empty).is_nonnegative]
 
 
 def _entries(spec: tuple, shape: Shape) -> list[tuple]:

@@ -132,6 +132,29 @@ class relu(sp.Function):  # noqa: N801
         return self.args[0].is_real
 
 
+class erfc(sp.erfc):  # noqa: N801
+    """SymPy's erfc, without its rewrite of erfc(-x) as 2 - erfc(x): for x < -6 that
+    cancels to 0 where erfc(-x) is tiny and exact (log Phi(t) = log(erfc(-t/sqrt 2)/2)
+    in probit and Tobit likelihoods)."""
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_zero:
+            return sp.S.One
+
+
+class atan2(sp.atan2):  # noqa: N801
+    """SymPy's atan2(y, x) with torch's gradient 0 at the origin, where the derivatives
+    x / (x**2 + y**2) and -y / (x**2 + y**2) are 0/0."""
+
+    def fdiff(self, argindex=1):
+        y, x = self.args
+        r2 = x**2 + y**2
+        return sp.Piecewise(
+            (0, sp.Eq(r2, 0)), ((x if argindex == 1 else -y) / r2, True)
+        )
+
+
 def _unevaluated(minmax: type) -> type:
     """``minmax`` (sp.Max or sp.Min) that does not compare symbolic arguments when it is
     built: for a formula in placeholders SymPy cannot decide which is larger, and tries
@@ -221,7 +244,7 @@ FUNCTIONS = (
     sp.exp, sp.log, sp.sin, sp.cos, sp.tan, sp.sinh, sp.cosh, sp.tanh, sp.asin,
     sp.acos, sp.atan, sp.asinh, sp.acosh, sp.atanh, sp.atan2, sp.erf, sp.erfc, sp.Abs,
     sp.sign, sp.Heaviside, sp.Max, sp.Min, sp.floor, sp.ceiling, sigmoid, softplus,
-    relu, log1p, expm1,
+    relu, log1p, expm1, erfc, atan2,
 )  # fmt: skip
 _ATOMS = (sp.Symbol, sp.Number, sp.NumberSymbol)
 _OPERATORS = (

@@ -419,6 +419,18 @@ def test_sigmoid_keeps_full_relative_precision_for_large_negative_inputs():
     assert softplus == pytest.approx(math.log1p(math.exp(-40)), rel=1e-15)
 
 
+def test_zero_gradients_where_the_derivative_is_zero_over_zero():
+    """torch masks these to 0: atan2 at the origin, std of a constant row (sqrt's
+    slope at 0 times a zero deviation)."""
+    y, x = np.array([0.0, 1.0, 0.0, 0.0]), np.array([0.0, 0.0, -2.0, 0.0])
+    _, grads = check(lambda m, y, x: m.atan2(y, x), y, x)
+    assert grads[0][0] == grads[1][0] == grads[0][3] == 0
+    rows = np.array([[3.0, 3.0, 3.0], [1.0, 2.0, 4.0]])
+    _, (grad,) = check(lambda m, a: a.std(dim=1), rows)
+    assert np.all(grad[0] == 0) and np.all(grad[1] != 0)
+    check(lambda m, a: a.std(dim=1, correction=0), rows)
+
+
 # ---- losses ---------------------------------------------------------------------
 
 REDUCTIONS = ["mean", "sum", "none"]

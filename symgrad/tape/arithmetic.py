@@ -127,6 +127,12 @@ def _pick_rule(wins):
     return lambda xp, g, x, y, out: xp.where(x == y, g / 2, g * wins(x, y))
 
 
+def _off_origin(xp, numerator, x, y):
+    """numerator / (x^2 + y^2), and 0 where that is 0/0: atan2's gradient at (0, 0)."""
+    r2 = x * x + y * y
+    return xp.where(r2 == 0, 0, numerator / r2)
+
+
 # torch's grad_fn for matmul by the operands' dims (more dims: a batched matmul)
 _MATMUL_NAMES = {
     (1, 1): "DotBackward0",
@@ -238,10 +244,11 @@ class ArithmeticOps:
         return _binary(self, other, np.minimum, rules, "MinimumBackward0", ("xy", "xy"))
 
     def atan2(self, other):
-        """The angle of (other, self): d/dself = other / r^2, d/dother = -self / r^2."""
+        """The angle of (other, self): d/dself = other / r^2, d/dother = -self / r^2,
+        both 0 at the origin (as torch's, where they are 0/0)."""
         rules = (
-            lambda xp, g, y, x, out: g * x / (x * x + y * y),
-            lambda xp, g, y, x, out: -g * y / (x * x + y * y),
+            lambda xp, g, y, x, out: _off_origin(xp, g * x, x, y),
+            lambda xp, g, y, x, out: _off_origin(xp, -g * y, x, y),
         )
         return _binary(self, other, np.arctan2, rules, "Atan2Backward0", ("xy", "xy"))
 

@@ -177,8 +177,9 @@ def _spread(self, dim, unbiased, keepdim, correction, root):
 
     def backward(xp, g, x, out):
         dev = x - x.sum(axis=dims, keepdims=True) / count
-        if root:
-            return (g.reshape(kept) * dev / (dof * out.reshape(kept)),)
+        if root:  # 0 where the std is 0, as torch's (sqrt's slope is infinite)
+            out = out.reshape(kept)
+            return (xp.where(out == 0, 0, g.reshape(kept) * dev / (dof * out)),)
         return (g.reshape(kept) * (2 / dof if dof else math.inf) * dev,)
 
     name = "StdBackward0" if root else "VarBackward0"
