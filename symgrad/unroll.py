@@ -171,6 +171,53 @@ def _nested(shape: tuple) -> str:
     return "[" + ", ".join([_nested(shape[1:])] * shape[0]) + "]"
 
 
+def _replaced(expr: sp.Expr, rule: dict) -> sp.Expr:
+    """``expr.xreplace(rule)``, with the changed nodes rebuilt by ``_rebuilt``."""
+
+    def walk(e: sp.Basic) -> tuple[sp.Basic, bool]:
+        if e in rule:
+            return rule[e], True
+        args, changed = [], False
+        for a in e.args:
+            new, hit = walk(a) if isinstance(a, sp.Basic) else (a, False)
+            args.append(new)
+            changed |= hit
+        return (_rebuilt(e.func, args), True) if changed else (e, False)
+
+    return walk(expr)[0]
+
+
+def _rebuilt(func, args: list) -> sp.Expr:
+    """``func(*args)``, skipping SymPy's evaluation where it provably changes nothing.
+
+    Evaluation asks assumptions of the arguments (zero? infinite?), which SymPy cannot
+    decide for a large formula in real symbols and tries for milliseconds, every time
+    an inlined value rebuilds a sigmoid ``1/(1 + exp(Min(709, -x)))``:
+
+    - ``exp(m)``, ``m`` a symbolic Min or Max with a nonzero number among its
+      arguments: exp simplifies only a zero (or a number, log, sum or product), and
+      each assumption of a Min or Max holds only if it holds for all its arguments;
+    - ``s**n``, ``s`` a symbolic sum without ``I``, ``n`` an integer other than 0 and
+      1: Add's ``_eval_power`` simplifies only numbers and a literal ``a + I*b``.
+    """
+    if func is sp.exp and _never_zero(args[0]):
+        return sp.exp(args[0], evaluate=False)
+    if func is sp.Pow and type(args[0]) is sp.Add and args[1].is_Integer:
+        base, exp = args
+        if exp not in (0, 1) and base.free_symbols and not base.has(sp.I):
+            return sp.Pow(base, exp, evaluate=False)
+    return func(*args)
+
+
+def _never_zero(m: sp.Expr) -> bool:
+    """A symbolic Min or Max with a nonzero number among its arguments."""
+    return (
+        isinstance(m, sp.Min | sp.Max)
+        and any(a.is_Number and a != 0 for a in m.args)
+        and bool(m.free_symbols)
+    )
+
+
 @dataclass
 class _Line:
     """A line of the function; its ``{}`` placeholders are filled with printed ``exprs``.
@@ -260,13 +307,14 @@ class _Expander:
         uses: dict[sp.Symbol, int] = {}
         for line in lines:
             for e in line.exprs:
-                for s in e.free_symbols:
-                    uses[s] = uses.get(s, 0) + e.count(s)
+                for sub in sp.preorder_traversal(e):  # (count() walks once per name)
+                    if sub.is_Symbol:
+                        uses[sub] = uses.get(sub, 0) + 1
         inline: dict[sp.Symbol, sp.Expr] = {}
         self.out = []
         for line in lines:
             exprs = [
-                e.xreplace(inline) if inline and e.free_symbols & inline.keys() else e
+                _replaced(e, inline) if inline and e.free_symbols & inline.keys() else e
                 for e in line.exprs
             ]
             if line.define is not None and not line.keep:
@@ -412,7 +460,7 @@ class _Expander:
                 continue
             operand = self._operand(s)
             subs[s] = self.elem(operand, _broadcast_index(idx, self.shape(operand)))
-        return expr.xreplace(subs)
+        return _replaced(expr, subs)
 
     def _compute(self, node: Node, name: str) -> None:
         shape = self.shape(node)
