@@ -14,10 +14,10 @@ __version__ = "0.1.0"
 _API = {
     "symgrad.model": (
         "Cond Expr Model ModelError abs arccos arccosh arcsin arcsinh arctan arctan2 arctanh "
-        "clip concatenate cos cosh cumsum dot elementwise erf erfc exp expand_dims expm1 flip "
+        "clip concatenate cos cosh cumsum diff dot elementwise erf erfc exp expand_dims expm1 flip "
         "log log10 log1p log2 logaddexp log_softmax logsumexp matmul max maximum mean min "
         "minimum moveaxis norm outer prod relu reshape sigmoid sign sin sinh softmax softplus "
-        "sqrt square squeeze stack std sum swapaxes take_along_axis tan tanh transpose var "
+        "sqrt square squeeze stack std stop_gradient sum swapaxes take_along_axis tan tanh transpose var "
         "where"
     ).split(),
     "symgrad.contractions": ["einsum"],

@@ -28,8 +28,8 @@ def size_symbol(name: str) -> sp.Symbol:
 
 
 def as_dim(d: Any) -> Dim:
-    if isinstance(d, str):
-        return size_symbol(d)
+    if isinstance(d, str):  # a name, or a model.Size: 2 * x.shape[0] carries 2*B
+        return as_dim(d.size) if hasattr(d, "size") else size_symbol(d)
     if isinstance(d, sp.Expr):
         d = sp.sympify(d)
         return int(d) if d.is_Integer else d

@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import functools
 import hashlib
+import inspect
 import keyword
 import math
 import numbers
@@ -331,15 +332,39 @@ class Expr:
             )
         return first
 
+    def flatten(self) -> Expr:
+        return reshape(self, (-1,))
+
     def __getattr__(self, name: str):
-        """x.exp() is torch's spelling: name NumPy's, sg.exp(x)."""
-        if not name.startswith("__") and name in symgrad.__all__:
-            raise AttributeError(
-                f"an expression has no method {name!r}; use sg.{name}(x)"
-            )
+        """x.exp(), x.view(...) are torch's spellings: name NumPy's."""
+        hint = _TORCH_SPELLINGS.get(name)
+        if hint is None and not name.startswith("__") and name in symgrad.__all__:
+            required = [
+                p
+                for p in inspect.signature(getattr(symgrad, name)).parameters.values()
+                if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+            ]
+            hint = f"sg.{name}(x{', ...' if len(required) > 1 else ''})"
+        if hint:
+            raise AttributeError(f"an expression has no method {name!r}; use {hint}")
         raise AttributeError(
             f"{type(self).__name__!r} object has no attribute {name!r}"
         )
+
+
+_TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
+    "view": "x.reshape(...)",
+    "permute": "x.transpose(...)",
+    "unsqueeze": "sg.expand_dims(x, axis)",
+    "clamp": "x.clip(a_min, a_max)",
+    "masked_fill": "sg.where(mask, value, x)",
+    "detach": "sg.stop_gradient(x)",
+    "pow": "x ** p",
+    "matmul": "x @ y",
+    "amax": "x.max(axis)",
+    "amin": "x.min(axis)",
+    "size": "x.shape",
+}
 
 
 class Cond:
@@ -635,8 +660,7 @@ _PROD_MAX = 32  # one slice per element: a product of more is a long formula
 def norm(x: Expr, axis=None, keepdims: bool = False) -> Expr:
     """The 2-norm (np.linalg.norm's default: of vectors, Frobenius of matrices), with
     torch's gradient 0 at the zero vector, where sqrt's is infinite."""
-    squares = sum(square(x), axis, keepdims)
-    return where(squares > 0, sqrt(squares), 0.0)
+    return _elementwise(ew.masked_sqrt, sum(square(x), axis, keepdims))
 
 
 def dot(a: Expr, b: Expr) -> Expr:
@@ -703,6 +727,19 @@ def _not_elementwise(name: str, axis) -> None:
         )
 
 
+def stop_gradient(x: Expr) -> Expr:
+    """x's value, through which no gradient flows (torch's x.detach(), JAX's name)."""
+    (node,) = _values([_expr(x, "sg.stop_gradient")], "sg.stop_gradient")
+    return Expr(ops.detach(node))
+
+
+def diff(x: Expr, axis: int = -1) -> Expr:
+    """NumPy's diff (n = 1): x[1:] - x[:-1] along ``axis``."""
+    (axis,) = ops.normalize_axes(_expr(x, "sg.diff").node, operator.index(axis))
+    lead = (slice(None),) * axis
+    return x[lead + (slice(1, None),)] - x[lead + (slice(None, -1),)]
+
+
 def _count(node: Node, axis) -> sp.Expr:
     """How many elements a reduction over ``axis`` combines (a size expression)."""
     return sp.Mul(*(node.shape[a] for a in ops.normalize_axes(node, axis)))
@@ -724,8 +761,7 @@ def var(x: Expr, axis=None, keepdims: bool = False, ddof: int = 0) -> Expr:
 def std(x: Expr, axis=None, keepdims: bool = False, ddof: int = 0) -> Expr:
     """NumPy's std, the square root of ``sg.var``, with torch's gradient 0 where it is
     0 (a constant row), where sqrt's is infinite."""
-    spread = var(x, axis, keepdims, ddof)
-    return where(spread > 0, sqrt(spread), 0.0)
+    return _elementwise(ew.masked_sqrt, var(x, axis, keepdims, ddof))
 
 
 def cumsum(x: Expr, axis=None) -> Expr:

@@ -273,22 +273,26 @@ def normalize_index(a: Node, key) -> tuple:
         raise ShapeError(f"too many indices for {a.describe()} of rank {a.ndim}")
     fill = (slice(None),) * (a.ndim - consumed)
     key = key[: dots[0]] + fill + key[dots[0] + 1 :] if dots else key + fill
-    spec = []
+    spec, dims = [], iter(a.shape)
     for k in key:
         if k is None:
             spec.append(("new",))
         elif isinstance(k, slice):
-            for part in (k.start, k.stop, k.step):
+            dim = next(dims)
+            start, stop = _from_end(k.start, dim), _from_end(k.stop, dim, stop=True)
+            for part in (start, stop, k.step):
                 if part is not None and (
                     isinstance(part, bool) or not isinstance(part, int)
                 ):
                     raise ShapeError(
-                        f"index of {a.describe()}: slice bounds must be ints"
+                        f"index of {a.describe()}: slice bounds must be ints, or the "
+                        f"axis' own size plus an int ({dim} - 1), not {part}"
                     )
             if k.step == 0:
                 raise ShapeError(f"index of {a.describe()}: slice step cannot be zero")
-            spec.append(("slice", k.start, k.stop, k.step))
+            spec.append(("slice", start, stop, k.step))
         elif isinstance(k, int) and not isinstance(k, bool):
+            next(dims)
             spec.append(("int", k))
         else:
             raise ShapeError(
@@ -296,6 +300,18 @@ def normalize_index(a: Node, key) -> tuple:
                 "and ... are supported, and rows are picked by an int64 input: x[idx]"
             )
     return tuple(spec)
+
+
+def _from_end(bound, dim, stop: bool = False):
+    """A slice bound given as a size of its own axis (x[:, : x.shape[1] - 1], torch's
+    idiom) as the int it is, counted from the end: -1 (None for a stop at the end)."""
+    size = getattr(bound, "size", None)  # a model.Size
+    if size is None or isinstance(dim, int):
+        return bound
+    offset = sp.expand(size - dim)
+    if offset.is_Integer and (offset < 0 or offset == 0 and stop):
+        return int(offset) or None
+    return bound
 
 
 def _slice_len(dim, start, stop, step, what: str):
@@ -308,7 +324,7 @@ def _slice_len(dim, start, stop, step, what: str):
     length = sp.expand(_bound(dim, stop, dim) - _bound(dim, start, 0))
     if length.is_nonpositive:
         raise ShapeError(f"{what}: slice {start}:{stop} of axis {dim} is empty")
-    return length
+    return int(length) if length.is_Integer else length  # x[-3:] of n: 3, fixed
 
 
 def _bound(dim, b, default):

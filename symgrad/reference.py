@@ -126,7 +126,7 @@ class _Interpreter:
             sp.atan: engine.atan, sp.asinh: engine.asinh, sp.acosh: engine.acosh,
             sp.atanh: engine.atanh, sp.atan2: engine.atan2, sp.erf: engine.erf,
             sp.erfc: engine.erfc, symbolic.erfc: engine.erfc,
-            symbolic.atan2: engine.atan2, sp.Abs: engine.abs, sp.sign: engine.sign,
+            symbolic.atan2: engine.atan2, symbolic.masked_sqrt: engine.sqrt, sp.Abs: engine.abs, sp.sign: engine.sign,
             symbolic.sigmoid: engine.sigmoid, symbolic.relu: engine.relu,
             symbolic.softplus: F.softplus, symbolic.log1p: lambda x: engine.log(1 + x),
             symbolic.expm1: engine.expm1,

@@ -132,6 +132,20 @@ class relu(sp.Function):  # noqa: N801
         return self.args[0].is_real
 
 
+class masked_sqrt(sp.Function):  # noqa: N801
+    """sqrt with torch's derivative 0 at 0 for std and norm (sqrt's is infinite there,
+    times a zero deviation: nan). Printed as sqrt."""
+
+    def fdiff(self, argindex=1):
+        return sp.Piecewise((0, sp.Eq(self.args[0], 0)), (1 / (2 * self), True))
+
+    def _eval_evalf(self, prec):
+        return sp.sqrt(self.args[0])._eval_evalf(prec)
+
+    def _eval_is_real(self):
+        return self.args[0].is_nonnegative
+
+
 class erfc(sp.erfc):  # noqa: N801
     """SymPy's erfc, without its rewrite of erfc(-x) as 2 - erfc(x): for x < -6 that
     cancels to 0 where erfc(-x) is tiny and exact (log Phi(t) = log(erfc(-t/sqrt 2)/2)
@@ -193,6 +207,7 @@ _LOWERED = {  # (softplus_slope first: replacing sigmoid would also take its sub
     sigmoid: lambda x: 1 / (1 + sp.exp(Min(-x, 709))),  # exp(709) is finite
     softplus: lambda x: Max(x, 0) + log1p(sp.exp(-sp.Abs(x))),
     relu: lambda x: Max(x, 0),
+    masked_sqrt: sp.sqrt,
 }
 
 

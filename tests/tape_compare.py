@@ -43,6 +43,8 @@ def assert_same(ours, theirs):
         assert len(ours) == len(theirs), (ours, theirs)
         for a, b in zip(ours, theirs, strict=True):
             assert_same(a, b)
+    elif isinstance(theirs, torch.dtype):  # the tape's dtypes are its own objects
+        assert isinstance(ours, tape.dtype) and str(ours) == str(theirs), ours
     elif isinstance(theirs, float) and not isinstance(theirs, bool):
         assert type(ours) is float
         np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=1e-12)

@@ -1,5 +1,7 @@
 """NumPy's names a user reaches for: sg.prod, sg.norm, sg.dot, sg.squeeze, sg.swapaxes,
-sg.moveaxis, len(), and torch-style methods (x.exp()) answered with NumPy's spelling.
+sg.moveaxis, sg.diff, x.flatten(), len(), sg.stop_gradient (torch's detach), slice bounds
+written with sizes (x[:, : x.shape[1] - 1], torch's idiom), and torch-style methods
+(x.exp(), x.view()) answered with NumPy's spelling.
 Values, gradients and Hessians against torch, with the edge cases torch defines: a
 product with zero factors, the norm of a zero vector."""
 
@@ -68,7 +70,56 @@ def shapes_model(hessian=False):
     return m, reference
 
 
-FAMILIES = {"prod": prod_model, "norm": norm_model, "shapes": shapes_model}
+def ported_model(hessian=False):
+    """torch idioms: T = x.shape[1] in slice bounds, a detached baseline, diffs."""
+    m = sg.Model("ported", hessian=hessian)
+    x = m.input("x", ("B", "T"))
+    w = m.param("w", (3,))
+    T = x.shape[1]
+    h = sg.tanh(x[:, : T - 1] * w[0] + x[:, 1:T] * w[1])  # (B, T - 1)
+    baseline = sg.stop_gradient(sg.mean(h, axis=1, keepdims=True))
+    steps = sg.diff(h, axis=-1)  # (B, T - 2)
+    tail = x[:, T - 2 :].flatten()
+    m.loss(sg.sum((h - baseline) ** 2) + sg.sum(steps**2) * w[2] + sg.sum(tail) * w[2])
+
+    def reference(t, i):
+        x, w = i["x"], t["w"]
+        T = x.shape[1]
+        h = torch.tanh(x[:, : T - 1] * w[0] + x[:, 1:T] * w[1])
+        baseline = h.mean(dim=1, keepdim=True).detach()
+        steps = torch.diff(h, dim=-1)
+        tail = x[:, T - 2 :].flatten()
+        loss = ((h - baseline) ** 2).sum() + (steps**2).sum() * w[2]
+        return loss + tail.sum() * w[2], {}
+
+    return m, reference
+
+
+def normalized_model(hessian=False):
+    """A norm and a std as divisors (unit rows, z-scores): their derivatives have a
+    0/0 at 0 that must not reach the printer as SymPy's zoo."""
+    m = sg.Model("normalized", hessian=hessian)
+    X = m.param("X", ("B", 4))
+    unit = X / sg.norm(X, axis=1, keepdims=True)
+    z = (X - sg.mean(X, axis=0)) / sg.std(X, axis=0, ddof=1)
+    m.loss(sg.sum(unit[:, :2] ** 3) + sg.sum(sg.tanh(z) * unit))
+
+    def reference(t, _):
+        X = t["X"]
+        unit = X / torch.linalg.vector_norm(X, dim=1, keepdim=True)
+        z = (X - X.mean(dim=0)) / X.std(dim=0)
+        return (unit[:, :2] ** 3).sum() + (torch.tanh(z) * unit).sum(), {}
+
+    return m, reference
+
+
+FAMILIES = {
+    "normalized": normalized_model,
+    "prod": prod_model,
+    "norm": norm_model,
+    "shapes": shapes_model,
+    "ported": ported_model,
+}
 
 
 def data(name, rng):
@@ -80,8 +131,13 @@ def data(name, rng):
             "v": rng.standard_normal(4),
             "M": rng.standard_normal((3, 4)),
         },
+        "ported": lambda: {"w": rng.standard_normal(3)},
+        "normalized": lambda: {"X": rng.standard_normal((5, 4))},
     }[name]()
-    inputs = {"x": rng.standard_normal(5)} if name == "shapes" else {}
+    inputs = {
+        "shapes": {"x": rng.standard_normal(5)},
+        "ported": {"x": rng.standard_normal((4, 6))},
+    }.get(name, {})
     return params, inputs
 
 
@@ -153,6 +209,12 @@ def test_prod_over_a_symbolic_or_long_axis_names_the_alternative():
         (lambda x, W: len(x), TypeError, "first axis n is symbolic; use x.shape"),
         (lambda x, W: len(x[0]), TypeError, "0-d"),
         (lambda x, W: x.exp(), AttributeError, r"use sg\.exp\(x\)"),
+        (lambda x, W: x.view(-1), AttributeError, r"use x\.reshape"),
+        (lambda x, W: x.detach(), AttributeError, r"use sg\.stop_gradient\(x\)"),
+        (lambda x, W: x.arctan2(W), AttributeError, r"use sg\.arctan2\(x, \.\.\.\)"),
+        (lambda x, W: x[: x.shape[0] + 1], sg.ShapeError, r"own size plus an int"),
+        (lambda x, W: x[x.shape[0] :], sg.ShapeError, r"own size plus an int"),
+        (lambda x, W: sg.diff(W, axis=(0, 1)), TypeError, "integer"),
         (lambda x, W: x.logsumexp(), AttributeError, r"use sg\.logsumexp\(x\)"),
         (lambda x, W: x.no_such_thing, AttributeError, "has no attribute"),
         (lambda x, W: np.dot(W, W), TypeError, r"numpy\.dot .*use sg\.dot"),
