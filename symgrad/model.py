@@ -364,6 +364,7 @@ _TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "amax": "x.max(axis)",
     "amin": "x.min(axis)",
     "size": "x.shape",
+    "t": "x.T",
 }
 
 
@@ -451,6 +452,18 @@ class Size(str):
     __rtruediv__ = _size_arithmetic(lambda a, b: b / a)
     __pow__ = _size_arithmetic(lambda a, b: a**b)
     __rpow__ = _size_arithmetic(lambda a, b: b**a)
+
+    def __neg__(self):
+        return Size(-self.size)
+
+    def __pos__(self):
+        return self
+
+    def __float__(self):
+        raise TypeError(
+            f"the size {self} is symbolic, not a number: math functions and float() "
+            f"cannot take it; use size arithmetic ({self} ** 0.5) or sg.sqrt({self})"
+        )
 
 
 def _lift(operands) -> tuple[list[sp.Expr], list[Node]]:
@@ -730,7 +743,7 @@ def _not_elementwise(name: str, axis) -> None:
 def stop_gradient(x: Expr) -> Expr:
     """x's value, through which no gradient flows (torch's x.detach(), JAX's name)."""
     (node,) = _values([_expr(x, "sg.stop_gradient")], "sg.stop_gradient")
-    return Expr(ops.detach(node))
+    return Expr(ops.detach(node, stop_gradient=True))
 
 
 def diff(x: Expr, axis: int = -1) -> Expr:

@@ -14,6 +14,7 @@ Every elementwise function is one primitive, ``map``, whose adjoint SymPy derive
 
 from __future__ import annotations
 
+import numbers
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -254,8 +255,10 @@ def concatenated_at(node: Node, i: int) -> Dim:
     return as_dim(sp.Add(*(p.shape[node.attrs[0]] for p in node.args[:i])))
 
 
-def detach(a: Node) -> Node:
-    return Node("detach", (a,), a.shape, a.dtype)
+def detach(a: Node, stop_gradient: bool = False) -> Node:
+    """``a``'s value with no gradient through it. Internal ones (a softmax's shift)
+    leave the gradient the loss's derivative; a user's ``sg.stop_gradient`` does not."""
+    return Node("detach", (a,), a.shape, a.dtype, ("stop_gradient",) * stop_gradient)
 
 
 # Index specs are tuples of ("slice", start, stop, step) | ("new",) | ("int", i), one per
@@ -280,7 +283,8 @@ def normalize_index(a: Node, key) -> tuple:
         elif isinstance(k, slice):
             dim = next(dims)
             start, stop = _from_end(k.start, dim), _from_end(k.stop, dim, stop=True)
-            for part in (start, stop, k.step):
+            start, stop, step = map(_python_int, (start, stop, k.step))
+            for part in (start, stop, step):
                 if part is not None and (
                     isinstance(part, bool) or not isinstance(part, int)
                 ):
@@ -288,11 +292,16 @@ def normalize_index(a: Node, key) -> tuple:
                         f"index of {a.describe()}: slice bounds must be ints, or the "
                         f"axis' own size plus an int ({dim} - 1), not {part}"
                     )
-            if k.step == 0:
+            if step == 0:
                 raise ShapeError(f"index of {a.describe()}: slice step cannot be zero")
-            spec.append(("slice", start, stop, k.step))
-        elif isinstance(k, int) and not isinstance(k, bool):
-            next(dims)
+            spec.append(("slice", start, stop, step))
+        elif _is_size(k) or isinstance(_python_int(k), int) and not isinstance(k, bool):
+            k = _python_int(_from_end(k, next(dims)))  # x[:, T - 1]: x[:, -1]
+            if not isinstance(k, int):
+                raise ShapeError(
+                    f"index of {a.describe()}: an index from a size must be the "
+                    f"axis' own size minus an int ({k} is not)"
+                )
             spec.append(("int", k))
         else:
             raise ShapeError(
@@ -302,13 +311,25 @@ def normalize_index(a: Node, key) -> tuple:
     return tuple(spec)
 
 
+def _python_int(x):
+    """NumPy's integers (np.int64(2), from a loop over np.arange) as Python's."""
+    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
+        return int(x)
+    return x
+
+
+def _is_size(x) -> bool:
+    """A model.Size (x.shape[1] - 1): a str that carries its size expression."""
+    return isinstance(x, str) and hasattr(x, "size")
+
+
 def _from_end(bound, dim, stop: bool = False):
-    """A slice bound given as a size of its own axis (x[:, : x.shape[1] - 1], torch's
-    idiom) as the int it is, counted from the end: -1 (None for a stop at the end)."""
-    size = getattr(bound, "size", None)  # a model.Size
-    if size is None or isinstance(dim, int):
+    """A slice bound or index given as a size of its own axis (x[:, : x.shape[1] - 1],
+    torch's idiom) as the int it is, counted from the end: -1 (None for a stop at the
+    end)."""
+    if not _is_size(bound) or isinstance(dim, int):
         return bound
-    offset = sp.expand(size - dim)
+    offset = sp.expand(bound.size - dim)
     if offset.is_Integer and (offset < 0 or offset == 0 and stop):
         return int(offset) or None
     return bound

@@ -79,7 +79,7 @@ def ported_model(hessian=False):
     h = sg.tanh(x[:, : T - 1] * w[0] + x[:, 1:T] * w[1])  # (B, T - 1)
     baseline = sg.stop_gradient(sg.mean(h, axis=1, keepdims=True))
     steps = sg.diff(h, axis=-1)  # (B, T - 2)
-    tail = x[:, T - 2 :].flatten()
+    tail = x[:, T - 2 :].flatten() + x[:, T - 1].sum() * x[:, np.int64(0)].sum()
     m.loss(sg.sum((h - baseline) ** 2) + sg.sum(steps**2) * w[2] + sg.sum(tail) * w[2])
 
     def reference(t, i):
@@ -88,7 +88,7 @@ def ported_model(hessian=False):
         h = torch.tanh(x[:, : T - 1] * w[0] + x[:, 1:T] * w[1])
         baseline = h.mean(dim=1, keepdim=True).detach()
         steps = torch.diff(h, dim=-1)
-        tail = x[:, T - 2 :].flatten()
+        tail = x[:, T - 2 :].flatten() + x[:, T - 1].sum() * x[:, 0].sum()
         loss = ((h - baseline) ** 2).sum() + (steps**2).sum() * w[2]
         return loss + tail.sum() * w[2], {}
 
