@@ -740,6 +740,70 @@ def _not_elementwise(name: str, axis) -> None:
         )
 
 
+def full_like(x: Expr, fill_value) -> Expr:
+    """NumPy's full_like: a constant array of x's shape (no gradient, no NaN from x,
+    where 0 * x would carry one)."""
+    return Expr(ops.const(_number(fill_value), _expr(x, "sg.full_like").node.shape))
+
+
+def zeros_like(x: Expr) -> Expr:
+    return full_like(x, 0)
+
+
+def ones_like(x: Expr) -> Expr:
+    return full_like(x, 1)
+
+
+def broadcast_to(x: Expr, shape) -> Expr:
+    """NumPy's broadcast_to; dims may be names ("B") or sizes (y.shape[0]) of the
+    model's arrays."""
+    shape = as_shape(shape)
+    out = _expr(x, "sg.broadcast_to") + Expr(ops.const(0, shape))
+    if out.node.shape != shape:
+        raise ShapeError(
+            f"cannot broadcast {x.node.describe()} of shape "
+            f"{format_shape(x.node.shape)} to {format_shape(shape)}"
+        )
+    return out
+
+
+def pad(x: Expr, pad_width, constant_values=0) -> Expr:
+    """NumPy's pad in its default mode, "constant": ``pad_width`` is an int, a
+    (before, after) pair, or one pair per axis."""
+    node = _expr(x, "sg.pad").node
+    widths = np.broadcast_to(np.asarray(pad_width), (node.ndim, 2)).tolist()
+    value = _number(constant_values)
+    for axis, (before, after) in enumerate(widths):
+        if builtins.min(before, after) < 0:
+            raise ShapeError(
+                f"sg.pad: negative pad width {before, after} on axis {axis}"
+            )
+        block = [
+            Expr(ops.const(value, node.shape[:axis] + (n,) + node.shape[axis + 1 :]))
+            for n in (before, after)
+        ]
+        parts = [block[0]] * bool(before) + [x] + [block[1]] * bool(after)
+        x = concatenate(parts, axis)
+        node = x.node
+    return x
+
+
+def roll(x: Expr, shift: int, axis=None) -> Expr:
+    """NumPy's roll: element i goes to i + shift, cyclically (of the flattened array
+    without ``axis``)."""
+    node = _expr(x, "sg.roll").node
+    if axis is None:
+        return reshape(roll(reshape(x, (-1,)), shift, 0), node.shape)
+    (axis,) = ops.normalize_axes(node, operator.index(axis))
+    n, shift = node.shape[axis], operator.index(shift)
+    shift = shift % n if isinstance(n, int) and n else shift
+    if shift == 0:
+        return x
+    lead = (slice(None),) * axis
+    tail, head = x[lead + (slice(-shift, None),)], x[lead + (slice(None, -shift),)]
+    return concatenate([tail, head], axis)
+
+
 def stop_gradient(x: Expr) -> Expr:
     """x's value, through which no gradient flows (torch's x.detach(), JAX's name)."""
     (node,) = _values([_expr(x, "sg.stop_gradient")], "sg.stop_gradient")
@@ -1001,6 +1065,7 @@ class Model:
             raise ModelError(
                 f"output {name!r} is {node.name} itself; outputs must be computed"
             )
+        self._known_dims(node, f"output {name!r}")
         self._name(name, node, "output")
         self.outputs[name] = node
         return x
@@ -1023,8 +1088,27 @@ class Model:
             )
         if self._loss is not None:
             raise ModelError(f"model {self.name!r} already has a loss")
+        self._known_dims(node, "the loss")
         self._loss = node
         return x
+
+    def _known_dims(self, node: Node, what: str) -> None:
+        """Every size in the graph is a dim of an input or parameter (a new name in
+        sg.broadcast_to would be undefined in the generated code)."""
+        sizes = {
+            s
+            for n in toposort([node])
+            for d in n.shape
+            if isinstance(d, sp.Expr)
+            for s in d.free_symbols
+        }
+        unknown = sorted(str(s) for s in sizes - set(self.dims.values()))
+        if unknown:
+            raise ShapeError(
+                f"{what} of model {self.name!r} uses the dims {', '.join(unknown)}, "
+                f"which no input or parameter has (its dims: "
+                f"{', '.join(self.dims) or 'none'})"
+            )
 
     def unroll(self, **sizes: int) -> None:
         """Also generate a scalar-unrolled ``value_and_grad`` for these sizes.

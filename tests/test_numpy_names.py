@@ -1,5 +1,6 @@
 """NumPy's names a user reaches for: sg.prod, sg.norm, sg.dot, sg.squeeze, sg.swapaxes,
-sg.moveaxis, sg.diff, x.flatten(), len(), sg.stop_gradient (torch's detach), slice bounds
+sg.moveaxis, sg.diff, sg.pad, sg.roll, sg.broadcast_to, sg.zeros_like/ones_like/full_like,
+x.flatten(), len(), sg.stop_gradient (torch's detach), slice bounds
 written with sizes (x[:, : x.shape[1] - 1], torch's idiom), and torch-style methods
 (x.exp(), x.view()) answered with NumPy's spelling.
 Values, gradients and Hessians against torch, with the edge cases torch defines: a
@@ -113,7 +114,36 @@ def normalized_model(hessian=False):
     return m, reference
 
 
+def padded_model(hessian=False):
+    """A causal conv by zero padding, a rolled (circular) neighbour, a constant baseline
+    and a bias broadcast over the batch, as torch's F.pad, roll, full_like, expand."""
+    m = sg.Model("padded", hessian=hessian)
+    x = m.input("x", ("B", "T"))
+    k, b = m.param("k", (3,)), m.param("b", (4,))
+    xp = sg.pad(x, ((0, 0), (2, 0)), constant_values=0.5)
+    T = x.shape[1]
+    conv = k[0] * xp[:, :T] + k[1] * xp[:, 1 : T + 1] + k[2] * xp[:, 2:]
+    ring = sg.roll(conv, 1, axis=1) - sg.roll(conv, -2, axis=1)
+    bias = sg.broadcast_to(b, (x.shape[0], 4))
+    base = sg.full_like(conv, 0.25) + sg.zeros_like(ring) * 3.0 + sg.ones_like(conv)
+    m.loss(sg.sum(sg.tanh(ring + base) ** 2) + sg.sum(bias**2 * sg.roll(b, 1)))
+
+    def reference(t, i):
+        x, k, b = i["x"], t["k"], t["b"]
+        xp = torch.nn.functional.pad(x, (2, 0), value=0.5)
+        T = x.shape[1]
+        conv = k[0] * xp[:, :T] + k[1] * xp[:, 1 : T + 1] + k[2] * xp[:, 2:]
+        ring = torch.roll(conv, 1, dims=1) - torch.roll(conv, -2, dims=1)
+        base = torch.full_like(conv, 0.25) + 1.0
+        bias = b.expand(x.shape[0], 4)
+        loss = (torch.tanh(ring + base) ** 2).sum()
+        return loss + (bias**2 * torch.roll(b, 1)).sum(), {}
+
+    return m, reference
+
+
 FAMILIES = {
+    "padded": padded_model,
     "normalized": normalized_model,
     "prod": prod_model,
     "norm": norm_model,
@@ -133,10 +163,12 @@ def data(name, rng):
         },
         "ported": lambda: {"w": rng.standard_normal(3)},
         "normalized": lambda: {"X": rng.standard_normal((5, 4))},
+        "padded": lambda: {"k": rng.standard_normal(3), "b": rng.standard_normal(4)},
     }[name]()
     inputs = {
         "shapes": {"x": rng.standard_normal(5)},
         "ported": {"x": rng.standard_normal((4, 6))},
+        "padded": {"x": rng.standard_normal((3, 7))},
     }.get(name, {})
     return params, inputs
 
@@ -215,6 +247,15 @@ def test_prod_over_a_symbolic_or_long_axis_names_the_alternative():
         (lambda x, W: x[: x.shape[0] + 1], sg.ShapeError, r"own size plus an int"),
         (lambda x, W: x[x.shape[0] :], sg.ShapeError, r"own size plus an int"),
         (lambda x, W: sg.diff(W, axis=(0, 1)), TypeError, "integer"),
+        (lambda x, W: sg.broadcast_to(W, (4,)), sg.ShapeError, "cannot broadcast"),
+        (lambda x, W: sg.pad(W, (1, -1)), sg.ShapeError, "negative pad width"),
+        (
+            lambda x, W: sg.Model("other").loss(
+                sg.sum(sg.broadcast_to(W, ("Q", 3, 4)))
+            ),
+            sg.ShapeError,
+            "uses the dims Q, which no input or parameter has",
+        ),
         (lambda x, W: x.logsumexp(), AttributeError, r"use sg\.logsumexp\(x\)"),
         (lambda x, W: x.no_such_thing, AttributeError, "has no attribute"),
         (lambda x, W: np.dot(W, W), TypeError, r"numpy\.dot .*use sg\.dot"),
