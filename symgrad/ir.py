@@ -27,9 +27,16 @@ def size_symbol(name: str) -> sp.Symbol:
     return sp.Symbol(name, integer=True, positive=True)
 
 
+def is_size(x: Any) -> bool:
+    """A model.Size (2 * x.shape[0]): a str that carries its size expression, 2*B."""
+    return isinstance(x, str) and hasattr(x, "size")
+
+
 def as_dim(d: Any) -> Dim:
-    if isinstance(d, str):  # a name, or a model.Size: 2 * x.shape[0] carries 2*B
-        return as_dim(d.size) if hasattr(d, "size") else size_symbol(d)
+    if is_size(d):
+        return as_dim(d.size)
+    if isinstance(d, str):
+        return size_symbol(d)
     if isinstance(d, sp.Expr):
         d = sp.sympify(d)
         return int(d) if d.is_Integer else d

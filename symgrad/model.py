@@ -660,7 +660,7 @@ def prod(x: Expr, axis=None, keepdims: bool = False) -> Expr:
             )
     out = x
     for a in reversed(axes):  # from the last, so the earlier axes keep their numbers
-        slices = [out[(slice(None),) * a + (k,)] for k in range(node.shape[a])]
+        slices = [_along(out, a, k) for k in range(node.shape[a])]
         out = functools.reduce(operator.mul, slices)
     if keepdims:
         return out[tuple(None if k in axes else slice(None) for k in range(x.ndim))]
@@ -799,8 +799,7 @@ def roll(x: Expr, shift: int, axis=None) -> Expr:
     shift = shift % n if isinstance(n, int) and n else shift
     if shift == 0:
         return x
-    lead = (slice(None),) * axis
-    tail, head = x[lead + (slice(-shift, None),)], x[lead + (slice(None, -shift),)]
+    tail, head = _along(x, axis, slice(-shift, None)), _along(x, axis, slice(-shift))
     return concatenate([tail, head], axis)
 
 
@@ -813,8 +812,12 @@ def stop_gradient(x: Expr) -> Expr:
 def diff(x: Expr, axis: int = -1) -> Expr:
     """NumPy's diff (n = 1): x[1:] - x[:-1] along ``axis``."""
     (axis,) = ops.normalize_axes(_expr(x, "sg.diff").node, operator.index(axis))
-    lead = (slice(None),) * axis
-    return x[lead + (slice(1, None),)] - x[lead + (slice(None, -1),)]
+    return _along(x, axis, slice(1, None)) - _along(x, axis, slice(-1))
+
+
+def _along(x: Expr, axis: int, key) -> Expr:
+    """x[..., key] with ``key`` (an int, slice or None) at position ``axis``."""
+    return x[(slice(None),) * axis + (key,)]
 
 
 def _count(node: Node, axis) -> sp.Expr:
@@ -908,7 +911,7 @@ def expand_dims(x: Expr, axis: int) -> Expr:
     ndim = _expr(x, "sg.expand_dims").ndim + 1
     if not -ndim <= axis < ndim:
         raise ShapeError(f"sg.expand_dims: axis {axis} is out of range for rank {ndim}")
-    return x[(slice(None),) * (axis % ndim) + (None,)]
+    return _along(x, axis % ndim, None)
 
 
 def reshape(x: Expr, shape) -> Expr:
@@ -1095,13 +1098,7 @@ class Model:
     def _known_dims(self, node: Node, what: str) -> None:
         """Every size in the graph is a dim of an input or parameter (a new name in
         sg.broadcast_to would be undefined in the generated code)."""
-        sizes = {
-            s
-            for n in toposort([node])
-            for d in n.shape
-            if isinstance(d, sp.Expr)
-            for s in d.free_symbols
-        }
+        sizes = set().union(*(_free(n.shape) for n in toposort([node])))
         unknown = sorted(str(s) for s in sizes - set(self.dims.values()))
         if unknown:
             raise ShapeError(

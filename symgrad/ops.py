@@ -31,6 +31,7 @@ from .ir import (
     broadcast,
     broadcast_shapes,
     format_shape,
+    is_size,
     size,
 )
 
@@ -295,7 +296,7 @@ def normalize_index(a: Node, key) -> tuple:
             if step == 0:
                 raise ShapeError(f"index of {a.describe()}: slice step cannot be zero")
             spec.append(("slice", start, stop, step))
-        elif _is_size(k) or isinstance(_python_int(k), int) and not isinstance(k, bool):
+        elif is_size(k) or isinstance(_python_int(k), int) and not isinstance(k, bool):
             k = _python_int(_from_end(k, next(dims)))  # x[:, T - 1]: x[:, -1]
             if not isinstance(k, int):
                 raise ShapeError(
@@ -318,16 +319,11 @@ def _python_int(x):
     return x
 
 
-def _is_size(x) -> bool:
-    """A model.Size (x.shape[1] - 1): a str that carries its size expression."""
-    return isinstance(x, str) and hasattr(x, "size")
-
-
 def _from_end(bound, dim, stop: bool = False):
     """A slice bound or index given as a size of its own axis (x[:, : x.shape[1] - 1],
     torch's idiom) as the int it is, counted from the end: -1 (None for a stop at the
     end)."""
-    if not _is_size(bound) or isinstance(dim, int):
+    if not is_size(bound) or isinstance(dim, int):
         return bound
     offset = sp.expand(bound.size - dim)
     if offset.is_Integer and (offset < 0 or offset == 0 and stop):
