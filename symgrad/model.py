@@ -10,6 +10,7 @@ import builtins
 import functools
 import hashlib
 import inspect
+import itertools
 import keyword
 import math
 import numbers
@@ -31,6 +32,7 @@ from .ir import (
     as_dim,
     as_shape,
     format_shape,
+    is_size,
     size,
     size_symbol,
     toposort,
@@ -241,6 +243,8 @@ class Expr:
         if isinstance(key, Expr):
             (source,) = _values([self], "gather")
             return Expr(ops.gather(source, key.node))
+        if any(_is_index_list(k) for k in (key if isinstance(key, tuple) else (key,))):
+            return _pick(self, key if isinstance(key, tuple) else (key,))
         if any(isinstance(k, Expr) for k in (key if isinstance(key, tuple) else ())):
             raise ShapeError(
                 "index arrays are supported alone only: x[idx], not x[idx, 0]"
@@ -365,6 +369,10 @@ _TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "amin": "x.min(axis)",
     "size": "x.shape",
     "t": "x.T",
+    "repeat": "sg.tile(x, reps) (torch's x.repeat is NumPy's tile)",
+    "repeat_interleave": "sg.repeat(x, repeats, axis)",
+    "expand": "sg.broadcast_to(x, shape)",
+    "chunk": "sg.split(x, sections, axis)",
 }
 
 
@@ -554,7 +562,7 @@ cos = _unary(sp.cos)
 tanh = _unary(sp.tanh)
 log1p = _unary(ew.log1p)
 expm1 = _unary(ew.expm1)
-erf = _unary(sp.erf)  # exact GELU: x * (1 + sg.erf(x / np.sqrt(2))) / 2
+erf = _unary(sp.erf)
 erfc = _unary(ew.erfc)
 abs = _unary(sp.Abs)  # noqa: A001 - NumPy's name
 sign = _unary(sp.sign)
@@ -815,6 +823,172 @@ def diff(x: Expr, axis: int = -1) -> Expr:
     return _along(x, axis, slice(1, None)) - _along(x, axis, slice(-1))
 
 
+def _is_index_list(k) -> bool:
+    return isinstance(k, list) or isinstance(k, np.ndarray) and k.ndim > 0
+
+
+def _pick(x: Expr, key: tuple) -> Expr:
+    """x[:, [0, 2]]: NumPy's indexing by one list of ints, as the entries' slices side by
+    side, then the rest of the key with the list read as ``:``."""
+    node, lists = x.node, [n for n, k in enumerate(key) if _is_index_list(k)]
+    picks = np.asarray(key[lists[0]])
+    if (
+        len(lists) > 1
+        or picks.ndim != 1
+        or picks.dtype.kind not in "iu"
+        or not len(picks)
+    ):
+        raise ShapeError(
+            f"index of {node.describe()}: one non-empty list of ints per index is "
+            f"supported, not {key[lists[0]]!r}; for a mask use sg.where(mask, x, 0), "
+            "for rows picked by data an int64 input: x[idx]"
+        )
+    advanced = [
+        n
+        for n, k in enumerate(key)
+        if n == lists[0] or isinstance(ops.python_int(k), int)
+    ]
+    if advanced != list(range(advanced[0], advanced[-1] + 1)):
+        raise ShapeError(  # NumPy would move the picked axis to the front
+            f"index of {node.describe()}: an index list and an int separated by a "
+            f"slice ({key!r}); index in two steps, e.g. x[:, 0][[1, 2]]"
+        )
+    dots = [n for n, k in enumerate(key) if k is Ellipsis]
+    consumed = [k is not None and k is not Ellipsis for k in key]
+    if dots and dots[0] < lists[0]:
+        axis = node.ndim - builtins.sum(consumed[lists[0] :])
+    else:
+        axis = builtins.sum(consumed[: lists[0]])
+    if not 0 <= axis < node.ndim:
+        raise ShapeError(f"too many indices for {node.describe()} of rank {node.ndim}")
+    n = node.shape[axis]
+    for i in picks.tolist():
+        if isinstance(n, int) and not -n <= i < n:
+            raise ShapeError(
+                f"index {i} is out of bounds for axis {axis} of {node.describe()} "
+                f"with size {n}"
+            )
+    parts = [_along(x, axis, slice(i, i + 1 or None)) for i in picks.tolist()]
+    rest = key[: lists[0]] + (slice(None),) + key[lists[0] + 1 :]
+    return concatenate(parts, axis)[rest]
+
+
+def tile(x: Expr, reps) -> Expr:
+    """NumPy's tile (torch's x.repeat): x repeated whole ``reps`` times along each axis."""
+    return _copies(x, reps, "sg.tile", inner=False)
+
+
+def repeat(x: Expr, repeats: int, axis=None) -> Expr:
+    """NumPy's repeat (torch's repeat_interleave): each entry ``repeats`` times in a row
+    along ``axis`` (of the flattened array without it)."""
+    node = _expr(x, "sg.repeat").node
+    if axis is None:
+        return repeat(reshape(x, (-1,)), repeats, 0)
+    (axis,) = ops.normalize_axes(node, operator.index(axis))
+    reps = [1] * node.ndim
+    reps[axis] = repeats
+    return _copies(x, reps, "sg.repeat", inner=True)
+
+
+def _copies(x: Expr, reps, what: str, inner: bool) -> Expr:
+    """Copies along each axis by broadcasting a new axis of size r next to it (after it
+    for ``inner``: entry by entry; before it: whole), then merging the two."""
+    reps = np.atleast_1d(reps).tolist()
+    if not all(isinstance(r, int) and r >= 1 for r in reps):
+        raise ShapeError(f"{what}: repetitions must be ints >= 1, not {reps}")
+    x = _expr(x, what)
+    x = x[(None,) * (len(reps) - x.ndim)]
+    reps = [1] * (x.ndim - len(reps)) + reps
+    for axis, r in enumerate(reps):
+        if r > 1:
+            shape = x.node.shape
+            new = axis + inner
+            spread = shape[:new] + (r,) + shape[new:]
+            merged = shape[:axis] + (r * shape[axis],) + shape[axis + 1 :]
+            x = reshape(broadcast_to(_along(x, new, None), spread), merged)
+    return x
+
+
+def split(x: Expr, indices_or_sections, axis: int = 0) -> list[Expr]:
+    """NumPy's split: into ``sections`` equal parts, or at the given indices."""
+    node = _expr(x, "sg.split").node
+    (axis,) = ops.normalize_axes(node, operator.index(axis))
+    n = node.shape[axis]
+    if isinstance(ops.python_int(indices_or_sections), int):
+        sections = ops.python_int(indices_or_sections)
+        part = sp.sympify(n) / sections if sections >= 1 else sp.nan
+        if not (part.is_integer and part.is_nonnegative):
+            raise ShapeError(
+                f"sg.split of {node.describe()}: axis {axis} of size {n} does not "
+                f"divide into {indices_or_sections} equal sections"
+            )
+        cuts = [as_dim(part * k) for k in range(1, sections)]
+    else:
+        cuts = list(indices_or_sections)
+    bounds = [None, *cuts, None]
+    return [_along(x, axis, slice(a, b)) for a, b in itertools.pairwise(bounds)]
+
+
+def tril(x: Expr, k: int = 0) -> Expr:
+    """NumPy's tril: the last two axes' entries on and below diagonal ``k``, others 0."""
+    return _triangle(x, k, "sg.tril", lambda row, col: col - row <= k)
+
+
+def triu(x: Expr, k: int = 0) -> Expr:
+    """NumPy's triu: the last two axes' entries on and above diagonal ``k``, others 0."""
+    return _triangle(x, k, "sg.triu", lambda row, col: col - row >= k)
+
+
+def _triangle(x: Expr, k: int, what: str, keep: Callable) -> Expr:
+    node = _expr(x, what).node
+    if node.ndim < 2:
+        raise ShapeError(f"{what} of {node.describe()}: it needs at least 2 axes")
+    operator.index(k)
+    rows, cols = node.shape[-2:]
+    row = cumsum(Expr(ops.const(1, (rows, 1))), axis=0)  # 1, 2, ..., rows
+    col = cumsum(Expr(ops.const(1, (1, cols))), axis=1)
+    return where(keep(row, col), x, 0)
+
+
+def cumprod(x: Expr, axis=None) -> Expr:
+    """NumPy's cumprod along an axis of fixed size, as running products of the slices
+    (exact gradient where factors are 0, like sg.prod)."""
+    node = _expr(x, "sg.cumprod").node
+    if axis is None:
+        return cumprod(reshape(x, (-1,)), 0)
+    (axis,) = ops.normalize_axes(node, operator.index(axis))
+    n = node.shape[axis]
+    if not isinstance(n, int) or not 0 < n <= _PROD_MAX:
+        raise ShapeError(
+            f"sg.cumprod of {node.describe()} along axis {axis} of size {n}: it needs a "
+            f"fixed size from 1 to {_PROD_MAX}; for positive x, "
+            "sg.exp(sg.cumsum(sg.log(x), axis)) is the running product over any axis"
+        )
+    running = [_along(x, axis, slice(0, 1))]
+    for i in range(1, n):
+        running.append(running[-1] * _along(x, axis, slice(i, i + 1)))
+    return concatenate(running, axis)
+
+
+def gelu(x, approximate: str = "none") -> Expr:
+    """torch's GELU, x Phi(x), exact through erf or with ``approximate="tanh"``."""
+    if approximate == "tanh":
+        c = sp.sqrt(2 / sp.pi)
+        return _elementwise(
+            lambda u: u * (1 + sp.tanh(c * (u + u**3 * 0.044715))) / 2, x
+        )
+    if approximate != "none":
+        raise ValueError(
+            f"sg.gelu: approximate must be 'none' or 'tanh', not {approximate!r}"
+        )
+    return _elementwise(lambda u: u * (1 + sp.erf(u / sp.sqrt(2))) / 2, x)
+
+
+def silu(x) -> Expr:
+    """torch's SiLU (swish), x sigmoid(x)."""
+    return _elementwise(lambda u: u * ew.sigmoid(u), x)
+
+
 def _along(x: Expr, axis: int, key) -> Expr:
     """x[..., key] with ``key`` (an int, slice or None) at position ``axis``."""
     return x[(slice(None),) * axis + (key,)]
@@ -1024,6 +1198,7 @@ class Model:
         """
         dims = []
         for d in (shape,) if isinstance(shape, (int, str)) else shape:
+            d = d.size if is_size(d) else d  # x.shape[0], 2 * x.shape[0]
             if isinstance(d, sp.Symbol):
                 d = d.name  # the model's own symbol, whatever assumptions d carries
             elif isinstance(d, sp.Expr) and not d.is_Integer:
@@ -1240,3 +1415,32 @@ class Model:
             else per_sample
         )
         return m
+
+
+def _numpy_keywords(fn: Callable) -> Callable:
+    """torch's dim= and keepdim= are NumPy's axis= and keepdims=: say so, where Python
+    would only say "unexpected keyword argument"."""
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        for torch_name, numpy_name in (("dim", "axis"), ("keepdim", "keepdims")):
+            if torch_name in kwargs:
+                raise TypeError(
+                    f"{'x' if '.' in fn.__qualname__ else 'sg'}.{fn.__name__}() takes "
+                    f"NumPy's {numpy_name}=, not torch's {torch_name}="
+                )
+        return fn(*args, **kwargs)
+
+    return checked
+
+
+def _takes_axis(fn) -> bool:
+    return inspect.isfunction(fn) and "axis" in inspect.signature(fn).parameters
+
+
+for _name, _fn in list(globals().items()):
+    if _takes_axis(_fn) and _fn.__module__ == __name__:
+        globals()[_name] = _numpy_keywords(_fn)
+for _name, _fn in list(vars(Expr).items()):
+    if _takes_axis(_fn):
+        setattr(Expr, _name, _numpy_keywords(_fn))

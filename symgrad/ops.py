@@ -284,7 +284,7 @@ def normalize_index(a: Node, key) -> tuple:
         elif isinstance(k, slice):
             dim = next(dims)
             start, stop = _from_end(k.start, dim), _from_end(k.stop, dim, stop=True)
-            start, stop, step = map(_python_int, (start, stop, k.step))
+            start, stop, step = map(python_int, (start, stop, k.step))
             for part in (start, stop, step):
                 if part is not None and (
                     isinstance(part, bool) or not isinstance(part, int)
@@ -296,8 +296,8 @@ def normalize_index(a: Node, key) -> tuple:
             if step == 0:
                 raise ShapeError(f"index of {a.describe()}: slice step cannot be zero")
             spec.append(("slice", start, stop, step))
-        elif is_size(k) or isinstance(_python_int(k), int) and not isinstance(k, bool):
-            k = _python_int(_from_end(k, next(dims)))  # x[:, T - 1]: x[:, -1]
+        elif is_size(k) or isinstance(python_int(k), int) and not isinstance(k, bool):
+            k = python_int(_from_end(k, next(dims)))  # x[:, T - 1]: x[:, -1]
             if not isinstance(k, int):
                 raise ShapeError(
                     f"index of {a.describe()}: an index from a size must be the "
@@ -312,7 +312,7 @@ def normalize_index(a: Node, key) -> tuple:
     return tuple(spec)
 
 
-def _python_int(x):
+def python_int(x):
     """NumPy's integers (np.int64(2), from a loop over np.arange) as Python's."""
     if isinstance(x, numbers.Integral) and not isinstance(x, bool):
         return int(x)

@@ -123,8 +123,14 @@ def test_gather_needs_an_integer_index():
 def test_constant_index_arrays_are_a_clear_error():
     m = sg.Model("m")
     W = m.param("W", (2, 3))
-    for key in ([0, 1], np.array([0, 1]), (np.array([0, 1]), ...), (..., np.array(0))):
-        with pytest.raises(sg.ShapeError, match=r"unsupported index .*int64 input"):
+    with pytest.raises(sg.ShapeError, match=r"unsupported index .*int64 input"):
+        W[..., np.array(0)]
+    for key in (
+        np.array([[0, 1]]),
+        ([0, 1], [1, 2]),
+        [0.0, 1.0],
+    ):  # (lists: test_porting)
+        with pytest.raises(sg.ShapeError, match=r"one non-empty list of ints"):
             W[key]
 
 
@@ -227,7 +233,7 @@ def test_numpy_functions_on_expressions_name_the_sg_twin():
         with pytest.raises(TypeError, match=f"numpy.{fn.__name__} .*; use {twin}"):
             fn(x, 0, 1) if fn is np.clip else fn([x, x])
     with pytest.raises(TypeError, match="use sg's functions"):
-        np.cumprod(x)
+        np.sort(x)
     with pytest.raises(ValueError, match="sg.clip needs a_min or a_max"):
         sg.clip(x)
 

@@ -1,0 +1,331 @@
+"""What a PyTorch porter writes, with NumPy's names: sg.tile (torch's x.repeat),
+sg.repeat (repeat_interleave), sg.split (torch.split / chunk), sg.tril / sg.triu,
+sg.cumprod, sg.gelu (exact and tanh), sg.silu and indexing by a list of ints
+(x[:, [0, 2]]), against PyTorch (float64) and central differences, at fixed and at
+symbolic sizes; their Hessians and unrolled code; and the errors and hints a porter
+meets (torch's dim= and keepdim=, x.repeat, bad lists and repetitions).
+"""
+
+import numpy as np
+import pytest
+from helpers import (
+    assert_matches_central_differences,
+    assert_second_order_agrees,
+    check,
+    compile_module,
+    spy_unrolled,
+)
+
+import symgrad as sg
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+# Each case: name -> (param shapes, sg function, torch function); a result that is not
+# a scalar is an output (compared entry by entry) and enters the loss as sum(sin(y) y).
+CASES = {
+    "tile_2d": (
+        {"x": ("n", 3)},
+        lambda p: sg.tile(p["x"], (2, 3)),
+        lambda p: p["x"].repeat(2, 3),
+    ),
+    "tile_int_and_new_axes": (
+        {"x": (2, "n")},
+        lambda p: sg.tile(p["x"], (3, 1, 2)),
+        lambda p: p["x"].repeat(3, 1, 2),
+    ),
+    "tile_int": (
+        {"x": ("n",)},
+        lambda p: sg.tile(p["x"], 3),
+        lambda p: p["x"].repeat(3),
+    ),
+    "repeat_axis": (
+        {"x": ("n", 3)},
+        lambda p: sg.repeat(p["x"], 2, axis=1),
+        lambda p: p["x"].repeat_interleave(2, dim=1),
+    ),
+    "repeat_axis0_negative": (
+        {"x": ("n", 2, 3)},
+        lambda p: sg.repeat(p["x"], 3, axis=-3),
+        lambda p: p["x"].repeat_interleave(3, dim=0),
+    ),
+    "repeat_flat": (
+        {"x": (2, "n")},
+        lambda p: sg.repeat(p["x"], 2),
+        lambda p: p["x"].repeat_interleave(2),
+    ),
+    "split_sections": (
+        {"x": ("n", 6)},
+        lambda p: _weighted_parts(sg.split(p["x"], 3, axis=1)),
+        lambda p: _weighted_parts(torch.chunk(p["x"], 3, dim=1)),
+    ),
+    "split_indices": (
+        {"x": ("n", 7)},
+        lambda p: _weighted_parts(sg.split(p["x"], [2, 3, 5], axis=-1)),
+        lambda p: _weighted_parts(torch.split(p["x"], [2, 1, 2, 2], dim=-1)),
+    ),
+    "split_symbolic_axis_at_indices": (
+        {"x": ("n", 2)},
+        lambda p: _weighted_parts(sg.split(p["x"], [1, 3])),
+        lambda p: _weighted_parts(
+            torch.split(p["x"], [1, 2, p["x"].shape[0] - 3], dim=0)
+        ),
+    ),
+    "tril": (
+        {"x": ("n", "n")},
+        lambda p: sg.tril(p["x"]),
+        lambda p: torch.tril(p["x"]),
+    ),
+    "triu_k1_batched_rectangular": (
+        {"x": (2, "n", 5)},
+        lambda p: sg.triu(p["x"], k=1),
+        lambda p: torch.triu(p["x"], diagonal=1),
+    ),
+    "tril_negative_k": (
+        {"x": (4, "n")},
+        lambda p: sg.tril(p["x"], -2),
+        lambda p: torch.tril(p["x"], -2),
+    ),
+    "causal_mask_attention": (
+        {"x": ("n", "n")},
+        lambda p: sg.softmax(
+            sg.where(sg.triu(sg.ones_like(p["x"]), 1) > 0, -1e9, p["x"]), axis=-1
+        ),
+        lambda p: torch.softmax(
+            p["x"].masked_fill(torch.triu(torch.ones_like(p["x"]), 1) > 0, -1e9),
+            dim=-1,
+        ),
+    ),
+    "cumprod": (
+        {"x": ("n", 4)},
+        lambda p: sg.cumprod(p["x"], axis=1),
+        lambda p: torch.cumprod(p["x"], dim=1),
+    ),
+    "cumprod_flat": (
+        {"x": (2, 3)},
+        lambda p: p["x"].reshape(-1)[None, :] * sg.cumprod(p["x"]),
+        lambda p: p["x"].reshape(-1)[None, :] * torch.cumprod(p["x"].reshape(-1), 0),
+    ),
+    "gelu": (
+        {"x": ("n", 3)},
+        lambda p: sg.gelu(p["x"]),
+        lambda p: F.gelu(p["x"]),
+    ),
+    "gelu_tanh": (
+        {"x": ("n", 3)},
+        lambda p: sg.gelu(p["x"], approximate="tanh"),
+        lambda p: F.gelu(p["x"], approximate="tanh"),
+    ),
+    "silu": (
+        {"x": ("n", 3)},
+        lambda p: sg.silu(p["x"]),
+        lambda p: F.silu(p["x"]),
+    ),
+    "pick_columns": (
+        {"x": ("n", 4)},
+        lambda p: p["x"][:, [3, 0, 0, -2]],
+        lambda p: p["x"][:, [3, 0, 0, -2]],
+    ),
+    "pick_rows_then_slice": (
+        {"x": (5, "n")},
+        lambda p: p["x"][[4, 1], 1:],
+        lambda p: p["x"][[4, 1], 1:],
+    ),
+    "pick_with_ellipsis_and_new_axis": (
+        {"x": (2, "n", 3)},
+        lambda p: p["x"][None, ..., np.array([2, 0])],
+        lambda p: p["x"][None, ..., [2, 0]],
+    ),
+    "pick_next_to_an_int": (
+        {"x": (3, 4, "n")},
+        lambda p: p["x"][1, [0, 2]] + p["x"][:, 0, [1, 2]].sum(),
+        lambda p: p["x"][1, [0, 2]] + p["x"][:, 0, [1, 2]].sum(),
+    ),
+    "pick_symbolic_axis": (
+        {"x": ("n", 2)},
+        lambda p: p["x"][[0, -1, 1]],
+        lambda p: p["x"][[0, -1, 1]],
+    ),
+}
+SIZES = {"n": 4}
+
+
+def _weighted_parts(parts):
+    """Each part weighted differently, so parts swapped or misplaced change the loss."""
+    total = 0
+    for k, part in enumerate(parts):
+        total = total + (k + 1.5) * (part * part).sum() + (part * (k - 1.0)).sum()
+    return total
+
+
+def _is_scalar(value):
+    return not isinstance(value, (sg.Expr, torch.Tensor)) or not value.ndim
+
+
+def build(name, hessian=False, n=SIZES["n"]):
+    shapes, sg_fn, torch_fn = CASES[name]
+    m = sg.Model(name, hessian=hessian)
+    params = {k: m.param(k, shape) for k, shape in shapes.items()}
+    out = sg_fn(params)
+    if not _is_scalar(out):
+        m.output("out", out)
+        out = sg.sum(sg.sin(out) * out)
+    m.loss(out)
+
+    def reference(t, _):
+        y = torch_fn(t)
+        if _is_scalar(y):
+            return y, {}
+        return (torch.sin(y) * y).sum(), {"out": y}
+
+    rng = np.random.default_rng(len(name))
+    data = {
+        k: rng.standard_normal(tuple(n if d == "n" else d for d in shape))
+        for k, shape in shapes.items()
+    }
+    return m, reference, data, {}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_agrees_with_torch_and_differences(name):
+    m, reference, params, inputs = build(name)
+    module = compile_module(m)
+    check(module, reference, params, inputs)
+    assert_matches_central_differences(module, params, inputs)
+
+
+@pytest.mark.parametrize("n", [3, 7])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tile_2d",
+        "repeat_flat",
+        "split_symbolic_axis_at_indices",
+        "tril",
+        "pick_symbolic_axis",
+    ],
+)
+def test_one_module_serves_other_sizes(name, n):
+    module = compile_module(build(name)[0])
+    _, reference, params, inputs = build(name, n=n)
+    check(module, reference, params, inputs)
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "silu", "cumprod", "tile_2d"])
+def test_hessian_agrees_with_torch(name):
+    m, reference, params, inputs = build(name, hessian=True)
+    module = compile_module(m)
+    assert_second_order_agrees(module, reference, params, inputs, scaled=True)
+
+
+@pytest.mark.parametrize(
+    "name", ["tril", "repeat_axis", "pick_columns", "split_indices", "gelu_tanh"]
+)
+def test_unrolled(name):
+    m, reference, params, inputs = build(name)
+    m.unroll(n=SIZES["n"])
+    module = compile_module(m)
+    calls, restore = spy_unrolled(module)
+    try:
+        check(module, reference, params, inputs)
+    finally:
+        restore()
+    assert len(set(calls)) == 1 and " raised " not in calls[0], calls
+
+
+def test_cumprod_gradient_exact_at_zero_factors():
+    m, reference, params, _ = build("cumprod")
+    params["x"][1, 1] = 0.0
+    params["x"][2, [0, 2]] = 0.0
+    params["x"][3, :] = 0.0
+    _, reference, _, inputs = build("cumprod")
+    check(compile_module(m), reference, params, inputs)
+
+
+def test_gelu_far_tails_match_torch():
+    m, reference, params, inputs = build("gelu")
+    params["x"][0] = [-40.0, 30.0, -8.0]
+    check(compile_module(m), reference, params, inputs)
+
+
+def test_tile_and_split_shapes_follow_symbolic_sizes():
+    m = sg.Model("shapes")
+    x = m.param("x", ("n", 6))
+    assert sg.tile(x, (2, 1)).shape == (2 * x.shape[0], 6)
+    assert sg.repeat(x, 3, axis=0).shape == (3 * x.shape[0], 6)
+    assert [p.shape for p in sg.split(x, 3, axis=1)] == [(x.shape[0], 2)] * 3
+    assert [p.shape[0] for p in sg.split(x, [1], axis=0)] == [1, x.shape[0] - 1]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda x: x[:, [True, False, True]], "for a mask use sg.where"),
+        (lambda x: x[[0, 1], [1, 2]], "one non-empty list of ints"),
+        (lambda x: x[:, []], "one non-empty list of ints"),
+        (lambda x: x[:, [0.5]], "one non-empty list of ints"),
+        (lambda x: x[[0, 3], :], "index 3 is out of bounds for axis 0"),
+        (lambda x: x[:, [-4]], "index -4 is out of bounds for axis 1"),
+        (lambda x: x[[0, 1], :, 0], "separated by a slice"),
+        (lambda x: x[1, :, [0, 1]], "separated by a slice"),
+        (lambda x: sg.tile(x, (2, 0)), "repetitions must be ints >= 1"),
+        (lambda x: sg.repeat(x, 1.5, axis=0), "repetitions must be ints >= 1"),
+        (lambda x: sg.split(x, 2, axis=1), "does not divide into 2 equal sections"),
+        (lambda x: sg.split(x, 2, axis=3), "axis 3 is out of range"),
+        (lambda x: sg.tril(x[0, 0]), "needs at least 2 axes"),
+        (lambda x: sg.cumprod(x, axis=2), "fixed size from 1 to 32"),
+        (lambda x: sg.gelu(x, approximate="erf"), "must be 'none' or 'tanh'"),
+    ],
+)
+def test_porting_errors_name_the_problem(make, message):
+    m = sg.Model("errors")
+    x = m.param("x", (3, 3, "n"))
+    with pytest.raises((sg.ShapeError, ValueError)) as error:
+        make(x)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda x: sg.sum(x, dim=1), "sg.sum() takes NumPy's axis=, not torch's dim="),
+        (lambda x: x.mean(dim=0), "x.mean() takes NumPy's axis="),
+        (lambda x: x.max(1, keepdim=True), "x.max() takes NumPy's keepdims="),
+        (lambda x: sg.softmax(x, dim=-1), "sg.softmax() takes NumPy's axis="),
+        (lambda x: sg.cumsum(x, dim=0), "sg.cumsum() takes NumPy's axis="),
+    ],
+)
+def test_torch_keywords_name_numpys(make, message):
+    m = sg.Model("keywords")
+    x = m.param("x", (2, 3))
+    with pytest.raises(
+        TypeError, match=message.replace("(", r"\(").replace(")", r"\)")
+    ):
+        make(x)
+
+
+@pytest.mark.parametrize(
+    "method, hint",
+    [
+        ("repeat", "sg.tile(x, reps) (torch's x.repeat is NumPy's tile)"),
+        ("repeat_interleave", "sg.repeat(x, repeats, axis)"),
+        ("expand", "sg.broadcast_to(x, shape)"),
+        ("chunk", "sg.split(x, sections, axis)"),
+    ],
+)
+def test_torch_methods_name_numpys_functions(method, hint):
+    m = sg.Model("methods")
+    x = m.param("x", (2, 3))
+    with pytest.raises(AttributeError) as error:
+        getattr(x, method)(2)
+    assert hint in str(error.value)
+
+
+def test_signatures_stay_readable():
+    """The keyword check wraps the functions: help() still shows NumPy's parameters."""
+    import inspect
+
+    assert list(inspect.signature(sg.sum).parameters) == ["x", "axis", "keepdims"]
+    assert list(inspect.signature(sg.Expr.max).parameters)[1:] == ["axis", "keepdims"]
+    assert sg.softmax.__doc__ == sg.model.softmax.__wrapped__.__doc__
