@@ -3,30 +3,42 @@ matmuls, so its derivatives are theirs."""
 
 from __future__ import annotations
 
+import string
+
 from .ir import ShapeError
-from .model import Expr, _expr, transpose
+from .model import Expr, _expr, positions, transpose, where
 from .model import sum as _sum
 
 
 def einsum(subscripts: str, *operands: Expr) -> Expr:
-    """NumPy's einsum, without ``...`` or a letter repeated in one operand: a pair of
-    operands with one contracted letter is a matmul; others multiply and sum. More than
-    two operands contract left to right."""
+    """NumPy's einsum: a pair of operands with one contracted letter is a matmul;
+    others multiply and sum. More than two operands contract left to right; ``...``
+    is lettered, and a letter repeated in one operand takes the diagonal."""
     inputs, arrow, output = subscripts.replace(" ", "").partition("->")
     terms = inputs.split(",")
-    if not arrow:  # implicit output: the letters seen once, in order
-        output = "".join(sorted(c for c in set(inputs) - {","} if inputs.count(c) == 1))
     if len(terms) != len(operands):
         raise ValueError(
             f"sg.einsum {subscripts!r}: {len(terms)} terms, {len(operands)} operands"
         )
+    operands = [_expr(x, "sg.einsum") for x in operands]
+    terms, operands, dots = _lettered(subscripts, terms, operands)
+    if not arrow:  # implicit output: ``...``, then the letters seen once, in order
+        once = [c for c in set("".join(terms)) - set(dots) if inputs.count(c) == 1]
+        output = dots + "".join(sorted(once))
+    elif "..." in output:
+        output = output.replace("...", dots)
+    elif dots:
+        raise ShapeError(
+            f"sg.einsum {subscripts!r}: the output needs '...' for the axes the "
+            "inputs' '...' stands for"
+        )
     sizes = {}
     for term, x in zip(terms, operands, strict=True):
-        shape = _expr(x, "sg.einsum").node.shape
-        if not term.isalpha() or len(set(term)) != len(term) or len(term) != len(shape):
+        shape = x.node.shape
+        if not term.isalpha() or len(term) != len(shape):
             raise ShapeError(
                 f"sg.einsum {subscripts!r}: {term!r} must name each of the "
-                f"{len(shape)} axes of {x.node.describe()} by a letter of its own"
+                f"{len(shape)} axes of {x.node.describe()} by a letter"
             )
         for letter, d in zip(term, shape, strict=True):
             if sizes.setdefault(letter, d) != d:
@@ -36,6 +48,7 @@ def einsum(subscripts: str, *operands: Expr) -> Expr:
                 )
     if not set(output) <= set(sizes) or len(set(output)) != len(output):
         raise ShapeError(f"sg.einsum {subscripts!r}: bad output {output!r}")
+    terms, operands = zip(*map(_diagonal, terms, operands), strict=True)
     term, x = terms[0], operands[0]
     for k in range(1, len(terms)):
         needed = set(output).union(*terms[k + 1 :])
@@ -81,3 +94,52 @@ def _aligned(term: str, x: Expr, full: str) -> Expr:
     """x's axes in ``full``'s order, with new axes for the letters it lacks."""
     x = _summed_to(term, x, "".join(c for c in full if c in term))
     return x[tuple(slice(None) if c in term else None for c in full)]
+
+
+def _lettered(subscripts: str, terms: list, operands: list) -> tuple:
+    """Each term's ``...`` spelled with unused letters, right-aligned across operands as
+    NumPy broadcasts them; an axis of size 1 against a longer one is dropped (it
+    broadcasts). Returns the terms, the operands and the letters of the widest ``...``.
+    """
+    spare = [c for c in string.ascii_letters if c not in subscripts]
+    widths = [x.ndim - len(t) + 3 for t, x in zip(terms, operands, strict=True)]
+    width = max(
+        (w for t, w in zip(terms, widths, strict=True) if "..." in t), default=0
+    )
+    dots = "".join(spare[:width])
+    terms = [
+        t.replace("...", dots[width - w :]) if "..." in t else t
+        for t, w in zip(terms, widths, strict=True)
+    ]
+    longest = {}
+    for t, x in zip(terms, operands, strict=True):
+        for c, d in zip(t, x.node.shape, strict=False):
+            if c in dots and d != 1:
+                longest.setdefault(c, d)
+    for k, (t, x) in enumerate(zip(terms, operands, strict=True)):
+        ones = [
+            n
+            for n, c in enumerate(t)
+            if c in longest and n < x.ndim and x.node.shape[n] == 1
+        ]
+        if ones:
+            terms[k] = "".join(c for n, c in enumerate(t) if n not in ones)
+            operands[k] = x[
+                tuple(0 if n in ones else slice(None) for n in range(x.ndim))
+            ]
+    return terms, operands, dots
+
+
+def _diagonal(term: str, x: Expr) -> tuple[str, Expr]:
+    """A letter repeated in one operand (``ii``): the entries where those axes agree,
+    as a sum with the identity's mask."""
+    for c in sorted(set(term), key=term.index):
+        while term.count(c) > 1:
+            p, q = term.index(c), term.index(c, term.index(c) + 1)
+            row, col = positions(x.node.shape[p], x.node.shape[q])
+            eye = where(row == col, 1.0, 0.0)
+            eye = eye[
+                tuple(slice(None) if n in (p, q) else None for n in range(x.ndim))
+            ]
+            x, term = _sum(x * eye, axis=q), term[:q] + term[q + 1 :]
+    return term, x

@@ -944,10 +944,15 @@ def _triangle(x: Expr, k: int, what: str, keep: Callable) -> Expr:
     if node.ndim < 2:
         raise ShapeError(f"{what} of {node.describe()}: it needs at least 2 axes")
     operator.index(k)
-    rows, cols = node.shape[-2:]
-    row = cumsum(Expr(ops.const(1, (rows, 1))), axis=0)  # 1, 2, ..., rows
+    return where(keep(*positions(*node.shape[-2:])), x, 0)
+
+
+def positions(rows, cols) -> tuple[Expr, Expr]:
+    """The row and the column number (from 1) of each entry of a (rows, cols) matrix,
+    as a column and a row that broadcast: triangles and diagonals are comparisons."""
+    row = cumsum(Expr(ops.const(1, (rows, 1))), axis=0)
     col = cumsum(Expr(ops.const(1, (1, cols))), axis=1)
-    return where(keep(row, col), x, 0)
+    return row, col
 
 
 def cumprod(x: Expr, axis=None) -> Expr:

@@ -1187,8 +1187,9 @@ def test_einsum_attention_scores_hessian_and_errors():
     }
     assert_second_order_agrees(compile_module(m), reference, params, inputs)
     for subscripts, operands, pattern in [
-        ("ii->i", [q[:, :2]], "by a letter of its own"),
-        ("...d,td->t", [q, k], "by a letter of its own"),
+        ("qdd,td->t", [q, k], "must name each of the 2 axes of q by a letter"),
+        ("...d,td->t", [q, k], "the output needs '...'"),
+        ("i1,td->t", [q, k], "by a letter"),
         ("qd,tq->t", [q, k], "q is 2 in one operand and 3"),
         ("qd,td->qt", [q], "2 terms, 1 operands"),
         ("qd,td->qz", [q, k], "bad output 'qz'"),

@@ -1,7 +1,7 @@
 """What a PyTorch porter writes, with NumPy's names: sg.tile (torch's x.repeat),
 sg.repeat (repeat_interleave), sg.split (torch.split / chunk), sg.tril / sg.triu,
-sg.cumprod, sg.gelu (exact and tanh), sg.silu and indexing by a list of ints
-(x[:, [0, 2]]), against PyTorch (float64) and central differences, at fixed and at
+sg.cumprod, sg.gelu (exact and tanh), sg.silu, indexing by a list of ints
+(x[:, [0, 2]]) and sg.einsum's ``...`` and repeated letters (traces, diagonals), against PyTorch (float64) and central differences, at fixed and at
 symbolic sizes; their Hessians and unrolled code; and the errors and hints a porter
 meets (torch's dim= and keepdim=, x.repeat, bad lists and repetitions).
 """
@@ -142,6 +142,28 @@ CASES = {
         lambda p: p["x"][1, [0, 2]] + p["x"][:, 0, [1, 2]].sum(),
         lambda p: p["x"][1, [0, 2]] + p["x"][:, 0, [1, 2]].sum(),
     ),
+    "einsum_batched_ellipsis": (
+        {"a": ("n", 2, 3), "b": (3, 4)},
+        lambda p: sg.einsum("...ij,...jk->...ik", p["a"], p["b"]),
+        lambda p: torch.einsum("...ij,...jk->...ik", p["a"], p["b"]),
+    ),
+    "einsum_implicit_ellipsis_broadcast_one": (
+        {"a": (2, "n", 3), "b": (1, 3)},
+        lambda p: sg.einsum("...i,...i", p["a"], p["b"]),
+        lambda p: torch.einsum("...i,...i", p["a"], p["b"]),
+    ),
+    "einsum_trace": (
+        {"a": ("n", "n")},
+        lambda p: sg.einsum("ii", p["a"]) * sg.einsum("ij,ji", p["a"], p["a"]),
+        lambda p: torch.einsum("ii", p["a"]) * torch.einsum("ij,ji", p["a"], p["a"]),
+    ),
+    "einsum_diagonals": (
+        {"a": (2, "n", "n"), "b": (3, 3, 2)},
+        lambda p: sg.einsum("bii->bi", p["a"]).sum(1, keepdims=True)
+        * sg.einsum("iij->ji", p["b"]),
+        lambda p: torch.einsum("bii->bi", p["a"]).sum(1, keepdim=True)
+        * torch.einsum("iij->ji", p["b"]),
+    ),
     "pick_symbolic_axis": (
         {"x": ("n", 2)},
         lambda p: p["x"][[0, -1, 1]],
@@ -276,6 +298,8 @@ def test_tile_and_split_shapes_follow_symbolic_sizes():
         (lambda x: sg.tril(x[0, 0]), "needs at least 2 axes"),
         (lambda x: sg.cumprod(x, axis=2), "fixed size from 1 to 32"),
         (lambda x: sg.gelu(x, approximate="erf"), "must be 'none' or 'tanh'"),
+        (lambda x: sg.einsum("...i->i", x), "the output needs '...'"),
+        (lambda x: sg.einsum("ijj", x), "j is 3 in one operand and n in another"),
     ],
 )
 def test_porting_errors_name_the_problem(make, message):
