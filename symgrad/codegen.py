@@ -594,7 +594,7 @@ def _unpack(model) -> tuple[list[str], list[str]]:
     lines, bound = [], []
     for group, arrays in (("params", model.params), ("inputs", model.inputs)):
         for name, node in arrays.items():
-            kind = "an integer" if node.dtype == "int64" else "a float"
+            kind = {"int64": "an integer", "bool": "a bool"}.get(node.dtype, "a float")
             new = {d.name for d in node.shape if isinstance(d, sp.Symbol)} - set(bound)
             if new:  # shape[k] is only valid once the rank is known
                 tests = [f"{name}.ndim != {node.ndim}"] + [
@@ -606,6 +606,8 @@ def _unpack(model) -> tuple[list[str], list[str]]:
                 tests = [f"{name}.shape != {format_shape(node.shape)}"]
             if node.dtype == "int64":
                 tests.append(f'{name}.dtype.kind not in "iu"')
+            if node.dtype == "bool":
+                tests.append(f'{name}.dtype.kind != "b"')
             shown = [
                 (
                     f"{d}={{{d}}}"

@@ -233,6 +233,15 @@ class Expr:
     def __ne__(self, o):
         return _compare(sp.Ne, self, o)  # noqa: E704
 
+    def __and__(self, other):  # a bool input: mask & (x > 0)
+        return _condition(self, "&") & other
+
+    def __or__(self, other):
+        return _condition(self, "|") | other
+
+    def __invert__(self):
+        return ~_condition(self, "~")
+
     def __matmul__(self, other: Expr) -> Expr:
         return Expr(ops.matmul(*_values([self, _expr(other, "@")], "@")))
 
@@ -383,8 +392,7 @@ class Cond:
         self.relation, self.args = relation, args
 
     def _combine(self, other: Cond, fn) -> Cond:
-        if not isinstance(other, Cond):
-            raise TypeError(f"cannot combine a condition with {other!r}")
+        other = _condition(other, "combine with a condition")
         n = len(self.args)
         shifted = other.relation.xreplace(
             {ew.arg(i): ew.arg(n + i) for i in range(len(other.args))}
@@ -407,6 +415,18 @@ class Cond:
         )
 
 
+def _condition(x, what: str) -> Cond:
+    """A comparison, or a bool input (a mask) as the condition it is."""
+    if isinstance(x, Expr) and x.node.dtype == "bool":
+        return Cond(sp.Ne(ew.arg(0), 0), (x.node,))
+    if not isinstance(x, Cond):
+        raise TypeError(
+            f"{what} needs a comparison of expressions (x > 0) or a bool input, "
+            f"got {x!r}"
+        )
+    return x
+
+
 def _expr(x, what: str) -> Expr:
     if not isinstance(x, Expr):
         raise TypeError(f"{what} needs sg expressions, got {x!r}")
@@ -425,6 +445,11 @@ def _values(xs: Sequence[Expr], what: str) -> list[Node]:
             raise ModelError(
                 f"{what}: {x.node.describe()} is an int64 array (indices or labels) and "
                 "cannot be computed with; declare it with dtype='float64' instead"
+            )
+        if x.node.dtype == "bool":
+            raise ModelError(
+                f"{what}: {x.node.describe()} is a bool array (a mask) and cannot be "
+                "computed with; use it as a condition: sg.where(mask, x, 0)"
             )
     return [x.node for x in xs]
 
@@ -500,8 +525,7 @@ def _compare(relation, a, b) -> Cond:
 
 def where(cond: Cond, a, b) -> Expr:
     """``np.where``: ``a`` where ``cond`` holds, else ``b``; the gradient follows the branch."""
-    if not isinstance(cond, Cond):
-        raise TypeError("sg.where needs a comparison of expressions, e.g. x > 0")
+    cond = _condition(cond, "sg.where")
     n = len(cond.args)
     _values([x for x in (a, b) if isinstance(x, Expr)], "sg.where")
     symbols, nodes = _lift((a, b))
@@ -1219,10 +1243,11 @@ class Model:
 
     def input(self, name: str, shape=(), dtype: str = "float64") -> Expr:
         """A data array (a scalar by default, as for ``param``); ``dtype="int64"`` for
-        labels and index arrays."""
-        if dtype not in ("float64", "int64"):
+        labels and index arrays, ``"bool"`` for masks (conditions of sg.where)."""
+        if dtype not in ("float64", "int64", "bool"):
             raise ModelError(
-                f"input {name!r}: dtype must be 'float64' or 'int64', not {dtype!r}"
+                f"input {name!r}: dtype must be 'float64', 'int64' or 'bool', "
+                f"not {dtype!r}"
             )
         self._claim(name, "input")
         node = ops.leaf("input", name, self._shape(shape, name), dtype)

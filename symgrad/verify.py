@@ -319,6 +319,8 @@ def sample(model: Model, rng: np.random.Generator, dims: dict) -> tuple[dict, di
         shape = _concrete(n.shape, sizes)
         if n.dtype == "int64":
             inputs[name] = rng.integers(0, bounds.get(name, 2), size=shape)
+        elif n.dtype == "bool":
+            inputs[name] = rng.random(shape) < 0.5
         else:
             inputs[name] = rng.standard_normal(shape)
     return params, inputs

@@ -2,8 +2,9 @@
 sg.repeat (repeat_interleave), sg.split (torch.split / chunk), sg.tril / sg.triu,
 sg.cumprod, sg.gelu (exact and tanh), sg.silu, indexing by a list of ints
 (x[:, [0, 2]]) and sg.einsum's ``...`` and repeated letters (traces, diagonals), against PyTorch (float64) and central differences, at fixed and at
-symbolic sizes; their Hessians and unrolled code; and the errors and hints a porter
-meets (torch's dim= and keepdim=, x.repeat, bad lists and repetitions).
+symbolic sizes; bool inputs as masks (attention with causal and padding masks);
+their Hessians and unrolled code; and the errors and hints a porter meets (torch's
+dim= and keepdim=, x.repeat, bad lists and repetitions, arithmetic on a mask).
 """
 
 import numpy as np
@@ -353,3 +354,86 @@ def test_signatures_stay_readable():
     assert list(inspect.signature(sg.sum).parameters) == ["x", "axis", "keepdims"]
     assert list(inspect.signature(sg.Expr.max).parameters)[1:] == ["axis", "keepdims"]
     assert sg.softmax.__doc__ == sg.model.softmax.__wrapped__.__doc__
+
+
+# ------------------------------------------------------------------- bool masks
+
+
+def masked_attention_model():
+    """Causal self-attention with a key padding mask, both bool inputs, as torch's
+    masked_fill and a padded position's loss dropped by torch.where."""
+    m = sg.Model("masked_attention")
+    q, k = m.param("q", ("T", 4)), m.input("k", ("T", 4))
+    causal = m.input("causal", ("T", "T"), dtype="bool")
+    keep = m.input("keep", ("T",), dtype="bool")
+    scores = sg.where(causal & keep[None, :], q @ k.T, -1e9)
+    p = sg.softmax(scores, axis=-1)
+    m.output("p", p)
+    m.loss(sg.sum(sg.where(~keep | (p[:, 0] > 0.99), 0, sg.sum(p * scores, axis=1))))
+
+    def reference(t, i):
+        scores = t["q"] @ i["k"].T
+        scores = scores.masked_fill(~(i["causal"] & i["keep"][None, :]), -1e9)
+        p = torch.softmax(scores, -1)
+        drop = ~i["keep"] | (p[:, 0] > 0.99)
+        return torch.where(drop, 0.0, (p * scores).sum(1)).sum(), {"p": p}
+
+    return m, reference
+
+
+def masked_attention_data(T, seed=0):
+    rng = np.random.default_rng(seed)
+    keep = rng.random(T) < 0.7
+    keep[0] = True  # row 0 keeps its first key: no row is masked out entirely
+    params = {"q": rng.standard_normal((T, 4))}
+    causal = np.tril(np.ones((T, T), bool))
+    return params, {"k": rng.standard_normal((T, 4)), "causal": causal, "keep": keep}
+
+
+@pytest.mark.parametrize("T", [1, 5])
+def test_bool_masks_agree_with_torch(T):
+    m, reference = masked_attention_model()
+    module = compile_module(m)
+    params, inputs = masked_attention_data(T)
+    check(module, reference, params, inputs)
+    assert_matches_central_differences(module, params, inputs)
+
+
+def test_bool_masks_unrolled_and_verified():
+    from symgrad.verify import verify
+
+    m, reference = masked_attention_model()
+    m.unroll(T=3)
+    module = compile_module(m)
+    params, inputs = masked_attention_data(3, seed=1)
+    calls, restore = spy_unrolled(module)
+    try:
+        check(module, reference, params, inputs)
+    finally:
+        restore()
+    assert len(set(calls)) == 1 and " raised " not in calls[0], calls
+    report = verify(m, module)  # the tape, with random bool masks
+    assert all(row.tape_error < 1e-9 for row in report.rows.values()), report
+
+
+def test_bool_mask_errors_name_the_problem():
+    m = sg.Model("mask_errors")
+    x = m.param("x", (3,))
+    mask = m.input("mask", (3,), dtype="bool")
+    for compute in (lambda: mask * x, lambda: sg.sum(mask), lambda: -mask):
+        with pytest.raises(sg.ModelError, match=r"bool array \(a mask\).*sg.where"):
+            compute()
+    with pytest.raises(TypeError, match="needs a comparison .* or a bool input"):
+        sg.where(x, x, 0)
+    with pytest.raises(TypeError, match="needs a comparison .* or a bool input"):
+        (x > 0) & x
+    with pytest.raises(sg.ModelError, match="'float64', 'int64' or 'bool'"):
+        m.input("flag", (3,), dtype="bool_")
+    m.loss(sg.sum(sg.where(mask, x, 0)))
+    module = compile_module(m)
+    with pytest.raises(ValueError, match=r"inputs\['mask'\]: expected a bool array"):
+        module.value_and_grad({"x": np.ones(3)}, {"mask": np.ones(3)})
+    loss, grads = module.value_and_grad(
+        {"x": np.arange(3.0)}, {"mask": np.array([True, False, True])}
+    )
+    assert loss == 2.0 and grads["x"].tolist() == [1.0, 0.0, 1.0]
