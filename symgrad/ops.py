@@ -59,13 +59,13 @@ def map_(expr: sp.Expr, args: Sequence[Node] = (), shape: Shape | None = None) -
         expr = expr.xreplace(whole)
     if shape is None:
         shape = broadcast(*args)
-    others = [a for a in args if not broadcast_scalars(a)]
+    others = [a for a in args if not one_value(a)]
     if len(others) < len(args) and others and broadcast(*others) == tuple(shape):
         # an array of one value (a constant, the cotangent of a sum) whose shape the
         # others give anyway: its formula in this one, over its 0-d arguments
         args, formulas = list(args), {}
         for i, a in enumerate(tuple(args)):
-            if broadcast_scalars(a):
+            if one_value(a):
                 shift = {ew.arg(j): ew.arg(len(args) + j) for j in range(len(a.args))}
                 formulas[ew.arg(i)] = a.attrs[0].xreplace(shift)
                 args += a.args
@@ -90,6 +90,11 @@ def map_(expr: sp.Expr, args: Sequence[Node] = (), shape: Shape | None = None) -
         what = node.describe() if kept else f"the constant {expr}"
         raise ew.UnsupportedError(f"{what} is complex: a root or log of a negative?")
     return node
+
+
+def one_value(node: Node) -> bool:
+    """An array of one value or a 0-d constant (grad_loss = 1 in value_and_grad)."""
+    return broadcast_scalars(node) or is_const(node)
 
 
 def broadcast_scalars(node: Node) -> bool:

@@ -45,7 +45,7 @@ def fold_constants(roots: Sequence[Node]) -> list[Node]:
             and all(a.ndim == 0 for a in n.args[0].args)
         ):
             return ops.map_(n.args[0].attrs[0], n.args[0].args, n.shape)
-        if n.op == "map" and any(ops.broadcast_scalars(a) for a in n.args):
+        if n.op == "map" and any(map(ops.one_value, n.args)):
             return ops.map_(n.attrs[0], n.args, n.shape)
         return n
 
