@@ -322,6 +322,23 @@ def test_integer_powers_of_one_value_share_one_reciprocal():
     assert relative_error(grads["r"], ref_grads["r"]) <= 1e-12
 
 
+def trace_weighted():
+    """A product with grad_loss, which value_and_grad sets to 1 (once left as t6 = a)."""
+    m = sg.Model("trace_weighted")
+    x, a = m.param("x", ("n", "n")), m.param("a", ("n",))
+    m.loss(sg.sum(sg.einsum("ii->i", x) * a))
+    return m
+
+
+@pytest.mark.parametrize("build", [*all_models(), trace_weighted])
+def test_no_line_only_renames_a_value(build):
+    """``t4 = grad_h`` is only written to take over grad_h's buffer for in-place work."""
+    source, _ = generate(build())
+    aliases = re.findall(r"^ +(t\d+) = [A-Za-z_]\w*$", source, re.MULTILINE)
+    idle = [t for t in aliases if not re.search(rf"\b{t} [-+*/]= |out={t}\b", source)]
+    assert not idle, idle
+
+
 def test_named_values_are_never_overwritten_in_place():
     """A reviewer reading ``mu`` in the generated code should find the mean in it."""
     m = sg.Model("gaussian_nll")
