@@ -50,13 +50,7 @@ class Families(dict):
         """The unrolled function at the data's sizes gives the result (not NumPy's
         fallback, which would hide an exception in it)."""
         _, reference, params, inputs = self[name]()
-        module = self.module(name, unroll=True)
-        calls, restore = spy_unrolled(module)
-        try:
-            check(module, reference, params, inputs)
-        finally:
-            restore()
-        assert len(set(calls)) == 1 and " raised " not in calls[0], calls
+        check_unrolled(self.module(name, unroll=True), reference, params, inputs)
 
     def __hash__(self):  # one registry per round: cached by identity
         return id(self)
@@ -129,6 +123,20 @@ def check(module, reference, params, inputs, tol=1e-9):
     """``assert_agrees_with_torch`` at float64 accuracy, with a grad_loss other than 1 (a
     backward that ignored it would agree at 1): the new-user rounds' comparison."""
     assert_agrees_with_torch(module, reference, params, inputs, tol, grad_loss=-1.5)
+
+
+def check_unrolled(module, reference, params, inputs, name=None):
+    """``check`` through the unrolled function (``name``, if given): it ran and did not
+    raise (NumPy's fallback would hide an exception in it)."""
+    calls, restore = spy_unrolled(module)
+    try:
+        check(module, reference, params, inputs)
+    finally:
+        restore()
+    if name:
+        assert set(calls) == {name}, calls
+    else:
+        assert len(set(calls)) == 1 and " raised " not in calls[0], calls
 
 
 def torch_hessian(reference, params, inputs) -> np.ndarray:
