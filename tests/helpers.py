@@ -1,6 +1,10 @@
 """Helpers shared by the tests."""
 
 import functools
+import os
+import shutil
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +58,20 @@ class Families(dict):
 
     def __hash__(self):  # one registry per round: cached by identity
         return id(self)
+
+
+def symgrad_command() -> list[str]:
+    """The installed ``symgrad`` command (or the module, in a tree not installed)."""
+    exe = shutil.which("symgrad")
+    return [exe] if exe else [sys.executable, "-m", "symgrad.cli"]
+
+
+def run_cli(args, cwd, seed="0"):
+    """``symgrad ARGS`` in ``cwd`` under a fixed hash seed, its output captured."""
+    env = {**os.environ, "PYTHONHASHSEED": seed}
+    return subprocess.run(
+        [*symgrad_command(), *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
 
 
 def normal(rng, *shape, scale=1.0):

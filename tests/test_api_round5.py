@@ -9,16 +9,13 @@ is kept as a strict xfail with a one-line reason.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import compile_module, rel
+from helpers import compile_module, rel, run_cli
 
 import symgrad.cli
 from symgrad.cli import main
@@ -987,18 +984,6 @@ def build():
     return sg.Model.from_expr("formula", loss=loss, params=[p, q, r, s], inputs=[u, v],
                               reduce="sum")
 """
-
-
-def symgrad_command() -> list[str]:
-    exe = shutil.which("symgrad")
-    return [exe] if exe else [sys.executable, "-m", "symgrad.cli"]
-
-
-def run_cli(args, cwd, seed="0"):
-    env = {**os.environ, "PYTHONHASHSEED": seed}
-    return subprocess.run(
-        [*symgrad_command(), *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
 
 
 def test_generated_bytes_do_not_depend_on_the_hash_seed(tmp_path):

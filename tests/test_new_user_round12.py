@@ -19,9 +19,7 @@ whose reason is the diagnosis.
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +34,7 @@ from helpers import (
     compile_module,
     normal,
     rel,
+    run_cli,
     spy_unrolled,
 )
 
@@ -790,18 +789,6 @@ def _readme_block(start: str) -> str:
     )
     assert match, start
     return match.group(1)
-
-
-def symgrad_command() -> list[str]:
-    exe = shutil.which("symgrad")
-    return [exe] if exe else [sys.executable, "-m", "symgrad.cli"]
-
-
-def run_cli(args, cwd, seed="0"):
-    env = {**os.environ, "PYTHONHASHSEED": seed}
-    return subprocess.run(
-        [*symgrad_command(), *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
 
 
 def test_the_readme_walkthrough_builds_checks_and_trains_like_torch(tmp_path):

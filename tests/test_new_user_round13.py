@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import re
-import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -37,6 +33,7 @@ from helpers import (
     first_along,
     normal,
     rel,
+    run_cli,
 )
 
 import symgrad as sg
@@ -1307,18 +1304,6 @@ def test_hessian_builds_are_deterministic(name):
 
 
 # ===================================================================== 6. the command line
-
-
-def symgrad_command() -> list[str]:
-    exe = shutil.which("symgrad")
-    return [exe] if exe else [sys.executable, "-m", "symgrad.cli"]
-
-
-def run_cli(args, cwd, seed="0"):
-    env = {**os.environ, "PYTHONHASHSEED": seed}
-    return subprocess.run(
-        [*symgrad_command(), *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
 
 
 CLASSIFIER_FILE = """

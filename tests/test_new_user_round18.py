@@ -26,11 +26,7 @@ torch's gradients are 0, and sg.max(a, b) and math.exp(x) gave no hint.
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -43,6 +39,7 @@ from helpers import (
     first_along,
     normal,
     rel,
+    run_cli,
     torch_twin,
 )
 
@@ -1061,18 +1058,6 @@ def test_generating_twice_gives_identical_source(name, hessian):
 
 
 # ===================================================================== 5. the command line
-
-
-def symgrad_command() -> list[str]:
-    exe = shutil.which("symgrad")
-    return [exe] if exe else [sys.executable, "-m", "symgrad.cli"]
-
-
-def run_cli(args, cwd, seed="0"):
-    env = {**os.environ, "PYTHONHASHSEED": seed}
-    return subprocess.run(
-        [*symgrad_command(), *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
 
 
 CHAIN_FILE = """
