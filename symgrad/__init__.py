@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _API = {
     "symgrad.model": (
         "Cond Expr Model ModelError abs arccos arccosh arcsin arcsinh arctan arctan2 arctanh "
-        "broadcast_to clip concatenate cos cosh cumprod cumsum diff dot elementwise erf erfc "
+        "broadcast_to clip concatenate cos cosh cross cumprod cumsum diff dot elementwise erf erfc "
         "exp expand_dims expm1 flip full_like gelu log log10 log1p log2 log_softmax "
         "logaddexp logsumexp matmul max maximum mean min minimum moveaxis norm ones_like "
         "outer pad prod relu repeat reshape roll sigmoid sign silu sin sinh softmax "

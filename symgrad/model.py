@@ -721,6 +721,22 @@ def dot(a: Expr, b: Expr) -> Expr:
     return matmul(a, b)
 
 
+def cross(a: Expr, b: Expr, axis: int = -1) -> Expr:
+    """NumPy's cross product of 3-vectors along ``axis`` (torch.linalg.cross); the
+    other axes broadcast."""
+    parts = []
+    for v in (a, b):
+        (k,) = ops.normalize_axes(_expr(v, "sg.cross").node, operator.index(axis))
+        if v.node.shape[k] != 3:
+            raise ShapeError(
+                f"sg.cross of {v.node.describe()}: axis {axis} has size "
+                f"{v.node.shape[k]}, not 3"
+            )
+        parts.append([_along(v, k, i) for i in range(3)])
+    (a0, a1, a2), (b0, b1, b2) = parts
+    return stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis)
+
+
 def squeeze(x: Expr, axis=None) -> Expr:
     """NumPy's squeeze: without ``axis``, every axis of fixed size 1 goes."""
     node = _expr(x, "sg.squeeze").node
@@ -799,25 +815,83 @@ def broadcast_to(x: Expr, shape) -> Expr:
     return out
 
 
-def pad(x: Expr, pad_width, constant_values=0) -> Expr:
-    """NumPy's pad in its default mode, "constant": ``pad_width`` is an int, a
-    (before, after) pair, or one pair per axis."""
+def pad(x: Expr, pad_width, mode: str = "constant", constant_values=0) -> Expr:
+    """NumPy's pad: ``pad_width`` is an int, a (before, after) pair, or one pair per
+    axis; ``mode`` "constant" (a number, or a 0-d expression: a learned value),
+    "edge", "reflect", "symmetric" or "wrap", each as NumPy's."""
     node = _expr(x, "sg.pad").node
     widths = np.broadcast_to(np.asarray(pad_width), (node.ndim, 2)).tolist()
-    value = _number(constant_values)
+    if mode in _TORCH_PAD_MODES:
+        raise ValueError(
+            f"sg.pad: mode {mode!r} is torch's; NumPy's name is "
+            f"{_TORCH_PAD_MODES[mode]!r}"
+        )
+    if mode not in _PAD_BLOCKS:
+        raise ValueError(
+            f"sg.pad: mode must be one of {', '.join(_PAD_BLOCKS)}, " f"not {mode!r}"
+        )
+    if isinstance(constant_values, Expr) and constant_values.ndim:
+        raise ShapeError("sg.pad: an expression as constant_values must be 0-d")
+    if mode == "constant" and not isinstance(constant_values, Expr):
+        constant_values = _number(constant_values)
     for axis, (before, after) in enumerate(widths):
         if builtins.min(before, after) < 0:
             raise ShapeError(
                 f"sg.pad: negative pad width {before, after} on axis {axis}"
             )
-        block = [
-            Expr(ops.const(value, node.shape[:axis] + (n,) + node.shape[axis + 1 :]))
-            for n in (before, after)
+        n, most = node.shape[axis], builtins.max(before, after)
+        if mode != "constant" and isinstance(n, int) and most > n - (mode == "reflect"):
+            raise ShapeError(
+                f"sg.pad: mode {mode!r} pads axis {axis} of size {n} by at most "
+                f"{n - (mode == 'reflect')}, not {most}"
+            )
+        blocks = [
+            _PAD_BLOCKS[mode](x, axis, width, end, constant_values) if width else None
+            for end, width in ((0, before), (-1, after))
         ]
-        parts = [block[0]] * bool(before) + [x] + [block[1]] * bool(after)
-        x = concatenate(parts, axis)
+        parts = [blocks[0], x, blocks[1]]
+        x = concatenate([part for part in parts if part is not None], axis)
         node = x.node
     return x
+
+
+def _constant_block(x: Expr, axis: int, width: int, _, value) -> Expr:
+    shape = x.node.shape[:axis] + (width,) + x.node.shape[axis + 1 :]
+    if isinstance(value, Expr):
+        return broadcast_to(value, shape)
+    return Expr(ops.const(value, shape))
+
+
+def _edge_block(x: Expr, axis: int, width: int, end: int, _) -> Expr:
+    shape = x.node.shape[:axis] + (width,) + x.node.shape[axis + 1 :]
+    return broadcast_to(_along(x, axis, slice(end, end + 1 or None)), shape)
+
+
+def _mirror_block(skip: int) -> Callable:
+    """The ``width`` entries next to an end (after ``skip`` of them), reversed."""
+
+    def block(x: Expr, axis: int, width: int, end: int, _) -> Expr:
+        if end == 0:
+            near = slice(skip, skip + width)
+        else:
+            near = slice(-width - skip, -skip or None)
+        return flip(_along(x, axis, near), axis)
+
+    return block
+
+
+def _wrap_block(x: Expr, axis: int, width: int, end: int, _) -> Expr:
+    return _along(x, axis, slice(-width, None) if end == 0 else slice(width))
+
+
+_PAD_BLOCKS = {
+    "constant": _constant_block,
+    "edge": _edge_block,
+    "reflect": _mirror_block(1),
+    "symmetric": _mirror_block(0),
+    "wrap": _wrap_block,
+}
+_TORCH_PAD_MODES = {"replicate": "edge", "circular": "wrap"}
 
 
 def roll(x: Expr, shift: int, axis=None) -> Expr:
@@ -831,8 +905,17 @@ def roll(x: Expr, shift: int, axis=None) -> Expr:
     shift = shift % n if isinstance(n, int) and n else shift
     if shift == 0:
         return x
+    if not isinstance(n, int) and 1 < builtins.abs(shift) <= _ROLL_STEPS:
+        # a symbolic axis may be shorter than the shift: steps of one are cyclic for
+        # any size (one slice of x[-3:] would need n >= 3)
+        for _ in range(builtins.abs(shift)):
+            x = roll(x, 1 if shift > 0 else -1, axis)
+        return x
     tail, head = _along(x, axis, slice(-shift, None)), _along(x, axis, slice(-shift))
     return concatenate([tail, head], axis)
+
+
+_ROLL_STEPS = 8  # a longer roll of a symbolic axis needs the axis at least as long
 
 
 def stop_gradient(x: Expr) -> Expr:
@@ -1320,10 +1403,14 @@ class Model:
         which beats NumPy's per-call overhead on a handful of numbers; other sizes run
         the vectorized code. Call it once per size set; give a size to every symbolic
         dim. A model without symbolic dims whose arrays are all small is unrolled
-        without asking (see ``symgrad.unroll.AUTO_ELEMENTS``).
+        without asking (see ``symgrad.unroll.AUTO_ELEMENTS``); ``m.unroll()`` asks for a
+        larger one.
         """
-        if not sizes:
-            raise ModelError("m.unroll() needs sizes, e.g. m.unroll(batch=1)")
+        if not sizes and self.dims:
+            example = ", ".join(f"{d}=1" for d in self.dims)
+            raise ModelError(
+                f"m.unroll() needs a size for each dim: m.unroll({example})"
+            )
         for name, value in sizes.items():
             if name not in self.dims:
                 known = ", ".join(self.dims) or "none"

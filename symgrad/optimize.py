@@ -15,7 +15,7 @@ import sympy as sp
 
 from . import ops
 from . import symbolic as ew
-from .ir import Node, broadcast, consumers, toposort
+from .ir import Node, broadcast, broadcast_shapes, consumers, toposort
 
 
 def rewrite(roots: Sequence[Node], fn: Callable[[Node, Node], Node]) -> list[Node]:
@@ -242,8 +242,12 @@ def _sum_of_scatter(node: Node) -> Node | None:
     kinds, has_base = scatter.attrs
     if has_base or any(k[0] != "along" or k[1] not in axes for k in kinds):
         return None
-    parts = [
-        ops.reduce_sum(ops.map_(ew.arg(0), (value,), idx.shape), axes, keepdims)
+    parts = [  # (an index broadcasting along another axis: the values' shape is wider)
+        ops.reduce_sum(
+            ops.map_(ew.arg(0), (value,), broadcast_shapes(value.shape, idx.shape)),
+            axes,
+            keepdims,
+        )
         for _, value, idx in ops.scatter_updates(scatter)
     ]
     return ops.apply(lambda *xs: sp.Add(*xs), *parts, shape=node.shape)

@@ -199,8 +199,16 @@ def _rebuilt(func, args: list) -> sp.Expr:
       each assumption of a Min or Max holds only if it holds for all its arguments;
     - ``s**n``, ``s`` a symbolic sum without ``I``, ``n`` an integer other than 0 and
       1: Add's ``_eval_power`` simplifies only numbers and a literal ``a + I*b``.
+
+    And one where it would change the value: ``exp(c + s)`` with a float ``c`` (an
+    element padded with -1e30, shifted by the max) is split into ``exp(c) * exp(s)``,
+    ``0.0 * exp(-s)``, which overflows where the whole is finite.
     """
-    if func is sp.exp and _never_zero(args[0]):
+    if func is sp.exp and (
+        _never_zero(args[0])
+        or type(args[0]) is sp.Add
+        and any(a.is_Float for a in args[0].args)
+    ):
         return sp.exp(args[0], evaluate=False)
     if func is sp.Pow and type(args[0]) is sp.Add and args[1].is_Integer:
         base, exp = args

@@ -7,6 +7,8 @@ their Hessians and unrolled code; and the errors and hints a porter meets (torch
 dim= and keepdim=, x.repeat, bad lists and repetitions, arithmetic on a mask).
 """
 
+import re
+
 import numpy as np
 import pytest
 from helpers import (
@@ -427,3 +429,77 @@ def test_bool_mask_errors_name_the_problem():
         {"x": np.arange(3.0)}, {"mask": np.array([True, False, True])}
     )
     assert loss == 2.0 and grads["x"].tolist() == [1.0, 0.0, 1.0]
+
+
+# --------------------------------------------------------------- pad modes, cross
+
+
+@pytest.mark.parametrize("mode", ["constant", "edge", "reflect", "symmetric", "wrap"])
+@pytest.mark.parametrize("widths", [((1, 2), (0, 3)), 2, (3, 0)])
+def test_pad_modes_pick_numpys_entries(mode, widths):
+    """Each padded entry is the entry np.pad puts there (found by padding the entries'
+    numbers), a learned 0-d value for "constant"; on a symbolic axis too."""
+    m = sg.Model("pad_" + mode)
+    x, v = m.param("x", (4, "n")), m.param("v", ())
+    kw = {"constant_values": v} if mode == "constant" else {}
+    y = sg.pad(x, widths, mode=mode, **kw)
+    m.output("y", y)
+    m.loss(sg.sum(sg.sin(y) * y))
+
+    def reference(t, _):
+        kw = {"constant_values": -1} if mode == "constant" else {}
+        where = np.pad(np.arange(20).reshape(4, 5), widths, mode=mode, **kw)
+        entries = torch.cat([t["x"].reshape(-1), t["v"].reshape(1)])
+        y = entries[torch.tensor(np.where(where < 0, 20, where))]
+        return (torch.sin(y) * y).sum(), {"y": y}
+
+    rng = np.random.default_rng(0)
+    params = {"x": rng.standard_normal((4, 5)), "v": np.array(0.7)}
+    module = compile_module(m)
+    check(module, reference, params, {})
+    assert_matches_central_differences(module, params, {})
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda x: sg.pad(x, 1, mode="replicate"), "torch's; NumPy's name is 'edge'"),
+        (lambda x: sg.pad(x, 1, mode="circular"), "NumPy's name is 'wrap'"),
+        (lambda x: sg.pad(x, 1, mode="mean"), "mode must be one of constant, edge"),
+        (lambda x: sg.pad(x, 3, mode="reflect"), "axis 0 of size 3 by at most 2"),
+        (lambda x: sg.pad(x, 4, mode="wrap"), "axis 0 of size 3 by at most 3, not 4"),
+        (lambda x: sg.pad(x, 1, constant_values=x), "constant_values must be 0-d"),
+        (lambda x: sg.cross(x, x, axis=-1), "axis -1 has size n, not 3"),
+    ],
+)
+def test_pad_and_cross_errors(make, message):
+    m = sg.Model("pad_errors")
+    x = m.param("x", (3, "n"))
+    with pytest.raises((sg.ShapeError, ValueError), match=re.escape(message)):
+        make(x)
+
+
+@pytest.mark.parametrize(
+    "a_shape, b_shape, axis",
+    [((4, 3), (3,), -1), ((3, "n"), (3, 1), 0), ((2, "n", 3), ("n", 3), -1)],
+)
+def test_cross_agrees_with_torch(a_shape, b_shape, axis):
+    m = sg.Model("cross")
+    a, b = m.param("a", a_shape), m.param("b", b_shape)
+    y = sg.cross(a, b, axis=axis)
+    m.output("y", y)
+    m.loss(sg.sum(sg.sin(y) * y))
+
+    def reference(t, _):
+        y = torch.linalg.cross(*torch.broadcast_tensors(t["a"], t["b"]), dim=axis)
+        return (torch.sin(y) * y).sum(), {"y": y}
+
+    rng = np.random.default_rng(1)
+    sized = {
+        k: tuple(5 if d == "n" else d for d in s)
+        for k, s in zip("ab", (a_shape, b_shape), strict=True)
+    }
+    params = {k: rng.standard_normal(shape) for k, shape in sized.items()}
+    module = compile_module(m)
+    check(module, reference, params, {})
+    assert_matches_central_differences(module, params, {})
