@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 _API = {
     "symgrad.model": (
         "Cond Expr Model ModelError abs arccos arccosh arcsin arcsinh arctan arctan2 arctanh "
-        "broadcast_to clip concatenate cos cosh cross cumprod cumsum diff dot elementwise erf erfc "
-        "exp expand_dims expm1 flip full_like gelu log log10 log1p log2 log_softmax "
+        "broadcast_to clip concatenate cos cosh cross cumprod cumsum diff digamma dot elementwise erf erfc "
+        "exp expand_dims expm1 flip full_like gelu lgamma log log10 log1p log2 log_softmax "
         "logaddexp logsumexp matmul max maximum mean min minimum moveaxis norm ones_like "
         "outer pad prod relu repeat reshape roll sigmoid sign silu sin sinh softmax "
         "softplus split sqrt square squeeze stack std stop_gradient sum swapaxes "
