@@ -13,13 +13,16 @@ __version__ = "0.1.0"
 
 _API = {
     "symgrad.model": (
-        "Cond Expr Model ModelError abs arccos arccosh arcsin arcsinh arctan arctan2 arctanh "
-        "broadcast_to clip concatenate cos cosh cross cumprod cumsum diff digamma dot elementwise erf erfc "
-        "exp expand_dims expm1 flip full_like gelu lgamma log log10 log1p log2 log_softmax "
-        "logaddexp logsumexp matmul max maximum mean min minimum moveaxis norm ones_like "
-        "outer pad prod relu repeat reshape roll sigmoid sign silu sin sinh softmax "
-        "softplus split sqrt square squeeze stack std stop_gradient sum swapaxes "
-        "take_along_axis tan tanh tile transpose tril triu var where zeros_like"
+        "Cond Expr Model ModelError abs arccos arccosh arcsin arcsinh arctan arctan2 "
+        "arctanh clip concatenate cos cosh cumsum digamma dot elementwise erf erfc exp "
+        "expm1 gelu lgamma log log10 log1p log2 log_softmax logaddexp logsumexp matmul "
+        "max maximum mean min minimum norm prod relu reshape sigmoid sign silu sin "
+        "sinh softmax softplus sqrt square squeeze stack std stop_gradient sum "
+        "swapaxes take_along_axis tan tanh transpose var where"
+    ).split(),
+    "symgrad.arrays": (
+        "broadcast_to cross cumprod diff expand_dims flip full_like moveaxis ones_like "
+        "outer pad repeat roll split tile tril triu zeros_like"
     ).split(),
     "symgrad.contractions": ["einsum"],
     "symgrad.ir": ["ShapeError"],

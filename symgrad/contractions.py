@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import string
 
+from .arrays import positions
 from .ir import ShapeError
-from .model import Expr, _expr, positions, transpose, where
+from .model import Expr, _expr, transpose, where
 from .model import sum as _sum
 
 

@@ -10,7 +10,6 @@ import builtins
 import functools
 import hashlib
 import inspect
-import itertools
 import keyword
 import math
 import numbers
@@ -687,10 +686,10 @@ def prod(x: Expr, axis=None, keepdims: bool = False) -> Expr:
     axes = ops.normalize_axes(node, axis)
     for a in axes:
         n = node.shape[a]
-        if not isinstance(n, int) or not 0 < n <= _PROD_MAX:
+        if not isinstance(n, int) or not 0 < n <= PROD_MAX:
             raise ShapeError(
                 f"sg.prod of {node.describe()} over axis {a} of size {n}: it needs a "
-                f"fixed size from 1 to {_PROD_MAX}; for positive x, "
+                f"fixed size from 1 to {PROD_MAX}; for positive x, "
                 "sg.exp(sg.sum(sg.log(x), axis)) is the product over any axis"
             )
     out = x
@@ -702,7 +701,7 @@ def prod(x: Expr, axis=None, keepdims: bool = False) -> Expr:
     return out
 
 
-_PROD_MAX = 32  # one slice per element: a product of more is a long formula
+PROD_MAX = 32  # one slice per element: a product of more is a long formula
 
 
 def norm(x: Expr, axis=None, keepdims: bool = False) -> Expr:
@@ -722,22 +721,6 @@ def dot(a: Expr, b: Expr) -> Expr:
             "whose summed axes are explicit"
         )
     return matmul(a, b)
-
-
-def cross(a: Expr, b: Expr, axis: int = -1) -> Expr:
-    """NumPy's cross product of 3-vectors along ``axis`` (torch.linalg.cross); the
-    other axes broadcast."""
-    parts = []
-    for v in (a, b):
-        (k,) = ops.normalize_axes(_expr(v, "sg.cross").node, operator.index(axis))
-        if v.node.shape[k] != 3:
-            raise ShapeError(
-                f"sg.cross of {v.node.describe()}: axis {axis} has size "
-                f"{v.node.shape[k]}, not 3"
-            )
-        parts.append([_along(v, k, i) for i in range(3)])
-    (a0, a1, a2), (b0, b1, b2) = parts
-    return stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis)
 
 
 def squeeze(x: Expr, axis=None) -> Expr:
@@ -764,24 +747,6 @@ def swapaxes(x: Expr, axis1: int, axis2: int) -> Expr:
     return transpose(x, order)
 
 
-def moveaxis(x: Expr, source, destination) -> Expr:
-    """NumPy's moveaxis: the axes ``source`` go to ``destination``, the others keep
-    their order."""
-    node = _expr(x, "sg.moveaxis").node
-    source = [ops.normalize_axes(node, a)[0] for a in np.atleast_1d(source).tolist()]
-    destination = [
-        ops.normalize_axes(node, a)[0] for a in np.atleast_1d(destination).tolist()
-    ]
-    if len(source) != len(destination):
-        raise ShapeError(
-            "sg.moveaxis: source and destination must have the same number of axes"
-        )
-    order = [k for k in range(node.ndim) if k not in source]
-    for to, frm in sorted(zip(destination, source, strict=True)):
-        order.insert(to, frm)
-    return transpose(x, order)
-
-
 def _not_elementwise(name: str, axis) -> None:
     """torch.max(a, b) is elementwise; NumPy's (and ours) reduces over the axis b."""
     if isinstance(axis, Expr):
@@ -791,146 +756,10 @@ def _not_elementwise(name: str, axis) -> None:
         )
 
 
-def full_like(x: Expr, fill_value) -> Expr:
-    """NumPy's full_like: a constant array of x's shape (no gradient, no NaN from x,
-    where 0 * x would carry one)."""
-    return Expr(ops.const(_number(fill_value), _expr(x, "sg.full_like").node.shape))
-
-
-def zeros_like(x: Expr) -> Expr:
-    return full_like(x, 0)
-
-
-def ones_like(x: Expr) -> Expr:
-    return full_like(x, 1)
-
-
-def broadcast_to(x: Expr, shape) -> Expr:
-    """NumPy's broadcast_to; dims may be names ("B") or sizes (y.shape[0]) of the
-    model's arrays."""
-    shape = as_shape(shape)
-    out = _expr(x, "sg.broadcast_to") + Expr(ops.const(0, shape))
-    if out.node.shape != shape:
-        raise ShapeError(
-            f"cannot broadcast {x.node.describe()} of shape "
-            f"{format_shape(x.node.shape)} to {format_shape(shape)}"
-        )
-    return out
-
-
-def pad(x: Expr, pad_width, mode: str = "constant", constant_values=0) -> Expr:
-    """NumPy's pad: ``pad_width`` is an int, a (before, after) pair, or one pair per
-    axis; ``mode`` "constant" (a number, or a 0-d expression: a learned value),
-    "edge", "reflect", "symmetric" or "wrap", each as NumPy's."""
-    node = _expr(x, "sg.pad").node
-    widths = np.broadcast_to(np.asarray(pad_width), (node.ndim, 2)).tolist()
-    if mode in _TORCH_PAD_MODES:
-        raise ValueError(
-            f"sg.pad: mode {mode!r} is torch's; NumPy's name is "
-            f"{_TORCH_PAD_MODES[mode]!r}"
-        )
-    if mode not in _PAD_BLOCKS:
-        raise ValueError(
-            f"sg.pad: mode must be one of {', '.join(_PAD_BLOCKS)}, " f"not {mode!r}"
-        )
-    if isinstance(constant_values, Expr) and constant_values.ndim:
-        raise ShapeError("sg.pad: an expression as constant_values must be 0-d")
-    if mode == "constant" and not isinstance(constant_values, Expr):
-        constant_values = _number(constant_values)
-    for axis, (before, after) in enumerate(widths):
-        if builtins.min(before, after) < 0:
-            raise ShapeError(
-                f"sg.pad: negative pad width {before, after} on axis {axis}"
-            )
-        n, most = node.shape[axis], builtins.max(before, after)
-        if mode != "constant" and isinstance(n, int) and most > n - (mode == "reflect"):
-            raise ShapeError(
-                f"sg.pad: mode {mode!r} pads axis {axis} of size {n} by at most "
-                f"{n - (mode == 'reflect')}, not {most}"
-            )
-        blocks = [
-            _PAD_BLOCKS[mode](x, axis, width, end, constant_values) if width else None
-            for end, width in ((0, before), (-1, after))
-        ]
-        parts = [blocks[0], x, blocks[1]]
-        x = concatenate([part for part in parts if part is not None], axis)
-        node = x.node
-    return x
-
-
-def _constant_block(x: Expr, axis: int, width: int, _, value) -> Expr:
-    shape = x.node.shape[:axis] + (width,) + x.node.shape[axis + 1 :]
-    if isinstance(value, Expr):
-        return broadcast_to(value, shape)
-    return Expr(ops.const(value, shape))
-
-
-def _edge_block(x: Expr, axis: int, width: int, end: int, _) -> Expr:
-    shape = x.node.shape[:axis] + (width,) + x.node.shape[axis + 1 :]
-    return broadcast_to(_along(x, axis, slice(end, end + 1 or None)), shape)
-
-
-def _mirror_block(skip: int) -> Callable:
-    """The ``width`` entries next to an end (after ``skip`` of them), reversed."""
-
-    def block(x: Expr, axis: int, width: int, end: int, _) -> Expr:
-        if end == 0:
-            near = slice(skip, skip + width)
-        else:
-            near = slice(-width - skip, -skip or None)
-        return flip(_along(x, axis, near), axis)
-
-    return block
-
-
-def _wrap_block(x: Expr, axis: int, width: int, end: int, _) -> Expr:
-    return _along(x, axis, slice(-width, None) if end == 0 else slice(width))
-
-
-_PAD_BLOCKS = {
-    "constant": _constant_block,
-    "edge": _edge_block,
-    "reflect": _mirror_block(1),
-    "symmetric": _mirror_block(0),
-    "wrap": _wrap_block,
-}
-_TORCH_PAD_MODES = {"replicate": "edge", "circular": "wrap"}
-
-
-def roll(x: Expr, shift: int, axis=None) -> Expr:
-    """NumPy's roll: element i goes to i + shift, cyclically (of the flattened array
-    without ``axis``)."""
-    node = _expr(x, "sg.roll").node
-    if axis is None:
-        return reshape(roll(reshape(x, (-1,)), shift, 0), node.shape)
-    (axis,) = ops.normalize_axes(node, operator.index(axis))
-    n, shift = node.shape[axis], operator.index(shift)
-    shift = shift % n if isinstance(n, int) and n else shift
-    if shift == 0:
-        return x
-    if not isinstance(n, int) and 1 < builtins.abs(shift) <= _ROLL_STEPS:
-        # a symbolic axis may be shorter than the shift: steps of one are cyclic for
-        # any size (one slice of x[-3:] would need n >= 3)
-        for _ in range(builtins.abs(shift)):
-            x = roll(x, 1 if shift > 0 else -1, axis)
-        return x
-    tail, head = _along(x, axis, slice(-shift, None)), _along(x, axis, slice(-shift))
-    return concatenate([tail, head], axis)
-
-
-_ROLL_STEPS = 8  # a longer roll of a symbolic axis needs the axis at least as long
-
-
 def stop_gradient(x: Expr) -> Expr:
     """x's value, through which no gradient flows (torch's x.detach(), JAX's name)."""
     (node,) = _values([_expr(x, "sg.stop_gradient")], "sg.stop_gradient")
     return Expr(ops.detach(node, stop_gradient=True))
-
-
-def diff(x: Expr, axis: int = -1) -> Expr:
-    """NumPy's diff (n = 1): x[1:] - x[:-1] along ``axis``."""
-    (axis,) = ops.normalize_axes(_expr(x, "sg.diff").node, operator.index(axis))
-    return _along(x, axis, slice(1, None)) - _along(x, axis, slice(-1))
 
 
 def _is_index_list(k) -> bool:
@@ -981,108 +810,6 @@ def _pick(x: Expr, key: tuple) -> Expr:
     parts = [_along(x, axis, slice(i, i + 1 or None)) for i in picks.tolist()]
     rest = key[: lists[0]] + (slice(None),) + key[lists[0] + 1 :]
     return concatenate(parts, axis)[rest]
-
-
-def tile(x: Expr, reps) -> Expr:
-    """NumPy's tile (torch's x.repeat): x repeated whole ``reps`` times along each axis."""
-    return _copies(x, reps, "sg.tile", inner=False)
-
-
-def repeat(x: Expr, repeats: int, axis=None) -> Expr:
-    """NumPy's repeat (torch's repeat_interleave): each entry ``repeats`` times in a row
-    along ``axis`` (of the flattened array without it)."""
-    node = _expr(x, "sg.repeat").node
-    if axis is None:
-        return repeat(reshape(x, (-1,)), repeats, 0)
-    (axis,) = ops.normalize_axes(node, operator.index(axis))
-    reps = [1] * node.ndim
-    reps[axis] = repeats
-    return _copies(x, reps, "sg.repeat", inner=True)
-
-
-def _copies(x: Expr, reps, what: str, inner: bool) -> Expr:
-    """Copies along each axis by broadcasting a new axis of size r next to it (after it
-    for ``inner``: entry by entry; before it: whole), then merging the two."""
-    reps = np.atleast_1d(reps).tolist()
-    if not all(isinstance(r, int) and r >= 1 for r in reps):
-        raise ShapeError(f"{what}: repetitions must be ints >= 1, not {reps}")
-    x = _expr(x, what)
-    x = x[(None,) * (len(reps) - x.ndim)]
-    reps = [1] * (x.ndim - len(reps)) + reps
-    for axis, r in enumerate(reps):
-        if r > 1:
-            shape = x.node.shape
-            new = axis + inner
-            spread = shape[:new] + (r,) + shape[new:]
-            merged = shape[:axis] + (r * shape[axis],) + shape[axis + 1 :]
-            x = reshape(broadcast_to(_along(x, new, None), spread), merged)
-    return x
-
-
-def split(x: Expr, indices_or_sections, axis: int = 0) -> list[Expr]:
-    """NumPy's split: into ``sections`` equal parts, or at the given indices."""
-    node = _expr(x, "sg.split").node
-    (axis,) = ops.normalize_axes(node, operator.index(axis))
-    n = node.shape[axis]
-    if isinstance(ops.python_int(indices_or_sections), int):
-        sections = ops.python_int(indices_or_sections)
-        part = sp.sympify(n) / sections if sections >= 1 else sp.nan
-        if not (part.is_integer and part.is_nonnegative):
-            raise ShapeError(
-                f"sg.split of {node.describe()}: axis {axis} of size {n} does not "
-                f"divide into {indices_or_sections} equal sections"
-            )
-        cuts = [as_dim(part * k) for k in range(1, sections)]
-    else:
-        cuts = list(indices_or_sections)
-    bounds = [None, *cuts, None]
-    return [_along(x, axis, slice(a, b)) for a, b in itertools.pairwise(bounds)]
-
-
-def tril(x: Expr, k: int = 0) -> Expr:
-    """NumPy's tril: the last two axes' entries on and below diagonal ``k``, others 0."""
-    return _triangle(x, k, "sg.tril", lambda row, col: col - row <= k)
-
-
-def triu(x: Expr, k: int = 0) -> Expr:
-    """NumPy's triu: the last two axes' entries on and above diagonal ``k``, others 0."""
-    return _triangle(x, k, "sg.triu", lambda row, col: col - row >= k)
-
-
-def _triangle(x: Expr, k: int, what: str, keep: Callable) -> Expr:
-    node = _expr(x, what).node
-    if node.ndim < 2:
-        raise ShapeError(f"{what} of {node.describe()}: it needs at least 2 axes")
-    operator.index(k)
-    return where(keep(*positions(*node.shape[-2:])), x, 0)
-
-
-def positions(rows, cols) -> tuple[Expr, Expr]:
-    """The row and the column number (from 1) of each entry of a (rows, cols) matrix,
-    as a column and a row that broadcast: triangles and diagonals are comparisons."""
-    row = cumsum(Expr(ops.const(1, (rows, 1))), axis=0)
-    col = cumsum(Expr(ops.const(1, (1, cols))), axis=1)
-    return row, col
-
-
-def cumprod(x: Expr, axis=None) -> Expr:
-    """NumPy's cumprod along an axis of fixed size, as running products of the slices
-    (exact gradient where factors are 0, like sg.prod)."""
-    node = _expr(x, "sg.cumprod").node
-    if axis is None:
-        return cumprod(reshape(x, (-1,)), 0)
-    (axis,) = ops.normalize_axes(node, operator.index(axis))
-    n = node.shape[axis]
-    if not isinstance(n, int) or not 0 < n <= _PROD_MAX:
-        raise ShapeError(
-            f"sg.cumprod of {node.describe()} along axis {axis} of size {n}: it needs a "
-            f"fixed size from 1 to {_PROD_MAX}; for positive x, "
-            "sg.exp(sg.cumsum(sg.log(x), axis)) is the running product over any axis"
-        )
-    running = [_along(x, axis, slice(0, 1))]
-    for i in range(1, n):
-        running.append(running[-1] * _along(x, axis, slice(i, i + 1)))
-    return concatenate(running, axis)
 
 
 def gelu(x, approximate: str = "none") -> Expr:
@@ -1182,25 +909,6 @@ def transpose(x: Expr, axes=None) -> Expr:
 
 def matmul(a: Expr, b: Expr) -> Expr:
     return _expr(a, "sg.matmul") @ b
-
-
-def outer(a: Expr, b: Expr) -> Expr:
-    """NumPy's outer: of the flattened operands."""
-    return reshape(a, (-1,))[:, None] * reshape(b, (-1,))[None, :]
-
-
-def flip(x: Expr, axis=None) -> Expr:
-    """NumPy's flip: reversed along ``axis`` (an int or a tuple), or along every axis."""
-    axes = ops.normalize_axes(_expr(x, "sg.flip").node, axis)
-    return x[tuple(slice(None, None, -1 if k in axes else 1) for k in range(x.ndim))]
-
-
-def expand_dims(x: Expr, axis: int) -> Expr:
-    """NumPy's expand_dims: a new axis of size 1 at ``axis``."""
-    ndim = _expr(x, "sg.expand_dims").ndim + 1
-    if not -ndim <= axis < ndim:
-        raise ShapeError(f"sg.expand_dims: axis {axis} is out of range for rank {ndim}")
-    return _along(x, axis % ndim, None)
 
 
 def reshape(x: Expr, shape) -> Expr:
@@ -1558,9 +1266,14 @@ def _takes_axis(fn) -> bool:
     return inspect.isfunction(fn) and "axis" in inspect.signature(fn).parameters
 
 
-for _name, _fn in list(globals().items()):
-    if _takes_axis(_fn) and _fn.__module__ == __name__:
-        globals()[_name] = _numpy_keywords(_fn)
+def with_numpy_keywords(namespace: dict) -> None:
+    """Give a module's functions that take ``axis`` the dim=/keepdim= hint."""
+    for name, fn in list(namespace.items()):
+        if _takes_axis(fn) and fn.__module__ == namespace["__name__"]:
+            namespace[name] = _numpy_keywords(fn)
+
+
+with_numpy_keywords(globals())
 for _name, _fn in list(vars(Expr).items()):
     if _takes_axis(_fn):
         setattr(Expr, _name, _numpy_keywords(_fn))
