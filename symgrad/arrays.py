@@ -13,10 +13,12 @@ import numpy as np
 import sympy as sp
 
 from . import ops
-from .ir import ShapeError, as_dim, as_shape, format_shape
+from . import symbolic as ew
+from .ir import ShapeError, as_dim, as_shape, broadcast, format_shape
 from .model import (
     PROD_MAX,
     Expr,
+    Size,
     _along,
     _expr,
     _number,
@@ -28,6 +30,12 @@ from .model import (
     where,
     with_numpy_keywords,
 )
+
+
+def _one_axis(node, axis, what: str) -> tuple[int]:
+    if not isinstance(ops.python_int(axis), int):
+        raise TypeError(f"{what}: axis must be one int, not {axis!r}")
+    return ops.normalize_axes(node, ops.python_int(axis))
 
 
 def full_like(x: Expr, fill_value) -> Expr:
@@ -47,14 +55,17 @@ def ones_like(x: Expr) -> Expr:
 def broadcast_to(x: Expr, shape) -> Expr:
     """NumPy's broadcast_to; dims may be names ("B") or sizes (y.shape[0]) of the
     model's arrays."""
-    shape = as_shape(shape)
-    out = _expr(x, "sg.broadcast_to") + Expr(ops.const(0, shape))
-    if out.node.shape != shape:
+    shape, node = as_shape(shape), _expr(x, "sg.broadcast_to").node
+    try:
+        fits = broadcast(node, ops.const(0, shape)) == shape
+    except ShapeError:
+        fits = False
+    if not fits:
         raise ShapeError(
-            f"cannot broadcast {x.node.describe()} of shape "
-            f"{format_shape(x.node.shape)} to {format_shape(shape)}"
+            f"cannot broadcast {node.describe()} of shape "
+            f"{format_shape(node.shape)} to {format_shape(shape)}"
         )
-    return out
+    return Expr(ops.map_(ew.arg(0), (node,), shape))  # (indices and masks too)
 
 
 def positions(rows, cols) -> tuple[Expr, Expr]:
@@ -103,7 +114,7 @@ def roll(x: Expr, shift: int, axis=None) -> Expr:
     node = _expr(x, "sg.roll").node
     if axis is None:
         return reshape(roll(reshape(x, (-1,)), shift, 0), node.shape)
-    (axis,) = ops.normalize_axes(node, operator.index(axis))
+    (axis,) = _one_axis(node, axis, "sg.roll")
     n, shift = node.shape[axis], operator.index(shift)
     shift = shift % n if isinstance(n, int) and n else shift
     if shift == 0:
@@ -130,9 +141,14 @@ def repeat(x: Expr, repeats: int, axis=None) -> Expr:
     """NumPy's repeat (torch's repeat_interleave): each entry ``repeats`` times in a row
     along ``axis`` (of the flattened array without it)."""
     node = _expr(x, "sg.repeat").node
+    if not isinstance(ops.python_int(repeats), int):
+        raise ShapeError(
+            f"sg.repeat: repeats must be one int, not {repeats!r} (for counts per "
+            "entry, concatenate the repeats of slices)"
+        )
     if axis is None:
         return repeat(reshape(x, (-1,)), repeats, 0)
-    (axis,) = ops.normalize_axes(node, operator.index(axis))
+    (axis,) = _one_axis(node, axis, "sg.repeat")
     reps = [1] * node.ndim
     reps[axis] = repeats
     return _copies(x, reps, "sg.repeat", inner=True)
@@ -158,23 +174,51 @@ def _copies(x: Expr, reps, what: str, inner: bool) -> Expr:
 
 
 def split(x: Expr, indices_or_sections, axis: int = 0) -> list[Expr]:
-    """NumPy's split: into ``sections`` equal parts, or at the given indices."""
+    """NumPy's split: into ``sections`` equal parts, or at the given indices (ints, or
+    the axis' own size plus an int: ``x.shape[0] - 1``)."""
     node = _expr(x, "sg.split").node
-    (axis,) = ops.normalize_axes(node, operator.index(axis))
+    (axis,) = _one_axis(node, axis, "sg.split")
     n = node.shape[axis]
-    if isinstance(ops.python_int(indices_or_sections), int):
-        sections = ops.python_int(indices_or_sections)
+    sections = indices_or_sections
+    if isinstance(sections, float) and sections.is_integer():
+        sections = int(sections)  # (NumPy takes 2.0)
+    if isinstance(ops.python_int(sections), int):
+        sections = ops.python_int(sections)
         part = sp.sympify(n) / sections if sections >= 1 else sp.nan
         if not (part.is_integer and part.is_nonnegative):
             raise ShapeError(
                 f"sg.split of {node.describe()}: axis {axis} of size {n} does not "
                 f"divide into {indices_or_sections} equal sections"
             )
-        cuts = [as_dim(part * k) for k in range(1, sections)]
-    else:
-        cuts = list(indices_or_sections)
-    bounds = [None, *cuts, None]
-    return [_along(x, axis, slice(a, b)) for a, b in itertools.pairwise(bounds)]
+        if not isinstance(n, int):  # n/2 is not a bound slices take: one axis each
+            shape = (
+                node.shape[:axis] + (sections, as_dim(part)) + node.shape[axis + 1 :]
+            )
+            return [_along(reshape(x, shape), axis, k) for k in range(sections)]
+        return split(x, [int(part) * k for k in range(1, sections)], axis)
+    if not isinstance(sections, (list, tuple, np.ndarray)):
+        raise TypeError(
+            f"sg.split: indices_or_sections must be an int (equal sections) or a "
+            f"list of indices, not {indices_or_sections!r}"
+        )
+    cuts = [ops.python_int(i) for i in sections]
+    cuts = [n + i if isinstance(i, int) and i < 0 else as_dim(i) for i in cuts]
+    bounds = [0, *cuts, n]
+    return [_part(x, axis, a, b) for a, b in itertools.pairwise(bounds)]
+
+
+def _part(x: Expr, axis: int, start, stop) -> Expr:
+    """x[..., start:stop] along ``axis``; empty (as NumPy's) where stop <= start."""
+    n = x.node.shape[axis]
+    if sp.sympify(stop - start).is_nonpositive:
+        return Expr(ops.const(0, x.node.shape[:axis] + (0,) + x.node.shape[axis + 1 :]))
+    bound = [_as_index(b, n) for b in (start, stop)]
+    return _along(x, axis, slice(bound[0] or None, None if stop == n else bound[1]))
+
+
+def _as_index(bound, n):
+    """A size-expression bound as slices take it: an int, or the axis' size plus one."""
+    return int(bound) if sp.sympify(bound).is_Integer else Size(bound)
 
 
 def pad(x: Expr, pad_width, mode: str = "constant", constant_values=0) -> Expr:
@@ -260,7 +304,7 @@ _TORCH_PAD_MODES = {"replicate": "edge", "circular": "wrap"}
 
 def diff(x: Expr, axis: int = -1) -> Expr:
     """NumPy's diff (n = 1): x[1:] - x[:-1] along ``axis``."""
-    (axis,) = ops.normalize_axes(_expr(x, "sg.diff").node, operator.index(axis))
+    (axis,) = _one_axis(_expr(x, "sg.diff").node, axis, "sg.diff")
     return _along(x, axis, slice(1, None)) - _along(x, axis, slice(-1))
 
 
@@ -270,7 +314,7 @@ def cumprod(x: Expr, axis=None) -> Expr:
     node = _expr(x, "sg.cumprod").node
     if axis is None:
         return cumprod(reshape(x, (-1,)), 0)
-    (axis,) = ops.normalize_axes(node, operator.index(axis))
+    (axis,) = _one_axis(node, axis, "sg.cumprod")
     n = node.shape[axis]
     if not isinstance(n, int) or not 0 < n <= PROD_MAX:
         raise ShapeError(
@@ -289,7 +333,7 @@ def cross(a: Expr, b: Expr, axis: int = -1) -> Expr:
     other axes broadcast."""
     parts = []
     for v in (a, b):
-        (k,) = ops.normalize_axes(_expr(v, "sg.cross").node, operator.index(axis))
+        (k,) = _one_axis(_expr(v, "sg.cross").node, axis, "sg.cross")
         if v.node.shape[k] != 3:
             raise ShapeError(
                 f"sg.cross of {v.node.describe()}: axis {axis} has size "

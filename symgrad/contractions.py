@@ -36,7 +36,7 @@ def einsum(subscripts: str, *operands: Expr) -> Expr:
     sizes = {}
     for term, x in zip(terms, operands, strict=True):
         shape = x.node.shape
-        if not term.isalpha() or len(term) != len(shape):
+        if not (term.isalpha() or term == "") or len(term) != len(shape):
             raise ShapeError(
                 f"sg.einsum {subscripts!r}: {term!r} must name each of the "
                 f"{len(shape)} axes of {x.node.describe()} by a letter"

@@ -351,12 +351,16 @@ class Expr:
         """x.exp(), x.view(...) are torch's spellings: name NumPy's."""
         hint = _TORCH_SPELLINGS.get(name)
         if hint is None and not name.startswith("__") and name in symgrad.__all__:
+            params = list(inspect.signature(getattr(symgrad, name)).parameters.values())
             required = [
                 p
-                for p in inspect.signature(getattr(symgrad, name)).parameters.values()
+                for p in params
                 if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD
             ]
-            hint = f"sg.{name}(x{', ...' if len(required) > 1 else ''})"
+            if params[0].name not in ("x", "a", "y"):  # einsum(subscripts, ...)
+                hint = f"sg.{name}(...)"
+            else:
+                hint = f"sg.{name}(x{', ...' if len(required) > 1 else ''})"
         if hint:
             raise AttributeError(f"an expression has no method {name!r}; use {hint}")
         raise AttributeError(
@@ -381,6 +385,9 @@ _TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "repeat_interleave": "sg.repeat(x, repeats, axis)",
     "expand": "sg.broadcast_to(x, shape)",
     "chunk": "sg.split(x, sections, axis)",
+    "float": "sg.where(mask, 1.0, 0.0) (a mask is a condition, not a number)",
+    "diagonal": "sg.einsum('...ii->...i', x)",
+    "trace": "sg.einsum('ii', x)",
 }
 
 
@@ -877,7 +884,7 @@ def min(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
 
 def concatenate(xs: Sequence[Expr], axis: int = 0) -> Expr:
     """NumPy's concatenate: the shapes agree except along ``axis``."""
-    nodes = _values([_expr(x, "sg.concatenate") for x in xs], "sg.concatenate")
+    nodes = [_expr(x, "sg.concatenate").node for x in xs]  # (indices and masks too)
     if not nodes:
         raise ValueError("sg.concatenate needs at least one expression")
     return Expr(ops.concatenate(nodes, axis))
@@ -1245,13 +1252,16 @@ class Model:
         return m
 
 
+_TORCH_KEYWORDS = {"dim": "axis", "keepdim": "keepdims", "diagonal": "k"}
+
+
 def _numpy_keywords(fn: Callable) -> Callable:
-    """torch's dim= and keepdim= are NumPy's axis= and keepdims=: say so, where Python
-    would only say "unexpected keyword argument"."""
+    """torch's dim=, keepdim= and diagonal= are NumPy's axis=, keepdims= and k=: say
+    so, where Python would only say "unexpected keyword argument"."""
 
     @functools.wraps(fn)
     def checked(*args, **kwargs):
-        for torch_name, numpy_name in (("dim", "axis"), ("keepdim", "keepdims")):
+        for torch_name, numpy_name in _TORCH_KEYWORDS.items():
             if torch_name in kwargs:
                 raise TypeError(
                     f"{'x' if '.' in fn.__qualname__ else 'sg'}.{fn.__name__}() takes "
@@ -1263,7 +1273,12 @@ def _numpy_keywords(fn: Callable) -> Callable:
 
 
 def _takes_axis(fn) -> bool:
-    return inspect.isfunction(fn) and "axis" in inspect.signature(fn).parameters
+    """Whether ``fn`` has a parameter torch spells otherwise (axis, keepdims, k)."""
+    if not inspect.isfunction(fn):
+        return False
+    return not set(_TORCH_KEYWORDS.values()).isdisjoint(
+        inspect.signature(fn).parameters
+    )
 
 
 def with_numpy_keywords(namespace: dict) -> None:

@@ -85,6 +85,8 @@ def map_(expr: sp.Expr, args: Sequence[Node] = (), shape: Shape | None = None) -
     if expr == ew.arg(0) and kept[0].shape == tuple(shape):
         return kept[0]
     dtype = "bool" if expr.is_Relational else "float64"
+    if expr == ew.arg(0):  # a broadcast keeps its argument's dtype (an index, a mask)
+        dtype = kept[0].dtype
     node = Node("map", tuple(kept), tuple(shape), dtype, attrs=(expr,))
     if expr.has(sp.I):  # sg.sqrt(-1.0): SymPy folds it to I
         what = node.describe() if kept else f"the constant {expr}"
@@ -249,11 +251,17 @@ def concatenate(parts: Sequence[Node], axis: int) -> Node:
             f"there, but {symbolic[0].describe()} and {symbolic[1].describe()} have "
             f"{symbolic[0].shape[axis]} and {symbolic[1].shape[axis]}"
         )
+    if len({p.dtype for p in parts}) > 1:
+        raise ShapeError(
+            f"cannot concatenate {first.describe()} ({first.dtype}) and "
+            + ", ".join(f"{p.describe()} ({p.dtype})" for p in parts[1:])
+            + ": the parts need one dtype"
+        )
     if len(parts) == 1:
         return first
     length = as_dim(sp.Add(*(p.shape[axis] for p in parts)))
     shape = first.shape[:axis] + (length,) + first.shape[axis + 1 :]
-    return Node("concatenate", tuple(parts), shape, attrs=(axis,))
+    return Node("concatenate", tuple(parts), shape, first.dtype, (axis,))
 
 
 def concatenated_at(node: Node, i: int) -> Dim:
@@ -290,6 +298,11 @@ def normalize_index(a: Node, key) -> tuple:
             dim = next(dims)
             start, stop = _from_end(k.start, dim), _from_end(k.stop, dim, stop=True)
             start, stop, step = map(python_int, (start, stop, k.step))
+            if is_size(start) and sp.expand(start.size - dim) == 0:
+                raise ShapeError(
+                    f"index of {a.describe()}: a slice from {dim}, the end of the axis, "
+                    "is empty"
+                )
             for part in (start, stop, step):
                 if part is not None and (
                     isinstance(part, bool) or not isinstance(part, int)

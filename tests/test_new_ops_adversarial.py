@@ -873,10 +873,10 @@ MISUSE = {
         "needs at least one",
     ),
     "empty stack": (lambda s: sg.stack([]), ValueError, "needs at least one"),
-    "int64 concatenate": (
-        lambda s: sg.concatenate([s["idx"], s["idx"]]),
-        sg.ModelError,
-        "int64",
+    "int64 and float concatenate": (
+        lambda s: sg.concatenate([s["idx"][:, None], s["x"]], axis=1),
+        sg.ShapeError,
+        r"idx.*\(int64\) and x \(float64\): the parts need one dtype",
     ),
     "int64 cumsum": (lambda s: sg.cumsum(s["idx"]), sg.ModelError, "int64"),
     "int64 min": (lambda s: sg.min(s["idx"]), sg.ModelError, "int64"),

@@ -290,7 +290,7 @@ def test_tile_and_split_shapes_follow_symbolic_sizes():
         (lambda x: x[[0, 1], :, 0], "separated by a slice"),
         (lambda x: x[1, :, [0, 1]], "separated by a slice"),
         (lambda x: sg.tile(x, (2, 0)), "repetitions must be ints >= 1"),
-        (lambda x: sg.repeat(x, 1.5, axis=0), "repetitions must be ints >= 1"),
+        (lambda x: sg.repeat(x, 1.5, axis=0), "repeats must be one int, not 1.5"),
         (lambda x: sg.split(x, 2, axis=1), "does not divide into 2 equal sections"),
         (lambda x: sg.split(x, 2, axis=3), "axis 3 is out of range"),
         (lambda x: sg.tril(x[0, 0]), "needs at least 2 axes"),
