@@ -795,9 +795,10 @@ def _pick(x: Expr, key: tuple) -> Expr:
         if n == lists[0] or isinstance(ops.python_int(k), int)
     ]
     if advanced != list(range(advanced[0], advanced[-1] + 1)):
-        raise ShapeError(  # NumPy would move the picked axis to the front
+        raise ShapeError(  # NumPy moves the picked axis to the front, torch does not
             f"index of {node.describe()}: an index list and an int separated by a "
-            f"slice ({key!r}); index in two steps, e.g. x[:, 0][[1, 2]]"
+            f"slice ({key!r}), where NumPy and torch order the result's axes "
+            "differently; index in two steps, e.g. x[:, 0][[1, 2]]"
         )
     dots = [n for n, k in enumerate(key) if k is Ellipsis]
     consumed = [k is not None and k is not Ellipsis for k in key]
