@@ -10,6 +10,7 @@ sizes also get a scalar-unrolled value_and_grad (unroll.py).
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import tempfile
@@ -30,6 +31,7 @@ from .model import requirement
 from .ops import PRIMITIVES, is_const
 from .printer import NumPyPrinter, literal, to_numpy
 from .symbolic import factored
+from .tape import special
 
 VIEWS = ("transpose", "index", "reshape")
 # A scalar map is written into its users' formulas only up to this many operations
@@ -759,6 +761,12 @@ def render(program: Program) -> str:
         context["add_rows"] = "_add_rows(" in text
         # NumPy has no erf: the module defines _erf/_erfc (math's, vectorized) if used
         context["erf"] = [f for f in ("erf", "erfc") if f"_{f}(" in text]
+        # nor lgamma, digamma, trigamma: the module gets the source of those it calls
+        context["gamma"] = [
+            inspect.getsource(fn)
+            for name, fn in special.HELPERS.items()
+            if f"_{name}(" in text + scalar_text
+        ]
         # unrolled max/min of several values (MathPrinter)
         context["nan_checked"] = [f for f in ("max", "min") if f"_{f}(" in scalar_text]
         context["quiet"] = _unpicked_errors(program)

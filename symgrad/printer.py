@@ -10,6 +10,8 @@ from sympy.printing.numpy import NumPyPrinter as _SymPyNumPyPrinter
 from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.pycode import PythonCodePrinter
 
+from .symbolic import UnsupportedError
+
 
 def coefficient_into_sum(e: sp.Expr) -> sp.Expr:
     """-24*a*(2*b - 1) as a*(24 - 48*b): a numeric coefficient goes into a sum factor
@@ -266,6 +268,22 @@ class NumPyPrinter(_SymPyNumPyPrinter):
     def _print_erfc(self, expr):
         return f"_erfc({self._print(expr.args[0])})"
 
+    def _print_loggamma(self, expr):
+        """``_lgamma`` is math.lgamma vectorized (inf at the poles), from the template."""
+        return f"_lgamma({self._print(expr.args[0])})"
+
+    def _print_polygamma(self, expr):
+        """polygamma(0, x) and polygamma(1, x) as the module's ``_digamma`` and
+        ``_trigamma`` (which also take floats, for unrolled code); no higher order."""
+        n, x = expr.args
+        if n not in (0, 1):
+            raise UnsupportedError(
+                f"polygamma({n}, x), digamma differentiated {n} times (as a Hessian "
+                "through sg.digamma needs), is not supported: generated code has "
+                "digamma and trigamma (orders 0 and 1) only"
+            )
+        return f"_{'trigamma' if n else 'digamma'}({self._print(x)})"
+
 
 def to_numpy(expr: sp.Expr, ranks: dict[str, int] | None = None) -> str:
     return NumPyPrinter(ranks).doprint(expr)
@@ -291,6 +309,7 @@ class MathPrinter(PythonCodePrinter):
     _product = NumPyPrinter._product
     _ordered = NumPyPrinter._ordered
     _print_Relational = NumPyPrinter._print_Relational
+    _print_polygamma = NumPyPrinter._print_polygamma  # the module's helpers take floats
     parenthesize = NumPyPrinter.parenthesize
 
     def doprint(self, expr, assign_to=None):

@@ -130,7 +130,8 @@ class _Interpreter:
             sp.Abs: engine.abs, sp.sign: engine.sign,
             symbolic.sigmoid: engine.sigmoid, symbolic.relu: engine.relu,
             symbolic.softplus: F.softplus, symbolic.log1p: lambda x: engine.log(1 + x),
-            symbolic.expm1: engine.expm1,
+            symbolic.expm1: engine.expm1, sp.loggamma: engine.lgamma,
+            sp.polygamma: lambda n, x: engine.polygamma(int(n.item()), x),
         }  # fmt: skip
 
     def node(self, node: Node, args: list, sizes: dict):

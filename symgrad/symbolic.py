@@ -254,12 +254,13 @@ def without_reciprocal_functions(expr: sp.Expr) -> sp.Expr:
 
 
 # Functions an elementwise expression may use: each has a NumPy spelling in the printer
-# (erf and erfc: math.erf vectorized, as NumPy has none) and a tape op in reference.py.
+# (erf, erfc, loggamma, polygamma: helpers of the module, as NumPy has none) and a
+# tape op in reference.py.
 FUNCTIONS = (
     sp.exp, sp.log, sp.sin, sp.cos, sp.tan, sp.sinh, sp.cosh, sp.tanh, sp.asin,
     sp.acos, sp.atan, sp.asinh, sp.acosh, sp.atanh, sp.atan2, sp.erf, sp.erfc, sp.Abs,
     sp.sign, sp.Heaviside, sp.Max, sp.Min, sp.floor, sp.ceiling, sigmoid, softplus,
-    relu, log1p, expm1, erfc, atan2,
+    relu, log1p, expm1, erfc, atan2, sp.loggamma, sp.polygamma,
 )  # fmt: skip
 _ATOMS = (sp.Symbol, sp.Number, sp.NumberSymbol)
 _OPERATORS = (

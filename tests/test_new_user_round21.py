@@ -28,7 +28,7 @@ index broadcast along another axis failed at run time under a log_softmax
 of a constant element c into 0.0 * exp(-shift) and fell back to NumPy on every masked
 logsumexp (CTC), sg.roll on a symbolic axis refused sizes below the shift; m.unroll()
 of a model without symbolic dims and sg.pad with an expression as constant_values now
-work; sg.cross was added. Missing (a strict xfail): sg.lgamma.
+work; sg.cross and sg.lgamma were added.
 """
 
 from __future__ import annotations
@@ -1237,15 +1237,6 @@ def test_relative_bias_with_every_pair_in_one_bucket_and_buckets_never_used():
 # ===================================================================== 4. missing functions
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="missing: sg.lgamma (torch.lgamma, scipy.special.gammaln): a Student-t "
-    "regression with learned degrees of freedom needs lgamma((nu + 1) / 2) - "
-    "lgamma(nu / 2) of a parameter; sg.elementwise(sp.loggamma, .) is refused "
-    "(no NumPy/math printer for loggamma, no digamma for its derivative), and a "
-    "table of data (the round-18 workaround) cannot follow a learned nu",
-)
 def test_student_t_regression_with_learned_degrees_of_freedom():
     rng = np.random.default_rng(0)
     m = sg.Model("student_t_learned_df")
@@ -1268,7 +1259,11 @@ def test_student_t_regression_with_learned_degrees_of_freedom():
         )
         return -dist.log_prob(i["y"]).mean(), {}
 
-    params = {"w": np.array([0.5, -0.3]), "log_s": np.array(0.1), "log_nu": np.array(1)}
+    params = {
+        "w": np.array([0.5, -0.3]),
+        "log_s": np.array(0.1),
+        "log_nu": np.array(1.0),
+    }
     X = normal(rng, 8, 2)
     inputs = {"X": X, "y": X @ [0.4, -0.2] + rng.standard_t(3, 8)}
     module = compile_module(m)

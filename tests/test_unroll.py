@@ -366,7 +366,7 @@ def declared():
 @pytest.mark.parametrize(
     "sizes, message",
     [
-        ({}, "needs sizes"),
+        ({}, r"needs a size for each dim: m.unroll\(batch=1, n=1\)"),
         ({"rows": 2}, "'rows' is not a symbolic dim"),
         ({"batch": 0}, "positive int"),
         ({"batch": -1}, "positive int"),

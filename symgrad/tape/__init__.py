@@ -87,7 +87,8 @@ __all__ += (  # torch-level functions, defined below
     "round trunc isnan isinf isfinite cumprod sort argsort topk norm any all tril "
     "triu index_select scatter_add index_add masked_select nonzero allclose equal "
     "numel eq ne gt lt ge le logical_and logical_or logical_xor logical_not dot "
-    "outer clip roll diag trace swapaxes movedim narrow scatter is_floating_point"
+    "outer clip roll diag trace swapaxes movedim narrow scatter is_floating_point "
+    "lgamma digamma polygamma"
 ).split()
 __all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load", "cuda", "utils"]
 __all__ += ["isclose"]
@@ -108,6 +109,7 @@ amin, min, argmin = Tensor.amin, Tensor.min, Tensor.argmin
 maximum, minimum = Tensor.maximum, Tensor.minimum
 asinh, acosh, atanh, atan2 = Tensor.asinh, Tensor.acosh, Tensor.atanh, Tensor.atan2
 erf, erfc = Tensor.erf, Tensor.erfc
+lgamma, digamma = Tensor.lgamma, Tensor.digamma
 var, std, prod, cumsum = Tensor.var, Tensor.std, Tensor.prod, Tensor.cumsum
 clamp_min, clamp_max, masked_fill = (
     Tensor.clamp_min,
@@ -169,3 +171,8 @@ del _name
 
 def is_tensor(obj):
     return isinstance(obj, Tensor)
+
+
+def polygamma(n, input):
+    """torch.polygamma(n, input): the order comes first."""
+    return input.polygamma(n)

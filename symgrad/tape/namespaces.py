@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from .special import digamma_array, polygamma_array
+
 # torch computes inf and nan (exp(1000), log(0), 0/0, sqrt(-1)) without a word, and so
 # does the tape: the ops (silent_methods) and the backward pass run under this.
 silent = np.errstate(all="ignore")
@@ -67,6 +69,7 @@ class NumPyOps:
     exp, log, sqrt, sin, cos = np.exp, np.log, np.sqrt, np.sin, np.cos
     sinh, cosh, tanh, abs, sign = np.sinh, np.cosh, np.tanh, np.abs, np.sign
     erf, concatenate = staticmethod(erf_array), np.concatenate
+    digamma, polygamma = staticmethod(digamma_array), staticmethod(polygamma_array)
     where, broadcast_to, transpose, flip = (
         np.where,
         np.broadcast_to,
@@ -140,7 +143,7 @@ class TensorOps:
         _method("sin"),
     )
     cos, sinh, cosh = _method("cos"), _method("sinh"), _method("cosh")
-    tanh, erf = _method("tanh"), _method("erf")
+    tanh, erf, digamma = _method("tanh"), _method("erf"), _method("digamma")
     abs, sign, sigmoid = _method("abs"), _method("sign"), _method("sigmoid")
     where, scatter = staticmethod(_where), staticmethod(_scatter_tensor)
     logsigmoid, einsum = staticmethod(_logsigmoid), staticmethod(_einsum)
@@ -157,6 +160,10 @@ class TensorOps:
     @staticmethod
     def maximum(a, b):
         return a.maximum(b)
+
+    @staticmethod
+    def polygamma(n, a):
+        return a.polygamma(n)
 
     @staticmethod
     def zeros_like(a):

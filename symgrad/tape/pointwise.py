@@ -10,6 +10,7 @@ import numpy as np
 from . import dtypes
 from .arithmetic import broadcast_shape, unbroadcast
 from .namespaces import elementwise, erf_array, sigmoid_array, silent_methods
+from .special import digamma_array, lgamma_array, polygamma_array
 
 OUT = ("out",)  # `saves` of a rule that reads only the output (see Tensor._result)
 
@@ -99,6 +100,21 @@ class PointwiseOps:
         elementwise(math.erfc),
         lambda xp, g, x: -g * _TWO_OVER_SQRT_PI * xp.exp(-x * x),
     )
+    lgamma = _unary("Lgamma", lgamma_array, lambda xp, g, x: g * xp.digamma(x))
+    digamma = _unary("Digamma", digamma_array, lambda xp, g, x: g * xp.polygamma(1, x))
+
+    def polygamma(self, n):
+        """The n-th derivative of digamma (torch's argument order: torch.polygamma(n,
+        x)); its gradient is polygamma(n + 1), so it has derivatives of every order."""
+        if n < 0:
+            raise RuntimeError("polygamma(n, x) does not support negative n.")
+
+        def backward(xp, g, x):
+            return (g * xp.polygamma(n + 1, x),)
+
+        out = polygamma_array(n, self._data)
+        return self._result(out, (self,), backward, "PolygammaBackward0")
+
     abs = __abs__ = _unary("Abs", np.abs, lambda xp, g, x: g * xp.sign(x))
     sign = _unary("Sign", np.sign, _zero, False)
     floor = _unary("Floor", _rounding(np.floor), _zero, False)
