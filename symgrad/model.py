@@ -893,7 +893,7 @@ def concatenate(xs: Sequence[Expr], axis: int = 0) -> Expr:
 
 def stack(xs: Sequence[Expr], axis: int = 0) -> Expr:
     """NumPy's stack: same shapes, joined along a new axis ``axis``."""
-    nodes = _values([_expr(x, "sg.stack") for x in xs], "sg.stack")
+    nodes = [_expr(x, "sg.stack").node for x in xs]  # (indices and masks too)
     if not nodes:
         raise ValueError("sg.stack needs at least one expression")
     ndim = nodes[0].ndim + 1

@@ -503,3 +503,31 @@ def test_cross_agrees_with_torch(a_shape, b_shape, axis):
     module = compile_module(m)
     check(module, reference, params, {})
     assert_matches_central_differences(module, params, {})
+
+
+def test_index_arrays_and_masks_are_rearranged_not_computed():
+    """Pairs of indices stacked from two int64 columns pick rows; a mask stacked and
+    tiled picks entries; each keeps its dtype (mixing dtypes is refused)."""
+    m = sg.Model("rearranged")
+    E = m.param("E", (5, 2))
+    a, b = m.input("a", ("B",), dtype="int64"), m.input("b", ("B",), dtype="int64")
+    keep = m.input("keep", ("B",), dtype="bool")
+    pairs = sg.stack([a, b], axis=1)  # (B, 2) int64
+    picked = E[pairs]  # (B, 2, 2)
+    mask = sg.tile(sg.stack([keep, keep], axis=1), (1, 1))
+    m.loss(sg.sum(sg.where(mask[:, :, None], picked, 0.0) ** 2))
+    with pytest.raises(sg.ShapeError, match="the parts need one dtype"):
+        sg.concatenate([a, E[:, 0]], axis=0)
+
+    def reference(t, i):
+        picked = t["E"][torch.stack([i["a"], i["b"]], 1)]
+        mask = torch.stack([i["keep"], i["keep"]], 1)[:, :, None]
+        return (torch.where(mask, picked, 0.0) ** 2).sum(), {}
+
+    rng = np.random.default_rng(3)
+    inputs = {
+        "a": rng.integers(0, 5, 6),
+        "b": rng.integers(0, 5, 6),
+        "keep": rng.random(6) < 0.5,
+    }
+    check(compile_module(m), reference, {"E": rng.standard_normal((5, 2))}, inputs)
