@@ -14,7 +14,7 @@ import sympy as sp
 
 from . import ops
 from . import symbolic as ew
-from .ir import ShapeError, as_dim, as_shape, broadcast, format_shape
+from .ir import ShapeError, as_dim, as_shape, broadcast, format_shape, toposort
 from .model import (
     PROD_MAX,
     Expr,
@@ -255,6 +255,13 @@ def pad(x: Expr, pad_width, mode: str = "constant", constant_values=0) -> Expr:
             _PAD_BLOCKS[mode](x, axis, width, end, constant_values) if width else None
             for end, width in ((0, before), (-1, after))
         ]
+        for block, width in zip(blocks, (before, after), strict=True):
+            if (
+                block is not None and mode != "constant"
+            ):  # slices the user did not write
+                what = f"sg.pad of {node.describe()} by {width} on axis {axis} ({mode})"
+                for part in set(toposort([block.node])) - set(toposort([node])):
+                    ops.MADE_BY[part] = what
         parts = [blocks[0], x, blocks[1]]
         x = concatenate([part for part in parts if part is not None], axis)
         node = x.node
@@ -364,7 +371,11 @@ def _triangle(x: Expr, k: int, what: str, keep: Callable) -> Expr:
     if node.ndim < 2:
         raise ShapeError(f"{what} of {node.describe()}: it needs at least 2 axes")
     operator.index(k)
-    return where(keep(*positions(*node.shape[-2:])), x, 0)
+    inside = keep(*positions(*node.shape[-2:]))
+    if node.dtype == "bool":  # a mask's triangle is a mask: torch's ones(T, T).tril()
+        both = inside & x
+        return Expr(ops.map_(both.relation, both.args))
+    return where(inside, x, 0)
 
 
 with_numpy_keywords(globals())

@@ -424,7 +424,7 @@ class Cond:
 def _condition(x, what: str) -> Cond:
     """A comparison, or a bool input (a mask) as the condition it is."""
     if isinstance(x, Expr) and x.node.dtype == "bool":
-        return Cond(sp.Ne(ew.arg(0), 0), (x.node,))
+        return Cond(ew.arg(0), (x.node,))  # (a placeholder is a SymPy Boolean too)
     if not isinstance(x, Cond):
         raise TypeError(
             f"{what} needs a comparison of expressions (x > 0) or a bool input, "
@@ -1172,7 +1172,9 @@ class Model:
         for node in toposort([self.loss_node, *self.outputs.values()]):
             for need in ops.size_requirements(node):
                 if node.op == "index":
-                    where = node.args[0].describe() + ops.format_index(node.attrs[0])
+                    where = ops.MADE_BY.get(node) or (
+                        node.args[0].describe() + ops.format_index(node.attrs[0])
+                    )
                 else:  # a map divides by the size (a mean); a max needs an element
                     size = need.lhs if isinstance(need, sp.Ne) else need + 1
                     if node.op != "map":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -84,7 +85,8 @@ def map_(expr: sp.Expr, args: Sequence[Node] = (), shape: Shape | None = None) -
         return map_(expr, kept, shape)  # merged arguments cancelled out: x - x
     if expr == ew.arg(0) and kept[0].shape == tuple(shape):
         return kept[0]
-    dtype = "bool" if expr.is_Relational else "float64"
+    boolean = expr.is_Relational or isinstance(expr, sp.logic.boolalg.BooleanFunction)
+    dtype = "bool" if boolean else "float64"
     if expr == ew.arg(0):  # a broadcast keeps its argument's dtype (an index, a mask)
         dtype = kept[0].dtype
     node = Node("map", tuple(kept), tuple(shape), dtype, attrs=(expr,))
@@ -365,6 +367,11 @@ def _slice_len(dim, start, stop, step, what: str):
 def _bound(dim, b, default):
     """A slice bound on a symbolic axis, as SymPy: ``-1`` of ``n`` is ``n - 1``."""
     return default if b is None else (dim + b if b < 0 else sp.Integer(b))
+
+
+# The call that built an index node, where the user did not write the slice (the
+# reflect slices of sg.pad): what its size requirements name. Weak: nodes can go.
+MADE_BY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def size_requirements(node: Node) -> list[sp.Expr]:

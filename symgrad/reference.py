@@ -197,6 +197,8 @@ class _Interpreter:
     def _eval(self, e, env, sizes):
         if e in env:
             return env[e]
+        if e.is_Relational or isinstance(e, sp.logic.boolalg.BooleanFunction):
+            return self.engine.tensor(self._condition(e, env, sizes))  # a mask
         if not (e.free_symbols - sizes.keys()):
             return float(e.subs(sizes))
         if isinstance(e, sp.Piecewise):
@@ -240,6 +242,8 @@ class _Interpreter:
         return where(tensor(tie), (x + y) / 2, where(tensor(wins), x, y))
 
     def _condition(self, c, env, sizes) -> np.ndarray:
+        if c in env:  # a mask
+            return _data(env[c])
         if isinstance(c, sp.core.relational.Relational):
             lhs, rhs = (_data(self._eval(x, env, sizes)) for x in c.args)
             return _COMPARE[c.rel_op](lhs, rhs)

@@ -836,7 +836,6 @@ def test_porting_mistakes_name_the_problem(make, error, message):
         lambda mask: sg.silu(mask),
         lambda mask: sg.gelu(mask, approximate="tanh"),
         lambda mask: sg.cumprod(mask, axis=0),
-        lambda mask: sg.tril(mask),
         lambda mask: sg.einsum("ij->i", mask),
         lambda mask: sg.stop_gradient(mask),
         lambda mask: sg.softmax(sg.where(mask, 0.0, 1.0) * mask),

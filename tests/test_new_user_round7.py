@@ -1285,8 +1285,8 @@ def test_from_expr_parameter_named_batch_is_a_clear_error():
 def test_unsupported_function_and_array_constant_are_named():
     m = sg.Model("unsupported")
     k = m.param("k", ("n",))
-    with pytest.raises(sg.UnsupportedError, match="loggamma"):
-        sg.elementwise(sp.loggamma, k)
+    with pytest.raises(sg.UnsupportedError, match="besselj"):
+        sg.elementwise(lambda z: sp.besselj(0, z), k)
     with pytest.raises(TypeError, match="real number"):
         k * np.arange(3.0)  # NumPy array constants are not supported: use an input
     with pytest.raises(sg.ShapeError, match="step cannot be zero"):

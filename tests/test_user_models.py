@@ -1047,8 +1047,13 @@ def test_layer_norm_code_has_no_giant_integers():
     assert not re.search(r"\d{17,}", source)
 
 
-def test_indexing_with_a_constant_array_is_a_clear_error():
+def test_indexing_with_a_constant_array_picks_rows_as_numpy():
     m = sg.Model("const_index")
     W = m.param("W", (2, 3))
-    with pytest.raises(sg.ShapeError):
-        W[np.array([0, 1])]
+    m.output("picked", W[np.array([1, 0, 1])])
+    m.loss(sg.sum(W[np.array([1, 0, 1])] ** 2))
+    with pytest.raises(sg.ShapeError, match="one non-empty list of ints"):
+        W[np.array([[0, 1]])]
+    W0 = np.arange(6.0).reshape(2, 3)
+    outputs, _ = compile_module(m).forward({"W": W0}, {})
+    assert np.array_equal(outputs["picked"], W0[[1, 0, 1]])
