@@ -16,7 +16,6 @@ from . import ops
 from . import symbolic as ew
 from .ir import ShapeError, as_dim, as_shape, broadcast, format_shape, toposort
 from .model import (
-    PROD_MAX,
     Expr,
     Size,
     _along,
@@ -24,6 +23,7 @@ from .model import (
     _number,
     concatenate,
     cumsum,
+    fixed_length,
     reshape,
     stack,
     transpose,
@@ -322,13 +322,7 @@ def cumprod(x: Expr, axis=None) -> Expr:
     if axis is None:
         return cumprod(reshape(x, (-1,)), 0)
     (axis,) = _one_axis(node, axis, "sg.cumprod")
-    n = node.shape[axis]
-    if not isinstance(n, int) or not 0 < n <= PROD_MAX:
-        raise ShapeError(
-            f"sg.cumprod of {node.describe()} along axis {axis} of size {n}: it needs a "
-            f"fixed size from 1 to {PROD_MAX}; for positive x, "
-            "sg.exp(sg.cumsum(sg.log(x), axis)) is the running product over any axis"
-        )
+    n = fixed_length(node, axis, "sg.cumprod", "sg.exp(sg.cumsum(sg.log(x), axis))")
     running = [_along(x, axis, slice(0, 1))]
     for i in range(1, n):
         running.append(running[-1] * _along(x, axis, slice(i, i + 1)))

@@ -692,13 +692,7 @@ def prod(x: Expr, axis=None, keepdims: bool = False) -> Expr:
     node = _expr(x, "sg.prod").node
     axes = ops.normalize_axes(node, axis)
     for a in axes:
-        n = node.shape[a]
-        if not isinstance(n, int) or not 0 < n <= PROD_MAX:
-            raise ShapeError(
-                f"sg.prod of {node.describe()} over axis {a} of size {n}: it needs a "
-                f"fixed size from 1 to {PROD_MAX}; for positive x, "
-                "sg.exp(sg.sum(sg.log(x), axis)) is the product over any axis"
-            )
+        fixed_length(node, a, "sg.prod", "sg.exp(sg.sum(sg.log(x), axis))")
     out = x
     for a in reversed(axes):  # from the last, so the earlier axes keep their numbers
         slices = [_along(out, a, k) for k in range(node.shape[a])]
@@ -709,6 +703,18 @@ def prod(x: Expr, axis=None, keepdims: bool = False) -> Expr:
 
 
 PROD_MAX = 32  # one slice per element: a product of more is a long formula
+
+
+def fixed_length(node: Node, axis: int, what: str, instead: str) -> int:
+    """The size of ``axis``, which a product of its slices needs fixed and short."""
+    n = node.shape[axis]
+    if not isinstance(n, int) or not 0 < n <= PROD_MAX:
+        raise ShapeError(
+            f"{what} of {node.describe()} along axis {axis} of size {n}: it needs a "
+            f"fixed size from 1 to {PROD_MAX}; for positive x, {instead} does it "
+            "over any axis"
+        )
+    return n
 
 
 def norm(x: Expr, axis=None, keepdims: bool = False) -> Expr:
