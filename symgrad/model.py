@@ -1281,7 +1281,7 @@ def _numpy_keywords(fn: Callable) -> Callable:
     return checked
 
 
-def _takes_axis(fn) -> bool:
+def _has_torch_spelled_keyword(fn) -> bool:
     """Whether ``fn`` has a parameter torch spells otherwise (axis, keepdims, k)."""
     if not inspect.isfunction(fn):
         return False
@@ -1291,13 +1291,14 @@ def _takes_axis(fn) -> bool:
 
 
 def with_numpy_keywords(namespace: dict) -> None:
-    """Give a module's functions that take ``axis`` the dim=/keepdim= hint."""
+    """Give a module's functions with NumPy's axis=, keepdims= or k= the hint for
+    torch's spellings of them."""
     for name, fn in list(namespace.items()):
-        if _takes_axis(fn) and fn.__module__ == namespace["__name__"]:
+        if _has_torch_spelled_keyword(fn) and fn.__module__ == namespace["__name__"]:
             namespace[name] = _numpy_keywords(fn)
 
 
 with_numpy_keywords(globals())
 for _name, _fn in list(vars(Expr).items()):
-    if _takes_axis(_fn):
+    if _has_torch_spelled_keyword(_fn):
         setattr(Expr, _name, _numpy_keywords(_fn))
