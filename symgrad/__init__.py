@@ -16,13 +16,13 @@ _API = {
         "Cond Expr Model ModelError abs arccos arccosh arcsin arcsinh arctan arctan2 "
         "arctanh clip concatenate cos cosh cumsum digamma dot elementwise erf erfc exp "
         "expm1 gelu lgamma log log10 log1p log2 log_softmax logaddexp logsumexp matmul "
-        "max maximum mean min minimum norm prod relu reshape sigmoid sign silu sin "
-        "sinh softmax softplus sqrt square squeeze stack std stop_gradient sum "
+        "max maximum mean min minimum norm prod relu reshape segment_sum sigmoid sign "
+        "silu sin sinh softmax softplus sqrt square squeeze stack std stop_gradient sum "
         "swapaxes take_along_axis tan tanh transpose var where"
     ).split(),
     "symgrad.arrays": (
         "broadcast_to cross cumprod diff expand_dims flip full_like moveaxis ones_like "
-        "outer pad repeat roll split tile tril triu zeros_like"
+        "outer pad repeat roll sliding_window_view split tile tril triu zeros_like"
     ).split(),
     "symgrad.contractions": ["einsum"],
     "symgrad.ir": ["ShapeError"],

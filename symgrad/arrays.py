@@ -14,7 +14,15 @@ import sympy as sp
 
 from . import ops
 from . import symbolic as ew
-from .ir import ShapeError, as_dim, as_shape, broadcast, format_shape, toposort
+from .ir import (
+    Node,
+    ShapeError,
+    as_dim,
+    as_shape,
+    broadcast,
+    format_shape,
+    toposort,
+)
 from .model import (
     Expr,
     Size,
@@ -256,12 +264,9 @@ def pad(x: Expr, pad_width, mode: str = "constant", constant_values=0) -> Expr:
             for end, width in ((0, before), (-1, after))
         ]
         for block, width in zip(blocks, (before, after), strict=True):
-            if (
-                block is not None and mode != "constant"
-            ):  # slices the user did not write
+            if block is not None and mode != "constant":
                 what = f"sg.pad of {node.describe()} by {width} on axis {axis} ({mode})"
-                for part in set(toposort([block.node])) - set(toposort([node])):
-                    ops.MADE_BY[part] = what
+                _made_by(block, node, what)
         parts = [blocks[0], x, blocks[1]]
         x = concatenate([part for part in parts if part is not None], axis)
         node = x.node
@@ -313,6 +318,45 @@ def diff(x: Expr, axis: int = -1) -> Expr:
     """NumPy's diff (n = 1): x[1:] - x[:-1] along ``axis``."""
     (axis,) = _one_axis(_expr(x, "sg.diff").node, axis, "sg.diff")
     return _along(x, axis, slice(1, None)) - _along(x, axis, slice(-1))
+
+
+def sliding_window_view(x: Expr, window_shape, axis=None) -> Expr:
+    """NumPy's sliding_window_view: every window of ``window_shape`` along ``axis`` (every
+    axis if None), each axis' windows in a new last axis: convolutions are an einsum
+    with the kernel, pooling a max over them (torch's ``unfold``). Built as a stack of
+    shifted slices, so each axis needs at least its window's size."""
+    node = _expr(x, "sg.sliding_window_view").node
+    sizes = (window_shape,) if isinstance(window_shape, int) else tuple(window_shape)
+    if axis is None:
+        axes = tuple(range(node.ndim))
+    else:  # in the order given: it pairs them with the sizes and orders the windows
+        axes = tuple(
+            _one_axis(node, a, "sg.sliding_window_view")[0]
+            for a in ((axis,) if isinstance(axis, int) else axis)
+        )
+    if len(sizes) != len(axes) or len(set(axes)) != len(axes):
+        raise ShapeError(
+            f"sg.sliding_window_view: window_shape {window_shape!r} needs one size per "
+            f"axis of {axes} (each axis once)"
+        )
+    for a, w in zip(axes, sizes, strict=True):
+        n = node.shape[a]
+        if not isinstance(w, int) or w < 1 or isinstance(n, int) and w > n:
+            raise ShapeError(
+                f"sg.sliding_window_view: window size {w!r} for axis {a} of "
+                f"{node.describe()} of shape {format_shape(node.shape)}: use an int "
+                "from 1 to the axis' size"
+            )
+        x = stack([_part(x, a, k, n - w + 1 + k) for k in range(w)], axis=-1)
+    return _made_by(x, node, f"sg.sliding_window_view of {node.describe()}")
+
+
+def _made_by(result: Expr, source: Node, what: str) -> Expr:
+    """``result``, with ``what`` named in the size requirements of the slices that
+    built it from ``source``: slices the user did not write."""
+    for part in set(toposort([result.node])) - set(toposort([source])):
+        ops.MADE_BY[part] = what
+    return result
 
 
 def cumprod(x: Expr, axis=None) -> Expr:

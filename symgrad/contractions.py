@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import string
 
+from . import ops
 from .arrays import positions
-from .ir import ShapeError
-from .model import Expr, _expr, transpose, where
+from .ir import ShapeError, size
+from .model import Expr, _expr, swapaxes, transpose, where
 from .model import sum as _sum
 
 
@@ -75,11 +76,39 @@ def _contract(ta: str, a: Expr, tb: str, b: Expr, needed: set) -> tuple[str, Exp
         if not left:
             product = product[..., 0, :] if right else product[..., 0]
         return batch + left + right, product
+    if summed:  # several letters: grouped by reshapes into one matmul, as im2col does
+        sizes = {
+            c: d
+            for t, x in ((ta_kept, a), (tb_kept, b))
+            for c, d in zip(t, x.node.shape, strict=True)
+        }
+        product = _matrix(ta_kept, a, batch, left, summed, sizes) @ _matrix(
+            tb_kept, b, batch, summed, right, sizes
+        )
+        shape = tuple(sizes[c] for c in batch + left + right)
+        return batch + left + right, _reshaped(product, shape)
     full = batch + left + right + summed
     product = _aligned(ta_kept, a, full) * _aligned(tb_kept, b, full)
     if summed:
         product = _sum(product, axis=tuple(range(len(full) - len(summed), len(full))))
     return batch + left + right, product
+
+
+def _matrix(term: str, x: Expr, batch: str, rows: str, cols: str, sizes: dict):
+    """x (lettered ``term``) as matrices of the ``rows`` letters by the ``cols``, after
+    the ``batch`` axes: a reshape, transposed after it where that makes it a view."""
+    batch_shape = tuple(sizes[c] for c in batch)
+    n_rows, n_cols = (size(tuple(sizes[c] for c in group)) for group in (rows, cols))
+    if rows and cols and term == batch + cols + rows:
+        return swapaxes(_reshaped(x, batch_shape + (n_cols, n_rows)), -1, -2)
+    x = _summed_to(term, x, batch + rows + cols)
+    return _reshaped(x, batch_shape + (n_rows, n_cols))
+
+
+def _reshaped(x: Expr, shape) -> Expr:
+    """A reshape into axes grouped or split: sizes sg.reshape cannot prove (T - 3 is a
+    size only where the model's slices hold, which the module checks)."""
+    return Expr(ops.reshape(x.node, shape))
 
 
 def _summed_to(term: str, x: Expr, out: str) -> Expr:

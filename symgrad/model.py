@@ -960,6 +960,23 @@ def take_along_axis(x: Expr, indices: Expr, axis: int) -> Expr:
     return Expr(ops.take_along_axis(node, _expr(indices, "take_along_axis").node, axis))
 
 
+def segment_sum(data: Expr, segment_ids: Expr, num_segments) -> Expr:
+    """Row k of ``data`` added into row ``segment_ids[k]`` of ``num_segments`` rows of
+    zeros: torch's ``index_add``, the message sum of a graph network (adjoint: a gather).
+    ``num_segments`` is an int or a size (``x.shape[0]``, a dim's name)."""
+    what = "sg.segment_sum"
+    (node,) = _values([_expr(data, what)], what)
+    ids = _expr(segment_ids, what).node
+    ops._check_index_array(ids, what)
+    if ids.ndim != 1 or node.ndim == 0 or node.shape[0] != ids.shape[0]:
+        raise ShapeError(
+            f"{what}: segment ids {ids.describe()} must be 1-D with one id per row of "
+            f"{node.describe()}"
+        )
+    shape = (as_dim(num_segments),) + node.shape[1:]
+    return Expr(ops.scatter(shape, [(("rows",), node, ids)]))
+
+
 def logsumexp(x: Expr, axis=None, keepdims: bool = False) -> Expr:
     """log(sum(exp(x))), shifted by the (detached) max so it never overflows; a row of
     -inf gives -inf (log 0), as in torch."""

@@ -168,6 +168,11 @@ class _Interpreter:
             return args[0].cumsum(axis)
         if op == "concatenate":
             return self.engine.cat(args, dim=attrs[0])
+        if op == "scatter" and node.attrs == ((("rows",),), False):  # sg.segment_sum
+            shape = _concrete(node.shape, sizes)
+            out = self.engine.zeros(shape, dtype=self.engine.float64)
+            ids = args[1] % shape[0]  # negative ids count from the end, as in NumPy
+            return out.index_add(0, ids, args[0])
         if op == "detach":
             return args[0].detach()
         raise symbolic.UnsupportedError(f"no reference rule for {op}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
+from . import ops
 from .ir import toposort
 from .model import Model, ModelError, holds, lower_bound
 from .reference import bound_dims, hvp, reference
@@ -334,11 +335,21 @@ def _index_bounds(model: Model, sizes: dict) -> dict[str, int]:
     """For each integer input, the size of the axis it indexes (so samples are valid)."""
     bounds: dict[str, int] = {}
     for node in toposort([model.loss_node, *model.outputs.values()]):
-        if node.op in ("gather", "take_along_axis"):
-            axis = 0 if node.op == "gather" else node.attrs[0]
-            size = int(sp.sympify(node.args[0].shape[axis]).subs(sizes))
-            leaf = node.args[1]
+        for axis_size, leaf in _indexed(node):
+            size = int(sp.sympify(axis_size).subs(sizes))
             while leaf.args:  # through views such as labels[:, None]
                 leaf = leaf.args[0]
             bounds[leaf.name] = min(size, bounds.get(leaf.name, size))
     return bounds
+
+
+def _indexed(node):
+    """(size of the axis indexed, index array) of a gather, take_along_axis or
+    sg.segment_sum node."""
+    if node.op == "gather":
+        return [(node.args[0].shape[0], node.args[1])]
+    if node.op == "take_along_axis":
+        return [(node.args[0].shape[node.attrs[0]], node.args[1])]
+    if node.op == "scatter":
+        return [(node.shape[0], idx) for _, _, idx in ops.scatter_updates(node)]
+    return []
