@@ -51,6 +51,11 @@ FRESH = (
     "take_along_axis",
     "scatter",
     "pair_scatter",
+    "solve",
+    "inv",
+    "logabsdet",
+    "det_sign",
+    "det",
 )
 TEMPLATES = [
     Path(__file__).parent / "templates",
@@ -114,6 +119,12 @@ class Emitter:
             return node.op in LEAVES or unused
         if node.op in VIEWS and len(self.users[node]) > 1 and node.args[0].op in LEAVES:
             return False  # x[:-1] used twice: one view object, not one per use
+        if (
+            node.op == "reshape"
+            and node.args[0].op == "transpose"
+            and len(self.users[node]) > 1
+        ):
+            return False  # axes moved, then merged: a copy (einsum's im2col), made once
         if _scalar_map(node):  # into formulas, where CSE sees it, or where it is cheap
             if self._inlined_ops(node) > INLINE_OPS:
                 return False
