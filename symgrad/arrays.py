@@ -323,8 +323,8 @@ def diff(x: Expr, axis: int = -1) -> Expr:
 def sliding_window_view(x: Expr, window_shape, axis=None) -> Expr:
     """NumPy's sliding_window_view: every window of ``window_shape`` along ``axis`` (every
     axis if None), each axis' windows in a new last axis: convolutions are an einsum
-    with the kernel, pooling a max over them (torch's ``unfold``). Built as a stack of
-    shifted slices, so each axis needs at least its window's size."""
+    with the kernel, pooling a max over them (torch's ``unfold``). A view, as NumPy's.
+    """
     node = _expr(x, "sg.sliding_window_view").node
     sizes = (window_shape,) if isinstance(window_shape, int) else tuple(window_shape)
     if axis is None:
@@ -339,6 +339,7 @@ def sliding_window_view(x: Expr, window_shape, axis=None) -> Expr:
             f"sg.sliding_window_view: window_shape {window_shape!r} needs one size per "
             f"axis of {axes} (each axis once)"
         )
+    windows = node
     for a, w in zip(axes, sizes, strict=True):
         n = node.shape[a]
         if not isinstance(w, int) or w < 1 or isinstance(n, int) and w > n:
@@ -347,8 +348,8 @@ def sliding_window_view(x: Expr, window_shape, axis=None) -> Expr:
                 f"{node.describe()} of shape {format_shape(node.shape)}: use an int "
                 "from 1 to the axis' size"
             )
-        x = stack([_part(x, a, k, n - w + 1 + k) for k in range(w)], axis=-1)
-    return _made_by(x, node, f"sg.sliding_window_view of {node.describe()}")
+        windows = ops.windows(windows, a, w)
+    return Expr(windows)
 
 
 def _made_by(result: Expr, source: Node, what: str) -> Expr:

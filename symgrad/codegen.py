@@ -33,7 +33,7 @@ from .printer import NumPyPrinter, literal, to_numpy
 from .symbolic import factored
 from .tape import special
 
-VIEWS = ("transpose", "index", "reshape")
+VIEWS = ("transpose", "index", "reshape", "windows")
 # A scalar map is written into its users' formulas only up to this many operations
 # (counted as a tree); beyond, it gets a statement, as an array would.
 INLINE_OPS = 40

@@ -388,6 +388,8 @@ _TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "float": "sg.where(mask, 1.0, 0.0) (a mask is a condition, not a number)",
     "diagonal": "sg.einsum('...ii->...i', x)",
     "trace": "sg.einsum('ii', x)",
+    "logdet": "sg.slogdet(x)[1] (log |det x|)",
+    "inverse": "sg.inv(x)",
 }
 
 
@@ -1198,6 +1200,11 @@ class Model:
                     where = ops.MADE_BY.get(node) or (
                         node.args[0].describe() + ops.format_index(node.attrs[0])
                     )
+                elif node.op == "windows":
+                    source = node.args[0]
+                    while source.op == "windows":
+                        source = source.args[0]
+                    where = f"sg.sliding_window_view of {source.describe()}"
                 else:  # a map divides by the size (a mean); a max needs an element
                     size = need.lhs if isinstance(need, sp.Ne) else need + 1
                     if node.op != "map":

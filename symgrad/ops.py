@@ -266,6 +266,14 @@ def concatenate(parts: Sequence[Node], axis: int) -> Node:
     return Node("concatenate", tuple(parts), shape, first.dtype, (axis,))
 
 
+def windows(a: Node, axis: int, width: int) -> Node:
+    """NumPy's sliding_window_view along one axis: a view with each window of ``width``
+    in a new last axis (the axis needs ``width - 1`` elements, a size requirement)."""
+    shape = list(a.shape)
+    shape[axis] = a.shape[axis] - width + 1
+    return Node("windows", (a,), tuple(shape) + (width,), a.dtype, (axis, width))
+
+
 def concatenated_at(node: Node, i: int) -> Dim:
     """Where part ``i`` of a concatenation starts along its axis."""
     return as_dim(sp.Add(*(p.shape[node.attrs[0]] for p in node.args[:i])))
@@ -401,15 +409,18 @@ def size_requirements(node: Node) -> list[sp.Expr]:
     if node.op in ("max", "min"):
         dims = {node.args[0].shape[k] for k in node.attrs[0]}
         return [d - 1 for d in sorted(dims, key=str) if not isinstance(d, int)]
-    if node.op != "index":
+    if node.op == "windows":  # as long as the window less one (an empty view)
+        needs = [node.args[0].shape[node.attrs[0]] - node.attrs[1] + 1]
+    elif node.op == "index":
+        needs = []
+        for entry, dim in _entries(node.attrs[0], node.args[0].shape):
+            if entry[0] == "slice" and not isinstance(dim, int):
+                start, stop = _bound(dim, entry[1], 0), _bound(dim, entry[2], dim)
+                needs += [start, dim - stop, stop - start]
+            elif entry[0] == "int" and not isinstance(dim, int):
+                needs.append(dim - entry[1] - 1 if entry[1] >= 0 else dim + entry[1])
+    else:
         return []
-    needs = []
-    for entry, dim in _entries(node.attrs[0], node.args[0].shape):
-        if entry[0] == "slice" and not isinstance(dim, int):
-            start, stop = _bound(dim, entry[1], 0), _bound(dim, entry[2], dim)
-            needs += [start, dim - stop, stop - start]
-        elif entry[0] == "int" and not isinstance(dim, int):
-            needs.append(dim - entry[1] - 1 if entry[1] >= 0 else dim + entry[1])
     needs = [sp.expand(e) for e in needs]  # n - (n - 1) is 1
     # a size may be 0 at run time (an empty batch), where x[1:] would be -1 long
     sizes = set().union(*(e.free_symbols for e in needs))
@@ -667,6 +678,19 @@ def _numpy_cumsum(args: list[str], node: Node) -> str:
     if not reverse:
         return f"np.cumsum({args[0]}, axis={axis})"
     return f"np.flip(np.cumsum(np.flip({args[0]}, {axis}), axis={axis}), {axis})"
+
+
+def _vjp_windows(g: Node, out: Node, i: int) -> Node:
+    """Window position k of every window adds back into the k-th shifted slice."""
+    axis, width = out.attrs
+    a = out.args[0]
+    updates = []
+    for k in range(width):
+        shifted = slice(k or None, None if k == width - 1 else k - width + 1)
+        key = (slice(None),) * axis + (shifted,)
+        position = index(g, normalize_index(g, (Ellipsis, k)))
+        updates.append((("slice", normalize_index(a, key)), position))
+    return scatter(a.shape, updates)
 
 
 def _vjp_concatenate(g: Node, out: Node, i: int) -> Node | None:
@@ -944,6 +968,11 @@ PRIMITIVES: dict[str, Primitive] = {
     "concatenate": Primitive(
         lambda a, n: f"np.concatenate(({', '.join(a)}), axis={n.attrs[0]})",
         _vjp_concatenate,
+    ),
+    "windows": Primitive(
+        lambda a, n: f"np.lib.stride_tricks.sliding_window_view({a[0]}, "
+        f"{n.attrs[1]}, axis={n.attrs[0]})",
+        _vjp_windows,
     ),
     "detach": Primitive(None, _no_grad),  # removed by the optimizer
     "scatter": Primitive(_numpy_scatter, _vjp_scatter),

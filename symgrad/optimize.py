@@ -40,7 +40,7 @@ def fold_constants(roots: Sequence[Node]) -> list[Node]:
 
     def fold(_: Node, n: Node) -> Node:
         if (
-            n.op in ("index", "transpose", "reshape")
+            n.op in ("index", "transpose", "reshape", "windows")
             and n.args[0].op == "map"
             and all(a.ndim == 0 for a in n.args[0].args)
         ):

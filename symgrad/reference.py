@@ -173,6 +173,12 @@ class _Interpreter:
             out = self.engine.zeros(shape, dtype=self.engine.float64)
             ids = args[1] % shape[0]  # negative ids count from the end, as in NumPy
             return out.index_add(0, ids, args[0])
+        if op == "windows":
+            axis, width = attrs
+            n = args[0].shape[axis] - width + 1
+            return self.engine.stack(
+                [args[0].narrow(axis, k, n) for k in range(width)], dim=-1
+            )
         if op == "detach":
             return args[0].detach()
         raise symbolic.UnsupportedError(f"no reference rule for {op}")

@@ -399,6 +399,9 @@ class _Expander:
             for k, p in enumerate(node.attrs[0]):
                 source[p] = idx[k]
             return tuple(source)
+        if node.op == "windows":  # position idx[-1] of window idx[axis]
+            axis = node.attrs[0]
+            return idx[:axis] + (idx[axis] + idx[-1],) + idx[axis + 1 : -1]
         if node.op == "reshape":
             flat = 0
             for i, d in zip(idx, self.shape(node), strict=True):
