@@ -237,6 +237,7 @@ def test_conv_runs_as_one_matmul():
     source, _ = generate(build("conv2d_relu_maxpool")[0])
     forward = source[source.index("def forward") : source.index("def backward")]
     assert "K.reshape((4, 18)).T" in forward
+    assert "sliding_window_view(" in forward and "concatenate" not in forward  # views
     assert forward.count(" @ ") == 1
     # the window matrix (a copy) is made once, for the forward and the kernel's gradient
     fused = source[source.index("def value_and_grad") :]
