@@ -21,10 +21,12 @@ _API = {
         "swapaxes take_along_axis tan tanh transpose var where"
     ).split(),
     "symgrad.arrays": (
-        "broadcast_to cross cumprod diff expand_dims flip full_like moveaxis ones_like "
-        "outer pad repeat roll sliding_window_view split tile tril triu zeros_like"
+        "argsort broadcast_to cross cumprod diff expand_dims eye flip full_like "
+        "moveaxis ones_like outer pad repeat roll sliding_window_view sort split tile "
+        "tril triu zeros_like"
     ).split(),
     "symgrad.contractions": ["einsum"],
+    "symgrad.linalg": ["det", "inv", "slogdet", "solve"],
     "symgrad.ir": ["ShapeError"],
     "symgrad.symbolic": ["UnsupportedError"],
     "symgrad.grad": ["GradientError"],

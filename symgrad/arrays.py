@@ -1,6 +1,7 @@
 """NumPy's array functions that symgrad builds from its primitive expressions
-(slices, concatenations, broadcasts, comparisons), so their derivatives are those of
-the pieces: padding, rolling, tiling, splitting, triangles, running products."""
+(slices, concatenations, broadcasts, comparisons, picks), so their derivatives are
+those of the pieces: padding, rolling, tiling, splitting, triangles, running products,
+windows, sorting."""
 
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ from .model import (
     _along,
     _expr,
     _number,
+    _values,
     concatenate,
     cumsum,
     fixed_length,
     reshape,
     stack,
+    take_along_axis,
     transpose,
     where,
     with_numpy_keywords,
@@ -79,9 +82,16 @@ def broadcast_to(x: Expr, shape) -> Expr:
 def positions(rows, cols) -> tuple[Expr, Expr]:
     """The row and the column number (from 1) of each entry of a (rows, cols) matrix,
     as a column and a row that broadcast: triangles and diagonals are comparisons."""
-    row = cumsum(Expr(ops.const(1, (rows, 1))), axis=0)
-    col = cumsum(Expr(ops.const(1, (1, cols))), axis=1)
+    row = cumsum(Expr(ops.const(1, (as_dim(rows), 1))), axis=0)
+    col = cumsum(Expr(ops.const(1, (1, as_dim(cols)))), axis=1)
     return row, col
+
+
+def eye(N, M=None, k: int = 0) -> Expr:
+    """NumPy's eye: ones on diagonal ``k`` of an (N, M) matrix (sizes: ints, or sizes
+    of the model's arrays such as ``x.shape[0]``), zeros elsewhere."""
+    row, col = positions(N, N if M is None else M)
+    return where(row + operator.index(k) == col, 1.0, 0.0)
 
 
 def moveaxis(x: Expr, source, destination) -> Expr:
@@ -358,6 +368,21 @@ def _made_by(result: Expr, source: Node, what: str) -> Expr:
     for part in set(toposort([result.node])) - set(toposort([source])):
         ops.MADE_BY[part] = what
     return result
+
+
+def argsort(x: Expr, axis: int = -1) -> Expr:
+    """NumPy's argsort (stable: ties keep their order, as torch's stable sort): int64
+    positions for sg.take_along_axis."""
+    (node,) = _values([_expr(x, "sg.argsort")], "sg.argsort")
+    return Expr(ops.argsort(node, _one_axis(node, axis, "sg.argsort")[0]))
+
+
+def sort(x: Expr, axis: int = -1) -> Expr:
+    """NumPy's sort along ``axis``; the gradient goes back to where each value came
+    from, as torch's. ``axis=None`` sorts the flattened array."""
+    if axis is None:
+        return sort(reshape(_expr(x, "sg.sort"), (-1,)), 0)
+    return take_along_axis(x, argsort(x, axis), axis)
 
 
 def cumprod(x: Expr, axis=None) -> Expr:

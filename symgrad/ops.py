@@ -266,6 +266,12 @@ def concatenate(parts: Sequence[Node], axis: int) -> Node:
     return Node("concatenate", tuple(parts), shape, first.dtype, (axis,))
 
 
+def argsort(a: Node, axis: int) -> Node:
+    """NumPy's stable argsort: int64 positions, which have no gradient."""
+    (axis,) = normalize_axes(a, axis)
+    return Node("argsort", (a,), a.shape, "int64", (axis,))
+
+
 def windows(a: Node, axis: int, width: int) -> Node:
     """NumPy's sliding_window_view along one axis: a view with each window of ``width``
     in a new last axis (the axis needs ``width - 1`` elements, a size requirement)."""
@@ -847,7 +853,7 @@ def _numpy_scatter(args: list[str], node: Node) -> list[str]:
                 written.append(kind[1])
         elif kind[0] == "rows":
             lines += _scatter_rows(value, index_code[0], value_node, idx[0], node.shape)
-        elif idx[0].shape[kind[1]] == 1:  # one index per row: no duplicates to add up
+        elif idx[0].shape[kind[1]] == 1 or idx[0].op == "argsort":  # no index twice
             add = len(kinds) > 1 or has_base
             if along := _along(index_code[0], kind[1], node.shape):
                 lines.append(f"{{out}}[{along}] {'+=' if add else '='} {value}")
@@ -875,7 +881,9 @@ def along_shape(shape: Shape, axis: int, index_shape: Shape) -> Shape:
 def _along(index: str, axis: int, shape: Shape) -> str | None:
     """``np.arange(n)[:, None], index``: the fancy index that picks ``index`` along
     ``axis`` of a matrix, as np.take_along_axis does without its Python-level overhead
-    (3x faster at 64 rows); None beyond two dimensions."""
+    (3x faster at 64 rows); the index itself along a vector; None beyond two dimensions."""
+    if len(shape) == 1:
+        return index
     if len(shape) != 2:
         return None
     if axis % 2:
@@ -924,6 +932,115 @@ def _scatter_rows(
     return [f"np.add.at({{out}}, {idx}, {value})"]
 
 
+# --------------------------------------------------------------------------- linear algebra
+# np.linalg's solve, inv, slogdet and det over the last two axes, batched as NumPy's
+# gufuncs are. Their adjoints are built from these primitives again, so Hessians exist.
+
+
+def _check_square(a: Node, what: str) -> None:
+    if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
+        raise ShapeError(
+            f"{what}: {a.describe()} of shape {format_shape(a.shape)} is not a square "
+            "matrix (or a batch of them): its last two axes must be equal"
+        )
+
+
+def solve(a: Node, b: Node) -> Node:
+    """x with ``a @ x == b``, by NumPy 2's rule: ``b`` is one vector (n,) only when it is
+    1-D, else matrices (..., n, k); the batch axes of ``a`` and ``b`` broadcast."""
+    what = f"solve({a.describe()}, {b.describe()})"
+    _check_square(a, what)
+    vector = b.ndim == 1
+    if b.ndim == 0 or b.shape[-1 if vector else -2] != a.shape[-1]:
+        raise ShapeError(
+            f"{what}: {a.describe()} of shape {format_shape(a.shape)} does not match "
+            f"{b.describe()} of shape {format_shape(b.shape)}: b needs {a.shape[-1]} "
+            f"{'elements' if vector else 'rows (axis -2)'}"
+        )
+    batch_a = leaf("input", a.describe(), a.shape[:-2])
+    batch_b = leaf("input", b.describe(), () if vector else b.shape[:-2])
+    try:
+        batch = broadcast(batch_a, batch_b)
+    except ShapeError:
+        raise ShapeError(
+            f"{what}: the batch axes of {a.describe()} of shape "
+            f"{format_shape(a.shape)} and {b.describe()} of shape "
+            f"{format_shape(b.shape)} do not broadcast"
+        ) from None
+    return Node("solve", (a, b), batch + b.shape[-1 if vector else -2 :])
+
+
+def inv(a: Node) -> Node:
+    _check_square(a, f"inv({a.describe()})")
+    return Node("inv", (a,), a.shape)
+
+
+def logabsdet(a: Node) -> Node:
+    """log |det a|: the second half of NumPy's slogdet."""
+    _check_square(a, f"slogdet({a.describe()})")
+    return Node("logabsdet", (a,), a.shape[:-2])
+
+
+def det_sign(a: Node) -> Node:
+    """The sign of det a (1, -1 or 0): the first half of NumPy's slogdet."""
+    _check_square(a, f"slogdet({a.describe()})")
+    return Node("det_sign", (a,), a.shape[:-2])
+
+
+def det(a: Node) -> Node:
+    _check_square(a, f"det({a.describe()})")
+    return Node("det", (a,), a.shape[:-2])
+
+
+def _neg(x: sp.Expr) -> sp.Expr:
+    return -x
+
+
+def _vjp_solve(g: Node, out: Node, i: int) -> Node:
+    """x = solve(a, b): gb = solve(a^T, g), ga = -gb x^T (an outer product for a 1-D b)."""
+    a, b = out.args
+    a_t = transpose(a, _swap(a.ndim))
+    if b.ndim > 1:
+        gb = solve(a_t, g)
+        if i == 1:
+            return unbroadcast(gb, b.shape)
+        ga = matmul(apply(_neg, gb), transpose(out, _swap(out.ndim)))
+        return unbroadcast(ga, a.shape)
+    if g.ndim == 1:
+        gb = solve(a_t, g)
+        column = _col(gb)
+    else:  # a batch of vectors, solved as (..., n, 1) matrices: NumPy 2 would read
+        column = solve(a_t, _col(g))  # a 2-D g as one matrix
+        gb = index(column, normalize_index(column, (Ellipsis, 0)))
+    if i == 1:
+        return unbroadcast(gb, b.shape)
+    return unbroadcast(apply(lambda u, v: -u * v, column, _row(out)), a.shape)
+
+
+def _vjp_inv(g: Node, out: Node, i: int) -> Node:
+    """y = inv(a): ga = -y^T g y^T."""
+    y_t = transpose(out, _swap(out.ndim))
+    return matmul(matmul(y_t, apply(_neg, g)), y_t)
+
+
+def _per_matrix(x: Node) -> Node:
+    """One number per matrix of a batch as (..., 1, 1), to scale the matrices."""
+    return x if x.ndim == 0 else index(x, normalize_index(x, (Ellipsis, None, None)))
+
+
+def _vjp_logabsdet(g: Node, out: Node, i: int) -> Node:
+    """d log|det a| / da = inv(a)^T (the inverse a user's sg.inv(a) computes too)."""
+    (a,) = out.args
+    return apply(_mul, _per_matrix(g), transpose(inv(a), _swap(a.ndim)))
+
+
+def _vjp_det(g: Node, out: Node, i: int) -> Node:
+    """d det a / da = det(a) inv(a)^T: needs an invertible ``a``."""
+    (a,) = out.args
+    inv_t = transpose(inv(a), _swap(a.ndim))
+    return apply(lambda g_, d, t: g_ * d * t, _per_matrix(g), _per_matrix(out), inv_t)
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -969,6 +1086,9 @@ PRIMITIVES: dict[str, Primitive] = {
         lambda a, n: f"np.concatenate(({', '.join(a)}), axis={n.attrs[0]})",
         _vjp_concatenate,
     ),
+    "argsort": Primitive(
+        lambda a, n: f'np.argsort({a[0]}, axis={n.attrs[0]}, kind="stable")', _no_grad
+    ),
     "windows": Primitive(
         lambda a, n: f"np.lib.stride_tricks.sliding_window_view({a[0]}, "
         f"{n.attrs[1]}, axis={n.attrs[0]})",
@@ -978,4 +1098,11 @@ PRIMITIVES: dict[str, Primitive] = {
     "scatter": Primitive(_numpy_scatter, _vjp_scatter),
     # A module-level helper (templates/module.py.j2): dense and sparse pairs differ.
     "pair_scatter": Primitive(lambda a, n: f"_pair_scatter({', '.join(a)})", None),
+    "solve": Primitive(lambda a, n: f"np.linalg.solve({a[0]}, {a[1]})", _vjp_solve),
+    "inv": Primitive(lambda a, n: f"np.linalg.inv({a[0]})", _vjp_inv),
+    "logabsdet": Primitive(
+        lambda a, n: f"np.linalg.slogdet({a[0]})[1]", _vjp_logabsdet
+    ),
+    "det_sign": Primitive(lambda a, n: f"np.linalg.slogdet({a[0]})[0]", _no_grad),
+    "det": Primitive(lambda a, n: f"np.linalg.det({a[0]})", _vjp_det),
 }

@@ -60,9 +60,10 @@ def eliminate_common(roots: Sequence[Node]) -> list[Node]:
         if not node.args and node.op != "map":
             return node  # inputs and params are unique by construction
         if node.op == "map" and len(set(node.args)) < len(node.args):
-            node = ops.map_(node.attrs[0], node.args, node.shape)  # merged: x / x is 1
-            if node.op != "map":
-                return node
+            merged = ops.map_(node.attrs[0], node.args, node.shape)  # x / x is 1
+            if merged.op != "map":
+                return merged
+            node = replace(merged, name=node.name, hint=node.hint)  # (m.let's name)
         key = (node.op, tuple(map(id, node.args)), node.attrs, node.shape, node.dtype)
         return seen.setdefault(key, node)
 

@@ -173,6 +173,10 @@ class _Interpreter:
             out = self.engine.zeros(shape, dtype=self.engine.float64)
             ids = args[1] % shape[0]  # negative ids count from the end, as in NumPy
             return out.index_add(0, ids, args[0])
+        if op in ("solve", "inv", "logabsdet", "det_sign", "det"):
+            return self._linalg(op, *args)
+        if op == "argsort":
+            return args[0].argsort(dim=attrs[0], stable=True)
         if op == "windows":
             axis, width = attrs
             n = args[0].shape[axis] - width + 1
@@ -182,6 +186,17 @@ class _Interpreter:
         if op == "detach":
             return args[0].detach()
         raise symbolic.UnsupportedError(f"no reference rule for {op}")
+
+    def _linalg(self, op: str, a, b=None):
+        """np.linalg's function as the engine's torch.linalg one."""
+        linalg = self.engine.linalg
+        if op == "solve":
+            if 2 <= b.ndim < a.ndim:  # matrices, where torch would see vectors
+                b = b.reshape((1,) * (a.ndim - b.ndim) + tuple(b.shape))
+            return linalg.solve(a, b)
+        if op in ("logabsdet", "det_sign"):
+            return linalg.slogdet(a)[op == "logabsdet"]
+        return linalg.inv(a) if op == "inv" else linalg.det(a)
 
     def _index(self, x, spec: tuple, shape: tuple):
         """``x[spec]``; torch has no negative steps: those axes pick by index_select."""

@@ -77,7 +77,11 @@ def size_sets(model, emitter) -> list[dict[str, int]]:
     nodes = [st.target for st in emitter.statements if isinstance(st.target, Node)]
     nodes += [*model.params.values(), *model.inputs.values()]
     small = all(_count(n.shape) <= AUTO_ELEMENTS for n in nodes)
-    if small and _Expander(emitter, {}).work(emitter.statements) <= MAX_WORK:
+    if (
+        small
+        and not _without_scalar_form(emitter.statements)  # (they stay in NumPy)
+        and _Expander(emitter, {}).work(emitter.statements) <= MAX_WORK
+    ):
         return [{}]
     return []  # (many small arrays can still make too long a function)
 
@@ -88,6 +92,12 @@ def unroll(emitter, statements: list, sizes: dict[str, int]) -> Unrolled:
     suffix = "_".join(f"{k}_{v}" for k, v in sizes.items()) or "unrolled"
     args = [*model.params, *model.inputs]
     out = Unrolled(f"_value_and_grad_{suffix}", dict(sizes), args)
+    if whole := _without_scalar_form(statements):
+        raise UnrollError(
+            f"model {model.name!r} cannot be unrolled at {out.label}: "
+            f"{whole[0].describe()} ({WHOLE_ARRAY[whole[0].op]}) has no scalar "
+            "form; remove m.unroll"
+        )
     expander = _Expander(emitter, sizes)
     if expander.work(statements) > MAX_WORK:
         raise UnrollError(
@@ -96,6 +106,21 @@ def unroll(emitter, statements: list, sizes: dict[str, int]) -> Unrolled:
         )
     out.lines = expander.function(statements)
     return out
+
+
+# Functions of whole arrays, with no per-element formula to expand: they stay in NumPy.
+WHOLE_ARRAY = dict.fromkeys(
+    ("solve", "inv", "logabsdet", "det_sign", "det"), "np.linalg"
+)
+WHOLE_ARRAY["argsort"] = "a sort"
+
+
+def _without_scalar_form(statements: list) -> list[Node]:
+    return [
+        st.target
+        for st in statements
+        if isinstance(st.target, Node) and st.target.op in WHOLE_ARRAY
+    ]
 
 
 def _count(shape) -> int:

@@ -20,6 +20,8 @@ from helpers import (
 )
 
 import symgrad as sg
+from symgrad.cli import generate
+from symgrad.unroll import UnrollError
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -167,6 +169,42 @@ CASES = {
         lambda p: torch.einsum("bii->bi", p["a"]).sum(1, keepdim=True)
         * torch.einsum("iij->ji", p["b"]),
     ),
+    "sort_rows": (
+        {"x": ("n", 4)},
+        lambda p: sg.sort(p["x"], axis=1),
+        lambda p: torch.sort(p["x"], dim=1, stable=True).values,
+    ),
+    "sort_symbolic_axis": (
+        {"x": ("n", 3)},
+        lambda p: sg.sort(p["x"] ** 3, axis=0),
+        lambda p: torch.sort(p["x"] ** 3, dim=0, stable=True).values,
+    ),
+    "sort_flat": (
+        {"x": (2, "n")},
+        lambda p: sg.sort(p["x"], axis=None),
+        lambda p: torch.sort(p["x"].flatten(), stable=True).values,
+    ),
+    "argsort_orders_another": (
+        {"x": ("n", 4), "y": ("n", 4)},
+        lambda p: sg.take_along_axis(p["y"], sg.argsort(p["x"]), 1) * p["x"],
+        lambda p: torch.gather(p["y"], 1, torch.argsort(p["x"], stable=True)) * p["x"],
+    ),
+    "topk_median_by_sort": (
+        {"x": ("n", 5)},
+        lambda p: sg.flip(sg.sort(p["x"]), -1)[:, :2] * sg.sort(p["x"])[:, 2:3],
+        lambda p: torch.topk(p["x"], 2).values * p["x"].median(dim=1).values[:, None],
+    ),
+    "eye": (
+        {"x": ("n", "n"), "y": ("n", 3)},
+        lambda p: sg.solve(p["x"] @ p["x"].T + sg.eye(p["x"].shape[0]), p["y"])
+        + sg.eye(p["y"].shape[0], 3, k=-1) * p["y"]
+        + sg.eye(3, k=1)[0],
+        lambda p: torch.linalg.solve(
+            p["x"] @ p["x"].T + torch.eye(len(p["x"]), dtype=torch.float64), p["y"]
+        )
+        + torch.tensor(np.eye(len(p["y"]), 3, -1)) * p["y"]
+        + torch.tensor(np.eye(3, k=1)[0]),
+    ),
     "pick_symbolic_axis": (
         {"x": ("n", 2)},
         lambda p: p["x"][[0, -1, 1]],
@@ -229,6 +267,8 @@ def test_agrees_with_torch_and_differences(name):
         "split_symbolic_axis_at_indices",
         "tril",
         "pick_symbolic_axis",
+        "sort_symbolic_axis",
+        "eye",
     ],
 )
 def test_one_module_serves_other_sizes(name, n):
@@ -237,7 +277,10 @@ def test_one_module_serves_other_sizes(name, n):
     check(module, reference, params, inputs)
 
 
-@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "silu", "cumprod", "tile_2d"])
+@pytest.mark.parametrize(
+    "name",
+    ["gelu", "gelu_tanh", "silu", "cumprod", "tile_2d", "argsort_orders_another"],
+)
 def test_hessian_agrees_with_torch(name):
     m, reference, params, inputs = build(name, hessian=True)
     module = compile_module(m)
@@ -252,6 +295,27 @@ def test_unrolled(name):
     m.unroll(n=SIZES["n"])
     module = compile_module(m)
     check_unrolled(module, reference, params, inputs)
+
+
+def test_sorting_models_stay_in_numpy():
+    """A sort has no scalar form: a small fixed-size model is not unrolled, and asking
+    for it says why."""
+    m = sg.Model("sorted_fixed")
+    x = m.param("x", (2, 4))
+    m.loss(sg.sum(sg.sort(x)[:, -1] ** 2))
+    source, _ = generate(m)
+    assert "_value_and_grad_" not in source and "np.argsort(" in source
+    m.unroll()
+    with pytest.raises(UnrollError, match=r"argsort\(x\) \(a sort\) has no scalar"):
+        generate(m)
+
+
+def test_sort_gradient_at_ties_follows_the_stable_order():
+    """Equal values keep their order, so each gets the gradient of its stable rank."""
+    m, reference, params, _ = build("sort_rows")
+    params["x"][0] = [0.5, -1.0, 0.5, 0.5]
+    params["x"][1, :2] = params["x"][1, 2:]
+    check(compile_module(m), reference, params, {})
 
 
 def test_cumprod_gradient_exact_at_zero_factors():

@@ -62,6 +62,8 @@ from .dtypes import (
     uint8,
 )
 from .functions import addmm, cat, einsum, stack, where
+from .linalg import det, logdet, slogdet
+from .linalg import inv as inverse
 from .out import with_out
 from .serialization import load, save
 from .shapes import Size
@@ -92,6 +94,7 @@ __all__ += (  # torch-level functions, defined below
 ).split()
 __all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load", "cuda", "utils"]
 __all__ += ["isclose"]
+__all__ += ["det", "logdet", "slogdet", "inverse"]
 
 
 # torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.

@@ -1,4 +1,147 @@
-"""torch.linalg: the norms (Tensor.norm does the computing)."""
+"""torch.linalg: solve, inv, slogdet and det with their gradients, and the norms.
+
+The matrix functions work on the last two dims, batched over the others (which
+broadcast, as torch's do). Their backward rules are written in `xp` (namespaces.py),
+whose `solve` and `inv` are these functions again on Tensors: gradients of every order.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+from .arithmetic import unbroadcast
+from .dtypes import scalar_name
+from .tensor import Tensor
+
+
+class LinAlgError(RuntimeError):
+    """A singular matrix (torch.linalg.LinAlgError, a RuntimeError)."""
+
+
+linalg_slogdet = namedtuple("linalg_slogdet", ["sign", "logabsdet"])
+
+
+def _check_square(A, op):
+    """torch's errors for what is not a float (batch of) square matrix."""
+    if A.ndim < 2:
+        raise RuntimeError(f"{op}: The input tensor A must have at least 2 dimensions.")
+    if A.shape[-1] != A.shape[-2]:
+        raise RuntimeError(
+            f"{op}: A must be batches of square matrices, but they are "
+            f"{A.shape[-2]} by {A.shape[-1]} matrices"
+        )
+    if A.dtype.kind != "f":
+        raise RuntimeError(
+            f"{op}: Expected a floating point or complex tensor as input. Got "
+            f"{scalar_name(A.dtype)}"
+        )
+
+
+def _lapack(fn, message, *arrays):
+    """fn(*arrays), NumPy's error for a singular matrix raised as torch's."""
+    try:
+        return fn(*arrays)
+    except np.linalg.LinAlgError:
+        raise LinAlgError(message) from None
+
+
+def solve(A, B, *, left=True):
+    """X with A @ X = B (X @ A = B if not left). torch's rule: B is a vector (or a
+    batch of them) if it is 1-D or has the shape A.shape[:-1], else matrices."""
+    if not left:
+        return solve(A.mT, B.mT).mT
+    _check_square(A, "linalg.solve")
+    if A.dtype != B.dtype:
+        raise RuntimeError(
+            "linalg.solve: Expected A and B to have the same dtype, but found A of "
+            f"type {scalar_name(A.dtype)} and B of type {scalar_name(B.dtype)} instead"
+        )
+    vector = B.ndim == 1 or (B.ndim == A.ndim - 1 and B.shape == A.shape[:-1])
+    b = B._data[..., None] if vector else B._data
+    if b.ndim < 2 or b.shape[-2] != A.shape[-1]:
+        n = A.shape[-1]
+        raise RuntimeError(
+            "linalg.solve: Incompatible shapes of A and B for the equation AX = B "
+            f"({n}x{n} and {'x'.join(map(str, b.shape[-2:]))})"
+        )
+    x = _lapack(
+        np.linalg.solve,
+        "torch.linalg.solve: The solver failed because the input matrix is singular.",
+        A._data,
+        b,
+    )
+
+    def backward(xp, g, a, x):
+        # as matrices (..., n, k): a vector's gradient gets a trailing dim of 1
+        gb = xp.solve(xp.matrix_transpose(a), g[..., None] if vector else g)
+        x = x[..., None] if vector else x
+        ga = -(gb @ xp.matrix_transpose(x))
+        gb = gb[..., 0] if vector else gb
+        return (
+            unbroadcast(ga, A.shape) if A.requires_grad else None,
+            unbroadcast(gb, B.shape) if B.requires_grad else None,
+        )
+
+    out = x[..., 0] if vector else x
+    return Tensor._result(out, (A, B), backward, "LinalgSolveExBackward0", (A, "out"))
+
+
+def inv(A):
+    """The inverse of each matrix; its gradient is -Y^T g Y^T, Y the inverse."""
+    _check_square(A, "linalg.inv")
+    y = _lapack(
+        np.linalg.inv,
+        "linalg.inv: The inversion could not be completed because the input matrix "
+        "is singular.",
+        A._data,
+    )
+
+    def backward(xp, g, y):
+        y_t = xp.matrix_transpose(y)
+        return (-(y_t @ g @ y_t),)
+
+    return Tensor._result(y, (A,), backward, "LinalgInvExBackward0", ("out",))
+
+
+def _per_matrix(g):
+    """One number per matrix, (...,), as (..., 1, 1): to scale the matrices."""
+    return g[..., None, None]
+
+
+def slogdet(A):
+    """(sign, logabsdet) of the determinants: log|det A|'s gradient is inv(A)^T;
+    the sign, recorded as torch's is, passes none."""
+    _check_square(A, "linalg.slogdet")
+    sign, logabsdet = np.linalg.slogdet(A._data)
+
+    def backward(xp, g, a):
+        return (_per_matrix(g) * xp.matrix_transpose(xp.inv(a)),)
+
+    name = "LinalgSlogdetBackward0"
+    return linalg_slogdet(
+        Tensor._result(sign, (A,), lambda xp, g: (None,), name, saves=False),
+        Tensor._result(logabsdet, (A,), backward, name),
+    )
+
+
+def det(A):
+    """The determinants; the gradient, det(A) inv(A)^T, needs A invertible (torch's
+    also covers singular A)."""
+    _check_square(A, "linalg.det")
+    d = np.linalg.det(A._data)
+
+    def backward(xp, g, a, d):
+        return (_per_matrix(g * d) * xp.matrix_transpose(xp.inv(a)),)
+
+    return Tensor._result(d, (A,), backward, "LinalgDetBackward0", (A, "out"))
+
+
+def logdet(A):
+    """log det A: log|det A|, and nan where det A < 0 (torch.logdet)."""
+    from .functions import where  # here: functions builds on Tensor
+
+    sign, logabsdet = slogdet(A)
+    return where(sign == -1, np.nan, logabsdet)
 
 
 def vector_norm(x, ord=2, dim=None, keepdim=False):

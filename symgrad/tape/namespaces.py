@@ -77,6 +77,7 @@ class NumPyOps:
         np.flip,
     )
     maximum, einsum, roll = np.maximum, np.einsum, np.roll
+    solve, inv = np.linalg.solve, np.linalg.inv
     zeros_like, scatter = np.zeros_like, staticmethod(_scatter_array)
     sigmoid, logsigmoid = staticmethod(sigmoid_array), staticmethod(logsigmoid_array)
 
@@ -108,6 +109,18 @@ def _einsum(equation, *operands):
     from .functions import einsum  # here: functions builds on Tensor
 
     return einsum(equation, *operands)
+
+
+def _solve(a, b):
+    from .linalg import solve  # here: linalg builds on Tensor
+
+    return solve(a, b)
+
+
+def _inv(a):
+    from .linalg import inv  # here: linalg builds on Tensor
+
+    return inv(a)
 
 
 def _logsigmoid(a):
@@ -148,6 +161,7 @@ class TensorOps:
     where, scatter = staticmethod(_where), staticmethod(_scatter_tensor)
     logsigmoid, einsum = staticmethod(_logsigmoid), staticmethod(_einsum)
     concatenate = staticmethod(_concatenate)
+    solve, inv = staticmethod(_solve), staticmethod(_inv)
 
     @staticmethod
     def broadcast_to(a, shape):
