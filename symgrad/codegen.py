@@ -26,7 +26,15 @@ import sympy as sp
 from . import __version__, inplace
 from . import symbolic as ew
 from .compiler import Program, unit_seed, vectorized
-from .ir import Node, broadcast, broadcast_shapes, consumers, format_shape, toposort
+from .ir import (
+    Node,
+    broadcast,
+    broadcast_shapes,
+    consumers,
+    format_shape,
+    size,
+    toposort,
+)
 from .model import requirement
 from .ops import PRIMITIVES, is_const
 from .printer import NumPyPrinter, literal, to_numpy
@@ -659,15 +667,18 @@ def _unpack(model) -> tuple[list[str], list[str]]:
 
 
 def _init(model) -> list[tuple[str, str]]:
-    """PyTorch's nn.Linear init for 2-D weights and the biases after them; zeros otherwise."""
+    """PyTorch's nn.Linear and nn.ConvNd init for weights (two axes or more: fan_in is
+    the product of all but the first) and the biases after them; zeros otherwise."""
     values, weight = [], None
     for name, node in model.params.items():
         shape = format_shape(node.shape)
         fan_in = None
-        if node.ndim == 2:
-            fan_in, weight = node.shape[1], node
-        elif node.ndim == 1 and weight is not None and weight.shape[0] == node.shape[0]:
-            fan_in = weight.shape[1]
+        if node.ndim >= 2:
+            weight = node
+        if node.ndim >= 2 or (
+            node.ndim == 1 and weight is not None and weight.shape[0] == node.shape[0]
+        ):
+            fan_in = size(weight.shape[1:])
         if fan_in is None:
             values.append((name, f"np.zeros({shape})"))
             continue

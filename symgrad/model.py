@@ -390,6 +390,15 @@ _TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "trace": "sg.einsum('ii', x)",
     "logdet": "sg.slogdet(x)[1] (log |det x|)",
     "inverse": "sg.inv(x)",
+    "det": "sg.det(x)",
+    "unfold": "sg.sliding_window_view(x, size, axis) (a step: then [..., ::step, :])",
+    "index_add": "x + sg.segment_sum(source, index, x.shape[0]) (rows of axis 0)",
+    "index_add_": "x + sg.segment_sum(source, index, x.shape[0]) (rows of axis 0)",
+    "scatter_add": "sg.segment_sum(source, index, n) (rows of axis 0)",
+    "sort": "sg.sort(x, axis)",
+    "argsort": "sg.argsort(x, axis)",
+    "topk": "sg.flip(sg.sort(x, axis=-1), -1)[..., :k]",
+    "median": "sg.sort(x, axis=-1)[..., n // 2] (n odd)",
 }
 
 
@@ -966,9 +975,14 @@ def segment_sum(data: Expr, segment_ids: Expr, num_segments) -> Expr:
     """Row k of ``data`` added into row ``segment_ids[k]`` of ``num_segments`` rows of
     zeros: torch's ``index_add``, the message sum of a graph network (adjoint: a gather).
     ``num_segments`` is an int or a size (``x.shape[0]``, a dim's name)."""
-    what = "sg.segment_sum"
+    what = "sg.segment_sum(data, segment_ids, num_segments)"
+    if not isinstance(segment_ids, Expr) or _expr(data, what).node.dtype == "int64":
+        raise TypeError(  # torch's index_add(dim, index, source) has another order
+            f"{what} takes the rows to add first, then their int64 ids, then the count; "
+            f"got {data!r}, {segment_ids!r}, {num_segments!r}"
+        )
     (node,) = _values([_expr(data, what)], what)
-    ids = _expr(segment_ids, what).node
+    ids = segment_ids.node
     ops._check_index_array(ids, what)
     if ids.ndim != 1 or node.ndim == 0 or node.shape[0] != ids.shape[0]:
         raise ShapeError(

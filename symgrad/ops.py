@@ -274,7 +274,7 @@ def argsort(a: Node, axis: int) -> Node:
 
 def windows(a: Node, axis: int, width: int) -> Node:
     """NumPy's sliding_window_view along one axis: a view with each window of ``width``
-    in a new last axis (the axis needs ``width - 1`` elements, a size requirement)."""
+    in a new last axis (the axis needs ``width`` elements, a size requirement)."""
     shape = list(a.shape)
     shape[axis] = a.shape[axis] - width + 1
     return Node("windows", (a,), tuple(shape) + (width,), a.dtype, (axis, width))
@@ -415,8 +415,8 @@ def size_requirements(node: Node) -> list[sp.Expr]:
     if node.op in ("max", "min"):
         dims = {node.args[0].shape[k] for k in node.attrs[0]}
         return [d - 1 for d in sorted(dims, key=str) if not isinstance(d, int)]
-    if node.op == "windows":  # as long as the window less one (an empty view)
-        needs = [node.args[0].shape[node.attrs[0]] - node.attrs[1] + 1]
+    if node.op == "windows":  # at least as long as the window, as NumPy requires
+        needs = [node.args[0].shape[node.attrs[0]] - node.attrs[1]]
     elif node.op == "index":
         needs = []
         for entry, dim in _entries(node.attrs[0], node.args[0].shape):
@@ -921,12 +921,12 @@ def _scatter_rows(
     """``out[idx[k]] += value[k]``: np.add.at, which counts negative indices from the end
     as the gather did; the rows of a narrow matrix go through the module's ``_add_rows``
     (np.bincount per column: several times faster there)."""
+    row = tuple(shape[1:])
     if (
         idx_node.ndim == 1
-        and value_node.shape == idx_node.shape + tuple(shape[1:])
-        and len(shape) == 2
-        and isinstance(shape[1], int)
-        and shape[1] <= 8
+        and value_node.shape == idx_node.shape + row
+        and all(isinstance(d, int) for d in row)
+        and size(row) <= 8
     ):
         return [f"_add_rows({{out}}, {idx}, {value})"]
     return [f"np.add.at({{out}}, {idx}, {value})"]
