@@ -90,8 +90,7 @@ def positions(rows, cols) -> tuple[Expr, Expr]:
 def eye(N, M=None, k: int = 0) -> Expr:
     """NumPy's eye: ones on diagonal ``k`` of an (N, M) matrix (sizes: ints, or sizes
     of the model's arrays such as ``x.shape[0]``), zeros elsewhere."""
-    row, col = positions(N, N if M is None else M)
-    return where(row + operator.index(k) == col, 1.0, 0.0)
+    return Expr(ops.eye(as_dim(N), as_dim(N if M is None else M), operator.index(k)))
 
 
 def moveaxis(x: Expr, source, destination) -> Expr:

@@ -266,6 +266,11 @@ def concatenate(parts: Sequence[Node], axis: int) -> Node:
     return Node("concatenate", tuple(parts), shape, first.dtype, (axis,))
 
 
+def eye(rows: Dim, cols: Dim, k: int) -> Node:
+    """NumPy's eye: ones on diagonal ``k``, zeros elsewhere (a constant array)."""
+    return Node("eye", (), (rows, cols), attrs=(k,))
+
+
 def argsort(a: Node, axis: int) -> Node:
     """NumPy's stable argsort: int64 positions, which have no gradient."""
     (axis,) = normalize_axes(a, axis)
@@ -881,7 +886,8 @@ def along_shape(shape: Shape, axis: int, index_shape: Shape) -> Shape:
 def _along(index: str, axis: int, shape: Shape) -> str | None:
     """``np.arange(n)[:, None], index``: the fancy index that picks ``index`` along
     ``axis`` of a matrix, as np.take_along_axis does without its Python-level overhead
-    (3x faster at 64 rows); the index itself along a vector; None beyond two dimensions."""
+    (3x faster at 64 rows); the index itself along a vector; None beyond two dimensions.
+    """
     if len(shape) == 1:
         return index
     if len(shape) != 2:
@@ -889,6 +895,13 @@ def _along(index: str, axis: int, shape: Shape) -> str | None:
     if axis % 2:
         return f"np.arange({shape[0]})[:, None], {index}"
     return f"{index}, np.arange({shape[1]})"
+
+
+def _numpy_eye(args: list[str], node: Node) -> str:
+    (rows, cols), (k,) = node.shape, node.attrs
+    return (
+        f"np.eye({rows})" if rows == cols and not k else f"np.eye({rows}, {cols}, {k})"
+    )
 
 
 def _numpy_take_along_axis(args: list[str], node: Node) -> str:
@@ -1086,6 +1099,7 @@ PRIMITIVES: dict[str, Primitive] = {
         lambda a, n: f"np.concatenate(({', '.join(a)}), axis={n.attrs[0]})",
         _vjp_concatenate,
     ),
+    "eye": Primitive(_numpy_eye, None),
     "argsort": Primitive(
         lambda a, n: f'np.argsort({a[0]}, axis={n.attrs[0]}, kind="stable")', _no_grad
     ),

@@ -175,6 +175,9 @@ class _Interpreter:
             return out.index_add(0, ids, args[0])
         if op in ("solve", "inv", "logabsdet", "det_sign", "det"):
             return self._linalg(op, *args)
+        if op == "eye":
+            shape = _concrete(node.shape, sizes)
+            return self.engine.tensor(np.eye(*shape, attrs[0]))
         if op == "argsort":
             return args[0].argsort(dim=attrs[0], stable=True)
         if op == "windows":

@@ -574,6 +574,9 @@ class _Expander:
             )
         )
 
+    def _eye(self, node: Node, idx: Index) -> sp.Expr:
+        return sp.Float(1.0) if idx[1] - idx[0] == node.attrs[0] else sp.Float(0.0)
+
     def _sum(self, node: Node, idx: Index) -> sp.Expr:
         return sp.Add(*self._reduced(node, idx))
 

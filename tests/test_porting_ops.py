@@ -205,6 +205,15 @@ CASES = {
         + torch.tensor(np.eye(len(p["y"]), 3, -1)) * p["y"]
         + torch.tensor(np.eye(3, k=1)[0]),
     ),
+    "eye_offsets": (
+        {"x": ("n", 4)},
+        lambda p: (p["x"] - sg.eye(p["x"].shape[0], 4, k=1))
+        * sg.eye(p["x"].shape[0], 4, -1)
+        + sg.eye(p["x"].shape[0]) @ p["x"],
+        lambda p: (p["x"] - torch.tensor(np.eye(len(p["x"]), 4, 1)))
+        * torch.tensor(np.eye(len(p["x"]), 4, -1))
+        + torch.eye(len(p["x"]), dtype=torch.float64) @ p["x"],
+    ),
     "pick_symbolic_axis": (
         {"x": ("n", 2)},
         lambda p: p["x"][[0, -1, 1]],
@@ -288,7 +297,15 @@ def test_hessian_agrees_with_torch(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["tril", "repeat_axis", "pick_columns", "split_indices", "gelu_tanh"]
+    "name",
+    [
+        "tril",
+        "repeat_axis",
+        "pick_columns",
+        "split_indices",
+        "gelu_tanh",
+        "eye_offsets",
+    ],
 )
 def test_unrolled(name):
     m, reference, params, inputs = build(name)
