@@ -232,8 +232,10 @@ def test_numpy_functions_on_expressions_name_the_sg_twin():
     for fn, twin in [(np.clip, "sg.clip"), (np.concatenate, "sg.concatenate")]:
         with pytest.raises(TypeError, match=f"numpy.{fn.__name__} .*; use {twin}"):
             fn(x, 0, 1) if fn is np.clip else fn([x, x])
-    with pytest.raises(TypeError, match="use sg's functions"):
+    with pytest.raises(TypeError, match="numpy.sort .*; use sg.sort"):
         np.sort(x)
+    with pytest.raises(TypeError, match="use sg's functions"):
+        np.unique(x)
     with pytest.raises(ValueError, match="sg.clip needs a_min or a_max"):
         sg.clip(x)
 
