@@ -983,7 +983,7 @@ def segment_sum(data: Expr, segment_ids: Expr, num_segments) -> Expr:
         )
     (node,) = _values([_expr(data, what)], what)
     ids = segment_ids.node
-    ops._check_index_array(ids, what)
+    ops.check_index_array(ids, what)
     if ids.ndim != 1 or node.ndim == 0 or node.shape[0] != ids.shape[0]:
         raise ShapeError(
             f"{what}: segment ids {ids.describe()} must be 1-D with one id per row of "

@@ -479,14 +479,14 @@ def index(a: Node, spec: tuple) -> Node:
     return Node("index", (a,), tuple(shape), a.dtype, (spec,))
 
 
-def _check_index_array(idx: Node, what: str) -> None:
+def check_index_array(idx: Node, what: str) -> None:
     if idx.dtype != "int64":
         raise ShapeError(f"{what}: index {idx.describe()} must be an int64 input")
 
 
 def gather(a: Node, idx: Node) -> Node:
     """``a[idx]``: rows of ``a`` picked by an integer array (adjoint: scatter-add)."""
-    _check_index_array(idx, f"gather from {a.describe()}")
+    check_index_array(idx, f"gather from {a.describe()}")
     if a.ndim == 0:
         raise ShapeError(f"cannot index 0-d {a.describe()}")
     return Node("gather", (a, idx), idx.shape + a.shape[1:], a.dtype)
@@ -494,7 +494,7 @@ def gather(a: Node, idx: Node) -> Node:
 
 def take_along_axis(a: Node, idx: Node, axis: int) -> Node:
     what = f"take_along_axis({a.describe()}, {idx.describe()})"
-    _check_index_array(idx, what)
+    check_index_array(idx, what)
     if idx.ndim != a.ndim:
         raise ShapeError(
             f"{what}: index rank {idx.ndim} differs from array rank {a.ndim}"
