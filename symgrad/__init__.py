@@ -40,7 +40,9 @@ def __getattr__(name):
         value = getattr(_import_module(_HOME[name]), name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'symgrad' has no attribute {name!r}")
+    torch_spelling = _import_module("symgrad.model").TORCH_SPELLINGS.get(name)
+    hint = f" (torch's); use {torch_spelling}" if torch_spelling else ""
+    raise AttributeError(f"module 'symgrad' has no attribute {name!r}{hint}")
 
 
 def __dir__():

@@ -7,8 +7,11 @@ prints as the ``np.linalg`` call; its gradient is built from these functions aga
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from . import ops
-from .model import Expr, _expr, _values
+from .ir import ShapeError
+from .model import Expr, _expr, _values, with_numpy_keywords
 
 
 def _matrices(*xs, what: str) -> list:
@@ -18,7 +21,17 @@ def _matrices(*xs, what: str) -> list:
 def solve(a: Expr, b: Expr) -> Expr:
     """x with ``a @ x == b``: NumPy 2's ``np.linalg.solve``. ``a`` is (..., n, n); ``b``
     is one vector (n,) when 1-D, else (..., n, k); the batch axes broadcast."""
-    return Expr(ops.solve(*_matrices(a, b, what="sg.solve")))
+    a_node, b_node = _matrices(a, b, what="sg.solve")
+    try:
+        return Expr(ops.solve(a_node, b_node))
+    except ShapeError as error:
+        if b_node.ndim < 2 or b_node.shape[-1] != a_node.shape[-1]:
+            raise
+        raise ShapeError(  # torch.linalg.solve reads it as a batch of vectors
+            f"{error}; NumPy 2 reads a b of 2 or more axes as matrices: for a batch of "
+            "vectors (torch's reading) write "
+            f"sg.solve({a_node.describe()}, {b_node.describe()}[..., None])[..., 0]"
+        ) from None
 
 
 def inv(a: Expr) -> Expr:
@@ -26,15 +39,25 @@ def inv(a: Expr) -> Expr:
     return Expr(ops.inv(*_matrices(a, what="sg.inv")))
 
 
-def slogdet(a: Expr) -> tuple[Expr, Expr]:
+class SlogdetResult(NamedTuple):
+    """NumPy 2's (and torch's) named pair."""
+
+    sign: Expr
+    logabsdet: Expr
+
+
+def slogdet(a: Expr) -> SlogdetResult:
     """``(sign, logabsdet)`` of the determinants of (..., n, n), as ``np.linalg.slogdet``;
     only ``logabsdet`` has a gradient (the sign is piecewise constant, as in torch).
     Each half is computed only if used."""
     (node,) = _matrices(a, what="sg.slogdet")
-    return Expr(ops.det_sign(node)), Expr(ops.logabsdet(node))
+    return SlogdetResult(Expr(ops.det_sign(node)), Expr(ops.logabsdet(node)))
 
 
 def det(a: Expr) -> Expr:
     """The determinants of (..., n, n): ``np.linalg.det``; its gradient, det(a) times
     inv(a)^T, needs ``a`` invertible."""
     return Expr(ops.det(*_matrices(a, what="sg.det")))
+
+
+with_numpy_keywords(globals())

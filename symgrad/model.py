@@ -349,7 +349,7 @@ class Expr:
 
     def __getattr__(self, name: str):
         """x.exp(), x.view(...) are torch's spellings: name NumPy's."""
-        hint = _TORCH_SPELLINGS.get(name)
+        hint = TORCH_SPELLINGS.get(name)
         if hint is None and not name.startswith("__") and name in symgrad.__all__:
             params = list(inspect.signature(getattr(symgrad, name)).parameters.values())
             required = [
@@ -368,7 +368,7 @@ class Expr:
         )
 
 
-_TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
+TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "view": "x.reshape(...)",
     "permute": "x.transpose(...)",
     "unsqueeze": "sg.expand_dims(x, axis)",
@@ -399,6 +399,8 @@ _TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "argsort": "sg.argsort(x, axis)",
     "topk": "sg.flip(sg.sort(x, axis=-1), -1)[..., :k]",
     "median": "sg.sort(x, axis=-1)[..., n // 2] (n odd)",
+    "cat": "sg.concatenate(xs, axis)",
+    "cholesky": "sg.solve and sg.slogdet (there is no cholesky)",
 }
 
 
@@ -1300,20 +1302,32 @@ class Model:
 
 
 _TORCH_KEYWORDS = {"dim": "axis", "keepdim": "keepdims", "diagonal": "k"}
+_TORCH_ONLY_KEYWORDS = {  # torch's keywords with no NumPy twin: what to write instead
+    "descending": "-sg.sort(-x) and sg.argsort(-x) sort in descending order, keeping "
+    "ties in order as torch's stable sort does",
+    "stable": "sg.sort and sg.argsort are always stable",
+    "left": "x @ a = b is sg.solve(a.T, b.T).T",
+}
 
 
 def _numpy_keywords(fn: Callable) -> Callable:
     """torch's dim=, keepdim= and diagonal= are NumPy's axis=, keepdims= and k=: say
-    so, where Python would only say "unexpected keyword argument"."""
+    so, where Python would only say "unexpected keyword argument" (and what to write
+    for torch's keywords that NumPy has no twin of)."""
 
     @functools.wraps(fn)
     def checked(*args, **kwargs):
+        call = f"{'x' if '.' in fn.__qualname__ else 'sg'}.{fn.__name__}()"
         for torch_name, numpy_name in _TORCH_KEYWORDS.items():
             if torch_name in kwargs:
                 raise TypeError(
-                    f"{'x' if '.' in fn.__qualname__ else 'sg'}.{fn.__name__}() takes "
-                    f"NumPy's {numpy_name}=, not torch's {torch_name}="
+                    f"{call} takes NumPy's {numpy_name}=, not torch's {torch_name}="
                 )
+        for torch_name in sorted(kwargs.keys() & _TORCH_ONLY_KEYWORDS):
+            raise TypeError(
+                f"{call} has no {torch_name}= (torch's): "
+                f"{_TORCH_ONLY_KEYWORDS[torch_name]}"
+            )
         return fn(*args, **kwargs)
 
     return checked
@@ -1329,10 +1343,14 @@ def _has_torch_spelled_keyword(fn) -> bool:
 
 
 def with_numpy_keywords(namespace: dict) -> None:
-    """Give a module's functions with NumPy's axis=, keepdims= or k= the hint for
-    torch's spellings of them."""
+    """Give a module's public functions the hints for torch's keywords (dim= for
+    axis=, descending=, ...)."""
     for name, fn in list(namespace.items()):
-        if _has_torch_spelled_keyword(fn) and fn.__module__ == namespace["__name__"]:
+        if (
+            inspect.isfunction(fn)
+            and not name.startswith("_")
+            and fn.__module__ == namespace["__name__"]
+        ):
             namespace[name] = _numpy_keywords(fn)
 
 
