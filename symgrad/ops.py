@@ -591,7 +591,7 @@ def _mul(x: sp.Expr, y: sp.Expr) -> sp.Expr:
     return x * y
 
 
-def _swap(ndim: int) -> tuple[int, ...]:
+def swap_last(ndim: int) -> tuple[int, ...]:
     return (*range(ndim - 2), ndim - 1, ndim - 2)
 
 
@@ -622,15 +622,15 @@ def _vjp_matmul(g: Node, out: Node, i: int) -> Node:
     if b.ndim == 1:  # (..., n, k) @ (k,) -> (..., n)
         if i == 0:
             return apply(_mul, _col(g), b)
-        return unbroadcast(_matvec(transpose(a, _swap(a.ndim)), g), b.shape)
+        return unbroadcast(_matvec(transpose(a, swap_last(a.ndim)), g), b.shape)
     if i == 0:
-        return unbroadcast(matmul(g, transpose(b, _swap(b.ndim))), a.shape)
+        return unbroadcast(matmul(g, transpose(b, swap_last(b.ndim))), a.shape)
     if b.ndim == 2 and a.ndim > 2:  # one weight for a batch: one product, no sum
         rows = sp.Mul(*a.shape[:-1])
         rows = int(rows) if rows.is_Integer else rows
         a2, g2 = reshape(a, (rows, a.shape[-1])), reshape(g, (rows, g.shape[-1]))
         return matmul(transpose(a2), g2)
-    return unbroadcast(matmul(transpose(a, _swap(a.ndim)), g), b.shape)
+    return unbroadcast(matmul(transpose(a, swap_last(a.ndim)), g), b.shape)
 
 
 def _vjp_dot(g: Node, out: Node, i: int) -> Node:
@@ -824,7 +824,7 @@ def _numpy_transpose(args: list[str], node: Node) -> str:
     perm = node.attrs[0]
     if perm == tuple(reversed(range(len(perm)))):
         return f"{args[0]}.T"
-    if perm == _swap(len(perm)):
+    if perm == swap_last(len(perm)):
         return f"np.swapaxes({args[0]}, -1, -2)"
     return f"np.transpose({args[0]}, {perm})"
 
@@ -1012,12 +1012,12 @@ def _neg(x: sp.Expr) -> sp.Expr:
 def _vjp_solve(g: Node, out: Node, i: int) -> Node:
     """x = solve(a, b): gb = solve(a^T, g), ga = -gb x^T (an outer product for a 1-D b)."""
     a, b = out.args
-    a_t = transpose(a, _swap(a.ndim))
+    a_t = transpose(a, swap_last(a.ndim))
     if b.ndim > 1:
         gb = solve(a_t, g)
         if i == 1:
             return unbroadcast(gb, b.shape)
-        ga = matmul(apply(_neg, gb), transpose(out, _swap(out.ndim)))
+        ga = matmul(apply(_neg, gb), transpose(out, swap_last(out.ndim)))
         return unbroadcast(ga, a.shape)
     if g.ndim == 1:
         gb = solve(a_t, g)
@@ -1032,7 +1032,7 @@ def _vjp_solve(g: Node, out: Node, i: int) -> Node:
 
 def _vjp_inv(g: Node, out: Node, i: int) -> Node:
     """y = inv(a): ga = -y^T g y^T."""
-    y_t = transpose(out, _swap(out.ndim))
+    y_t = transpose(out, swap_last(out.ndim))
     return matmul(matmul(y_t, apply(_neg, g)), y_t)
 
 
@@ -1044,13 +1044,13 @@ def _per_matrix(x: Node) -> Node:
 def _vjp_logabsdet(g: Node, out: Node, i: int) -> Node:
     """d log|det a| / da = inv(a)^T (the inverse a user's sg.inv(a) computes too)."""
     (a,) = out.args
-    return apply(_mul, _per_matrix(g), transpose(inv(a), _swap(a.ndim)))
+    return apply(_mul, _per_matrix(g), transpose(inv(a), swap_last(a.ndim)))
 
 
 def _vjp_det(g: Node, out: Node, i: int) -> Node:
     """d det a / da = det(a) inv(a)^T: needs an invertible ``a``."""
     (a,) = out.args
-    inv_t = transpose(inv(a), _swap(a.ndim))
+    inv_t = transpose(inv(a), swap_last(a.ndim))
     return apply(lambda g_, d, t: g_ * d * t, _per_matrix(g), _per_matrix(out), inv_t)
 
 

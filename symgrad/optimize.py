@@ -277,7 +277,27 @@ def _dot(factors: list, m: Node) -> Node | None:
 
 def optimize(roots: Sequence[Node]) -> list[Node]:
     roots = fuse(eliminate_common(fold_constants(strip_detach(roots))))
-    return eliminate_common(fold_constants(fuse(factor_sums(roots))))
+    roots = reuse_inverses(eliminate_common(fold_constants(fuse(factor_sums(roots)))))
+    return eliminate_common(roots)
+
+
+def reuse_inverses(roots: Sequence[Node]) -> list[Node]:
+    """``solve(a.T, g)`` (the adjoint of a solve) where the program computes ``inv(a)``
+    anyway (the adjoint of a log-determinant) is ``inv(a).T @ g``: a product instead of
+    another factorization of ``a``."""
+    inverted = {n.args[0] for n in toposort(roots) if n.op == "inv"}
+
+    def visit(old: Node, node: Node) -> Node:
+        a = old.args[0] if old.op == "solve" else None
+        if a is None or a.op != "transpose" or a.args[0] not in inverted:
+            return node
+        swap = ops.swap_last(a.ndim)
+        if a.attrs[0] != swap:
+            return node
+        inverse = ops.inv(node.args[0].args[0])  # merged with the program's by CSE
+        return ops.matmul(ops.transpose(inverse, swap), node.args[1])
+
+    return rewrite(roots, visit)
 
 
 def pair_differences(roots: Sequence[Node]) -> list[Node]:

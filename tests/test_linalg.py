@@ -187,14 +187,16 @@ def test_gp_marginal_likelihood_matches_torch(gp_module, n):
 
 
 def test_gp_generated_code_reads_like_numpy():
-    """np.linalg calls on the model's names; each computed once per function."""
+    """np.linalg calls on the model's names; each computed once per function, and the
+    solve's adjoint a product with the inverse the log-determinant's needs anyway."""
     source, _ = generate(gp_nll())
     value_and_grad = source[source.index("def value_and_grad") :]
     value_and_grad = value_and_grad[: value_and_grad.index("\ndef ")]
     assert "alpha = np.linalg.solve(K, y)" in value_and_grad
     assert "np.linalg.slogdet(K)[1]" in value_and_grad
     assert value_and_grad.count("np.linalg.inv(K)") == 1
-    assert value_and_grad.count("np.linalg.solve(K.T, ") == 1
+    assert "np.linalg.solve(K.T, " not in value_and_grad
+    assert value_and_grad.count("np.linalg.solve(") == 1
     assert value_and_grad.count("np.linalg.slogdet(") == 1
     assert "# Model digest" in source and "Ops: forward" in source
 

@@ -27,8 +27,8 @@ Every family agrees with torch to ~1e-9, first and second order. Found and fixed
 sg.slogdet returned a plain tuple where NumPy 2 and torch return a named pair
 (.logabsdet); sg.logdet, descending=, stable= and left= got Python's bare errors;
 torch's batch-of-vectors solve(S, r) got a ShapeError that did not name
-sg.solve(S, r[..., None])[..., 0]. Still xfail: the GP's value_and_grad factorizes K
-four times (the solve's adjoint solve(K.T, g) beside an inv(K) it could reuse); a model
+sg.solve(S, r[..., None])[..., 0]; the GP's value_and_grad factorized K four times (the
+solve's adjoint solve(K.T, g) beside an inv(K): now inv(K).T @ g). Still xfail: a model
 using both halves of sg.slogdet calls np.linalg.slogdet twice.
 """
 
@@ -973,15 +973,6 @@ def test_gp_solves_each_right_hand_side_once():
     assert "np.eye(n)" in value_and_grad
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="value_and_grad of the GP factorizes K four times: solve(K, y), "
-    "slogdet(K), inv(K) (the slogdet's adjoint) and solve(K.T, 0.5 y) (the solve's "
-    "adjoint, ops._vjp_solve: gb = solve(a^T, g)) although inv(K) is already in "
-    "scope, where inv(K).T @ g is an O(n^2) product (~12 ms of ~150 ms at n = 600). "
-    "The adjoints of solve and slogdet are built independently and CSE cannot "
-    "merge solve(a.T, g) with inv(a)",
-)
 def test_gp_gradient_reuses_the_inverse_for_the_solves_adjoint():
     source, _ = generate(gp_rbf_predictive()[0])
     value_and_grad = _function(source, "value_and_grad")
