@@ -14,11 +14,12 @@ __version__ = "0.1.0"
 _API = {
     "symgrad.model": (
         "Cond Expr Model ModelError abs arccos arccosh arcsin arcsinh arctan arctan2 "
-        "arctanh clip concatenate cos cosh cumsum digamma dot elementwise erf erfc exp "
-        "expm1 gelu lgamma log log10 log1p log2 log_softmax logaddexp logsumexp matmul "
-        "max maximum mean min minimum norm prod relu reshape segment_sum sigmoid sign "
-        "silu sin sinh softmax softplus sqrt square squeeze stack std stop_gradient sum "
-        "swapaxes take_along_axis tan tanh transpose var where"
+        "arctanh clip concatenate cos cosh cumsum digamma dot elementwise erf erfc "
+        "exp expm1 gelu grad lgamma log log10 log1p log2 log_softmax logaddexp "
+        "logsumexp matmul max maximum mean min minimum norm prod relu reshape "
+        "segment_sum sigmoid sign silu sin sinh softmax softplus sqrt square squeeze "
+        "stack std stop_gradient sum swapaxes take_along_axis tan tanh transpose var "
+        "where"
     ).split(),
     "symgrad.arrays": (
         "argsort broadcast_to cross cumprod diff expand_dims eye flip full_like "
@@ -29,7 +30,7 @@ _API = {
     "symgrad.linalg": ["det", "inv", "slogdet", "solve"],
     "symgrad.ir": ["ShapeError"],
     "symgrad.symbolic": ["UnsupportedError"],
-    "symgrad.grad": ["GradientError"],
+    "symgrad.reverse": ["GradientError"],
 }
 _HOME = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_HOME)

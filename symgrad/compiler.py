@@ -7,9 +7,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from . import ops, optimize
-from .grad import gradients
 from .ir import Node
 from .model import Model
+from .reverse import expand_grads, gradients
 from .symbolic import factored
 
 
@@ -62,7 +62,7 @@ def compile_model(model: Model) -> Program:
         roots = optimize.rewrite(
             roots, lambda old, new: _named(new, model.names.get(old))
         )
-        loss, *outputs = optimize.fuse(roots)
+        loss, *outputs = optimize.fuse(expand_grads(roots))
     with program.timed("differentiate"):
         params = list(model.params.values())
         grads, origin = gradients(loss, params, program.seed)
@@ -76,11 +76,13 @@ def compile_model(model: Model) -> Program:
     program.set_roots(roots)
     if model.hessian:
         with program.timed("hessian"):
-            program.hvp = _hessian_vector_product(model, grads, program.seed)
+            program.hvp = _hessian_vector_product(model, loss, grads, program.seed)
     return program
 
 
-def _hessian_vector_product(model: Model, grads: list[Node], seed: Node) -> Program:
+def _hessian_vector_product(
+    model: Model, loss: Node, grads: list[Node], seed: Node
+) -> Program:
     """Reverse over reverse: the gradient of sum_k <grad_k, v_k>, with v_k new inputs.
 
     Works on the gradient graphs before optimization, where ``detach`` still marks what
@@ -93,7 +95,7 @@ def _hessian_vector_product(model: Model, grads: list[Node], seed: Node) -> Prog
     ]
     total = ops.apply(lambda *xs: sum(xs), *map(ops.dot, grads, vectors))
     products, _ = gradients(total, list(model.params.values()), one)
-    loss, *products = optimize.optimize([model.loss_node, *products])
+    loss, *products = optimize.optimize([loss, *products])
     program = Program(
         model, loss, {}, dict(zip(model.params, products, strict=True)), one
     )

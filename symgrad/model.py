@@ -973,6 +973,26 @@ def take_along_axis(x: Expr, indices: Expr, axis: int) -> Expr:
     return Expr(ops.take_along_axis(node, _expr(indices, "take_along_axis").node, axis))
 
 
+def grad(y: Expr, wrt):
+    """torch.autograd.grad(y, wrt, create_graph=True): the gradient of the 0-d ``y``
+    with respect to ``wrt`` (an expression, or a list of them: a list back), as
+    expressions the model computes with and differentiates again (gradient penalties,
+    physics-informed losses, Hamiltonian networks). Zeros where ``y`` does not use it.
+    """
+    what = "sg.grad(y, wrt)"
+    (y_node,) = _values([_expr(y, what)], what)
+    if y_node.ndim:
+        raise ShapeError(
+            f"{what}: y must be 0-d, not {y_node.describe()} of shape "
+            f"{format_shape(y_node.shape)}; for torch's grad_outputs of ones, sum it: "
+            "sg.grad(sg.sum(y), x)"
+        )
+    many = isinstance(wrt, (list, tuple))
+    nodes = _values([_expr(x, what) for x in (wrt if many else [wrt])], what)
+    grads = [Expr(ops.grad_of(y_node, x)) for x in nodes]
+    return grads if many else grads[0]
+
+
 def segment_sum(data: Expr, segment_ids: Expr, num_segments) -> Expr:
     """Row k of ``data`` added into row ``segment_ids[k]`` of ``num_segments`` rows of
     zeros: torch's ``index_add``, the message sum of a graph network (adjoint: a gather).
@@ -1307,6 +1327,9 @@ _TORCH_ONLY_KEYWORDS = {  # torch's keywords with no NumPy twin: what to write i
     "ties in order as torch's stable sort does",
     "stable": "sg.sort and sg.argsort are always stable",
     "left": "x @ a = b is sg.solve(a.T, b.T).T",
+    "create_graph": "sg.grad's gradients are always differentiable again",
+    "retain_graph": "sg.grad's gradients are always differentiable again",
+    "allow_unused": "sg.grad gives zeros where y does not use x",
 }
 
 

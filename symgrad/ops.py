@@ -266,6 +266,12 @@ def concatenate(parts: Sequence[Node], axis: int) -> Node:
     return Node("concatenate", tuple(parts), shape, first.dtype, (axis,))
 
 
+def grad_of(y: Node, x: Node) -> Node:
+    """The gradient of the 0-d ``y`` with respect to ``x`` (sg.grad): expanded into its
+    reverse-mode graph before the model is differentiated (grad.expand_grads)."""
+    return Node("grad", (y, x), x.shape)
+
+
 def eye(rows: Dim, cols: Dim, k: int) -> Node:
     """NumPy's eye: ones on diagonal ``k``, zeros elsewhere (a constant array)."""
     return Node("eye", (), (rows, cols), attrs=(k,))
@@ -1100,6 +1106,7 @@ PRIMITIVES: dict[str, Primitive] = {
         _vjp_concatenate,
     ),
     "eye": Primitive(_numpy_eye, None),
+    "grad": Primitive(None, None),  # expanded before differentiation
     "argsort": Primitive(
         lambda a, n: f'np.argsort({a[0]}, axis={n.attrs[0]}, kind="stable")', _no_grad
     ),

@@ -76,9 +76,17 @@ def evaluate(model: Model, params: dict, inputs: dict, engine=tape) -> dict:
     )
     shapes = {k: tuple(t.shape) for k, t in params.items()}
     sizes = {model.dims[k]: v for k, v in bound_dims(model, shapes, inputs).items()}
-    for node in toposort([model.loss_node, *model.outputs.values()]):
+    order = toposort([model.loss_node, *model.outputs.values()])
+    targets = {
+        n.args[1] for n in order if n.op == "grad"
+    }  # what sg.grad differentiates
+    for node in order:
         if node not in values:
             values[node] = run.node(node, [values[a] for a in node.args], sizes)
+        if node in targets and not values[node].requires_grad:
+            values[node] = (
+                values[node].detach().requires_grad_()
+            )  # torch's x.requires_grad_()
     return values
 
 
@@ -175,6 +183,14 @@ class _Interpreter:
             return out.index_add(0, ids, args[0])
         if op in ("solve", "inv", "logabsdet", "det_sign", "det"):
             return self._linalg(op, *args)
+        if op == "grad":  # torch.autograd.grad(y, x, create_graph=True)
+            y, x = args
+            if y.requires_grad:
+                grad = self.engine.autograd.grad
+                (g,) = grad(y, x, create_graph=True, allow_unused=True)
+                if g is not None:
+                    return g
+            return self.engine.zeros_like(x)
         if op == "eye":
             shape = _concrete(node.shape, sizes)
             return self.engine.tensor(np.eye(*shape, attrs[0]))

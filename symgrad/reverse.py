@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from . import ops
 from .ir import Node, toposort
+from .optimize import rewrite
 from .symbolic import UnsupportedError
 
 
@@ -44,6 +45,20 @@ def gradients(
     for node, g in total.items():
         origin.setdefault(g, node)
     return grads, origin
+
+
+def expand_grads(roots: Sequence[Node]) -> list[Node]:
+    """Each ``sg.grad`` node replaced by its gradient graph (inner ones first), made of
+    primitives that are differentiated again like the rest of the model."""
+    one = ops.const(1)
+
+    def expand(_: Node, node: Node) -> Node:
+        if node.op != "grad":
+            return node
+        (gradient,), _ = gradients(node.args[0], [node.args[1]], one)
+        return gradient
+
+    return rewrite(roots, expand)
 
 
 def _vjp(rule, g: Node, node: Node, i: int) -> Node | None:
