@@ -36,9 +36,12 @@ def strip_detach(roots: Sequence[Node]) -> list[Node]:
 def fold_constants(roots: Sequence[Node]) -> list[Node]:
     """A view of an array of one value (a constant, the cotangent of a sum) is that
     value at another shape (``0.0[None]`` is not valid source), and a formula reads such
-    an array as its value: ``x * 0.5``, not ``x * np.full((B, 1), 0.5)``."""
+    an array as its value: ``x * 0.5``, not ``x * np.full((B, 1), 0.5)``. A matrix of
+    one value times another is that value times the other's column (row) sums."""
 
     def fold(_: Node, n: Node) -> Node:
+        if n.op == "matmul" and n.ndim == 2 and n.args[0].ndim == n.args[1].ndim == 2:
+            return _one_value_product(n) or n
         if (
             n.op in ("index", "transpose", "reshape", "windows")
             and n.args[0].op == "map"
@@ -50,6 +53,21 @@ def fold_constants(roots: Sequence[Node]) -> list[Node]:
         return n
 
     return rewrite(roots, fold)
+
+
+def _one_value_product(n: Node) -> Node | None:
+    """``c @ b`` with c a matrix of one value (the cotangent of a sum, as when sg.grad
+    differentiates sg.sum(u)): c times b's column sums, broadcast; ``a @ c`` likewise.
+    """
+    a, b = n.args
+    for constant, other, axis in ((a, b, 0), (b, a, 1)):
+        if ops.broadcast_scalars(constant):
+            if other.shape[axis] != 1:
+                other = ops.reduce_sum(other, (axis,), keepdims=True)
+            k = len(constant.args)
+            formula = constant.attrs[0] * ew.arg(k)
+            return ops.map_(formula, (*constant.args, other), n.shape)
+    return None
 
 
 def eliminate_common(roots: Sequence[Node]) -> list[Node]:

@@ -197,3 +197,12 @@ def test_errors_name_the_problem(make, error, words):
     x, W = m.input("x", ("B", 3)), m.param("W", (2, 3))
     with pytest.raises(error, match=words):
         make(x, W)
+
+
+def test_gradient_of_a_sum_multiplies_no_matrix_of_ones():
+    """sg.grad(sg.sum(u), x) seeds a matrix of ones: its product with a weight matrix
+    is the weights broadcast, not a matmul of ones."""
+    from symgrad.cli import generate
+
+    source, _ = generate(pinn()[0])
+    assert "np.broadcast_to(1.0" not in source and "np.ones((n, 1)) @" not in source
