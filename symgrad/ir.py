@@ -22,6 +22,28 @@ class ShapeError(ValueError):
     """Operands of an operation have incompatible shapes (raised at declaration time)."""
 
 
+class CeilDiv(sp.Function):
+    """ceil(a / b): how many elements a slice with step b takes from a of them
+    (``x[::2]`` of n has ``(n + 1) // 2``), a size that prints as that Python."""
+
+    is_integer = True
+    is_nonnegative = True
+
+    @classmethod
+    def eval(cls, a, b):
+        if a.is_Integer and b.is_Integer:
+            return sp.Integer(-(-int(a) // int(b)))
+        return None
+
+    def _sympystr(self, printer) -> str:
+        a, b = self.args
+        a = sp.expand(a + b - 1)
+        numerator = f"({printer._print(a)})" if a.is_Add else printer._print(a)
+        return f"({numerator} // {printer._print(b)})"  # whole: Python's // binds as *
+
+    _numpycode = _pythoncode = _sympystr
+
+
 def size_symbol(name: str) -> sp.Symbol:
     """The SymPy symbol of a symbolic dim such as ``"batch"``."""
     return sp.Symbol(name, integer=True, positive=True)

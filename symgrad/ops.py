@@ -24,6 +24,7 @@ import sympy as sp
 
 from . import symbolic as ew
 from .ir import (
+    CeilDiv,
     Dim,
     Node,
     Shape,
@@ -381,11 +382,15 @@ def _slice_len(dim, start, stop, step, what: str):
         return len(range(*slice(start, stop, step).indices(dim)))
     if step == -1 and start is None and stop is None:
         return dim  # the whole axis reversed
-    if step not in (None, 1):
-        raise ShapeError(f"{what}: a step needs a fixed-size axis, not {dim}")
+    if step is not None and step < 0:
+        raise ShapeError(
+            f"{what}: a negative step other than ::-1 needs a fixed-size axis, not {dim}"
+        )
     length = sp.expand(_bound(dim, stop, dim) - _bound(dim, start, 0))
     if length.is_nonpositive:
         raise ShapeError(f"{what}: slice {start}:{stop} of axis {dim} is empty")
+    if step not in (None, 1):
+        length = CeilDiv(length, step)  # x[::2] of n: (n + 1) // 2
     return int(length) if length.is_Integer else length  # x[-3:] of n: 3, fixed
 
 

@@ -942,7 +942,7 @@ MISUSE = {
     "step -2 on a symbolic axis": (
         lambda s: s["x"][::-2],
         sg.ShapeError,
-        "a step needs a fixed-size axis",
+        "a negative step other than ::-1 needs a fixed-size axis",
     ),
     "cumsum axis out of range": (
         lambda s: sg.cumsum(s["w"], axis=2),

@@ -1039,11 +1039,11 @@ def _declared():
             sg.ShapeError,
             "window size 6 for axis 2 of img",
         ),
-        # a stride (torch's unfold step / conv stride) on a symbolic axis
+        # a negative stride on a symbolic axis (a positive one is (T - 2 + 1) // 2 long)
         (
-            lambda x, img, ids, e: sg.sliding_window_view(x, 3, axis=2)[:, :, ::2],
+            lambda x, img, ids, e: sg.sliding_window_view(x, 3, axis=2)[:, :, ::-2],
             sg.ShapeError,
-            "a step needs a fixed-size axis, not T - 2",
+            "a negative step other than ::-1 needs a fixed-size axis, not T - 2",
         ),
         # ids of the wrong dtype or shape, a count that is not a size
         (

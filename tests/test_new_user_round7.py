@@ -1291,8 +1291,8 @@ def test_unsupported_function_and_array_constant_are_named():
         k * np.arange(3.0)  # NumPy array constants are not supported: use an input
     with pytest.raises(sg.ShapeError, match="step cannot be zero"):
         m.param("A", (4, 3))[::0]
-    with pytest.raises(sg.ShapeError, match="a step needs a fixed-size axis, not n"):
-        k[::2]
+    with pytest.raises(sg.ShapeError, match="negative step .* fixed-size axis, not n"):
+        k[::-2]
 
 
 def test_negative_gather_indices_count_from_the_end_in_forward_and_gradient():

@@ -75,6 +75,27 @@ CASES = {
         conv2d_same,
         lambda p, i: torch.tanh(F.conv2d(i["x"], p["K"], padding=1)),
     ),
+    "conv1d_stride2_symbolic": (
+        {"K": (3, 2, 4), "b": (3,)},
+        {"x": ("B", 2, "T")},
+        lambda p, i: conv1d(p, i)[:, :, ::2],
+        lambda p, i: F.conv1d(i["x"], p["K"], p["b"], stride=2),
+    ),
+    "maxpool_stride2_symbolic_2d": (
+        {"K": (2, 2, 3, 3)},
+        {"x": ("B", 2, "H", "W")},
+        lambda p, i: sg.sliding_window_view(conv2d_same(p, i), (2, 2), axis=(2, 3))[
+            :, :, ::2, ::2
+        ].max(axis=(-2, -1)),
+        lambda p, i: F.max_pool2d(torch.tanh(F.conv2d(i["x"], p["K"], padding=1)), 2),
+    ),
+    "decimate_and_interleave": (
+        {"x": ("B", "T")},
+        {},
+        lambda p, i: p["x"][:, 1::3]
+        * sg.sum(p["x"][:, ::2] ** 2, axis=1, keepdims=True),
+        lambda p, i: p["x"][:, 1::3] * (p["x"][:, ::2] ** 2).sum(1, keepdim=True),
+    ),
     "windows_of_every_axis": (
         {"x": ("T", 5)},
         {},
@@ -206,7 +227,13 @@ def test_one_module_serves_other_sizes(name, scale):
 
 
 @pytest.mark.parametrize(
-    "name", ["conv1d", "message_passing", "segment_sum_3d_negative_ids"]
+    "name",
+    [
+        "conv1d",
+        "message_passing",
+        "segment_sum_3d_negative_ids",
+        "maxpool_stride2_symbolic_2d",
+    ],
 )
 def test_hessian_agrees_with_torch(name):
     m, reference, params, inputs = build(name, hessian=True)
@@ -214,7 +241,10 @@ def test_hessian_agrees_with_torch(name):
     assert_second_order_agrees(module, reference, params, inputs, scaled=True)
 
 
-@pytest.mark.parametrize("name", ["conv1d", "graph_pooling", "windows_of_every_axis"])
+@pytest.mark.parametrize(
+    "name",
+    ["conv1d", "graph_pooling", "windows_of_every_axis", "conv1d_stride2_symbolic"],
+)
 def test_unrolled(name):
     m, reference, params, inputs = build(name)
     m.unroll(**{d: SIZES[d] for d in m.dims})
@@ -228,6 +258,23 @@ def test_verify_samples_ids_in_range(name):
     m = build(name)[0]
     report = verify(m, compile_module(m))
     assert report.ok, report
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "conv1d_stride2_symbolic",
+        "maxpool_stride2_symbolic_2d",
+        "decimate_and_interleave",
+    ],
+)
+def test_strides_of_symbolic_axes_at_odd_and_even_sizes(name):
+    """x[::2] of n has (n + 1) // 2 elements: one module for every size."""
+    module = compile_module(build(name)[0])
+    for n in (5, 6, 7, 8):
+        sizes = dict(SIZES, T=n, H=n, W=n + 1)
+        _, reference, params, inputs = build(name, sizes=sizes, seed=n)
+        check(module, reference, params, inputs)
 
 
 def test_edge_free_graph_and_repeated_ids():
