@@ -973,13 +973,18 @@ def take_along_axis(x: Expr, indices: Expr, axis: int) -> Expr:
     return Expr(ops.take_along_axis(node, _expr(indices, "take_along_axis").node, axis))
 
 
-def grad(y: Expr, wrt):
+def grad(y: Expr, wrt, *, allow_unused: bool = False):
     """torch.autograd.grad(y, wrt, create_graph=True): the gradient of the 0-d ``y``
     with respect to ``wrt`` (an expression, or a list of them: a list back), as
     expressions the model computes with and differentiates again (gradient penalties,
-    physics-informed losses, Hamiltonian networks). Zeros where ``y`` does not use it.
-    """
+    physics-informed losses, Hamiltonian networks). A ``wrt`` that ``y`` does not use is
+    an error, as in torch, or zeros with ``allow_unused=True``."""
     what = "sg.grad(y, wrt)"
+    if isinstance(y, (list, tuple)):
+        raise TypeError(
+            f"{what}: y is one 0-d expression; for the gradient of several (torch's "
+            "grad([y1, y2], x)), differentiate their sum: sg.grad(y1 + y2, x)"
+        )
     (y_node,) = _values([_expr(y, what)], what)
     if y_node.ndim:
         raise ShapeError(
@@ -989,6 +994,18 @@ def grad(y: Expr, wrt):
         )
     many = isinstance(wrt, (list, tuple))
     nodes = _values([_expr(x, what) for x in (wrt if many else [wrt])], what)
+    used = set(toposort([y_node]))
+    for x in nodes:
+        if x not in used and not allow_unused:
+            shown, hint = x.describe(), ""
+            if x.op == "index" and x.args[0] in used:  # X[:, 0] of an X y uses
+                source, spec = x.args[0].describe(), ops.format_index(x.attrs[0])
+                shown = source + spec
+                hint = f"a slice is a new value: slice the gradient, sg.grad(y, {source}){spec}; "
+            raise ModelError(
+                f"{what}: y does not use {shown}, as torch would say; {hint}pass "
+                "allow_unused=True for zeros"
+            )
     grads = [Expr(ops.grad_of(y_node, x)) for x in nodes]
     return grads if many else grads[0]
 
@@ -1329,7 +1346,11 @@ _TORCH_ONLY_KEYWORDS = {  # torch's keywords with no NumPy twin: what to write i
     "left": "x @ a = b is sg.solve(a.T, b.T).T",
     "create_graph": "sg.grad's gradients are always differentiable again",
     "retain_graph": "sg.grad's gradients are always differentiable again",
-    "allow_unused": "sg.grad gives zeros where y does not use x",
+    "grad_outputs": "sg.grad(sg.sum(y * v), x) weights y by v (torch's grad_outputs=v; "
+    "for ones, sg.sum(y))",
+    "outputs": "sg.grad(y, wrt) takes y and wrt by position",
+    "inputs": "sg.grad(y, wrt) takes y and wrt by position",
+    "only_inputs": "sg.grad(y, wrt) differentiates with respect to wrt only",
 }
 
 
@@ -1337,6 +1358,8 @@ def _numpy_keywords(fn: Callable) -> Callable:
     """torch's dim=, keepdim= and diagonal= are NumPy's axis=, keepdims= and k=: say
     so, where Python would only say "unexpected keyword argument" (and what to write
     for torch's keywords that NumPy has no twin of)."""
+
+    own = set(inspect.signature(fn).parameters)
 
     @functools.wraps(fn)
     def checked(*args, **kwargs):
@@ -1346,7 +1369,7 @@ def _numpy_keywords(fn: Callable) -> Callable:
                 raise TypeError(
                     f"{call} takes NumPy's {numpy_name}=, not torch's {torch_name}="
                 )
-        for torch_name in sorted(kwargs.keys() & _TORCH_ONLY_KEYWORDS):
+        for torch_name in sorted((kwargs.keys() - own) & _TORCH_ONLY_KEYWORDS.keys()):
             raise TypeError(
                 f"{call} has no {torch_name}= (torch's): "
                 f"{_TORCH_ONLY_KEYWORDS[torch_name]}"
