@@ -40,8 +40,8 @@ def fold_constants(roots: Sequence[Node]) -> list[Node]:
     one value times another is that value times the other's column (row) sums."""
 
     def fold(_: Node, n: Node) -> Node:
-        if n.op == "matmul" and n.ndim == 2 and n.args[0].ndim == n.args[1].ndim == 2:
-            return _one_value_product(n) or n
+        if n.op == "matmul" and n.args[0].ndim <= 2 and n.args[1].ndim <= 2:
+            return _one_value_product(n) or _one_line_product(n) or n
         if (
             n.op in ("index", "transpose", "reshape", "windows")
             and n.args[0].op == "map"
@@ -56,17 +56,70 @@ def fold_constants(roots: Sequence[Node]) -> list[Node]:
 
 
 def _one_value_product(n: Node) -> Node | None:
-    """``c @ b`` with c a matrix of one value (the cotangent of a sum, as when sg.grad
+    """``c @ b`` with c an array of one value (the cotangent of a sum, as when sg.grad
     differentiates sg.sum(u)): c times b's column sums, broadcast; ``a @ c`` likewise.
     """
     a, b = n.args
-    for constant, other, axis in ((a, b, 0), (b, a, 1)):
+    for constant, other, axis in ((a, b, 0), (b, a, a.ndim - 1)):
         if ops.broadcast_scalars(constant):
-            if other.shape[axis] != 1:
-                other = ops.reduce_sum(other, (axis,), keepdims=True)
+            if n.ndim < 2 or other.shape[axis] != 1:  # (matrices keep the summed axis)
+                other = ops.reduce_sum(other, (axis,), keepdims=n.ndim == 2)
             k = len(constant.args)
             formula = constant.attrs[0] * ew.arg(k)
             return ops.map_(formula, (*constant.args, other), n.shape)
+    return None
+
+
+def _one_line_product(n: Node) -> Node | None:
+    """``a @ b`` where a or b is zeros with one row or column written (the adjoint of
+    picking it, as sg.grad(sg.sum(du[:, 0]), x) does): a product with that line, not
+    a matrix product with the zeros."""
+    a, b = n.args
+    if a.ndim != 2 or b.ndim != 2:
+        return None
+    for side, matrix, other in ((0, a, b), (1, b, a)):
+        line = _single_line(matrix)
+        if line is None:
+            continue
+        axis, k, value = line
+        whole = slice(None)
+        if axis != side:  # the line is along the contracted axis: an outer product
+            picked = ops.index(
+                other, ops.normalize_index(other, (k,) if side == 0 else (whole, k))
+            )
+            column, row = (value, picked) if side == 0 else (picked, value)
+            if column.ndim:  # (a 0-d value, the seed 1.0, broadcasts as it is)
+                column = ops.index(column, ops.normalize_index(column, (whole, None)))
+            if row.ndim:
+                row = ops.index(row, ops.normalize_index(row, (None, whole)))
+            return ops.apply(lambda p, q: p * q, column, row, shape=n.shape)
+        if not value.ndim:
+            value = ops.map_(ew.arg(0), [value], (matrix.shape[1 - axis],))
+        product = ops.matmul(value, other) if side == 0 else ops.matmul(other, value)
+        spec = (k,) if side == 0 else (whole, k)
+        return ops.scatter(
+            n.shape, [(("slice", ops.normalize_index(n, spec)), product)]
+        )
+    return None
+
+
+def _single_line(m: Node) -> tuple[int, int, Node] | None:
+    """(axis, k, value) when the matrix ``m`` is zeros with only ``m[k]`` (axis 0) or
+    ``m[:, k]`` (axis 1) written, else None."""
+    if m.op != "scatter" or m.attrs[1] or len(m.attrs[0]) != 1:
+        return None
+    ((kind, value),) = ops.scatter_updates(m)
+    if kind[0] != "slice" or kind[-1] == "-":
+        return None
+    entries = kind[1]
+    whole = ("slice", None, None, None)
+    for axis in (0, 1):
+        if (
+            entries[axis][0] == "int"
+            and entries[1 - axis] == whole
+            and len(entries) == 2
+        ):
+            return axis, entries[axis][1], value
     return None
 
 

@@ -29,9 +29,9 @@ differences. Found and fixed: sg.grad(y, X[:, 0]), where y uses X but not that n
 slice, silently gave zeros where torch raises "not have been used in the graph" (now
 an error naming sg.grad(y, X)[:, 0]; allow_unused=True for zeros); torch's
 grad_outputs=, outputs= and inputs= got Python's bare "unexpected keyword argument";
-sg.grad([y1, y2], x) said "needs sg expressions". Still xfail: the gradient of a column
-of a gradient builds a one-hot (n, 2) array (np.zeros, [:, 0] = 1.0) and matmuls it in
-instead of taking W1[:, 0]; separate `*= -1.0` passes. Not a
+sg.grad([y1, y2], x) said "needs sg expressions"; the gradient of a column of a
+gradient built a one-hot (n, 2) array and matmuled it in (now W1[:, 0] broadcast, by
+optimize._one_line_product). Still xfail: separate `*= -1.0` passes. Not a
 bug but a trap met on the way: `hessian()` orders its rows by PARAMS (declaration
 order), not by the order of the params dict passed in; and a model named `grad_*` is
 refused as "reserved for generated code".
@@ -800,17 +800,6 @@ def _heat_source():
     return generate(FAMILIES["heat_pinn_2d"]()[0])[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gradient of a column of a gradient (sg.grad(sg.sum(du[:, 0]), X)) "
-    "builds the column's cotangent as a one-hot array, t8 = np.zeros((n, 2)); "
-    "t8[:, 0] = 1.0, and multiplies it in (t9 = t8 @ W1.T, which is W1[:, 0] "
-    "broadcast; t25 = t10.T @ t8), and the outer gradient scatters a column into "
-    "zeros again (t22[:, 0] = t21; t11.T @ t22; t22 @ W1.T): the adjoint of the "
-    "index (a scatter into zeros, ops.scatter) is not pushed through the matmul by "
-    "symgrad/optimize.py, so each PINN derivative costs (n, 2) temporaries and full "
-    "matmuls against zeros",
-)
 def test_gradient_of_a_column_of_a_gradient_builds_no_one_hot_array():
     source = _heat_source()
     for name in ("forward", "value_and_grad"):
