@@ -108,7 +108,7 @@ def _single_line(m: Node) -> tuple[int, int, Node] | None:
     ``m[:, k]`` (axis 1) written, else None."""
     if m.op != "scatter" or m.attrs[1] or len(m.attrs[0]) != 1:
         return None
-    ((kind, value),) = ops.scatter_updates(m)
+    ((kind, value, *_),) = ops.scatter_updates(m)  # (rows and along carry an index)
     if kind[0] != "slice" or kind[-1] == "-":
         return None
     entries = kind[1]
