@@ -36,7 +36,7 @@ from .ir import (
     toposort,
 )
 from .model import requirement
-from .ops import PRIMITIVES, is_const
+from .ops import LINALG, PRIMITIVES, is_const
 from .printer import NumPyPrinter, literal, to_numpy
 from .symbolic import factored
 from .tape import special
@@ -59,11 +59,7 @@ FRESH = (
     "take_along_axis",
     "scatter",
     "pair_scatter",
-    "solve",
-    "inv",
-    "logabsdet",
-    "det_sign",
-    "det",
+    *LINALG,
 )
 TEMPLATES = [
     Path(__file__).parent / "templates",

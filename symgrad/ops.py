@@ -961,6 +961,9 @@ def _scatter_rows(
 # gufuncs are. Their adjoints are built from these primitives again, so Hessians exist.
 
 
+LINALG = ("solve", "inv", "logabsdet", "det_sign", "det")  # np.linalg's primitives
+
+
 def _check_square(a: Node, what: str) -> None:
     if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
         raise ShapeError(

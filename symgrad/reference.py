@@ -11,7 +11,7 @@ import functools
 import numpy as np
 import sympy as sp
 
-from . import symbolic, tape
+from . import ops, symbolic, tape
 from .ir import Node, toposort
 from .model import Model
 
@@ -77,16 +77,12 @@ def evaluate(model: Model, params: dict, inputs: dict, engine=tape) -> dict:
     shapes = {k: tuple(t.shape) for k, t in params.items()}
     sizes = {model.dims[k]: v for k, v in bound_dims(model, shapes, inputs).items()}
     order = toposort([model.loss_node, *model.outputs.values()])
-    targets = {
-        n.args[1] for n in order if n.op == "grad"
-    }  # what sg.grad differentiates
+    targets = {n.args[1] for n in order if n.op == "grad"}  # sg.grad's wrt
     for node in order:
         if node not in values:
             values[node] = run.node(node, [values[a] for a in node.args], sizes)
-        if node in targets and not values[node].requires_grad:
-            values[node] = (
-                values[node].detach().requires_grad_()
-            )  # torch's x.requires_grad_()
+        if node in targets and not values[node].requires_grad:  # x.requires_grad_()
+            values[node] = values[node].detach().requires_grad_()
     return values
 
 
@@ -181,7 +177,7 @@ class _Interpreter:
             out = self.engine.zeros(shape, dtype=self.engine.float64)
             ids = args[1] % shape[0]  # negative ids count from the end, as in NumPy
             return out.index_add(0, ids, args[0])
-        if op in ("solve", "inv", "logabsdet", "det_sign", "det"):
+        if op in ops.LINALG:
             return self._linalg(op, *args)
         if op == "grad":  # torch.autograd.grad(y, x, create_graph=True)
             y, x = args

@@ -30,7 +30,7 @@ import sympy as sp
 from .codegen import LEAVES, VIEWS
 from .ir import Node, format_shape
 from .model import ModelError
-from .ops import along_shape, concatenated_at, is_const, scatter_updates
+from .ops import LINALG, along_shape, concatenated_at, is_const, scatter_updates
 from .printer import MathPrinter
 
 # A model without symbolic dims is unrolled automatically when no array in its
@@ -109,10 +109,7 @@ def unroll(emitter, statements: list, sizes: dict[str, int]) -> Unrolled:
 
 
 # Functions of whole arrays, with no per-element formula to expand: they stay in NumPy.
-WHOLE_ARRAY = dict.fromkeys(
-    ("solve", "inv", "logabsdet", "det_sign", "det"), "np.linalg"
-)
-WHOLE_ARRAY["argsort"] = "a sort"
+WHOLE_ARRAY = dict.fromkeys(LINALG, "np.linalg") | {"argsort": "a sort"}
 
 
 def _without_scalar_form(statements: list) -> list[Node]:
