@@ -408,12 +408,22 @@ class Emitter:
             if not (isinstance(st.target, Node) and st.target.name)
         }
         readers = Counter(r for st in statements for r in st.reads)
+        halves = _slogdet_halves(statements)
         lines, names, borrowed = [], dict(self.names), set()
         for k, st in enumerate(statements):
+            if st in halves.values():
+                continue  # printed with the other half
             dead = {
                 r for r in st.reads if last[r] == k and r in local and r not in keep
             }
-            out = self.lines(st, dead)
+            if st in halves:
+                sign, logabsdet = sorted(
+                    (st, halves[st]), key=lambda s: s.target.op == "logabsdet"
+                )
+                matrix = self.code(st.target.args[0])
+                out = [f"{sign.name}, {logabsdet.name} = np.linalg.slogdet({matrix})"]
+            else:
+                out = self.lines(st, dead)
             # ``h = t1`` after computing h in place in the dead temporary t1: one name.
             alias = next(
                 (a for a in out if re.fullmatch(rf"{st.name} = t\d+", a)), None
@@ -445,6 +455,20 @@ class Emitter:
             if st.backward == backward:
                 total += sp.count_ops(st.expr) if st.expr is not None else 1
         return total
+
+
+def _slogdet_halves(statements: list[Statement]) -> dict[Statement, Statement]:
+    """Pairs of statements computing the sign and the log |det| of one matrix (first ->
+    second), so that one np.linalg.slogdet call gives both."""
+    first, pairs = {}, {}
+    for st in statements:
+        if isinstance(st.target, Node) and st.target.op in ("det_sign", "logabsdet"):
+            matrix = st.target.args[0]
+            if matrix in first and first[matrix].target.op != st.target.op:
+                pairs[first.pop(matrix)] = st
+            else:
+                first[matrix] = st
+    return pairs
 
 
 def _large(shape: tuple) -> bool:
