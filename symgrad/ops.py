@@ -62,9 +62,10 @@ def map_(expr: sp.Expr, args: Sequence[Node] = (), shape: Shape | None = None) -
     if shape is None:
         shape = broadcast(*args)
     others = [a for a in args if not one_value(a)]
-    if len(others) < len(args) and others and broadcast(*others) == tuple(shape):
-        # an array of one value (a constant, the cotangent of a sum) whose shape the
-        # others give anyway: its formula in this one, over its 0-d arguments
+    scalars = all(a.ndim == 0 for a in args if one_value(a))
+    if len(args) > len(others) > 0 and (scalars or broadcast(*others) == tuple(shape)):
+        # a 0-d constant, or an array of one value (a constant, the cotangent of a sum)
+        # whose shape the others give anyway: its formula in this one
         args, formulas = list(args), {}
         for i, a in enumerate(tuple(args)):
             if one_value(a):

@@ -256,7 +256,13 @@ def factor_sums(roots: Sequence[Node]) -> list[Node]:
     users = consumers(toposort(roots))
     keep = {id(r) for r in roots}
 
+    def single(old: Node) -> bool:
+        """Whether ``old`` is an intermediate no one else reads."""
+        return not old.name and id(old) not in keep and len(users[old]) == 1
+
     def visit(old: Node, node: Node) -> Node:
+        if node.op == "matmul":
+            return _scale_after_product(old, node, single) or node
         if node.op != "sum":
             return node
         (m,) = node.args
@@ -306,6 +312,42 @@ def _reduce_product(term: sp.Expr, m: Node, axes: tuple, keepdims: bool) -> Node
     scale = sp.Mul(*outside) * ew.arg(len(m.args))
     used = [m.args[i] for i in range(len(m.args)) if scale.has(ew.arg(i))]
     return ops.map_(scale, (*m.args, total), broadcast(*used, total))
+
+
+def _scale_after_product(old: Node, node: Node, single) -> Node | None:
+    """``(-2 * s * a) @ b`` with s 0-d as ``-2 * s * (a @ b)``: the scale goes on the
+    product (usually smaller, or written into its user's formula), not in a pass over
+    ``a``. An outer product (contracting one element) keeps it where it is."""
+    if node.args[0].shape[-1] == 1:
+        return None
+    for i, (arg_old, arg) in enumerate(zip(old.args, node.args, strict=True)):
+        view = arg.op == "transpose" and single(arg_old)
+        m_old, m = (arg_old.args[0], arg.args[0]) if view else (arg_old, arg)
+        if m.op != "map" or not m.args or not single(m_old):
+            continue
+        factors = sp.Mul.make_args(m.attrs[0])
+        scalar = [f for f in factors if _scalar(f, m)]
+        if not scalar or len(scalar) == len(factors):
+            continue
+        inside = ops.map_(
+            sp.Mul(*(f for f in factors if f not in scalar)), m.args, m.shape
+        )
+        operands = list(node.args)
+        operands[i] = ops.transpose(inside, arg.attrs[0]) if view else inside
+        product = ops.matmul(*operands)
+        return ops.map_(
+            sp.Mul(*scalar) * ew.arg(len(m.args)), (*m.args, product), node.shape
+        )
+    return None
+
+
+def _scalar(formula: sp.Expr, m: Node) -> bool:
+    """Whether ``formula`` (a piece of m's) reads only 0-d arguments and sizes."""
+    return all(
+        m.args[int(s.name[1:])].ndim == 0
+        for s in formula.free_symbols
+        if s.name.startswith("_")
+    )
 
 
 def _sum_of_scatter(node: Node) -> Node | None:

@@ -31,7 +31,9 @@ an error naming sg.grad(y, X)[:, 0]; allow_unused=True for zeros); torch's
 grad_outputs=, outputs= and inputs= got Python's bare "unexpected keyword argument";
 sg.grad([y1, y2], x) said "needs sg expressions"; the gradient of a column of a
 gradient built a one-hot (n, 2) array and matmuled it in (now W1[:, 0] broadcast, by
-optimize._one_line_product). Still xfail: separate `*= -1.0` passes. Not a
+optimize._one_line_product); tanh'' wrote its negation as separate `*= -1.0` passes
+(now the scale of a matrix product's operand goes on the product, and a 0-d constant
+times a row being broadcast folds, so -2 lands on a row). Not a
 bug but a trap met on the way: `hessian()` orders its rows by PARAMS (declaration
 order), not by the order of the params dict passed in; and a model named `grad_*` is
 refused as "reserved for generated code".
@@ -806,13 +808,6 @@ def test_gradient_of_a_column_of_a_gradient_builds_no_one_hot_array():
         assert "np.zeros((n, 2))" not in _function(source, name), name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the negation in the derivative of tanh' (d/dz (1 - tanh^2) = -2 tanh "
-    "tanh') is written as its own pass, t11 *= -1.0 (twice in heat_pinn_2d's "
-    "value_and_grad), where it folds into the neighbouring constant (t3 *= 2.0 "
-    "becomes -2.0, residual = t12[:, 0] * 0.3 becomes * -0.3)",
-)
 def test_no_separate_negation_pass():
     assert "*= -1.0" not in _heat_source()
 
