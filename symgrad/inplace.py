@@ -20,7 +20,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
 from .ir import broadcast_shapes
-from .printer import NumPyPrinter, coefficient_into_sum
+from .printer import NumPyPrinter, coefficient_into_sum, mask
 
 UFUNCS = {
     sp.exp: "exp", expm1: "expm1", sp.log: "log", log1p: "log1p", sp.sin: "sin",
@@ -79,6 +79,9 @@ class InPlace:
             )
         return self.assign(name, self.printer.doprint(e))
 
+    def mask(self, e: sp.Heaviside, name: str) -> tuple[str, bool]:
+        return mask(self.emit(e.args[0], name)[0], e.args[1]), False
+
     def unary(self, fn: str, arg: sp.Expr, name: str) -> tuple[str, bool]:
         buf, owned = self.emit(arg, name)
         return self.apply(f"np.{fn}({{}}, out={{}})", buf, owned, name)
@@ -117,7 +120,17 @@ class InPlace:
         inverted = [t for inverse, t in small if inverse]
         head = self.printer.doprint(join(*direct)) if direct else None
         tail = [self.printer.doprint(join(*inverted))] if inverted else []
-        operands = [(inverse, *self.emit(t, name)) for inverse, t in big]
+        masks = not add and not all(map(_mask, big))
+        if masks:  # multiplied in as booleans; a float operand allocates the result
+            big.sort(key=_mask)
+        operands = [
+            (
+                inverse,
+                *(self.mask(t, name) if masks and _mask(p) else self.emit(t, name)),
+            )
+            for p in big
+            for inverse, t in [p]
+        ]
         owned = next((o for o in operands if o[2] and not o[0]), None) or next(
             (o for o in operands if o[2]), None
         )
@@ -172,6 +185,12 @@ class InPlace:
         else:
             self.lines += [f"{buf} {inv}= {code}" for code in tail]
         return buf, True
+
+
+def _mask(term: tuple[bool, sp.Expr]) -> bool:
+    """A factor Heaviside(x) with H(0) = 0 or 1: the comparison x > 0 (or >=)."""
+    inverse, t = term
+    return not inverse and isinstance(t, sp.Heaviside) and t.args[1] in (0, 1)
 
 
 def _grouped(code: str) -> str:

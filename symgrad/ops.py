@@ -14,6 +14,8 @@ Every elementwise function is one primitive, ``map``, whose adjoint SymPy derive
 
 from __future__ import annotations
 
+import itertools
+import math
 import numbers
 import operator
 import weakref
@@ -775,8 +777,37 @@ def _axis_kw(axes: tuple[int, ...], keepdims: bool, ndim: int) -> str:
 
 
 def _numpy_max(args: list[str], node: Node) -> str:  # or min
+    pieces = _short_reduction(args[0], node)
+    if pieces:
+        fn = "np.maximum" if node.op == "max" else "np.minimum"
+        while len(pieces) > 1:  # pairwise: (a, b), (c, d), then the two
+            pairs = zip(pieces[::2], pieces[1::2], strict=False)
+            pieces = [f"{fn}({p}, {q})" for p, q in pairs] + pieces[len(pieces) & ~1 :]
+        return pieces[0]
     axes, keepdims = node.attrs
     return f"{args[0]}.{node.op}({_axis_kw(axes, keepdims, node.args[0].ndim)})"
+
+
+def _short_reduction(a: str, node: Node) -> list[str]:
+    """The slices a reduction over at most 4 elements (a 2x2 pooling window, the 3
+    coordinates of a vector) combines, to be written as elementwise operations: NumPy's
+    reductions over short axes are 5-20x slower than adding or comparing the slices."""
+    (arg,) = node.args
+    axes, keepdims = node.attrs
+    sizes = [arg.shape[i] for i in axes]
+    if len(axes) == arg.ndim or not all(isinstance(d, int) for d in sizes):
+        return []
+    if not 2 <= math.prod(sizes) <= 4:
+        return []
+    pieces = []
+    for picks in itertools.product(*map(range, sizes)):
+        key = [":"] * arg.ndim
+        for axis, k in zip(axes, picks, strict=True):
+            key[axis] = f"{k}:{k + 1}" if keepdims else str(k)
+        while key[-1] == ":":
+            key.pop()
+        pieces.append(f"{a}[{', '.join(key)}]")
+    return pieces
 
 
 def _numpy_sum(args: list[str], node: Node) -> str:
@@ -790,7 +821,9 @@ def _numpy_sum(args: list[str], node: Node) -> str:
         if axes == (0,):
             return f"{_ones((1, rows) if keepdims else (rows,))} @ {args[0]}"
         return f"{args[0]} @ {_ones((cols, 1) if keepdims else (cols,))}"
-    return f"{args[0]}.sum({_axis_kw(axes, keepdims, a.ndim)})"
+    return " + ".join(_short_reduction(args[0], node)) or (
+        f"{args[0]}.sum({_axis_kw(axes, keepdims, a.ndim)})"
+    )
 
 
 def _ones(shape: Shape) -> str:
