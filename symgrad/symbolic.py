@@ -312,6 +312,7 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
         missing = sorted({str(x.expr.func) for x in d.atoms(sp.Derivative)})
         raise UnsupportedError(f"{', '.join(missing) or d} has no derivative")
     d = d.replace(lambda e: e.is_Mul, _power_rule)
+    d = d.replace(lambda e: e.is_Mul and e.has(sp.Heaviside), _relu_masked)
     d = d.xreplace(_log_of_bases(expr, arg(i)))
     # subs also finds expr inside products and powers (sigmoid' = OUT**2 e**-x), and
     # factor_terms pulls common factors out; both take seconds on large fused formulas
@@ -354,6 +355,23 @@ def _log_of_bases(expr: sp.Expr, x: sp.Symbol) -> dict:
 
 def _fractional_power(expr: sp.Expr) -> bool:
     return expr.is_Pow and not expr.exp.is_Integer
+
+
+def _relu_masked(product: sp.Mul) -> sp.Expr:
+    """H(x) * g, where g divides by (or takes a root of) relu(x), as g where x > 0 and 0
+    elsewhere: torch's relu backward masks the gradient, so sqrt(relu(x))' is 0 at
+    x <= 0, where the product would be 0 * inf = nan."""
+    for h in product.args:
+        if isinstance(h, sp.Heaviside) and h.args[1] in (0, 1):
+            x = h.args[0]
+            rest = sp.Mul(*(f for f in product.args if f is not h))
+            if any(
+                p.base.has(relu(x), sp.Max(x, 0))
+                and not (p.exp.is_Integer and p.exp > 0)
+                for p in rest.atoms(sp.Pow)
+            ):
+                return sp.Piecewise((rest, x >= 0 if h.args[1] else x > 0), (0, True))
+    return product
 
 
 def _power_rule(term: sp.Expr) -> sp.Expr:
