@@ -362,15 +362,15 @@ def _relu_masked(product: sp.Mul) -> sp.Expr:
     elsewhere: torch's relu backward masks the gradient, so sqrt(relu(x))' is 0 at
     x <= 0, where the product would be 0 * inf = nan."""
     for h in product.args:
-        if isinstance(h, sp.Heaviside) and h.args[1] in (0, 1):
-            x = h.args[0]
-            rest = sp.Mul(*(f for f in product.args if f is not h))
+        if isinstance(h, sp.Heaviside):
+            (x, h0), rest = h.args, sp.Mul(*(f for f in product.args if f is not h))
             if any(
                 p.base.has(relu(x), sp.Max(x, 0))
                 and not (p.exp.is_Integer and p.exp > 0)
                 for p in rest.atoms(sp.Pow)
             ):
-                return sp.Piecewise((rest, x >= 0 if h.args[1] else x > 0), (0, True))
+                kept = rest * h if h0 not in (0, 1) else rest  # (a tie's share, 1/2)
+                return sp.Piecewise((kept, x > 0 if h0 == 0 else x >= 0), (0, True))
     return product
 
 

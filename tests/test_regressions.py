@@ -363,3 +363,23 @@ def test_an_array_outlives_an_alias_of_its_view():
     loss = (torch.softmax(t, 0)[0] * torch.log_softmax(t, 1)[1]).sum()
     (loss + (softmax_02 * torch.sin(t)).sum()).backward()
     np.testing.assert_allclose(grads["A"], t.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(torch is None, reason="torch is a test extra")
+@pytest.mark.parametrize(
+    "clamp", [sg.relu, lambda q: sg.maximum(q, 0.0)], ids=["relu", "maximum"]
+)
+def test_a_root_of_a_clamp_has_torchs_gradient_where_the_clamp_is_zero(clamp):
+    """sqrt(relu(q))' is H(q) / (2 sqrt(relu(q))): 0 * inf = nan at q < 0, where torch's
+    masked backward gives 0 (and at q = 0: 0 for relu, inf / 2 for maximum's tie)."""
+    m = sg.Model("root_of_clamp")
+    q = m.param("q", (4,))
+    m.loss(sg.sum(sg.sqrt(clamp(q))))
+    values = np.array([0.0, -1.0, 2.0, 1e-300])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        _, grads = compile_module(m).value_and_grad({"q": values}, {})
+    t = torch.tensor(values, requires_grad=True)
+    zero = torch.zeros((), dtype=torch.float64)
+    torch_clamp = torch.relu if clamp is sg.relu else lambda x: torch.maximum(x, zero)
+    torch.sqrt(torch_clamp(t)).sum().backward()
+    np.testing.assert_allclose(grads["q"], t.grad.numpy(), rtol=1e-15)
