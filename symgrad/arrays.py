@@ -51,8 +51,12 @@ def _one_axis(node, axis, what: str) -> tuple[int]:
 
 def full_like(x: Expr, fill_value) -> Expr:
     """NumPy's full_like: a constant array of x's shape (no gradient, no NaN from x,
-    where 0 * x would carry one)."""
-    return Expr(ops.const(_number(fill_value), _expr(x, "sg.full_like").node.shape))
+    where 0 * x would carry one). ``fill_value`` may be an expression (a 0-d one: a
+    learned value), broadcast to x's shape, with its gradient."""
+    shape = _expr(x, "sg.full_like").node.shape
+    if isinstance(fill_value, Expr):
+        return broadcast_to(fill_value, shape)
+    return Expr(ops.const(_number(fill_value), shape))
 
 
 def zeros_like(x: Expr) -> Expr:
@@ -117,12 +121,25 @@ def flip(x: Expr, axis=None) -> Expr:
     return x[tuple(slice(None, None, -1 if k in axes else 1) for k in range(x.ndim))]
 
 
-def expand_dims(x: Expr, axis: int) -> Expr:
-    """NumPy's expand_dims: a new axis of size 1 at ``axis``."""
-    ndim = _expr(x, "sg.expand_dims").ndim + 1
-    if not -ndim <= axis < ndim:
-        raise ShapeError(f"sg.expand_dims: axis {axis} is out of range for rank {ndim}")
-    return _along(x, axis % ndim, None)
+def expand_dims(x: Expr, axis) -> Expr:
+    """NumPy's expand_dims: a new axis of size 1 at ``axis`` (an int, or a tuple: one
+    at each of those places of the result)."""
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    ndim = _expr(x, "sg.expand_dims").ndim + len(axes)
+    places = set()
+    for a in map(ops.python_int, axes):
+        if not isinstance(a, int):
+            raise TypeError(
+                f"sg.expand_dims: axis must be an int or a tuple of ints, not {axis!r}"
+            )
+        if not -ndim <= a < ndim:
+            raise ShapeError(
+                f"sg.expand_dims: axis {a} is out of range for rank {ndim}"
+            )
+        if a % ndim in places:
+            raise ShapeError(f"sg.expand_dims: repeated axis in {axis!r}")
+        places.add(a % ndim)
+    return x[tuple(None if k in places else slice(None) for k in range(ndim))]
 
 
 def roll(x: Expr, shift: int, axis=None) -> Expr:
@@ -243,7 +260,7 @@ def pad(x: Expr, pad_width, mode: str = "constant", constant_values=0) -> Expr:
     axis; ``mode`` "constant" (a number, or a 0-d expression: a learned value),
     "edge", "reflect", "symmetric" or "wrap", each as NumPy's."""
     node = _expr(x, "sg.pad").node
-    widths = np.broadcast_to(np.asarray(pad_width), (node.ndim, 2)).tolist()
+    widths = _pad_widths(node, pad_width)
     if mode in _TORCH_PAD_MODES:
         raise ValueError(
             f"sg.pad: mode {mode!r} is torch's; NumPy's name is "
@@ -280,6 +297,32 @@ def pad(x: Expr, pad_width, mode: str = "constant", constant_values=0) -> Expr:
         x = concatenate([part for part in parts if part is not None], axis)
         node = x.node
     return x
+
+
+def _pad_widths(node: Node, pad_width) -> list[list[int]]:
+    """NumPy's pad_width as one (before, after) pair per axis of ``node``."""
+    try:
+        return np.broadcast_to(np.asarray(pad_width), (node.ndim, 2)).tolist()
+    except ValueError:
+        pass
+    flat = list(pad_width) if isinstance(pad_width, (tuple, list)) else []
+    torch_form = ""
+    if (
+        all(isinstance(ops.python_int(w), int) for w in flat)
+        and len(flat) % 2 == 0
+        and 0 < len(flat) // 2 <= node.ndim
+    ):
+        pairs = [(0, 0)] * (node.ndim - len(flat) // 2)
+        pairs += [tuple(flat[k : k + 2]) for k in range(len(flat) - 2, -1, -2)]
+        torch_form = (
+            "; torch's flat F.pad tuple lists (before, after) pairs from the last axis "
+            f"first: F.pad(x, {tuple(flat)}) is sg.pad(x, {tuple(pairs)})"
+        )
+    raise ShapeError(
+        f"sg.pad of {node.describe()} of rank {node.ndim}: pad_width {pad_width!r} "
+        "is NumPy's, an int, a (before, after) pair, or one (before, after) pair per "
+        f"axis, first axis first{torch_form}"
+    )
 
 
 def _constant_block(x: Expr, axis: int, width: int, _, value) -> Expr:
@@ -323,10 +366,15 @@ _PAD_BLOCKS = {
 _TORCH_PAD_MODES = {"replicate": "edge", "circular": "wrap"}
 
 
-def diff(x: Expr, axis: int = -1) -> Expr:
-    """NumPy's diff (n = 1): x[1:] - x[:-1] along ``axis``."""
+def diff(x: Expr, n: int = 1, axis: int = -1) -> Expr:
+    """NumPy's diff: x[1:] - x[:-1] along ``axis``, taken ``n`` times."""
     (axis,) = _one_axis(_expr(x, "sg.diff").node, axis, "sg.diff")
-    return _along(x, axis, slice(1, None)) - _along(x, axis, slice(-1))
+    n = ops.python_int(n)
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"sg.diff: n must be an int >= 0, not {n!r}")
+    for _ in range(n):
+        x = _along(x, axis, slice(1, None)) - _along(x, axis, slice(-1))
+    return x
 
 
 def sliding_window_view(x: Expr, window_shape, axis=None) -> Expr:
@@ -369,16 +417,31 @@ def _made_by(result: Expr, source: Node, what: str) -> Expr:
     return result
 
 
-def argsort(x: Expr, axis: int = -1) -> Expr:
+def _stable(kind, what: str) -> None:
+    """NumPy's kind=: sg's sort is always stable, which kind="stable" asks for."""
+    if kind not in _STABLE_KINDS:
+        raise ValueError(
+            f"{what}: kind={kind!r} is not supported: sg's sort is always stable "
+            "(equal values keep their order); use kind='stable' or leave it out"
+        )
+
+
+_STABLE_KINDS = (None, "stable", "mergesort")
+
+
+def argsort(x: Expr, axis: int = -1, kind=None) -> Expr:
     """NumPy's argsort (stable: ties keep their order, as torch's stable sort): int64
-    positions for sg.take_along_axis."""
+    positions for sg.take_along_axis. ``kind`` may only ask for that ("stable")."""
+    _stable(kind, "sg.argsort")
     (node,) = _values([_expr(x, "sg.argsort")], "sg.argsort")
     return Expr(ops.argsort(node, _one_axis(node, axis, "sg.argsort")[0]))
 
 
-def sort(x: Expr, axis: int = -1) -> Expr:
+def sort(x: Expr, axis: int = -1, kind=None) -> Expr:
     """NumPy's sort along ``axis``; the gradient goes back to where each value came
-    from, as torch's. ``axis=None`` sorts the flattened array."""
+    from, as torch's. ``axis=None`` sorts the flattened array. Stable, as
+    ``kind="stable"`` asks."""
+    _stable(kind, "sg.sort")
     if axis is None:
         return sort(reshape(_expr(x, "sg.sort"), (-1,)), 0)
     return take_along_axis(x, argsort(x, axis), axis)

@@ -12,10 +12,13 @@ from .model import Expr, _expr, swapaxes, transpose, where
 from .model import sum as _sum
 
 
-def einsum(subscripts: str, *operands: Expr) -> Expr:
+def einsum(subscripts: str, *operands: Expr, optimize=False) -> Expr:
     """NumPy's einsum: a pair of operands with one contracted letter is a matmul;
     others multiply and sum. More than two operands contract left to right; ``...``
-    is lettered, and a letter repeated in one operand takes the diagonal."""
+    is lettered, and a letter repeated in one operand takes the diagonal. NumPy's
+    ``optimize`` (a speed hint) is accepted and ignored: symgrad's contraction order
+    is its own (left to right, as matmuls)."""
+    del optimize
     inputs, arrow, output = subscripts.replace(" ", "").partition("->")
     terms = inputs.split(",")
     if len(terms) != len(operands):

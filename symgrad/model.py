@@ -312,8 +312,8 @@ class Expr:
     def cumsum(self, axis=None) -> Expr:
         return cumsum(self, axis)
 
-    def clip(self, a_min=None, a_max=None) -> Expr:
-        return clip(self, a_min, a_max)
+    def clip(self, a_min=None, a_max=None, *, min=None, max=None) -> Expr:  # noqa: A002
+        return clip(self, a_min, a_max, min=min, max=max)
 
     def prod(self, axis=None, keepdims=False) -> Expr:
         return prod(self, axis, keepdims)
@@ -401,6 +401,37 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "median": "sg.sort(x, axis=-1)[..., n // 2] (n odd)",
     "cat": "sg.concatenate(xs, axis)",
     "cholesky": "sg.solve and sg.slogdet (there is no cholesky)",
+    "acos": "sg.arccos(x)",
+    "asin": "sg.arcsin(x)",
+    "atan": "sg.arctan(x)",
+    "acosh": "sg.arccosh(x)",
+    "asinh": "sg.arcsinh(x)",
+    "atanh": "sg.arctanh(x)",
+    "atan2": "sg.arctan2(y, x)",
+    "values": "x.max(axis) itself: sg.max, sg.min and sg.sort return the values "
+    "(torch's .values)",
+    "indices": "sg.argsort(x, axis) (torch's sort(dim).indices); for max(dim).indices, "
+    "index 0 along axis of sg.argsort(-x, axis) (the first of ties, as np.argmax)",
+    **{  # torch.nn.functional's: the README's porting recipes (Porting from PyTorch)
+        name: f"{recipe} (README: Porting from PyTorch)"
+        for name, recipe in {
+            "conv1d": "sg.einsum('bctk,ock->bot', "
+            "sg.sliding_window_view(x, k, axis=2), W) (pad first with sg.pad)",
+            "conv2d": "sg.einsum('bchwij,ocij->bohw', "
+            "sg.sliding_window_view(x, (kh, kw), axis=(2, 3)), K) (pad first with "
+            "sg.pad)",
+            "max_pool1d": "sg.sliding_window_view(x, k, axis=2)[:, :, ::stride]"
+            ".max(axis=-1)",
+            "max_pool2d": "sg.sliding_window_view(x, (k, k), axis=(2, 3))"
+            "[:, :, ::s, ::s].max(axis=(-2, -1))",
+            "avg_pool1d": "sg.sliding_window_view(x, k, axis=2)[:, :, ::stride]"
+            ".mean(axis=-1)",
+            "avg_pool2d": "sg.sliding_window_view(x, (k, k), axis=(2, 3))"
+            "[:, :, ::s, ::s].mean(axis=(-2, -1))",
+            "interpolate": "sg.repeat(x, s, axis) on each axis (mode='nearest', an "
+            "int scale s); bilinear: weighted sums of slices",
+        }.items()
+    },
 }
 
 
@@ -658,9 +689,14 @@ def minimum(a, b) -> Expr:
     return _elementwise(ew.Min, a, b)
 
 
-def clip(x, a_min=None, a_max=None) -> Expr:
+def clip(x, a_min=None, a_max=None, *, min=None, max=None) -> Expr:  # noqa: A002
     """NumPy's clip (torch's clamp): the gradient passes where a_min <= x <= a_max and
-    goes to the bound elsewhere; a_min > a_max gives a_max, as both libraries do."""
+    goes to the bound elsewhere; a_min > a_max gives a_max, as both libraries do.
+    ``min=`` and ``max=`` (NumPy >= 2.1's and torch's keywords) are a_min and a_max."""
+    if min is not None and a_min is not None or max is not None and a_max is not None:
+        raise TypeError("sg.clip: pass a_min= or min= (a_max= or max=), not both")
+    a_min = a_min if min is None else min
+    a_max = a_max if max is None else max
     if a_min is None and a_max is None:
         raise ValueError("sg.clip needs a_min or a_max")
     if a_min is None:
@@ -730,9 +766,19 @@ def fixed_length(node: Node, axis: int, what: str, instead: str) -> int:
     return n
 
 
-def norm(x: Expr, axis=None, keepdims: bool = False) -> Expr:
+def norm(x: Expr, axis=None, keepdims: bool = False, *, ord=None) -> Expr:  # noqa: A002
     """The 2-norm (np.linalg.norm's default: of vectors, Frobenius of matrices), with
-    torch's gradient 0 at the zero vector, where sqrt's is infinite."""
+    torch's gradient 0 at the zero vector, where sqrt's is infinite. ``ord`` may only
+    name that norm: 2 over one axis, "fro" over two."""
+    if ord is not None:
+        axes = ops.normalize_axes(_expr(x, "sg.norm").node, axis)
+        if ord != {1: 2, 2: "fro"}.get(len(axes)):
+            raise TypeError(
+                f"sg.norm(x, ord={ord!r}): sg.norm is the 2-norm only, "
+                "np.linalg.norm's default (ord=None: ord=2 of vectors, 'fro' of "
+                "matrices); for vectors, ord=1 is sg.sum(sg.abs(x), axis) and "
+                "ord=inf sg.max(sg.abs(x), axis)"
+            )
     return _elementwise(ew.masked_sqrt, sum(square(x), axis, keepdims))
 
 
@@ -903,10 +949,13 @@ def min(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
 
 
 def concatenate(xs: Sequence[Expr], axis: int = 0) -> Expr:
-    """NumPy's concatenate: the shapes agree except along ``axis``."""
+    """NumPy's concatenate: the shapes agree except along ``axis``; ``axis=None``
+    joins the flattened parts."""
     nodes = [_expr(x, "sg.concatenate").node for x in xs]  # (indices and masks too)
     if not nodes:
         raise ValueError("sg.concatenate needs at least one expression")
+    if axis is None:
+        return concatenate([reshape(Expr(node), (-1,)) for node in nodes], 0)
     return Expr(ops.concatenate(nodes, axis))
 
 
@@ -1339,6 +1388,10 @@ class Model:
 
 
 _TORCH_KEYWORDS = {"dim": "axis", "keepdim": "keepdims", "diagonal": "k"}
+_TORCH_RENAMED_KEYWORDS = {  # torch's keywords NumPy names by function: its first one
+    "dims": ("axis", "axes", "reps"),  # flip/roll, permute, tile
+    "value": ("constant_values", "fill_value"),  # F.pad, full_like
+}
 _TORCH_ONLY_KEYWORDS = {  # torch's keywords with no NumPy twin: what to write instead
     "descending": "-sg.sort(-x) and sg.argsort(-x) sort in descending order, keeping "
     "ties in order as torch's stable sort does",
@@ -1369,6 +1422,15 @@ def _numpy_keywords(fn: Callable) -> Callable:
                 raise TypeError(
                     f"{call} takes NumPy's {numpy_name}=, not torch's {torch_name}="
                 )
+        for torch_name in sorted(
+            (kwargs.keys() - own) & _TORCH_RENAMED_KEYWORDS.keys()
+        ):
+            for numpy_name in _TORCH_RENAMED_KEYWORDS[torch_name]:
+                if numpy_name in own:
+                    raise TypeError(
+                        f"{call} takes NumPy's {numpy_name}=, not torch's "
+                        f"{torch_name}="
+                    )
         for torch_name in sorted((kwargs.keys() - own) & _TORCH_ONLY_KEYWORDS.keys()):
             raise TypeError(
                 f"{call} has no {torch_name}= (torch's): "

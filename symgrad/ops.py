@@ -151,7 +151,16 @@ def matmul(a: Node, b: Node) -> Node:
 def transpose(a: Node, perm: Sequence[int] | None = None) -> Node:
     perm = tuple(reversed(range(a.ndim))) if perm is None else tuple(perm)
     if sorted(p % a.ndim for p in perm) != list(range(a.ndim)) or len(perm) != a.ndim:
-        raise ShapeError(f"transpose of {a.describe()}: {perm} is not a permutation")
+        hint = ""
+        if len(perm) == 2 and a.ndim != 2:  # torch's transpose(d0, d1)
+            d0, d1 = perm
+            hint = (
+                f" of its {a.ndim} axes; torch's x.transpose({d0}, {d1}) swaps two "
+                f"axes: x.swapaxes({d0}, {d1})"
+            )
+        raise ShapeError(
+            f"transpose of {a.describe()}: {perm} is not a permutation{hint}"
+        )
     perm = tuple(p % a.ndim for p in perm)
     if perm == tuple(range(a.ndim)):
         return a
@@ -241,7 +250,12 @@ def concatenate(parts: Sequence[Node], axis: int) -> Node:
     first = parts[0]
     if first.ndim == 0:
         raise ShapeError(f"concatenate of {first.describe()}: 0-d values have no axis")
-    (axis,) = normalize_axes(first, axis)
+    if not isinstance(python_int(axis), int):
+        raise TypeError(
+            f"concatenate of {first.describe()}: axis must be one int (or None, to "
+            f"join the flattened parts), not {axis!r}"
+        )
+    (axis,) = normalize_axes(first, python_int(axis))
     for part in parts[1:]:
         others = [p.shape[:axis] + p.shape[axis + 1 :] for p in (first, part)]
         if part.ndim != first.ndim or others[0] != others[1]:
