@@ -391,7 +391,84 @@ def _dot(factors: list, m: Node) -> Node | None:
 def optimize(roots: Sequence[Node]) -> list[Node]:
     roots = fuse(eliminate_common(fold_constants(strip_detach(roots))))
     roots = reuse_inverses(eliminate_common(fold_constants(fuse(factor_sums(roots)))))
-    return eliminate_common(roots)
+    return mask_relu_gradients(eliminate_common(roots))
+
+
+def mask_relu_gradients(roots: Sequence[Node]) -> list[Node]:
+    """relu's derivative times a gradient that is infinite where relu(x) = 0 (that of
+    sqrt(r), with r = relu(x) computed as its own array) as that gradient where x > 0,
+    else 0, as torch's masked relu backward: not 0 * inf = nan. The formula that
+    differentiation gave within one fused formula (symbolic.relu_masked), across
+    arrays: a base is clamped when an array it is computed from holds relu(x)."""
+    made_from: dict[Node, frozenset] = {}  # each node: the relu arguments it reads
+
+    def relus(node: Node) -> frozenset:
+        if node not in made_from:
+            args = node.args
+            if node.op == "map":  # (not through comparisons: a count of maxima is >= 1)
+                args = [args[i] for i in _placeholders(_values(node.attrs[0]))]
+            found = set().union(*map(relus, args))
+            if node.op == "map":
+                formula = node.attrs[0]
+                for r in formula.atoms(ew.relu, sp.Max):
+                    if isinstance(r, ew.relu) or 0 in r.args:
+                        (x,) = [a for a in r.args if a != 0]
+                        found.add(_over_nodes(x, node.args))
+            made_from[node] = frozenset(found)
+        return made_from[node]
+
+    def infinite(factor: sp.Expr, args: Sequence[Node], key: sp.Expr) -> bool:
+        """Whether ``factor`` (a power, or a placeholder) of a map over ``args`` may be
+        infinite where the relu of ``key`` is 0."""
+        if factor.is_Pow:
+            return any(key in relus(args[i]) for i in _placeholders(factor.base))
+        node = args[int(factor.name[1:])] if factor.name.startswith("_") else None
+        while node is not None and node.op in ("index", "transpose", "reshape"):
+            node = node.args[0]  # (a row of the cotangent of a sum, say)
+        return (
+            node is not None
+            and node.op == "map"
+            and any(
+                infinite(p, node.args, key)
+                for p in node.attrs[0].atoms(sp.Pow)
+                if ew.singular(p)
+            )
+        )
+
+    def visit(_: Node, node: Node) -> Node:
+        if node.op != "map" or not node.attrs[0].has(sp.Heaviside):
+            return node
+        formula = node.attrs[0].replace(
+            lambda e: e.is_Mul and e.has(sp.Heaviside),
+            lambda e: ew.relu_masked(
+                e, lambda f, x: infinite(f, node.args, _over_nodes(x, node.args))
+            ),
+        )
+        if formula == node.attrs[0]:
+            return node
+        return ops.map_(formula, node.args, node.shape)
+
+    return rewrite(roots, visit)
+
+
+def _values(formula: sp.Expr) -> sp.Expr:
+    """``formula`` without its comparisons: what it reads for the values, not signs."""
+    formula = formula.replace(
+        lambda e: isinstance(e, sp.Piecewise), lambda e: sp.Add(*(v for v, _ in e.args))
+    )
+    return formula.replace(lambda e: isinstance(e, sp.Heaviside | sp.sign), lambda e: 1)
+
+
+def _placeholders(expr: sp.Expr) -> list[int]:
+    return [int(s.name[1:]) for s in expr.free_symbols if s.name.startswith("_")]
+
+
+def _over_nodes(expr: sp.Expr, args: Sequence[Node]) -> sp.Expr:
+    """``expr`` (over a map's placeholders) over symbols naming the argument nodes, so
+    formulas of different maps compare."""
+    return expr.xreplace(
+        {ew.arg(i): sp.Symbol(f"node{id(a)}") for i, a in enumerate(args)}
+    )
 
 
 def reuse_inverses(roots: Sequence[Node]) -> list[Node]:

@@ -312,7 +312,7 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
         missing = sorted({str(x.expr.func) for x in d.atoms(sp.Derivative)})
         raise UnsupportedError(f"{', '.join(missing) or d} has no derivative")
     d = d.replace(lambda e: e.is_Mul, _power_rule)
-    d = d.replace(lambda e: e.is_Mul and e.has(sp.Heaviside), _relu_masked)
+    d = d.replace(lambda e: e.is_Mul and e.has(sp.Heaviside), relu_masked)
     d = d.xreplace(_log_of_bases(expr, arg(i)))
     # subs also finds expr inside products and powers (sigmoid' = OUT**2 e**-x), and
     # factor_terms pulls common factors out; both take seconds on large fused formulas
@@ -357,21 +357,26 @@ def _fractional_power(expr: sp.Expr) -> bool:
     return expr.is_Pow and not expr.exp.is_Integer
 
 
-def _relu_masked(product: sp.Mul) -> sp.Expr:
+def relu_masked(product: sp.Mul, infinite=lambda factor, x: False) -> sp.Expr:
     """H(x) * g, where g divides by (or takes a root of) relu(x), as g where x > 0 and 0
     elsewhere: torch's relu backward masks the gradient, so sqrt(relu(x))' is 0 at
-    x <= 0, where the product would be 0 * inf = nan."""
+    x <= 0, where the product would be 0 * inf = nan. ``infinite(factor, x)`` says
+    whether a factor that reads arrays computed elsewhere may be so."""
     for h in product.args:
         if isinstance(h, sp.Heaviside):
             (x, h0), rest = h.args, sp.Mul(*(f for f in product.args if f is not h))
             if any(
-                p.base.has(relu(x), sp.Max(x, 0))
-                and not (p.exp.is_Integer and p.exp > 0)
+                singular(p) and (p.base.has(relu(x), sp.Max(x, 0)) or infinite(p, x))
                 for p in rest.atoms(sp.Pow)
-            ):
+            ) or any(infinite(s, x) for s in rest.free_symbols):
                 kept = rest * h if h0 not in (0, 1) else rest  # (a tie's share, 1/2)
                 return sp.Piecewise((kept, x > 0 if h0 == 0 else x >= 0), (0, True))
     return product
+
+
+def singular(power: sp.Pow) -> bool:
+    """Whether ``power`` may be infinite where its base is 0 (1/u, sqrt(u))."""
+    return not (power.exp.is_Integer and power.exp > 0)
 
 
 def _power_rule(term: sp.Expr) -> sp.Expr:
