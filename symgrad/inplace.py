@@ -125,11 +125,14 @@ class InPlace:
             big.sort(key=_mask)
         operands = [
             (
-                inverse,
-                *(self.mask(t, name) if masks and _mask(p) else self.emit(t, name)),
+                p[0],
+                *(
+                    self.mask(p[1], name)
+                    if masks and _mask(p)
+                    else self.emit(p[1], name)
+                ),
             )
             for p in big
-            for inverse, t in [p]
         ]
         owned = next((o for o in operands if o[2] and not o[0]), None) or next(
             (o for o in operands if o[2]), None

@@ -297,9 +297,7 @@ def _reduce_product(term: sp.Expr, m: Node, axes: tuple, keepdims: bool) -> Node
     outside, inside = [], []
     for f in sp.Mul.make_args(term):
         constant = all(
-            _constant_along(m.args[int(s.name[1:])], axes, m.ndim, keepdims)
-            for s in f.free_symbols
-            if s.name.startswith("_")
+            _constant_along(m.args[i], axes, m.ndim, keepdims) for i in _placeholders(f)
         )
         (outside if constant else inside).append(f)
     total = _dot(inside, m) if len(axes) == m.ndim and not keepdims else None
@@ -343,11 +341,7 @@ def _scale_after_product(old: Node, node: Node, single) -> Node | None:
 
 def _scalar(formula: sp.Expr, m: Node) -> bool:
     """Whether ``formula`` (a piece of m's) reads only 0-d arguments and sizes."""
-    return all(
-        m.args[int(s.name[1:])].ndim == 0
-        for s in formula.free_symbols
-        if s.name.startswith("_")
-    )
+    return all(m.args[i].ndim == 0 for i in _placeholders(formula))
 
 
 def _sum_of_scatter(node: Node) -> Node | None:
@@ -397,9 +391,10 @@ def optimize(roots: Sequence[Node]) -> list[Node]:
 def mask_relu_gradients(roots: Sequence[Node]) -> list[Node]:
     """relu's derivative times a gradient that is infinite where relu(x) = 0 (that of
     sqrt(r), with r = relu(x) computed as its own array) as that gradient where x > 0,
-    else 0, as torch's masked relu backward: not 0 * inf = nan. The formula that
-    differentiation gave within one fused formula (symbolic.relu_masked), across
-    arrays: a base is clamped when an array it is computed from holds relu(x)."""
+    else 0, as torch's masked relu backward: not 0 * inf = nan. symbolic.relu_masked
+    does this within the formula it differentiates; this pass does it across arrays:
+    a power's base counts as made from relu(x) when an array it reads was computed
+    from relu(x) (through values, not comparisons)."""
     made_from: dict[Node, frozenset] = {}  # each node: the relu arguments it reads
 
     def relus(node: Node) -> frozenset:
