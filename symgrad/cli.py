@@ -122,6 +122,11 @@ def _check_targets(out: Path, paths: list[Path]) -> None:
     for path in paths:
         if path.is_dir():
             raise UsageError(f"cannot write {path}: it is a directory")
+        if path.is_file() and not _is_generated(path):  # the model file itself, say
+            raise UsageError(
+                f"cannot write {path}: it exists and symgrad did not generate it "
+                "(it would be lost); give another --out, or move it"
+            )
 
 
 def cmd_build(args) -> int:
@@ -218,7 +223,7 @@ def _build_command(spec: str, out: str, hessian: bool) -> str:
 
 
 def _is_generated(path: Path) -> bool:
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8", errors="replace") as f:
         return f.readline().startswith(HEADER)
 
 
