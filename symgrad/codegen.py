@@ -616,6 +616,9 @@ def _unpicked_errors(program) -> str:
     return ", ".join(f'{e}="ignore"' for e in errors + ["over"] * over)
 
 
+MOVES = ("scatter", "concatenate", "sum", "cumsum")  # (the adjoints of rearrangements)
+
+
 def _feeding(node: Node, where: sp.Piecewise, seen: set) -> list[sp.Expr]:
     """The formulas of the maps upstream of ``where``'s branches in ``node`` (a log
     named with m.let, then picked by sg.where): NumPy computes them everywhere."""
@@ -626,9 +629,9 @@ def _feeding(node: Node, where: sp.Piecewise, seen: set) -> list[sp.Expr]:
     ]
     while stack:
         arg = stack.pop()
-        if arg.op == "map" and id(arg) not in seen:
-            seen.add(id(arg))
-            exprs.append(arg.attrs[0])
+        if arg.op in ("map", *VIEWS, *MOVES) and id(arg) not in seen:
+            seen.add(id(arg))  # (a gradient computed for the branch, moved or summed)
+            exprs += [arg.attrs[0]] if arg.op == "map" else []
             stack += arg.args
     return exprs
 

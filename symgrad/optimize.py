@@ -389,69 +389,67 @@ def optimize(roots: Sequence[Node]) -> list[Node]:
 
 
 def mask_relu_gradients(roots: Sequence[Node]) -> list[Node]:
-    """relu's derivative times a gradient that is infinite where relu(x) = 0 (that of
-    sqrt(r), with r = relu(x) computed as its own array) as that gradient where x > 0,
-    else 0, as torch's masked relu backward: not 0 * inf = nan. symbolic.relu_masked
-    does this within the formula it differentiates; this pass does it across arrays:
-    a power's base counts as made from relu(x) when an array it reads was computed
-    from relu(x) (through values, not comparisons)."""
-    made_from: dict[Node, frozenset] = {}  # each node: the relu arguments it reads
+    """relu's derivative times a gradient that may be infinite where relu(x) = 0 (that
+    of sqrt(r), r = relu(x) computed as its own array, sliced, summed, ...) as that
+    gradient where x > 0, else 0, as torch's masked relu backward: not 0 * inf = nan.
+    symbolic.relu_masked does this within the formula it differentiates; this pass
+    does it across arrays: a gradient may be infinite there when it is computed from
+    a negative power of an array that is 0 wherever relu(x) is (a sum or a slice of
+    it; not exp(relu(x)), nor a count of a window's maxima)."""
+    zeros: dict[Node, frozenset] = {}  # each node: the relu arguments it is 0 with
+    unbounded: dict[tuple, bool] = {}
 
-    def relus(node: Node) -> frozenset:
-        if node not in made_from:
-            args = node.args
-            if node.op == "map":  # (not through comparisons: a count of maxima is >= 1)
-                args = [args[i] for i in _placeholders(_values(node.attrs[0]))]
-            found = set().union(*map(relus, args))
-            if node.op == "map":
+    def zero_with(node: Node) -> frozenset:
+        if node not in zeros:
+            found = set()
+            if node.op != "map":  # (sums, products and rearrangements keep zeros)
+                found = found.union(*map(zero_with, node.args))
+            else:
                 formula = node.attrs[0]
+                for i, a in enumerate(node.args):
+                    if formula.xreplace({ew.arg(i): 0}) == 0:
+                        found |= zero_with(a)
                 for r in formula.atoms(ew.relu, sp.Max):
-                    if isinstance(r, ew.relu) or 0 in r.args:
+                    clamp = isinstance(r, ew.relu) or 0 in r.args
+                    if clamp and formula.xreplace({r: 0}) == 0:
                         (x,) = [a for a in r.args if a != 0]
                         found.add(_over_nodes(x, node.args))
-            made_from[node] = frozenset(found)
-        return made_from[node]
+            zeros[node] = frozenset(found)
+        return zeros[node]
 
-    def infinite(factor: sp.Expr, args: Sequence[Node], key: sp.Expr) -> bool:
-        """Whether ``factor`` (a power, or a placeholder) of a map over ``args`` may be
-        infinite where the relu of ``key`` is 0."""
-        if factor.is_Pow:
-            return any(key in relus(args[i]) for i in _placeholders(factor.base))
-        node = args[int(factor.name[1:])] if factor.name.startswith("_") else None
-        while node is not None and node.op in ("index", "transpose", "reshape"):
-            node = node.args[0]  # (a row of the cotangent of a sum, say)
-        return (
-            node is not None
-            and node.op == "map"
-            and any(
-                infinite(p, node.args, key)
+    def infinite(node: Node, key: sp.Expr) -> bool:
+        """Whether ``node`` may be infinite where relu(key) is 0."""
+        if (node, key) not in unbounded:
+            unbounded[node, key] = False  # (a DAG: no cycles; memoized)
+            divides = node.op == "map" and any(
+                key in zero_with(node.args[i])
                 for p in node.attrs[0].atoms(sp.Pow)
-                if ew.singular(p)
+                if p.exp.is_negative
+                for i in _placeholders(p.base)
             )
-        )
+            unbounded[node, key] = divides or any(infinite(a, key) for a in node.args)
+        return unbounded[node, key]
+
+    def factor_infinite(node: Node, factor: sp.Expr, x: sp.Expr) -> bool:
+        key = _over_nodes(x, node.args)
+        if factor.is_Pow:
+            return any(
+                key in zero_with(node.args[i]) for i in _placeholders(factor.base)
+            )
+        return any(infinite(node.args[i], key) for i in _placeholders(factor))
 
     def visit(_: Node, node: Node) -> Node:
         if node.op != "map" or not node.attrs[0].has(sp.Heaviside):
             return node
         formula = node.attrs[0].replace(
             lambda e: e.is_Mul and e.has(sp.Heaviside),
-            lambda e: ew.relu_masked(
-                e, lambda f, x: infinite(f, node.args, _over_nodes(x, node.args))
-            ),
+            lambda e: ew.relu_masked(e, lambda f, x: factor_infinite(node, f, x)),
         )
         if formula == node.attrs[0]:
             return node
         return ops.map_(formula, node.args, node.shape)
 
     return rewrite(roots, visit)
-
-
-def _values(formula: sp.Expr) -> sp.Expr:
-    """``formula`` without its comparisons: what it reads for the values, not signs."""
-    formula = formula.replace(
-        lambda e: isinstance(e, sp.Piecewise), lambda e: sp.Add(*(v for v, _ in e.args))
-    )
-    return formula.replace(lambda e: isinstance(e, sp.Heaviside | sp.sign), lambda e: 1)
 
 
 def _placeholders(expr: sp.Expr) -> list[int]:
