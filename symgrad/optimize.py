@@ -407,11 +407,11 @@ def mask_relu_gradients(roots: Sequence[Node]) -> list[Node]:
             else:
                 formula = node.attrs[0]
                 for i, a in enumerate(node.args):
-                    if formula.xreplace({ew.arg(i): 0}) == 0:
+                    if _vanishes(formula, ew.arg(i)):
                         found |= zero_with(a)
                 for r in formula.atoms(ew.relu, sp.Max):
                     clamp = isinstance(r, ew.relu) or 0 in r.args
-                    if clamp and formula.xreplace({r: 0}) == 0:
+                    if clamp and _vanishes(formula, r):
                         (x,) = [a for a in r.args if a != 0]
                         found.add(_over_nodes(x, node.args))
             zeros[node] = frozenset(found)
@@ -450,6 +450,14 @@ def mask_relu_gradients(roots: Sequence[Node]) -> list[Node]:
         return ops.map_(formula, node.args, node.shape)
 
     return rewrite(roots, visit)
+
+
+def _vanishes(formula: sp.Expr, at: sp.Expr) -> bool:
+    """Whether ``formula`` is 0 wherever ``at`` is, as SymPy evaluates it there."""
+    try:
+        return formula.xreplace({at: 0}) == 0
+    except (TypeError, ValueError):  # (a Max of values SymPy cannot compare)
+        return False
 
 
 def _placeholders(expr: sp.Expr) -> list[int]:
