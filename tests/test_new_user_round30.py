@@ -31,12 +31,12 @@ through views). Still a strict xfail: a floor other than 0 written with sg.clip.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 import pytest
 from helpers import check, compile_module, rel, spy_unrolled, torch_twin
+from test_new_user_round17 import SGD, Adam
 
 import symgrad as sg
 
@@ -45,48 +45,7 @@ F = torch.nn.functional
 
 
 # ================================================================ optimizers in NumPy
-# Written from torch.optim's documented update rules (float64), as a user would.
-
-
-class SGD:
-    """torch.optim.SGD(lr, momentum, nesterov)."""
-
-    def __init__(self, lr, momentum=0.0, nesterov=False):
-        self.lr, self.mu, self.nesterov = lr, momentum, nesterov
-        self.buf = {}
-
-    def step(self, params, grads):
-        out = {}
-        for k, p in params.items():
-            g = grads[k]
-            if self.mu:
-                b = self.buf.get(k)
-                b = g.copy() if b is None else self.mu * b + g
-                self.buf[k] = b
-                g = g + self.mu * b if self.nesterov else b
-            out[k] = p - self.lr * g
-        return out
-
-
-class Adam:
-    """torch.optim.Adam(lr, betas, eps), its float64 update order."""
-
-    def __init__(self, lr, betas=(0.9, 0.999), eps=1e-8):
-        self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
-        self.m, self.v, self.t = {}, {}, 0
-
-    def step(self, params, grads):
-        self.t += 1
-        bc1, bc2 = 1 - self.b1**self.t, 1 - self.b2**self.t
-        out = {}
-        for k, p in params.items():
-            g = grads[k]
-            m = self.b1 * self.m.get(k, 0.0) + (1 - self.b1) * g
-            v = self.b2 * self.v.get(k, 0.0) + (1 - self.b2) * g * g
-            self.m[k], self.v[k] = m, v
-            denom = np.sqrt(v) / math.sqrt(bc2) + self.eps
-            out[k] = p - (self.lr / bc1) * m / denom
-        return out
+# round 17's, written from torch.optim's documented update rules (float64)
 
 
 def sgd(lr, momentum=0.9, nesterov=False):
