@@ -276,12 +276,15 @@ class Emitter:
 
     def lines(self, st: Statement, dead: set = frozenset()) -> list[str]:
         shape = self.shape(st.target)
-        if st.expr is not None and self._collapsed(st.expr):
-            # t1 - t1 once two values print as one name: 0.0, still of t1's shape
-            text = self._print_expr(st.expr)
-            return [f"{st.name} = np.full({format_shape(shape)}, {text})"]
-        if st.expr is not None and _large(shape) and not _broadcast_map(st.target):
+        if st.expr is not None:
             named, shapes = self._named(st.expr)
+            left = [shapes[s.name] for s in named.free_symbols if s.name in shapes]
+            if broadcast_shapes(*left) != broadcast_shapes(*shapes.values()):
+                # t1 - t1 once a CSE temporary and its node print as one name: 0.0,
+                # still of t1's shape
+                text = to_numpy(named, self._ranks(shapes))
+                return [f"{st.name} = np.full({format_shape(shape)}, {text})"]
+        if st.expr is not None and _large(shape) and not _broadcast_map(st.target):
             uses = Counter()  # of each array, by name or through a view (t1[None][0])
             for s in st.expr.free_symbols:
                 for array in self._reads(s):
@@ -312,13 +315,6 @@ class Emitter:
                 return f"np.full({format_shape(node.shape)}, {text})"
             return f"np.broadcast_to({text}, {format_shape(node.shape)})"
         return text
-
-    def _collapsed(self, expr: sp.Expr) -> bool:
-        """Whether naming made ``expr`` smaller than its values: terms that cancel
-        once a CSE temporary and the node it computes are printed as one name."""
-        named, shapes = self._named(expr)
-        left = [shapes[s.name] for s in named.free_symbols if s.name in shapes]
-        return broadcast_shapes(*left) != broadcast_shapes(*shapes.values())
 
     def _print_expr(self, expr: sp.Expr) -> str:
         named, shapes = self._named(expr)
@@ -420,9 +416,10 @@ class Emitter:
         }
         readers = Counter(r for st in statements for r in st.reads)
         halves = _slogdet_halves(statements)
+        seconds = set(halves.values())
         lines, names, borrowed = [], dict(self.names), set()
         for k, st in enumerate(statements):
-            if st in halves.values():
+            if st in seconds:
                 continue  # printed with the other half
             dead = {
                 r for r in st.reads if last[r] == k and r in local and r not in keep

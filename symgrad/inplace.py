@@ -79,8 +79,13 @@ class InPlace:
             )
         return self.assign(name, self.printer.doprint(e))
 
-    def mask(self, e: sp.Heaviside, name: str) -> tuple[str, bool]:
-        return mask(self.emit(e.args[0], name)[0], e.args[1]), False
+    def factor(self, term: tuple[bool, sp.Expr], name: str, masks: bool) -> tuple:
+        """(inverse, code, owned) of a full-size factor; with ``masks``, Heaviside(x)
+        as the boolean comparison x > 0, multiplied in without a float copy."""
+        inverse, t = term
+        if masks and _mask(term):
+            return inverse, mask(self.emit(t.args[0], name)[0], t.args[1]), False
+        return inverse, *self.emit(t, name)
 
     def unary(self, fn: str, arg: sp.Expr, name: str) -> tuple[str, bool]:
         buf, owned = self.emit(arg, name)
@@ -123,17 +128,7 @@ class InPlace:
         masks = not add and not all(map(_mask, big))
         if masks:  # multiplied in as booleans; a float operand allocates the result
             big.sort(key=_mask)
-        operands = [
-            (
-                p[0],
-                *(
-                    self.mask(p[1], name)
-                    if masks and _mask(p)
-                    else self.emit(p[1], name)
-                ),
-            )
-            for p in big
-        ]
+        operands = [self.factor(p, name, masks) for p in big]
         owned = next((o for o in operands if o[2] and not o[0]), None) or next(
             (o for o in operands if o[2]), None
         )

@@ -401,10 +401,10 @@ def mask_relu_gradients(roots: Sequence[Node]) -> list[Node]:
 
     def zero_with(node: Node) -> frozenset:
         if node not in zeros:
-            found = set()
             if node.op != "map":  # (sums, products and rearrangements keep zeros)
-                found = found.union(*map(zero_with, node.args))
+                found = set().union(*map(zero_with, node.args))
             else:
+                found = set()
                 formula = node.attrs[0]
                 for i, a in enumerate(node.args):
                     if _vanishes(formula, ew.arg(i)):
@@ -419,8 +419,7 @@ def mask_relu_gradients(roots: Sequence[Node]) -> list[Node]:
 
     def infinite(node: Node, key: sp.Expr) -> bool:
         """Whether ``node`` may be infinite where relu(key) is 0."""
-        if (node, key) not in unbounded:
-            unbounded[node, key] = False  # (a DAG: no cycles; memoized)
+        if (node, key) not in unbounded:  # (memoized: a DAG shares its ancestors)
             divides = node.op == "map" and any(
                 key in zero_with(node.args[i])
                 for p in node.attrs[0].atoms(sp.Pow)

@@ -366,7 +366,7 @@ def relu_masked(product: sp.Mul, infinite=lambda factor, x: False) -> sp.Expr:
         if isinstance(h, sp.Heaviside):
             (x, h0), rest = h.args, sp.Mul(*(f for f in product.args if f is not h))
             if any(
-                singular(p) and (p.base.has(relu(x), sp.Max(x, 0)) or infinite(p, x))
+                _singular(p) and (p.base.has(relu(x), sp.Max(x, 0)) or infinite(p, x))
                 for p in rest.atoms(sp.Pow)
             ) or any(infinite(s, x) for s in rest.free_symbols):
                 kept = rest * h if h0 not in (0, 1) else rest  # (a tie's share, 1/2)
@@ -374,7 +374,7 @@ def relu_masked(product: sp.Mul, infinite=lambda factor, x: False) -> sp.Expr:
     return product
 
 
-def singular(power: sp.Pow) -> bool:
+def _singular(power: sp.Pow) -> bool:
     """Whether ``power`` may be infinite where its base is 0 (1/u, sqrt(u))."""
     return not (power.exp.is_Integer and power.exp > 0)
 
