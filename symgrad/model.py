@@ -1387,8 +1387,10 @@ class Model:
         return m
 
 
-_TORCH_KEYWORDS = {"dim": "axis", "keepdim": "keepdims", "diagonal": "k"}
-_TORCH_RENAMED_KEYWORDS = {  # torch's keywords NumPy names by function: its first one
+_TORCH_KEYWORDS = {  # torch's keyword: NumPy's names for it, the function's own wins
+    "dim": ("axis",),
+    "keepdim": ("keepdims",),
+    "diagonal": ("k",),
     "dims": ("axis", "axes", "reps"),  # flip/roll, permute, tile
     "value": ("constant_values", "fill_value"),  # F.pad, full_like
 }
@@ -1407,25 +1409,18 @@ _TORCH_ONLY_KEYWORDS = {  # torch's keywords with no NumPy twin: what to write i
 }
 
 
-def _numpy_keywords(fn: Callable) -> Callable:
+def _numpy_keywords(fn: Callable, call: str) -> Callable:
     """torch's dim=, keepdim= and diagonal= are NumPy's axis=, keepdims= and k=: say
     so, where Python would only say "unexpected keyword argument" (and what to write
-    for torch's keywords that NumPy has no twin of)."""
+    for torch's keywords that NumPy has no twin of). ``call`` is how users spell
+    ``fn``: sg.exp(), x.sum()."""
 
     own = set(inspect.signature(fn).parameters)
 
     @functools.wraps(fn)
     def checked(*args, **kwargs):
-        call = f"{'x' if '.' in fn.__qualname__ else 'sg'}.{fn.__name__}()"
-        for torch_name, numpy_name in _TORCH_KEYWORDS.items():
-            if torch_name in kwargs:
-                raise TypeError(
-                    f"{call} takes NumPy's {numpy_name}=, not torch's {torch_name}="
-                )
-        for torch_name in sorted(
-            (kwargs.keys() - own) & _TORCH_RENAMED_KEYWORDS.keys()
-        ):
-            for numpy_name in _TORCH_RENAMED_KEYWORDS[torch_name]:
+        for torch_name in sorted((kwargs.keys() - own) & _TORCH_KEYWORDS.keys()):
+            for numpy_name in _TORCH_KEYWORDS[torch_name]:
                 if numpy_name in own:
                     raise TypeError(
                         f"{call} takes NumPy's {numpy_name}=, not torch's "
@@ -1436,6 +1431,8 @@ def _numpy_keywords(fn: Callable) -> Callable:
                 f"{call} has no {torch_name}= (torch's): "
                 f"{_TORCH_ONLY_KEYWORDS[torch_name]}"
             )
+        for name in sorted(kwargs.keys() - own):
+            raise TypeError(f"{call} got an unexpected keyword argument {name!r}")
         return fn(*args, **kwargs)
 
     return checked
@@ -1445,9 +1442,8 @@ def _has_torch_spelled_keyword(fn) -> bool:
     """Whether ``fn`` has a parameter torch spells otherwise (axis, keepdims, k)."""
     if not inspect.isfunction(fn):
         return False
-    return not set(_TORCH_KEYWORDS.values()).isdisjoint(
-        inspect.signature(fn).parameters
-    )
+    numpy_names = {name for names in _TORCH_KEYWORDS.values() for name in names}
+    return not numpy_names.isdisjoint(inspect.signature(fn).parameters)
 
 
 def with_numpy_keywords(namespace: dict) -> None:
@@ -1459,10 +1455,10 @@ def with_numpy_keywords(namespace: dict) -> None:
             and not name.startswith("_")
             and fn.__module__ == namespace["__name__"]
         ):
-            namespace[name] = _numpy_keywords(fn)
+            namespace[name] = _numpy_keywords(fn, f"sg.{name}()")
 
 
 with_numpy_keywords(globals())
 for _name, _fn in list(vars(Expr).items()):
     if _has_torch_spelled_keyword(_fn):
-        setattr(Expr, _name, _numpy_keywords(_fn))
+        setattr(Expr, _name, _numpy_keywords(_fn, f"x.{_name}()"))

@@ -397,6 +397,10 @@ def test_porting_errors_name_the_problem(make, message):
         (lambda x: x.max(1, keepdim=True), "x.max() takes NumPy's keepdims="),
         (lambda x: sg.softmax(x, dim=-1), "sg.softmax() takes NumPy's axis="),
         (lambda x: sg.cumsum(x, dim=0), "sg.cumsum() takes NumPy's axis="),
+        # without an axis, torch's keyword is one Python would refuse: by sg's name
+        (lambda x: sg.exp(x, dim=0), "sg.exp() got an unexpected keyword argument"),
+        (lambda x: sg.abs(x, out=x), "sg.abs() got an unexpected keyword argument"),
+        (lambda x: sg.lgamma(x, dim=0), "sg.lgamma() got an unexpected keyword"),
     ],
 )
 def test_torch_keywords_name_numpys(make, message):
