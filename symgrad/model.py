@@ -865,14 +865,9 @@ def _pick(x: Expr, key: tuple) -> Expr:
             f"slice ({key!r}), where NumPy and torch order the result's axes "
             "differently; index in two steps, e.g. x[:, 0][[1, 2]]"
         )
-    dots = [n for n, k in enumerate(key) if k is Ellipsis]
-    consumed = [k is not None and k is not Ellipsis for k in key]
-    if dots and dots[0] < lists[0]:
-        axis = node.ndim - builtins.sum(consumed[lists[0] :])
-    else:
-        axis = builtins.sum(consumed[: lists[0]])
-    if not 0 <= axis < node.ndim:
-        raise ShapeError(f"too many indices for {node.describe()} of rank {node.ndim}")
+    key = ops.expand_ellipsis(node, key)
+    (position,) = (n for n, k in enumerate(key) if _is_index_list(k))
+    axis = builtins.sum(k is not None for k in key[:position])
     n = node.shape[axis]
     for i in picks.tolist():
         if isinstance(n, int) and not -n <= i < n:
@@ -881,7 +876,7 @@ def _pick(x: Expr, key: tuple) -> Expr:
                 f"with size {n}"
             )
     parts = [_along(x, axis, slice(i, i + 1 or None)) for i in picks.tolist()]
-    rest = key[: lists[0]] + (slice(None),) + key[lists[0] + 1 :]
+    rest = key[:position] + (slice(None),) + key[position + 1 :]
     return concatenate(parts, axis)[rest]
 
 

@@ -324,8 +324,8 @@ def detach(a: Node, stop_gradient: bool = False) -> Node:
 # result-producing entry, covering every axis of the operand.
 
 
-def normalize_index(a: Node, key) -> tuple:
-    key = key if isinstance(key, tuple) else (key,)
+def expand_ellipsis(a: Node, key: tuple) -> tuple:
+    """``key`` with its ``...`` (or its end) written out as the ``:`` it stands for."""
     # by identity: `Ellipsis in key` would compare a NumPy array key with ==
     dots = [n for n, k in enumerate(key) if k is Ellipsis]
     if len(dots) > 1:
@@ -334,7 +334,11 @@ def normalize_index(a: Node, key) -> tuple:
     if consumed > a.ndim:
         raise ShapeError(f"too many indices for {a.describe()} of rank {a.ndim}")
     fill = (slice(None),) * (a.ndim - consumed)
-    key = key[: dots[0]] + fill + key[dots[0] + 1 :] if dots else key + fill
+    return key[: dots[0]] + fill + key[dots[0] + 1 :] if dots else key + fill
+
+
+def normalize_index(a: Node, key) -> tuple:
+    key = expand_ellipsis(a, key if isinstance(key, tuple) else (key,))
     spec, dims = [], iter(a.shape)
     for k in key:
         if k is None:
