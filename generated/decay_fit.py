@@ -109,13 +109,16 @@ def forward(params, inputs):
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
     grad_loss = float(grad_loss)  # float64, whatever scalar type is given
-    a, batch, t, t1, t2 = (
-        cache["a"],
-        cache["batch"],
-        cache["t"],
-        cache["t1"],
-        cache["t2"],
-    )
+    try:
+        a, batch, t, t1, t2 = (
+            cache["a"],
+            cache["batch"],
+            cache["t"],
+            cache["t1"],
+            cache["t2"],
+        )
+    except (KeyError, TypeError):
+        raise ValueError("backward(cache) needs forward's second result") from None
     t4 = t2 @ t1
     t5 = 2.0 / batch * grad_loss
     grad_a = t4 * t5

@@ -136,15 +136,18 @@ def forward(params, inputs):
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
     grad_loss = float(grad_loss)  # float64, whatever scalar type is given
-    N, i, j, pairs, pos, t3, t4 = (
-        cache["N"],
-        cache["i"],
-        cache["j"],
-        cache["pairs"],
-        cache["pos"],
-        cache["t3"],
-        cache["t4"],
-    )
+    try:
+        N, i, j, pairs, pos, t3, t4 = (
+            cache["N"],
+            cache["i"],
+            cache["j"],
+            cache["pairs"],
+            cache["pos"],
+            cache["t3"],
+            cache["t4"],
+        )
+    except (KeyError, TypeError):
+        raise ValueError("backward(cache) needs forward's second result") from None
     t7 = t3 * t4
     _tmp1 = t4 * 48.0
     np.subtract(24.0, _tmp1, out=_tmp1)

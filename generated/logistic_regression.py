@@ -104,13 +104,16 @@ def forward(params, inputs):
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
     grad_loss = float(grad_loss)  # float64, whatever scalar type is given
-    X, batch, logits, t2, y = (
-        cache["X"],
-        cache["batch"],
-        cache["logits"],
-        cache["t2"],
-        cache["y"],
-    )
+    try:
+        X, batch, logits, t2, y = (
+            cache["X"],
+            cache["batch"],
+            cache["logits"],
+            cache["t2"],
+            cache["y"],
+        )
+    except (KeyError, TypeError):
+        raise ValueError("backward(cache) needs forward's second result") from None
     t5 = np.where(logits >= 0.0, 1.0, t2)
     _tmp2 = t2 + 1.0
     t5 /= _tmp2

@@ -124,15 +124,18 @@ def forward(params, inputs):
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
     grad_loss = float(grad_loss)  # float64, whatever scalar type is given
-    W2, batch, h, t2, t3, t5, x = (
-        cache["W2"],
-        cache["batch"],
-        cache["h"],
-        cache["t2"],
-        cache["t3"],
-        cache["t5"],
-        cache["x"],
-    )
+    try:
+        W2, batch, h, t2, t3, t5, x = (
+            cache["W2"],
+            cache["batch"],
+            cache["h"],
+            cache["t2"],
+            cache["t3"],
+            cache["t5"],
+            cache["x"],
+        )
+    except (KeyError, TypeError):
+        raise ValueError("backward(cache) needs forward's second result") from None
     t8 = np.zeros((batch, 10))
     t8[np.arange(batch)[:, None], t5] = -grad_loss / batch
     t9 = t8 @ _ONES_10x1

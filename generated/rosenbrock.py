@@ -75,7 +75,10 @@ def forward(params, inputs):
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
     grad_loss = float(grad_loss)  # float64, whatever scalar type is given
-    n, t1, t2, t5 = cache["n"], cache["t1"], cache["t2"], cache["t5"]
+    try:
+        n, t1, t2, t5 = cache["n"], cache["t1"], cache["t2"], cache["t5"]
+    except (KeyError, TypeError):
+        raise ValueError("backward(cache) needs forward's second result") from None
     t7 = t5 * 200.0
     t8 = t1 * t7
     t8 += t2

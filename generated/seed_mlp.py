@@ -126,14 +126,17 @@ def forward(params, inputs):
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
     grad_loss = float(grad_loss)  # float64, whatever scalar type is given
-    W2, batch, h, t1, x, y = (
-        cache["W2"],
-        cache["batch"],
-        cache["h"],
-        cache["t1"],
-        cache["x"],
-        cache["y"],
-    )
+    try:
+        W2, batch, h, t1, x, y = (
+            cache["W2"],
+            cache["batch"],
+            cache["h"],
+            cache["t1"],
+            cache["x"],
+            cache["y"],
+        )
+    except (KeyError, TypeError):
+        raise ValueError("backward(cache) needs forward's second result") from None
     t3 = 1.0 - y
     t3 *= t1
     t3 *= y

@@ -237,7 +237,7 @@ class Emitter:
         for node in self.order:
             if node.name:
                 self.names[node] = node.name
-        if self.program.loss.op not in LEAVES:
+        if not self.inline(self.program.loss):  # a constant loss is written out
             self.names.setdefault(self.program.loss, "loss")
         for pname, g in self.program.grads.items():
             self.names.setdefault(

@@ -60,7 +60,7 @@ def compile_model(model: Model) -> Program:
     with program.timed("fuse"):
         roots = [model.loss_node, *model.outputs.values()]
         roots = optimize.rewrite(
-            roots, lambda old, new: _named(new, model.names.get(old))
+            roots, lambda old, new: new.named(model.names.get(old))
         )
         loss, *outputs = optimize.fuse(expand_grads(roots))
     with program.timed("differentiate"):
@@ -127,10 +127,6 @@ def vectorized(program: Program) -> Program:
     numpy = replace(program, timings=program.timings)
     numpy.set_roots(roots)
     return numpy
-
-
-def _named(node: Node, name: str | None) -> Node:
-    return replace(node, name=name) if name else node
 
 
 def _hinted(node: Node, hint: str | None) -> Node:

@@ -8,7 +8,7 @@ should. Nodes are compared by identity; structural sharing is the optimizer's jo
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sympy as sp
@@ -132,6 +132,13 @@ class Node:
     attrs: tuple = ()
     name: str | None = None  # given by the user: always computed and shown under it
     hint: str | None = None  # a suggested name (grad_h), used if the node is computed
+
+    def named(self, name: str | None) -> Node:
+        """This value under ``name`` (m.let's); a parameter or input that a let folded
+        to (-(-x)) keeps its own."""
+        if not name or self.op in ("param", "input"):
+            return self
+        return replace(self, name=name)
 
     @property
     def ndim(self) -> int:

@@ -192,7 +192,7 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
                 pieces[ew.arg(i)] = ew.arg(len(args))
                 args.append(a)
         fused = ops.map_(node.attrs[0].xreplace(pieces), args, node.shape)
-        return replace(fused, name=node.name) if node.name else fused
+        return fused.named(node.name)
 
     return rewrite(roots, inline)
 
