@@ -255,7 +255,9 @@ class Expr:
             return _pick(self, key if isinstance(key, tuple) else (key,))
         if any(isinstance(k, Expr) for k in (key if isinstance(key, tuple) else ())):
             raise ShapeError(
-                "index arrays are supported alone only: x[idx], not x[idx, 0]"
+                "index arrays are supported alone only: x[idx], not x[idx, 0]; "
+                "for pairs A[i, j], sg.take_along_axis(A[i], j[..., None], "
+                "axis=-1)[..., 0]"
             )
         return Expr(ops.index(self.node, ops.normalize_index(self.node, key)))
 
@@ -408,6 +410,11 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "asinh": "sg.arcsinh(x)",
     "atanh": "sg.arctanh(x)",
     "atan2": "sg.arctan2(y, x)",
+    "logsigmoid": "-sg.softplus(-x)",
+    "gather": "sg.take_along_axis(x, index, axis)",
+    "one_hot": "sg.stack([sg.where(y == k, 1.0, 0.0) for k in range(K)], axis=-1)",
+    "cdist": "sg.norm(a[:, None] - b[None], axis=-1)",
+    "diag": "sg.eye(n) * v (a vector's), sg.einsum('ii->i', x) (a matrix's)",
     "values": "x.max(axis) itself: sg.max, sg.min and sg.sort return the values "
     "(torch's .values)",
     "indices": "sg.argsort(x, axis) (torch's sort(dim).indices); for max(dim).indices, "
@@ -461,7 +468,8 @@ class Cond:
     def __bool__(self):
         raise TypeError(
             "a symbolic condition has no truth value; use sg.where(cond, a, b), "
-            "or sg.maximum(a, b) for max(a, b)"
+            "or sg.maximum(a, b) for max(a, b); combine conditions with & and |, "
+            "not `and`, `or` or a chained a < x < b"
         )
 
 
@@ -478,6 +486,11 @@ def _condition(x, what: str) -> Cond:
 
 
 def _expr(x, what: str) -> Expr:
+    if isinstance(x, Cond):
+        raise TypeError(
+            f"{what} needs sg expressions, got a comparison: sg.where(cond, 1.0, 0.0) "
+            "is it as numbers"
+        )
     if not isinstance(x, Expr):
         raise TypeError(f"{what} needs sg expressions, got {x!r}")
     return x
@@ -1404,6 +1417,7 @@ _TORCH_ONLY_KEYWORDS = {  # torch's keywords with no NumPy twin: what to write i
     "outputs": "sg.grad(y, wrt) takes y and wrt by position",
     "inputs": "sg.grad(y, wrt) takes y and wrt by position",
     "only_inputs": "sg.grad(y, wrt) differentiates with respect to wrt only",
+    "beta": "F.softplus(x, beta) is sg.softplus(beta * x) / beta",
 }
 
 
