@@ -1317,10 +1317,9 @@ class Model:
                     where = f"sg.sliding_window_view of {source.describe()}"
                 else:  # a map divides by the size (a mean); a max needs an element
                     size = need.lhs if isinstance(need, sp.Ne) else need + 1
-                    if node.op != "map":  # sg.max, or the shift of a softmax
-                        where = (
-                            f"a {node.op} over {size} (sg.{node.op}, sg.logsumexp, "
-                            "sg.softmax)"
+                    if node.op != "map":  # a max: sg.max's, or a softmax's shift
+                        where = f"a {node.op} over {size}" + (
+                            " (sg.max, sg.logsumexp, sg.softmax)" * (node.op == "max")
                         )
                     elif size.is_Add:  # var(ddof=1) divides by n - 1
                         where = f"a division by {size}"
