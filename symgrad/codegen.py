@@ -406,9 +406,10 @@ class Emitter:
         last = {r: k for k, st in enumerate(statements) for r in st.reads}
         for st in reversed(statements):  # an array lives as long as a view or alias
             view = isinstance(st.target, Node) and st.target.op in VIEWS
-            if view or st.alias:
+            if view or st.alias:  # (forever, if the view is kept: cached, returned)
+                end = len(statements) if st.target in keep else last.get(st.target, -1)
                 for r in st.reads:
-                    last[r] = max(last[r], last.get(st.target, -1))
+                    last[r] = max(last[r], end)
         local = {  # never overwrite what the caller passed
             st.target
             for st in statements

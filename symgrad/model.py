@@ -280,6 +280,12 @@ class Expr:
         return Expr(ops.transpose(self.node))
 
     def transpose(self, *axes) -> Expr:
+        if self.ndim == 2 and axes in ((0, 1), (-2, -1), (0, -1), (-2, 1)):
+            raise ShapeError(  # NumPy's identity, where torch swaps the two axes
+                f"x.transpose{axes} of the 2-D {self.node.describe()} keeps its axes "
+                "in place (NumPy's permutation; torch's transpose swaps them): write "
+                "x.T or x.swapaxes(0, 1)"
+            )
         axes = (
             axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         )
@@ -346,7 +352,13 @@ class Expr:
             )
         return first
 
-    def flatten(self) -> Expr:
+    def flatten(self, *torch_dims) -> Expr:
+        if torch_dims:  # NumPy's flatten has no axes (its first argument is order=)
+            raise TypeError(
+                f"x.flatten({', '.join(map(str, torch_dims))}) is torch's (from an "
+                "axis on); NumPy's "
+                "x.flatten() flattens all axes: write x.reshape((x.shape[0], -1))"
+            )
         return reshape(self, (-1,))
 
     def __getattr__(self, name: str):
@@ -411,6 +423,13 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "atanh": "sg.arctanh(x)",
     "atan2": "sg.arctan2(y, x)",
     "logsigmoid": "-sg.softplus(-x)",
+    "argmax": "index 0 along axis of sg.argsort(-x, axis) (the first of ties)",
+    "argmin": "index 0 along axis of sg.argsort(x, axis) (the first of ties)",
+    "layer_norm": "(x - sg.mean(x, -1, keepdims=True)) / sg.sqrt(sg.var(x, -1, "
+    "keepdims=True) + eps) * g + b",
+    "relu6": "sg.minimum(sg.relu(x), 6.0)",
+    "normalize": "x / sg.maximum(sg.norm(x, axis=-1, keepdims=True), eps)",
+    "arange": "an input holding np.arange(n) (int64 to index with)",
     "gather": "sg.take_along_axis(x, index, axis)",
     "one_hot": "sg.stack([sg.where(y == k, 1.0, 0.0) for k in range(K)], axis=-1)",
     "cdist": "sg.norm(a[:, None] - b[None], axis=-1)",
@@ -1401,6 +1420,7 @@ _TORCH_KEYWORDS = {  # torch's keyword: NumPy's names for it, the function's own
     "dim": ("axis",),
     "keepdim": ("keepdims",),
     "diagonal": ("k",),
+    "correction": ("ddof",),
     "dims": ("axis", "axes", "reps"),  # flip/roll, permute, tile
     "value": ("constant_values", "fill_value"),  # F.pad, full_like
 }
@@ -1417,6 +1437,7 @@ _TORCH_ONLY_KEYWORDS = {  # torch's keywords with no NumPy twin: what to write i
     "inputs": "sg.grad(y, wrt) takes y and wrt by position",
     "only_inputs": "sg.grad(y, wrt) differentiates with respect to wrt only",
     "beta": "F.softplus(x, beta) is sg.softplus(beta * x) / beta",
+    "unbiased": "unbiased=True is NumPy's ddof=1 (torch's default; sg's is ddof=0)",
 }
 
 

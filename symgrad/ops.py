@@ -269,7 +269,9 @@ def concatenate(parts: Sequence[Node], axis: int) -> Node:
         raise ShapeError(
             f"concatenate along axis {axis}: only one part may have a symbolic size "
             f"there, but {symbolic[0].describe()} and {symbolic[1].describe()} have "
-            f"{symbolic[0].shape[axis]} and {symbolic[1].shape[axis]}"
+            f"{symbolic[0].shape[axis]} and {symbolic[1].shape[axis]}; parts of one "
+            "shape join as sg.stack(parts, axis) reshaped (axis 0: "
+            "sg.stack(parts).reshape((-1, ...)))"
         )
     if len({p.dtype for p in parts}) > 1:
         raise ShapeError(
