@@ -6,10 +6,12 @@ per-op backward functions, never with the symbolic compiler, so that agreement b
 the two means something. Floats default to float64 (torch: float32).
 """
 
-from . import autograd, cuda, linalg, nn, optim, utils
+from . import autograd, cuda, distributions, linalg, nn, optim, utils
 from .autograd import (
     enable_grad,
     inference_mode,
+    is_anomaly_check_nan_enabled,
+    is_anomaly_enabled,
     is_grad_enabled,
     no_grad,
     set_grad_enabled,
@@ -61,10 +63,11 @@ from .dtypes import (
     short,
     uint8,
 )
-from .functions import addmm, cat, einsum, stack, where
+from .functions import addmm, cat, einsum, meshgrid, stack, where
 from .linalg import det, logdet, slogdet
 from .linalg import inv as inverse
 from .out import with_out
+from .printing import set_printoptions
 from .serialization import load, save
 from .shapes import Size
 from .tensor import Tensor
@@ -79,6 +82,8 @@ __all__ += ["float32", "float", "float64", "double", "int32", "int64", "long", "
 __all__ += ["float16", "half", "uint8", "int8", "int16", "short", "int"]
 __all__ += ["get_default_dtype", "set_default_dtype", "finfo", "iinfo", "Size"]
 __all__ += ["inference_mode", "is_tensor"]
+__all__ += ["is_anomaly_enabled", "is_anomaly_check_nan_enabled"]
+__all__ += ["set_printoptions", "distributions"]
 __all__ += (  # torch-level functions, defined below
     "neg exp log sqrt sin cos tan tanh sinh cosh asin acos atan abs sign sigmoid relu "
     "clamp softmax log_softmax logsumexp sum mean amax max argmax matmul gather clone "
@@ -93,7 +98,7 @@ __all__ += (  # torch-level functions, defined below
     "lgamma digamma polygamma"
 ).split()
 __all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load", "cuda", "utils"]
-__all__ += ["isclose"]
+__all__ += ["isclose", "meshgrid", "repeat_interleave", "unique", "bincount"]
 __all__ += ["det", "logdet", "slogdet", "inverse"]
 
 
@@ -139,7 +144,8 @@ tril, triu, index_select = Tensor.tril, Tensor.triu, Tensor.index_select
 scatter_add, index_add = Tensor.scatter_add, Tensor.index_add
 masked_select, nonzero = Tensor.masked_select, Tensor.nonzero
 allclose, equal, numel = Tensor.allclose, Tensor.equal, Tensor.numel
-isclose = Tensor.isclose
+isclose, repeat_interleave = Tensor.isclose, Tensor.repeat_interleave
+unique, bincount = Tensor.unique, Tensor.bincount
 eq, ne, gt, lt, ge, le = (
     Tensor.eq,
     Tensor.ne,
@@ -163,13 +169,32 @@ narrow, scatter, is_floating_point = (
     Tensor.is_floating_point,
 )
 
+
+def _function(method):
+    """torch.f from Tensor.f: the tensor first, positionally or as torch's `input=`
+    (the method's own name for it is `self`)."""
+
+    def function(*args, **kwargs):
+        if "input" in kwargs:
+            args = (kwargs.pop("input"), *args)
+        return method(*args, **kwargs)
+
+    function.__name__, function.__qualname__ = method.__name__, method.__qualname__
+    function.__doc__ = method.__doc__
+    return function
+
+
+for _name, _value in list(globals().items()):
+    if callable(_value) and getattr(Tensor, _name, None) is _value:
+        globals()[_name] = _function(_value)
+
 # torch.f(..., out=t) for the elementwise, matrix and joining functions
 for _name in (
     "add sub mul div multiply subtract divide true_divide pow neg exp log sqrt sin "
     "cos tanh sigmoid abs clamp maximum minimum matmul mm bmm cat stack"
 ).split():
     globals()[_name] = with_out(globals()[_name])
-del _name
+del _name, _value
 
 
 def is_tensor(obj):

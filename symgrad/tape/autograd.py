@@ -20,6 +20,8 @@ from .dtypes import scalar_name
 from .namespaces import NumPyOps, TensorOps, silent
 
 _grad_enabled = True
+_anomaly = {"enabled": False, "check_nan": True}
+_CO_GENERATOR = 0x20  # inspect.CO_GENERATOR (the engine imports little of the stdlib)
 
 FREED_GRAPH = (
     "Trying to backward through the graph a second time (or directly access saved "
@@ -32,7 +34,8 @@ FREED_GRAPH = (
 
 def __getattr__(name):
     """autograd.Function and autograd.function (function.py), autograd.functional
-    (autograd_functional.py), autograd.gradcheck (gradcheck.py): they build on
+    (autograd_functional.py), autograd.gradcheck (gradcheck.py), autograd.Variable
+    (tensor.py): they build on
     Tensor, which builds on this module, so they are imported when first asked for."""
     if name in ("Function", "function"):
         from . import function
@@ -42,6 +45,10 @@ def __getattr__(name):
         from . import autograd_functional
 
         return autograd_functional
+    if name == "Variable":
+        from .tensor import Variable
+
+        return Variable
     if name == "gradcheck":
         from .gradcheck import gradcheck
 
@@ -53,7 +60,41 @@ def is_grad_enabled():
     return _grad_enabled
 
 
-class _GradMode(contextlib.ContextDecorator):
+class _ModeDecorator(contextlib.ContextDecorator):
+    """A context manager whose decorator also covers a generator function's body:
+    the mode is entered at each resume and left at each yield, as torch's is (a
+    plain ContextDecorator would only cover creating the generator)."""
+
+    def __call__(self, func):
+        code = getattr(func, "__code__", None)
+        if code is None or not code.co_flags & _CO_GENERATOR:
+            return super().__call__(func)
+
+        def generator(*args, **kwargs):
+            with self:
+                gen = func(*args, **kwargs)
+            resume, value = gen.send, None
+            while True:
+                try:
+                    with self:
+                        out = resume(value)
+                except StopIteration as stop:
+                    return stop.value
+                try:
+                    resume, value = gen.send, (yield out)
+                except GeneratorExit:
+                    with self:
+                        gen.close()
+                    raise
+                except BaseException as exc:  # thrown in: passed on to func's body
+                    resume, value = gen.throw, exc
+
+        generator.__name__, generator.__qualname__ = func.__name__, func.__qualname__
+        generator.__doc__, generator.__wrapped__ = func.__doc__, func
+        return generator
+
+
+class _GradMode(_ModeDecorator):
     """Grad mode set to `enabled` inside a with block or a decorated function (used
     as @no_grad() or @no_grad)."""
 
@@ -104,7 +145,7 @@ class inference_mode(_GradMode):
         return _grad_enabled and not self._mode
 
 
-class set_grad_enabled(contextlib.ContextDecorator):
+class set_grad_enabled(_ModeDecorator):
     """Sets grad mode on construction, so a plain call works too; as a context
     manager it restores the previous mode on exit."""
 
@@ -120,6 +161,61 @@ class set_grad_enabled(contextlib.ContextDecorator):
     def __exit__(self, *exc_info):
         global _grad_enabled
         _grad_enabled = self._previous
+
+
+def is_anomaly_enabled():
+    return _anomaly["enabled"]
+
+
+def is_anomaly_check_nan_enabled():
+    return _anomaly["check_nan"]
+
+
+class set_detect_anomaly(_ModeDecorator):
+    """Anomaly detection on or off, on construction (so a plain call works) and
+    inside a with block, restoring the previous setting on exit. While on (with
+    check_nan), a backward rule returning NaN raises, naming its node."""
+
+    def __init__(self, mode, check_nan=True):
+        self._previous = dict(_anomaly)
+        self._mode = {"enabled": bool(mode), "check_nan": check_nan}
+        _anomaly.update(self._mode)
+
+    def __enter__(self):
+        _anomaly.update(self._mode)
+
+    def __exit__(self, *exc_info):
+        _anomaly.update(self._previous)
+
+
+class detect_anomaly(_ModeDecorator):
+    """Anomaly detection on inside a with block or a decorated function."""
+
+    def __init__(self, check_nan=True):
+        self._mode = {"enabled": True, "check_nan": check_nan}
+        self._saved = []
+        warnings.warn(
+            "Anomaly Detection has been enabled. This mode will increase the runtime "
+            "and should only be enabled for debugging.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    def __enter__(self):
+        self._saved.append(dict(_anomaly))
+        _anomaly.update(self._mode)
+
+    def __exit__(self, *exc_info):
+        _anomaly.update(self._saved.pop())
+
+
+def _check_nan(fn, grads):
+    """Anomaly detection's error for a rule that returned NaN."""
+    for i, g in enumerate(grads):
+        if g is not None and np.isnan(getattr(g, "_data", g)).any():
+            raise RuntimeError(
+                f"Function '{fn.name()}' returned nan values in its {i}th output."
+            )
 
 
 MODIFIED_INPLACE = (
@@ -329,9 +425,10 @@ def run_backward(roots, grads, retain_graph=False, inputs=None, create_graph=Fal
                 t._accumulate_grad(g)
             if fn is None:
                 continue
-            for edge, pg in zip(
-                fn.edges, fn.apply(g, retain_graph, create_graph), strict=True
-            ):
+            grads = fn.apply(g, retain_graph, create_graph)
+            if _anomaly["enabled"] and _anomaly["check_nan"]:
+                _check_nan(fn, grads)
+            for edge, pg in zip(fn.edges, grads, strict=True):
                 if pg is not None and edge is not None:
                     k = _key(edge)
                     pending[k] = pg if k not in pending else pending[k] + pg

@@ -71,12 +71,12 @@ def once_differentiable(backward):
     return wrapper
 
 
-def _positional(forward, args, kwargs):
-    """apply's arguments as forward's positional ones after ctx, as torch binds
-    them (its defaults fill the gaps), so that each has its place in backward's
-    gradients."""
+def _positional(forward, args, kwargs, with_ctx):
+    """apply's arguments as forward's positional ones (after ctx, if forward takes
+    it), as torch binds them (its defaults fill the gaps), so that each has its
+    place in backward's gradients."""
     code, defaults = forward.__code__, forward.__defaults__ or ()
-    names = code.co_varnames[1 : code.co_argcount]
+    names = code.co_varnames[with_ctx : code.co_argcount]
     defaults = dict(zip(names[len(names) - len(defaults) :], defaults, strict=True))
     for key in kwargs:
         if key not in names[len(args) :]:
@@ -128,15 +128,20 @@ def _checked(name, grads, args):
 class Function:
     """Subclass with static forward(ctx, *args) and backward(ctx, *grads) (one
     gradient per argument of forward, None for non-tensors), then call
-    apply(*args). forward runs without recording; backward runs recorded under
-    create_graph=True, so a backward written in differentiable ops can be
-    differentiated again."""
+    apply(*args); or, in torch's newer style, forward(*args) without ctx and
+    setup_context(ctx, inputs, output) to fill ctx. forward runs without recording;
+    backward runs recorded under create_graph=True, so a backward written in
+    differentiable ops can be differentiated again."""
 
     @staticmethod
     def forward(ctx, *args):
         raise NotImplementedError(
             "You must implement the forward function for custom autograd.Function."
         )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        raise NotImplementedError("setup_context is not implemented.")
 
     @staticmethod
     def backward(ctx, *grad_outputs):
@@ -147,10 +152,15 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        args = _positional(cls.forward, args, kwargs)
+        separate = cls.setup_context is not Function.setup_context
+        args = _positional(cls.forward, args, kwargs, with_ctx=not separate)
         ctx = FunctionCtx(args)
         with autograd.no_grad():
-            out = cls.forward(ctx, *args)
+            if separate:
+                out = cls.forward(*args)
+                cls.setup_context(ctx, args, out)
+            else:
+                out = cls.forward(ctx, *args)
         several = isinstance(out, tuple)
         outs = out if several else (out,)
         if not all(isinstance(o, Tensor) for o in outs):

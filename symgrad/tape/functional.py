@@ -44,6 +44,50 @@ def dropout(input, p=0.5, training=True, inplace=False):
     return input.mul_(scale) if inplace else input * scale
 
 
+def pad(input, pad, mode="constant", value=None):
+    """Constant padding: pad = (before, after) for the last dim, then for the one
+    before it, and so on; negative amounts crop. g is the output's region that
+    shows the input, put back in place."""
+    if mode != "constant":
+        raise NotImplementedError(f"pad(mode={mode!r}) is not in symgrad.tape")
+    if len(pad) % 2:
+        raise RuntimeError("Padding length must be divisible by 2")
+    if len(pad) // 2 > input.ndim:
+        raise RuntimeError(
+            "Padding length should be less than or equal to two times the input "
+            "dimension but got padding length "
+            f"{len(pad)} and input of dimension {input.ndim}"
+        )
+    x = input._data
+    widths = [(0, 0)] * x.ndim
+    for i in range(len(pad) // 2):
+        widths[-1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
+    grown = np.pad(
+        x, [(max(a, 0), max(b, 0)) for a, b in widths], constant_values=value or 0
+    )
+    kept = tuple(
+        slice(max(-a, 0), grown.shape[d] - max(-b, 0))
+        for d, (a, b) in enumerate(widths)
+    )
+    if any(k.start > k.stop for k in kept):
+        raise RuntimeError("The input size after padding would be negative")
+    shown = tuple(  # the output's region showing the input, and where it is from
+        slice(max(a, 0), max(a, 0) + n + min(a, 0) + min(b, 0))
+        for (a, b), n in zip(widths, x.shape, strict=True)
+    )
+    source = tuple(
+        slice(max(-a, 0), n - max(-b, 0))
+        for (a, b), n in zip(widths, x.shape, strict=True)
+    )
+
+    def backward(xp, g):
+        return (xp.scatter(g[shown], x.shape, source),)
+
+    return input._result(
+        grown[kept], (input,), backward, "ConstantPadNdBackward0", saves=False
+    )
+
+
 def one_hot(tensor, num_classes=-1):
     """int64 tensor of tensor.shape + (num_classes,) with a 1 at each class index;
     num_classes=-1 means the largest index + 1."""
@@ -70,13 +114,14 @@ def _implicit_dim(input, name):
     return 0 if input.ndim in (0, 1, 3) else 1
 
 
-def softmax(input, dim=None):
-    return input.softmax(_implicit_dim(input, "softmax") if dim is None else dim)
+def softmax(input, dim=None, _stacklevel=3, dtype=None):
+    dim = _implicit_dim(input, "softmax") if dim is None else dim
+    return input.softmax(dim, dtype)
 
 
-def log_softmax(input, dim=None):
+def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
     dim = _implicit_dim(input, "log_softmax") if dim is None else dim
-    return input.log_softmax(dim)
+    return input.log_softmax(dim, dtype)
 
 
 @silent
@@ -116,6 +161,25 @@ def elu(input, alpha=1.0, inplace=False):
         return (xp.where(x > 0, g, g * (out + alpha)),)
 
     return input._result(out, (input,), backward, "EluBackward0", (input, "out"))
+
+
+def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
+    """x clamped to [min_val, max_val]; unlike clamp's, the gradient is 0 at the
+    bounds too (torch's hardtanh_backward)."""
+    if inplace:
+        return input._inplace(lambda t: hardtanh(t, min_val, max_val))
+    x = input._data
+    inside = (x > min_val) & (x < max_val)
+
+    def backward(xp, g, x):
+        return (xp.where(inside, g, 0),)
+
+    out = np.clip(x, min_val, max_val).astype(x.dtype, copy=False)
+    return input._result(out, (input,), backward, "HardtanhBackward0")
+
+
+def relu6(input, inplace=False):
+    return hardtanh(input, 0.0, 6.0, inplace)
 
 
 def leaky_relu(input, negative_slope=0.01, inplace=False):
@@ -184,9 +248,22 @@ def cosine_similarity(x1, x2, dim=1, eps=1e-8):
     return ((x1 / (norms[0] + floors[0])) * (x2 / (norms[1] + floors[1]))).sum(dim)
 
 
-def embedding(input, weight, padding_idx=None):
+def embedding(
+    input,
+    weight,
+    padding_idx=None,
+    max_norm=None,
+    norm_type=2.0,
+    scale_grad_by_freq=False,
+    sparse=False,
+):
     """The rows of weight at the integer indices `input`; the padding_idx row gets
-    no gradient."""
+    no gradient. With max_norm, the rows looked up are first renormalized in place,
+    as in torch."""
+    if scale_grad_by_freq or sparse:
+        raise NotImplementedError(
+            "embedding: scale_grad_by_freq and sparse are not in symgrad.tape"
+        )
     if input.dtype not in (np.int64, np.int32):
         raise RuntimeError(
             "Expected tensor for argument #1 'indices' to have one of the following "
@@ -196,6 +273,8 @@ def embedding(input, weight, padding_idx=None):
     i, w = input._data, weight._data
     if i.size and (i.min() < -len(w) or i.max() >= len(w)):
         raise IndexError("index out of range in self")
+    if max_norm is not None:
+        _embedding_renorm(weight, i, max_norm, norm_type)
 
     pad = None if padding_idx is None else padding_idx % len(w)
     kept = (i != pad)[..., None]  # the padding row gets no gradient
@@ -204,6 +283,18 @@ def embedding(input, weight, padding_idx=None):
         return (xp.scatter(g * kept, w.shape, i),)
 
     return weight._result(w[i], (weight,), backward, "EmbeddingBackward0", (input,))
+
+
+def _embedding_renorm(weight, indices, max_norm, norm_type):
+    """torch's embedding_renorm_: each row at `indices` whose norm passes max_norm
+    scaled by max_norm / (norm + 1e-7), in place and unrecorded (a write: the
+    version counter moves)."""
+    w = weight._data
+    rows = np.unique(indices % len(w))
+    norms = np.linalg.norm(w[rows], norm_type, axis=1)
+    over = norms > max_norm
+    w[rows[over]] *= (max_norm / (norms[over] + 1e-7))[:, None].astype(w.dtype)
+    weight._counter.value += 1
 
 
 def embedding_bag(
@@ -318,6 +409,40 @@ def batch_norm(
     out = (input - mean) / (var + eps).sqrt()
     out = out if weight is None else out * weight.reshape(along)
     return out if bias is None else out + bias.reshape(along)
+
+
+def scaled_dot_product_attention(
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+):
+    """softmax(query @ key^T * scale + bias) @ value over the last two dims (L
+    queries, S keys), scale defaulting to 1/sqrt(E); the bias is -inf where a
+    boolean attn_mask (or, with is_causal, a key after the query) is False, or a
+    float attn_mask itself. Composed of recorded ops, as torch's reference is."""
+    if enable_gqa and query.shape[-3] != key.shape[-3]:  # heads shared by groups
+        raise NotImplementedError("enable_gqa is not in symgrad.tape")
+    n_queries, n_keys = query.shape[-2], key.shape[-2]
+    scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = query @ key.transpose(-2, -1) * scale
+    if is_causal:
+        if attn_mask is not None:
+            raise RuntimeError(
+                "_scaled_dot_product_attention: Explicit attn_mask should not be set "
+                "when is_causal=True"
+            )
+        attn_mask = Tensor._wrap(np.tril(np.ones((n_queries, n_keys), bool)))
+    if attn_mask is not None and attn_mask.dtype == np.bool_:
+        scores = scores.masked_fill(~attn_mask, -math.inf)
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    weights = dropout(scores.softmax(-1), dropout_p)
+    return weights @ value
 
 
 def linear(input, weight, bias=None):
@@ -565,8 +690,13 @@ def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean")
     """-input[target] (input: log-probabilities, classes along dim 1, or dim 0 for 1-D
     input), scaled by weight[target]. Targets equal to ignore_index add nothing, and
     the mean is over the others' weights, as in torch (nan, with zero gradients, if
-    all are ignored)."""
+    all are ignored). The weight must have input's dtype, as in torch."""
     _check_reduction(reduction)
+    if weight is not None and weight.dtype != input.dtype:
+        raise RuntimeError(
+            f"expected scalar type {scalar_name(input.dtype)} but found "
+            f"{scalar_name(weight.dtype)}"
+        )
     dim = 0 if input.ndim == 1 else 1
     t = _class_targets(input, target, dim, ignore_index)
     x = input._data
@@ -668,3 +798,13 @@ def _soft_cross_entropy(logp, target, w, ignore_index, reduction, label_smoothin
     if reduction == "none":
         return losses
     return losses.sum() / (logp.numel() / n) if reduction == "mean" else losses.sum()
+
+
+def __getattr__(name):
+    """conv1d/2d and the pools (nn_conv.py, which builds on nn): imported when first
+    asked for."""
+    from . import nn_conv
+
+    if name in nn_conv.FUNCTIONS:
+        return getattr(nn_conv, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,14 @@
-"""Differentiable functions of several tensors: cat, stack, where, addmm and einsum."""
+"""Differentiable functions of several tensors: cat, stack, where, addmm, einsum and
+meshgrid."""
+
+import warnings
 
 import numpy as np
 
 from .arithmetic import _matmul_check, broadcast_shape, unbroadcast
 from .dtypes import scalar_name
 from .reductions import normalize_dims
-from .tensor import Tensor
+from .tensor import Tensor, numpy_keywords
 
 
 def _check_cat(tensors, dim):
@@ -31,6 +34,7 @@ def _check_cat(tensors, dim):
                 )
 
 
+@numpy_keywords
 def cat(tensors, dim=0):
     """Join tensors along an existing dim; g is split back into the pieces."""
     tensors = list(tensors)
@@ -51,9 +55,12 @@ def cat(tensors, dim=0):
     return Tensor._result(out, tensors, backward, "CatBackward0", saves=False)
 
 
+@numpy_keywords
 def stack(tensors, dim=0):
     """Join equal-shaped tensors along a new dim; g is unstacked into the pieces."""
     tensors = list(tensors)
+    if not tensors:
+        raise RuntimeError("stack expects a non-empty TensorList")
     for i, t in enumerate(tensors):
         if t.shape != tensors[0].shape:
             raise RuntimeError(
@@ -67,6 +74,38 @@ def stack(tensors, dim=0):
         return tuple(g[lead + (i,)] for i in range(len(tensors)))
 
     return Tensor._result(out, tensors, backward, "StackBackward0", saves=False)
+
+
+def meshgrid(*tensors, indexing=None):
+    """Coordinate grids: output i is 1-d tensors[i] expanded (a view) along every
+    other dim ('ij'); 'xy' swaps the first two dims, as NumPy's meshgrid does.
+    Without indexing, 'ij' with torch's warning."""
+    if len(tensors) == 1 and isinstance(tensors[0], list | tuple):
+        tensors = tuple(tensors[0])
+    if indexing is None:
+        warnings.warn(
+            "torch.meshgrid: in an upcoming release, it will be required to pass the "
+            "indexing argument.",
+            UserWarning,
+            stacklevel=2,
+        )
+        indexing = "ij"
+    if indexing not in ("ij", "xy"):
+        raise RuntimeError(
+            'torch.meshgrid: indexing must be one of "xy" or "ij", but received: '
+            f"{indexing}"
+        )
+    axes = list(range(len(tensors)))
+    if indexing == "xy" and len(axes) > 1:
+        axes[0], axes[1] = 1, 0
+    shape = [0] * len(tensors)
+    for t, axis in zip(tensors, axes, strict=True):
+        shape[axis] = t.numel()
+    grids = []
+    for t, axis in zip(tensors, axes, strict=True):
+        along = [-1 if d == axis else 1 for d in range(len(shape))]
+        grids.append(t.reshape(along).expand(shape))
+    return tuple(grids)
 
 
 def where(condition, input=None, other=None):

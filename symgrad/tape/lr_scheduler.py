@@ -19,14 +19,27 @@ class LRScheduler:
     """Base class: step() advances last_epoch and sets the groups' rates to
     get_lr(); base_lrs are the rates the schedule started from."""
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer, last_epoch=-1):
+        """A last_epoch other than -1 resumes a schedule, from each group's
+        "initial_lr" (which a resumed optimizer's groups must hold, as in torch)."""
         self.optimizer = optimizer
-        for group in optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
+        for i, group in enumerate(optimizer.param_groups):
+            if last_epoch == -1:
+                group.setdefault("initial_lr", group["lr"])
+            elif "initial_lr" not in group:
+                raise KeyError(
+                    f"param 'initial_lr' is not specified in param_groups[{i}] when "
+                    "resuming an optimizer"
+                )
         self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-        self.last_epoch = -1
+        self.last_epoch = last_epoch
         self._step_count = 0
+        # torch's initial mode: the constructor's step keeps the current rates in
+        # the schedules that derive each rate from the last, so a resumed one does
+        # not step twice
+        self._is_initial = True
         self.step()
+        self._is_initial = False
 
     def get_lr(self):
         """The rates for self.last_epoch, given the current ones."""
@@ -59,7 +72,7 @@ class LRScheduler:
 class LambdaLR(LRScheduler):
     """lr = base_lr * lr_lambda(epoch), one function or one per param group."""
 
-    def __init__(self, optimizer, lr_lambda):
+    def __init__(self, optimizer, lr_lambda, last_epoch=-1):
         groups = len(optimizer.param_groups)
         self.lr_lambdas = (
             list(lr_lambda)
@@ -70,7 +83,7 @@ class LambdaLR(LRScheduler):
             raise ValueError(
                 f"Expected {groups} lr_lambdas, but got {len(self.lr_lambdas)}"
             )
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         return [
@@ -82,9 +95,9 @@ class LambdaLR(LRScheduler):
 class StepLR(LRScheduler):
     """lr *= gamma every step_size epochs."""
 
-    def __init__(self, optimizer, step_size, gamma=0.1):
+    def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
         self.step_size, self.gamma = step_size, gamma
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         if self.last_epoch == 0 or self.last_epoch % self.step_size:
@@ -95,9 +108,9 @@ class StepLR(LRScheduler):
 class MultiStepLR(LRScheduler):
     """lr *= gamma at each epoch listed in milestones (twice if listed twice)."""
 
-    def __init__(self, optimizer, milestones, gamma=0.1):
+    def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
         self.milestones, self.gamma = sorted(milestones), gamma
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         times = self.milestones.count(self.last_epoch)
@@ -107,12 +120,12 @@ class MultiStepLR(LRScheduler):
 class ExponentialLR(LRScheduler):
     """lr *= gamma every epoch."""
 
-    def __init__(self, optimizer, gamma):
+    def __init__(self, optimizer, gamma, last_epoch=-1):
         self.gamma = gamma
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
-        if self.last_epoch == 0:
+        if self.last_epoch == 0 or self._is_initial:
             return self._current()
         return [lr * self.gamma for lr in self._current()]
 
@@ -122,13 +135,13 @@ class CosineAnnealingLR(LRScheduler):
     each rate derived from the previous one with torch's recurrence, climbing back
     after T_max."""
 
-    def __init__(self, optimizer, T_max, eta_min=0.0):
+    def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
         self.T_max, self.eta_min = T_max, eta_min
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         t, n, low = self.last_epoch, self.T_max, self.eta_min
-        if t == 0:
+        if t == 0 or self._is_initial:
             return self._current()
         if (t - 1 - n) % (2 * n) == 0:  # the bottom, where the recurrence is 0/0
             return [
@@ -144,13 +157,13 @@ class CosineAnnealingWarmRestarts(LRScheduler):
     restart at the base rate; T_i starts at T_0 and is multiplied by T_mult at each
     restart. Computed from the epoch (exactly torch's, whose count is integer)."""
 
-    def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0):
+    def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0, last_epoch=-1):
         if not isinstance(T_0, int) or T_0 <= 0:
             raise ValueError(f"Expected positive integer T_0, but got {T_0}")
         if not isinstance(T_mult, int) or T_mult < 1:
             raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult}")
         self.T_0, self.T_mult, self.eta_min = T_0, T_mult, eta_min
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         t_cur, t_i = self.last_epoch, self.T_0
@@ -167,7 +180,14 @@ class LinearLR(LRScheduler):
     """The rate's factor goes linearly from start_factor to end_factor over
     total_iters epochs, then stays (a warmup), by torch's recurrence."""
 
-    def __init__(self, optimizer, start_factor=1 / 3, end_factor=1.0, total_iters=5):
+    def __init__(
+        self,
+        optimizer,
+        start_factor=1 / 3,
+        end_factor=1.0,
+        total_iters=5,
+        last_epoch=-1,
+    ):
         if not 0 < start_factor <= 1:
             raise ValueError(
                 "Starting multiplicative factor expected to be greater than 0 and "
@@ -179,14 +199,14 @@ class LinearLR(LRScheduler):
             )
         self.start_factor, self.end_factor = start_factor, end_factor
         self.total_iters = total_iters
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         t, start, change = self.last_epoch, self.start_factor, self.end_factor
         change -= start
         if t == 0:
             return [lr * start for lr in self._current()]
-        if t > self.total_iters:
+        if t > self.total_iters or self._is_initial:
             return self._current()
         ratio = 1 + change / (self.total_iters * start + (t - 1) * change)
         return [lr * ratio for lr in self._current()]

@@ -3,6 +3,7 @@ and the layers and losses the examples need."""
 
 import math
 import sys
+import warnings
 from collections import OrderedDict, namedtuple
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from . import dtypes, functional, nn_init, nn_utils
 from .autograd import RemovableHandle
 from .creation import default_generator
+from .nn_hooks import call_with_backward_hooks
 from .tensor import Tensor, as_array
 
 # `import symgrad.tape.nn.functional as F` then works like `import torch.nn.functional`;
@@ -20,13 +22,21 @@ sys.modules[__name__ + ".utils"] = utils = nn_utils
 
 
 def __getattr__(name):
-    """The recurrent cells and layers (nn_rnn.py), which build on Module: imported
-    when first asked for."""
+    """The recurrent cells and layers (nn_rnn.py) and MultiheadAttention
+    (nn_attention.py), which build on Module: imported when first asked for."""
     cells = ("RNNCellBase", "RNNCell", "GRUCell", "LSTMCell")
     if name in (*cells, "RNNBase", "RNN", "GRU", "LSTM"):
         from . import nn_rnn
 
         return getattr(nn_rnn, name)
+    if name in ("MultiheadAttention", "NonDynamicallyQuantizableLinear"):
+        from . import nn_attention  # likewise
+
+        return getattr(nn_attention, name)
+    from . import nn_conv  # convolutions, pooling, Unflatten: likewise
+
+    if name in nn_conv.MODULES:
+        return getattr(nn_conv, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -85,7 +95,8 @@ class Module:
         object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "_modules", {})
         self._non_persistent_buffers = set()
-        self._forward_hooks = []
+        self._forward_pre_hooks, self._forward_hooks = [], []
+        self._backward_hooks = []
         self.training = True
 
     def __setattr__(self, name, value):
@@ -156,19 +167,87 @@ class Module:
         else:
             self._non_persistent_buffers.add(name)
 
+    def register_parameter(self, name, param):
+        """Register `param` (a Parameter, or None for an optional one such as a
+        missing bias) under `name`, with torch's checks."""
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(
+                "cannot assign parameter before Module.__init__() call"
+            )
+        if not isinstance(name, str):
+            raise TypeError(
+                f"parameter name should be a string. Got {type(name).__name__}"
+            )
+        if "." in name or not name:
+            raise KeyError('parameter name can\'t contain "." or be empty')
+        if hasattr(self, name) and name not in self._parameters:
+            raise KeyError(f"attribute '{name}' already exists")
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(
+                f"cannot assign '{type(param).__name__}' object to parameter '{name}' "
+                "(torch.nn.Parameter or None required)"
+            )
+        self._parameters[name] = param
+
+    def get_submodule(self, target):
+        """The submodule at a dotted path ("" is this module)."""
+        module = self
+        for item in target.split(".") if target else ():
+            if not hasattr(module, item):
+                raise AttributeError(
+                    f"{type(module).__name__} has no attribute `{item}`"
+                )
+            module = getattr(module, item)
+            if not isinstance(module, Module):
+                raise AttributeError(f"`{item}` is not an nn.Module")
+        return module
+
+    def get_parameter(self, target):
+        """The parameter at a dotted path ("0.bias")."""
+        path, _, name = target.rpartition(".")
+        module = self.get_submodule(path)
+        if not hasattr(module, name):
+            raise AttributeError(f"{type(module).__name__} has no attribute `{name}`")
+        param = getattr(module, name)
+        if not isinstance(param, Parameter):
+            raise AttributeError(f"`{name}` is not an nn.Parameter")
+        return param
+
     def forward(self, *args, **kwargs):
         raise NotImplementedError(
             f'Module [{type(self).__name__}] is missing the required "forward" function'
         )
 
     def __call__(self, *args, **kwargs):
-        """forward(), then each forward hook: hook(module, args, output), whose
-        result, if not None, replaces the output."""
-        out = self.forward(*args, **kwargs)
+        """Each forward pre-hook: hook(module, args), whose result, if not None,
+        replaces args (a single value is wrapped in a tuple); forward(); then each
+        forward hook: hook(module, args, output), whose result, if not None,
+        replaces the output. Full backward hooks run in the backward pass."""
+        for hook in self._forward_pre_hooks:
+            replaced = hook(self, args)
+            if replaced is not None:
+                args = replaced if isinstance(replaced, tuple) else (replaced,)
+        if self._backward_hooks:
+            out = call_with_backward_hooks(self, self._backward_hooks, args, kwargs)
+        else:
+            out = self.forward(*args, **kwargs)
         for hook in self._forward_hooks:
             replaced = hook(self, args, out)
             out = out if replaced is None else replaced
         return out
+
+    def register_forward_pre_hook(self, hook):
+        """Call hook(module, args) before every forward(); the handle's remove()
+        undoes it."""
+        self._forward_pre_hooks.append(hook)
+        return RemovableHandle(self._forward_pre_hooks, hook)
+
+    def register_full_backward_hook(self, hook):
+        """Call hook(module, grad_input, grad_output) in each backward pass once the
+        gradients of the module's tensor inputs are known (None for an input not
+        requiring grad); a returned tuple replaces grad_input."""
+        self._backward_hooks.append(hook)
+        return RemovableHandle(self._backward_hooks, hook)
 
     def register_forward_hook(self, hook):
         """Call hook(module, args, output) after every forward(); the handle's
@@ -661,13 +740,13 @@ class Embedding(Module):
         norm_type=2.0,
         scale_grad_by_freq=False,
         sparse=False,
+        _weight=None,
+        _freeze=False,
         device=None,
         dtype=None,
     ):
         super().__init__()
-        _refuse_options(
-            max_norm=max_norm, scale_grad_by_freq=scale_grad_by_freq, sparse=sparse
-        )
+        _refuse_options(scale_grad_by_freq=scale_grad_by_freq, sparse=sparse)
         self.max_norm, self.norm_type = max_norm, norm_type
         self.scale_grad_by_freq, self.sparse = scale_grad_by_freq, sparse
         if padding_idx is not None:
@@ -676,19 +755,56 @@ class Embedding(Module):
             padding_idx %= num_embeddings
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = padding_idx
-        draws = default_generator.standard_normal((num_embeddings, embedding_dim))
-        if padding_idx is not None:
-            draws[padding_idx] = 0
-        self.weight = Parameter(draws.astype(dtype))
+        if _weight is None:
+            draws = default_generator.standard_normal((num_embeddings, embedding_dim))
+            if padding_idx is not None:
+                draws[padding_idx] = 0
+            self.weight = Parameter(draws.astype(dtype), requires_grad=not _freeze)
+        elif list(_weight.shape) != [num_embeddings, embedding_dim]:
+            raise AssertionError(
+                "Shape of weight does not match num_embeddings and embedding_dim"
+            )
+        else:  # shared, not copied, and its padding row kept, as in torch
+            self.weight = Parameter(_weight, requires_grad=not _freeze)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        embeddings,
+        freeze=True,
+        padding_idx=None,
+        max_norm=None,
+        norm_type=2.0,
+        scale_grad_by_freq=False,
+        sparse=False,
+    ):
+        """An Embedding whose weight is the 2-d `embeddings` (trained unless
+        freeze)."""
+        if embeddings.dim() != 2:
+            raise AssertionError("Embeddings parameter is expected to be 2-dimensional")
+        return cls(
+            *embeddings.shape,
+            padding_idx=padding_idx,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            scale_grad_by_freq=scale_grad_by_freq,
+            sparse=sparse,
+            _weight=embeddings,
+            _freeze=freeze,
+        )
 
     def forward(self, input):
-        return functional.embedding(input, self.weight, self.padding_idx)
+        return functional.embedding(
+            input, self.weight, self.padding_idx, self.max_norm, self.norm_type
+        )
 
     def extra_repr(self):
-        padding = (
-            "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
-        )
-        return f"{self.num_embeddings}, {self.embedding_dim}{padding}"
+        text = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.padding_idx is not None:
+            text += f", padding_idx={self.padding_idx}"
+        if self.max_norm is not None:
+            text += f", max_norm={self.max_norm}"
+        return text + (f", norm_type={self.norm_type}" if self.norm_type != 2 else "")
 
 
 class EmbeddingBag(Embedding):
@@ -709,6 +825,7 @@ class EmbeddingBag(Embedding):
         device=None,
         dtype=None,
     ):
+        _refuse_options(max_norm=max_norm)
         super().__init__(
             num_embeddings,
             embedding_dim,
@@ -888,6 +1005,33 @@ class ReLU(Module):
         return "inplace=True" if self.inplace else ""
 
 
+class Hardtanh(Module):
+    """x clamped to [min_val, max_val]."""
+
+    def __init__(self, min_val=-1.0, max_val=1.0, inplace=False):
+        super().__init__()
+        if not max_val > min_val:
+            raise AssertionError
+        self.min_val, self.max_val, self.inplace = min_val, max_val, inplace
+
+    def forward(self, input):
+        return functional.hardtanh(input, self.min_val, self.max_val, self.inplace)
+
+    def extra_repr(self):
+        inplace = ", inplace=True" if self.inplace else ""
+        return f"min_val={self.min_val}, max_val={self.max_val}{inplace}"
+
+
+class ReLU6(Hardtanh):
+    """min(max(x, 0), 6): Hardtanh(0, 6)."""
+
+    def __init__(self, inplace=False):
+        super().__init__(0.0, 6.0, inplace)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+
 class LeakyReLU(Module):
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
@@ -980,8 +1124,22 @@ class LogSoftmax(Softmax):
 
 
 class _Loss(Module):
-    def __init__(self, reduction="mean"):
+    """Base of the losses: size_average= and reduce=, deprecated in torch but
+    still accepted (with its warning), choose the reduction when either is given
+    (both default to True: "mean"; reduce alone: "sum"; reduce=False: "none")."""
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
         super().__init__()
+        if size_average is not None or reduce is not None:
+            size_average = True if size_average is None else size_average
+            reduce = True if reduce is None else reduce
+            reduction = "none" if not reduce else "mean" if size_average else "sum"
+            warnings.warn(
+                "size_average and reduce args will be deprecated, please use "
+                f"reduction='{reduction}' instead.",
+                UserWarning,
+                stacklevel=3,
+            )
         self.reduction = reduction
 
 
@@ -996,8 +1154,8 @@ class L1Loss(_Loss):
 
 
 class SmoothL1Loss(_Loss):
-    def __init__(self, reduction="mean", beta=1.0):
-        super().__init__(reduction)
+    def __init__(self, size_average=None, reduce=None, reduction="mean", beta=1.0):
+        super().__init__(size_average, reduce, reduction)
         self.beta = beta
 
     def forward(self, input, target):
@@ -1006,7 +1164,7 @@ class SmoothL1Loss(_Loss):
 
 class HuberLoss(_Loss):
     def __init__(self, reduction="mean", delta=1.0):
-        super().__init__(reduction)
+        super().__init__(reduction=reduction)
         self.delta = delta
 
     def forward(self, input, target):
@@ -1014,8 +1172,10 @@ class HuberLoss(_Loss):
 
 
 class KLDivLoss(_Loss):
-    def __init__(self, reduction="mean", log_target=False):
-        super().__init__(reduction)
+    def __init__(
+        self, size_average=None, reduce=None, reduction="mean", log_target=False
+    ):
+        super().__init__(size_average, reduce, reduction)
         self.log_target = log_target
 
     def forward(self, input, target):
@@ -1025,8 +1185,8 @@ class KLDivLoss(_Loss):
 class BCELoss(_Loss):
     """Binary cross entropy of probabilities, each element weighted by weight."""
 
-    def __init__(self, weight=None, reduction="mean"):
-        super().__init__(reduction)
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(size_average, reduce, reduction)
         self.register_buffer("weight", weight)
 
     def forward(self, input, target):
@@ -1038,8 +1198,15 @@ class BCELoss(_Loss):
 class NLLLoss(_Loss):
     """Negative log-likelihood of class indices given log-probabilities."""
 
-    def __init__(self, weight=None, *, ignore_index=-100, reduction="mean"):
-        super().__init__(reduction)
+    def __init__(
+        self,
+        weight=None,
+        size_average=None,
+        ignore_index=-100,
+        reduce=None,
+        reduction="mean",
+    ):
+        super().__init__(size_average, reduce, reduction)
         self.weight, self.ignore_index = weight, ignore_index
 
     def forward(self, input, target):
@@ -1057,9 +1224,15 @@ class CrossEntropyLoss(NLLLoss):
     or class probabilities as targets."""
 
     def __init__(
-        self, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0
+        self,
+        weight=None,
+        size_average=None,
+        ignore_index=-100,
+        reduce=None,
+        reduction="mean",
+        label_smoothing=0.0,
     ):
-        super().__init__(weight, ignore_index=ignore_index, reduction=reduction)
+        super().__init__(weight, size_average, ignore_index, reduce, reduction)
         self.label_smoothing = label_smoothing
 
     def forward(self, input, target):
@@ -1077,8 +1250,15 @@ class BCEWithLogitsLoss(_Loss):
     """Binary cross entropy of logits; weight scales each element's loss and
     pos_weight (per class) the positive targets' term."""
 
-    def __init__(self, weight=None, reduction="mean", pos_weight=None):
-        super().__init__(reduction)
+    def __init__(
+        self,
+        weight=None,
+        size_average=None,
+        reduce=None,
+        reduction="mean",
+        pos_weight=None,
+    ):
+        super().__init__(size_average, reduce, reduction)
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
 

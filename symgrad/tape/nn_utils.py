@@ -1,10 +1,17 @@
-"""torch.nn.utils: gradient clipping, in place on the parameters' .grad tensors."""
+"""torch.nn.utils: gradient clipping, in place on the parameters' .grad tensors, and
+the parameters as one vector; nn.utils.rnn is nn_utils_rnn.py."""
 
 import math
+import sys
 
 import numpy as np
 
+from . import nn_utils_rnn
+from .functions import cat
 from .tensor import Tensor
+
+# `import symgrad.tape.nn.utils.rnn` and `nn.utils.rnn.pad_sequence` work, as in torch.
+sys.modules[f"{__package__}.nn.utils.rnn"] = rnn = nn_utils_rnn
 
 
 def _grads(parameters):
@@ -12,9 +19,12 @@ def _grads(parameters):
     return [p.grad for p in parameters if p.grad is not None]
 
 
-def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def clip_grad_norm_(
+    parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None
+):
     """Scale every gradient by max_norm / (total_norm + 1e-6) where that is below 1,
-    total_norm being the norm of all the gradients as one vector; return it."""
+    total_norm being the norm of all the gradients as one vector; return it.
+    foreach only chooses torch's implementation, as for the optimizers."""
     grads = _grads(parameters)
     if not grads:
         return Tensor._wrap(np.zeros(()))
@@ -33,7 +43,24 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     return Tensor._wrap(total)
 
 
-def clip_grad_value_(parameters, clip_value):
+def clip_grad_value_(parameters, clip_value, foreach=None):
     """Clamp every gradient element to [-clip_value, clip_value]."""
     for g in _grads(parameters):
         g.clamp_(-clip_value, clip_value)
+
+
+def parameters_to_vector(parameters):
+    """All parameters flattened and joined, in order (recorded: a view of each)."""
+    return cat([p.view(-1) for p in parameters])
+
+
+def vector_to_parameters(vec, parameters):
+    """Each parameter's .data set to its slice of vec, in order (sharing vec's
+    memory, as in torch)."""
+    if not isinstance(vec, Tensor):
+        raise TypeError(f"expected torch.Tensor, but got: {type(vec).__name__}")
+    start = 0
+    for p in parameters:
+        n = p.numel()
+        p.data = vec[start : start + n].view_as(p).data
+        start += n

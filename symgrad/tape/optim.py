@@ -8,6 +8,7 @@ torch). Per-parameter state holds tensors, as torch's does.
 
 import math
 import sys
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -76,8 +77,16 @@ class Optimizer:
         """Optimize more parameters, with their own hyperparameters (the defaults
         fill in the ones the group does not give)."""
         params = _params(param_group)
-        every = [p for g in self.param_groups for p in g["params"]] + params
-        if len({id(p) for p in every}) != len(every):
+        if len({id(p) for p in params}) != len(params):
+            # torch only warns here (tied weights listed twice), and steps p twice.
+            warnings.warn(
+                "optimizer contains a parameter group with duplicate parameters; in "
+                "future, this will cause an error; see "
+                "github.com/pytorch/pytorch/issues/40967 for more information",
+                stacklevel=3,
+            )
+        earlier = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in earlier for p in params):
             raise ValueError("some parameters appear in more than one parameter group")
         self.param_groups.append({**self.defaults, **param_group, "params": params})
 
@@ -99,10 +108,11 @@ class Optimizer:
             with enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            hyper = _numbers(group)
             for p in group["params"]:
                 if p.grad is not None:
                     g = -p.grad._data if group["maximize"] else p.grad._data
-                    self._update(p._data, g, self.state[p], group)
+                    self._update(p._data, g, self.state[p], hyper)
                     p._counter.value += 1
         return loss
 
@@ -149,6 +159,21 @@ class Optimizer:
             {**s, "params": g["params"]}
             for s, g in zip(saved, self.param_groups, strict=True)
         ]
+
+
+def _numbers(group):
+    """The group with its tensor hyperparameters (torch accepts lr, betas, ... as
+    0-d tensors) as Python numbers: `p -= lr * g` on an array with a Tensor `lr`
+    would defer to Tensor and rebind `p` instead of updating it."""
+
+    def number(v):
+        return v.item() if isinstance(v, Tensor) else v
+
+    return {
+        k: tuple(map(number, v)) if isinstance(v, tuple) else number(v)
+        for k, v in group.items()
+        if k != "params"
+    }
 
 
 def _cast(value, param, key):
@@ -444,3 +469,133 @@ class Adagrad(Optimizer):
         total = state["sum"]._data
         total += g * g
         p -= clr * g / (np.sqrt(total) + group["eps"])
+
+
+class LBFGS(Optimizer):
+    """L-BFGS, torch's algorithm step by step: each step(closure) runs up to
+    max_iter iterations, each a move of step t along the direction the last
+    history_size curvature pairs give (the two-loop recursion), the first t =
+    lr * min(1, 1/|g|_1), then lr. The state persists across steps, as torch's;
+    the strong-Wolfe line search is not in symgrad.tape."""
+
+    _FLAGS = {}  # torch's LBFGS takes none
+
+    def __init__(
+        self,
+        params,
+        lr=1,
+        max_iter=20,
+        max_eval=None,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-9,
+        history_size=100,
+        line_search_fn=None,
+    ):
+        _check(lr >= 0, "learning rate", lr)
+        if line_search_fn is not None:
+            raise NotImplementedError("LBFGS(line_search_fn=) is not in symgrad.tape")
+        defaults = dict(
+            lr=lr,
+            max_iter=max_iter,
+            max_eval=max_iter * 5 // 4 if max_eval is None else max_eval,
+            tolerance_grad=tolerance_grad,
+            tolerance_change=tolerance_change,
+            history_size=history_size,
+            line_search_fn=line_search_fn,
+        )
+        super().__init__(params, defaults)
+        if len(self.param_groups) != 1:
+            raise ValueError(
+                "LBFGS doesn't support per-parameter options (parameter groups)"
+            )
+
+    def _flat_grad(self):
+        return np.concatenate(
+            [
+                np.zeros(p.numel()) if p.grad is None else p.grad._data.ravel()
+                for p in self.param_groups[0]["params"]
+            ]
+        )
+
+    def _move(self, t, d):
+        """Each parameter += t * its part of d, in place."""
+        start = 0
+        for p in self.param_groups[0]["params"]:
+            n = p.numel()
+            p._data += (t * d[start : start + n]).reshape(p.shape).astype(p.dtype)
+            p._counter.value += 1
+            start += n
+
+    def step(self, closure):
+        """Iterate as above and return the loss closure() gave first."""
+        group = self.param_groups[0]
+        lr, history_size = group["lr"], group["history_size"]
+        tol_change = group["tolerance_change"]
+        state = self.state[group["params"][0]]
+        state.setdefault("func_evals", 0)
+        state.setdefault("n_iter", 0)
+        with enable_grad():
+            orig_loss = closure()
+        loss, evals = float(orig_loss), 1
+        state["func_evals"] += 1
+        g = self._flat_grad()
+        if np.abs(g).max() <= group["tolerance_grad"]:
+            return orig_loss
+        d, t = state.get("d"), state.get("t")
+        old_dirs, old_stps = state.get("old_dirs"), state.get("old_stps")
+        ro, h_diag = state.get("ro"), state.get("H_diag")
+        prev_g, prev_loss = state.get("prev_flat_grad"), state.get("prev_loss")
+        n_iter = 0
+        while n_iter < group["max_iter"]:
+            n_iter += 1
+            state["n_iter"] += 1
+            if state["n_iter"] == 1:
+                d, old_dirs, old_stps, ro, h_diag = -g, [], [], [], 1
+            else:
+                y, s = g - prev_g, d * t
+                ys = y @ s
+                if ys > 1e-10:
+                    if len(old_dirs) == history_size:
+                        del old_dirs[0], old_stps[0], ro[0]
+                    old_dirs.append(y)
+                    old_stps.append(s)
+                    ro.append(1.0 / ys)
+                    h_diag = ys / (y @ y)
+                al = [0.0] * len(old_dirs)
+                q = -g
+                for i in reversed(range(len(old_dirs))):
+                    al[i] = (old_stps[i] @ q) * ro[i]
+                    q = q - al[i] * old_dirs[i]
+                d = q * h_diag
+                for i in range(len(old_dirs)):
+                    d = d + (al[i] - (old_dirs[i] @ d) * ro[i]) * old_stps[i]
+            prev_g, prev_loss = g.copy(), loss
+            t = min(1.0, 1.0 / np.abs(g).sum()) * lr if state["n_iter"] == 1 else lr
+            if g @ d > -tol_change:
+                break
+            self._move(t, d)
+            if n_iter != group["max_iter"]:
+                with enable_grad():
+                    loss = float(closure())
+                g = self._flat_grad()
+                evals += 1
+                state["func_evals"] += 1
+            if (
+                n_iter == group["max_iter"]
+                or evals >= group["max_eval"]
+                or np.abs(g).max() <= group["tolerance_grad"]
+                or np.abs(d * t).max() <= tol_change
+                or abs(loss - prev_loss) < tol_change
+            ):
+                break
+        state.update(
+            d=d,
+            t=t,
+            old_dirs=old_dirs,
+            old_stps=old_stps,
+            ro=ro,
+            H_diag=h_diag,
+            prev_flat_grad=prev_g,
+            prev_loss=prev_loss,
+        )
+        return orig_loss

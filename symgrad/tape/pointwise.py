@@ -244,6 +244,8 @@ class PointwiseOps:
         """This tensor: the CPU is the only device."""
         return self
 
+    is_cuda = False
+
     def double(self):
         return self.to(np.float64)
 
@@ -262,7 +264,11 @@ class PointwiseOps:
     def bool(self):
         return self.to(np.bool_)
 
-    def type(self, dtype):
+    def type(self, dtype=None):
+        """Without a dtype, torch's name of this tensor's type ('torch.DoubleTensor');
+        with one, a cast."""
+        if dtype is None:
+            return f"torch.{dtypes.scalar_name(self.dtype)}Tensor"
         return self.to(dtype)
 
     def type_as(self, other):

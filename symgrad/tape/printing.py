@@ -1,41 +1,76 @@
 """A tensor's repr laid out as torch's _tensor_str does: the element formats, the
 rows wrapped at 80 columns, the middle of large tensors elided, and the suffixes
-(dtype=, grad_fn=...) moved to a new line where they would pass 80 columns."""
+(dtype=, grad_fn=...) moved to a new line where they would pass 80 columns; all
+as set by set_printoptions."""
 
 import math
 
 import numpy as np
 
-EDGE_ITEMS = 3  # shown at each end of a dim, when a tensor has over 1000 elements
-LINE_WIDTH = 80
 PREFIX = len("tensor(")  # the indent of every line after the first
+PROFILES = {
+    "default": {"precision": 4, "threshold": 1000, "edgeitems": 3, "linewidth": 80},
+    "short": {"precision": 2, "threshold": 1000, "edgeitems": 2, "linewidth": 80},
+    "full": {"precision": 4, "threshold": math.inf, "edgeitems": 3, "linewidth": 80},
+}
+# decimals; elements above which a tensor is summarized; elements shown at each end
+# of a summarized dim; line width; scientific notation (None: where torch chooses it)
+options = {**PROFILES["default"], "sci_mode": None}
+
+
+def set_printoptions(
+    precision=None,
+    threshold=None,
+    edgeitems=None,
+    linewidth=None,
+    profile=None,
+    sci_mode=None,
+):
+    """torch.set_printoptions: a profile's options ("default", "short", "full"),
+    then those given; sci_mode is set each call, as in torch."""
+    if profile is not None:
+        options.update(PROFILES[profile])
+    given = dict(
+        precision=precision,
+        threshold=threshold,
+        edgeitems=edgeitems,
+        linewidth=linewidth,
+    )
+    options.update((k, v) for k, v in given.items() if v is not None)
+    options["sci_mode"] = sci_mode
 
 
 def _shown(x):
     """The elements the repr shows: torch sizes the columns from these alone."""
-    if x.size <= 1000:
+    edge = options["edgeitems"]
+    if x.size <= options["threshold"]:
         return x
     for axis, n in enumerate(x.shape):
-        if n > 2 * EDGE_ITEMS:
-            x = np.take(x, [*range(EDGE_ITEMS), *range(n - EDGE_ITEMS, n)], axis)
+        if n > 2 * edge:
+            x = np.take(x, [*range(edge), *range(n - edge, n)], axis)
     return x
 
 
 def _float_format(x):
-    """torch's float format: "1." if every non-zero finite value is integral, else 4
-    decimals, scientific where the magnitudes span over 1e3 (or pass 1e8, or, with
-    decimals, go below 1e-4); every value right-aligned to the width of the widest
-    non-zero finite one (so nan, inf and -0. do not widen the columns)."""
+    """torch's float format: "1." if every non-zero finite value is integral, else
+    `precision` decimals, scientific where the magnitudes span over 1e3 (or pass
+    1e8, or, with decimals, go below 1e-4) unless sci_mode says; every value
+    right-aligned to the width of the widest non-zero finite one (so nan, inf and
+    -0. do not widen the columns)."""
     values = _shown(x)
     values = values[np.isfinite(values) & (values != 0)].astype(np.float64).ravel()
     big, integral = np.abs(values), np.all(values == np.ceil(values))
-    spec = ".0f" if integral else ".4f"
-    if big.size and (
-        big.max() / big.min() > 1e3
-        or big.max() > 1e8
-        or (not integral and big.min() < 1e-4)
-    ):
-        spec = ".4e"
+    digits = options["precision"]
+    spec = ".0f" if integral else f".{digits}f"
+    sci = options["sci_mode"]
+    if sci is None:
+        sci = bool(big.size) and (
+            big.max() / big.min() > 1e3
+            or big.max() > 1e8
+            or (not integral and big.min() < 1e-4)
+        )
+    if sci:
+        spec = f".{digits}e"
 
     def text(v):
         dot = "." if spec == ".0f" and np.isfinite(v) else ""
@@ -59,11 +94,12 @@ def _format(x):
 
 
 def _vector(x, indent, fmt, width, summarize):
-    if summarize and len(x) > 2 * EDGE_ITEMS:
-        items = [*map(fmt, x[:EDGE_ITEMS]), " ...", *map(fmt, x[-EDGE_ITEMS:])]
+    edge = options["edgeitems"]
+    if summarize and len(x) > 2 * edge:
+        items = [*map(fmt, x[:edge]), " ...", *map(fmt, x[-edge:])]
     else:
         items = [fmt(v) for v in x]
-    per_line = max(1, math.floor((LINE_WIDTH - indent) / (width + 2)))
+    per_line = max(1, math.floor((options["linewidth"] - indent) / (width + 2)))
     lines = [", ".join(items[i : i + per_line]) for i in range(0, len(items), per_line)]
     return "[" + (",\n" + " " * (indent + 1)).join(lines) + "]"
 
@@ -71,9 +107,9 @@ def _vector(x, indent, fmt, width, summarize):
 def _nested(x, indent, fmt, width, summarize):
     if x.ndim == 1:
         return _vector(x, indent, fmt, width, summarize)
-    rows = range(len(x))
-    if summarize and len(x) > 2 * EDGE_ITEMS:
-        rows = [*range(EDGE_ITEMS), None, *range(len(x) - EDGE_ITEMS, len(x))]
+    rows, edge = range(len(x)), options["edgeitems"]
+    if summarize and len(x) > 2 * edge:
+        rows = [*range(edge), None, *range(len(x) - edge, len(x))]
     slices = [
         "..." if i is None else _nested(x[i], indent + 1, fmt, width, summarize)
         for i in rows
@@ -88,7 +124,7 @@ def array_str(x, indent=PREFIX):
     fmt, width = _format(x)
     if x.ndim == 0:
         return fmt(x.item())
-    return _nested(x, indent, fmt, width, summarize=x.size > 1000)
+    return _nested(x, indent, fmt, width, summarize=x.size > options["threshold"])
 
 
 def with_suffixes(text, suffixes, indent=PREFIX):
@@ -96,7 +132,7 @@ def with_suffixes(text, suffixes, indent=PREFIX):
     the line width (torch counts the last line 2 columns longer than it is)."""
     parts, last = [text], len(text) - text.rfind("\n") + 1
     for suffix in suffixes:
-        if last + len(suffix) + 2 > LINE_WIDTH:
+        if last + len(suffix) + 2 > options["linewidth"]:
             parts.append(",\n" + " " * indent + suffix)
             last = indent + len(suffix)
         else:

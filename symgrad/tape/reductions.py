@@ -17,10 +17,24 @@ DOF_WARNING = (
     "{}(): degrees of freedom is <= 0. Correction should be strictly less than the "
     "reduction factor (input numel divided by output numel)."
 )
-MaxResult = namedtuple("max", ["values", "indices"])
-MinResult = namedtuple("min", ["values", "indices"])
-SortResult = namedtuple("sort", ["values", "indices"])
-TopkResult = namedtuple("topk", ["values", "indices"])
+
+
+def _return_type(name):
+    """torch.return_types.<name>: a (values, indices) namedtuple, printed as torch
+    prints it (one field a line)."""
+
+    def __repr__(self):
+        return (
+            f"torch.return_types.{name}(\nvalues={self.values!r},\n"
+            f"indices={self.indices!r})"
+        )
+
+    base = namedtuple(name, ["values", "indices"])
+    return type(name, (base,), {"__slots__": (), "__repr__": __repr__})
+
+
+MaxResult, MinResult = _return_type("max"), _return_type("min")
+SortResult, TopkResult = _return_type("sort"), _return_type("topk")
 
 
 def _all_dims(dim):
@@ -397,7 +411,10 @@ class ReductionOps:
         )
 
     # A slice of all -inf gives nan (0/0), silently, as in torch.
-    def softmax(self, dim):
+    def softmax(self, dim, dtype=None):
+        """exp(x) / sum(exp(x)) along dim, of x cast to dtype first if given."""
+        if dtype is not None:
+            return self.to(dtype).softmax(dim)
         x = self._data
         _check_softmax_dtype(x, "softmax")
         e = np.exp(x - _finite_max(x, dim))
@@ -408,7 +425,9 @@ class ReductionOps:
 
         return self._result(out, (self,), backward, "SoftmaxBackward0", ("out",))
 
-    def log_softmax(self, dim):
+    def log_softmax(self, dim, dtype=None):
+        if dtype is not None:
+            return self.to(dtype).log_softmax(dim)
         x = self._data
         _check_softmax_dtype(x, "log_softmax")
         shifted = x - _finite_max(x, dim)
@@ -418,6 +437,36 @@ class ReductionOps:
             return (g - xp.exp(out) * g.sum(axis=dim, keepdims=True),)
 
         return self._result(out, (self,), backward, "LogSoftmaxBackward0", ("out",))
+
+    def unique(self, sorted=True, return_inverse=False, return_counts=False, dim=None):
+        """The distinct values (always sorted, as torch's are on the CPU), or
+        distinct slices along dim; with the flags, also each element's (slice's)
+        index into them and their counts. As in torch, there is no derivative."""
+        x = self._data
+        values, inverse, counts = np.unique(
+            x, return_inverse=True, return_counts=True, axis=dim
+        )
+        inverse = inverse.reshape(x.shape if dim is None else -1)
+
+        def backward(xp, g):
+            raise RuntimeError("the derivative for '_unique2' is not implemented.")
+
+        out = self._result(values, (self,), backward, "Unique2Backward0", saves=False)
+        extras = [self._lift(inverse)] * return_inverse
+        extras += [self._lift(counts)] * return_counts
+        return (out, *extras) if extras else out
+
+    def bincount(self, weights=None, minlength=0):
+        """How many times each of 0 .. max (at least minlength) occurs in this 1-d
+        int tensor, or the sum of the weights of its occurrences."""
+        x = self._data
+        if x.ndim != 1 or x.dtype.kind not in "iu" or (x.size and x.min() < 0):
+            raise RuntimeError(
+                "bincount only supports 1-d non-negative integral inputs."
+            )
+        w = None if weights is None else weights._data
+        out = np.bincount(x, w, minlength)
+        return self._lift(out.astype(np.int64 if w is None else w.dtype))
 
     def cumprod(self, dim):
         """Running products along dim."""

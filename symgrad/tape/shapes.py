@@ -118,8 +118,12 @@ def _is_basic(index):
 
 
 class ShapeOps:
-    def reshape(self, *shape):
-        return self._reshaped(_shape_arg(shape), "ViewBackward0")
+    def reshape(self, *sizes, shape=None):
+        """The values in the shape given as sizes, a tuple, or `shape=` (torch's
+        keyword)."""
+        return self._reshaped(
+            _shape_arg(sizes if shape is None else (shape,)), "ViewBackward0"
+        )
 
     def _reshaped(self, shape, name):
         """The values in `shape`, a view where NumPy can make one."""
@@ -165,6 +169,14 @@ class ShapeOps:
     def contiguous(self):
         """This tensor if its elements are in C order in memory, else a copy that is."""
         return self if self._data.flags.c_contiguous else self.clone()
+
+    def is_contiguous(self):
+        return self._data.flags.c_contiguous
+
+    def stride(self, dim=None):
+        """Steps in elements between neighbours along each dim, as torch counts."""
+        steps = tuple(s // self._data.itemsize for s in self._data.strides)
+        return steps if dim is None else steps[normalize_dims(dim, self.ndim)[0]]
 
     def flatten(self, start_dim=0, end_dim=-1):
         shape = self.shape or (1,)
@@ -301,8 +313,20 @@ class ShapeOps:
 
         return self._result(out, (self,), backward, "RepeatBackward0", saves=False)
 
-    def permute(self, *dims):
-        return self._permuted(_shape_arg(dims), "PermuteBackward0")
+    def repeat_interleave(self, repeats, dim=None, *, output_size=None):
+        """Each slice along dim (each element of the flattened tensor if dim is None)
+        `repeats` times: an int, or a tensor of one count per slice."""
+        x = self.reshape(-1) if dim is None else self
+        dim = 0 if dim is None else dim
+        counts = getattr(repeats, "_data", repeats)
+        index = np.repeat(np.arange(x.shape[dim]), counts)
+        return x.index_select(dim, self._lift(index))
+
+    def permute(self, *order, dims=None):
+        """The dims in the order given as ints, a tuple, or `dims=` (torch's
+        keyword)."""
+        order = _shape_arg(order if dims is None else (dims,))
+        return self._permuted(order, "PermuteBackward0")
 
     def _permuted(self, dims, name):
         """The dims reordered (a view): dim i of the result is dims[i] of self."""
@@ -456,10 +480,11 @@ class ShapeOps:
             view=lambda a: a[index],
         )
 
-    def _copy_slices(self, view_fn, index, value):
+    def _copy_slices(self, view_fn, index, value, name="torch::autograd::CopySlices"):
         """Record the write just made of `value` into view_fn(self)[index] (self
         itself if view_fn is None): value gets the gradient of the overwritten
-        region, self's version before the write the rest."""
+        region, self's version before the write the rest. `name` is torch's for the
+        node (CopyBackwards for a whole-tensor copy_)."""
         parts = index if isinstance(index, tuple) else (index,)
         index = self._index(index)
 
@@ -479,9 +504,7 @@ class ShapeOps:
             )
 
         saved = None if _is_basic(index) else _tensors(parts)
-        self._grad_fn = autograd.Node(
-            "torch::autograd::CopySlices", (self, value), backward, saved
-        )
+        self._grad_fn = autograd.Node(name, (self, value), backward, saved)
         self._requires_grad = True
 
     def gather(self, dim, index):

@@ -65,6 +65,21 @@ def _values(data):
     return data
 
 
+def _check_hooked(hook, g, out):
+    """torch's errors for a hook that returned a gradient of another size or dtype
+    than the one it was given (g: an array, or a Tensor under create_graph)."""
+    name = getattr(hook, "__name__", repr(hook))
+    g_data = g._data if isinstance(g, Tensor) else g
+    if out.shape != g_data.shape:
+        raise RuntimeError(f"hook '{name}' has changed the size of value")
+    if out._data.dtype != g_data.dtype:
+        raise RuntimeError(
+            f"hook '{name}' has changed the type of value (was "
+            f"torch.{scalar_name(of_numpy[g_data.dtype])}Tensor got "
+            f"torch.{scalar_name(out.dtype)}Tensor)"
+        )
+
+
 def _in_place(name):
     """The method x.name_(): x.name() written into x."""
 
@@ -99,7 +114,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         self._grad = None
         self._grad_fn = None
         self.retains_grad = False
-        self._hooks = []
+        self._hooks, self._post_accumulate_hooks = [], []
         self._requires_grad = False
         self._counter = autograd.VersionCounter()
         # a view: the tensor whose memory it shows, and the NumPy function giving it
@@ -196,6 +211,11 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
 
     @requires_grad.setter
     def requires_grad(self, flag):
+        """Unlike requires_grad_(True), the attribute is a leaf's only, as in torch."""
+        if self.grad_fn is not None and flag:
+            raise RuntimeError(
+                "you can only change requires_grad flags of leaf variables."
+            )
         self.requires_grad_(flag)
 
     def requires_grad_(self, requires_grad=True):
@@ -260,6 +280,13 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         out._counter = self._counter  # as torch's: writes through it are noticed
         return out
 
+    def detach_(self):
+        """Cut this tensor itself from the graph: a leaf that does not require grad."""
+        if self._base is not None:
+            raise RuntimeError("Can't detach views in-place. Use detach() instead.")
+        self._grad_fn, self._requires_grad, self.retains_grad = None, False, False
+        return self
+
     def backward(
         self, gradient=None, retain_graph=None, create_graph=False, inputs=None
     ):
@@ -278,17 +305,34 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         self._hooks.append(hook)
         return autograd.RemovableHandle(self._hooks, hook)
 
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call hook(self) after each backward has added to this leaf's .grad (the
+        place to step an optimizer per parameter)."""
+        if not self.requires_grad:
+            raise RuntimeError(
+                "cannot register a hook on a tensor that doesn't require gradient"
+            )
+        if not self.is_leaf:
+            raise RuntimeError(
+                "post accumulate grad hooks cannot be registered on non-leaf tensors"
+            )
+        self._post_accumulate_hooks.append(hook)
+        return autograd.RemovableHandle(self._post_accumulate_hooks, hook)
+
     def _run_hooks(self, g):
         """g (an array, or a Tensor under create_graph) as the hooks leave it."""
         recorded = isinstance(g, Tensor)
         for hook in self._hooks:
             out = hook(g if recorded else Tensor._wrap(g))
-            g = g if out is None else out if recorded else out._data
+            if out is not None:
+                _check_hooked(hook, g, out)
+                g = out if recorded else out._data
         return g
 
     def _accumulate_grad(self, g):
         """Add g to .grad: in place for an array; for a recorded Tensor (under
-        create_graph) out of place, so that .grad is differentiable, as in torch."""
+        create_graph) out of place, so that .grad is differentiable, as in torch.
+        Then the post-accumulate hooks."""
         if isinstance(g, Tensor):
             g = g.to(self.dtype)
             self._grad = g.clone() if self._grad is None else self._grad + g
@@ -296,6 +340,8 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
             self._grad = Tensor._wrap(np.array(g, self.dtype))  # copy: g may be a view
         else:
             self._grad._data += g
+        for hook in self._post_accumulate_hooks:
+            hook(self)
 
     # ---- in-place ops -------------------------------------------------------------
     # A write goes into this tensor's memory, which its views and detach() share, and
@@ -333,6 +379,11 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def __setitem__(self, index, value):
         """In place; if the graph tracks this tensor or `value`, the write is recorded
         and this tensor (or the base it is a view of) gets a CopySlices grad_fn."""
+        self._write(index, value)
+
+    def _write(self, index, value, name="torch::autograd::CopySlices"):
+        """self[index] = value; a write recorded on this tensor itself (not a view's
+        base) gets a node named `name`."""
         value, where = self._lift(value), self._index(index)
         tracked = self._records_inplace(value, self._data[where])
         try:
@@ -341,12 +392,16 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
             raise RuntimeError(str(exc)) from None
         self._counter.value += 1
         if tracked:
-            base = self if self._base is None else self._base
-            base._copy_slices(self._view_fn, index, value)
+            if self._base is None:
+                self._copy_slices(None, index, value, name)
+            else:
+                self._base._copy_slices(self._view_fn, index, value)
 
     def copy_(self, src):
-        """Copy `src` (broadcast and cast) into this tensor."""
-        self[...] = src
+        """Copy `src` (broadcast and cast) into this tensor. Tracked, a view's base
+        gets a CopySlices, and a whole tensor torch's CopyBackwards (the same rule:
+        nothing to the old value, all to src)."""
+        self._write(Ellipsis, src, "CopyBackwards")
         return self
 
     def fill_(self, value):
@@ -572,8 +627,21 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
             )
         return int(self._data.item())
 
+    def __contains__(self, element):
+        """`x in t`: whether any element of t equals x (a number or a tensor)."""
+        if not isinstance(element, Tensor | int | float | np.number):
+            raise RuntimeError(
+                "Tensor.__contains__ only supports Tensor or scalar, but you passed in "
+                f"a {type(element)}."
+            )
+        return bool((self == element).any())
+
     def __format__(self, spec):
-        return format(self.item(), spec) if self.ndim == 0 else repr(self)
+        """A 0-d tensor formats as its number; others as object does (any spec is
+        a TypeError), as in torch."""
+        if self.ndim == 0:
+            return format(self.item(), spec)
+        return object.__format__(self, spec) if spec else repr(self)
 
     def __repr__(self):
         x = self._data
@@ -591,3 +659,53 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         elif self.requires_grad:
             extras.append("requires_grad=True")
         return with_suffixes("tensor(" + body, extras)
+
+
+def numpy_keywords(fn):
+    """fn taking torch's NumPy-style aliases too: axis= for dim=, keepdims= for
+    keepdim= (torch's argument parser accepts them wherever dim= is taken)."""
+
+    def wrapper(*args, **kwargs):
+        if "axis" in kwargs:
+            kwargs["dim"] = kwargs.pop("axis")
+        if "keepdims" in kwargs:
+            kwargs["keepdim"] = kwargs.pop("keepdims")
+        return fn(*args, **kwargs)
+
+    wrapper.__name__, wrapper.__qualname__ = fn.__name__, fn.__qualname__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _parameters(fn):
+    """The names of fn's parameters (of the function under any decorators)."""
+    while hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__
+    code = fn.__code__
+    return code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+
+
+for _name in dir(Tensor):
+    _fn = getattr(Tensor, _name)
+    if (
+        not _name.startswith("_")
+        and isinstance(_fn, type(numpy_keywords))
+        and "dim" in _parameters(_fn)
+        and "axis" not in _parameters(_fn)
+    ):
+        setattr(Tensor, _name, numpy_keywords(_fn))
+del _name, _fn
+
+
+class _VariableType(type):
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, Tensor)
+
+
+class Variable(metaclass=_VariableType):
+    """torch.autograd.Variable, the old name for a tensor that kept old scripts
+    working: Variable(data) is data.detach() requiring grad as asked, and every
+    tensor is an instance."""
+
+    def __new__(cls, data, requires_grad=False, volatile=False):
+        return data.detach().requires_grad_(requires_grad)

@@ -1,9 +1,11 @@
-"""torch.utils.data: Dataset, TensorDataset and a single-process DataLoader.
+"""torch.utils.data: Dataset, TensorDataset, Subset, random_split and a
+single-process DataLoader.
 
-Shuffling draws from the tape's generator, so manual_seed makes it repeatable (the
-order differs from torch's, whose generator is another)."""
+Shuffling and splitting draw from the tape's generator, so manual_seed makes them
+repeatable (the order differs from torch's, whose generator is another)."""
 
 import math
+import warnings
 
 import numpy as np
 
@@ -32,6 +34,53 @@ class TensorDataset(Dataset):
 
     def __len__(self):
         return len(self.tensors[0])
+
+
+class Subset(Dataset):
+    """The samples of `dataset` at `indices`, in that order."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, indices
+
+    def __getitem__(self, index):
+        if isinstance(index, list):
+            return [self.dataset[self.indices[i]] for i in index]
+        return self.dataset[self.indices[index]]
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def random_split(dataset, lengths, generator=None):
+    """Subsets of the given lengths (or fractions of len(dataset), the remainder
+    given out one by one from the first) of one random permutation of the
+    samples."""
+    n = len(dataset)
+    if math.isclose(sum(lengths), 1) and sum(lengths) <= 1:
+        for i, fraction in enumerate(lengths):
+            if not 0 <= fraction <= 1:
+                raise ValueError(f"Fraction at index {i} is not between 0 and 1")
+        sizes = [math.floor(n * fraction) for fraction in lengths]
+        for i in range(n - sum(sizes)):
+            sizes[i % len(sizes)] += 1
+        for i, size in enumerate(sizes):
+            if size == 0:
+                warnings.warn(
+                    f"Length of split at index {i} is 0. This might result in an "
+                    "empty dataset.",
+                    stacklevel=2,
+                )
+        lengths = sizes
+    if sum(lengths) != n:
+        raise ValueError(
+            "Sum of input lengths does not equal the length of the input dataset!"
+        )
+    order = (generator or default_generator).permutation(n).tolist()
+    ends = np.cumsum(lengths)
+    return [
+        Subset(dataset, order[end - size : end])
+        for end, size in zip(ends, lengths, strict=True)
+    ]
 
 
 def default_collate(batch):
