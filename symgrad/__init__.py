@@ -42,7 +42,7 @@ def __getattr__(name):
         globals()[name] = value
         return value
     torch_spelling = _import_module("symgrad.model").TORCH_SPELLINGS.get(name)
-    hint = f" (torch's); use {torch_spelling}" if torch_spelling else ""
+    hint = f"; use {torch_spelling}" if torch_spelling else ""
     raise AttributeError(f"module 'symgrad' has no attribute {name!r}{hint}")
 
 

@@ -565,14 +565,14 @@ def _return(values: dict[str, Node], emitter: Emitter, cached=frozenset()) -> st
     are written afresh: one may equal a forward value, whose name backward() does not
     have. 0-d results are arrays too (0-d arithmetic gives NumPy scalars or floats).
     """
-    items, seen = [], set()
+    items, seen = [], {emitter.base(c) for c in cached}
     for key, node in values.items():
         value = emitter._print_constant(node) if is_const(node) else emitter.code(node)
         base = emitter.base(node)
         if node.shape == ():
             value = f"np.array({value})"
         elif not is_const(node) and (
-            getattr(base, "op", None) in LEAVES or base in cached or base in seen
+            getattr(base, "op", None) in LEAVES or base in seen
         ):
             value += ".copy()"
         seen.add(base)

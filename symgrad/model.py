@@ -138,8 +138,13 @@ _OPERATORS = {  # NumPy's binary ufuncs: (our method, our reflected method)
 
 
 def _numpy_refused(name: str) -> TypeError:
-    hint = f"use sg.{name}" if name in symgrad.__all__ else "use sg's functions"
-    return TypeError(f"numpy.{name} cannot take a symgrad expression; {hint}")
+    """np.exp(x), or scipy.special's ufuncs (expit, ndtr), on an expression."""
+    if name in symgrad.__all__:
+        hint = f"use sg.{name}"
+    else:
+        hint = "use " + TORCH_SPELLINGS.get(name, "sg's functions")
+    where = "numpy." if hasattr(np, name) else ""
+    return TypeError(f"{where}{name} cannot take a symgrad expression; {hint}")
 
 
 class Expr:
@@ -423,6 +428,11 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "atanh": "sg.arctanh(x)",
     "atan2": "sg.arctan2(y, x)",
     "logsigmoid": "-sg.softplus(-x)",
+    "expit": "sg.sigmoid(x)",
+    "gammaln": "sg.lgamma(x)",
+    "ndtr": "0.5 * sg.erfc(-x / sqrt(2)) (the normal CDF)",
+    "norm_cdf": "0.5 * sg.erfc(-x / sqrt(2)) (the normal CDF)",
+    "log_ndtr": "sg.log(0.5 * sg.erfc(-x / sqrt(2))) (the normal CDF's log)",
     "argmax": "index 0 along axis of sg.argsort(-x, axis) (the first of ties)",
     "argmin": "index 0 along axis of sg.argsort(x, axis) (the first of ties)",
     "layer_norm": "(x - sg.mean(x, -1, keepdims=True)) / sg.sqrt(sg.var(x, -1, "
