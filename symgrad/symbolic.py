@@ -312,7 +312,7 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
         missing = sorted({str(x.expr.func) for x in d.atoms(sp.Derivative)})
         raise UnsupportedError(f"{', '.join(missing) or d} has no derivative")
     d = d.replace(lambda e: e.is_Mul, _power_rule)
-    d = d.replace(lambda e: e.is_Mul and e.has(sp.Heaviside), relu_masked)
+    d = d.replace(lambda e: e.is_Mul and e.has(sp.Heaviside, sp.Piecewise), relu_masked)
     d = d.xreplace(_log_of_bases(expr, arg(i)))
     # subs also finds expr inside products and powers (sigmoid' = OUT**2 e**-x), and
     # factor_terms pulls common factors out; both take seconds on large fused formulas
@@ -361,7 +361,8 @@ def relu_masked(product: sp.Mul, infinite=lambda factor, x: False) -> sp.Expr:
     """H(x) * g, where g divides by (or takes a root of) relu(x), as g where x > 0 and 0
     elsewhere: torch's relu backward masks the gradient, so sqrt(relu(x))' is 0 at
     x <= 0, where the product would be 0 * inf = nan. ``infinite(factor, x)`` says
-    whether a factor that reads arrays computed elsewhere may be so."""
+    whether a factor that reads arrays computed elsewhere may be so. Likewise a clip's
+    derivative (a Piecewise, 0 where clipped) times a root of the clipped value."""
     for h in product.args:
         if isinstance(h, sp.Heaviside):
             (x, h0), rest = h.args, sp.Mul(*(f for f in product.args if f is not h))
@@ -371,6 +372,16 @@ def relu_masked(product: sp.Mul, infinite=lambda factor, x: False) -> sp.Expr:
             ) or any(infinite(s, x) for s in rest.free_symbols):
                 kept = rest * h if h0 not in (0, 1) else rest  # (a tie's share, 1/2)
                 return sp.Piecewise((kept, x > 0 if h0 == 0 else x >= 0), (0, True))
+        elif isinstance(h, sp.Piecewise) and any(e == 0 for e, _ in h.args):
+            # a clip's derivative, 0 where clipped, times a power of the clipped value
+            rest = sp.Mul(*(f for f in product.args if f is not h))
+            tests = set().union(
+                *(c.atoms(sp.core.relational.Relational) for _, c in h.args)
+            )
+            if any(_singular(p) and p.base.has(*tests) for p in rest.atoms(sp.Pow)):
+                return sp.Piecewise(
+                    *((0 if e == 0 else e * rest, c) for e, c in h.args)
+                )
     return product
 
 

@@ -26,7 +26,9 @@ optimize.mask_relu_gradients follows the gradient through any array op and asks
 whether the power's base is 0 wherever relu(x) is); where it held through a sum, a
 concatenate, a stack, expand_dims or pad, NumPy warned (divide by zero) where torch is
 silent (now the errstate of a where-guarded function also sees gradients reached
-through views). Still a strict xfail: a floor other than 0 written with sg.clip.
+through views). A floor other than 0 written with sg.clip gave nan too (now
+symbolic.relu_masked masks a clip's derivative as relu's; a clipped value kept as its
+own array is pinned in tests/test_regressions.py).
 """
 
 from __future__ import annotations
@@ -675,17 +677,6 @@ def clipped_sqrt():
     return m, reference
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="symgrad/symbolic.py:relu_masked and optimize.py:mask_relu_gradients "
-    "recognise only relu(x) and Max(x, 0) (`0 in r.args`): sg.clip(z, -1.0, None)'s "
-    "derivative Heaviside(z + 1) is multiplied into sqrt' = inf where z < -1, giving "
-    "nan ('invalid value encountered in divide') where torch's clamp backward (a "
-    "where) gives 0. Repro: loss sg.sum(sg.sqrt(sg.clip(x @ W.T, -1.0, None) + 1.0)) "
-    "with some x @ W.T < -1: grad W has nan; the same function written "
-    "sg.sqrt(sg.relu(x @ W.T + 1.0)) is right",
-)
 def test_sqrt_of_a_clipped_floor_trains_like_torch_clamp():
     model, reference = clipped_sqrt()
     module = compile_module(model)
