@@ -389,42 +389,59 @@ def optimize(roots: Sequence[Node]) -> list[Node]:
 
 
 def mask_relu_gradients(roots: Sequence[Node]) -> list[Node]:
-    """relu's derivative times a gradient that may be infinite where relu(x) = 0 (that
-    of sqrt(r), r = relu(x) computed as its own array, sliced, summed, ...) as that
-    gradient where x > 0, else 0, as torch's masked relu backward: not 0 * inf = nan.
-    symbolic.relu_masked does this within the formula it differentiates; this pass
-    does it across arrays: a gradient may be infinite there when it is computed from
-    a negative power of an array that is 0 wherever relu(x) is (a sum or a slice of
-    it; not exp(relu(x)), nor a count of a window's maxima)."""
-    zeros: dict[Node, frozenset] = {}  # each node: the relu arguments it is 0 with
+    """relu's (or a clip's) derivative times a gradient that may be infinite where the
+    clamp binds (that of sqrt(r), r = relu(x) computed as its own array, sliced,
+    summed, ...) as that gradient where it does not, else 0, as torch's masked relu
+    and clamp backward: not 0 * inf = nan. symbolic.relu_masked does this within the
+    formula it differentiates; this pass does it across arrays: a gradient may be
+    infinite there when it is computed from a negative power of an array that is 0
+    where the clamp binds (a sum or a slice of it, sqrt(c + 1) for c = clip(x, -1);
+    not exp(relu(x)), nor a count of a window's maxima).
+
+    A key names where a clamp binds: x for relu(x) (x <= 0), a clip's condition."""
+    constants: dict[Node, dict] = {}  # each node: key -> the constant it is there
     unbounded: dict[tuple, bool] = {}
 
-    def zero_with(node: Node) -> frozenset:
-        if node not in zeros:
+    def values(node: Node) -> dict:
+        if node not in constants:
             if node.op != "map":  # (sums, products and rearrangements keep zeros)
-                found = set().union(*map(zero_with, node.args))
+                found = {
+                    k: 0 for a in node.args for k, v in values(a).items() if v == 0
+                }
             else:
-                found = set()
-                formula = node.attrs[0]
+                formula, found = node.attrs[0], {}
                 for i, a in enumerate(node.args):
-                    if _vanishes(formula, ew.arg(i)):
-                        found |= zero_with(a)
+                    for key, value in values(a).items():
+                        found[key] = _at(formula, {ew.arg(i): value})
                 for r in formula.atoms(ew.relu, sp.Max):
-                    clamp = isinstance(r, ew.relu) or 0 in r.args
-                    if clamp and _vanishes(formula, r):
+                    if isinstance(r, ew.relu) or 0 in r.args:
                         (x,) = [a for a in r.args if a != 0]
-                        found.add(_over_nodes(x, node.args))
-            zeros[node] = frozenset(found)
-        return zeros[node]
+                        found[_over_nodes(x, node.args)] = _at(formula, {r: 0})
+                for r in formula.atoms(sp.Piecewise):
+                    for value, condition in r.args:
+                        for case in ew.cases(condition):
+                            at = _at(formula, {r: value})
+                            found[_over_nodes(case, node.args)] = at
+            constants[node] = {k: v for k, v in found.items() if v is not None}
+        return constants[node]
+
+    def vanishes(node: Node, base: sp.Expr, key: sp.Expr) -> bool:
+        """Whether ``base`` (over ``node``'s arguments) is 0 where ``key`` holds, or
+        reads an argument that is (as torch masks a gradient, finite or not)."""
+        known = {
+            ew.arg(i): values(node.args[i])[key]
+            for i in _placeholders(base)
+            if key in values(node.args[i])
+        }
+        return 0 in known.values() or bool(known) and _at(base, known) == 0
 
     def infinite(node: Node, key: sp.Expr) -> bool:
-        """Whether ``node`` may be infinite where relu(key) is 0."""
+        """Whether ``node`` may be infinite where ``key`` holds."""
         if (node, key) not in unbounded:  # (memoized: a DAG shares its ancestors)
             divides = node.op == "map" and any(
-                key in zero_with(node.args[i])
+                vanishes(node, p.base, key)
                 for p in node.attrs[0].atoms(sp.Pow)
                 if p.exp.is_negative
-                for i in _placeholders(p.base)
             )
             unbounded[node, key] = divides or any(infinite(a, key) for a in node.args)
         return unbounded[node, key]
@@ -432,16 +449,14 @@ def mask_relu_gradients(roots: Sequence[Node]) -> list[Node]:
     def factor_infinite(node: Node, factor: sp.Expr, x: sp.Expr) -> bool:
         key = _over_nodes(x, node.args)
         if factor.is_Pow:
-            return any(
-                key in zero_with(node.args[i]) for i in _placeholders(factor.base)
-            )
+            return vanishes(node, factor.base, key)
         return any(infinite(node.args[i], key) for i in _placeholders(factor))
 
     def visit(_: Node, node: Node) -> Node:
-        if node.op != "map" or not node.attrs[0].has(sp.Heaviside):
+        if node.op != "map" or not node.attrs[0].has(sp.Heaviside, sp.Piecewise):
             return node
         formula = node.attrs[0].replace(
-            lambda e: e.is_Mul and e.has(sp.Heaviside),
+            lambda e: e.is_Mul and e.has(sp.Heaviside, sp.Piecewise),
             lambda e: ew.relu_masked(e, lambda f, x: factor_infinite(node, f, x)),
         )
         if formula == node.attrs[0]:
@@ -451,12 +466,13 @@ def mask_relu_gradients(roots: Sequence[Node]) -> list[Node]:
     return rewrite(roots, visit)
 
 
-def _vanishes(formula: sp.Expr, at: sp.Expr) -> bool:
-    """Whether ``formula`` is 0 wherever ``at`` is, as SymPy evaluates it there."""
+def _at(formula: sp.Expr, values: dict) -> sp.Expr | None:
+    """``formula``'s finite constant value where its atoms take ``values``, or None."""
     try:
-        return formula.xreplace({at: 0}) == 0
+        at = sp.sympify(formula.xreplace(values))
     except (TypeError, ValueError):  # (a Max of values SymPy cannot compare)
-        return False
+        return None
+    return at if at.is_number and at.is_finite else None
 
 
 def _placeholders(expr: sp.Expr) -> list[int]:

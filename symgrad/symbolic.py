@@ -360,29 +360,39 @@ def _fractional_power(expr: sp.Expr) -> bool:
 def relu_masked(product: sp.Mul, infinite=lambda factor, x: False) -> sp.Expr:
     """H(x) * g, where g divides by (or takes a root of) relu(x), as g where x > 0 and 0
     elsewhere: torch's relu backward masks the gradient, so sqrt(relu(x))' is 0 at
-    x <= 0, where the product would be 0 * inf = nan. ``infinite(factor, x)`` says
-    whether a factor that reads arrays computed elsewhere may be so. Likewise a clip's
-    derivative (a Piecewise, 0 where clipped) times a root of the clipped value."""
+    x <= 0, where the product would be 0 * inf = nan. Likewise a clip's derivative (a
+    Piecewise, 0 where the clip binds) times a root of the clipped value, as torch's
+    clamp backward. ``infinite(factor, key)`` says whether a factor that reads arrays
+    computed elsewhere may be infinite where ``key`` (x, a clip's condition) holds."""
     for h in product.args:
+        rest = sp.Mul(*(f for f in product.args if f is not h))
         if isinstance(h, sp.Heaviside):
-            (x, h0), rest = h.args, sp.Mul(*(f for f in product.args if f is not h))
-            if any(
-                _singular(p) and (p.base.has(relu(x), sp.Max(x, 0)) or infinite(p, x))
-                for p in rest.atoms(sp.Pow)
-            ) or any(infinite(s, x) for s in rest.free_symbols):
+            x, h0 = h.args
+            if _may_be_infinite(rest, [x], [relu(x), sp.Max(x, 0)], infinite):
                 kept = rest * h if h0 not in (0, 1) else rest  # (a tie's share, 1/2)
                 return sp.Piecewise((kept, x > 0 if h0 == 0 else x >= 0), (0, True))
         elif isinstance(h, sp.Piecewise) and any(e == 0 for e, _ in h.args):
-            # a clip's derivative, 0 where clipped, times a power of the clipped value
-            rest = sp.Mul(*(f for f in product.args if f is not h))
-            tests = set().union(
-                *(c.atoms(sp.core.relational.Relational) for _, c in h.args)
-            )
-            if any(_singular(p) and p.base.has(*tests) for p in rest.atoms(sp.Pow)):
+            keys = [k for e, c in h.args if e == 0 for k in cases(c)]
+            if _may_be_infinite(rest, keys, keys, infinite):
                 return sp.Piecewise(
                     *((0 if e == 0 else e * rest, c) for e, c in h.args)
                 )
     return product
+
+
+def _may_be_infinite(rest: sp.Expr, keys: list, clamps: list, infinite) -> bool:
+    """Whether ``rest`` may be infinite where one of ``keys`` holds: a negative or
+    fractional power of a clamped value, or a factor ``infinite`` says may be."""
+    return any(
+        _singular(p) and (p.base.has(*clamps) or any(infinite(p, k) for k in keys))
+        for p in rest.atoms(sp.Pow)
+    ) or any(infinite(s, k) for s in rest.free_symbols for k in keys)
+
+
+def cases(condition: sp.Basic) -> list:
+    """A Piecewise branch's condition and, for an Or, each of its alternatives: where
+    a clip's bound binds, as its value's and its derivative's branches say it."""
+    return [condition, *condition.args] if isinstance(condition, sp.Or) else [condition]
 
 
 def _singular(power: sp.Pow) -> bool:

@@ -27,8 +27,8 @@ whether the power's base is 0 wherever relu(x) is); where it held through a sum,
 concatenate, a stack, expand_dims or pad, NumPy warned (divide by zero) where torch is
 silent (now the errstate of a where-guarded function also sees gradients reached
 through views). A floor other than 0 written with sg.clip gave nan too (now
-symbolic.relu_masked masks a clip's derivative as relu's; a clipped value kept as its
-own array is pinned in tests/test_regressions.py).
+symbolic.relu_masked masks a clip's derivative as relu's, and mask_relu_gradients
+tracks the constant a clipped array is where its bound binds).
 """
 
 from __future__ import annotations
