@@ -278,6 +278,14 @@ class Expr:
             "iterate): use sg.sum(x, axis=0) to reduce, or index it: x[0], x[1:]"
         )
 
+    def __array__(self, dtype=None, copy=None):
+        # np.asarray(x) in NumPy or SciPy code (scipy.stats.norm.cdf(x)): no values yet
+        raise TypeError(
+            f"{self.node.describe()} is symbolic: NumPy and SciPy functions cannot take "
+            "it (np.asarray, np.array, scipy.stats); use sg's functions, sg.stack for "
+            "a list of expressions"
+        )
+
     __hash__ = object.__hash__
 
     @property

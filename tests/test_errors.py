@@ -251,6 +251,17 @@ def test_numpy_ufuncs_on_expressions_name_the_sg_twin():
         np.ones(3) * x
 
 
+def test_an_expression_does_not_become_a_numpy_array():
+    """np.asarray in NumPy or SciPy code (scipy.stats.norm.cdf(x)) has no values to take:
+    once an object array, or an unrelated error deep inside SciPy."""
+    x = sg.Model("m").param("x", (3,))
+    for convert in (np.asarray, lambda e: np.array([e, e]), np.ascontiguousarray):
+        with pytest.raises(
+            TypeError, match="x is symbolic: NumPy and SciPy .*sg.stack"
+        ):
+            convert(x)
+
+
 def test_numpy_scalars_combine_with_expressions_like_python_numbers():
     """np.float64(2) * x goes through NumPy's ufunc protocol before our operators."""
 

@@ -39,9 +39,9 @@ unrolled; no numerical bug was found. Error messages fixed: scipy.special's ufun
 an expression were called "numpy.<name>" with only a generic hint (now expit names
 sg.sigmoid, gammaln sg.lgamma, ndtr / log_ndtr the erfc recipe), and sg.ndtr /
 sg.log_ndtr / sg.norm_cdf were bare AttributeErrors (now they give Phi(x) = 0.5 *
-sg.erfc(-x / sqrt(2))). Kept as a strict xfail: scipy.stats.norm.cdf(expr) runs
-scipy's own code on the expression and ends in a ModelError about a non-finite
-constant -inf.
+sg.erfc(-x / sqrt(2))); scipy.stats.norm.cdf(expr) ran scipy's own code on the
+expression and ended in a ModelError about a non-finite constant -inf (now
+np.asarray of an expression is a TypeError naming sg's functions).
 """
 
 from __future__ import annotations
@@ -1314,15 +1314,6 @@ def test_scipy_special_on_an_expression_is_refused_with_a_type_error():
             getattr(special, name)(w * x) if name != "xlogy" else special.xlogy(x, w)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sg.ModelError,
-    reason="scipy.stats.norm.cdf(expr) runs scipy's own code on the expression "
-    "(np.asarray of an object array, a comparison against -inf) and symgrad answers "
-    "with ModelError 'non-finite constant -inf is not supported; to mask, use a large "
-    "finite value such as -1e30', which points nowhere near the mistake. Repro: "
-    "m = sg.Model('a'); w = m.param('w', ()); scipy.stats.norm.cdf(w)",
-)
 def test_scipy_stats_norm_cdf_on_an_expression_says_what_to_use():
     stats = pytest.importorskip("scipy.stats")
     _, x, w = _declared()
