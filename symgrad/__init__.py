@@ -37,6 +37,8 @@ __all__ = sorted(_HOME)
 
 
 def __getattr__(name):
+    if name == "linalg":  # sg.linalg.slogdet, as torch.linalg's (and np.linalg's)
+        return _import_module("symgrad.linalg")
     if name in _HOME:
         value = getattr(_import_module(_HOME[name]), name)
         globals()[name] = value

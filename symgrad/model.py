@@ -436,6 +436,12 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "atanh": "sg.arctanh(x)",
     "atan2": "sg.arctan2(y, x)",
     "logsigmoid": "-sg.softplus(-x)",
+    "log_sigmoid": "-sg.softplus(-x)",
+    "logcumsumexp": "sg.log(sg.cumsum(sg.exp(x - m), axis)) + m, m = sg.max(x, axis, "
+    "keepdims=True)",
+    "xlogy": "x * sg.log(sg.where(x == 0, 1.0, y)) (0 where x is 0, gradient too)",
+    "item": "the generated module's results (out['loss']): an expression is symbolic, "
+    "a number only once the module runs",
     "expit": "sg.sigmoid(x)",
     "gammaln": "sg.lgamma(x)",
     "ndtr": "0.5 * sg.erfc(-x / sqrt(2)) (the normal CDF)",
