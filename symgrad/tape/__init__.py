@@ -63,7 +63,17 @@ from .dtypes import (
     short,
     uint8,
 )
-from .functions import addmm, cat, einsum, meshgrid, stack, where
+from .functions import (
+    addmm,
+    cat,
+    cdist,
+    einsum,
+    meshgrid,
+    stack,
+    std_mean,
+    var_mean,
+    where,
+)
 from .linalg import det, logdet, slogdet
 from .linalg import inv as inverse
 from .out import with_out
@@ -99,7 +109,8 @@ __all__ += (  # torch-level functions, defined below
 ).split()
 __all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load", "cuda", "utils"]
 __all__ += ["isclose", "meshgrid", "repeat_interleave", "unique", "bincount"]
-__all__ += ["det", "logdet", "slogdet", "inverse"]
+__all__ += ["det", "logdet", "slogdet", "inverse", "std_mean", "var_mean", "cdist"]
+__all__ += ["nan_to_num", "logcumsumexp", "rot90"]
 
 
 # torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.
@@ -162,6 +173,11 @@ diag, trace, swapaxes, movedim = (
     Tensor.trace,
     Tensor.swapaxes,
     Tensor.movedim,
+)
+nan_to_num, logcumsumexp, rot90 = (
+    Tensor.nan_to_num,
+    Tensor.logcumsumexp,
+    Tensor.rot90,
 )
 narrow, scatter, is_floating_point = (
     Tensor.narrow,

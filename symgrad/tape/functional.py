@@ -14,7 +14,7 @@ from .arithmetic import broadcast_shape, operands, result_type, unbroadcast
 from .autograd import no_grad, silent
 from .creation import default_generator
 from .dtypes import scalar_name
-from .functions import addmm
+from .functions import addmm, where
 from .namespaces import NumPyOps, logsigmoid_array, sigmoid_array
 from .tensor import Tensor
 
@@ -192,6 +192,102 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
         return (g * slope,)
 
     return input._result(x * slope, (input,), backward, "LeakyReluBackward0")
+
+
+_SELU_ALPHA, _SELU_SCALE = (
+    1.6732632423543772848170429916717,
+    1.0507009873554804934193349852946,
+)
+
+
+def selu(input, inplace=False):
+    """scale * elu(x, alpha) with torch's self-normalizing constants."""
+    if inplace:
+        return input._inplace(selu)
+    return _SELU_SCALE * elu(input, _SELU_ALPHA)
+
+
+def celu(input, alpha=1.0, inplace=False):
+    """max(0, x) + min(0, alpha (e^(x/alpha) - 1)): alpha * elu(x / alpha)."""
+    if inplace:
+        return input._inplace(lambda t: celu(t, alpha))
+    return alpha * elu(input / alpha)
+
+
+def mish(input, inplace=False):
+    """x tanh(softplus(x))."""
+    if inplace:
+        return input._inplace(mish)
+    return input * softplus(input).tanh()
+
+
+def hardsigmoid(input, inplace=False):
+    """x / 6 + 1/2 clamped to [0, 1]; the gradient is 1/6 strictly inside (-3, 3),
+    torch's 1/6 at float32 precision (its kernel's `1.0f / 6.0f`)."""
+    if inplace:
+        return input._inplace(hardsigmoid)
+    x = input._data
+    inside = (x > -3) & (x < 3)
+
+    def backward(xp, g, x):
+        return (xp.where(inside, g * float(np.float32(1 / 6)), 0),)
+
+    out = np.clip(x / 6 + 0.5, 0, 1).astype(x.dtype, copy=False)
+    return input._result(out, (input,), backward, "HardsigmoidBackward0")
+
+
+def hardswish(input, inplace=False):
+    """x * hardsigmoid(x); torch's gradient: 0 below -3, x / 3 + 1/2 up to 3, 1 above."""
+    if inplace:
+        return input._inplace(hardswish)
+    x = input._data
+
+    def backward(xp, g, x):
+        return (xp.where(x < -3, 0, xp.where(x <= 3, g * (x / 3 + 0.5), g)),)
+
+    out = (x * np.clip(x + 3, 0, 6) / 6).astype(x.dtype, copy=False)
+    return input._result(out, (input,), backward, "HardswishBackward0")
+
+
+def softsign(input):
+    return input / (1 + input.abs())
+
+
+def tanhshrink(input):
+    return input - input.tanh()
+
+
+def softmin(input, dim=None, _stacklevel=3, dtype=None):
+    return softmax(-input, _implicit_dim(input, "softmin") if dim is None else dim)
+
+
+def prelu(input, weight):
+    """x where x > 0, else weight * x, weight per channel (dim 1) or one for all."""
+    along = [-1 if d == 1 else 1 for d in range(input.ndim)]
+    slope = weight if weight.numel() == 1 else weight.reshape(along)
+    return where(input > 0, input, slope * input)
+
+
+def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
+    """The p-norm of x1 - x2 + eps along the last dim."""
+    return (x1 - x2 + eps).norm(p, dim=-1, keepdim=keepdim)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    """Normalize each group of channels (dim 1) of each sample over its channels
+    and positions (biased variance); then * weight + bias per channel."""
+    if input.shape[1] % num_groups:
+        raise RuntimeError(
+            f"Expected number of channels in input to be divisible by num_groups, but "
+            f"got input of shape {input.shape} and num_groups={num_groups}"
+        )
+    grouped = input.reshape(input.shape[0], num_groups, -1)
+    centered = grouped - grouped.mean(-1, keepdim=True)
+    var = (centered * centered).mean(-1, keepdim=True)
+    out = (centered / (var + eps).sqrt()).reshape(input.shape)
+    along = [-1 if d == 1 else 1 for d in range(input.ndim)]
+    out = out if weight is None else out * weight.reshape(along)
+    return out if bias is None else out + bias.reshape(along)
 
 
 _SQRT_HALF = math.sqrt(0.5)

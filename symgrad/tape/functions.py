@@ -144,6 +144,23 @@ def where(condition, input=None, other=None):
     return Tensor._result(out, (input, other), backward, "WhereBackward0", (condition,))
 
 
+def std_mean(input, dim=None, unbiased=True, keepdim=False, *, correction=None):
+    """(std, mean) of input over dim, in one call as torch's."""
+    std = input.std(dim, unbiased, keepdim, correction=correction)
+    return std, input.mean(dim, keepdim=keepdim) if dim is not None else input.mean()
+
+
+def var_mean(input, dim=None, unbiased=True, keepdim=False, *, correction=None):
+    """(var, mean) of input over dim, in one call as torch's."""
+    var = input.var(dim, unbiased, keepdim, correction=correction)
+    return var, input.mean(dim, keepdim=keepdim) if dim is not None else input.mean()
+
+
+def cdist(x1, x2, p=2.0):
+    """The p-norm distance of every row of x1 to every row of x2 (batched)."""
+    return (x1.unsqueeze(-2) - x2.unsqueeze(-3)).norm(p, dim=-1)
+
+
 def addmm(input, mat1, mat2, *, beta=1, alpha=1):
     """beta * input + alpha * (mat1 @ mat2) as one op, input broadcast to the
     product's shape (nn.Linear's op: its grad_fn is AddmmBackward0)."""

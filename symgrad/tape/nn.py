@@ -928,9 +928,12 @@ class BatchNorm1d(Module):
             self.running_var._data[...] = 1
             self.num_batches_tracked._data[...] = 0
 
+    _RANKS = {2: "2D or 3D", 3: "2D or 3D"}  # (the input ranks allowed, as said)
+
     def forward(self, input):
-        if input.ndim not in (2, 3):
-            raise ValueError(f"expected 2D or 3D input (got {input.ndim}D input)")
+        if input.ndim not in self._RANKS:
+            allowed = next(iter(self._RANKS.values()))
+            raise ValueError(f"expected {allowed} input (got {input.ndim}D input)")
         momentum = self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
@@ -954,6 +957,39 @@ class BatchNorm1d(Module):
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
             f"affine={self.affine}, bias={self.bias is not None}, "
             f"track_running_stats={self.track_running_stats}"
+        )
+
+
+class BatchNorm2d(BatchNorm1d):
+    """BatchNorm1d's normalization of (N, C, H, W) input, per channel."""
+
+    _RANKS = {4: "4D"}
+
+
+class GroupNorm(Module):
+    """Each sample's channels in num_groups groups, each normalized over its
+    channels and positions; then scaled by weight (ones) and shifted by bias."""
+
+    def __init__(
+        self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None
+    ):
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError("num_channels must be divisible by num_groups")
+        self.num_groups, self.num_channels = num_groups, num_channels
+        self.eps, self.affine = eps, affine
+        self.weight = Parameter(np.ones(num_channels, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(num_channels, dtype)) if affine else None
+
+    def forward(self, input):
+        return functional.group_norm(
+            input, self.num_groups, self.weight, self.bias, self.eps
+        )
+
+    def extra_repr(self):
+        return (
+            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, "
+            f"affine={self.affine}, bias={self.bias is not None}"
         )
 
 
@@ -1065,6 +1101,58 @@ class Dropout(Module):
         return f"p={self.p}, inplace={self.inplace}"
 
 
+class SELU(ReLU):
+    def forward(self, input):
+        return functional.selu(input, self.inplace)
+
+
+class Mish(Module):
+    """x tanh(softplus(x)); Hardswish and Hardsigmoid are its piecewise cousins."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, input):
+        return functional.mish(input, self.inplace)
+
+
+class Hardswish(Mish):
+    def forward(self, input):
+        return functional.hardswish(input, self.inplace)
+
+
+class Hardsigmoid(Mish):
+    def forward(self, input):
+        return functional.hardsigmoid(input, self.inplace)
+
+
+class Softsign(Module):
+    def forward(self, input):
+        return functional.softsign(input)
+
+
+class Tanhshrink(Module):
+    def forward(self, input):
+        return functional.tanhshrink(input)
+
+
+class PReLU(Module):
+    """x where x > 0, else weight * x: one learned slope (init 0.25), or one per
+    channel (dim 1)."""
+
+    def __init__(self, num_parameters=1, init=0.25, device=None, dtype=None):
+        super().__init__()
+        self.num_parameters = num_parameters
+        self.weight = Parameter(np.full(num_parameters, init, dtype))
+
+    def forward(self, input):
+        return functional.prelu(input, self.weight)
+
+    def extra_repr(self):
+        return f"num_parameters={self.num_parameters}"
+
+
 class ELU(Module):
     def __init__(self, alpha=1.0, inplace=False):
         super().__init__()
@@ -1075,6 +1163,11 @@ class ELU(Module):
 
     def extra_repr(self):
         return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+
+
+class CELU(ELU):
+    def forward(self, input):
+        return functional.celu(input, self.alpha, self.inplace)
 
 
 class Softplus(Module):
@@ -1116,6 +1209,11 @@ class Softmax(Module):
 
     def extra_repr(self):
         return f"dim={self.dim}"
+
+
+class Softmin(Softmax):
+    def forward(self, input):
+        return functional.softmin(input, self.dim)
 
 
 class LogSoftmax(Softmax):

@@ -148,6 +148,18 @@ class PointwiseOps:
     def isfinite(self):
         return self._result(np.isfinite(self._data))
 
+    def nan_to_num(self, nan=0.0, posinf=None, neginf=None):
+        """nan, inf and -inf replaced (by default: 0 and the dtype's extremes); the
+        gradient passes where the value was finite, as torch's."""
+        x = self._data
+        finite = np.isfinite(x)
+
+        def backward(xp, g):
+            return (xp.where(finite, g, 0),)
+
+        out = np.nan_to_num(x, nan=nan, posinf=posinf, neginf=neginf)
+        return self._result(out, (self,), backward, "NanToNumBackward0", saves=False)
+
     def clamp(self, min=None, max=None):
         """Clip to [min, max], numbers or tensors broadcast against self. As in
         torch, x's gradient passes where min <= x <= max, and a tensor bound's where

@@ -410,6 +410,11 @@ class ReductionOps:
             self, out, dims, keepdim, backward, "LogsumexpBackward0", (self, "out")
         )
 
+    def logcumsumexp(self, dim):
+        """log(cumsum(exp(x))) along dim, shifted by the max along dim (constant)."""
+        m = self.detach().amax(dim, keepdim=True)
+        return (self - m).exp().cumsum(dim).log() + m
+
     # A slice of all -inf gives nan (0/0), silently, as in torch.
     def softmax(self, dim, dtype=None):
         """exp(x) / sum(exp(x)) along dim, of x cast to dtype first if given."""

@@ -257,6 +257,16 @@ class ShapeOps:
 
         return self._result(out, (self,), backward, "FlipBackward0", saves=False)
 
+    def rot90(self, k=1, dims=(0, 1)):
+        """Rotated k quarter turns from dims[0] towards dims[1], as torch's."""
+        first, second = dims
+        k %= 4
+        if k == 1:
+            return self.flip(second).transpose(first, second)
+        if k == 2:
+            return self.flip(dims)
+        return self.flip(first).transpose(first, second) if k == 3 else self.clone()
+
     def expand(self, *sizes):
         """Broadcast to `sizes` (-1 keeps a dim) without copying."""
         sizes = _shape_arg(sizes)
