@@ -7,7 +7,8 @@ New on the tape for this round: nn.BatchNorm2d and nn.GroupNorm (F.group_norm), 
 SELU / CELU / Mish / Hardswish / Hardsigmoid / Softsign / Tanhshrink / Softmin / PReLU
 activations (modules and F. functions, in place where torch allows; first and second
 derivatives, at the kinks +-3 and 0 too), F.pairwise_distance, torch.nan_to_num,
-std_mean / var_mean, cdist, logcumsumexp and rot90. Also checked, already there:
+std_mean / var_mean, cdist, logcumsumexp and rot90, distributions.Normal (log_prob,
+cdf, entropy, rsample; a Gaussian policy-gradient step with Adam). Also checked, already there:
 LSTM (batch_first) and 2-layer GRU gradients, BatchNorm1d train/eval statistics,
 linalg solve / slogdet / inv / det, autograd.functional jacobian / hessian, a
 bilinear einsum, AdamW parameter groups, OneCycleLR and CosineAnnealingWarmRestarts
@@ -15,7 +16,7 @@ schedules, clamp with tensor bounds, flip / roll.
 
 Not on the tape (found while writing this round, not attempted): TransformerEncoder
 layers, ConvTranspose2d, F.interpolate, F.unfold / fold, nn.Bilinear, linalg.cholesky,
-distributions.Normal, median / kthvalue / quantile, cummax, NAdam / RAdam / Adamax /
+median / kthvalue / quantile, cummax, NAdam / RAdam / Adamax /
 Adadelta / ASGD / Rprop and the rarer margin losses.
 """
 
@@ -338,6 +339,68 @@ def pairwise(torch):
     return l, a.grad
 
 
+def normal_log_prob(torch):
+    mu = torch.tensor([0.5, -1.0], requires_grad=True)
+    sd = torch.tensor([1.5, 0.3], requires_grad=True)
+    d = torch.distributions.Normal(mu, sd)
+    v = torch.tensor([[0.0, 1.0], [2.0, -1.0], [0.3, 0.1]])
+    lp = d.log_prob(v).sum() + d.entropy().sum() + d.cdf(v).sum()
+    lp.backward()
+    return lp, mu.grad, sd.grad, d.mean, d.stddev, d.variance, d.batch_shape
+
+
+def normal_numbers(torch):
+    d = torch.distributions.Normal(0.0, 2.0)
+    return (
+        d.log_prob(torch.tensor([0.5, 1.0])),
+        d.entropy(),
+        d.batch_shape,
+        d.cdf(torch.tensor(1.0)),
+    )
+
+
+def normal_broadcast(torch):
+    mu = torch.tensor(draws(3, 1), requires_grad=True)
+    sd = torch.tensor(np.abs(draws(4)) + 0.1, requires_grad=True)
+    d = torch.distributions.Normal(mu, sd)
+    d.log_prob(torch.tensor(draws(3, 4, seed=2))).mean().backward()
+    return d.batch_shape, mu.grad, sd.grad
+
+
+def normal_rsample(torch):
+    mu = torch.tensor([0.5, -1.0], requires_grad=True)
+    sd = torch.tensor([1.5, 0.3], requires_grad=True)
+    d = torch.distributions.Normal(mu, sd)
+    x = d.rsample((5,))
+    x.sum().backward()
+    s = d.sample((2, 3))
+    return tuple(x.shape), x.requires_grad, mu.grad, tuple(s.shape), s.requires_grad
+
+
+def normal_bad_scale(torch):
+    return torch.distributions.Normal(torch.tensor([0.0]), torch.tensor([-1.0]))
+
+
+def gaussian_policy_step(torch):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor(draws(2, 3)))
+        net.bias.zero_()
+    log_std = torch.nn.Parameter(torch.tensor([-0.5, 0.2]))
+    opt = torch.optim.Adam([*net.parameters(), log_std], lr=0.01)
+    obs = torch.tensor(draws(6, 3, seed=1))
+    act = torch.tensor(draws(6, 2, seed=2))
+    adv = torch.tensor(draws(6, seed=3))
+    for _ in range(3):
+        dist = torch.distributions.Normal(net(obs), log_std.exp())
+        loss = -(dist.log_prob(act).sum(-1) * adv).mean() - 0.01 * dist.entropy().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss, net.weight, log_std
+
+
 SCRIPTS = {
     "lstm_seq": lstm_seq,
     "gru_two_layers": gru_two_layers,
@@ -369,6 +432,12 @@ SCRIPTS = {
     "cdist_grad": cdist_grad,
     "logcumsumexp_rot90": logcumsumexp_rot90,
     "pairwise": pairwise,
+    "normal_log_prob": normal_log_prob,
+    "normal_numbers": normal_numbers,
+    "normal_broadcast": normal_broadcast,
+    "normal_rsample": normal_rsample,
+    "normal_bad_scale": normal_bad_scale,
+    "gaussian_policy_step": gaussian_policy_step,
 }
 
 

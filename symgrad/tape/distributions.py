@@ -1,10 +1,14 @@
 """torch.distributions: Categorical, the distribution of the policy-gradient
-tutorials, built from recorded ops so that log_prob and entropy are
-differentiable."""
+tutorials, and Normal, that of Gaussian policies and VAEs; built from recorded ops
+so that log_prob, entropy and rsample are differentiable."""
+
+import math
 
 import numpy as np
 
+from .autograd import no_grad
 from .creation import default_generator
+from .shapes import Size
 from .tensor import Tensor
 
 
@@ -49,3 +53,59 @@ class Categorical:
         u = default_generator.random((n, len(p), 1))
         draws = (u > cumulative).sum(-1).clip(max=p.shape[-1] - 1)
         return Tensor._wrap(draws.reshape(*sample_shape, *self.batch_shape))
+
+
+class Normal:
+    """N(loc, scale), the two broadcast together (numbers or tensors), as in torch."""
+
+    def __init__(self, loc, scale, validate_args=None):
+        loc, scale = (
+            x if isinstance(x, Tensor) else Tensor._wrap(x) for x in (loc, scale)
+        )
+        shape = np.broadcast_shapes(tuple(loc.shape), tuple(scale.shape))
+        self.loc, self.scale = loc.expand(*shape), scale.expand(*shape)
+        self.batch_shape = Size(shape)
+        if validate_args is not False and not (self.scale._data > 0).all():
+            raise ValueError(
+                f"Expected parameter scale ({type(scale).__name__} of shape "
+                f"{self.scale.shape}) of distribution Normal(loc: {self.loc.shape}, "
+                f"scale: {self.scale.shape}) to satisfy the constraint "
+                f"GreaterThan(lower_bound=0.0), but found invalid values:\n{scale}"
+            )
+
+    @property
+    def mean(self):
+        return self.loc
+
+    @property
+    def stddev(self):
+        return self.scale
+
+    @property
+    def variance(self):
+        return self.scale.pow(2)
+
+    def log_prob(self, value):
+        var = self.scale**2
+        return (
+            -((value - self.loc) ** 2) / (2 * var)
+            - self.scale.log()
+            - math.log(math.sqrt(2 * math.pi))
+        )
+
+    def cdf(self, value):
+        return 0.5 * (1 + ((value - self.loc) / self.scale / math.sqrt(2)).erf())
+
+    def entropy(self):
+        return 0.5 + 0.5 * math.log(2 * math.pi) + self.scale.log()
+
+    def rsample(self, sample_shape=()):
+        """loc + scale * eps, eps from the tape's generator (not torch's values):
+        differentiable in loc and scale (the reparameterization trick)."""
+        shape = (*sample_shape, *self.batch_shape)
+        eps = Tensor._wrap(default_generator.standard_normal(shape))
+        return self.loc + eps * self.scale
+
+    def sample(self, sample_shape=()):
+        with no_grad():
+            return self.rsample(sample_shape)
