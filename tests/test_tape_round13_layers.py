@@ -8,14 +8,16 @@ SELU / CELU / Mish / Hardswish / Hardsigmoid / Softsign / Tanhshrink / Softmin /
 activations (modules and F. functions, in place where torch allows; first and second
 derivatives, at the kinks +-3 and 0 too), F.pairwise_distance, torch.nan_to_num,
 std_mean / var_mean, cdist, logcumsumexp and rot90, distributions.Normal (log_prob,
-cdf, entropy, rsample; a Gaussian policy-gradient step with Adam). Also checked, already there:
+cdf, entropy, rsample; a Gaussian policy-gradient step with Adam), linalg.cholesky
+(lower and upper, batched, second derivatives, a GP's negative log likelihood) and
+Tensor.diagonal (offsets, any two dims). Also checked, already there:
 LSTM (batch_first) and 2-layer GRU gradients, BatchNorm1d train/eval statistics,
 linalg solve / slogdet / inv / det, autograd.functional jacobian / hessian, a
 bilinear einsum, AdamW parameter groups, OneCycleLR and CosineAnnealingWarmRestarts
 schedules, clamp with tensor bounds, flip / roll.
 
 Not on the tape (found while writing this round, not attempted): TransformerEncoder
-layers, ConvTranspose2d, F.interpolate, F.unfold / fold, nn.Bilinear, linalg.cholesky,
+layers, ConvTranspose2d, F.interpolate, F.unfold / fold, nn.Bilinear,
 median / kthvalue / quantile, cummax, NAdam / RAdam / Adamax /
 Adadelta / ASGD / Rprop and the rarer margin losses.
 """
@@ -401,6 +403,62 @@ def gaussian_policy_step(torch):
     return loss, net.weight, log_std
 
 
+def cholesky_grad(torch):
+    m = torch.tensor(draws(3, 3), requires_grad=True)
+    a = m @ m.T + torch.eye(3)
+    L = torch.linalg.cholesky(a)
+    (L * torch.tensor(draws(3, 3, seed=5))).sum().backward()
+    U = torch.linalg.cholesky(a.detach(), upper=True)
+    return L, m.grad, U
+
+
+def cholesky_batched_double(torch):
+    m = torch.tensor(draws(2, 3, 3), requires_grad=True)
+    a = m @ m.mT + 0.5 * torch.eye(3)
+    L = torch.linalg.cholesky(a)
+    (g,) = torch.autograd.grad(
+        (L**2).sum() + L.diagonal(dim1=-2, dim2=-1).log().sum(), m, create_graph=True
+    )
+    (h,) = torch.autograd.grad((g**2).sum(), m)
+    return L, g.detach(), h
+
+
+def cholesky_gp(torch):
+    x = torch.tensor(draws(6, 1))
+    y = torch.tensor(draws(6, seed=1))
+    log_ell = torch.tensor(0.2, requires_grad=True)
+    log_sn = torch.tensor(-1.0, requires_grad=True)
+    K = torch.exp(-0.5 * (x - x.T) ** 2 / log_ell.exp() ** 2) + (
+        2 * log_sn
+    ).exp() * torch.eye(6)
+    L = torch.linalg.cholesky(K)
+    a = torch.linalg.solve(K, y)
+    nll = 0.5 * y @ a + L.diagonal().log().sum()
+    nll.backward()
+    return nll, log_ell.grad, log_sn.grad
+
+
+def cholesky_not_pd(torch):
+    try:
+        torch.linalg.cholesky(torch.tensor([[1.0, 2.0], [2.0, 1.0]]))
+    except RuntimeError as error:  # torch.linalg.LinAlgError
+        return "positive-definite" in str(error)
+
+
+def diagonals(torch):
+    x = torch.tensor(draws(2, 3, 4), requires_grad=True)
+    ys = [
+        x.diagonal(),
+        x.diagonal(1, 1, 2),
+        x.diagonal(-1, -1, -2),
+        torch.diagonal(x, 0, 0, 2),
+        x[0].diagonal(5),
+        x.diagonal(offset=2, dim1=-2, dim2=-1),
+    ]
+    sum((y * (i + 1)).sum() for i, y in enumerate(ys)).backward()
+    return ys, x.grad
+
+
 SCRIPTS = {
     "lstm_seq": lstm_seq,
     "gru_two_layers": gru_two_layers,
@@ -438,6 +496,11 @@ SCRIPTS = {
     "normal_rsample": normal_rsample,
     "normal_bad_scale": normal_bad_scale,
     "gaussian_policy_step": gaussian_policy_step,
+    "cholesky_grad": cholesky_grad,
+    "cholesky_batched_double": cholesky_batched_double,
+    "cholesky_gp": cholesky_gp,
+    "cholesky_not_pd": cholesky_not_pd,
+    "diagonals": diagonals,
 }
 
 

@@ -110,7 +110,7 @@ __all__ += (  # torch-level functions, defined below
 __all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load", "cuda", "utils"]
 __all__ += ["isclose", "meshgrid", "repeat_interleave", "unique", "bincount"]
 __all__ += ["det", "logdet", "slogdet", "inverse", "std_mean", "var_mean", "cdist"]
-__all__ += ["nan_to_num", "logcumsumexp", "rot90"]
+__all__ += ["nan_to_num", "logcumsumexp", "rot90", "diagonal"]
 
 
 # torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.
@@ -174,10 +174,11 @@ diag, trace, swapaxes, movedim = (
     Tensor.swapaxes,
     Tensor.movedim,
 )
-nan_to_num, logcumsumexp, rot90 = (
+nan_to_num, logcumsumexp, rot90, diagonal = (
     Tensor.nan_to_num,
     Tensor.logcumsumexp,
     Tensor.rot90,
+    Tensor.diagonal,
 )
 narrow, scatter, is_floating_point = (
     Tensor.narrow,

@@ -1,4 +1,5 @@
-"""torch.linalg: solve, inv, slogdet and det with their gradients, and the norms.
+"""torch.linalg: solve, inv, slogdet, det and cholesky with their gradients, and the
+norms.
 
 The matrix functions work on the last two dims, batched over the others (which
 broadcast, as torch's do). Their backward rules are written in `xp` (namespaces.py),
@@ -101,6 +102,33 @@ def inv(A):
         return (-(y_t @ g @ y_t),)
 
     return Tensor._result(y, (A,), backward, "LinalgInvExBackward0", ("out",))
+
+
+def cholesky(A, *, upper=False):
+    """L lower triangular with L L^T = A (L^T if upper). torch's gradient:
+    L^-T Phi(L^T g) L^-1, Phi keeping the lower triangle as a symmetric matrix's
+    (its strict part mirrored, the diagonal halved)."""
+    if upper:
+        return cholesky(A).mT
+    _check_square(A, "linalg.cholesky")
+    low = _lapack(
+        np.linalg.cholesky,
+        "linalg.cholesky: The factorization could not be completed because the "
+        "input is not positive-definite.",
+        A._data,
+    )
+
+    def backward(xp, g, low):
+        low_t = xp.matrix_transpose(low)
+        p = xp.tril(low_t @ g)
+        p = 0.5 * (p + xp.matrix_transpose(xp.tril(p, -1)))
+        return (
+            xp.matrix_transpose(
+                xp.solve(low_t, xp.matrix_transpose(xp.solve(low_t, p)))
+            ),
+        )
+
+    return Tensor._result(low, (A,), backward, "LinalgCholeskyExBackward0", ("out",))
 
 
 def _per_matrix(g):

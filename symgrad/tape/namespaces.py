@@ -76,7 +76,7 @@ class NumPyOps:
         np.transpose,
         np.flip,
     )
-    maximum, einsum, roll = np.maximum, np.einsum, np.roll
+    maximum, einsum, roll, tril = np.maximum, np.einsum, np.roll, np.tril
     solve, inv = np.linalg.solve, np.linalg.inv
     zeros_like, scatter = np.zeros_like, staticmethod(_scatter_array)
     sigmoid, logsigmoid = staticmethod(sigmoid_array), staticmethod(logsigmoid_array)
@@ -157,6 +157,7 @@ class TensorOps:
     )
     cos, sinh, cosh = _method("cos"), _method("sinh"), _method("cosh")
     tanh, erf, digamma = _method("tanh"), _method("erf"), _method("digamma")
+    tril = staticmethod(lambda a, diagonal=0: a.tril(diagonal))
     abs, sign, sigmoid = _method("abs"), _method("sign"), _method("sigmoid")
     where, scatter = staticmethod(_where), staticmethod(_scatter_tensor)
     logsigmoid, einsum = staticmethod(_logsigmoid), staticmethod(_einsum)

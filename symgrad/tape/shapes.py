@@ -407,6 +407,25 @@ class ShapeOps:
         out = np.roll(self._data, shifts, dims)
         return self._result(out, (self,), backward, "RollBackward0", saves=False)
 
+    def diagonal(self, offset=0, dim1=0, dim2=1):
+        """The offset-th diagonal of the matrices in dims dim1, dim2, as the last dim
+        (a copy; torch's is a view): an einsum with a repeated letter."""
+        from .functions import einsum  # here: functions builds on Tensor
+
+        first, second = _axis(dim1, self.ndim), _axis(dim2, self.ndim)
+        if first == second:
+            raise RuntimeError(
+                f"diagonal dimensions cannot be identical {dim1}, {dim2}"
+            )
+        x, (start1, start2) = self, (0, offset) if offset >= 0 else (-offset, 0)
+        n = max(min(self.shape[first] - start1, self.shape[second] - start2), 0)
+        x = x.narrow(first, min(start1, x.shape[first]), n)
+        x = x.narrow(second, min(start2, x.shape[second]), n)
+        letters = [chr(ord("a") + i) for i in range(self.ndim)]
+        letters[second] = letters[first]
+        kept = [c for i, c in enumerate(letters) if i not in (first, second)]
+        return einsum(f"{''.join(letters)}->{''.join(kept)}{letters[first]}", x)
+
     def diag(self, diagonal=0):
         """A 1-D tensor as the `diagonal`-th diagonal of a square matrix (zeros
         elsewhere), or a matrix's `diagonal`-th diagonal as a 1-D tensor."""
