@@ -10,7 +10,8 @@ derivatives, at the kinks +-3 and 0 too), F.pairwise_distance, torch.nan_to_num,
 std_mean / var_mean, cdist, logcumsumexp and rot90, distributions.Normal (log_prob,
 cdf, entropy, rsample; a Gaussian policy-gradient step with Adam), linalg.cholesky
 (lower and upper, batched, second derivatives, a GP's negative log likelihood) and
-Tensor.diagonal (offsets, any two dims). Also checked, already there:
+Tensor.diagonal (offsets, any two dims), median (of all: ties share the gradient; along
+a dim, with indices) and kthvalue. Also checked, already there:
 LSTM (batch_first) and 2-layer GRU gradients, BatchNorm1d train/eval statistics,
 linalg solve / slogdet / inv / det, autograd.functional jacobian / hessian, a
 bilinear einsum, AdamW parameter groups, OneCycleLR and CosineAnnealingWarmRestarts
@@ -18,7 +19,7 @@ schedules, clamp with tensor bounds, flip / roll.
 
 Not on the tape (found while writing this round, not attempted): TransformerEncoder
 layers, ConvTranspose2d, F.interpolate, F.unfold / fold, nn.Bilinear,
-median / kthvalue / quantile, cummax, NAdam / RAdam / Adamax /
+quantile, cummax, NAdam / RAdam / Adamax /
 Adadelta / ASGD / Rprop and the rarer margin losses.
 """
 
@@ -459,6 +460,36 @@ def diagonals(torch):
     return ys, x.grad
 
 
+def median_kthvalue(torch):
+    x = torch.tensor(draws(3, 5), requires_grad=True)
+    v, i = torch.median(x, dim=1)
+    k, j = torch.kthvalue(x, 2, dim=1)
+    m0 = x.median(0, keepdim=True)
+    (v.sum() + 2 * k.sum() + 3 * x.median() + 4 * m0.values.sum()).backward()
+    return (
+        v,
+        i,
+        k,
+        j,
+        m0.values,
+        m0.indices,
+        x.grad,
+        repr(torch.median(x, 1)),
+        x.median(),
+    )
+
+
+def median_even_and_ties(torch):
+    x = torch.tensor([3.0, 1.0, 2.0, 2.0, 5.0, 4.0], requires_grad=True)
+    m = x.median()
+    m.backward()
+    return m, x.grad, torch.kthvalue(x, 6).values
+
+
+def kthvalue_bad(torch):
+    return torch.kthvalue(torch.ones(3), 4)
+
+
 SCRIPTS = {
     "lstm_seq": lstm_seq,
     "gru_two_layers": gru_two_layers,
@@ -501,6 +532,9 @@ SCRIPTS = {
     "cholesky_gp": cholesky_gp,
     "cholesky_not_pd": cholesky_not_pd,
     "diagonals": diagonals,
+    "median_kthvalue": median_kthvalue,
+    "median_even_and_ties": median_even_and_ties,
+    "kthvalue_bad": kthvalue_bad,
 }
 
 

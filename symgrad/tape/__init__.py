@@ -110,7 +110,7 @@ __all__ += (  # torch-level functions, defined below
 __all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load", "cuda", "utils"]
 __all__ += ["isclose", "meshgrid", "repeat_interleave", "unique", "bincount"]
 __all__ += ["det", "logdet", "slogdet", "inverse", "std_mean", "var_mean", "cdist"]
-__all__ += ["nan_to_num", "logcumsumexp", "rot90", "diagonal"]
+__all__ += ["nan_to_num", "logcumsumexp", "rot90", "diagonal", "median", "kthvalue"]
 
 
 # torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.
@@ -174,6 +174,7 @@ diag, trace, swapaxes, movedim = (
     Tensor.swapaxes,
     Tensor.movedim,
 )
+median, kthvalue = Tensor.median, Tensor.kthvalue
 nan_to_num, logcumsumexp, rot90, diagonal = (
     Tensor.nan_to_num,
     Tensor.logcumsumexp,

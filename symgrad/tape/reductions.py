@@ -35,6 +35,7 @@ def _return_type(name):
 
 MaxResult, MinResult = _return_type("max"), _return_type("min")
 SortResult, TopkResult = _return_type("sort"), _return_type("topk")
+MedianResult, KthvalueResult = _return_type("median"), _return_type("kthvalue")
 
 
 def _all_dims(dim):
@@ -144,6 +145,24 @@ def _select(self, dim, keepdim, arg, result, name):
     values = np.take_along_axis(x, idx, axis=dim)
     values = _reduced(self, values, (dim,), keepdim, backward, name, saves=())
     return result(values, self._result(idx if keepdim else np.squeeze(idx, axis=dim)))
+
+
+def _ranked(k):
+    """An `arg` for _select: the index of the k-th smallest along axis (k(n) of the
+    axis' length n), ties in order of position."""
+
+    def arg(x, axis, keepdims):
+        order = np.argsort(x, axis=axis, kind="stable")
+        pick = np.take(order, [k(x.shape[axis])], axis=axis)
+        return pick if keepdims else np.squeeze(pick, axis)
+
+    return arg
+
+
+def _lower_median(x, axis, keepdims):
+    """The lower of the two middle values of all of x (torch's median())."""
+    value = np.sort(x, axis=None)[(x.size - 1) // 2]
+    return np.reshape(value, (1,) * x.ndim if keepdims else ())
 
 
 def _arg(self, arg, dim, keepdim):
@@ -389,6 +408,26 @@ class ReductionOps:
         if dim is None:
             return _extreme(self, None, False, np.min, "min", "MinBackward1")
         return _select(self, dim, keepdim, np.argmin, MinResult, "MinBackward0")
+
+    def median(self, dim=None, keepdim=False):
+        """The lower of the two middle values: of everything (the gradient shared
+        among ties, as max()'s), or along dim with its index (the gradient to it)."""
+        if dim is None:
+            return _extreme(
+                self, None, False, _lower_median, "median", "MedianBackward0"
+            )
+        arg = _ranked(lambda n: (n - 1) // 2)
+        return _select(self, dim, keepdim, arg, MedianResult, "MedianBackward1")
+
+    def kthvalue(self, k, dim=-1, keepdim=False):
+        """The k-th smallest value along dim and its index."""
+        n = self.shape[dim] if self.ndim else 1
+        if not 1 <= k <= n:
+            raise RuntimeError(
+                f"kthvalue(): selected number k out of range for dimension {dim}"
+            )
+        arg = _ranked(lambda n: k - 1)
+        return _select(self, dim, keepdim, arg, KthvalueResult, "KthvalueBackward0")
 
     def argmax(self, dim=None, keepdim=False):
         return _arg(self, np.argmax, dim, keepdim)
