@@ -11,14 +11,15 @@ std_mean / var_mean, cdist, logcumsumexp and rot90, distributions.Normal (log_pr
 cdf, entropy, rsample; a Gaussian policy-gradient step with Adam), linalg.cholesky
 (lower and upper, batched, second derivatives, a GP's negative log likelihood) and
 Tensor.diagonal (offsets, any two dims), median (of all: ties share the gradient; along
-a dim, with indices) and kthvalue. Also checked, already there:
+a dim, with indices), kthvalue, and nearest F.interpolate / nn.Upsample (sizes and
+fractional scale factors; a small conv-pool-upsample net trained two SGD steps). Also checked, already there:
 LSTM (batch_first) and 2-layer GRU gradients, BatchNorm1d train/eval statistics,
 linalg solve / slogdet / inv / det, autograd.functional jacobian / hessian, a
 bilinear einsum, AdamW parameter groups, OneCycleLR and CosineAnnealingWarmRestarts
 schedules, clamp with tensor bounds, flip / roll.
 
 Not on the tape (found while writing this round, not attempted): TransformerEncoder
-layers, ConvTranspose2d, F.interpolate, F.unfold / fold, nn.Bilinear,
+layers, ConvTranspose2d, bilinear interpolation, F.unfold / fold, nn.Bilinear,
 quantile, cummax, NAdam / RAdam / Adamax /
 Adadelta / ASGD / Rprop and the rarer margin losses.
 """
@@ -490,6 +491,54 @@ def kthvalue_bad(torch):
     return torch.kthvalue(torch.ones(3), 4)
 
 
+def interpolate_nearest(torch):
+    F = torch.nn.functional
+    x = torch.tensor(draws(1, 2, 3, 3), requires_grad=True)
+    ys = [
+        F.interpolate(x, scale_factor=2),
+        F.interpolate(x, size=(5, 4)),
+        F.interpolate(x, scale_factor=(1.5, 0.7)),
+        F.interpolate(x[:, :, 0], size=7),
+        F.interpolate(x, size=2),
+    ]
+    sum(
+        (y * torch.tensor(draws(*y.shape, seed=i))).sum() for i, y in enumerate(ys)
+    ).backward()
+    return ys, x.grad
+
+
+def upsample_unet_step(torch):
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Upsample(scale_factor=2),
+        nn.Conv2d(2, 1, 1),
+    )
+    with torch.no_grad():
+        for i, p in enumerate(net.parameters()):
+            p.copy_(torch.tensor(0.5 * draws(*p.shape, seed=i)))
+    x = torch.tensor(draws(2, 1, 4, 4, seed=9))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        loss = ((net(x) - x) ** 2).mean()
+        loss.backward()
+        opt.step()
+    return (
+        loss,
+        [p.detach().clone() for p in net.parameters()],
+        repr(net),
+        repr(nn.Upsample(size=(4, 4))),
+    )
+
+
+def interpolate_bad(torch):
+    return torch.nn.functional.interpolate(torch.ones(1, 1, 2, 2))
+
+
 SCRIPTS = {
     "lstm_seq": lstm_seq,
     "gru_two_layers": gru_two_layers,
@@ -535,6 +584,9 @@ SCRIPTS = {
     "median_kthvalue": median_kthvalue,
     "median_even_and_ties": median_even_and_ties,
     "kthvalue_bad": kthvalue_bad,
+    "interpolate_nearest": interpolate_nearest,
+    "upsample_unet_step": upsample_unet_step,
+    "interpolate_bad": interpolate_bad,
 }
 
 

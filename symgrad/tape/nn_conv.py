@@ -1,6 +1,6 @@
 """Convolutions and pooling: F.conv1d/2d, F.max_pool1d/2d, F.avg_pool1d/2d,
 F.adaptive_avg_pool1d/2d and their Modules (nn.Conv1d, nn.Conv2d, nn.MaxPool1d, ...),
-plus nn.Unflatten, with torch's argument names, defaults, reprs, init and errors.
+plus nn.Unflatten and nearest-neighbour F.interpolate / nn.Upsample, with torch's argument names, defaults, reprs, init and errors.
 
 Nothing here has a backward function of its own. Every layer is a composition of
 recorded ops: padding is `cat` with constant blocks, the windows of a kernel are one
@@ -31,6 +31,7 @@ FUNCTIONS = (
     "avg_pool2d",
     "adaptive_avg_pool1d",
     "adaptive_avg_pool2d",
+    "interpolate",
 )
 MODULES = (
     "Conv1d",
@@ -42,6 +43,7 @@ MODULES = (
     "AdaptiveAvgPool1d",
     "AdaptiveAvgPool2d",
     "Unflatten",
+    "Upsample",
 )
 
 
@@ -468,6 +470,37 @@ def adaptive_avg_pool2d(input, output_size):
     return _adaptive_avg_pool("adaptive_avg_pool2d", 2, input, output_size, rank)
 
 
+def interpolate(
+    input,
+    size=None,
+    scale_factor=None,
+    mode="nearest",
+    align_corners=None,
+    recompute_scale_factor=None,
+    antialias=False,
+):
+    """Nearest-neighbour resizing of the dims after (N, C): output position i reads
+    input position floor(i * scale), scale = 1 / scale_factor if given, else
+    in / out (torch's 'nearest'); an index_select per dim, so it differentiates."""
+    if mode != "nearest":
+        raise NotImplementedError(
+            f"interpolate: mode={mode!r} is not on the tape (only 'nearest')"
+        )
+    if (size is None) == (scale_factor is None):
+        raise ValueError("only one of size or scale_factor should be defined")
+    d = input.ndim - 2
+    sizes = _ntuple(size, d) if size is not None else None
+    factors = _ntuple(scale_factor, d) if scale_factor is not None else None
+    out = input
+    for k in range(d):
+        n = input.shape[2 + k]
+        m = sizes[k] if sizes else math.floor(n * factors[k])
+        scale = n / m if sizes or recompute_scale_factor else 1 / factors[k]
+        index = np.minimum(np.floor(np.arange(m) * scale).astype(np.int64), n - 1)
+        out = out.index_select(2 + k, Tensor._wrap(index))
+    return out
+
+
 # ==== modules =========================================================================
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -710,6 +743,42 @@ class AdaptiveAvgPool2d(AdaptiveAvgPool1d):
 
     def forward(self, input):
         return adaptive_avg_pool2d(input, self.output_size)
+
+
+class Upsample(Module):
+    """F.interpolate as a module (mode 'nearest' only)."""
+
+    def __init__(
+        self,
+        size=None,
+        scale_factor=None,
+        mode="nearest",
+        align_corners=None,
+        recompute_scale_factor=None,
+    ):
+        super().__init__()
+        self.size, self.mode, self.align_corners = size, mode, align_corners
+        self.scale_factor = (
+            tuple(float(f) for f in scale_factor)
+            if isinstance(scale_factor, tuple)
+            else float(scale_factor) if scale_factor else None
+        )
+        self.recompute_scale_factor = recompute_scale_factor
+
+    def forward(self, input):
+        return interpolate(
+            input,
+            self.size,
+            self.scale_factor,
+            self.mode,
+            self.align_corners,
+            self.recompute_scale_factor,
+        )
+
+    def extra_repr(self):
+        if self.scale_factor is not None:
+            return f"scale_factor={self.scale_factor!r}, mode={self.mode!r}"
+        return f"size={self.size!r}, mode={self.mode!r}"
 
 
 class Unflatten(Module):
