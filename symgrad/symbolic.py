@@ -368,23 +368,28 @@ def relu_masked(product: sp.Mul, infinite=lambda factor, x: False) -> sp.Expr:
         rest = sp.Mul(*(f for f in product.args if f is not h))
         if isinstance(h, sp.Heaviside):
             x, h0 = h.args
-            if _may_be_infinite(rest, [x], [relu(x), sp.Max(x, 0)], infinite):
+
+            def clamped(base, x=x):  # (Max(x, 0) only when asked: x may not take it)
+                return base.has(relu(x), sp.Max(x, 0))
+
+            if _may_be_infinite(rest, [x], clamped, infinite):
                 kept = rest * h if h0 not in (0, 1) else rest  # (a tie's share, 1/2)
                 return sp.Piecewise((kept, x > 0 if h0 == 0 else x >= 0), (0, True))
         elif isinstance(h, sp.Piecewise) and any(e == 0 for e, _ in h.args):
             keys = [k for e, c in h.args if e == 0 for k in cases(c)]
-            if _may_be_infinite(rest, keys, keys, infinite):
+            if _may_be_infinite(rest, keys, lambda b, k=keys: b.has(*k), infinite):
                 return sp.Piecewise(
                     *((0 if e == 0 else e * rest, c) for e, c in h.args)
                 )
     return product
 
 
-def _may_be_infinite(rest: sp.Expr, keys: list, clamps: list, infinite) -> bool:
+def _may_be_infinite(rest: sp.Expr, keys: list, clamped, infinite) -> bool:
     """Whether ``rest`` may be infinite where one of ``keys`` holds: a negative or
-    fractional power of a clamped value, or a factor ``infinite`` says may be."""
+    fractional power of a base ``clamped`` says holds the clamped value, or a
+    factor ``infinite`` says may be."""
     return any(
-        _singular(p) and (p.base.has(*clamps) or any(infinite(p, k) for k in keys))
+        _singular(p) and (clamped(p.base) or any(infinite(p, k) for k in keys))
         for p in rest.atoms(sp.Pow)
     ) or any(infinite(s, k) for s in rest.free_symbols for k in keys)
 
