@@ -48,6 +48,15 @@ def result_type(a, b):
     return np.promote_types(a.dtype, b.dtype)
 
 
+def _no_bool_subtraction(a, b):
+    if a.dtype == np.bool_ or getattr(b, "dtype", None) == np.bool_:
+        raise RuntimeError(
+            "Subtraction, the `-` operator, with a bool tensor is not supported. If "
+            "you are trying to invert a mask, use the `~` or `logical_not()` operator "
+            "instead."
+        )
+
+
 def operands(a, b):
     """(b as a Tensor, a's array, b's array), both cast to the result dtype."""
     b = a._lift(b)
@@ -195,6 +204,7 @@ class ArithmeticOps:
     multiply, subtract, divide, true_divide = mul, sub, div, div
 
     def __sub__(self, other):
+        _no_bool_subtraction(self, other)
         rules = (lambda xp, g, x, y, out: g, lambda xp, g, x, y, out: -g)
         return _binary(self, other, np.subtract, rules, "SubBackward0")
 
@@ -257,6 +267,7 @@ class ArithmeticOps:
 
     def __rsub__(self, other):
         """other - self, recorded as torch's rsub."""
+        _no_bool_subtraction(self, other)
         rules = (lambda xp, g, x, y, out: -g, lambda xp, g, x, y, out: g)
         return _binary(self, other, lambda x, y: y - x, rules, "RsubBackward1")
 

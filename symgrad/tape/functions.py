@@ -5,7 +5,13 @@ import warnings
 
 import numpy as np
 
-from .arithmetic import _matmul_check, broadcast_shape, unbroadcast
+from .arithmetic import (
+    _CATEGORY,
+    _matmul_check,
+    broadcast_shape,
+    result_type,
+    unbroadcast,
+)
 from .dtypes import scalar_name
 from .reductions import normalize_dims
 from .tensor import Tensor, numpy_keywords
@@ -34,14 +40,24 @@ def _check_cat(tensors, dim):
                 )
 
 
+def _joined_dtype(tensors):
+    """torch's promotion of tensors joined by cat or stack: the highest category
+    (bool < int < float) wins, promoted within it."""
+    top = max(_CATEGORY[t.dtype.kind] for t in tensors)
+    return np.result_type(*(t.dtype for t in tensors if _CATEGORY[t.dtype.kind] == top))
+
+
 @numpy_keywords
 def cat(tensors, dim=0):
-    """Join tensors along an existing dim; g is split back into the pieces."""
+    """Join tensors along an existing dim; g is split back into the pieces. As in
+    torch, 1-d empty tensors are left out (`out = torch.tensor([])`, then cat)."""
     tensors = list(tensors)
     if not tensors:
         raise ValueError("torch.cat(): expected a non-empty list of Tensors")
+    dtype = _joined_dtype(tensors)
+    tensors = [t for t in tensors if t.shape != (0,)] or tensors
     _check_cat(tensors, dim)
-    out = np.concatenate([t._data for t in tensors], axis=dim)
+    out = np.concatenate([t._data.astype(dtype, copy=False) for t in tensors], dim)
     ends = np.cumsum([t.shape[dim] for t in tensors])
     lead = (slice(None),) * (dim % out.ndim)
     pieces = [
@@ -67,7 +83,8 @@ def stack(tensors, dim=0):
                 "stack expects each tensor to be equal size, but got "
                 f"{list(tensors[0].shape)} at entry 0 and {list(t.shape)} at entry {i}"
             )
-    out = np.stack([t._data for t in tensors], axis=dim)
+    dtype = _joined_dtype(tensors)
+    out = np.stack([t._data.astype(dtype, copy=False) for t in tensors], axis=dim)
     lead = (slice(None),) * (dim % out.ndim)
 
     def backward(xp, g):
@@ -125,7 +142,8 @@ def where(condition, input=None, other=None):
         )
     cond = condition._data
     broadcast_shape(broadcast_shape(cond.shape, input.shape), other.shape)
-    out = np.where(cond, input._data, other._data)
+    dtype = result_type(input, other)
+    out = np.where(cond, input._data.astype(dtype), other._data.astype(dtype))
 
     def backward(xp, g, condition):
         return (

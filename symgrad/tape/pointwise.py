@@ -116,7 +116,12 @@ class PointwiseOps:
         return self._result(out, (self,), backward, "PolygammaBackward0")
 
     abs = __abs__ = _unary("Abs", np.abs, lambda xp, g, x: g * xp.sign(x))
-    sign = _unary("Sign", np.sign, _zero, False)
+    _sign = _unary("Sign", np.sign, _zero, False)
+
+    def sign(self):
+        """-1, 0 or 1; a bool tensor is its own sign, as in torch."""
+        return self.clone() if self.dtype == np.bool_ else self._sign()
+
     floor = _unary("Floor", _rounding(np.floor), _zero, False)
     ceil = _unary("Ceil", _rounding(np.ceil), _zero, False)
     trunc = _unary("Trunc", _rounding(np.trunc), _zero, False)

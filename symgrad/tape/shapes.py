@@ -8,6 +8,7 @@ import numpy as np
 
 from . import autograd
 from .arithmetic import broadcast_shape, unbroadcast
+from .dtypes import scalar_name
 from .reductions import normalize_dims
 
 
@@ -115,6 +116,27 @@ def _is_basic(index):
         isinstance(p, int | np.integer | slice) or p is None or p is Ellipsis
         for p in parts
     )
+
+
+def ints_first(index):
+    """torch applies an index's integers before its tensors (x[0, :, i] is x[0][:, i],
+    of shape (3, 2) for x of (2, 3, 4) and two i), where NumPy broadcasts them
+    together and moves the result first ((2, 3)): (first, rest) to apply in turn,
+    or None where the index has no integers beside tensors."""
+    parts = index if isinstance(index, tuple) else (index,)
+    ints = [isinstance(p, int | np.integer) and not isinstance(p, bool) for p in parts]
+    if not any(ints) or _is_basic(index):
+        return None
+    first = tuple(
+        p if i or p is None or p is Ellipsis else slice(None)
+        for p, i in zip(parts, ints, strict=True)
+    )
+    rest = tuple(
+        slice(None) if p is None else p
+        for p, i in zip(parts, ints, strict=True)
+        if not i
+    )
+    return first, rest
 
 
 class ShapeOps:
@@ -483,6 +505,8 @@ class ShapeOps:
 
     def _indexed(self, index, name=None):
         """self[index]; `name` overrides the grad_fn name of a view (split's)."""
+        if split := ints_first(index):
+            return self._indexed(split[0])._indexed(split[1], name)
         parts = index if isinstance(index, tuple) else (index,)
         if any(isinstance(p, slice) and (p.step or 1) < 0 for p in parts):
             raise ValueError("step must be greater than zero")
@@ -615,6 +639,11 @@ class ShapeOps:
         positions `index` (1-D) gives; repeated positions accumulate."""
         axis = _axis(dim, self.ndim)
         i = _check_index(index, self.shape[axis], axis, "index_add_")
+        if source.dtype != self.dtype:
+            raise RuntimeError(
+                f"index_add_(): self ({scalar_name(self.dtype)}) and source "
+                f"({scalar_name(source.dtype)}) must have the same scalar type"
+            )
         lead = (slice(None),) * axis
         out = self._data.copy()
         np.add.at(out, lead + (i,), alpha * source._data)

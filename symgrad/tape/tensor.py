@@ -15,7 +15,7 @@ from .dtypes import device, of_numpy, scalar_name
 from .pointwise import PointwiseOps
 from .printing import array_str, with_suffixes
 from .reductions import ReductionOps
-from .shapes import ShapeOps, Size, _shape_arg
+from .shapes import ShapeOps, Size, _shape_arg, ints_first
 
 NON_LEAF_GRAD = (
     "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. Its "
@@ -379,7 +379,10 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def __setitem__(self, index, value):
         """In place; if the graph tracks this tensor or `value`, the write is recorded
         and this tensor (or the base it is a view of) gets a CopySlices grad_fn."""
-        self._write(index, value)
+        if split := ints_first(index):
+            self[split[0]]._write(split[1], value)
+        else:
+            self._write(index, value)
 
     def _write(self, index, value, name="torch::autograd::CopySlices"):
         """self[index] = value; a write recorded on this tensor itself (not a view's
