@@ -68,6 +68,7 @@ from .functions import (
     cat,
     cdist,
     einsum,
+    hstack,
     meshgrid,
     stack,
     std_mean,
@@ -111,6 +112,7 @@ __all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load", "cuda", "ut
 __all__ += ["isclose", "meshgrid", "repeat_interleave", "unique", "bincount"]
 __all__ += ["det", "logdet", "slogdet", "inverse", "std_mean", "var_mean", "cdist"]
 __all__ += ["nan_to_num", "logcumsumexp", "rot90", "diagonal", "median", "kthvalue"]
+__all__ += ["lerp", "logaddexp", "remainder", "take_along_dim", "hstack"]
 
 
 # torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.
@@ -175,6 +177,8 @@ diag, trace, swapaxes, movedim = (
     Tensor.movedim,
 )
 median, kthvalue = Tensor.median, Tensor.kthvalue
+lerp, logaddexp, remainder = Tensor.lerp, Tensor.logaddexp, Tensor.remainder
+take_along_dim = Tensor.take_along_dim
 nan_to_num, logcumsumexp, rot90, diagonal = (
     Tensor.nan_to_num,
     Tensor.logcumsumexp,

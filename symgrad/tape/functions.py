@@ -162,6 +162,12 @@ def where(condition, input=None, other=None):
     return Tensor._result(out, (input, other), backward, "WhereBackward0", (condition,))
 
 
+def hstack(tensors):
+    """Join along dim 1 (dim 0 for 1-d tensors); 0-d tensors count as 1-d."""
+    tensors = [t if t.ndim else t.reshape(1) for t in tensors]
+    return cat(tensors, 0 if tensors[0].ndim == 1 else 1)
+
+
 def std_mean(input, dim=None, unbiased=True, keepdim=False, *, correction=None):
     """(std, mean) of input over dim, in one call as torch's."""
     std = input.std(dim, unbiased, keepdim, correction=correction)

@@ -153,6 +153,20 @@ class PointwiseOps:
     def isfinite(self):
         return self._result(np.isfinite(self._data))
 
+    def lerp(self, end, weight):
+        """self + weight * (end - self)."""
+        return self + weight * (end - self)
+
+    def lerp_(self, end, weight):
+        return self._inplace(lambda t: t.lerp(end, weight), end)
+
+    def logaddexp(self, other):
+        """log(exp(self) + exp(other)), as the max plus log1p of the smaller's share."""
+        return self.maximum(other) + (-(self - other).abs()).exp().log1p()
+
+    def remainder(self, other):
+        return self % other
+
     def nan_to_num(self, nan=0.0, posinf=None, neginf=None):
         """nan, inf and -inf replaced (by default: 0 and the dtype's extremes); the
         gradient passes where the value was finite, as torch's."""

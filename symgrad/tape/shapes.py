@@ -279,6 +279,21 @@ class ShapeOps:
 
         return self._result(out, (self,), backward, "FlipBackward0", saves=False)
 
+    def take_along_dim(self, indices, dim=None):
+        """gather with the two broadcast against each other except along dim (of
+        everything flattened if dim is None)."""
+        if dim is None:
+            return self.reshape(-1).gather(0, indices.reshape(-1))
+        axis = _axis(dim, self.ndim)
+        ones = [
+            tuple(1 if d == axis else n for d, n in enumerate(t.shape))
+            for t in (self, indices)
+        ]
+        shape = list(broadcast_shape(*ones))
+        own = [*shape[:axis], self.shape[axis], *shape[axis + 1 :]]
+        shape[axis] = indices.shape[axis]
+        return self.expand(own).gather(axis, indices.expand(shape))
+
     def rot90(self, k=1, dims=(0, 1)):
         """Rotated k quarter turns from dims[0] towards dims[1], as torch's."""
         first, second = dims
