@@ -649,15 +649,18 @@ def _unpack(model) -> tuple[list[str], list[str]]:
         for name, node in arrays.items():
             kind = {"int64": "an integer", "bool": "a bool"}.get(node.dtype, "a float")
             new = {d.name for d in node.shape if isinstance(d, sp.Symbol)} - set(bound)
+            first = (
+                {}
+            )  # each dim's first axis: ("n", "n") binds n there, checks the rest
+            for k, d in enumerate(node.shape):
+                first.setdefault(d, k)
             if new:  # shape[k] is only valid once the rank is known
-                tests, first = [f"{name}.ndim != {node.ndim}"], {}
+                tests = [f"{name}.ndim != {node.ndim}"]
                 for k, d in enumerate(node.shape):
                     if not (isinstance(d, sp.Symbol) and d.name in new):
                         tests.append(f"{name}.shape[{k}] != {d}")
-                    elif d in first:  # ("n", "n"): both axes bind n, so must agree
+                    elif first[d] != k:
                         tests.append(f"{name}.shape[{k}] != {name}.shape[{first[d]}]")
-                    else:
-                        first[d] = k
             else:
                 tests = [f"{name}.shape != {format_shape(node.shape)}"]
             if node.dtype == "int64":
@@ -670,7 +673,7 @@ def _unpack(model) -> tuple[list[str], list[str]]:
                     if isinstance(d, sp.Symbol) and d.name not in new
                     else (
                         f"{d}={{{name}.shape[{first[d]}]}}"  # (its repeat, as bound)
-                        if new and d in first and first[d] != k
+                        if isinstance(d, sp.Symbol) and first[d] != k
                         else str(d)
                     )
                 )

@@ -419,8 +419,8 @@ def mask_relu_gradients(roots: Sequence[Node]) -> list[Node]:
                         found[_over_nodes(x, node.args)] = _at(formula, {r: 0})
                 for r in formula.atoms(sp.Piecewise):
                     for value, condition in r.args:
+                        at = _at(formula, {r: value})
                         for case in ew.cases(condition):
-                            at = _at(formula, {r: value})
                             found[_over_nodes(case, node.args)] = at
             constants[node] = {k: v for k, v in found.items() if v is not None}
         return constants[node]

@@ -365,6 +365,8 @@ def relu_masked(product: sp.Mul, infinite=lambda factor, x: False) -> sp.Expr:
     clamp backward. ``infinite(factor, key)`` says whether a factor that reads arrays
     computed elsewhere may be infinite where ``key`` (x, a clip's condition) holds."""
     for h in product.args:
+        if not isinstance(h, sp.Heaviside | sp.Piecewise):
+            continue
         rest = sp.Mul(*(f for f in product.args if f is not h))
         if isinstance(h, sp.Heaviside):
             x, h0 = h.args

@@ -57,6 +57,13 @@ def _no_bool_subtraction(a, b):
         )
 
 
+def joined_dtype(tensors):
+    """torch's promotion of tensors joined by cat or stack: the highest category
+    (bool < int < float) wins, promoted within it."""
+    top = max(_CATEGORY[t.dtype.kind] for t in tensors)
+    return np.result_type(*(t.dtype for t in tensors if _CATEGORY[t.dtype.kind] == top))
+
+
 def operands(a, b):
     """(b as a Tensor, a's array, b's array), both cast to the result dtype."""
     b = a._lift(b)

@@ -6,9 +6,9 @@ import warnings
 import numpy as np
 
 from .arithmetic import (
-    _CATEGORY,
     _matmul_check,
     broadcast_shape,
+    joined_dtype,
     result_type,
     unbroadcast,
 )
@@ -40,13 +40,6 @@ def _check_cat(tensors, dim):
                 )
 
 
-def _joined_dtype(tensors):
-    """torch's promotion of tensors joined by cat or stack: the highest category
-    (bool < int < float) wins, promoted within it."""
-    top = max(_CATEGORY[t.dtype.kind] for t in tensors)
-    return np.result_type(*(t.dtype for t in tensors if _CATEGORY[t.dtype.kind] == top))
-
-
 @numpy_keywords
 def cat(tensors, dim=0):
     """Join tensors along an existing dim; g is split back into the pieces. As in
@@ -54,7 +47,7 @@ def cat(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
         raise ValueError("torch.cat(): expected a non-empty list of Tensors")
-    dtype = _joined_dtype(tensors)
+    dtype = joined_dtype(tensors)
     tensors = [t for t in tensors if t.shape != (0,)] or tensors
     _check_cat(tensors, dim)
     out = np.concatenate([t._data.astype(dtype, copy=False) for t in tensors], dim)
@@ -83,7 +76,7 @@ def stack(tensors, dim=0):
                 "stack expects each tensor to be equal size, but got "
                 f"{list(tensors[0].shape)} at entry 0 and {list(t.shape)} at entry {i}"
             )
-    dtype = _joined_dtype(tensors)
+    dtype = joined_dtype(tensors)
     out = np.stack([t._data.astype(dtype, copy=False) for t in tensors], axis=dim)
     lead = (slice(None),) * (dim % out.ndim)
 
@@ -143,7 +136,11 @@ def where(condition, input=None, other=None):
     cond = condition._data
     broadcast_shape(broadcast_shape(cond.shape, input.shape), other.shape)
     dtype = result_type(input, other)
-    out = np.where(cond, input._data.astype(dtype), other._data.astype(dtype))
+    out = np.where(
+        cond,
+        input._data.astype(dtype, copy=False),
+        other._data.astype(dtype, copy=False),
+    )
 
     def backward(xp, g, condition):
         return (
