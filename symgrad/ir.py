@@ -33,6 +33,14 @@ class CeilDiv(sp.Function):
     def eval(cls, a, b):
         if a.is_Integer and b.is_Integer:
             return sp.Integer(-(-int(a) // int(b)))
+        if not b.is_Integer or b < 1:
+            return None
+        # a = b*q + c with q integer-valued and c a constant: ceil(a / b) is
+        # q + ceil(c / b), so the odd half of an axis of 2*k, ceil((2*k - 1) / 2), is k.
+        c, q = sp.expand(a).as_coeff_Add()
+        q = sp.expand(q / b)
+        if q.is_integer and c.is_Integer:
+            return q + cls(c, b)
         return None
 
     def _sympystr(self, printer) -> str:

@@ -1369,6 +1369,10 @@ class Model:
                     else:
                         where = f"a mean over {size}"
                 needs.setdefault(need, where)
+            for dim in node.shape:  # what a slice asked, if folding took the slice
+                if isinstance(dim, sp.Expr) and ops.may_be_negative(dim):
+                    shape = format_shape(node.shape)
+                    needs.setdefault(sp.expand(dim), f"an array of shape {shape}")
         strongest: dict[sp.Symbol, tuple[int, sp.Expr]] = {}  # n >= 3 says n >= 2
         for need in sorted(needs, key=str):
             bound = lower_bound(need)

@@ -14,6 +14,7 @@ Every elementwise function is one primitive, ``map``, whose adjoint SymPy derive
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import numbers
@@ -467,10 +468,15 @@ def size_requirements(node: Node) -> list[sp.Expr]:
     else:
         return []
     needs = [sp.expand(e) for e in needs]  # n - (n - 1) is 1
-    # a size may be 0 at run time (an empty batch), where x[1:] would be -1 long
-    sizes = set().union(*(e.free_symbols for e in needs))
-    empty = {s: sp.Dummy(integer=True, nonnegative=True) for s in sizes}
-    return [e for e in needs if not e.xreplace(empty).is_nonnegative]
+    return [e for e in needs if may_be_negative(e)]
+
+
+@functools.cache
+def may_be_negative(size: sp.Expr) -> bool:
+    """Whether a size expression can be negative: a size may be 0 at run time (an empty
+    batch), where x[1:] would be -1 long."""
+    empty = {s: sp.Dummy(integer=True, nonnegative=True) for s in size.free_symbols}
+    return not size.xreplace(empty).is_nonnegative
 
 
 def _entries(spec: tuple, shape: Shape) -> list[tuple]:
