@@ -54,16 +54,15 @@ torch.tensor(0.0))` gave float64; `bool - 1` computed, `bool - bool` raised NumP
 TypeError, `torch.sign` of a bool tensor crashed, and `index_add` cast a float32
 source silently (all now as torch).
 
-Strict xfails, one minimal repro each (the reason names the suspected place):
-
-- `scheduler.step(epoch)` (CosineAnnealingWarmRestarts' documented fractional-epoch
-  use, and StepLR's closed form) is a TypeError: lr_scheduler.py LRScheduler.step;
-- `Module.load_state_dict(assign=True)` is a TypeError: nn.py Module.load_state_dict;
-- missing APIs a script reaches for: scatter_reduce, index_put_, Tensor.unfold,
-  torch.testing.assert_close, torch.utils.checkpoint, autograd.functional.jvp,
-  autograd.grad(is_grads_batched=), nn.init.trunc_normal_, lr_scheduler.ConstantLR,
-  torch.bernoulli (take_along_dim, lerp_, logaddexp, remainder, hstack and
-  nn.CosineSimilarity were missing too, now added).
+Its strict xfails, all since fixed: `scheduler.step(epoch)` (CosineAnnealingWarmRestarts'
+documented fractional epochs; the closed forms of the others, with torch's deprecation
+warning) was a TypeError, as was `Module.load_state_dict(assign=True)`; and the missing
+APIs a script reached for: scatter_reduce (every reduction, torch's tie rule),
+index_put(_), Tensor.unfold, torch.testing.assert_close, torch.utils.checkpoint,
+autograd.functional.jvp, autograd.grad(is_grads_batched=), nn.init.trunc_normal_,
+lr_scheduler.ConstantLR and PolynomialLR, torch.bernoulli and multinomial (with
+take_along_dim, lerp_, logaddexp, remainder, hstack and nn.CosineSimilarity, added
+earlier). Each has further scripts here beyond the first repro.
 """
 
 import io
@@ -819,8 +818,10 @@ def load_state_dict_assign(torch):
     a = init_from(torch.nn.Linear(2, 2), torch)
     b = torch.nn.Linear(2, 2)
     sd = {k: v.clone() for k, v in a.state_dict().items()}
+    b.bias.requires_grad_(False)
     b.load_state_dict(sd, assign=True)
-    return b.weight, b.weight.requires_grad
+    sd["weight"][0, 0] = 7.0  # assigned, not copied: the model sees it
+    return b.weight, b.bias, type(b.weight).__name__, list(dict(b.named_parameters()))
 
 
 def optimizer_state_into_a_new_optimizer(torch):
@@ -1061,6 +1062,44 @@ def add_param_group_before_a_scheduler(torch):
     return p, q, s.get_last_lr(), s.base_lrs, opt.param_groups[1]["momentum"]
 
 
+def closed_form_schedules(torch):
+    import warnings
+
+    S = torch.optim.lr_scheduler
+    makers = [
+        lambda o: S.StepLR(o, step_size=2, gamma=0.5),
+        lambda o: S.MultiStepLR(o, milestones=[1, 3, 3], gamma=0.5),
+        lambda o: S.ExponentialLR(o, gamma=0.7),
+        lambda o: S.CosineAnnealingLR(o, T_max=4, eta_min=0.1),
+        lambda o: S.LinearLR(o, start_factor=0.25, total_iters=3),
+        lambda o: S.ConstantLR(o, factor=0.5, total_iters=2),
+        lambda o: S.PolynomialLR(o, total_iters=4, power=2.0),
+    ]
+    paths, messages = [], set()
+    for make in makers:
+        o = one_param_sgd(torch)
+        s = make(o)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for epoch in (3, 1, 5, 2):  # jumps, backwards too
+                o.step()
+                s.step(epoch)
+                paths.append([o.param_groups[0]["lr"], s.last_epoch, s.get_last_lr()])
+            s.step()  # and on from there by the recurrence
+            paths.append(o.param_groups[0]["lr"])
+        messages |= {str(w.message)[:40] for w in caught}
+    return paths, sorted(messages)
+
+
+def polynomial_and_constant_lr(torch):
+    S = torch.optim.lr_scheduler
+    o = one_param_sgd(torch, lr=0.3)
+    poly = lr_path(o, S.PolynomialLR(o, total_iters=4, power=1.5), 7, {2: 0.2})
+    o = one_param_sgd(torch)
+    const = lr_path(o, S.ConstantLR(o, factor=0.25, total_iters=3), 6, {1: 0.5})
+    return poly, const
+
+
 def scheduler_step_with_an_epoch(torch):
     o = one_param_sgd(torch)
     s = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
@@ -1149,15 +1188,7 @@ def zero_grad_keeping_the_tensor(torch):
 
 MODULES_AND_OPTIM = {
     "load_state_dict(strict=False) results": load_state_dict_non_strict_results,
-    "load_state_dict(assign=True)": (
-        load_state_dict_assign,
-        differs(
-            "symgrad/tape/nn.py Module.load_state_dict has no assign= keyword "
-            "(torch >= 2.1). Repro: torch.nn.Linear(2, 2).load_state_dict("
-            "torch.nn.Linear(2, 2).state_dict(), assign=True)",
-            raises=TypeError,
-        ),
-    ),
+    "load_state_dict(assign=True)": load_state_dict_assign,
     "optimizer state into a new optimizer": optimizer_state_into_a_new_optimizer,
     "named_parameters/buffers/modules, keep_vars, extra_repr": module_introspection,
     "Sequential/ModuleList/ModuleDict mutated, folded reprs": containers_mutated,
@@ -1174,15 +1205,10 @@ MODULES_AND_OPTIM = {
     "OneCycleLR cycles Adam's betas": one_cycle_cycles_adams_betas,
     "add_param_group before a scheduler": add_param_group_before_a_scheduler,
     "scheduler.step(epoch): warm restarts at fractional epochs": (
-        scheduler_step_with_an_epoch,
-        differs(
-            "symgrad/tape/lr_scheduler.py LRScheduler.step takes no epoch; torch "
-            "(deprecated for most, but CosineAnnealingWarmRestarts documents "
-            "step(epoch + i / iters)) accepts it. Repro: s = torch.optim.lr_scheduler."
-            "CosineAnnealingWarmRestarts(opt, T_0=2); s.step(0.5)",
-            raises=TypeError,
-        ),
+        scheduler_step_with_an_epoch
     ),
+    "scheduler.step(epoch): closed forms, and the warning": closed_form_schedules,
+    "PolynomialLR and ConstantLR, chained by step()": polynomial_and_constant_lr,
     "Adagrad lr_decay, Adam betas (0, .5) amsgrad maximize, RMSprop momentum": (
         optimizer_variants
     ),
@@ -1341,41 +1367,145 @@ def cosine_similarity_module(torch):
     return s, x.grad
 
 
+def scatter_reduce_every_reduction(torch):
+    """Ties (amax/amin share the gradient; torch counts self's value in a tie even
+    when include_self=False), zeros in prod, untouched positions, both include_self."""
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    results = []
+    for src, base, idx in [
+        ([1.0, 5.0, 2.0, 5.0, 3.0], [0.5, 5.0, -1.0, 7.0], [0, 1, 0, 1, 2]),
+        ([0.0, 2.0, 3.0, 0.0, 4.0], [2.0, 0.0, 1.5, 2.0], [0, 0, 1, 1, 2]),
+        ([1.0, -2.0, 3.0, 2.0, 2.0], [2.0, 3.0, 2.0, 1.0], [2, 2, 2, 0, 0]),
+    ]:
+        for reduce in ("sum", "prod", "mean", "amax", "amin"):
+            for include_self in (True, False):
+                s = torch.tensor(src, requires_grad=True)
+                b = torch.tensor(base, requires_grad=True)
+                out = (b * 1).scatter_reduce(
+                    0, torch.tensor(idx), s, reduce, include_self=include_self
+                )
+                (out * weights).sum().backward()
+                results.append((out, s.grad, b.grad))
+    return results
+
+
+def scatter_reduce_2d_and_in_place(torch):
+    src = torch.tensor(draws(2, 3), requires_grad=True)
+    idx = torch.tensor([[0, 1, 0], [1, 1, 0]])
+    out = torch.zeros(2, 3).scatter_reduce(1, idx, src, "mean")
+    y = torch.ones(2, 3)
+    y.scatter_reduce_(0, idx, src.detach(), "amax", include_self=False)
+    (out**2).sum().backward()
+    return out, y, src.grad
+
+
+def index_put_variants(torch):
+    v = torch.tensor([[1.0, 2.0]], requires_grad=True)  # broadcast over two rows
+    x = torch.zeros(3, 2, requires_grad=True)
+    rows = (torch.tensor([0, 2]),)
+    put = (x * 2).index_put(rows, v)
+    added = (x * 2).index_put(rows + (torch.tensor([1, 1]),), v[0, 1], accumulate=True)
+    ((put + added) * torch.arange(6.0).view(3, 2)).sum().backward()
+    y = torch.ones(3)
+    y.index_put_((torch.tensor([0, 0]),), torch.tensor([2.0, 3.0]), accumulate=True)
+    return put, added, v.grad, x.grad, y
+
+
+def unfold_2d_and_second_order(torch):
+    x = torch.tensor(draws(3, 7), requires_grad=True)
+    w = x.unfold(1, 3, 2)  # (3, 3, 3), overlapping by one
+    loss = (w.sin() * torch.arange(27.0).view(3, 3, 3)).sum()
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    (g**2).sum().backward()
+    errors = []
+    for bad in (lambda: x.unfold(1, 8, 1), lambda: x.unfold(0, 2, 0)):
+        try:
+            bad()
+        except RuntimeError as e:
+            errors.append(str(e))
+    return w.shape, w, g, x.grad, errors, torch.arange(4.0).unfold(0, 2, 3)
+
+
+def assert_close_messages(torch):
+    messages = []
+    for a, b, kw in [
+        ([1.0], [1.1], {}),
+        ([1.0, 2.0, 3.0], [1.0, 2.5, 4.0], {}),
+        ([1.0, 2.0], [1.0], {}),
+        ([1.0, 2.0], [1.05, 2.0], {"rtol": 0.1, "atol": 0.0}),
+    ]:
+        try:
+            torch.testing.assert_close(
+                torch.tensor(a, dtype=torch.float32),
+                torch.tensor(b, dtype=torch.float32),
+                **kw,
+            )
+            messages.append(None)
+        except AssertionError as e:
+            messages.append(str(e))
+    return messages
+
+
+def jvp_of_two_inputs_and_two_outputs(torch):
+    def f(a, b):
+        return (a * b).sin(), a.exp().sum() * b
+
+    a, b = torch.tensor(draws(3)), torch.tensor(draws(3, seed=2))
+    va, vb = torch.tensor(draws(3, seed=3)), torch.tensor(draws(3, seed=4))
+    out, tangents = torch.autograd.functional.jvp(f, (a, b), (va, vb))
+    return out, tangents, torch.autograd.functional.jvp(torch.exp, torch.tensor(0.5))
+
+
+def batched_grads_of_a_jacobian(torch):
+    x = torch.tensor(draws(3), requires_grad=True)
+    y = torch.stack([x.prod(), (x**2).sum(), x.sin().sum()])
+    (jac,) = torch.autograd.grad(y, x, torch.eye(3), is_grads_batched=True)
+    return jac
+
+
+def schedulers_and_sampling_shapes(torch):
+    torch.manual_seed(0)
+    m = torch.multinomial(torch.tensor([[0.0, 1.0, 3.0], [2.0, 0.0, 0.0]]), 2)
+    b = torch.bernoulli(torch.tensor([0.0, 1.0, 1.0]))
+    t = torch.nn.init.trunc_normal_(torch.empty(500), mean=1.0, std=2.0, a=0.0, b=1.5)
+    return (
+        m.shape,
+        m.dtype,
+        bool((m[1] == 0).all()),
+        b,
+        bool((t >= 0).all() and (t <= 1.5).all()),
+    )
+
+
 MISSING = {
     "torch.take_along_dim": take_along_dim,
-    "Tensor.scatter_reduce (GNN amax)": (
-        scatter_reduce_amax,
-        missing("Tensor.scatter_reduce"),
-    ),
-    "Tensor.index_put_(accumulate=True)": (
-        index_put_accumulate,
-        missing("Tensor.index_put_"),
-    ),
+    "Tensor.scatter_reduce (GNN amax)": scatter_reduce_amax,
+    "Tensor.index_put_(accumulate=True)": index_put_accumulate,
     "Tensor.lerp_ (EMA of weights)": ema_with_lerp_,
     "torch.logaddexp": logaddexp,
     "torch.remainder (while % works)": remainder_function,
     "torch.hstack": hstack,
-    "Tensor.unfold (sliding windows)": (tensor_unfold, missing("Tensor.unfold")),
-    "torch.testing.assert_close": (
-        assert_close_of_near_tensors,
-        missing("torch.testing"),
-    ),
-    "torch.utils.checkpoint": (
-        activation_checkpointing,
-        missing("torch.utils.checkpoint", raises=ModuleNotFoundError),
-    ),
-    "autograd.functional.jvp": (forward_mode_jvp, missing("autograd.functional.jvp")),
-    "autograd.grad(is_grads_batched=True)": (
-        grads_batched,
-        missing("autograd.grad(is_grads_batched=)", raises=TypeError),
-    ),
-    "nn.init.trunc_normal_": (trunc_normal_init, missing("nn.init.trunc_normal_")),
-    "lr_scheduler.ConstantLR": (
-        constant_lr_warmup,
-        missing("lr_scheduler.ConstantLR (and PolynomialLR)"),
-    ),
-    "torch.bernoulli": (bernoulli, missing("torch.bernoulli (and multinomial)")),
+    "Tensor.unfold (sliding windows)": tensor_unfold,
+    "torch.testing.assert_close": assert_close_of_near_tensors,
+    "torch.utils.checkpoint": activation_checkpointing,
+    "autograd.functional.jvp": forward_mode_jvp,
+    "autograd.grad(is_grads_batched=True)": grads_batched,
+    "nn.init.trunc_normal_": trunc_normal_init,
+    "lr_scheduler.ConstantLR": constant_lr_warmup,
+    "torch.bernoulli": bernoulli,
     "nn.CosineSimilarity": cosine_similarity_module,
+    "scatter_reduce: every reduction, ties, zeros, include_self": (
+        scatter_reduce_every_reduction
+    ),
+    "scatter_reduce along dim 1, and in place": scatter_reduce_2d_and_in_place,
+    "index_put: broadcast values, accumulate, in place": index_put_variants,
+    "Tensor.unfold along dim 1, second order, errors": unfold_2d_and_second_order,
+    "testing.assert_close messages": assert_close_messages,
+    "autograd.functional.jvp of two inputs and outputs": (
+        jvp_of_two_inputs_and_two_outputs
+    ),
+    "is_grads_batched: a Jacobian's rows": batched_grads_of_a_jacobian,
+    "multinomial, bernoulli, trunc_normal_": schedulers_and_sampling_shapes,
 }
 
 

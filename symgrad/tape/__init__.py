@@ -6,7 +6,7 @@ per-op backward functions, never with the symbolic compiler, so that agreement b
 the two means something. Floats default to float64 (torch: float32).
 """
 
-from . import autograd, cuda, distributions, linalg, nn, optim, utils
+from . import autograd, cuda, distributions, linalg, nn, optim, testing, utils
 from .autograd import (
     enable_grad,
     inference_mode,
@@ -19,6 +19,7 @@ from .autograd import (
 from .creation import (
     arange,
     as_tensor,
+    bernoulli,
     default_generator,
     empty,
     empty_like,
@@ -28,6 +29,7 @@ from .creation import (
     full_like,
     linspace,
     manual_seed,
+    multinomial,
     ones,
     ones_like,
     rand,
@@ -88,6 +90,7 @@ __all__ += ["optim", "cat", "stack", "where", "manual_seed", "default_generator"
 __all__ += ["zeros", "ones", "zeros_like", "ones_like", "full", "empty", "arange"]
 __all__ += ["linspace", "eye", "full_like", "enable_grad", "set_grad_enabled"]
 __all__ += ["rand", "randn", "randint", "randperm", "rand_like", "randn_like"]
+__all__ += ["bernoulli", "multinomial"]
 __all__ += ["empty_like", "as_tensor", "device", "dtype"]
 __all__ += ["float32", "float", "float64", "double", "int32", "int64", "long", "bool"]
 __all__ += ["float16", "half", "uint8", "int8", "int16", "short", "int"]
@@ -109,6 +112,7 @@ __all__ += (  # torch-level functions, defined below
     "lgamma digamma polygamma"
 ).split()
 __all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load", "cuda", "utils"]
+__all__ += ["testing"]
 __all__ += ["isclose", "meshgrid", "repeat_interleave", "unique", "bincount"]
 __all__ += ["det", "logdet", "slogdet", "inverse", "std_mean", "var_mean", "cdist"]
 __all__ += ["nan_to_num", "logcumsumexp", "rot90", "diagonal", "median", "kthvalue"]

@@ -511,13 +511,29 @@ def grad(
     retain_graph=None,
     create_graph=False,
     allow_unused=None,
+    is_grads_batched=False,
     materialize_grads=False,
 ):
     """The gradients of outputs (weighted by grad_outputs, default 1 for scalars)
     with respect to each of inputs, as new tensors; .grad fields are left alone.
     With create_graph they are recorded, so they can be differentiated again.
-    materialize_grads gives zeros for unused inputs (allowing them)."""
+    materialize_grads gives zeros for unused inputs (allowing them).
+    is_grads_batched takes grad_outputs' first dim as a batch of weightings (torch
+    vectorizes them; here they run one by one)."""
+    from .functions import stack
     from .tensor import Tensor
+
+    if is_grads_batched:
+        weights = _tensors(grad_outputs)
+        rows = [
+            grad(outputs, inputs, [w[k] for w in weights], True, create_graph,
+                 allow_unused, materialize_grads=materialize_grads)
+            for k in range(weights[0].shape[0])
+        ]  # fmt: skip
+        return tuple(
+            None if column[0] is None else stack(column)
+            for column in zip(*rows, strict=True)
+        )
 
     if materialize_grads and allow_unused is False:
         raise ValueError(

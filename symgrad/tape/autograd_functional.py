@@ -66,6 +66,27 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
     )
 
 
+def jvp(func, inputs, v=None, create_graph=False, strict=False):
+    """(func(inputs), J v) by torch's double-backward trick: u^T J is linear in u, so
+    J v is the gradient of (u^T J) v with respect to u."""
+    inputs, single = _prepare(inputs, strict)
+    outputs, out_single = _as_tuple(func(*inputs))
+    if v is not None:
+        v = _as_tuple(v)[0]
+    elif len(inputs) == 1 and inputs[0].numel() == 1:
+        v = (inputs[0].new_ones(inputs[0].shape),)
+    else:
+        raise RuntimeError(
+            "The vector v can only be None if the input to the user-provided function "
+            "is a single Tensor with a single element."
+        )
+    us = tuple(zeros_like(o).requires_grad_(True) for o in outputs)
+    products = _grads(_grads(outputs, inputs, us, True), us, v, create_graph)
+    return _result(outputs, out_single, create_graph), _result(
+        products, out_single, create_graph
+    )
+
+
 def _jacobian_rows(output, inputs, create_graph):
     """d output / d input for each input, of shape output.shape + input.shape."""
     flat = output.reshape(-1)

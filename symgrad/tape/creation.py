@@ -130,6 +130,33 @@ def randint(*args, size=None, dtype=None, device=None):
     return Tensor._wrap(values if dtype is None else values.astype(dtype))
 
 
+def bernoulli(input, p=None, *, generator=None):
+    """0/1 draws, 1 with probability `input` (or p), in input's dtype; no gradient."""
+    probability = input._data if p is None else p
+    draws = default_generator.random(input.shape) < probability
+    return Tensor._wrap(draws.astype(input.dtype))
+
+
+def multinomial(input, num_samples, replacement=False, *, generator=None):
+    """Indices drawn with weights `input` (a row or a batch of rows), int64. Without
+    replacement, an exponential race: zero weights come last, in index order."""
+    rows = np.atleast_2d(input._data).astype(np.float64)
+    if not replacement and num_samples > rows.shape[-1]:
+        raise RuntimeError(
+            "cannot sample n_sample > prob_dist.size(-1) samples without replacement"
+        )
+    if replacement:
+        picks = [
+            default_generator.choice(r.size, num_samples, p=r / r.sum()) for r in rows
+        ]
+    else:
+        with np.errstate(divide="ignore"):
+            keys = np.log(default_generator.random(rows.shape)) / rows
+        picks = np.argsort(-keys, axis=-1, kind="stable")[:, :num_samples]
+    picks = np.asarray(picks, np.int64)
+    return Tensor._wrap(picks.reshape(*input.shape[:-1], num_samples))
+
+
 def randperm(n, dtype=np.int64, device=None, requires_grad=False):
     """A random permutation of 0 .. n-1."""
     return Tensor._wrap(default_generator.permutation(n).astype(dtype), requires_grad)

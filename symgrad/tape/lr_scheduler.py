@@ -13,6 +13,14 @@ EARLY_STEP = (
     "skipping the first value of the learning rate schedule. See more details at "
     "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate"
 )
+EPOCH_DEPRECATION = (
+    "The epoch parameter in `scheduler.step()` was not necessary and is being "
+    "deprecated where possible. Please use `scheduler.step()` to step the scheduler. "
+    "During the deprecation, if epoch is different from None, the closed form is used "
+    "instead of the new chainable form, where available. Please open an issue if you "
+    "are unable to replicate your use case: "
+    "https://github.com/pytorch/pytorch/issues/new/choose."
+)
 
 
 class LRScheduler:
@@ -48,14 +56,21 @@ class LRScheduler:
     def _current(self):
         return [group["lr"] for group in self.optimizer.param_groups]
 
-    def step(self):
+    def step(self, epoch=None):
         """The next rates; torch warns if the first call after the constructor's
-        comes before any optimizer.step(), which would skip the schedule's first."""
+        comes before any optimizer.step(), which would skip the schedule's first.
+        The deprecated step(epoch) jumps to that epoch by the closed form, if any."""
         if self._step_count == 1 and not getattr(self.optimizer, "_opt_called", False):
             warnings.warn(EARLY_STEP, UserWarning, stacklevel=2)
         self._step_count += 1
-        self.last_epoch += 1
-        self._last_lr = self.get_lr()
+        if epoch is None:
+            self.last_epoch += 1
+            self._last_lr = self.get_lr()
+        else:
+            warnings.warn(EPOCH_DEPRECATION, UserWarning, stacklevel=2)
+            self.last_epoch = epoch
+            closed_form = getattr(self, "closed_form", self.get_lr)
+            self._last_lr = closed_form()
         for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
             group["lr"] = lr
 
@@ -104,6 +119,11 @@ class StepLR(LRScheduler):
             return self._current()
         return [lr * self.gamma for lr in self._current()]
 
+    def closed_form(self):
+        return [
+            b * self.gamma ** (self.last_epoch // self.step_size) for b in self.base_lrs
+        ]
+
 
 class MultiStepLR(LRScheduler):
     """lr *= gamma at each epoch listed in milestones (twice if listed twice)."""
@@ -115,6 +135,10 @@ class MultiStepLR(LRScheduler):
     def get_lr(self):
         times = self.milestones.count(self.last_epoch)
         return [lr * self.gamma**times for lr in self._current()]
+
+    def closed_form(self):
+        times = sum(m <= self.last_epoch for m in self.milestones)
+        return [base * self.gamma**times for base in self.base_lrs]
 
 
 class ExponentialLR(LRScheduler):
@@ -128,6 +152,9 @@ class ExponentialLR(LRScheduler):
         if self.last_epoch == 0 or self._is_initial:
             return self._current()
         return [lr * self.gamma for lr in self._current()]
+
+    def closed_form(self):
+        return [base * self.gamma**self.last_epoch for base in self.base_lrs]
 
 
 class CosineAnnealingLR(LRScheduler):
@@ -151,29 +178,52 @@ class CosineAnnealingLR(LRScheduler):
         ratio = (1 + math.cos(math.pi * t / n)) / (1 + math.cos(math.pi * (t - 1) / n))
         return [ratio * (lr - low) + low for lr in self._current()]
 
+    def closed_form(self):
+        low, cos = self.eta_min, math.cos(math.pi * self.last_epoch / self.T_max)
+        return [low + (base - low) * (1 + cos) / 2 for base in self.base_lrs]
+
 
 class CosineAnnealingWarmRestarts(LRScheduler):
     """Cosine annealing from each base rate to eta_min over T_i epochs, then a
     restart at the base rate; T_i starts at T_0 and is multiplied by T_mult at each
-    restart. Computed from the epoch (exactly torch's, whose count is integer)."""
+    restart. step(epoch) takes a fractional epoch (epoch + i / iters), as torch's."""
 
     def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0, last_epoch=-1):
         if not isinstance(T_0, int) or T_0 <= 0:
             raise ValueError(f"Expected positive integer T_0, but got {T_0}")
         if not isinstance(T_mult, int) or T_mult < 1:
             raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult}")
-        self.T_0, self.T_mult, self.eta_min = T_0, T_mult, eta_min
+        self.T_0, self.T_i, self.T_mult, self.eta_min = T_0, T_0, T_mult, eta_min
+        self.T_cur = last_epoch
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
-        t_cur, t_i = self.last_epoch, self.T_0
-        while t_cur >= t_i:
-            t_cur, t_i = t_cur - t_i, t_i * self.T_mult
-        low = self.eta_min
-        return [
-            low + (base - low) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
-            for base in self.base_lrs
-        ]
+        low, cos = self.eta_min, math.cos(math.pi * self.T_cur / self.T_i)
+        return [low + (base - low) * (1 + cos) / 2 for base in self.base_lrs]
+
+    def step(self, epoch=None):
+        """Not the base's step: no warnings, and an epoch sets where in which cycle."""
+        if epoch is None and self.last_epoch < 0:
+            epoch = 0
+        if epoch is None:
+            epoch = self.last_epoch + 1
+            self.T_cur += 1
+            if self.T_cur >= self.T_i:
+                self.T_cur, self.T_i = self.T_cur % self.T_i, self.T_i * self.T_mult
+        elif epoch < 0:
+            raise ValueError(f"Expected non-negative epoch, but got {epoch}")
+        elif epoch < self.T_0:
+            self.T_i, self.T_cur = self.T_0, epoch
+        elif self.T_mult == 1:
+            self.T_cur = epoch % self.T_0
+        else:
+            n = int(math.log(epoch / self.T_0 * (self.T_mult - 1) + 1, self.T_mult))
+            self.T_cur = epoch - self.T_0 * (self.T_mult**n - 1) / (self.T_mult - 1)
+            self.T_i = self.T_0 * self.T_mult**n
+        self.last_epoch = math.floor(epoch)
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+            group["lr"] = lr
 
 
 class LinearLR(LRScheduler):
@@ -210,6 +260,55 @@ class LinearLR(LRScheduler):
             return self._current()
         ratio = 1 + change / (self.total_iters * start + (t - 1) * change)
         return [lr * ratio for lr in self._current()]
+
+    def closed_form(self):
+        t = min(self.total_iters, self.last_epoch) / self.total_iters
+        factor = self.start_factor + (self.end_factor - self.start_factor) * t
+        return [base * factor for base in self.base_lrs]
+
+
+class ConstantLR(LRScheduler):
+    """The rates times factor for the first total_iters epochs (a warmup)."""
+
+    def __init__(self, optimizer, factor=1 / 3, total_iters=5, last_epoch=-1):
+        if not 0 <= factor <= 1:
+            raise ValueError(
+                "Constant multiplicative factor expected to be between 0 and 1."
+            )
+        self.factor, self.total_iters = factor, total_iters
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        if self.last_epoch == 0:
+            return [lr * self.factor for lr in self._current()]
+        if self.last_epoch != self.total_iters:
+            return self._current()
+        return [lr * (1.0 / self.factor) for lr in self._current()]
+
+    def closed_form(self):
+        done = self.last_epoch >= self.total_iters
+        return [
+            base * (self.factor + done * (1 - self.factor)) for base in self.base_lrs
+        ]
+
+
+class PolynomialLR(LRScheduler):
+    """The rates decay as (1 - epoch / total_iters) ** power, then stay."""
+
+    def __init__(self, optimizer, total_iters=5, power=1.0, last_epoch=-1):
+        self.total_iters, self.power = total_iters, power
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        t, n = self.last_epoch, self.total_iters
+        if self._is_initial or t > n:
+            return self._current()
+        factor = ((1.0 - t / n) / (1.0 - (t - 1) / n)) ** self.power
+        return [lr * factor for lr in self._current()]
+
+    def closed_form(self):
+        left = 1.0 - min(self.total_iters, self.last_epoch) / self.total_iters
+        return [base * left**self.power for base in self.base_lrs]
 
 
 class ReduceLROnPlateau(LRScheduler):

@@ -396,9 +396,10 @@ class Module:
                     )
         return out
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict, strict=True, assign=False):
         """Copy values into the existing parameters and buffers (in place, keeping
-        identities)."""
+        identities), or with assign=True put the given tensors in their place
+        (parameters keep their requires_grad, as torch's)."""
         own = self.state_dict()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
@@ -421,7 +422,16 @@ class Module:
                 + "\n\t".join(errors)
             )
         for k, v in values.items():
-            own[k]._data[...] = v
+            if not assign:
+                own[k]._data[...] = v
+                continue
+            *path, name = k.split(".")
+            module = self.get_submodule(".".join(path))
+            old = getattr(module, name)
+            new = state_dict[k]
+            if isinstance(old, Parameter):
+                new = Parameter(new, requires_grad=old.requires_grad)
+            setattr(module, name, new)
         return _IncompatibleKeys(missing, unexpected)
 
     def extra_repr(self):

@@ -59,6 +59,15 @@ def normal_(tensor, mean=0.0, std=1.0):
     return _fill(tensor, default_generator.normal(mean, std, tensor.shape))
 
 
+def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None):
+    """Normal(mean, std) draws restricted to [a, b]: those outside are drawn again
+    (torch inverts the CDF; the distribution is the same)."""
+    values = default_generator.normal(mean, std, tensor.shape)
+    while (outside := (values < a) | (values > b)).any():
+        values[outside] = default_generator.normal(mean, std, outside.sum())
+    return _fill(tensor, values)
+
+
 def xavier_uniform_(tensor, gain=1.0):
     """U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out))."""
     fan_in, fan_out = _fans(tensor)

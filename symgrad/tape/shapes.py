@@ -110,6 +110,46 @@ def _scatter_positions(self, dim, index, op):
     return axis, tuple(where)
 
 
+REDUCTIONS = {  # the ufunc, and what a position starts from without self's value
+    "sum": (np.add, 0),
+    "mean": (np.add, 0),
+    "prod": (np.multiply, 1),
+    "amax": (np.maximum, -np.inf),
+    "amin": (np.minimum, np.inf),
+}
+
+
+def _scatter_reduce_coefs(reduce, own, values, out, where, include_self):
+    """d out / d self (elementwise) and d out[where] / d src: 1 for sums, 1/count for
+    means, the share of a tie for amax/amin (self's value counts in the tie even if
+    excluded, as in torch), the product of the other factors for prod."""
+    ones = np.ones(out.shape)
+    if reduce == "sum":
+        return ones, np.ones(values.shape)
+    if reduce == "mean":
+        count = ones.copy() if include_self else np.zeros(out.shape)
+        np.add.at(count, where, 1)
+        count = np.maximum(count, 1)
+        return 1 / count, 1 / count[where]
+    if reduce in ("amax", "amin"):
+        own_hit, src_hit = ones * (own == out), values == out[where]
+        ties = own_hit.copy()
+        np.add.at(ties, where, src_hit)
+        return own_hit / ties, src_hit / ties[where]
+    # prod: divide the product by each factor, or multiply the others where it is 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        own_coef = np.where(own != 0, out / own, 0.0)
+        src_coef = np.where(values != 0, out[where] / values, 0.0)
+    flat = np.ravel_multi_index(np.broadcast_arrays(*where), out.shape)
+    for k in map(tuple, np.argwhere(values == 0)):
+        others = flat == flat[k]
+        others[k] = False
+        src_coef[k] = values[others].prod() * (own.flat[flat[k]] if include_self else 1)
+    for p in np.flatnonzero(own == 0):
+        own_coef.flat[p] = np.prod(values[flat == p])
+    return own_coef, src_coef
+
+
 def _is_basic(index):
     parts = index if isinstance(index, tuple) else (index,)
     return all(
@@ -625,6 +665,124 @@ class ShapeOps:
 
     def scatter_(self, dim, index, src):
         return self._inplace(lambda t: t.scatter(dim, index, src), src)
+
+    def scatter_reduce(self, dim, index, src, reduce, *, include_self=True):
+        """A copy of self with src[i][j][k] reduced into [index[i][j][k]][j][k] for
+        dim 0, and so on: "sum", "prod", "mean", "amax" or "amin", with self's value
+        taking part unless include_self=False. Ties of amax/amin share the gradient
+        equally, as torch's."""
+        if reduce not in REDUCTIONS:
+            raise RuntimeError(
+                "reduce argument must be either sum, prod, mean, amax or amin, got "
+                + str(reduce)
+            )
+        _, where = _scatter_positions(self, dim, index, "scatter_reduce")
+        picked = tuple(np.indices(index.shape, sparse=True))
+        values = src._data[picked]
+        touched = np.zeros(self.shape, bool)
+        touched[where] = True
+        count = np.zeros(self.shape, np.int64)
+        np.add.at(count, where, 1)
+        out = self._data.copy()
+        if not include_self:
+            out[touched] = REDUCTIONS[reduce][1]
+        else:
+            count += 1
+        REDUCTIONS[reduce][0].at(out, where, values)
+        if reduce == "mean":
+            out = np.where(touched, out / np.maximum(count, 1), out).astype(out.dtype)
+        self_coef, src_coef = _scatter_reduce_coefs(
+            reduce, self._data, values, out, where, include_self
+        )
+        if not include_self:
+            self_coef = np.where(touched, 0, self_coef)
+
+        def backward(xp, g, index):
+            if xp.records and reduce == "prod":
+                raise RuntimeError(
+                    "symgrad.tape: double backward of scatter_reduce(prod) is not "
+                    "supported"
+                )
+            gsrc = None
+            if src.requires_grad:
+                gsrc = xp.scatter(g[where] * src_coef, src.shape, picked)
+            return g * self_coef, gsrc
+
+        return self._result(
+            out, (self, src), backward, "ScatterReduceBackward0", (index,)
+        )
+
+    def scatter_reduce_(self, dim, index, src, reduce, *, include_self=True):
+        return self._inplace(
+            lambda t: t.scatter_reduce(
+                dim, index, src, reduce, include_self=include_self
+            ),
+            src,
+        )
+
+    def index_put(self, indices, values, accumulate=False):
+        """A copy of self with values written (or with accumulate, added: repeated
+        positions add up) at self[indices], indices a tuple of index tensors."""
+        values = self._lift(values)
+        if not accumulate:
+            out = self.clone()
+            out[tuple(indices)] = values
+            return out
+        where = self._index(tuple(indices))
+        out = self._data.copy()
+        np.add.at(out, where, values._data)
+
+        def backward(xp, g, *index_tensors):
+            gvalues = (
+                unbroadcast(g[where], values.shape) if values.requires_grad else None
+            )
+            return g, gvalues
+
+        return self._result(
+            out, (self, values), backward, "IndexPutBackward0", _tensors(indices)
+        )
+
+    def index_put_(self, indices, values, accumulate=False):
+        if not accumulate:
+            self[tuple(indices)] = values
+            return self
+        return self._inplace(lambda t: t.index_put(indices, values, True), values)
+
+    def unfold(self, dimension, size, step):
+        """A view of every window of `size` elements along `dimension`, `step` apart:
+        that dim counts windows, and a new last dim runs along each."""
+        axis = _axis(dimension, max(self.ndim, 1))
+        length = self.shape[axis] if self.ndim else 1
+        if size > length:
+            raise RuntimeError(
+                f"maximum size for tensor at dimension {axis} is {length} but size is "
+                f"{size}"
+            )
+        if step <= 0:
+            raise RuntimeError(f"step is {step} but must be > 0")
+
+        def windows(a):
+            if a.ndim == 0:
+                return a.reshape(1)
+            view = np.lib.stride_tricks.sliding_window_view(a, size, axis=axis)
+            return view[(slice(None),) * axis + (slice(None, None, step),)]
+
+        shape = self.shape
+        cells = np.unravel_index(
+            windows(np.arange(math.prod(shape)).reshape(shape)), shape
+        )
+
+        def backward(xp, g):
+            return (xp.scatter(g, shape, cells),)  # overlapping windows add up
+
+        return self._result(
+            windows(self._data),
+            (self,),
+            backward,
+            "UnfoldBackward0",
+            saves=False,
+            view=windows,
+        )
 
     def scatter_add_(self, dim, index, src):
         return self._inplace(lambda t: t.scatter_add(dim, index, src), src)

@@ -1,5 +1,5 @@
-"""torch.utils: only what training scripts reach, torch.utils.data."""
+"""torch.utils: only what training scripts reach, torch.utils.data and checkpoint."""
 
-from . import data
+from . import checkpoint, data
 
-__all__ = ["data"]
+__all__ = ["checkpoint", "data"]
