@@ -1781,60 +1781,13 @@ def optimizer_param_group_key_order(torch):
 
 
 DIFFERENCES = {
-    "inference_mode(False) under no_grad enables grad": (
-        inference_mode_false_under_no_grad,
-        differs(
-            "autograd.py inference_mode.enabled is `_grad_enabled and not mode`: "
-            "inference_mode(False) keeps no_grad's mode, torch's InferenceMode(False) "
-            "turns grad mode on"
-        ),
-    ),
-    "enable_grad inside inference_mode records nothing": (
-        enable_grad_inside_inference_mode,
-        differs(
-            "autograd.py inference_mode is only no_grad: an enable_grad inside it "
-            "records a graph, torch never records in inference mode"
-        ),
-    ),
-    "copy.deepcopy(Parameter / model) drops .grad": (
-        deepcopy_of_parameter_drops_grad,
-        differs(
-            "no __deepcopy__ on tape Tensor/Parameter (tensor.py, nn.py): the default "
-            "copies .grad; torch's Parameter.__deepcopy__ does not (a plain leaf keeps it)"
-        ),
-    ),
-    "copy.deepcopy of a non-leaf raises": (
-        deepcopy_of_non_leaf_raises,
-        differs(
-            "no __deepcopy__ on tape Tensor: a non-leaf is copied with its graph; "
-            "torch raises RuntimeError (only graph leaves support deepcopy)",
-            raises=pytest.fail.Exception,
-        ),
-    ),
-    "x[[[0, 1], [2, 2]]] is x[[0, 1], [2, 2]] (legacy)": (
-        nested_list_index_is_a_tuple,
-        differs(
-            "shapes.py Tensor._indexed treats a nested list as one index tensor "
-            "(NumPy); torch 2.x still reads a non-tuple sequence holding lists as a "
-            "tuple of indices (deprecated, but gives shape (2,) not (2, 2, 4))"
-        ),
-    ),
-    "smooth_l1_loss(beta < 0) raises": (
-        smooth_l1_negative_beta_raises,
-        differs(
-            "functional.py smooth_l1_loss accepts a negative beta and returns a value; "
-            "torch raises RuntimeError",
-            raises=pytest.fail.Exception,
-        ),
-    ),
-    "optimizer defaults / param_group key order": (
-        optimizer_param_group_key_order,
-        differs(
-            "optim.py builds the group dict with 'params' last and Adam's "
-            "decoupled_weight_decay before foreach; torch puts 'params' first "
-            "(shows in printed state_dict()['param_groups'])"
-        ),
-    ),
+    "inference_mode(False) under no_grad enables grad": inference_mode_false_under_no_grad,
+    "enable_grad inside inference_mode records nothing": enable_grad_inside_inference_mode,
+    "copy.deepcopy(Parameter / model) drops .grad": deepcopy_of_parameter_drops_grad,
+    "copy.deepcopy of a non-leaf raises": deepcopy_of_non_leaf_raises,
+    "x[[[0, 1], [2, 2]]] is x[[0, 1], [2, 2]] (legacy)": nested_list_index_is_a_tuple,
+    "smooth_l1_loss(beta < 0) raises": smooth_l1_negative_beta_raises,
+    "optimizer defaults / param_group key order": optimizer_param_group_key_order,
 }
 
 

@@ -13,6 +13,7 @@ from .autograd import (
     is_anomaly_check_nan_enabled,
     is_anomaly_enabled,
     is_grad_enabled,
+    is_inference_mode_enabled,
     no_grad,
     set_grad_enabled,
 )
@@ -95,7 +96,7 @@ __all__ += ["empty_like", "as_tensor", "device", "dtype"]
 __all__ += ["float32", "float", "float64", "double", "int32", "int64", "long", "bool"]
 __all__ += ["float16", "half", "uint8", "int8", "int16", "short", "int"]
 __all__ += ["get_default_dtype", "set_default_dtype", "finfo", "iinfo", "Size"]
-__all__ += ["inference_mode", "is_tensor"]
+__all__ += ["inference_mode", "is_inference_mode_enabled", "is_tensor"]
 __all__ += ["is_anomaly_enabled", "is_anomaly_check_nan_enabled"]
 __all__ += ["set_printoptions", "distributions"]
 __all__ += (  # torch-level functions, defined below

@@ -20,6 +20,9 @@ from .dtypes import scalar_name
 from .namespaces import NumPyOps, TensorOps, silent
 
 _grad_enabled = True
+_inference = (
+    False  # torch's inference mode: nothing is recorded, even under enable_grad
+)
 _anomaly = {"enabled": False, "check_nan": True}
 _CO_GENERATOR = 0x20  # inspect.CO_GENERATOR (the engine imports little of the stdlib)
 
@@ -58,6 +61,15 @@ def __getattr__(name):
 
 def is_grad_enabled():
     return _grad_enabled
+
+
+def is_inference_mode_enabled():
+    return _inference
+
+
+def recording():
+    """Whether ops are recorded now: grad mode on, outside inference mode."""
+    return _grad_enabled and not _inference
 
 
 class _ModeDecorator(contextlib.ContextDecorator):
@@ -129,20 +141,25 @@ class enable_grad(_GradMode):
 
 
 class inference_mode(_GradMode):
-    """no_grad by torch's name for inference (whose tensors torch also marks as
-    never to be recorded later; the tape's are ordinary); inference_mode(False)
-    leaves grad mode as it is."""
+    """No recording inside, not even under an inner enable_grad, and grad mode off;
+    inference_mode(False) turns grad mode on, as torch's does. (torch also marks the
+    tensors made inside as never to be recorded later; the tape's are ordinary.)"""
 
     def __new__(cls, mode=True):
         return super().__new__(cls, mode if callable(mode) else None)
 
     def __init__(self, mode=True):
         super().__init__()
-        self._mode = mode
+        self._mode = bool(mode)
 
-    @property
-    def enabled(self):
-        return _grad_enabled and not self._mode
+    def __enter__(self):
+        global _grad_enabled, _inference
+        self._saved.append((_grad_enabled, _inference))
+        _grad_enabled, _inference = not self._mode, self._mode
+
+    def __exit__(self, *exc_info):
+        global _grad_enabled, _inference
+        _grad_enabled, _inference = self._saved.pop()
 
 
 class set_grad_enabled(_ModeDecorator):

@@ -718,6 +718,8 @@ def _smooth_l1(beta, scale=1.0):
 
 
 def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
+    if beta < 0:
+        raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
     parts = _smooth_l1(beta)
     return _difference_loss("SmoothL1LossBackward0", input, target, reduction, parts)
 
@@ -733,6 +735,8 @@ def _dtype_mismatch(input, target):
 def huber_loss(input, target, reduction="mean", delta=1.0):
     """delta times smooth_l1_loss with beta = delta. torch's kernel computes in
     input's dtype and its backward refuses a target of another dtype."""
+    if delta <= 0:
+        raise RuntimeError("huber_loss does not support non-positive values for delta.")
     parts = _smooth_l1(delta, delta)
     if target.dtype == input.dtype:
         return _difference_loss("HuberLossBackward0", input, target, reduction, parts)

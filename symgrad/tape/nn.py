@@ -86,6 +86,13 @@ class Parameter(Tensor):
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()
 
+    def __deepcopy__(self, memo):
+        """The values and requires_grad, not the grad (torch's Parameter: a copied
+        model starts without gradients)."""
+        if id(self) not in memo:
+            memo[id(self)] = Parameter(self._data.copy(), self.requires_grad)
+        return memo[id(self)]
+
 
 class Module:
     """Base class: assigning a Parameter or Module attribute registers it."""

@@ -35,6 +35,7 @@ class Optimizer:
     a step recorded for autograd, is not there."""
 
     _FLAGS = _FOREACH
+    _ORDER = ()  # torch's order of the defaults' keys, where it is not ours
 
     def __init__(self, params, defaults, flags=None):
         flags = flags or {}
@@ -48,6 +49,7 @@ class Optimizer:
                 "optimizers with differentiable=True are not in symgrad.tape"
             )
         defaults = {**defaults, **self._FLAGS, **flags}
+        defaults = {k: defaults[k] for k in self._ORDER or defaults}
         if isinstance(params, Tensor):
             raise TypeError(
                 "params argument given to the optimizer should be an iterable of "
@@ -88,7 +90,10 @@ class Optimizer:
         earlier = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in earlier for p in params):
             raise ValueError("some parameters appear in more than one parameter group")
-        self.param_groups.append({**self.defaults, **param_group, "params": params})
+        group = {**param_group, "params": params}  # the given order, then defaults
+        for k, v in self.defaults.items():
+            group.setdefault(k, v)
+        self.param_groups.append(group)
 
     def zero_grad(self, set_to_none=True):
         for group in self.param_groups:
@@ -265,6 +270,10 @@ class Adam(Optimizer):
     p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)."""
 
     _FLAGS = _FOREACH | _FUSED | _CAPTURABLE
+    _ORDER = tuple(
+        "lr betas eps weight_decay amsgrad maximize foreach capturable differentiable "
+        "fused decoupled_weight_decay".split()
+    )
 
     def __init__(
         self,
@@ -359,6 +368,10 @@ class RMSprop(Optimizer):
     momentum buf = momentum*buf + g/d and p -= lr*buf."""
 
     _FLAGS = _FOREACH | _CAPTURABLE
+    _ORDER = tuple(
+        "lr momentum alpha eps centered weight_decay capturable foreach maximize "
+        "differentiable".split()
+    )
 
     def __init__(
         self,
@@ -421,6 +434,10 @@ class Adagrad(Optimizer):
     parameter is added."""
 
     _FLAGS = _FOREACH | _FUSED
+    _ORDER = tuple(
+        "lr lr_decay eps weight_decay initial_accumulator_value foreach maximize "
+        "differentiable fused".split()
+    )
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ def with_out(fn):
         if out is None:
             return fn(*args, **kwargs)
         tensors = [a for a in (*args, out) if isinstance(a, Tensor)]
-        if autograd.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        if autograd.recording() and any(t.requires_grad for t in tensors):
             raise RuntimeError(
                 f"{fn.__name__}(): functions with out=... arguments don't support "
                 "automatic differentiation, but one of the arguments requires grad."

@@ -150,6 +150,19 @@ def _scatter_reduce_coefs(reduce, own, values, out, where, include_self):
     return own_coef, src_coef
 
 
+def as_tuple_if_torch_would(index):
+    """torch still reads a short list holding a list, tensor, slice, None or ... as
+    the tuple of those entries (x[[[0, 1], [2, 2]]] is x[[0, 1], [2, 2]]; NumPy's
+    old rule), where NumPy now makes it one index array."""
+    if isinstance(index, list) and len(index) < 32:
+        if any(
+            isinstance(p, list | tuple | slice | ShapeOps) or p is None or p is Ellipsis
+            for p in index
+        ):
+            return tuple(index)
+    return index
+
+
 def _is_basic(index):
     parts = index if isinstance(index, tuple) else (index,)
     return all(
@@ -556,7 +569,7 @@ class ShapeOps:
         return parts if isinstance(index, tuple) else parts[0]
 
     def __getitem__(self, index):
-        return self._indexed(index)
+        return self._indexed(as_tuple_if_torch_would(index))
 
     def _indexed(self, index, name=None):
         """self[index]; `name` overrides the grad_fn name of a view (split's)."""

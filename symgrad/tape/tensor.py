@@ -15,7 +15,7 @@ from .dtypes import device, of_numpy, scalar_name
 from .pointwise import PointwiseOps
 from .printing import array_str, with_suffixes
 from .reductions import ReductionOps
-from .shapes import ShapeOps, Size, _shape_arg, ints_first
+from .shapes import ShapeOps, Size, _shape_arg, as_tuple_if_torch_would, ints_first
 
 NON_LEAF_GRAD = (
     "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. Its "
@@ -89,6 +89,14 @@ def _in_place(name):
     return method
 
 
+DEEPCOPY_NON_LEAF = (
+    "Only Tensors created explicitly by the user (graph leaves) support the deepcopy "
+    "protocol at the moment.  If you were attempting to deepcopy a module, this may be "
+    "because of a torch.nn.utils.weight_norm usage, see "
+    "https://github.com/pytorch/pytorch/pull/103001"
+)
+
+
 class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     """An n-d array that can record the ops applied to it (PyTorch's torch.Tensor)."""
 
@@ -101,6 +109,17 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         if all(isinstance(n, int) for n in data):  # sizes: uninitialised in torch
             data = (np.zeros(data or 0),)
         self._setup(as_array(data[0], np.float64))
+
+    def __deepcopy__(self, memo):
+        """A leaf's values, requires_grad and grad, copied as torch copies them; a
+        tensor made by an op refuses, with torch's message."""
+        if not self.is_leaf:
+            raise RuntimeError(DEEPCOPY_NON_LEAF)
+        if id(self) not in memo:
+            new = memo[id(self)] = self._wrap(self._data.copy(), self.requires_grad)
+            if self._grad is not None:
+                new._grad = self._grad.__deepcopy__(memo)
+        return memo[id(self)]
 
     @classmethod
     def _wrap(cls, data, requires_grad=False):
@@ -140,7 +159,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         if view is not None and np.may_share_memory(data, inputs[0]._data):
             out._view_of(inputs[0], view)
         if (
-            autograd.is_grad_enabled()
+            autograd.recording()
             and out.dtype.kind == "f"
             and any(t.requires_grad for t in inputs)
         ):
@@ -159,7 +178,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         else:
             outer = src._view_fn
             self._base, self._view_fn = src._base, outer and (lambda a: fn(outer(a)))
-        if not autograd.is_grad_enabled():
+        if not autograd.recording():
             self._view_fn = None
         self._view_version = self._counter.value
 
@@ -358,7 +377,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
             for n, step in zip(written.shape, written.strides, strict=True)
         ):
             raise RuntimeError(OVERLAPPING_WRITE)  # an expand()ed tensor
-        if not autograd.is_grad_enabled():
+        if not autograd.recording():
             return False
         value_grad = getattr(value, "requires_grad", False)
         base = self._base
@@ -379,6 +398,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def __setitem__(self, index, value):
         """In place; if the graph tracks this tensor or `value`, the write is recorded
         and this tensor (or the base it is a view of) gets a CopySlices grad_fn."""
+        index = as_tuple_if_torch_would(index)
         if split := ints_first(index):
             self[split[0]]._write(split[1], value)
         else:
