@@ -49,9 +49,9 @@ distributions.Categorical, nn.MultiheadAttention (nn_attention.py), optim.LBFGS
 (without line search), clip_grad_norm_(foreach=). Conv2d/MaxPool2d and Unflatten pass
 with nn_conv.py (written alongside, not by this round).
 
-Still strict xfails: inference_mode is no_grad under another name (documented in
-autograd.py), so no inference tensors and enable_grad inside it records; to('cuda') is
-accepted by design.
+Still strict xfails: inference_mode makes no inference tensors (documented in
+autograd.py; enable_grad inside it no longer records, fixed in tape round 14);
+to('cuda') is accepted by design.
 """
 
 import copy
@@ -2359,15 +2359,7 @@ def lr_as_a_tensor_for_every_optimizer(torch):
 
 
 FOUND = {
-    "enable_grad inside inference_mode": (
-        enable_grad_inside_inference_mode,
-        differs(
-            "symgrad/tape/autograd.py: inference_mode is a grad mode here, so "
-            "enable_grad inside it records ops; in torch inference mode is separate "
-            "from grad mode and ops inside give inference tensors that never require "
-            "grad, whatever enable_grad says"
-        ),
-    ),
+    "enable_grad inside inference_mode": enable_grad_inside_inference_mode,
     "set_grad_enabled(False) and inference_mode(False) as decorators": (
         grad_modes_as_decorators_with_arguments
     ),

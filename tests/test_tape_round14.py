@@ -20,17 +20,20 @@ bool/list indexing and broadcast assignment, view/reshape/permute/expand semanti
 errors; gradients at zeros and kinks (prod, cumprod, norms, pow, masked softmax); grad_fn
 names, tensor/module/optimizer reprs, manual_seed reproducibility, init bounds.
 
-Strict xfails (the reason names the suspected place): inference_mode(False) under
-no_grad and enable_grad inside inference_mode disagree with torch's grad mode
-(autograd.py inference_mode); copy.deepcopy keeps a Parameter's .grad and copies a
-non-leaf (no __deepcopy__ on the tape Tensor); a nested-list index `x[[[0, 1], [2, 2]]]`
-is read as one index tensor (torch still reads it as a tuple); smooth_l1_loss accepts a
-negative beta; optimizer group dicts order 'params' last; and missing APIs a script
-reaches for (log2/log10, broadcast_to, addcmul, fmod, index_fill, unflatten,
-tensor_split, searchsorted, pad reflect, pack_padded_sequence, EmbeddingBag max,
-LBFGS strong_wolfe, init.orthogonal_, hook prepend / full_backward_pre_hook,
-GaussianNLLLoss, poisson_nll_loss, CyclicLR, Generator, torch.normal,
-Embedding(scale_grad_by_freq)).
+Found and fixed (each script now agrees with torch): inference_mode(False) under
+no_grad and enable_grad inside inference_mode disagreed with torch's grad mode
+(autograd.py: inference mode now records nothing, even under enable_grad);
+copy.deepcopy kept a Parameter's .grad and copied a non-leaf (Tensor/Parameter
+__deepcopy__ as torch's); a nested-list index `x[[[0, 1], [2, 2]]]` was read as one
+index tensor (torch still reads it as a tuple); smooth_l1_loss accepted a negative beta;
+optimizer group dicts ordered 'params' last; and missing APIs: log2/log10, broadcast_to,
+addcmul/addcdiv, fmod, index_fill, unflatten, tensor_split, searchsorted/bucketize,
+init.orthogonal_, GaussianNLLLoss, poisson_nll_loss, CyclicLR, MultiplicativeLR,
+torch.normal (further scripts check each beyond the first repro).
+
+Strict xfails left (missing APIs): F.pad reflect, pack_padded_sequence, EmbeddingBag
+max, LBFGS strong_wolfe, hook prepend / full_backward_pre_hook, torch.Generator,
+Embedding(scale_grad_by_freq).
 """
 
 import copy
@@ -1780,6 +1783,92 @@ def optimizer_param_group_key_order(torch):
     return list(opt.defaults), list(opt.param_groups[0])
 
 
+def fmod_and_addcdiv_gradients(torch):
+    x = torch.tensor([-7.0, 7.5, 5.0, -0.5], requires_grad=True)
+    y = torch.tensor([3.0, -2.0, 2.5, 4.0], requires_grad=True)
+    z = torch.fmod(x, y) + torch.fmod(x, 1.5) + torch.addcdiv(x, x, y, value=0.5)
+    (z * torch.arange(4.0)).sum().backward()
+    ints = torch.fmod(torch.tensor([-7, 7, 6]), torch.tensor([3, -2, 4]))
+    return z, x.grad, y.grad, ints, ints.dtype, z.grad_fn.name()
+
+
+def tensor_split_and_index_fill_gradients(torch):
+    x = torch.tensor(draws(7, 2), requires_grad=True)
+    parts = torch.tensor_split(x, 3) + torch.tensor_split(x, [1, 5, 5], dim=0)
+    parts += x.tensor_split(2, dim=1)
+    v = torch.tensor(0.5, requires_grad=True)
+    filled = x.index_fill(1, torch.tensor([1]), v)
+    loss = sum((p**2).sum() * (k + 1) for k, p in enumerate(parts))
+    (loss + (filled * torch.arange(14.0).view(7, 2)).sum()).backward()
+    return [p.shape for p in parts], x.grad, v.grad, x.unflatten(0, (7, 1)).shape
+
+
+def searchsorted_and_bucketize(torch):
+    seq = torch.tensor([[0.0, 1.0, 2.0, 2.0], [1.0, 3.0, 5.0, 7.0]])
+    values = torch.tensor([[2.0, -1.0, 9.0], [3.0, 4.0, 1.0]])
+    return (
+        torch.searchsorted(seq, values),
+        torch.searchsorted(seq, values, right=True),
+        torch.searchsorted(seq[0], torch.tensor(2.0), side="right"),
+        torch.bucketize(values, torch.tensor([0.0, 2.0, 4.0])),
+        torch.bucketize(values, torch.tensor([0.0, 2.0, 4.0]), right=True),
+        torch.searchsorted(seq[0], values, out_int32=True).dtype,
+    )
+
+
+def gaussian_and_poisson_nll_variants(torch):
+    F = torch.nn.functional
+    x = torch.tensor(draws(3, 2), requires_grad=True)
+    t = torch.tensor(draws(3, 2, seed=5))
+    var = torch.tensor([0.5, 1e-9, 2.0], requires_grad=True)  # one dim short, clamped
+    rate = torch.tensor([[0.5, 2.0], [1.0, 0.1], [3.0, 1.0]], requires_grad=True)
+    counts = torch.tensor([[0.0, 1.0], [2.0, 5.0], [1.0, 3.0]])
+    losses = [
+        F.gaussian_nll_loss(x, t, var, full=True, reduction="sum"),
+        F.gaussian_nll_loss(x, t, var[:, None], reduction="none").sum(),
+        torch.nn.PoissonNLLLoss()(x, counts),
+        F.poisson_nll_loss(rate, counts, log_input=False, full=True),
+        F.poisson_nll_loss(x, counts, full=True, reduction="sum"),
+    ]
+    sum(losses).backward()
+    errors = []
+    for bad in (
+        lambda: F.gaussian_nll_loss(x, t, -var),
+        lambda: F.gaussian_nll_loss(x, t, var[:2]),
+    ):
+        try:
+            bad()
+        except ValueError as e:
+            errors.append(str(e))
+    return losses, x.grad, var.grad, rate.grad, errors
+
+
+def cyclic_modes_and_multiplicative_lr(torch):
+    S = torch.optim.lr_scheduler
+    paths = []
+    for mode, opt_class in (("triangular2", "SGD"), ("exp_range", "Adam")):
+        w = torch.nn.Parameter(torch.ones(1))
+        make = getattr(torch.optim, opt_class)
+        opt = make([w], lr=0.1, momentum=0.9) if opt_class == "SGD" else make([w])
+        sch = S.CyclicLR(opt, 0.01, 0.1, step_size_up=2, step_size_down=3, mode=mode,
+                         gamma=0.9)  # fmt: skip
+        for _ in range(12):
+            opt.step()
+            sch.step()
+            group = opt.param_groups[0]
+            paths.append(
+                (sch.get_last_lr()[0], group.get("momentum"), group.get("betas"))
+            )
+    w = torch.nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([w], lr=0.1)
+    sch = S.MultiplicativeLR(opt, lambda epoch: 0.5 if epoch % 2 else 0.9)
+    for _ in range(5):
+        opt.step()
+        sch.step()
+        paths.append(opt.param_groups[0]["lr"])
+    return paths
+
+
 DIFFERENCES = {
     "inference_mode(False) under no_grad enables grad": inference_mode_false_under_no_grad,
     "enable_grad inside inference_mode records nothing": enable_grad_inside_inference_mode,
@@ -1947,14 +2036,14 @@ def embedding_scale_grad_by_freq(torch):
 
 
 MISSING = {
-    "torch.log2 / log10": (log2_log10, missing("torch.log2, torch.log10")),
-    "torch.broadcast_to": (broadcast_to, missing("torch.broadcast_to")),
-    "torch.addcmul": (addcmul, missing("torch.addcmul")),
-    "torch.fmod": (fmod, missing("torch.fmod")),
-    "Tensor.index_fill": (index_fill, missing("Tensor.index_fill")),
-    "Tensor.unflatten": (unflatten, missing("Tensor.unflatten (and nn.Unflatten)")),
-    "torch.tensor_split": (tensor_split, missing("torch.tensor_split")),
-    "torch.searchsorted": (searchsorted, missing("torch.searchsorted / bucketize")),
+    "torch.log2 / log10": log2_log10,
+    "torch.broadcast_to": broadcast_to,
+    "torch.addcmul": addcmul,
+    "torch.fmod": fmod,
+    "Tensor.index_fill": index_fill,
+    "Tensor.unflatten": unflatten,
+    "torch.tensor_split": tensor_split,
+    "torch.searchsorted": searchsorted,
     "F.pad(mode='reflect')": (
         pad_reflect,
         missing("F.pad(mode='reflect')", raises=NotImplementedError),
@@ -1971,7 +2060,7 @@ MISSING = {
         lbfgs_strong_wolfe,
         missing("LBFGS(line_search_fn=)", raises=NotImplementedError),
     ),
-    "nn.init.orthogonal_": (orthogonal_init, missing("nn.init.orthogonal_")),
+    "nn.init.orthogonal_": orthogonal_init,
     "register_forward_hook(prepend=True)": (
         forward_hook_prepend,
         missing("register_forward_hook(prepend=, with_kwargs=)", raises=TypeError),
@@ -1980,17 +2069,21 @@ MISSING = {
         full_backward_pre_hook,
         missing("Module.register_full_backward_pre_hook"),
     ),
-    "nn.GaussianNLLLoss": (gaussian_nll_loss, missing("nn.GaussianNLLLoss")),
-    "F.poisson_nll_loss": (poisson_nll_loss, missing("F.poisson_nll_loss")),
-    "lr_scheduler.CyclicLR": (
-        cyclic_lr,
-        missing("lr_scheduler.CyclicLR (and MultiplicativeLR, ChainedScheduler)"),
-    ),
+    "nn.GaussianNLLLoss": gaussian_nll_loss,
+    "F.poisson_nll_loss": poisson_nll_loss,
+    "lr_scheduler.CyclicLR": cyclic_lr,
     "torch.Generator": (generator_argument, missing("torch.Generator")),
-    "torch.normal": (torch_normal, missing("torch.normal")),
+    "torch.normal": torch_normal,
     "Embedding(scale_grad_by_freq=True)": (
         embedding_scale_grad_by_freq,
         missing("Embedding(scale_grad_by_freq=True)", raises=NotImplementedError),
+    ),
+    "fmod and addcdiv gradients, integer fmod": fmod_and_addcdiv_gradients,
+    "tensor_split / index_fill gradients": tensor_split_and_index_fill_gradients,
+    "searchsorted rows, sides; bucketize": searchsorted_and_bucketize,
+    "gaussian/poisson NLL variants": gaussian_and_poisson_nll_variants,
+    "CyclicLR triangular2 / exp_range (Adam betas), MultiplicativeLR": (
+        cyclic_modes_and_multiplicative_lr
     ),
 }
 

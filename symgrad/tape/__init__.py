@@ -31,6 +31,7 @@ from .creation import (
     linspace,
     manual_seed,
     multinomial,
+    normal,
     ones,
     ones_like,
     rand,
@@ -68,11 +69,13 @@ from .dtypes import (
 )
 from .functions import (
     addmm,
+    bucketize,
     cat,
     cdist,
     einsum,
     hstack,
     meshgrid,
+    searchsorted,
     stack,
     std_mean,
     var_mean,
@@ -118,6 +121,9 @@ __all__ += ["isclose", "meshgrid", "repeat_interleave", "unique", "bincount"]
 __all__ += ["det", "logdet", "slogdet", "inverse", "std_mean", "var_mean", "cdist"]
 __all__ += ["nan_to_num", "logcumsumexp", "rot90", "diagonal", "median", "kthvalue"]
 __all__ += ["lerp", "logaddexp", "remainder", "take_along_dim", "hstack"]
+__all__ += ["log2", "log10", "broadcast_to", "addcmul", "addcdiv", "fmod"]
+__all__ += ["tensor_split", "unflatten", "index_fill", "searchsorted", "bucketize"]
+__all__ += ["normal"]
 
 
 # torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.
@@ -184,6 +190,10 @@ diag, trace, swapaxes, movedim = (
 median, kthvalue = Tensor.median, Tensor.kthvalue
 lerp, logaddexp, remainder = Tensor.lerp, Tensor.logaddexp, Tensor.remainder
 take_along_dim = Tensor.take_along_dim
+log2, log10, broadcast_to = Tensor.log2, Tensor.log10, Tensor.broadcast_to
+addcmul, addcdiv, fmod = Tensor.addcmul, Tensor.addcdiv, Tensor.fmod
+tensor_split, unflatten = Tensor.tensor_split, Tensor.unflatten
+index_fill = Tensor.index_fill
 nan_to_num, logcumsumexp, rot90, diagonal = (
     Tensor.nan_to_num,
     Tensor.logcumsumexp,

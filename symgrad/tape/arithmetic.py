@@ -248,6 +248,24 @@ class ArithmeticOps:
         remainder = _checked_division(np.remainder)
         return _binary(self, other, remainder, rules, "RemainderBackward0", ("", "xy"))
 
+    def fmod(self, other):
+        """The remainder taking the dividend's sign (C's fmod; % is Python's)."""
+        rules = (
+            lambda xp, g, x, y, out: g,
+            lambda xp, g, x, y, out: -g * ((x - out) / y),  # -trunc(x / y)
+        )
+        fmod = _checked_division(np.fmod)
+        name = "FmodBackward1" if isinstance(other, ArithmeticOps) else "FmodBackward0"
+        return _binary(self, other, fmod, rules, name, ("", "xyo"))
+
+    def addcmul(self, tensor1, tensor2, *, value=1):
+        """self + value * tensor1 * tensor2."""
+        return self + value * tensor1 * tensor2
+
+    def addcdiv(self, tensor1, tensor2, *, value=1):
+        """self + value * tensor1 / tensor2."""
+        return self + value * tensor1 / tensor2
+
     def __floordiv__(self, other):
         """Rounds down; not differentiable (torch records it, then fails in backward)."""
         return self._untracked(other, _checked_division(np.floor_divide))

@@ -130,6 +130,19 @@ def randint(*args, size=None, dtype=None, device=None):
     return Tensor._wrap(values if dtype is None else values.astype(dtype))
 
 
+def normal(mean, std=1.0, size=None, *, generator=None, dtype=None):
+    """Draws from Normal(mean, std): numbers with a size, or tensors broadcast
+    together; no gradient."""
+    if size is not None:
+        return _new(
+            default_generator.normal(mean, std, _shape_arg((size,))), dtype, False
+        )
+    mean, std = (getattr(v, "_data", v) for v in (mean, std))
+    draws = default_generator.normal(mean, std)
+    dtype = np.result_type(mean, std) if dtype is None else dtype
+    return Tensor._wrap(np.asarray(draws, dtype))
+
+
 def bernoulli(input, p=None, *, generator=None):
     """0/1 draws, 1 with probability `input` (or p), in input's dtype; no gradient."""
     probability = input._data if p is None else p

@@ -564,6 +564,22 @@ def _check_reduction(reduction):
         raise ValueError(f"{reduction} is not a valid value for reduction")
 
 
+def legacy_reduction(size_average, reduce, stacklevel=3):
+    """The reduction that size_average= and reduce= (deprecated in torch, with its
+    warning) choose: both default to True, "mean"; reduce alone "sum"; reduce=False
+    "none"."""
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    reduction = "none" if not reduce else "mean" if size_average else "sum"
+    warnings.warn(
+        "size_average and reduce args will be deprecated, please use "
+        f"reduction='{reduction}' instead.",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+    return reduction
+
+
 def _reduce(losses, reduction):
     """The per-element losses (a tensor) as `reduction` asks."""
     _check_reduction(reduction)
@@ -688,6 +704,54 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
 
 def l1_loss(input, target, reduction="mean"):
     return _reduce((input - target).abs(), reduction)
+
+
+def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"):
+    """0.5 (log var + (input - target)^2 / var), var clamped at eps outside the graph
+    (so its gradient is taken at the clamped value, as torch's); a var one dim short
+    of input, or with one size-1 dim, is shared along it."""
+    if isinstance(var, int | float):
+        if var < 0:
+            raise ValueError("var has negative entry/entries")
+        var = var * input.new_ones(input.shape)
+    elif (var < 0).any():
+        raise ValueError("var has negative entry/entries")
+    if var.shape != input.shape:
+        if input.shape[:-1] == var.shape:
+            var = var.unsqueeze(-1)
+        elif (
+            input.ndim != var.ndim
+            or sum(v for i, v in zip(input.shape, var.shape, strict=True) if i != v)
+            != 1
+        ):
+            raise ValueError("var is of incorrect size")
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(reduction + " is not valid")
+    var = var.clone()
+    with no_grad():
+        var.clamp_(min=eps)
+    loss = 0.5 * (var.log() + (input - target) ** 2 / var)
+    return _reduce(loss + 0.5 * math.log(2 * math.pi) if full else loss, reduction)
+
+
+def poisson_nll_loss(
+    input, target, log_input=True, full=False, size_average=None, eps=1e-8,
+    reduce=None, reduction="mean",
+):  # fmt: skip
+    """exp(input) - target * input for a log rate (else input - target * log(input
+    + eps)); full adds Stirling's term for log(target!) where target > 1."""
+    if size_average is not None or reduce is not None:
+        reduction = legacy_reduction(size_average, reduce)
+    if log_input:
+        loss = input.exp() - target * input
+    else:
+        loss = input - target * (input + eps).log()
+    if full:
+        t = target._data
+        with np.errstate(divide="ignore", invalid="ignore"):
+            stirling = t * np.log(t) - t + 0.5 * np.log(2 * math.pi * t)
+        loss = loss + np.where(t > 1, stirling, 0)
+    return _reduce(loss, reduction)
 
 
 def _difference_loss(name, input, target, reduction, parts):

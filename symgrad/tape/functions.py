@@ -165,6 +165,30 @@ def hstack(tensors):
     return cat(tensors, 0 if tensors[0].ndim == 1 else 1)
 
 
+def searchsorted(sorted_sequence, input, *, out_int32=False, right=False, side=None):
+    """For each value, the position in sorted_sequence (1-D, or rows matching
+    input's leading dims) that keeps it sorted; int64, no gradient."""
+    side = side or ("right" if right else "left")
+    seq, values = sorted_sequence._data, np.asarray(getattr(input, "_data", input))
+    if seq.ndim == 1:
+        out = np.searchsorted(seq, values, side)
+    else:
+        rows = zip(
+            seq.reshape(-1, seq.shape[-1]),
+            values.reshape(-1, values.shape[-1]),
+            strict=True,
+        )
+        out = np.stack([np.searchsorted(s, v, side) for s, v in rows]).reshape(
+            values.shape
+        )
+    return Tensor._wrap(out.astype(np.int32 if out_int32 else np.int64))
+
+
+def bucketize(input, boundaries, *, out_int32=False, right=False):
+    """The bucket of each value among 1-D boundaries: searchsorted's other order."""
+    return searchsorted(boundaries, input, out_int32=out_int32, right=right)
+
+
 def std_mean(input, dim=None, unbiased=True, keepdim=False, *, correction=None):
     """(std, mean) of input over dim, in one call as torch's."""
     std = input.std(dim, unbiased, keepdim, correction=correction)

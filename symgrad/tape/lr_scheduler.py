@@ -419,7 +419,34 @@ def _per_group(name, optimizer, value):
     return list(value)
 
 
-class OneCycleLR(LRScheduler):
+class _MomentumCycle:
+    """OneCycleLR's and CyclicLR's momentum (or Adam's beta1), cycled opposite the
+    rate between each group's max_momentum and base_momentum."""
+
+    def _set_up_momentum(self, optimizer, base_momentum, max_momentum):
+        if "momentum" not in optimizer.defaults and "betas" not in optimizer.defaults:
+            raise ValueError(
+                "optimizer must support momentum or beta1 with `cycle_momentum` "
+                "option enabled"
+            )
+        self.use_beta1 = "betas" in optimizer.defaults
+        for group, top, base in zip(
+            optimizer.param_groups,
+            _per_group("max_momentum", optimizer, max_momentum),
+            _per_group("base_momentum", optimizer, base_momentum),
+            strict=True,
+        ):
+            self._set_momentum(group, top)
+            group["max_momentum"], group["base_momentum"] = top, base
+
+    def _set_momentum(self, group, value):
+        if self.use_beta1:
+            group["betas"] = (value, *group["betas"][1:])
+        else:
+            group["momentum"] = value
+
+
+class OneCycleLR(_MomentumCycle, LRScheduler):
     """The 1cycle policy: the rate climbs from max_lr / div_factor to max_lr over
     pct_start of total_steps, then anneals to initial_lr / final_div_factor (with
     three_phase, first back to the initial rate); momentum (or Adam's beta1) cycles
@@ -486,28 +513,6 @@ class OneCycleLR(LRScheduler):
             self._set_up_momentum(optimizer, base_momentum, max_momentum)
         super().__init__(optimizer)
 
-    def _set_up_momentum(self, optimizer, base_momentum, max_momentum):
-        if "momentum" not in optimizer.defaults and "betas" not in optimizer.defaults:
-            raise ValueError(
-                "optimizer must support momentum or beta1 with `cycle_momentum` "
-                "option enabled"
-            )
-        self.use_beta1 = "betas" in optimizer.defaults
-        for group, top, base in zip(
-            optimizer.param_groups,
-            _per_group("max_momentum", optimizer, max_momentum),
-            _per_group("base_momentum", optimizer, base_momentum),
-            strict=True,
-        ):
-            self._set_momentum(group, top)
-            group["max_momentum"], group["base_momentum"] = top, base
-
-    def _set_momentum(self, group, value):
-        if self.use_beta1:
-            group["betas"] = (value, *group["betas"][1:])
-        else:
-            group["momentum"] = value
-
     def _anneal(self, start, end, pct):
         if self.anneal_strategy == "cos":
             return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
@@ -531,3 +536,71 @@ class OneCycleLR(LRScheduler):
             if self.cycle_momentum:
                 self._set_momentum(group, self._anneal(group[m0], group[m1], pct))
         return lrs
+
+
+class CyclicLR(_MomentumCycle, LRScheduler):
+    """The rate cycles between base_lr and max_lr, up over step_size_up steps and
+    down over step_size_down, its swing scaled per cycle ("triangular2": halved each
+    cycle), per step ("exp_range": gamma ** step) or by scale_fn; momentum cycles the
+    opposite way. Computed from the step number, as in torch."""
+
+    def __init__(
+        self, optimizer, base_lr, max_lr, step_size_up=2000, step_size_down=None,
+        mode="triangular", gamma=1.0, scale_fn=None, scale_mode="cycle",
+        cycle_momentum=True, base_momentum=0.8, max_momentum=0.9, last_epoch=-1,
+    ):  # fmt: skip
+        bases = _per_group("base_lr", optimizer, base_lr)
+        if last_epoch == -1:
+            for group, lr in zip(optimizer.param_groups, bases, strict=True):
+                group["lr"] = lr
+        self.max_lrs = _per_group("max_lr", optimizer, max_lr)
+        down = step_size_up if step_size_down is None else step_size_down
+        self.total_size = float(step_size_up + down)
+        self.step_ratio = step_size_up / self.total_size
+        if scale_fn is None:
+            scales = {
+                "triangular": lambda cycle: 1.0,
+                "triangular2": lambda cycle: 1 / 2.0 ** (cycle - 1),
+                "exp_range": lambda step: gamma**step,
+            }
+            if mode not in scales:
+                raise ValueError("mode is invalid and scale_fn is None")
+            scale_fn = scales[mode]
+            scale_mode = "iterations" if mode == "exp_range" else "cycle"
+        self.mode, self.gamma = mode, gamma
+        self.scale_fn, self.scale_mode = scale_fn, scale_mode
+        self.cycle_momentum = cycle_momentum
+        if cycle_momentum:
+            self._set_up_momentum(optimizer, base_momentum, max_momentum)
+        super().__init__(optimizer, last_epoch)
+        self.base_lrs = bases
+
+    def get_lr(self):
+        cycle = math.floor(1 + self.last_epoch / self.total_size)
+        x = 1.0 + self.last_epoch / self.total_size - cycle
+        if x <= self.step_ratio:
+            factor = x / self.step_ratio
+        else:
+            factor = (x - 1) / (self.step_ratio - 1)
+        scale = self.scale_fn(cycle if self.scale_mode == "cycle" else self.last_epoch)
+        lrs = []
+        for group, base, top in zip(
+            self.optimizer.param_groups, self.base_lrs, self.max_lrs, strict=True
+        ):
+            lrs.append(base + (top - base) * factor * scale)
+            if self.cycle_momentum:
+                high, low = group["max_momentum"], group["base_momentum"]
+                self._set_momentum(group, high - (high - low) * factor * scale)
+        return lrs
+
+
+class MultiplicativeLR(LambdaLR):
+    """lr *= lr_lambda(epoch) at each step after the first."""
+
+    def get_lr(self):
+        if self._is_initial:
+            return self._current()
+        return [
+            lr * f(self.last_epoch)
+            for lr, f in zip(self._current(), self.lr_lambdas, strict=True)
+        ]

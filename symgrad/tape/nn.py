@@ -3,7 +3,6 @@ and the layers and losses the examples need."""
 
 import math
 import sys
-import warnings
 from collections import OrderedDict, namedtuple
 
 import numpy as np
@@ -1264,15 +1263,7 @@ class _Loss(Module):
     def __init__(self, size_average=None, reduce=None, reduction="mean"):
         super().__init__()
         if size_average is not None or reduce is not None:
-            size_average = True if size_average is None else size_average
-            reduce = True if reduce is None else reduce
-            reduction = "none" if not reduce else "mean" if size_average else "sum"
-            warnings.warn(
-                "size_average and reduce args will be deprecated, please use "
-                f"reduction='{reduction}' instead.",
-                UserWarning,
-                stacklevel=3,
-            )
+            reduction = functional.legacy_reduction(size_average, reduce, stacklevel=4)
         self.reduction = reduction
 
 
@@ -1302,6 +1293,32 @@ class HuberLoss(_Loss):
 
     def forward(self, input, target):
         return functional.huber_loss(input, target, self.reduction, self.delta)
+
+
+class GaussianNLLLoss(_Loss):
+    def __init__(self, *, full=False, eps=1e-6, reduction="mean"):
+        super().__init__(None, None, reduction)
+        self.full, self.eps = full, eps
+
+    def forward(self, input, target, var):
+        return functional.gaussian_nll_loss(
+            input, target, var, self.full, self.eps, self.reduction
+        )
+
+
+class PoissonNLLLoss(_Loss):
+    def __init__(
+        self, log_input=True, full=False, size_average=None, eps=1e-8, reduce=None,
+        reduction="mean",
+    ):  # fmt: skip
+        super().__init__(size_average, reduce, reduction)
+        self.log_input, self.full, self.eps = log_input, full, eps
+
+    def forward(self, log_input, target):
+        return functional.poisson_nll_loss(
+            log_input, target, self.log_input, self.full, eps=self.eps,
+            reduction=self.reduction,
+        )  # fmt: skip
 
 
 class KLDivLoss(_Loss):

@@ -3,6 +3,8 @@ draws from the tape's seeded generator scaled as torch scales them."""
 
 import math
 
+import numpy as np
+
 from .autograd import no_grad
 from .creation import default_generator
 
@@ -66,6 +68,20 @@ def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None):
     while (outside := (values < a) | (values > b)).any():
         values[outside] = default_generator.normal(mean, std, outside.sum())
     return _fill(tensor, values)
+
+
+def orthogonal_(tensor, gain=1, generator=None):
+    """A (semi-)orthogonal matrix, of the tensor's first dim by the rest: the Q of a
+    Gaussian matrix's QR, signs fixed by R's diagonal as torch fixes them."""
+    if tensor.ndim < 2:
+        raise ValueError("Only tensors with 2 or more dimensions are supported")
+    rows = tensor.shape[0]
+    flat = default_generator.normal(0.0, 1.0, (rows, tensor.numel() // rows))
+    tall = flat if rows >= flat.shape[1] else flat.T
+    q, r = np.linalg.qr(tall)
+    q *= np.sign(np.diag(r))
+    q = q if rows >= flat.shape[1] else q.T
+    return _fill(tensor, gain * q.reshape(tensor.shape))
 
 
 def xavier_uniform_(tensor, gain=1.0):

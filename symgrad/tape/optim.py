@@ -127,8 +127,9 @@ class Optimizer:
         tensors are shared, not copied."""
         params = [p for g in self.param_groups for p in g["params"]]
         index = {id(p): i for i, p in enumerate(params)}
-        groups = [
-            {**g, "params": [index[id(p)] for p in g["params"]]}
+        groups = [  # "params" last, as torch packs them
+            {k: v for k, v in g.items() if k != "params"}
+            | {"params": [index[id(p)] for p in g["params"]]}
             for g in self.param_groups
         ]
         state = {index[id(p)]: s for p, s in self.state.items()}

@@ -70,6 +70,8 @@ class PointwiseOps:
     exp = _unary("Exp", np.exp, lambda xp, g, out: g * out, OUT)
     log = _unary("Log", np.log, lambda xp, g, x: g / x)
     log1p = _unary("Log1P", np.log1p, lambda xp, g, x: g / (1 + x))
+    log2 = _unary("Log2", np.log2, lambda xp, g, x: g / (x * math.log(2)))
+    log10 = _unary("Log10", np.log10, lambda xp, g, x: g / (x * math.log(10)))
     expm1 = _unary("Expm1", np.expm1, lambda xp, g, out: g * (out + 1), OUT)
     sqrt = _unary("Sqrt", np.sqrt, lambda xp, g, out: g / (2 * out), OUT)
     rsqrt = _unary(

@@ -475,6 +475,56 @@ class ShapeOps:
 
     moveaxis = movedim
 
+    def broadcast_to(self, size):
+        return self.expand(size)
+
+    def unflatten(self, dim, sizes):
+        """dim split into `sizes` (one of which may be -1)."""
+        axis = _axis(dim, self.ndim)
+        return self.reshape(*self.shape[:axis], *sizes, *self.shape[axis + 1 :])
+
+    def tensor_split(self, indices_or_sections, dim=0):
+        """Views along dim: n nearly equal parts (the first ones one longer), or the
+        parts between the given indices."""
+        axis = _axis(dim, self.ndim)
+        length = self.shape[axis]
+        if isinstance(indices_or_sections, int):
+            n = indices_or_sections
+            if n <= 0:
+                raise RuntimeError(f"number of sections must be larger than 0, got {n}")
+            sizes = [length // n + (k < length % n) for k in range(n)]
+            bounds = np.cumsum([0, *sizes]).tolist()
+        else:
+            bounds = [0, *indices_or_sections, length]
+        lead = (slice(None),) * axis
+        return tuple(
+            self[lead + (slice(a, max(a, b)),)]
+            for a, b in zip(bounds, bounds[1:], strict=False)
+        )
+
+    def index_fill(self, dim, index, value):
+        """A copy of self with the slices at `index` along dim set to value (a
+        number or a 0-d tensor, which gets their gradients' sum)."""
+        axis = _axis(dim, self.ndim)
+        where = (slice(None),) * axis + (
+            _check_index(index, self.shape[axis], axis, "index_fill_"),
+        )
+        value = self._lift(value)
+        out = self._data.copy()
+        out[where] = value._data
+        filled = np.zeros(self.shape, bool)
+        filled[where] = True
+
+        def backward(xp, g, index):
+            gvalue = (g * filled).sum() if value.requires_grad else None
+            return xp.where(filled, 0, g), gvalue
+
+        name = "IndexFillBackward1" if value.requires_grad else "IndexFillBackward0"
+        return self._result(out, (self, value), backward, name, (index,))
+
+    def index_fill_(self, dim, index, value):
+        return self._inplace(lambda t: t.index_fill(dim, index, value), value)
+
     def narrow(self, dim, start, length):
         """The `length` elements from `start` along dim (a view)."""
         axis = _axis(dim, self.ndim)
