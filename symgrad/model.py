@@ -137,13 +137,14 @@ _OPERATORS = {  # NumPy's binary ufuncs: (our method, our reflected method)
 }
 
 
-def _numpy_refused(name: str) -> TypeError:
-    """np.exp(x), or scipy.special's ufuncs (expit, ndtr), on an expression."""
+def _numpy_refused(name: str, where: str = "") -> TypeError:
+    """np.exp(x), scipy.special's ufuncs (expit, ndtr) or torch's functions (where
+    "torch.") on an expression."""
     if name in symgrad.__all__:
         hint = f"use sg.{name}"
     else:
         hint = "use " + TORCH_SPELLINGS.get(name, "sg's functions")
-    where = "numpy." if hasattr(np, name) else ""
+    where = where or ("numpy." if hasattr(np, name) else "")
     return TypeError(f"{where}{name} cannot take a symgrad expression; {hint}")
 
 
@@ -165,6 +166,15 @@ class Expr:
     def __array_function__(self, func, types, args, kwargs):
         """np.sum(x) and friends cannot see inside an expression: name the sg twin."""
         raise _numpy_refused(func.__name__)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        """torch.tanh(x), torch.special.i0(x): torch's functions ask an expression
+        for this before refusing it; name the sg twin, as for NumPy's."""
+        name = getattr(func, "__name__", str(func))
+        raise _numpy_refused(
+            name.removeprefix("special_").removeprefix("linalg_"), "torch."
+        )
 
     def __init__(self, node: Node):
         self.node = node
@@ -437,12 +447,18 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "atan2": "sg.arctan2(y, x)",
     "logsigmoid": "-sg.softplus(-x)",
     "log_sigmoid": "-sg.softplus(-x)",
-    "logcumsumexp": "sg.log(sg.cumsum(sg.exp(x - m), axis)) + m, m = sg.max(x, axis, "
-    "keepdims=True)",
+    "logcumsumexp": "a running sg.logaddexp along a fixed-size axis (y = [x[0]]; then "
+    "y.append(sg.logaddexp(y[-1], x[i])); sg.stack(y)); sg.log(sg.cumsum(sg.exp(x - "
+    "m))) + m with m = sg.max(x) is shorter but gives -inf where a prefix lies ~745 "
+    "below the max",
     "xlogy": "x * sg.log(sg.where(x == 0, 1.0, y)) (0 where x is 0, gradient too)",
     "item": "the generated module's results (out['loss']): an expression is symbolic, "
     "a number only once the module runs",
     "expit": "sg.sigmoid(x)",
+    "i0": "its series, sum((x / 2) ** (2 * k) / math.factorial(k) ** 2 for k in "
+    "range(K)) (K ~ 30 for |x| < 20; beyond, exp(|x|) / sqrt(2 pi |x|) to first order)",
+    "special": "sg's functions directly (sg.erf, sg.erfc, sg.lgamma, sg.digamma, "
+    "sg.log_softmax): there is no sg.special",
     "gammaln": "sg.lgamma(x)",
     "ndtr": "0.5 * sg.erfc(-x / sqrt(2)) (the normal CDF)",
     "norm_cdf": "0.5 * sg.erfc(-x / sqrt(2)) (the normal CDF)",
@@ -602,6 +618,21 @@ class Size(str):
         raise TypeError(
             f"the size {self} is symbolic, not a number: math functions and float() "
             f"cannot take it; use size arithmetic ({self} ** 0.5) or sg.sqrt({self})"
+        )
+
+    def __index__(self):
+        raise TypeError(
+            f"the size {self} is symbolic, not an int: np.zeros, range() and indexing "
+            f"cannot take it; zeros of shape ({self}, H) are sg.broadcast_to("
+            f"sg.zeros_like(x[:, :1]), (x.shape[0], H)), and a Python loop needs a "
+            "fixed size (an int in the declared shape)"
+        )
+
+    def __floordiv__(self, other):
+        raise TypeError(
+            f"{self} // {other}: a symbolic size is not known to divide evenly; "
+            f"declare the factor as its own axis (an input of shape ('N', {other}, ...) "
+            f"rather than ({self}, ...)) or use a fixed size"
         )
 
 
