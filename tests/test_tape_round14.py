@@ -29,11 +29,17 @@ index tensor (torch still reads it as a tuple); smooth_l1_loss accepted a negati
 optimizer group dicts ordered 'params' last; and missing APIs: log2/log10, broadcast_to,
 addcmul/addcdiv, fmod, index_fill, unflatten, tensor_split, searchsorted/bucketize,
 init.orthogonal_, GaussianNLLLoss, poisson_nll_loss, CyclicLR, MultiplicativeLR,
-torch.normal (further scripts check each beyond the first repro).
+torch.normal, F.pad reflect/replicate/circular, EmbeddingBag(mode='max'),
+Embedding(scale_grad_by_freq=True), LBFGS(line_search_fn='strong_wolfe'), forward
+hook prepend/with_kwargs/always_call, register_full_backward_pre_hook, torch.Generator
+and generator= arguments (further scripts check each beyond the first repro; on the
+way, F.embedding accepted negative indices, which torch refuses, and EmbeddingBag's
+repr put padding_idx before mode).
 
-Strict xfails left (missing APIs): F.pad reflect, pack_padded_sequence, EmbeddingBag
-max, LBFGS strong_wolfe, hook prepend / full_backward_pre_hook, torch.Generator,
-Embedding(scale_grad_by_freq).
+Strict xfails left (missing APIs): pack_padded_sequence, which needs PackedSequence
+(pack_padded_sequence, pad_packed_sequence) and its support in nn.RNN/LSTM/GRU (a
+per-step loop over the shrinking batch_sizes, h_n per sequence), none of which the
+tape has.
 """
 
 import copy
@@ -2035,6 +2041,326 @@ def embedding_scale_grad_by_freq(torch):
     return e.weight.grad
 
 
+def _errors(torch, calls):
+    """Each call's exception as 'Type: message' (or 'ok')."""
+    out = []
+    for call in calls:
+        try:
+            call()
+            out.append("ok")
+        except Exception as e:  # noqa: BLE001 - the type and message are compared
+            out.append(f"{type(e).__name__}: {e}")
+    return out
+
+
+def pad_modes_gradients(torch):
+    F = torch.nn.functional
+    results = []
+    for mode in ("reflect", "replicate", "circular"):
+        for shape, pad in (
+            ((2, 5), (3, 1)),
+            ((1, 2, 4), (-1, 2)),
+            ((1, 3, 4), (2, -1, 1, 2)),
+            ((1, 1, 3, 4), (1, 2, 0, 2)),
+            ((1, 1, 2, 3, 3), (1, 1, 0, 2, 1, 0)),
+            ((2, 3, 3, 3), (1, 1, 2, 1, 1, 1)),
+        ):
+            x = torch.tensor(draws(*shape), requires_grad=True)
+            y = F.pad(x, pad, mode=mode)
+            w = torch.arange(float(y.numel())).view(y.shape)
+            (g,) = torch.autograd.grad((w * y * y).sum(), x, create_graph=True)
+            (gg,) = torch.autograd.grad((g * g).sum(), x)
+            results.append((y, g, gg, y.grad_fn.name()))
+    return results
+
+
+def pad_modes_integers_and_zero_batch(torch):
+    F = torch.nn.functional
+    i = torch.arange(6).view(2, 3)
+    z = torch.zeros(0, 2, 3)
+    return [
+        F.pad(i, (2, 2), mode="reflect"),
+        F.pad(i, (1, 3), mode="replicate"),
+        F.pad(i, (3, 3), mode="circular"),
+        F.pad(z, (1, 1), mode="reflect").shape,
+        F.pad(torch.ones(1, 2, 3), (1, 1), mode="reflect", value=0),
+    ]
+
+
+def pad_mode_errors(torch):
+    F = torch.nn.functional
+    x = torch.zeros(1, 2, 4)
+    return _errors(
+        torch,
+        [
+            lambda: F.pad(x, (1, 1), mode="foo"),
+            lambda: F.pad(x, (1, 1), mode="reflect", value=2.0),
+            lambda: F.pad(x, (1,), mode="replicate"),
+            lambda: F.pad(torch.zeros(4), (1, 1), mode="reflect"),
+            lambda: F.pad(torch.zeros(1, 1, 3, 4), (1, 1), mode="circular"),
+            lambda: F.pad(x, (4, 0), mode="reflect"),
+            lambda: F.pad(torch.zeros(2, 3, 4), (1, 1, 3, 1), mode="reflect"),
+            lambda: F.pad(torch.zeros(1, 2, 3, 4), (1, 1, 1, 1, 1, 2), mode="reflect"),
+            lambda: F.pad(x, (-3, -2), mode="reflect"),
+            lambda: F.pad(x, (-4, 0), mode="replicate"),
+            lambda: F.pad(torch.zeros(1, 2, 3, 4), (0, 0, -3, -2), mode="replicate"),
+            lambda: F.pad(torch.zeros(1, 2, 0), (1, 1), mode="replicate"),
+            lambda: F.pad(torch.zeros(1, 0, 3, 3), (1, 1, 1, 1), mode="reflect"),
+            lambda: F.pad(x, (5, 0), mode="circular"),
+            lambda: F.pad(torch.zeros(1, 2, 3, 4), (0, 0, -3, -2), mode="circular"),
+            lambda: F.pad(torch.zeros(2, 3, dtype=torch.bool), (1, 1), mode="reflect"),
+        ],
+    )
+
+
+def embedding_bag_max_variants(torch):
+    F = torch.nn.functional
+    w = torch.tensor(
+        [[1.0, 5.0], [3.0, 2.0], [3.0, 0.0], [-1.0, -2.0], [0.0, 9.0]],
+        requires_grad=True,
+    )
+    i, off = torch.tensor([0, 2, 1, 4, 3, 1, 1]), torch.tensor([0, 3, 3, 5])
+    results = []
+    for offsets, options in (
+        (off, {}),
+        (off, {"padding_idx": 1}),
+        (torch.tensor([0, 3, 3, 5, 7]), {"include_last_offset": True}),
+    ):
+        y = F.embedding_bag(i, w, offsets, mode="max", **options)
+        (g,) = torch.autograd.grad(
+            (y * torch.arange(1.0, y.numel() + 1).view(y.shape)).sum(), w
+        )
+        results.append((y, g, y.grad_fn.name()))
+    eb = init_from(torch.nn.EmbeddingBag(6, 3, mode="max", padding_idx=2), torch)
+    y = eb(torch.tensor([[0, 2, 5], [2, 2, 2], [4, 1, 4]]))
+    y.sum().backward()
+    results += [y, eb.weight.grad, repr(eb)]
+    results += _errors(
+        torch,
+        [
+            lambda: F.embedding_bag(
+                i, w, off, mode="max", per_sample_weights=torch.ones(7)
+            ),
+            lambda: F.embedding_bag(i, w, off, mode="max", scale_grad_by_freq=True),
+            lambda: F.embedding_bag(i, w, off, mode="min"),
+        ],
+    )
+    return results
+
+
+def embedding_scale_grad_by_freq_variants(torch):
+    F = torch.nn.functional
+    w = torch.tensor(draws(5, 3), requires_grad=True)
+    i = torch.tensor([[1, 3, 1], [4, 1, 3]])
+    y = F.embedding(i, w, padding_idx=3, scale_grad_by_freq=True)
+    (y * torch.arange(18.0).view(2, 3, 3)).sum().backward()
+    e = init_from(
+        torch.nn.Embedding(4, 2, padding_idx=0, scale_grad_by_freq=True), torch
+    )
+    e(torch.tensor([0, 0, 2, 3, 3, 3, 1])).pow(2).sum().backward()
+    plain = init_from(torch.nn.Embedding(4, 2), torch)
+    plain(torch.tensor([0, 0, 2, 3, 3, 3])).pow(2).sum().backward()
+    errors = _errors(torch, [lambda: e(torch.tensor([-1]))])
+    return (
+        y,
+        w.grad,
+        e.weight.grad,
+        plain.weight.grad,
+        repr(e),
+        y.grad_fn.name(),
+        errors,
+    )
+
+
+def lbfgs_strong_wolfe_network(torch):
+    net = init_from(
+        torch.nn.Sequential(
+            torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)
+        ),
+        torch,
+    )
+    x, y = torch.tensor(draws(8, 3)), torch.tensor(draws(8, 1, seed=1))
+    opt = torch.optim.LBFGS(
+        net.parameters(),
+        lr=0.8,
+        max_iter=7,
+        history_size=3,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(net(x), y)
+        loss.backward()
+        return loss
+
+    losses = [opt.step(closure).item() for _ in range(4)]
+    state = opt.state[next(net.parameters())]
+    return losses, params_of(net), state["func_evals"], state["n_iter"]
+
+
+def lbfgs_strong_wolfe_quadratic_and_errors(torch):
+    a = torch.tensor([[3.0, 1.0], [1.0, 2.0]])
+    w = torch.nn.Parameter(torch.tensor([4.0, -3.0]))
+    opt = torch.optim.LBFGS([w], max_iter=50, max_eval=8, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = w @ a @ w / 2 - w.sum()
+        loss.backward()
+        return loss
+
+    first = opt.step(closure).item()
+    evals = opt.state[w]["func_evals"]
+    bad = torch.optim.LBFGS(
+        [torch.nn.Parameter(torch.ones(2))], line_search_fn="armijo"
+    )
+    bad.param_groups[0]["params"][0].grad = None
+    errors = _errors(
+        torch,
+        [
+            lambda: bad.step(
+                lambda: (bad.param_groups[0]["params"][0] ** 2).sum().backward()
+                or torch.tensor(1.0)
+            )
+        ],
+    )
+    return first, w, evals, errors
+
+
+def module_hook_options(torch):
+    class Scale(torch.nn.Module):
+        def forward(self, x, scale=1.0):
+            return x * scale
+
+    m, order = Scale(), []
+    m.register_forward_pre_hook(lambda mod, a: order.append("pre a"))
+    m.register_forward_pre_hook(lambda mod, a: order.append("pre b"), prepend=True)
+
+    def pre_kwargs(mod, args, kwargs):
+        order.append(f"pre kw {sorted(kwargs)}")
+        return (args[0] + 1,), {"scale": 3.0}
+
+    h = m.register_forward_pre_hook(pre_kwargs, with_kwargs=True)
+    m.register_forward_hook(
+        lambda mod, a, kw, out: order.append(f"kw {kw['scale']}") or out * 2,
+        with_kwargs=True,
+    )
+    m.register_forward_hook(lambda mod, a, out: order.append("first"), prepend=True)
+    first = m(torch.ones(2), scale=5.0)
+    h.remove()
+    second = m(torch.ones(2), scale=5.0)
+    m.register_forward_pre_hook(lambda mod, a, kw: "bad", with_kwargs=True)
+    return first, second, order, _errors(torch, [lambda: m(torch.ones(2))])
+
+
+def forward_hook_always_call(torch):
+    class Fails(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("forward failed")
+
+    m, seen = Fails(), []
+    m.register_forward_hook(lambda mod, a, out: seen.append("plain"))
+    m.register_forward_hook(
+        lambda mod, a, out: seen.append(("always", out)), always_call=True
+    )
+    m.register_forward_hook(
+        lambda mod, a, kw, out: seen.append(("kw always", kw)),
+        with_kwargs=True,
+        always_call=True,
+    )
+    errors = _errors(torch, [lambda: m(torch.ones(1))])
+    lin = torch.nn.Linear(1, 1)
+    lin.register_forward_hook(lambda mod, a, out: seen.append("ran"), always_call=True)
+    lin(torch.ones(1, 1))
+    return errors, seen
+
+
+def full_backward_pre_hooks_with_hooks(torch):
+    lin = init_from(torch.nn.Linear(3, 2), torch)
+    seen = []
+
+    def pre(name, factor):
+        def hook(mod, grad_output):
+            seen.append((name, grad_output[0].clone()))
+            return (grad_output[0] * factor,)
+
+        return hook
+
+    lin.register_full_backward_pre_hook(pre("a", 2.0))
+    lin.register_full_backward_pre_hook(pre("b", -1.0), prepend=True)
+    lin.register_full_backward_hook(lambda m, gi, go: seen.append(("hook", gi, go)))
+    x = torch.tensor(draws(2, 3), requires_grad=True)
+    (lin(x) * torch.tensor([[1.0, 2.0], [3.0, 4.0]])).sum().backward()
+    frozen = init_from(torch.nn.Linear(3, 2), torch)
+    h = frozen.register_full_backward_pre_hook(lambda m, go: seen.append("frozen"))
+    frozen(torch.ones(1, 3)).sum().backward()
+    h.remove()
+    frozen(torch.ones(1, 3)).sum().backward()
+    frozen.register_full_backward_pre_hook(lambda m, go: (go[0], go[0]))
+    errors = _errors(torch, [lambda: frozen(torch.ones(1, 3)).sum().backward()])
+    return seen, x.grad, lin.weight.grad, lin.bias.grad, errors
+
+
+def generator_api(torch):
+    g = torch.Generator()
+    out = [g.initial_seed(), g.manual_seed(7) is g, g.initial_seed(), str(g.device)]
+    state = g.get_state()
+    draws_ = [
+        torch.rand(2, 3, generator=g),
+        torch.randn(4, generator=g),
+        torch.randint(0, 10, (5,), generator=g),
+        torch.randperm(6, generator=g),
+        torch.normal(0.0, 1.0, size=(3,), generator=g),
+        torch.normal(torch.zeros(2), torch.ones(2), generator=g),
+        torch.bernoulli(torch.full((4,), 0.5), generator=g),
+        torch.multinomial(torch.ones(5), 3, generator=g),
+        torch.empty(3).uniform_(-1, 1, generator=g),
+        torch.empty(3).normal_(2.0, 0.5, generator=g),
+        torch.rand_like(torch.zeros(2), generator=g),
+        torch.randn_like(torch.zeros(2), generator=g),
+        torch.nn.init.uniform_(torch.empty(2, 2), generator=g),
+        torch.nn.init.normal_(torch.empty(2, 2), generator=g),
+        torch.nn.init.trunc_normal_(torch.empty(2, 2), generator=g),
+        torch.nn.init.orthogonal_(torch.empty(2, 3), generator=g),
+        torch.nn.init.xavier_uniform_(torch.empty(2, 3), generator=g),
+        torch.nn.init.kaiming_normal_(torch.empty(2, 3), generator=g),
+    ]
+    out += [(d.shape, d.dtype) for d in draws_]
+    g.set_state(state)
+    again = torch.rand(2, 3, generator=g)
+    out.append(bool(torch.equal(again, draws_[0])))
+    g.manual_seed(7)
+    out.append(bool(torch.equal(torch.rand(2, 3, generator=g), draws_[0])))
+    torch.manual_seed(0)
+    a = torch.randn(3)
+    torch.manual_seed(0)
+    torch.randn(3, generator=torch.Generator().manual_seed(1))
+    out.append(bool(torch.equal(a, torch.randn(3))))  # g leaves the default alone
+    out.append(isinstance(torch.manual_seed(3), torch.Generator))
+    out.append(torch.initial_seed())
+    s = torch.get_rng_state()
+    b = torch.rand(2)
+    torch.set_rng_state(s)
+    out.append(bool(torch.equal(b, torch.rand(2))))
+    out.append(g.manual_seed(-1).initial_seed())
+    out += _errors(
+        torch,
+        [
+            lambda: g.manual_seed(1.5),
+            lambda: g.manual_seed(2**64),
+            lambda: g.set_state(torch.zeros(3)),
+            lambda: g.set_state([1, 2]),
+        ],
+    )
+    try:  # (torch's message names the function)
+        torch.nn.init.uniform_(torch.empty(2), generator=3)
+    except TypeError:
+        out.append("TypeError")
+    out.append(type(g.seed()))
+    return out
+
+
 MISSING = {
     "torch.log2 / log10": log2_log10,
     "torch.broadcast_to": broadcast_to,
@@ -2044,46 +2370,53 @@ MISSING = {
     "Tensor.unflatten": unflatten,
     "torch.tensor_split": tensor_split,
     "torch.searchsorted": searchsorted,
-    "F.pad(mode='reflect')": (
-        pad_reflect,
-        missing("F.pad(mode='reflect')", raises=NotImplementedError),
-    ),
+    "F.pad(mode='reflect')": pad_reflect,
     "nn.utils.rnn.pack_padded_sequence": (
         pack_padded_sequence,
-        missing("nn.utils.rnn.pack_padded_sequence"),
+        missing("nn.utils.rnn.pack_padded_sequence (no PackedSequence in nn.RNN)"),
     ),
-    "EmbeddingBag(mode='max')": (
-        embedding_bag_max,
-        missing("EmbeddingBag(mode='max')", raises=NotImplementedError),
-    ),
-    "LBFGS(line_search_fn='strong_wolfe')": (
-        lbfgs_strong_wolfe,
-        missing("LBFGS(line_search_fn=)", raises=NotImplementedError),
-    ),
+    "EmbeddingBag(mode='max')": embedding_bag_max,
+    "LBFGS(line_search_fn='strong_wolfe')": lbfgs_strong_wolfe,
     "nn.init.orthogonal_": orthogonal_init,
-    "register_forward_hook(prepend=True)": (
-        forward_hook_prepend,
-        missing("register_forward_hook(prepend=, with_kwargs=)", raises=TypeError),
-    ),
-    "register_full_backward_pre_hook": (
-        full_backward_pre_hook,
-        missing("Module.register_full_backward_pre_hook"),
-    ),
+    "register_forward_hook(prepend=True)": forward_hook_prepend,
+    "register_full_backward_pre_hook": full_backward_pre_hook,
     "nn.GaussianNLLLoss": gaussian_nll_loss,
     "F.poisson_nll_loss": poisson_nll_loss,
     "lr_scheduler.CyclicLR": cyclic_lr,
-    "torch.Generator": (generator_argument, missing("torch.Generator")),
+    "torch.Generator": generator_argument,
     "torch.normal": torch_normal,
-    "Embedding(scale_grad_by_freq=True)": (
-        embedding_scale_grad_by_freq,
-        missing("Embedding(scale_grad_by_freq=True)", raises=NotImplementedError),
-    ),
+    "Embedding(scale_grad_by_freq=True)": embedding_scale_grad_by_freq,
     "fmod and addcdiv gradients, integer fmod": fmod_and_addcdiv_gradients,
     "tensor_split / index_fill gradients": tensor_split_and_index_fill_gradients,
     "searchsorted rows, sides; bucketize": searchsorted_and_bucketize,
     "gaussian/poisson NLL variants": gaussian_and_poisson_nll_variants,
     "CyclicLR triangular2 / exp_range (Adam betas), MultiplicativeLR": (
         cyclic_modes_and_multiplicative_lr
+    ),
+    "pad reflect/replicate/circular: 1-3d, negative pads, double backward": (
+        pad_modes_gradients
+    ),
+    "pad modes on integers, a zero batch, value=0": pad_modes_integers_and_zero_batch,
+    "pad mode errors and messages": pad_mode_errors,
+    "EmbeddingBag max: padding, last offset, 2-D, ties, errors": (
+        embedding_bag_max_variants
+    ),
+    "Embedding scale_grad_by_freq with padding, 2-D; negative index error": (
+        embedding_scale_grad_by_freq_variants
+    ),
+    "LBFGS strong_wolfe on a network, small history": lbfgs_strong_wolfe_network,
+    "LBFGS strong_wolfe max_eval; unknown line search": (
+        lbfgs_strong_wolfe_quadratic_and_errors
+    ),
+    "forward (pre-)hooks: prepend, with_kwargs, removal, bad return": (
+        module_hook_options
+    ),
+    "forward hooks with always_call when forward raises": forward_hook_always_call,
+    "full backward pre-hooks: prepend, with hooks, no input grad, errors": (
+        full_backward_pre_hooks_with_hooks
+    ),
+    "torch.Generator: state, reseeding, every generator= argument, errors": (
+        generator_api
     ),
 }
 

@@ -18,6 +18,7 @@ from .autograd import (
     set_grad_enabled,
 )
 from .creation import (
+    Generator,
     arange,
     as_tensor,
     bernoulli,
@@ -28,6 +29,8 @@ from .creation import (
     from_numpy,
     full,
     full_like,
+    get_rng_state,
+    initial_seed,
     linspace,
     manual_seed,
     multinomial,
@@ -40,6 +43,8 @@ from .creation import (
     randn,
     randn_like,
     randperm,
+    seed,
+    set_rng_state,
     tensor,
     zeros,
     zeros_like,
@@ -123,7 +128,8 @@ __all__ += ["nan_to_num", "logcumsumexp", "rot90", "diagonal", "median", "kthval
 __all__ += ["lerp", "logaddexp", "remainder", "take_along_dim", "hstack"]
 __all__ += ["log2", "log10", "broadcast_to", "addcmul", "addcdiv", "fmod"]
 __all__ += ["tensor_split", "unflatten", "index_fill", "searchsorted", "bucketize"]
-__all__ += ["normal"]
+__all__ += ["normal", "Generator", "seed", "initial_seed"]
+__all__ += ["get_rng_state", "set_rng_state"]
 
 
 # torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.

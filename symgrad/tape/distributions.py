@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .autograd import no_grad
-from .creation import default_generator
+from .creation import numpy_generator
 from .shapes import Size
 from .tensor import Tensor
 
@@ -50,7 +50,7 @@ class Categorical:
         p = self.probs._data.reshape(-1, self.probs.shape[-1])
         n = int(np.prod(sample_shape))
         cumulative = np.cumsum(p, -1)
-        u = default_generator.random((n, len(p), 1))
+        u = numpy_generator().random((n, len(p), 1))
         draws = (u > cumulative).sum(-1).clip(max=p.shape[-1] - 1)
         return Tensor._wrap(draws.reshape(*sample_shape, *self.batch_shape))
 
@@ -103,7 +103,7 @@ class Normal:
         """loc + scale * eps, eps from the tape's generator (not torch's values):
         differentiable in loc and scale (the reparameterization trick)."""
         shape = (*sample_shape, *self.batch_shape)
-        eps = Tensor._wrap(default_generator.standard_normal(shape))
+        eps = Tensor._wrap(numpy_generator().standard_normal(shape))
         return self.loc + eps * self.scale
 
     def sample(self, sample_shape=()):

@@ -12,7 +12,7 @@ import numpy as np
 
 from .arithmetic import broadcast_shape, operands, result_type, unbroadcast
 from .autograd import no_grad, silent
-from .creation import default_generator
+from .creation import numpy_generator
 from .dtypes import scalar_name
 from .functions import addmm, where
 from .namespaces import NumPyOps, logsigmoid_array, sigmoid_array
@@ -39,19 +39,24 @@ def dropout(input, p=0.5, training=True, inplace=False):
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0:
         return input
-    keep = default_generator.random(input.shape) >= p
+    keep = numpy_generator().random(input.shape) >= p
     scale = input._lift(keep.astype(input.dtype) * (0.0 if p == 1 else 1 / (1 - p)))
     return input.mul_(scale) if inplace else input * scale
 
 
 def pad(input, pad, mode="constant", value=None):
-    """Constant padding: pad = (before, after) for the last dim, then for the one
-    before it, and so on; negative amounts crop. g is the output's region that
-    shows the input, put back in place."""
-    if mode != "constant":
-        raise NotImplementedError(f"pad(mode={mode!r}) is not in symgrad.tape")
+    """Padding: pad = (before, after) for the last dim, then for the one before
+    it, and so on; negative amounts crop. Constant padding's g is the output's
+    region that shows the input, put back in place; the other modes read the
+    input at computed positions (_pad_positions)."""
+    if mode not in ("constant", "reflect", "replicate", "circular"):
+        raise NotImplementedError(f"Unrecognised padding mode {mode}")
     if len(pad) % 2:
         raise RuntimeError("Padding length must be divisible by 2")
+    if mode != "constant":
+        if value:
+            raise RuntimeError(f'Padding mode "{mode}" doesn\'t take in value argument')
+        return _pad_positions(input, tuple(int(p) for p in pad), mode)
     if len(pad) // 2 > input.ndim:
         raise RuntimeError(
             "Padding length should be less than or equal to two times the input "
@@ -86,6 +91,106 @@ def pad(input, pad, mode="constant", value=None):
     return input._result(
         grown[kept], (input,), backward, "ConstantPadNdBackward0", saves=False
     )
+
+
+def _pad_positions(input, pad, mode):
+    """Reflect, replicate or circular padding as a gather: np.pad of the input's
+    flat positions says where each output element reads, and the gradient adds g
+    back there (a scatter, so gradients of any order exist). torch pads reflect
+    and replicate before cropping negative amounts, circular after."""
+    k, shape = len(pad) // 2, input.shape
+    if input.ndim not in (k + 1, k + 2):
+        raise NotImplementedError(
+            f"Padding size {len(pad)} is not supported for {input.ndim}D input "
+            "tensor.\nSupported combinations for non-constant padding:\n"
+            "  - 2D or 3D input: padding size = 2 (pads last dimension)\n"
+            "  - 3D or 4D input: padding size = 4 (pads last 2 dimensions)\n"
+            "  - 4D or 5D input: padding size = 6 (pads last 3 dimensions)"
+        )
+    widths = [(0, 0)] * (input.ndim - k) + [
+        (pad[2 * i], pad[2 * i + 1]) for i in reversed(range(k))
+    ]
+    if mode == "circular":
+        _check_circular(shape, widths)
+    else:
+        _check_reflect_replicate(input, widths, mode, k)
+    positions = np.arange(input.numel()).reshape(shape)
+    grow = [(max(a, 0), max(b, 0)) for a, b in widths]
+    if mode == "circular":
+        positions = np.pad(positions[_crop(shape, widths)], grow, mode="wrap")
+    else:
+        positions = np.pad(positions, grow, mode=_NUMPY_PAD[mode])
+        positions = positions[_crop(positions.shape, widths)]
+    index = np.unravel_index(positions, shape)
+
+    def backward(xp, g):
+        return (xp.scatter(g, shape, index),)
+
+    name = (
+        "torch::autograd::CopySlices"
+        if mode == "circular"
+        else f"{_PAD_KERNEL[mode]}Pad{k}DBackward0"
+    )
+    return input._result(input._data[index], (input,), backward, name, saves=False)
+
+
+_NUMPY_PAD = {"reflect": "reflect", "replicate": "edge"}
+_PAD_KERNEL = {"reflect": "Reflection", "replicate": "Replication"}
+
+
+def _crop(shape, widths):
+    """The slices that cut the negative amounts of `widths` off `shape`."""
+    return tuple(
+        slice(max(-a, 0), n - max(-b, 0))
+        for (a, b), n in zip(widths, shape, strict=True)
+    )
+
+
+def _check_circular(shape, widths):
+    for (a, b), n in zip(widths, shape, strict=True):
+        if a > n or b > n:
+            raise RuntimeError("Padding value causes wrapping around more than once.")
+        if n + a + b < 0:
+            raise RuntimeError(
+                "Negative padding value is resulting in an empty dimension"
+            )
+
+
+def _check_reflect_replicate(input, widths, mode, k):
+    """torch's checks, in its order and words."""
+    if input.dtype == np.bool_:
+        raise NotImplementedError(
+            f"\"{_PAD_KERNEL[mode].lower()}_pad{k}d\" not implemented for 'Bool'"
+        )
+    batch = input.ndim == k + 2
+    if any(n == 0 for n in input.shape[batch:]):
+        raise RuntimeError(
+            f"Expected {k + 1}D or {k + 2}D (batch mode) tensor with possibly 0 "
+            "batch size and other non-zero dimensions for input, but got: "
+            f"{list(input.shape)}"
+        )
+    for i in range(k):
+        d = input.ndim - 1 - i
+        (a, b), n = widths[d], input.shape[d]
+        if mode == "reflect" and (a >= n or b >= n):
+            raise RuntimeError(
+                f"Argument #{4 + 2 * i}: Padding size should be less than the "
+                "corresponding input dimension, but got: padding "
+                f"({a}, {b}) at dimension {d} of input {list(input.shape)}"
+            )
+    for i in range(k):
+        d = input.ndim - 1 - i
+        (a, b), n = widths[d], input.shape[d]
+        if k == 1 and n + a + b < 1:
+            raise RuntimeError(
+                f"input (W: {n}) is too small. Calculated output W: {n + a + b}"
+            )
+        if n + a + b < 0:
+            out = [n + a + b if e == d else s for e, s in enumerate(input.shape)]
+            raise RuntimeError(
+                f"Trying to create tensor with negative dimension {n + a + b}: "
+                f"{out}"
+            )
 
 
 def one_hot(tensor, num_classes=-1):
@@ -355,11 +460,11 @@ def embedding(
 ):
     """The rows of weight at the integer indices `input`; the padding_idx row gets
     no gradient. With max_norm, the rows looked up are first renormalized in place,
-    as in torch."""
-    if scale_grad_by_freq or sparse:
-        raise NotImplementedError(
-            "embedding: scale_grad_by_freq and sparse are not in symgrad.tape"
-        )
+    as in torch. With scale_grad_by_freq, each row's gradient is divided by how
+    often `input` holds it (torch's double backward leaves that scale out; this
+    one keeps it, as the derivative of the scaled gradient)."""
+    if sparse:
+        raise NotImplementedError("embedding: sparse is not in symgrad.tape")
     if input.dtype not in (np.int64, np.int32):
         raise RuntimeError(
             "Expected tensor for argument #1 'indices' to have one of the following "
@@ -367,13 +472,16 @@ def embedding(
             "(while checking arguments for embedding)"
         )
     i, w = input._data, weight._data
-    if i.size and (i.min() < -len(w) or i.max() >= len(w)):
+    if i.size and (i.min() < 0 or i.max() >= len(w)):
         raise IndexError("index out of range in self")
     if max_norm is not None:
         _embedding_renorm(weight, i, max_norm, norm_type)
 
     pad = None if padding_idx is None else padding_idx % len(w)
     kept = (i != pad)[..., None]  # the padding row gets no gradient
+    if scale_grad_by_freq:
+        counts = np.bincount(i.ravel(), minlength=len(w))
+        kept = kept / counts[i][..., None].astype(w.dtype)
 
     def backward(xp, g, input):
         return (xp.scatter(g * kept, w.shape, i),)
@@ -409,15 +517,21 @@ def embedding_bag(
     """The sum or mean of each bag of embedding rows: a bag is a row of a 2-D
     input, or the indices from one offset to the next of a 1-D one. padding_idx
     entries are left out (an empty bag gives zeros). Built from embedding and
-    index_add, so its gradients (of any order) are theirs. sparse changes only
-    torch's gradient layout; max_norm, scale_grad_by_freq and mode="max" are not
-    there."""
+    index_add, so its gradients (of any order) are theirs; mode="max" takes each
+    column's largest entry in a bag (the first, on ties, as torch's kernel), whose
+    row gets that gradient. sparse changes only torch's gradient layout; max_norm
+    and scale_grad_by_freq are not there (torch's CPU backward miscounts the
+    frequencies)."""
     if mode not in ("sum", "mean", "max"):
         raise ValueError("mode has to be one of sum, mean or max")
-    if mode == "max" or max_norm is not None or scale_grad_by_freq:
+    if mode == "max" and scale_grad_by_freq:
+        raise ValueError(
+            "max mode does not support scaling the gradient by the frequency"
+        )
+    if max_norm is not None or scale_grad_by_freq:
         raise NotImplementedError(
-            "embedding_bag: mode='max', max_norm and scale_grad_by_freq are not "
-            "supported by symgrad.tape"
+            "embedding_bag: max_norm and scale_grad_by_freq are not supported by "
+            "symgrad.tape"
         )
     if per_sample_weights is not None and mode != "sum":
         raise NotImplementedError(
@@ -441,6 +555,8 @@ def embedding_bag(
     tokens = input.reshape(-1)._data
     pad = None if padding_idx is None else padding_idx % len(weight)
     used = (bag < n) & (tokens != pad)  # past the last offset, or padding: left out
+    if mode == "max":
+        return _bag_max(weight, tokens[used], bag[used], n)
     rows = embedding(Tensor._wrap(tokens[used]), weight)
     if per_sample_weights is not None:
         rows = rows * per_sample_weights.reshape(-1)[Tensor._wrap(used)][:, None]
@@ -450,6 +566,24 @@ def embedding_bag(
         return sums
     counts = np.bincount(bag._data, minlength=n).astype(weight.dtype)
     return sums / Tensor._wrap(np.maximum(counts, 1)[:, None])
+
+
+def _bag_max(weight, tokens, bag, n):
+    """Per bag and column, the largest of the bag's rows (zeros for an empty bag);
+    g goes to the row that gave it."""
+    w = weight._data
+    rows = np.zeros((n, w.shape[1]), np.int64)
+    for b in np.unique(bag):
+        members = tokens[bag == b]
+        rows[b] = members[np.argmax(w[members], axis=0)]  # argmax: first on ties
+    cols = np.broadcast_to(np.arange(w.shape[1]), rows.shape)
+    filled = np.isin(np.arange(n), bag)[:, None]
+
+    def backward(xp, g):
+        return (xp.scatter(g * filled, w.shape, (rows, cols)),)
+
+    out = np.where(filled, w[rows, cols], 0).astype(w.dtype)
+    return weight._result(out, (weight,), backward, "EmbeddingBagBackward0", False)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):

@@ -3,14 +3,14 @@ and the layers and losses the examples need."""
 
 import math
 import sys
+import warnings
 from collections import OrderedDict, namedtuple
 
 import numpy as np
 
 from . import dtypes, functional, nn_init, nn_utils
-from .autograd import RemovableHandle
-from .creation import default_generator
-from .nn_hooks import call_with_backward_hooks
+from .creation import numpy_generator
+from .nn_hooks import RemovableHandle, call_with_backward_hooks
 from .tensor import Tensor, as_array
 
 # `import symgrad.tape.nn.functional as F` then works like `import torch.nn.functional`;
@@ -93,6 +93,24 @@ class Parameter(Tensor):
         return memo[id(self)]
 
 
+def _hooks(n):
+    return tuple(OrderedDict() for _ in range(n))
+
+
+def _register(hooks, hook, prepend, options):
+    """hooks[id] = hook, last or (prepend) first; of the (dict, on) options, the
+    dicts whose option is on mark the id. The handle's remove() takes the id out
+    of them all."""
+    marks = [d for d, on in options if on]
+    handle = RemovableHandle(hooks, *marks)
+    hooks[handle.id] = hook
+    for d in marks:
+        d[handle.id] = True
+    if prepend:
+        hooks.move_to_end(handle.id, last=False)
+    return handle
+
+
 class Module:
     """Base class: assigning a Parameter or Module attribute registers it."""
 
@@ -101,8 +119,11 @@ class Module:
         object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "_modules", {})
         self._non_persistent_buffers = set()
-        self._forward_pre_hooks, self._forward_hooks = [], []
-        self._backward_hooks = []
+        # hooks by handle id, in calling order, and the ids taking options (torch's)
+        self._forward_pre_hooks, self._forward_pre_hooks_with_kwargs = _hooks(2)
+        self._forward_hooks, self._forward_hooks_with_kwargs = _hooks(2)
+        self._forward_hooks_always_called = OrderedDict()
+        self._backward_pre_hooks, self._backward_hooks = _hooks(2)
         self.training = True
 
     def __setattr__(self, name, value):
@@ -225,41 +246,93 @@ class Module:
         )
 
     def __call__(self, *args, **kwargs):
-        """Each forward pre-hook: hook(module, args), whose result, if not None,
-        replaces args (a single value is wrapped in a tuple); forward(); then each
-        forward hook: hook(module, args, output), whose result, if not None,
-        replaces the output. Full backward hooks run in the backward pass."""
-        for hook in self._forward_pre_hooks:
-            replaced = hook(self, args)
-            if replaced is not None:
-                args = replaced if isinstance(replaced, tuple) else (replaced,)
-        if self._backward_hooks:
-            out = call_with_backward_hooks(self, self._backward_hooks, args, kwargs)
-        else:
+        """Each forward pre-hook: hook(module, args) (or with_kwargs, hook(module,
+        args, kwargs)), whose result, if not None, replaces args (a single value is
+        wrapped in a tuple; or (args, kwargs)); forward(); then each forward hook:
+        hook(module, args, output) (or hook(module, args, kwargs, output)), whose
+        result, if not None, replaces the output. Full backward (pre-)hooks run in
+        the backward pass. If anything raises, the always_call forward hooks not yet
+        run are run (with the output so far, None if none) before it propagates."""
+        out, called = None, set()
+
+        def forward(*args, **kwargs):
+            nonlocal out
             out = self.forward(*args, **kwargs)
-        for hook in self._forward_hooks:
-            replaced = hook(self, args, out)
-            out = out if replaced is None else replaced
-        return out
+            for i, hook in list(self._forward_hooks.items()):
+                called.add(i)
+                replaced = self._forward_hook(i, hook, args, kwargs, out)
+                out = out if replaced is None else replaced
+            return out
 
-    def register_forward_pre_hook(self, hook):
-        """Call hook(module, args) before every forward(); the handle's remove()
-        undoes it."""
-        self._forward_pre_hooks.append(hook)
-        return RemovableHandle(self._forward_pre_hooks, hook)
+        for i, hook in list(self._forward_pre_hooks.items()):
+            if i in self._forward_pre_hooks_with_kwargs:
+                replaced = hook(self, args, kwargs)
+                if replaced is not None:
+                    if not (isinstance(replaced, tuple) and len(replaced) == 2):
+                        raise RuntimeError(
+                            "forward pre-hook must return None or a tuple of "
+                            f"(new_args, new_kwargs), but got {replaced}."
+                        )
+                    args, kwargs = replaced
+            else:
+                replaced = hook(self, args)
+                if replaced is not None:
+                    args = replaced if isinstance(replaced, tuple) else (replaced,)
+        try:
+            if self._backward_hooks or self._backward_pre_hooks:
+                return call_with_backward_hooks(self, forward, args, kwargs)
+            return forward(*args, **kwargs)
+        except Exception:
+            for i, hook in list(self._forward_hooks.items()):
+                if i in self._forward_hooks_always_called and i not in called:
+                    try:
+                        replaced = self._forward_hook(i, hook, args, kwargs, out)
+                    except Exception as e:  # noqa: BLE001 - torch warns, then raises
+                        warnings.warn(
+                            "module forward hook with ``always_call=True`` raised an "
+                            "exception that was silenced as another error was "
+                            f"raised in forward: {e}",
+                            stacklevel=2,
+                        )
+                        continue
+                    out = out if replaced is None else replaced
+            raise
 
-    def register_full_backward_hook(self, hook):
+    def _forward_hook(self, i, hook, args, kwargs, out):
+        if i in self._forward_hooks_with_kwargs:
+            return hook(self, args, kwargs, out)
+        return hook(self, args, out)
+
+    def register_forward_pre_hook(self, hook, *, prepend=False, with_kwargs=False):
+        """Call hook(module, args), or with_kwargs hook(module, args, kwargs), before
+        every forward(), after those registered before (before them if prepend);
+        the handle's remove() undoes it."""
+        options = [(self._forward_pre_hooks_with_kwargs, with_kwargs)]
+        return _register(self._forward_pre_hooks, hook, prepend, options)
+
+    def register_forward_hook(
+        self, hook, *, prepend=False, with_kwargs=False, always_call=False
+    ):
+        """Call hook(module, args, output), or with_kwargs hook(module, args, kwargs,
+        output), after every forward() (with always_call, also when it raises),
+        ordered as forward pre-hooks are; the handle's remove() undoes it."""
+        options = [
+            (self._forward_hooks_with_kwargs, with_kwargs),
+            (self._forward_hooks_always_called, always_call),
+        ]
+        return _register(self._forward_hooks, hook, prepend, options)
+
+    def register_full_backward_pre_hook(self, hook, prepend=False):
+        """Call hook(module, grad_output) in each backward pass when the gradients
+        of the module's outputs are known; a returned tuple replaces grad_output,
+        for the module's backward and its full backward hooks."""
+        return _register(self._backward_pre_hooks, hook, prepend, [])
+
+    def register_full_backward_hook(self, hook, prepend=False):
         """Call hook(module, grad_input, grad_output) in each backward pass once the
         gradients of the module's tensor inputs are known (None for an input not
         requiring grad); a returned tuple replaces grad_input."""
-        self._backward_hooks.append(hook)
-        return RemovableHandle(self._backward_hooks, hook)
-
-    def register_forward_hook(self, hook):
-        """Call hook(module, args, output) after every forward(); the handle's
-        remove() undoes it."""
-        self._forward_hooks.append(hook)
-        return RemovableHandle(self._forward_hooks, hook)
+        return _register(self._backward_hooks, hook, prepend, [])
 
     def named_modules(self, memo=None, prefix="", remove_duplicate=True):
         """This module and its submodules, depth first, with dotted names."""
@@ -465,7 +538,7 @@ class Linear(Module):
         bound = 1 / math.sqrt(in_features) if in_features > 0 else 0.0
 
         def uniform(shape):  # astype(None) keeps float64, the tape's default
-            draws = default_generator.uniform(-bound, bound, shape)
+            draws = numpy_generator().uniform(-bound, bound, shape)
             return Parameter(draws.astype(dtype))
 
         self.weight = uniform((out_features, in_features))
@@ -762,7 +835,7 @@ class Embedding(Module):
         dtype=None,
     ):
         super().__init__()
-        _refuse_options(scale_grad_by_freq=scale_grad_by_freq, sparse=sparse)
+        _refuse_options(sparse=sparse)
         self.max_norm, self.norm_type = max_norm, norm_type
         self.scale_grad_by_freq, self.sparse = scale_grad_by_freq, sparse
         if padding_idx is not None:
@@ -772,7 +845,7 @@ class Embedding(Module):
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = padding_idx
         if _weight is None:
-            draws = default_generator.standard_normal((num_embeddings, embedding_dim))
+            draws = numpy_generator().standard_normal((num_embeddings, embedding_dim))
             if padding_idx is not None:
                 draws[padding_idx] = 0
             self.weight = Parameter(draws.astype(dtype), requires_grad=not _freeze)
@@ -811,16 +884,26 @@ class Embedding(Module):
 
     def forward(self, input):
         return functional.embedding(
-            input, self.weight, self.padding_idx, self.max_norm, self.norm_type
+            input,
+            self.weight,
+            self.padding_idx,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
         )
 
     def extra_repr(self):
         text = f"{self.num_embeddings}, {self.embedding_dim}"
         if self.padding_idx is not None:
             text += f", padding_idx={self.padding_idx}"
-        if self.max_norm is not None:
-            text += f", max_norm={self.max_norm}"
-        return text + (f", norm_type={self.norm_type}" if self.norm_type != 2 else "")
+        return text + self._options_repr()
+
+    def _options_repr(self):
+        text = "" if self.max_norm is None else f", max_norm={self.max_norm}"
+        text += f", norm_type={self.norm_type}" if self.norm_type != 2 else ""
+        if self.scale_grad_by_freq is not False:
+            text += f", scale_grad_by_freq={self.scale_grad_by_freq}"
+        return text
 
 
 class EmbeddingBag(Embedding):
@@ -863,10 +946,15 @@ class EmbeddingBag(Embedding):
             per_sample_weights=per_sample_weights,
             include_last_offset=self.include_last_offset,
             padding_idx=self.padding_idx,
+            scale_grad_by_freq=self.scale_grad_by_freq,
         )
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, mode='{self.mode}'"
+        text = f"{self.num_embeddings}, {self.embedding_dim}{self._options_repr()}"
+        text += f", mode='{self.mode}'"
+        if self.padding_idx is not None:
+            text += f", padding_idx={self.padding_idx}"
+        return text
 
 
 class LayerNorm(Module):

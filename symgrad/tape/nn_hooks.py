@@ -1,7 +1,8 @@
 """Module full backward hooks, as torch runs them: the module's tensor inputs and
 its outputs pass through identity Functions (BackwardHookFunction), whose backward
-passes record the gradients of the outputs and then, once the gradients of the
-inputs are known, call each hook(module, grad_input, grad_output)."""
+passes run the pre-hooks on the gradients of the outputs, record them, and then,
+once the gradients of the inputs are known, call each hook(module, grad_input,
+grad_output)."""
 
 from .function import Function
 from .tensor import Tensor
@@ -22,8 +23,9 @@ class BackwardHookFunction(Function):
         return (None, *ctx.callback(grads))
 
 
-def call_with_backward_hooks(module, hooks, args, kwargs):
-    """module.forward(*args, **kwargs) with `hooks` run in its backward pass. Inputs
+def call_with_backward_hooks(module, forward, args, kwargs):
+    """forward(*args, **kwargs) (the module's forward and forward hooks) with the
+    module's full backward pre-hooks and hooks run in its backward pass. Inputs
     that do not require grad get None in grad_input, as in torch."""
     places = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
     needs = [args[i].requires_grad for i in places]
@@ -31,7 +33,7 @@ def call_with_backward_hooks(module, hooks, args, kwargs):
 
     def run_hooks(grads):
         grad_input = tuple(g if n else None for g, n in zip(grads, needs, strict=True))
-        for hook in hooks:
+        for hook in list(module._backward_hooks.values()):
             replaced = hook(module, grad_input, tuple(grad_output))
             if replaced is not None:
                 if len(replaced) != len(grad_input):
@@ -43,6 +45,15 @@ def call_with_backward_hooks(module, hooks, args, kwargs):
         return grad_input
 
     def at_outputs(grads):
+        for hook in list(module._backward_pre_hooks.values()):
+            replaced = hook(module, tuple(grads))
+            if replaced is not None:
+                if len(replaced) != len(grads):
+                    raise RuntimeError(
+                        "Backward pre hook returned an invalid number of grad_output, "
+                        f"got {len(replaced)}, but expected {len(grads)}"
+                    )
+                grads = tuple(replaced)
         grad_output[:] = grads
         if not any(needs):  # no input gradient will come: the hooks run now
             run_hooks([None] * len(places))
@@ -53,7 +64,7 @@ def call_with_backward_hooks(module, hooks, args, kwargs):
         wrapped = _identity(run_hooks, [args[i] for i in places])
         for i, t in zip(places, wrapped, strict=True):
             args[i] = t
-    out = module.forward(*args, **kwargs)
+    out = forward(*args, **kwargs)
     several = isinstance(out, tuple)
     outs = out if several else (out,)
     if not all(isinstance(o, Tensor) for o in outs) or not any(
@@ -62,6 +73,27 @@ def call_with_backward_hooks(module, hooks, args, kwargs):
         return out
     hooked = _identity(at_outputs, outs)
     return hooked if several else hooked[0]
+
+
+class RemovableHandle:
+    """torch.utils.hooks.RemovableHandle for a module's hooks: remove() takes its
+    id out of the hook dict and the dicts marking the hook's options."""
+
+    next_id = 0
+
+    def __init__(self, *dicts):
+        self.id, RemovableHandle.next_id = RemovableHandle.next_id, self.next_id + 1
+        self._dicts = dicts
+
+    def remove(self):
+        for d in self._dicts:
+            d.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.remove()
 
 
 def _identity(callback, tensors):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from .autograd import no_grad
-from .creation import default_generator
+from .creation import numpy_generator
 
 # torch's table, with its types: the int 1 for the linear maps and sigmoid
 _LINEAR = ["linear", "sigmoid", "conv1d", "conv2d", "conv3d"]
@@ -53,20 +53,21 @@ def ones_(tensor):
     return _fill(tensor, 1.0)
 
 
-def uniform_(tensor, a=0.0, b=1.0):
-    return _fill(tensor, default_generator.uniform(a, b, tensor.shape))
+def uniform_(tensor, a=0.0, b=1.0, generator=None):
+    return _fill(tensor, numpy_generator(generator).uniform(a, b, tensor.shape))
 
 
-def normal_(tensor, mean=0.0, std=1.0):
-    return _fill(tensor, default_generator.normal(mean, std, tensor.shape))
+def normal_(tensor, mean=0.0, std=1.0, generator=None):
+    return _fill(tensor, numpy_generator(generator).normal(mean, std, tensor.shape))
 
 
 def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None):
     """Normal(mean, std) draws restricted to [a, b]: those outside are drawn again
     (torch inverts the CDF; the distribution is the same)."""
-    values = default_generator.normal(mean, std, tensor.shape)
+    rng = numpy_generator(generator)
+    values = rng.normal(mean, std, tensor.shape)
     while (outside := (values < a) | (values > b)).any():
-        values[outside] = default_generator.normal(mean, std, outside.sum())
+        values[outside] = rng.normal(mean, std, outside.sum())
     return _fill(tensor, values)
 
 
@@ -76,7 +77,7 @@ def orthogonal_(tensor, gain=1, generator=None):
     if tensor.ndim < 2:
         raise ValueError("Only tensors with 2 or more dimensions are supported")
     rows = tensor.shape[0]
-    flat = default_generator.normal(0.0, 1.0, (rows, tensor.numel() // rows))
+    flat = numpy_generator(generator).normal(0.0, 1.0, (rows, tensor.numel() // rows))
     tall = flat if rows >= flat.shape[1] else flat.T
     q, r = np.linalg.qr(tall)
     q *= np.sign(np.diag(r))
@@ -84,17 +85,18 @@ def orthogonal_(tensor, gain=1, generator=None):
     return _fill(tensor, gain * q.reshape(tensor.shape))
 
 
-def xavier_uniform_(tensor, gain=1.0):
+def xavier_uniform_(tensor, gain=1.0, generator=None):
     """U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out))."""
     fan_in, fan_out = _fans(tensor)
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
-    return uniform_(tensor, -bound, bound)
+    return uniform_(tensor, -bound, bound, generator)
 
 
-def xavier_normal_(tensor, gain=1.0):
+def xavier_normal_(tensor, gain=1.0, generator=None):
     """N(0, std^2) with std = gain * sqrt(2 / (fan_in + fan_out))."""
     fan_in, fan_out = _fans(tensor)
-    return normal_(tensor, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)))
+    std = gain * math.sqrt(2.0 / (fan_in + fan_out))
+    return normal_(tensor, 0.0, std, generator)
 
 
 def _kaiming_std(tensor, a, mode, nonlinearity):
@@ -106,12 +108,17 @@ def _kaiming_std(tensor, a, mode, nonlinearity):
     return calculate_gain(nonlinearity, a) / math.sqrt(fan)
 
 
-def kaiming_uniform_(tensor, a=0, mode="fan_in", nonlinearity="leaky_relu"):
+def kaiming_uniform_(
+    tensor, a=0, mode="fan_in", nonlinearity="leaky_relu", generator=None
+):
     """U(-b, b) with b = gain * sqrt(3 / fan), fan_in or fan_out by `mode`."""
     bound = math.sqrt(3.0) * _kaiming_std(tensor, a, mode, nonlinearity)
-    return uniform_(tensor, -bound, bound)
+    return uniform_(tensor, -bound, bound, generator)
 
 
-def kaiming_normal_(tensor, a=0, mode="fan_in", nonlinearity="leaky_relu"):
+def kaiming_normal_(
+    tensor, a=0, mode="fan_in", nonlinearity="leaky_relu", generator=None
+):
     """N(0, std^2) with std = gain / sqrt(fan)."""
-    return normal_(tensor, 0.0, _kaiming_std(tensor, a, mode, nonlinearity))
+    std = _kaiming_std(tensor, a, mode, nonlinearity)
+    return normal_(tensor, 0.0, std, generator)

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from .creation import default_generator
+from .creation import numpy_generator
 from .functional import dropout, linear
 from .functions import cat, stack
 from .nn import Module, Parameter
@@ -19,7 +19,7 @@ from .nn import Module, Parameter
 def _uniform(bound, dtype, *shape):
     """U(-bound, bound) from the tape's generator, as torch draws every recurrent
     weight; astype(None) keeps float64, the tape's default."""
-    return Parameter(default_generator.uniform(-bound, bound, shape).astype(dtype))
+    return Parameter(numpy_generator().uniform(-bound, bound, shape).astype(dtype))
 
 
 def _map(state, fn):

@@ -493,8 +493,9 @@ class LBFGS(Optimizer):
     """L-BFGS, torch's algorithm step by step: each step(closure) runs up to
     max_iter iterations, each a move of step t along the direction the last
     history_size curvature pairs give (the two-loop recursion), the first t =
-    lr * min(1, 1/|g|_1), then lr. The state persists across steps, as torch's;
-    the strong-Wolfe line search is not in symgrad.tape."""
+    lr * min(1, 1/|g|_1), then lr, or with line_search_fn="strong_wolfe" the t
+    torch's line search picks (_strong_wolfe). The state persists across steps, as
+    torch's."""
 
     _FLAGS = {}  # torch's LBFGS takes none
 
@@ -510,8 +511,6 @@ class LBFGS(Optimizer):
         line_search_fn=None,
     ):
         _check(lr >= 0, "learning rate", lr)
-        if line_search_fn is not None:
-            raise NotImplementedError("LBFGS(line_search_fn=) is not in symgrad.tape")
         defaults = dict(
             lr=lr,
             max_iter=max_iter,
@@ -543,6 +542,19 @@ class LBFGS(Optimizer):
             p._data += (t * d[start : start + n]).reshape(p.shape).astype(p.dtype)
             p._counter.value += 1
             start += n
+
+    def _evaluate(self, closure, t, d):
+        """(loss, flat gradient) at the parameters moved by t * d; the parameters
+        are then put back (torch's _directional_evaluate)."""
+        x = [p._data.copy() for p in self.param_groups[0]["params"]]
+        self._move(t, d)
+        with enable_grad():
+            loss = float(closure())
+        g = self._flat_grad()
+        for p, saved in zip(self.param_groups[0]["params"], x, strict=True):
+            p._data[...] = saved
+            p._counter.value += 1
+        return loss, g
 
     def step(self, closure):
         """Iterate as above and return the loss closure() gave first."""
@@ -589,15 +601,32 @@ class LBFGS(Optimizer):
                     d = d + (al[i] - (old_dirs[i] @ d) * ro[i]) * old_stps[i]
             prev_g, prev_loss = g.copy(), loss
             t = min(1.0, 1.0 / np.abs(g).sum()) * lr if state["n_iter"] == 1 else lr
-            if g @ d > -tol_change:
+            gtd = g @ d
+            if gtd > -tol_change:
                 break
-            self._move(t, d)
-            if n_iter != group["max_iter"]:
-                with enable_grad():
-                    loss = float(closure())
-                g = self._flat_grad()
-                evals += 1
-                state["func_evals"] += 1
+            if group["line_search_fn"] is not None:
+                if group["line_search_fn"] != "strong_wolfe":
+                    raise RuntimeError("only 'strong_wolfe' is supported")
+                loss, g, t, ls_evals = _strong_wolfe(
+                    lambda t, d: self._evaluate(closure, t, d),
+                    t,
+                    d,
+                    loss,
+                    g,
+                    gtd,
+                    max_ls=group["max_eval"] - evals,
+                )
+                self._move(t, d)
+                evals += ls_evals
+                state["func_evals"] += ls_evals
+            else:
+                self._move(t, d)
+                if n_iter != group["max_iter"]:
+                    with enable_grad():
+                        loss = float(closure())
+                    g = self._flat_grad()
+                    evals += 1
+                    state["func_evals"] += 1
             if (
                 n_iter == group["max_iter"]
                 or evals >= group["max_eval"]
@@ -617,3 +646,109 @@ class LBFGS(Optimizer):
             prev_loss=prev_loss,
         )
         return orig_loss
+
+
+def _cubic_interpolate(x1, f1, g1, x2, f2, g2, bounds=None):
+    """The minimizer of the cubic through (x1, f1) and (x2, f2) with slopes g1, g2,
+    clamped to `bounds` (default: between x1 and x2); their midpoint if the cubic
+    has no minimum. torch's, line by line."""
+    xmin_bound, xmax_bound = bounds or ((x1, x2) if x1 <= x2 else (x2, x1))
+    with np.errstate(all="ignore"):  # a collapsed bracket gives nan, as in torch
+        d1 = g1 + g2 - 3 * (f1 - f2) / np.float64(x1 - x2)
+        d2_square = d1**2 - g1 * g2
+        if d2_square >= 0:
+            d2 = np.sqrt(d2_square)
+            if x1 <= x2:
+                min_pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
+            else:
+                min_pos = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
+            return min(max(min_pos, xmin_bound), xmax_bound)
+    return (xmin_bound + xmax_bound) / 2.0
+
+
+def _strong_wolfe(
+    obj_func, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_change=1e-9, max_ls=25
+):
+    """torch's line search along d from loss f (gradient g, slope gtd): a step t
+    meeting the strong Wolfe conditions (sufficient decrease c1, curvature c2),
+    found by bracketing then zooming with cubic interpolation; obj_func(t, d) is
+    (loss, gradient) there. Returns (loss, gradient, t, evaluations)."""
+    d_norm = np.abs(d).max()
+    f_new, g_new = obj_func(t, d)
+    ls_func_evals = 1
+    gtd_new = g_new @ d
+    t_prev, f_prev, g_prev, gtd_prev = 0, f, g, gtd
+    done = False
+    ls_iter = 0
+    while ls_iter < max_ls:  # bracketing
+        if f_new > (f + c1 * t * gtd) or (ls_iter > 1 and f_new >= f_prev):
+            bracket, bracket_f = [t_prev, t], [f_prev, f_new]
+            bracket_g, bracket_gtd = [g_prev, g_new], [gtd_prev, gtd_new]
+            break
+        if abs(gtd_new) <= -c2 * gtd:
+            bracket, bracket_f, bracket_g = [t], [f_new], [g_new]
+            done = True
+            break
+        if gtd_new >= 0:
+            bracket, bracket_f = [t_prev, t], [f_prev, f_new]
+            bracket_g, bracket_gtd = [g_prev, g_new], [gtd_prev, gtd_new]
+            break
+        min_step = t + 0.01 * (t - t_prev)
+        max_step = t * 10
+        tmp = t
+        t = _cubic_interpolate(
+            t_prev, f_prev, gtd_prev, t, f_new, gtd_new, bounds=(min_step, max_step)
+        )
+        t_prev, f_prev, g_prev, gtd_prev = tmp, f_new, g_new, gtd_new
+        f_new, g_new = obj_func(t, d)
+        ls_func_evals += 1
+        gtd_new = g_new @ d
+        ls_iter += 1
+    if ls_iter == max_ls:
+        bracket, bracket_f, bracket_g = [0, t], [f, f_new], [g, g_new]
+
+    insuf_progress = False  # zoom: shrink the bracket until the conditions hold
+    low_pos, high_pos = (0, 1) if bracket_f[0] <= bracket_f[-1] else (1, 0)
+    while not done and ls_iter < max_ls:
+        if abs(bracket[1] - bracket[0]) * d_norm < tolerance_change:
+            break
+        t = _cubic_interpolate(
+            bracket[0],
+            bracket_f[0],
+            bracket_gtd[0],
+            bracket[1],
+            bracket_f[1],
+            bracket_gtd[1],
+        )
+        # a t too near the bracket's ends makes too little progress: move it in
+        eps = 0.1 * (max(bracket) - min(bracket))
+        if min(max(bracket) - t, t - min(bracket)) < eps:
+            if insuf_progress or t >= max(bracket) or t <= min(bracket):
+                if abs(t - max(bracket)) < abs(t - min(bracket)):
+                    t = max(bracket) - eps
+                else:
+                    t = min(bracket) + eps
+                insuf_progress = False
+            else:
+                insuf_progress = True
+        else:
+            insuf_progress = False
+        f_new, g_new = obj_func(t, d)
+        ls_func_evals += 1
+        gtd_new = g_new @ d
+        ls_iter += 1
+        if f_new > (f + c1 * t * gtd) or f_new >= bracket_f[low_pos]:
+            bracket[high_pos], bracket_f[high_pos] = t, f_new
+            bracket_g[high_pos], bracket_gtd[high_pos] = g_new, gtd_new
+            low_pos, high_pos = (0, 1) if bracket_f[0] <= bracket_f[1] else (1, 0)
+        else:
+            if abs(gtd_new) <= -c2 * gtd:
+                done = True
+            elif gtd_new * (bracket[high_pos] - bracket[low_pos]) >= 0:
+                bracket[high_pos] = bracket[low_pos]
+                bracket_f[high_pos] = bracket_f[low_pos]
+                bracket_g[high_pos] = bracket_g[low_pos]
+                bracket_gtd[high_pos] = bracket_gtd[low_pos]
+            bracket[low_pos], bracket_f[low_pos] = t, f_new
+            bracket_g[low_pos], bracket_gtd[low_pos] = g_new, gtd_new
+    return bracket_f[low_pos], bracket_g[low_pos], bracket[low_pos], ls_func_evals

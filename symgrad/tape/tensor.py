@@ -488,20 +488,20 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def pow_(self, exponent):
         return self._inplace(lambda t: t.pow(exponent), exponent)
 
-    def uniform_(self, low=0.0, high=1.0):
-        """Fill with draws from U(low, high) (torch's from, to), from the generator
-        manual_seed seeds."""
-        from .creation import default_generator  # here: creation builds on Tensor
+    def uniform_(self, low=0.0, high=1.0, *, generator=None):
+        """Fill with draws from U(low, high) (torch's from, to), from `generator`
+        (default: the one manual_seed seeds)."""
+        from .creation import numpy_generator  # here: creation builds on Tensor
 
-        return self.copy_(
-            Tensor._wrap(default_generator.uniform(low, high, self.shape))
-        )
+        draws = numpy_generator(generator).uniform(low, high, self.shape)
+        return self.copy_(Tensor._wrap(draws))
 
-    def normal_(self, mean=0.0, std=1.0):
+    def normal_(self, mean=0.0, std=1.0, *, generator=None):
         """Fill with draws from N(mean, std^2)."""
-        from .creation import default_generator  # here: creation builds on Tensor
+        from .creation import numpy_generator  # here: creation builds on Tensor
 
-        return self.copy_(Tensor._wrap(default_generator.normal(mean, std, self.shape)))
+        draws = numpy_generator(generator).normal(mean, std, self.shape)
+        return self.copy_(Tensor._wrap(draws))
 
     def masked_fill_(self, mask, value):
         return self._inplace(lambda t: t.masked_fill(mask, value), value)

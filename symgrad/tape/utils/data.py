@@ -1,15 +1,17 @@
 """torch.utils.data: Dataset, TensorDataset, Subset, random_split and a
 single-process DataLoader.
 
-Shuffling and splitting draw from the tape's generator, so manual_seed makes them
-repeatable (the order differs from torch's, whose generator is another)."""
+Shuffling and splitting draw from the tape's generator (or the one given), so
+manual_seed makes them repeatable (the order differs from torch's, whose generator
+is another).
+"""
 
 import math
 import warnings
 
 import numpy as np
 
-from ..creation import default_generator, tensor
+from ..creation import numpy_generator, tensor
 from ..functions import stack
 from ..tensor import Tensor
 
@@ -75,7 +77,7 @@ def random_split(dataset, lengths, generator=None):
         raise ValueError(
             "Sum of input lengths does not equal the length of the input dataset!"
         )
-    order = (generator or default_generator).permutation(n).tolist()
+    order = numpy_generator(generator).permutation(n).tolist()
     ends = np.cumsum(lengths)
     return [
         Subset(dataset, order[end - size : end])
@@ -112,8 +114,10 @@ class DataLoader:
         drop_last=False,
         collate_fn=None,
         num_workers=0,
+        generator=None,
     ):
         self.dataset, self.batch_size = dataset, batch_size
+        self.generator = generator
         self.shuffle, self.drop_last = shuffle, drop_last
         self.collate_fn = default_collate if collate_fn is None else collate_fn
 
@@ -123,7 +127,8 @@ class DataLoader:
 
     def __iter__(self):
         n = len(self.dataset)
-        order = default_generator.permutation(n) if self.shuffle else range(n)
+        rng = numpy_generator(self.generator)
+        order = rng.permutation(n) if self.shuffle else range(n)
         for b in range(len(self)):
             indices = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.collate_fn([self.dataset[int(i)] for i in indices])
