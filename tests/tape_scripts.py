@@ -108,6 +108,16 @@ def no_address(text):
     return re.sub(r" at 0x[0-9a-f]+", "", text)
 
 
+def differs(reason, raises=AssertionError):
+    """A strict xfail for a script whose tape result differs from torch's."""
+    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
+
+
+def missing(name, raises=AttributeError):
+    """A strict xfail for a script reaching for an API the tape lacks."""
+    return pytest.mark.xfail(strict=True, raises=raises, reason=f"missing: {name}")
+
+
 def cases(table):
     """Parametrize over a dict whose values are a script or (script, mark)."""
     params = []

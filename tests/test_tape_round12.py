@@ -60,19 +60,11 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-from tape_scripts import cases, check, draws, init_from
+from tape_scripts import cases, check, differs, draws, init_from
 
 torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.usefixtures("torch_float64")
-
-
-def missing(name, raises=AttributeError):
-    return pytest.mark.xfail(strict=True, raises=raises, reason=f"missing: {name}")
-
-
-def differs(reason, raises=AssertionError):
-    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
 
 
 # ==== (1) autograd corner semantics ====================================================

@@ -77,14 +77,6 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("torch_float64")
 
 
-def differs(reason, raises=AssertionError):
-    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
-
-
-def missing(name, raises=AttributeError):
-    return pytest.mark.xfail(strict=True, raises=raises, reason=f"missing: {name}")
-
-
 # ==== (1) small training scripts ========================================================
 
 

@@ -47,19 +47,11 @@ import io
 import math
 
 import pytest
-from tape_scripts import cases, check, draws, init_from, no_address
+from tape_scripts import cases, check, draws, init_from, missing, no_address
 
 torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.usefixtures("torch_float64")
-
-
-def differs(reason, raises=AssertionError):
-    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
-
-
-def missing(name, raises=AttributeError):
-    return pytest.mark.xfail(strict=True, raises=raises, reason=f"missing: {name}")
 
 
 def params_of(m):
