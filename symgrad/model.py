@@ -83,6 +83,8 @@ def _number(value) -> sp.Expr:
             f"{value.shape}: declare array data with m.input(name, shape) and pass it "
             "in the inputs"
         )
+    if isinstance(value, Cond):
+        raise TypeError(AS_NUMBERS)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"expected an sg expression or a real number, got {value!r}")
     if not math.isfinite(value):
@@ -121,6 +123,7 @@ def lower_bound(need: sp.Expr) -> tuple[sp.Symbol, int] | None:
     return (symbol, int(-rest)) if rest.is_Integer else None
 
 
+_SIZE_UFUNCS = ("add", "subtract", "multiply", "divide", "power")  # Size's arithmetic
 _OPERATORS = {  # NumPy's binary ufuncs: (our method, our reflected method)
     "add": ("__add__", "__radd__"),
     "subtract": ("__sub__", "__rsub__"),
@@ -407,6 +410,15 @@ class Expr:
 
 TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "view": "x.reshape(...)",
+    "contiguous": "x itself: drop .contiguous() (x.reshape takes any layout)",
+    "clone": "x itself (expressions are never changed in place)",
+    "to": "x itself: drop .to(...) (every expression is float64, on the CPU)",
+    "double": "x itself: drop .double() (every expression is float64)",
+    "dtype": "-1e30 for a mask value, not torch.finfo(x.dtype).min (every expression "
+    "is float64, and exp(-1e30) is 0 just the same)",
+    "dim": "x.ndim",
+    "mT": "x.swapaxes(-2, -1)",
+    "rsqrt": "1 / sg.sqrt(x)",
     "permute": "x.transpose(...)",
     "unsqueeze": "sg.expand_dims(x, axis)",
     "clamp": "x.clip(a_min, a_max)",
@@ -468,6 +480,21 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "layer_norm": "(x - sg.mean(x, -1, keepdims=True)) / sg.sqrt(sg.var(x, -1, "
     "keepdims=True) + eps) * g + b",
     "relu6": "sg.minimum(sg.relu(x), 6.0)",
+    "leaky_relu": "sg.where(x > 0, x, slope * x)",
+    "elu": "sg.where(x > 0, x, alpha * sg.expm1(sg.minimum(x, 0.0)))",
+    "cross_entropy": "-sg.mean(sg.take_along_axis(sg.log_softmax(logits, axis=1), "
+    "y[:, None], axis=1)) (y: an int64 input; weights, ignore_index: sg.where on the "
+    "per-row terms)",
+    "nll_loss": "-sg.mean(sg.take_along_axis(logp, y[:, None], axis=1)) (y: an int64 "
+    "input)",
+    "embedding": "E[y] (the rows of the table E picked by an int64 input y)",
+    "rms_norm": "x / sg.sqrt(sg.mean(x * x, -1, keepdims=True) + eps) * g",
+    "batch_norm": "(x - sg.mean(x, 0)) / sg.sqrt(sg.var(x, 0) + eps) * g + b (training "
+    "mode: the batch's biased variance)",
+    "group_norm": "x.reshape((B, G, -1)) normalized over its last axis as in "
+    "layer_norm, reshaped back, then * g + b per channel",
+    "scaled_dot_product_attention": "sg.softmax(q @ k.swapaxes(-2, -1) / d ** 0.5 + "
+    "mask, axis=-1) @ v (mask: 0 where attended, -1e30 elsewhere)",
     "normalize": "x / sg.maximum(sg.norm(x, axis=-1, keepdims=True), eps)",
     "arange": "an input holding np.arange(n) (int64 to index with)",
     "gather": "sg.take_along_axis(x, index, axis)",
@@ -530,6 +557,25 @@ class Cond:
             "or sg.maximum(a, b) for max(a, b); combine conditions with & and |, "
             "not `and`, `or` or a chained a < x < b"
         )
+
+    def _as_numbers(self, *_):
+        raise TypeError(AS_NUMBERS)
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _as_numbers
+    __truediv__ = __rtruediv__ = __neg__ = __array__ = _as_numbers
+    __array_ufunc__ = __array_function__ = _as_numbers
+
+    def __getattr__(self, name: str):
+        """mask.float(), mask.sum(): torch's masks are numbers, sg's conditions."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"a comparison has no {name!r}: {AS_NUMBERS}")
+
+
+AS_NUMBERS = (
+    "a comparison is a condition for sg.where, not numbers; as numbers it is "
+    "sg.where(cond, 1.0, 0.0) (torch's mask.float(); sg.sum of that counts)"
+)
 
 
 def _condition(x, what: str) -> Cond:
@@ -620,6 +666,19 @@ class Size(str):
             f"cannot take it; use size arithmetic ({self} ** 0.5) or sg.sqrt({self})"
         )
 
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """np.float64(2) * size is size arithmetic; np.sqrt(size) is not."""
+        name = ufunc.__name__
+        if name in _SIZE_UFUNCS and method == "__call__" and not kwargs:
+            a, b = inputs
+            forward, reflected = _OPERATORS[name]
+            return getattr(a, forward)(b) if a is self else getattr(b, reflected)(a)
+        twin = f"sg.{name}({self})" if name in symgrad.__all__ else "sg's functions"
+        raise TypeError(
+            f"numpy.{name} cannot take the symbolic size {self}; use size arithmetic "
+            f"({self} ** 0.5 for a square root) or {twin}"
+        )
+
     def __index__(self):
         raise TypeError(
             f"the size {self} is symbolic, not an int: np.zeros, range() and indexing "
@@ -664,6 +723,14 @@ def where(cond: Cond, a, b) -> Expr:
     """``np.where``: ``a`` where ``cond`` holds, else ``b``; the gradient follows the branch."""
     cond = _condition(cond, "sg.where")
     n = len(cond.args)
+    for x in (a, b):
+        if isinstance(x, Expr) and x.node.dtype == "int64":
+            raise ModelError(
+                f"sg.where: {x.node.describe()} is an int64 array (indices or labels), "
+                "which sg.where cannot pick from: make safe indices in NumPy before "
+                "the call (np.where(y == -100, 0, y), passed as an input) and mask "
+                "what they pick (sg.where(y != -100, loss, 0.0))"
+            )
     _values([x for x in (a, b) if isinstance(x, Expr)], "sg.where")
     symbols, nodes = _lift((a, b))
     symbols = [
