@@ -10,6 +10,7 @@ import argparse
 import difflib
 import importlib.util
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,33 +32,44 @@ class UsageError(Exception):
 
 def load_models(specs: list[str]) -> list[Model]:
     """Built-in model names or model files whose ``build()`` returns an ``sg.Model``."""
-    models = []
+    models, declared_in = [], {}
     for spec in specs or BUILTIN:
         if spec in BUILTIN:
-            models.append(load_builtin(spec))
+            model = load_builtin(spec)
         elif spec.endswith(".py") or Path(spec).exists():
-            models.append(_load_file(Path(spec)))
+            model = _load_file(Path(spec))
         else:
             raise UsageError(
                 f"{spec!r} is neither a model file nor a built-in model ({', '.join(BUILTIN)})"
             )
-    names = [m.name for m in models]
-    if len(set(names)) != len(names):
-        raise UsageError(f"two models are named {max(names, key=names.count)!r}")
+        if model.name in declared_in:
+            raise UsageError(
+                f"two models are named {model.name!r} ({declared_in[model.name]} and "
+                f"{spec}): each writes {model.name}.py, so rename one"
+            )
+        declared_in[model.name] = spec
+        models.append(model)
     return models
 
 
 def _load_file(path: Path) -> Model:
+    if path.is_dir():
+        raise UsageError(f"model file {path} is a directory: name its model files")
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
-    saved_path = sys.path[:]
-    sys.path.insert(
-        0, str(path.resolve().parent)
-    )  # as `python model.py`: helpers import
+    folder = path.resolve().parent
+    saved_path, saved_modules = sys.path[:], set(sys.modules)
+    sys.path.insert(0, str(folder))  # as `python model.py`: helpers import
     try:
         model = _run_build(path)
     finally:
         sys.path[:] = saved_path
+        # the file's own modules (a helpers.py beside it) leave with it, so that the
+        # next file's helpers.py of the same name is its own, not this one's
+        for name in set(sys.modules) - saved_modules:
+            file = getattr(sys.modules[name], "__file__", None)
+            if file is not None and Path(file).resolve().is_relative_to(folder):
+                del sys.modules[name]
     if not isinstance(model, Model):
         raise UsageError(
             f"{path}: build() returned {type(model).__name__}, not an sg.Model"
@@ -67,8 +79,11 @@ def _load_file(path: Path) -> Model:
 
 def _run_build(path: Path):
     """Import the model file and call its build(); the file's own errors name the file."""
-    spec = importlib.util.spec_from_file_location(f"symgrad_model_{path.stem}", path)
+    name = f"symgrad_model_{path.stem}"
+    loader = importlib.machinery.SourceFileLoader(name, str(path))  # any suffix
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # importable by name while it runs, as dataclasses ask
     try:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as e:  # sys.exit() in a script
@@ -103,7 +118,9 @@ def generate(model: Model, hessian: bool = False):
 
 def _timing(program) -> str:
     t = program.timings
-    sympy_time = t.get("fuse", 0) + t.get("differentiate", 0) + t.get("optimize", 0)
+    sympy_time = sum(
+        t.get(k, 0) for k in ("fuse", "differentiate", "optimize", "hessian")
+    )
     return (
         f"compiled in {sum(t.values()):.2f} s (sympy {sympy_time:.2f}, cse {t.get('cse', 0):.2f}, "
         f"print {t.get('print', 0):.2f}, black {t.get('black', 0):.2f}"
@@ -218,8 +235,8 @@ def _built_with_hessian(path: Path) -> bool:
 
 def _build_command(spec: str, out: str, hessian: bool) -> str:
     """The ``symgrad build`` that rewrites a module where check looked for it."""
-    words = ["symgrad build", spec, "" if out == "generated" else f"--out {out}"]
-    return " ".join(w for w in [*words, "--hessian" if hessian else ""] if w)
+    words = ["symgrad", "build", spec, *([] if out == "generated" else ["--out", out])]
+    return shlex.join(words + ["--hessian"] * hessian)  # pasted into a shell as is
 
 
 def _is_generated(path: Path) -> bool:

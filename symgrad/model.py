@@ -54,6 +54,11 @@ _TEMPORARY = re.compile(r"t\d+|grad_.*|_.*")
 def check_name(name: object, what: str) -> str:
     """Reject anything that is not a plain identifier we can safely write into source."""
     if not isinstance(name, str) or not name.isidentifier() or not name.isascii():
+        if isinstance(name, str) and name.isidentifier():  # 'modèle'
+            raise ModelError(
+                f"{what} name {name!r} is not ASCII: generated source takes names of "
+                "ASCII letters, digits and _"
+            )
         raise ModelError(f"{what} name {name!r} is not a Python identifier")
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise ModelError(f"{what} name {name!r} is a Python keyword")
@@ -441,8 +446,10 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "inverse": "sg.inv(x)",
     "det": "sg.det(x)",
     "unfold": "sg.sliding_window_view(x, size, axis) (a step: then [..., ::step, :])",
-    "index_add": "x + sg.segment_sum(source, index, x.shape[0]) (rows of axis 0)",
-    "index_add_": "x + sg.segment_sum(source, index, x.shape[0]) (rows of axis 0)",
+    **dict.fromkeys(
+        ("index_add", "index_add_"),
+        "x + sg.segment_sum(source, index, x.shape[0]) (rows of axis 0)",
+    ),
     "scatter_add": "sg.segment_sum(source, index, n) (rows of axis 0)",
     "sort": "sg.sort(x, axis)",
     "argsort": "sg.argsort(x, axis)",
@@ -457,8 +464,7 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "asinh": "sg.arcsinh(x)",
     "atanh": "sg.arctanh(x)",
     "atan2": "sg.arctan2(y, x)",
-    "logsigmoid": "-sg.softplus(-x)",
-    "log_sigmoid": "-sg.softplus(-x)",
+    **dict.fromkeys(("logsigmoid", "log_sigmoid"), "-sg.softplus(-x)"),
     "logcumsumexp": "a running sg.logaddexp along a fixed-size axis (y = [x[0]]; then "
     "y.append(sg.logaddexp(y[-1], x[i])); sg.stack(y)); sg.log(sg.cumsum(sg.exp(x - "
     "m))) + m with m = sg.max(x) is shorter but gives -inf where a prefix lies ~745 "
@@ -472,8 +478,9 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "special": "sg's functions directly (sg.erf, sg.erfc, sg.lgamma, sg.digamma, "
     "sg.log_softmax): there is no sg.special",
     "gammaln": "sg.lgamma(x)",
-    "ndtr": "0.5 * sg.erfc(-x / sqrt(2)) (the normal CDF)",
-    "norm_cdf": "0.5 * sg.erfc(-x / sqrt(2)) (the normal CDF)",
+    **dict.fromkeys(
+        ("ndtr", "norm_cdf"), "0.5 * sg.erfc(-x / sqrt(2)) (the normal CDF)"
+    ),
     "log_ndtr": "sg.log(0.5 * sg.erfc(-x / sqrt(2))) (the normal CDF's log)",
     "argmax": "index 0 along axis of sg.argsort(-x, axis) (the first of ties)",
     "argmin": "index 0 along axis of sg.argsort(x, axis) (the first of ties)",

@@ -1316,5 +1316,8 @@ def test_two_files_declaring_one_model_name_are_one_error(tmp_path):
     (tmp_path / "b.py").write_text(BT_FILE.format(hessian=True))
     done = run_cli(["build", "a.py", "b.py", "--out", "gen"], tmp_path)
     assert done.returncode == 1
-    assert done.stderr == "symgrad: error: two models are named 'bradley_terry'\n"
+    assert done.stderr == (
+        "symgrad: error: two models are named 'bradley_terry' (a.py and b.py): each "
+        "writes bradley_terry.py, so rename one\n"
+    )
     assert not (tmp_path / "gen").exists()
