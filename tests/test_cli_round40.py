@@ -366,6 +366,9 @@ def test_ctrl_c_while_a_model_builds_exits_130_and_writes_nothing(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a CI job run in the background inherits SIGINT ignored (so would the child,
+        # and Python then installs no KeyboardInterrupt): Ctrl-C as in a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 30
