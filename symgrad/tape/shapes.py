@@ -119,17 +119,14 @@ REDUCTIONS = {  # the ufunc, and what a position starts from without self's valu
 }
 
 
-def _scatter_reduce_coefs(reduce, own, values, out, where, include_self):
+def _scatter_reduce_coefs(reduce, own, values, out, where, count, include_self):
     """d out / d self (elementwise) and d out[where] / d src: 1 for sums, 1/count for
-    means, the share of a tie for amax/amin (self's value counts in the tie even if
+    means (count: the values averaged into each position, at least 1), the share of a tie for amax/amin (self's value counts in the tie even if
     excluded, as in torch), the product of the other factors for prod."""
     ones = np.ones(out.shape)
     if reduce == "sum":
         return ones, np.ones(values.shape)
     if reduce == "mean":
-        count = ones.copy() if include_self else np.zeros(out.shape)
-        np.add.at(count, where, 1)
-        count = np.maximum(count, 1)
         return 1 / count, 1 / count[where]
     if reduce in ("amax", "amin"):
         own_hit, src_hit = ones * (own == out), values == out[where]
@@ -751,11 +748,12 @@ class ShapeOps:
             out[touched] = REDUCTIONS[reduce][1]
         else:
             count += 1
+        count = np.maximum(count, 1)
         REDUCTIONS[reduce][0].at(out, where, values)
         if reduce == "mean":
-            out = np.where(touched, out / np.maximum(count, 1), out).astype(out.dtype)
+            out = np.where(touched, out / count, out).astype(out.dtype)
         self_coef, src_coef = _scatter_reduce_coefs(
-            reduce, self._data, values, out, where, include_self
+            reduce, self._data, values, out, where, count, include_self
         )
         if not include_self:
             self_coef = np.where(touched, 0, self_coef)
