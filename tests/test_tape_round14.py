@@ -2101,6 +2101,8 @@ def pad_mode_errors(torch):
             lambda: F.pad(x, (5, 0), mode="circular"),
             lambda: F.pad(torch.zeros(1, 2, 3, 4), (0, 0, -3, -2), mode="circular"),
             lambda: F.pad(torch.zeros(2, 3, dtype=torch.bool), (1, 1), mode="reflect"),
+            lambda: F.pad(torch.zeros(1, 1, 3, 4), (-4, -1, 3, 0), mode="reflect"),
+            lambda: F.pad(torch.zeros(1, 1, 3, 4), (-4, -1, 3, 0), mode="replicate"),
         ],
     )
 

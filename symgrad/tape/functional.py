@@ -169,24 +169,25 @@ def _check_reflect_replicate(input, widths, mode, k):
             "batch size and other non-zero dimensions for input, but got: "
             f"{list(input.shape)}"
         )
-    for i in range(k):
-        d = input.ndim - 1 - i
-        (a, b), n = widths[d], input.shape[d]
+    padded = [
+        (i, d, *widths[d], input.shape[d])
+        for i, d in enumerate(range(input.ndim - 1, input.ndim - 1 - k, -1))
+    ]
+    # every reflect check comes before any size check, as in torch
+    for i, d, a, b, n in padded:
         if mode == "reflect" and (a >= n or b >= n):
             raise RuntimeError(
                 f"Argument #{4 + 2 * i}: Padding size should be less than the "
                 "corresponding input dimension, but got: padding "
                 f"({a}, {b}) at dimension {d} of input {list(input.shape)}"
             )
-    for i in range(k):
-        d = input.ndim - 1 - i
-        (a, b), n = widths[d], input.shape[d]
+    for *_, a, b, n in padded:
         if k == 1 and n + a + b < 1:
             raise RuntimeError(
                 f"input (W: {n}) is too small. Calculated output W: {n + a + b}"
             )
         if n + a + b < 0:
-            out = [n + a + b if e == d else s for e, s in enumerate(input.shape)]
+            out = [s + lo + hi for (lo, hi), s in zip(widths, input.shape, strict=True)]
             raise RuntimeError(
                 f"Trying to create tensor with negative dimension {n + a + b}: "
                 f"{out}"
