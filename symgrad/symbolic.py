@@ -320,8 +320,12 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
     small = sp.count_ops(expr) <= SIMPLIFY_OPS
     if not expr.is_Symbol and not expr.is_Number:
         reused = d.subs(expr, OUT) if small else d.xreplace({expr: OUT})
-        # but u**(p-1) stays: as OUT/u it would be 0/0 at u = 0
-        if not (_fractional_power(expr) and reused.has(1 / expr.base)):
+        # only if expr was found (subs may rewrite a miss: (1 + nu e^-x)**(-1/nu) as
+        # e^(x/nu) (nu + e^x)**(-1/nu), which overflows), and u**(p-1) stays: as OUT/u
+        # it would be 0/0 at u = 0
+        if reused.has(OUT) and not (
+            _fractional_power(expr) and reused.has(1 / expr.base)
+        ):
             d = reused
     return _forward_sums(sp.factor_terms(d), expr) if small else d
 

@@ -941,7 +941,6 @@ RICHARDS_REASON = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=RICHARDS_REASON)
 def test_richards_with_a_tiny_shape_is_gompertz():
     """nu -> 0: (1 + nu e^-x)^(-1/nu) -> exp(-e^-x), Gompertz's curve; at nu = e^-14 the
     generated curve is within 1e-5 of it, and the gradients still agree with torch."""
@@ -1103,7 +1102,6 @@ def test_hessian_at_the_edges(case):
     assert rel(H, fd.T) < 1e-7 and rel(H, H.T) < 1e-14
 
 
-@pytest.mark.xfail(strict=True, reason=RICHARDS_REASON)
 def test_a_parameters_power_times_a_factor_has_a_finite_gradient_minimal():
     """The minimal repro of RICHARDS_REASON: the forward is right, the gradient inf."""
     m = sg.Model("power_times_factor")
