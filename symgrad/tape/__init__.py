@@ -72,6 +72,7 @@ from .dtypes import (
     short,
     uint8,
 )
+from .functional import cosine_similarity, pairwise_distance
 from .functions import (
     addmm,
     bucketize,
@@ -130,6 +131,8 @@ __all__ += ["log2", "log10", "broadcast_to", "addcmul", "addcdiv", "fmod"]
 __all__ += ["tensor_split", "unflatten", "index_fill", "searchsorted", "bucketize"]
 __all__ += ["normal", "Generator", "seed", "initial_seed"]
 __all__ += ["get_rng_state", "set_rng_state"]
+__all__ += ["diff", "logit", "hypot", "xlogy", "diag_embed", "select", "fliplr"]
+__all__ += ["flipud", "cosine_similarity", "pairwise_distance"]
 
 
 # torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.
@@ -211,6 +214,13 @@ narrow, scatter, is_floating_point = (
     Tensor.scatter,
     Tensor.is_floating_point,
 )
+diff, logit, hypot = Tensor.diff, Tensor.logit, Tensor.hypot
+diag_embed, select, fliplr, flipud = (
+    Tensor.diag_embed,
+    Tensor.select,
+    Tensor.fliplr,
+    Tensor.flipud,
+)
 
 
 def _function(method):
@@ -242,6 +252,11 @@ del _name, _value
 
 def is_tensor(obj):
     return isinstance(obj, Tensor)
+
+
+def xlogy(input, other):
+    """torch.xlogy: input * log(other), where input may be a number."""
+    return (input if is_tensor(input) else other._lift(input)).xlogy(other)
 
 
 def polygamma(n, input):

@@ -107,6 +107,22 @@ def _power(x, p):
         raise RuntimeError(str(exc)) from None
 
 
+def _tensor_power(x, p):
+    """x ** p for a tensor p: integers to negative powers as torch's, 0 except for
+    bases 1 and -1 (NumPy refuses them; torch does too, but only for a number p)."""
+    if x.dtype.kind in "iu" and p.dtype.kind == "i" and (p < 0).any():
+        return np.where((p >= 0) | (np.abs(x) == 1), np.power(x, np.abs(p)), 0)
+    return np.power(x, p)
+
+
+def _tracked(*operands):
+    """The operand an in-place op must record the graph for (one that requires grad),
+    else the first."""
+    return next(
+        (t for t in operands if getattr(t, "requires_grad", False)), operands[0]
+    )
+
+
 def _checked_division(fn):
     """fn, except that integer division by zero raises, as in torch (NumPy gives
     0 with a warning)."""
@@ -235,7 +251,9 @@ class ArithmeticOps:
                 return (xp.zeros_like(g) if p == 0 else g * p * x ** (p - 1),)
 
             return self._result(out, (self,), backward, "PowBackward0")
-        return _binary(self, other, _power, _POW_RULES, "PowBackward1", ("xy", "xo"))
+        return _binary(
+            self, other, _tensor_power, _POW_RULES, "PowBackward1", ("xy", "xo")
+        )
 
     pow = __pow__
 
@@ -266,6 +284,18 @@ class ArithmeticOps:
         """self + value * tensor1 / tensor2."""
         return self + value * tensor1 / tensor2
 
+    def addcmul_(self, tensor1, tensor2, *, value=1):
+        return self._inplace(
+            lambda t: t.addcmul(tensor1, tensor2, value=value),
+            _tracked(tensor1, tensor2),
+        )
+
+    def addcdiv_(self, tensor1, tensor2, *, value=1):
+        return self._inplace(
+            lambda t: t.addcdiv(tensor1, tensor2, value=value),
+            _tracked(tensor1, tensor2),
+        )
+
     def __floordiv__(self, other):
         """Rounds down; not differentiable (torch records it, then fails in backward)."""
         return self._untracked(other, _checked_division(np.floor_divide))
@@ -287,6 +317,30 @@ class ArithmeticOps:
         )
         return _binary(self, other, np.arctan2, rules, "Atan2Backward0", ("xy", "xy"))
 
+    def hypot(self, other):
+        """sqrt(self^2 + other^2) without overflow; d/dself = self / out (0/0 = nan
+        at the origin, as torch's)."""
+        rules = (
+            lambda xp, g, x, y, out: g * x / out,
+            lambda xp, g, x, y, out: g * y / out,
+        )
+        return _binary(self, other, np.hypot, rules, "HypotBackward0", ("xo", "yo"))
+
+    def xlogy(self, other):
+        """self * log(other), 0 where self is 0 (unless other is nan), as torch's;
+        d/dself = log(other), but 0 where self is 0 and other <= 0 (torch's rule),
+        d/dother = self / other."""
+
+        def forward(x, y):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where((x == 0) & ~np.isnan(y), 0.0, x * np.log(y))
+
+        rules = (
+            lambda xp, g, x, y, out: xp.where((x == 0) & (y <= 0), 0.0, g * xp.log(y)),
+            lambda xp, g, x, y, out: g * x / y,
+        )
+        return _binary(self, other, forward, rules, "XlogyBackward0", ("xy", "xy"))
+
     def __radd__(self, other):
         return self._lift(other) + self
 
@@ -306,7 +360,9 @@ class ArithmeticOps:
     def __rpow__(self, other):
         """other ** self, a number to a tensor power (torch's PowBackward2)."""
         base = self._lift(other)
-        return _binary(base, self, _power, _POW_RULES, "PowBackward2", ("xy", "xo"))
+        return _binary(
+            base, self, _tensor_power, _POW_RULES, "PowBackward2", ("xy", "xo")
+        )
 
     def __rmod__(self, other):
         return self._lift(other) % self

@@ -105,6 +105,15 @@ class PointwiseOps:
     lgamma = _unary("Lgamma", lgamma_array, lambda xp, g, x: g * xp.digamma(x))
     digamma = _unary("Digamma", digamma_array, lambda xp, g, x: g * xp.polygamma(1, x))
 
+    _logit = _unary(
+        "Logit", lambda p: np.log(p / (1 - p)), lambda xp, g, p: g / (p * (1 - p))
+    )
+
+    def logit(self, eps=None):
+        """log(p / (1 - p)), of p clamped to [eps, 1 - eps] when eps is given (the
+        gradient 0 outside, as torch's)."""
+        return (self if eps is None else self.clamp(eps, 1 - eps))._logit()
+
     def polygamma(self, n):
         """The n-th derivative of digamma (torch's argument order: torch.polygamma(n,
         x)); its gradient is polygamma(n + 1), so it has derivatives of every order."""
@@ -254,19 +263,22 @@ class PointwiseOps:
         )
 
     def clone(self):
-        out = self._data.copy()
-        return self._result(out, (self,), _identity, "CloneBackward0", saves=False)
+        return self._copy("CloneBackward0")
 
-    def to(self, *args, dtype=None, device=None):
+    def _copy(self, name):
+        return self._result(self._data.copy(), (self,), _identity, name, saves=False)
+
+    def to(self, *args, dtype=None, device=None, non_blocking=False, copy=False):
         """to(dtype), to(device) or to(device, dtype): cast to `dtype`, the gradient
-        cast back. The CPU is the only device, so a device string changes nothing."""
+        cast back; this tensor itself if nothing changes, unless copy=True. The CPU is
+        the only device, so a device string changes nothing (nor does non_blocking)."""
         dtype = next((a for a in args if not isinstance(a, str | dtypes.device)), dtype)
         if isinstance(dtype, PointwiseOps):  # to(other): other's dtype
             dtype = dtype.dtype
-        if dtype is None or np.dtype(dtype) == self.dtype:
+        if not copy and (dtype is None or np.dtype(dtype) == self.dtype):
             return self
         x = self._data
-        out = x.astype(dtype)
+        out = x.astype(self.dtype if dtype is None else dtype)
 
         def backward(xp, g):
             return (xp.cast(g, x.dtype),)

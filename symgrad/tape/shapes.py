@@ -329,6 +329,18 @@ class ShapeOps:
 
         return self._result(out, (self,), backward, "FlipBackward0", saves=False)
 
+    def fliplr(self):
+        """The order along dim 1 reversed."""
+        if self.ndim < 2:
+            raise RuntimeError("Input must be >= 2-d.")
+        return self.flip(1)
+
+    def flipud(self):
+        """The order along dim 0 reversed."""
+        if self.ndim < 1:
+            raise RuntimeError("Input must be >= 1-d.")
+        return self.flip(0)
+
     def take_along_dim(self, indices, dim=None):
         """gather with the two broadcast against each other except along dim (of
         everything flattened if dim is None)."""
@@ -410,9 +422,12 @@ class ShapeOps:
 
         return self._result(out, (self,), backward, "RepeatBackward0", saves=False)
 
-    def repeat_interleave(self, repeats, dim=None, *, output_size=None):
+    def repeat_interleave(self, repeats=None, dim=None, *, output_size=None):
         """Each slice along dim (each element of the flattened tensor if dim is None)
-        `repeats` times: an int, or a tensor of one count per slice."""
+        `repeats` times: an int, or a tensor of one count per slice. Without repeats
+        (torch.repeat_interleave(counts)): each index i counts[i] times."""
+        if repeats is None:
+            return self._lift(np.repeat(np.arange(self.numel()), self._data))
         x = self.reshape(-1) if dim is None else self
         dim = 0 if dim is None else dim
         counts = getattr(repeats, "_data", repeats)
@@ -522,6 +537,33 @@ class ShapeOps:
     def index_fill_(self, dim, index, value):
         return self._inplace(lambda t: t.index_fill(dim, index, value), value)
 
+    def select(self, dim, index):
+        """The slice at `index` along dim, without that dim (a view)."""
+        axis = _axis(dim, self.ndim)
+        if not -self.shape[axis] <= index < self.shape[axis]:
+            raise IndexError(
+                f"select(): index {index} out of range for tensor of size "
+                f"{list(self.shape)} at dimension {dim}"
+            )
+        return self[(slice(None),) * axis + (index,)]
+
+    def diff(self, n=1, dim=-1, prepend=None, append=None):
+        """The n-th forward difference along dim of self with prepend and append
+        joined on at its ends (for bools: whether neighbours differ)."""
+        from .functions import cat  # here: functions builds on Tensor
+
+        parts = [t for t in (prepend, self, append) if t is not None]
+        if any(t.ndim != self.ndim for t in parts):
+            raise RuntimeError(
+                "diff expects prepend or append to be the same dimension as input"
+            )
+        x = cat(parts, dim) if len(parts) > 1 else self
+        lead = (slice(None),) * _axis(dim, self.ndim)
+        for _ in range(n):
+            later, earlier = x[lead + (slice(1, None),)], x[lead + (slice(None, -1),)]
+            x = later != earlier if x.dtype == np.bool_ else later - earlier
+        return x
+
     def narrow(self, dim, start, length):
         """The `length` elements from `start` along dim (a view)."""
         axis = _axis(dim, self.ndim)
@@ -588,6 +630,26 @@ class ShapeOps:
 
             name = "DiagonalBackward0_copy"
         return self._result(out, (self,), backward, name, saves=False)
+
+    def diag_embed(self, offset=0, dim1=-2, dim2=-1):
+        """Each vector along the last dim as the offset-th diagonal of a square matrix
+        (zeros elsewhere), the matrices in dims dim1, dim2 of the result."""
+        x = self._data
+        n = x.shape[-1] + abs(offset)
+        rows, cols = np.nonzero(np.eye(n, k=offset, dtype=bool))
+        out = np.zeros(x.shape[:-1] + (n, n), x.dtype)
+        out[..., rows, cols] = x
+
+        def backward(xp, g):
+            return (g[..., rows, cols],)
+
+        embedded = self._result(
+            out, (self,), backward, "DiagEmbedBackward0", saves=False
+        )
+        dims = tuple(_axis(d, out.ndim) for d in (dim1, dim2))
+        if dims == (out.ndim - 2, out.ndim - 1):
+            return embedded
+        return embedded.movedim((-2, -1), dims)
 
     @property
     def T(self):

@@ -354,7 +354,10 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         Then the post-accumulate hooks."""
         if isinstance(g, Tensor):
             g = g.to(self.dtype)
-            self._grad = g.clone() if self._grad is None else self._grad + g
+            first = self._grad is None
+            self._grad = (
+                g._copy("torch::autograd::CopyBackwards") if first else self._grad + g
+            )
         elif self._grad is None:
             self._grad = Tensor._wrap(np.array(g, self.dtype))  # copy: g may be a view
         else:
