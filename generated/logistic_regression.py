@@ -13,10 +13,14 @@ OUTPUTS = ("logits",)
 
 def _unpack(params, inputs):
     """Check names, dtypes and shapes; return the arrays (0-d: as scalars) and dims."""
-    if params.keys() != PARAMS.keys():
-        _wrong_keys("params", params, PARAMS)
-    if inputs.keys() != INPUTS.keys():
-        _wrong_keys("inputs", inputs, INPUTS)
+    try:
+        if params.keys() != PARAMS.keys():
+            _wrong_keys("params", params, PARAMS)
+        if inputs.keys() != INPUTS.keys():
+            _wrong_keys("inputs", inputs, INPUTS)
+    except AttributeError:
+        _not_mapping(params=params, inputs=inputs)
+        raise
     w = params["w"]
     if type(w) is not np.ndarray:
         w = _array("params", "w", w)
@@ -58,7 +62,19 @@ def _wrong_keys(group, given, expected):
     raise KeyError(f"{group}: missing {missing}, unexpected {extra}")
 
 
+def _not_mapping(**arguments):
+    for group, given in arguments.items():
+        if not hasattr(given, "keys"):
+            raise TypeError(
+                f"{group}: expected a dict of arrays by name, got {type(given).__name__}"
+            )
+
+
 def _array(group, name, value):
+    if isinstance(value, np.ma.MaskedArray):  # np.asarray would drop the mask
+        raise ValueError(
+            f"{group}[{name!r}]: a masked array; pass the rows to use, or .filled(...)"
+        )
     try:
         return np.asarray(value)
     except ValueError as error:  # a ragged list, say: say which array
@@ -103,7 +119,12 @@ def forward(params, inputs):
 
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
-    grad_loss = float(grad_loss)  # float64, whatever scalar type is given
+    try:
+        grad_loss = float(grad_loss)  # float64, whatever scalar type is given
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"grad_loss: expected a number (the loss is a scalar), got {grad_loss!r:.80}"
+        ) from None
     try:
         X, batch, logits, t2, y = (
             cache["X"],

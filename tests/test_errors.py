@@ -635,7 +635,8 @@ def test_docstrings_are_escaped(doc, tmp_path, monkeypatch):
     public = {k for k in vars(module) if not k.startswith("__")}
     public -= {"math", "_value_and_grad_unrolled"}  # a model this small is unrolled
     assert public == {
-        "np", "PARAMS", "INPUTS", "OUTPUTS", "_unpack", "_wrong_keys", "_array", "_float64", "_bad",
+        "np", "PARAMS", "INPUTS", "OUTPUTS", "_unpack", "_wrong_keys", "_not_mapping", "_array",
+        "_float64", "_bad",
         "forward", "backward", "value_and_grad", "init_params",
     }  # fmt: skip
 
