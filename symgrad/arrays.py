@@ -366,12 +366,21 @@ _PAD_BLOCKS = {
 _TORCH_PAD_MODES = {"replicate": "edge", "circular": "wrap"}
 
 
-def diff(x: Expr, n: int = 1, axis: int = -1) -> Expr:
-    """NumPy's diff: x[1:] - x[:-1] along ``axis``, taken ``n`` times."""
+def diff(x: Expr, n: int = 1, axis: int = -1, prepend=None, append=None) -> Expr:
+    """NumPy's diff: x[1:] - x[:-1] along ``axis``, taken ``n`` times, of x with
+    ``prepend`` and ``append`` joined on at its ends (a number: one slice of it)."""
     (axis,) = _one_axis(_expr(x, "sg.diff").node, axis, "sg.diff")
     n = ops.python_int(n)
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"sg.diff: n must be an int >= 0, not {n!r}")
+    ends = [
+        end if isinstance(end, Expr) else full_like(_along(x, axis, slice(0, 1)), end)
+        for end in (prepend, append)
+        if end is not None
+    ]
+    if ends:
+        first = [ends.pop(0)] if prepend is not None else []
+        x = concatenate([*first, x, *ends], axis)
     for _ in range(n):
         x = _along(x, axis, slice(1, None)) - _along(x, axis, slice(-1))
     return x

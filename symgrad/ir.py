@@ -111,10 +111,17 @@ def broadcast(*operands: Node) -> Shape:
             # Name the first sized operand and the first one that disagrees with it.
             sizes = [(x, p[axis]) for x, p in zip(operands, padded, strict=True)]
             a = next(x for x, d in sizes if d == sized[0])
-            b = next(x for x, d in sizes if d not in (1, sized[0]))
+            b, other = next((x, d) for x, d in sizes if d not in (1, sized[0]))
+            symbolic = not isinstance(sized[0], int) and not isinstance(other, int)
             raise ShapeError(
                 f"cannot broadcast {a.describe()} of shape {format_shape(a.shape)} "
                 f"with {b.describe()} of shape {format_shape(b.shape)}"
+                + (
+                    f": sizes {sized[0]} and {other} are never equal; derive one "
+                    "array's size from the other's (slice with x[1:], or sg.pad)"
+                    if symbolic
+                    else ""
+                )
             )
         out.append(sized[0] if sized else 1)
     return tuple(out)
@@ -157,7 +164,7 @@ class Node:
         if self.name is not None:
             return self.name
         if depth == 0 or not self.args:
-            return f"<{self.op}>"
+            return "..." if self.op == "map" else f"<{self.op}>"
         if self.op == "map":  # the formula, with arguments in place of placeholders
             # a Dummy per argument: equal descriptions must not cancel (x@A - x@B is not 0)
             args = [sp.Dummy(a.describe(depth - 1), real=True) for a in self.args]

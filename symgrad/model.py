@@ -374,7 +374,11 @@ class Expr:
 
     def __len__(self) -> int:
         if not self.node.shape:
-            raise TypeError("len() of a 0-d expression")
+            raise TypeError(
+                "len() of a 0-d expression: a matrix of 0-d expressions is "
+                "sg.stack([sg.stack([a, b]), sg.stack([c, d])]), not torch.tensor or "
+                "np.array of them"
+            )
         first = self.node.shape[0]
         if not isinstance(first, int):
             raise TypeError(
@@ -427,6 +431,23 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "permute": "x.transpose(...)",
     "unsqueeze": "sg.expand_dims(x, axis)",
     "clamp": "x.clip(a_min, a_max)",
+    "clamp_min": "x.clip(a_min, None)",
+    "clamp_max": "x.clip(None, a_max)",
+    "mul": "x * y",
+    "add": "x + y",
+    "sub": "x - y",
+    "div": "x / y",
+    "kron": "sg.einsum('ij,kl->ikjl', a, b).reshape((n * p, m * q)) (a: (n, m), "
+    "b: (p, q))",
+    "logit": "sg.log(p) - sg.log1p(-p)",
+    **dict.fromkeys(
+        ("trapezoid", "trapz"), "sg.sum((f[1:] + f[:-1]) * sg.diff(t)) / 2"
+    ),
+    "polyval": "Horner's loop: y = c[0]; then y = y * x + c[k] for each next k",
+    "broadcast_tensors": "the log-density written out, e.g. Normal(mu, sigma)"
+    ".log_prob(y) = -0.5 * ((y - mu) / sigma) ** 2 - sg.log(sigma) - 0.5 * "
+    "log(2 pi) (torch.distributions broadcast their arguments first), or "
+    "sg.broadcast_to(x, shape)",
     "masked_fill": "sg.where(mask, value, x)",
     "detach": "sg.stop_gradient(x)",
     "pow": "x ** p",
@@ -489,6 +510,12 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "relu6": "sg.minimum(sg.relu(x), 6.0)",
     "leaky_relu": "sg.where(x > 0, x, slope * x)",
     "elu": "sg.where(x > 0, x, alpha * sg.expm1(sg.minimum(x, 0.0)))",
+    "mse_loss": "sg.mean((a - b) ** 2)",
+    "gaussian_nll_loss": "0.5 * sg.mean(sg.log(var) + (y - mu) ** 2 / var)",
+    "poisson_nll_loss": "sg.mean(sg.exp(z) - k * z) (z: the log rate, log_input=True)",
+    "binary_cross_entropy_with_logits": "sg.mean(sg.softplus(z) - t * z) (stable for "
+    "any z)",
+    "kl_div": "sg.sum(p * (sg.log(p) - log_q)) / batch (reduction='batchmean'; p > 0)",
     "cross_entropy": "-sg.mean(sg.take_along_axis(sg.log_softmax(logits, axis=1), "
     "y[:, None], axis=1)) (y: an int64 input; weights, ignore_index: sg.where on the "
     "per-row terms)",
@@ -602,6 +629,17 @@ def _expr(x, what: str) -> Expr:
         raise TypeError(
             f"{what} needs sg expressions, got a comparison: sg.where(cond, 1.0, 0.0) "
             "is it as numbers"
+        )
+    if isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{what} needs sg expressions, got a NumPy array of shape {x.shape}: "
+            "declare array data with m.input(name, shape) and pass it in the inputs"
+        )
+    if isinstance(x, numbers.Number):
+        raise TypeError(
+            f"{what} needs sg expressions, got {x!r}: a constant entry is "
+            "sg.full_like(e, value) (sg.zeros_like(e) for 0) of an expression e of "
+            "its shape"
         )
     if not isinstance(x, Expr):
         raise TypeError(f"{what} needs sg expressions, got {x!r}")

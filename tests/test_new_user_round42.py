@@ -1223,13 +1223,6 @@ UNNAMED_FIXES = {
         "torch's x.mul(v) / x.add / x.sub / x.div are bare AttributeErrors (x.pow "
         "names x ** p): no TORCH_SPELLINGS entries (symgrad/model.py)",
     ),
-    "sg.diff_prepend": (
-        lambda x, q, y, W, s: sg.diff(q, prepend=0.0),
-        "sg.pad",
-        "NumPy's and torch's diff(x, prepend=0) (period counts from cumulative "
-        "values, bass_diffusion) is a bare \"unexpected keyword argument 'prepend'\" "
-        "(symgrad/arrays.py diff): support it or name sg.diff(sg.pad(x, (1, 0)))",
-    ),
     "F.mse_loss": (
         lambda x, q, y, W, s: F.mse_loss(q, q),
         "sg.mean",
@@ -1300,12 +1293,31 @@ UNNAMED_FIXES = {
 }
 
 
+def test_diff_with_prepend_and_append_as_numpy_and_torch():
+    """Period counts from cumulative values: sg.diff(c, prepend=0.0) and an expression
+    appended (NumPy's and torch's keywords; the porting mistake of round 42), values
+    and gradients against torch.diff, second differences too."""
+    m = sg.Model("diff_ends")
+    c, w = m.param("c", ("T",)), m.input("w", ("T",))
+    counts = sg.diff(c, prepend=0.0)
+    bends = sg.diff(c, n=2, append=c[-1:] * 2.0)
+    m.output("counts", counts)
+    m.loss(sg.sum(w * counts**2) + sg.sum(sg.sin(bends)))
+
+    def reference(p, i):
+        counts = torch.diff(p["c"], prepend=torch.zeros(1, dtype=torch.float64))
+        bends = torch.diff(p["c"], n=2, append=p["c"][-1:] * 2.0)
+        return (i["w"] * counts**2).sum() + bends.sin().sum(), {"counts": counts}
+
+    rng = np.random.default_rng(42)
+    params = {"c": np.cumsum(normal(rng, 5) ** 2)}
+    inputs = {"w": normal(rng, 5)}
+    check(compile_module(m), reference, params, inputs)
+
+
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param(k, id=k, marks=pytest.mark.xfail(strict=True, reason=v[2]))
-        for k, v in UNNAMED_FIXES.items()
-    ],
+    [pytest.param(k, id=k) for k, v in UNNAMED_FIXES.items()],
 )
 def test_spellings_whose_message_names_no_fix(case):
     _, x, q, y, W, s = _porting_model()
@@ -1315,15 +1327,6 @@ def test_spellings_whose_message_names_no_fix(case):
     assert fix in str(info.value), str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="period counts (T,) against cumulative values on T + 1 boundaries: the "
-    'broadcast error (symgrad/ir.py broadcast) reads "cannot broadcast sales of '
-    'shape (T,) with log(<map>*<map>) of shape (T1 - 1,)": the operand is named '
-    "by its internal <map> placeholders, and nothing says that two different size "
-    "names never match or how to fix it (a dim cannot be declared T1 - 1: declare "
-    "the T ends and sg.pad the start, as bass_diffusion does)",
-)
 def test_sizes_off_by_one_name_the_operand_and_the_fix():
     m = sg.Model("off_by_one")
     t, sales = m.input("t", ("T1",)), m.input("sales", ("T",))
