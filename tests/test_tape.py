@@ -654,7 +654,7 @@ def test_invalid_optimizer_arguments_raise_value_error_like_torch(make):
 
 
 def test_engine_imports_only_numpy_and_the_standard_library():
-    allowed = {"numpy", "collections", "contextlib", "math", "sys", "warnings"}
+    allowed = {"numpy", "collections", "contextlib", "copy", "math", "sys", "warnings"}
     for path in (ROOT / "symgrad" / "tape").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

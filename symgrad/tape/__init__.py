@@ -75,16 +75,25 @@ from .dtypes import (
 from .functional import cosine_similarity, pairwise_distance
 from .functions import (
     addmm,
+    addmv,
+    baddbmm,
+    broadcast_tensors,
     bucketize,
     cat,
     cdist,
+    concat,
     einsum,
     hstack,
+    inner,
     meshgrid,
     searchsorted,
     stack,
     std_mean,
+    tensordot,
+    tril_indices,
+    triu_indices,
     var_mean,
+    vstack,
     where,
 )
 from .linalg import det, logdet, slogdet
@@ -133,6 +142,10 @@ __all__ += ["normal", "Generator", "seed", "initial_seed"]
 __all__ += ["get_rng_state", "set_rng_state"]
 __all__ += ["diff", "logit", "hypot", "xlogy", "diag_embed", "select", "fliplr"]
 __all__ += ["flipud", "cosine_similarity", "pairwise_distance"]
+__all__ += ["addmv", "baddbmm", "broadcast_tensors", "concat", "inner", "tensordot"]
+__all__ += ["tril_indices", "triu_indices", "vstack", "mode", "nanmean", "nansum"]
+__all__ += ["dist", "cummax", "cummin", "quantile", "count_nonzero", "aminmax", "mv"]
+__all__ += ["tile"]
 
 
 # torch.f(x, ...) is x.f(...): the unbound methods take the tensor first, as torch does.
@@ -215,6 +228,15 @@ narrow, scatter, is_floating_point = (
     Tensor.is_floating_point,
 )
 diff, logit, hypot = Tensor.diff, Tensor.logit, Tensor.hypot
+mode, nanmean, nansum = Tensor.mode, Tensor.nanmean, Tensor.nansum
+dist, cummax, cummin, quantile = (
+    Tensor.dist,
+    Tensor.cummax,
+    Tensor.cummin,
+    Tensor.quantile,
+)
+count_nonzero, aminmax = Tensor.count_nonzero, Tensor.aminmax
+mv, tile = Tensor.mv, Tensor.tile
 diag_embed, select, fliplr, flipud = (
     Tensor.diag_embed,
     Tensor.select,
@@ -244,7 +266,7 @@ for _name, _value in list(globals().items()):
 # torch.f(..., out=t) for the elementwise, matrix and joining functions
 for _name in (
     "add sub mul div multiply subtract divide true_divide pow neg exp log sqrt sin "
-    "cos tanh sigmoid abs clamp maximum minimum matmul mm bmm cat stack"
+    "cos tanh sigmoid abs clamp maximum minimum matmul mm bmm cat concat stack"
 ).split():
     globals()[_name] = with_out(globals()[_name])
 del _name, _value

@@ -414,6 +414,19 @@ class ArithmeticOps:
                 raise RuntimeError(f"{what} must be a matrix")
         return self.matmul(mat2)
 
+    # torch's methods of functions elsewhere, imported where called: those modules
+    # build on Tensor, and so on this class.
+
+    def mv(self, vec):
+        from .functions import mv
+
+        return mv(self, vec)
+
+    def det(self):
+        from .linalg import det
+
+        return det(self)
+
     def dot(self, other):
         """The inner product of two 1-D tensors of the same length."""
         if self.ndim != 1 or other.ndim != 1:

@@ -1,6 +1,7 @@
-"""Differentiable functions of several tensors: cat, stack, where, addmm, einsum and
-meshgrid."""
+"""Differentiable functions of several tensors: cat, stack, where, addmm, einsum,
+tensordot and meshgrid."""
 
+import math
 import warnings
 
 import numpy as np
@@ -165,6 +166,44 @@ def hstack(tensors):
     return cat(tensors, 0 if tensors[0].ndim == 1 else 1)
 
 
+def vstack(tensors):
+    """Join along dim 0, 0-d and 1-d tensors taken as rows (1, n)."""
+    return cat([t if t.ndim > 1 else t.reshape(1, -1) for t in tensors], 0)
+
+
+concat = cat  # torch's alias
+
+
+def broadcast_tensors(*tensors):
+    """The tensors expanded (as views) to the shape they broadcast to."""
+    shape = ()
+    for t in tensors:
+        shape = broadcast_shape(shape, t.shape)
+    return tuple(t.expand(shape) for t in tensors)
+
+
+def _indices(triangle, row, col, offset, dtype):
+    """The (2, N) row and column indices of a triangle of a row x col matrix (NumPy's
+    triu_indices or tril_indices), row by row as torch lists them."""
+    for what, n in (("row", row), ("col", col)):
+        if n < 0:
+            raise RuntimeError(f"{what} must be non-negative, got{n}")
+    name = f"{triangle.__name__.partition('_')[0]}_indices"
+    if np.dtype(dtype).kind not in "iu":
+        raise NotImplementedError(
+            f"\"{name}\" not implemented for '{scalar_name(dtype)}'"
+        )
+    return Tensor._wrap(np.stack(triangle(row, offset, col)).astype(dtype))
+
+
+def triu_indices(row, col, offset=0, *, dtype=np.int64, device=None):
+    return _indices(np.triu_indices, row, col, offset, dtype)
+
+
+def tril_indices(row, col, offset=0, *, dtype=np.int64, device=None):
+    return _indices(np.tril_indices, row, col, offset, dtype)
+
+
 def searchsorted(sorted_sequence, input, *, out_int32=False, right=False, side=None):
     """For each value, the position in sorted_sequence (1-D, or rows matching
     input's leading dims) that keeps it sorted; int64, no gradient."""
@@ -202,38 +241,138 @@ def var_mean(input, dim=None, unbiased=True, keepdim=False, *, correction=None):
 
 
 def cdist(x1, x2, p=2.0):
-    """The p-norm distance of every row of x1 to every row of x2 (batched)."""
-    return (x1.unsqueeze(-2) - x2.unsqueeze(-3)).norm(p, dim=-1)
+    """The p-norm distance of every row of x1 to every row of x2 (batched). For
+    p=0, the count of differences that are not 0 made so that, as torch's, its
+    gradient is 0 (norm's is undefined) and a nan difference gives nan."""
+    diff = x1.unsqueeze(-2) - x2.unsqueeze(-3)
+    return diff.sign().abs().sum(-1) if p == 0 else diff.norm(p, dim=-1)
+
+
+def _add_product(op, input, mat, other, beta, alpha):
+    """beta * input + alpha * (mat @ other) as one op (grad_fn <Op>Backward0, as
+    torch's addmm, baddbmm and addmv), input broadcast to the product's shape; other
+    may be a vector (addmv). With beta 0, input is not read: its nan and inf do not
+    reach the result, as in torch."""
+    product = mat._data @ other._data
+    if broadcast_shape(input.shape, product.shape) != product.shape:
+        raise RuntimeError(
+            f"{op}: input of shape {list(input.shape)} cannot be expanded to the "
+            f"product's shape {list(product.shape)}"
+        )
+    out = product if alpha == 1 else alpha * product
+    if beta != 0:
+        out = (input._data if beta == 1 else beta * input._data) + out
+    vector = other.ndim == 1
+
+    def backward(xp, g, m, o):
+        gm = g if alpha == 1 else g * alpha
+        if o is not None:  # mat's gradient, an outer product for a vector other
+            o = gm[..., None] * o if vector else gm @ xp.matrix_transpose(o)
+        return (
+            unbroadcast(g if beta == 1 else g * beta, input.shape),
+            o,
+            None if m is None else xp.matrix_transpose(m) @ gm,
+        )
+
+    saves = (mat if other.requires_grad else None, other if mat.requires_grad else None)
+    name = f"{op.capitalize()}Backward0"
+    return Tensor._result(out, (input, mat, other), backward, name, saves)
 
 
 def addmm(input, mat1, mat2, *, beta=1, alpha=1):
-    """beta * input + alpha * (mat1 @ mat2) as one op, input broadcast to the
-    product's shape (nn.Linear's op: its grad_fn is AddmmBackward0)."""
+    """beta * input + alpha * (mat1 @ mat2) (nn.Linear's op)."""
     for what, t in (("mat1", mat1), ("mat2", mat2)):
         if t.ndim != 2:
             raise RuntimeError(f"{what} must be a matrix, got {t.ndim}-D tensor")
     _matmul_check(mat1, mat2)
-    product = mat1._data @ mat2._data
-    if broadcast_shape(input.shape, product.shape) != product.shape:
+    return _add_product("addmm", input, mat1, mat2, beta, alpha)
+
+
+def baddbmm(input, batch1, batch2, *, beta=1, alpha=1):
+    """beta * input + alpha * bmm(batch1, batch2)."""
+    for what, t in (("batch1", batch1), ("batch2", batch2)):
+        if t.ndim != 3:
+            raise RuntimeError(f"{what} must be a 3D tensor")
+    expected = [batch1.shape[0], batch1.shape[2]]
+    if list(batch2.shape[:2]) != expected:
         raise RuntimeError(
-            f"addmm: input of shape {list(input.shape)} cannot be expanded to the "
-            f"product's shape {list(product.shape)}"
+            "Expected size for first two dimensions of batch2 tensor to be: "
+            f"{expected} but got: {list(batch2.shape[:2])}."
         )
-    if beta == alpha == 1:
-        out = input._data + product
-    else:
-        out = beta * input._data + alpha * product
+    return _add_product("baddbmm", input, batch1, batch2, beta, alpha)
 
-    def backward(xp, g, m1, m2):
-        gm = g if alpha == 1 else g * alpha
-        return (
-            unbroadcast(g if beta == 1 else g * beta, input.shape),
-            None if m2 is None else gm @ xp.matrix_transpose(m2),
-            None if m1 is None else xp.matrix_transpose(m1) @ gm,
+
+def _check_mv(input_shape, mat, vec):
+    """torch's errors for addmv's (and mv's) operands; mv's input is (rows,)."""
+    if len(input_shape) > 1 or mat.ndim != 2 or vec.ndim != 1:
+        raise RuntimeError(
+            "vector + matrix @ vector expected, got "
+            f"{len(input_shape)}, {mat.ndim}, {vec.ndim}"
+        )
+    if mat.shape[1] != vec.shape[0] or input_shape not in ((), (1,), mat.shape[:1]):
+        raise RuntimeError(
+            f"size mismatch, got input ({', '.join(map(str, input_shape))}), mat "
+            f"({mat.shape[0]}x{mat.shape[1]}), vec ({vec.shape[0]})"
         )
 
-    saves = (mat1 if mat2.requires_grad else None, mat2 if mat1.requires_grad else None)
-    return Tensor._result(out, (input, mat1, mat2), backward, "AddmmBackward0", saves)
+
+def addmv(input, mat, vec, *, beta=1, alpha=1):
+    """beta * input + alpha * (mat @ vec)."""
+    _check_mv(input.shape, mat, vec)
+    return _add_product("addmv", input, mat, vec, beta, alpha)
+
+
+def mv(input, vec):
+    """The product of a matrix and a vector."""
+    _check_mv(input.shape[:1], input, vec)
+    return input.matmul(vec, "MvBackward0")
+
+
+def tensordot(a, b, dims=2):
+    """The sum of products over dims[0] of a paired with dims[1] of b (an int n:
+    a's last n dims with b's first n), computed as torch computes it: a matrix
+    product of a and b permuted and reshaped, which gives the gradients."""
+    if isinstance(dims, Tensor):
+        dims = dims.tolist()
+    if isinstance(dims, int):
+        if dims < 0:
+            raise RuntimeError(f"tensordot expects dims >= 0, but got dims={dims}")
+        if dims > min(a.ndim, b.ndim):
+            raise RuntimeError(
+                f"tensordot expects dims < ndim_a or ndim_b, but got dims={dims}"
+            )
+        dims = range(a.ndim - dims, a.ndim), range(dims)
+    dims_a, dims_b = dims
+    dims_a = [normalize_dims(d, a.ndim)[0] for d in dims_a]
+    dims_b = [normalize_dims(d, b.ndim)[0] for d in dims_b]
+    if len(dims_a) != len(dims_b):
+        raise RuntimeError("both dimension lists should have same length")
+    for da, db in zip(dims_a, dims_b, strict=True):
+        if a.shape[da] != b.shape[db]:
+            raise RuntimeError(
+                "contracted dimensions need to match, but first has size "
+                f"{a.shape[da]} in dim {da} and second has size {b.shape[db]} in "
+                f"dim {db}"
+            )
+    free_a = [d for d in range(a.ndim) if d not in dims_a]
+    free_b = [d for d in range(b.ndim) if d not in dims_b]
+    shape_a, shape_b = [a.shape[d] for d in free_a], [b.shape[d] for d in free_b]
+    summed = math.prod(a.shape[d] for d in dims_a)
+    left = a.permute(free_a + dims_a).reshape(math.prod(shape_a), summed)
+    right = b.permute(dims_b + free_b).reshape(summed, math.prod(shape_b))
+    return left.mm(right).reshape(shape_a + shape_b)
+
+
+def inner(input, other):
+    """The sums of products over the last dims (a product if either is 0-d)."""
+    if not input.ndim or not other.ndim:
+        return input * other
+    if input.shape[-1] != other.shape[-1]:
+        raise RuntimeError(
+            "inner() the last dimension must match on both input tensors but got "
+            f"shapes {list(input.shape)} and {list(other.shape)}"
+        )
+    return tensordot(input, other, ([-1], [-1]))
 
 
 def _einsum_subscripts(equation, operands):
@@ -305,12 +444,37 @@ def _spell_ellipsis(inputs, output, operands):
     return inputs, output.replace("...", "".join(free))
 
 
+def _sublist_equation(args):
+    """(equation, operands) of einsum's sublist form (op1, sublist1, op2, ...,
+    [output sublist]): as torch, subscripts 0-25 are the letters A-Z, 26-51 a-z."""
+
+    def letters(sublist):
+        return "".join("..." if n is Ellipsis else _subscript(n) for n in sublist)
+
+    equation = ",".join(letters(sublist) for sublist in args[1::2])
+    if len(args) % 2:
+        return f"{equation}->{letters(args[-1])}", args[:-1:2]
+    return equation, args[::2]
+
+
+def _subscript(n):
+    if not 0 <= n < 52:
+        raise ValueError(
+            "einsum(): subscript in subscript list is not within the valid range "
+            "[0, 52)"
+        )
+    return chr(ord("A") + n) if n < 26 else chr(ord("a") + n - 26)
+
+
 def einsum(equation, *operands):
     """The sum over the letters not in the output of the products of the operands'
-    elements, as named by the equation ("bij,bkj->bik"; "ii->i" reads a diagonal).
-    An operand's gradient is einsum again: g with the other operands, to its
-    letters (those it alone has, summed in the forward pass, come back by
-    broadcasting, and a repeated letter's diagonal is scattered back)."""
+    elements, as named by the equation ("bij,bkj->bik"; "ii->i" reads a diagonal),
+    or by sublists (einsum(a, [0, 1], b, [1, 2], [0, 2])). An operand's gradient
+    is einsum again: g with the other operands, to its letters (those it alone
+    has, summed in the forward pass, come back by broadcasting, and a repeated
+    letter's diagonal is scattered back)."""
+    if isinstance(equation, Tensor):
+        equation, operands = _sublist_equation((equation, *operands))
     if len(operands) == 1 and isinstance(operands[0], list | tuple):
         operands = tuple(operands[0])
     inputs, output = _einsum_subscripts(equation, operands)

@@ -1,5 +1,5 @@
-"""torch.linalg: solve, inv, slogdet, det and cholesky with their gradients, and the
-norms.
+"""torch.linalg: solve, inv, slogdet, det and cholesky with their gradients, the
+norms and cross.
 
 The matrix functions work on the last two dims, batched over the others (which
 broadcast, as torch's do). Their backward rules are written in `xp` (namespaces.py),
@@ -170,6 +170,32 @@ def logdet(A):
 
     sign, logabsdet = slogdet(A)
     return where(sign == -1, np.nan, logabsdet)
+
+
+def cross(input, other, *, dim=-1):
+    """The cross products of the 3-vectors along dim (the other dims broadcast):
+    components picked by index_select and multiplied, whose gradients are its."""
+    if input.ndim != other.ndim:
+        raise RuntimeError(
+            "linalg.cross: inputs must have the same number of dimensions."
+        )
+    if input.shape[dim] != 3 or other.shape[dim] != 3:
+        raise RuntimeError(
+            f"linalg.cross: inputs dimension {dim} must have length 3. Got "
+            f"{input.shape[dim]} and {other.shape[dim]}"
+        )
+    if input.dtype != other.dtype:
+        raise RuntimeError(
+            f"expected scalar type {scalar_name(input.dtype)} but found "
+            f"{scalar_name(other.dtype)}"
+        )
+
+    def turned(t, order):  # (y, z, x) or (z, x, y) along dim
+        return t.index_select(dim, Tensor._wrap(np.array(order)))
+
+    a, b = (turned(input, [1, 2, 0]), turned(input, [2, 0, 1]))
+    c, d = (turned(other, [2, 0, 1]), turned(other, [1, 2, 0]))
+    return a * c - b * d
 
 
 def vector_norm(x, ord=2, dim=None, keepdim=False):

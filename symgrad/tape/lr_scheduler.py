@@ -409,6 +409,64 @@ class SequentialLR(LRScheduler):
         self._last_lr = scheduler.get_last_lr()
 
 
+class ChainedScheduler(LRScheduler):
+    """Every scheduler stepped in turn on each step(), so their factors compound
+    (each derives its rate from the one the last left)."""
+
+    def __init__(self, schedulers, optimizer=None):
+        name = type(self).__name__
+        if len(schedulers) < 1:
+            raise ValueError(
+                f"{name} expects at least one scheduler to be chained, but got no "
+                "scheduler."
+            )
+        optimizer = optimizer or schedulers[0].optimizer
+        for i, scheduler in enumerate(schedulers):
+            if not hasattr(scheduler, "optimizer"):
+                raise TypeError(
+                    f"{name} at index {i} should have `optimizer` as its attribute."
+                )
+            if isinstance(scheduler, ReduceLROnPlateau):
+                raise ValueError(
+                    f"{name} does not support `ReduceLROnPlateau` scheduler as it "
+                    "requires additional kwargs to be specified when calling `step`, "
+                    f"but got one at index {i} in the given schedulers sequence."
+                )
+            if optimizer != scheduler.optimizer:
+                raise ValueError(
+                    f"{name} expects all schedulers to belong to the same optimizer, "
+                    f"but got scheduler {type(scheduler).__name__} at index {i} has "
+                    f"{scheduler.optimizer}, which is different from "
+                    f"{type(optimizer).__name__}."
+                )
+        self._schedulers, self.optimizer = schedulers, optimizer
+        self._last_lr = self._current()
+
+    def step(self):
+        for scheduler in self._schedulers:
+            scheduler.step()
+        self._last_lr = self._current()
+
+    def state_dict(self):
+        """Its own state, with the chained schedulers' state_dicts in a list."""
+        state = {
+            k: v
+            for k, v in self.__dict__.items()
+            if k not in ("optimizer", "_schedulers")
+        }
+        state["_schedulers"] = [s.state_dict() for s in self._schedulers]
+        return state
+
+    def load_state_dict(self, state_dict):
+        self.__dict__.update(
+            {k: v for k, v in state_dict.items() if k != "_schedulers"}
+        )
+        for scheduler, state in zip(
+            self._schedulers, state_dict["_schedulers"], strict=True
+        ):
+            scheduler.load_state_dict(state)
+
+
 def _per_group(name, optimizer, value):
     """One value per param group: a list as given, a number for every group."""
     groups = len(optimizer.param_groups)

@@ -21,14 +21,16 @@ sys.modules[__name__ + ".utils"] = utils = nn_utils
 
 
 def __getattr__(name):
-    """The recurrent cells and layers (nn_rnn.py) and MultiheadAttention
-    (nn_attention.py), which build on Module: imported when first asked for."""
+    """The recurrent cells and layers (nn_rnn.py) and MultiheadAttention and the
+    Transformer encoder (nn_attention.py), which build on Module: imported when
+    first asked for."""
     cells = ("RNNCellBase", "RNNCell", "GRUCell", "LSTMCell")
     if name in (*cells, "RNNBase", "RNN", "GRU", "LSTM"):
         from . import nn_rnn
 
         return getattr(nn_rnn, name)
-    if name in ("MultiheadAttention", "NonDynamicallyQuantizableLinear"):
+    attention = ("MultiheadAttention", "NonDynamicallyQuantizableLinear")
+    if name in (*attention, "TransformerEncoderLayer", "TransformerEncoder"):
         from . import nn_attention  # likewise
 
         return getattr(nn_attention, name)
@@ -414,10 +416,13 @@ class Module:
     def buffers(self, recurse=True):
         return (buffer for _, buffer in self.named_buffers(recurse=recurse))
 
-    def to(self, *args, dtype=None, device=None):
+    def to(self, *args, dtype=None, device=None, non_blocking=False):
         """Cast floating-point parameters (in place, so they stay the same objects)
-        and buffers to `dtype`; the CPU is the only device."""
-        dtype = next((a for a in args if not isinstance(a, str | dtypes.device)), dtype)
+        and buffers to `dtype`; the CPU is the only device, so non_blocking (given
+        by keyword or as a bool after the device or dtype) changes nothing."""
+        dtype = next(
+            (a for a in args if not isinstance(a, str | dtypes.device | bool)), dtype
+        )
         if isinstance(dtype, Tensor):  # to(other): other's dtype
             dtype = dtype.dtype
         if dtype is None:
@@ -457,12 +462,13 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def state_dict(self, *, keep_vars=False):
+    def state_dict(self, *, destination=None, prefix="", keep_vars=False):
         """Name -> detached tensor sharing storage (the tensor itself with
         keep_vars): each module's parameters, then its persistent buffers, then its
-        submodules' entries, as torch orders them."""
-        out = OrderedDict()
-        for prefix, module in self.named_modules(remove_duplicate=False):
+        submodules' entries, as torch orders them; each name follows `prefix` as
+        given (torch adds no dot), and the entries go into `destination` if given."""
+        out = OrderedDict() if destination is None else destination
+        for module_prefix, module in self.named_modules(remove_duplicate=False):
             buffers = [
                 (name, b)
                 for name, b in module._buffers.items()
@@ -470,9 +476,8 @@ class Module:
             ]
             for name, t in [*module._parameters.items(), *buffers]:
                 if t is not None:
-                    out[f"{prefix}.{name}" if prefix else name] = (
-                        t if keep_vars else t.detach()
-                    )
+                    key = f"{module_prefix}.{name}" if module_prefix else name
+                    out[prefix + key] = t if keep_vars else t.detach()
         return out
 
     def load_state_dict(self, state_dict, strict=True, assign=False):

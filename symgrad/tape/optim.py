@@ -32,9 +32,10 @@ class Optimizer:
     `_FLAGS` are the keywords (with torch's defaults, kept in the groups as torch
     keeps them) by which a subclass's torch counterpart chooses how it computes a
     step, not what it computes, so they change nothing here; differentiable=True,
-    a step recorded for autograd, is not there."""
+    a step recorded for autograd, is not there. The base class has none, so the
+    groups of a user's subclass hold only its own defaults, as in torch."""
 
-    _FLAGS = _FOREACH
+    _FLAGS = {}
     _ORDER = ()  # torch's order of the defaults' keys, where it is not ours
 
     def __init__(self, params, defaults, flags=None):
@@ -496,8 +497,6 @@ class LBFGS(Optimizer):
     lr * min(1, 1/|g|_1), then lr, or with line_search_fn="strong_wolfe" the t
     torch's line search picks (_strong_wolfe). The state persists across steps, as
     torch's."""
-
-    _FLAGS = {}  # torch's LBFGS takes none
 
     def __init__(
         self,

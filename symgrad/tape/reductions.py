@@ -19,23 +19,30 @@ DOF_WARNING = (
 )
 
 
-def _return_type(name):
-    """torch.return_types.<name>: a (values, indices) namedtuple, printed as torch
-    prints it (one field a line)."""
+def _return_type(name, fields=("values", "indices")):
+    """torch.return_types.<name>: a (values, indices) namedtuple (or of other
+    fields), printed as torch prints it (one field a line)."""
 
     def __repr__(self):
-        return (
-            f"torch.return_types.{name}(\nvalues={self.values!r},\n"
-            f"indices={self.indices!r})"
-        )
+        lines = ",\n".join(f"{f}={v!r}" for f, v in zip(fields, self, strict=True))
+        return f"torch.return_types.{name}(\n{lines})"
 
-    base = namedtuple(name, ["values", "indices"])
+    base = namedtuple(name, fields)
     return type(name, (base,), {"__slots__": (), "__repr__": __repr__})
 
 
 MaxResult, MinResult = _return_type("max"), _return_type("min")
 SortResult, TopkResult = _return_type("sort"), _return_type("topk")
 MedianResult, KthvalueResult = _return_type("median"), _return_type("kthvalue")
+ModeResult = _return_type("mode")
+CummaxResult, CumminResult = _return_type("cummax"), _return_type("cummin")
+AminmaxResult = _return_type("aminmax", ("min", "max"))
+# quantile's interpolations: how each rounds a fractional rank (None: it does not,
+# the value is interpolated between the ranks around it); np.round rounds half to
+# even, as torch's round
+QUANTILE_ROUNDING = dict(
+    linear=None, lower=np.floor, higher=np.ceil, midpoint=None, nearest=np.round
+)
 
 
 def _all_dims(dim):
@@ -165,6 +172,67 @@ def _lower_median(x, axis, keepdims):
     return np.reshape(value, (1,) * x.ndim if keepdims else ())
 
 
+def _mode_index(x, axis, keepdims):
+    """An `arg` for _select: the index of the most frequent value along axis (the
+    smallest of those equally frequent), at its last occurrence. torch's CPU mode
+    scans the runs of the sorted slice the same way, but its sort is unstable:
+    beyond 16 elements its index may be another occurrence's."""
+    order = np.argsort(x, axis=axis, kind="stable")
+    s = np.take_along_axis(x, order, axis)
+    n = x.shape[axis]
+    lead = (slice(None),) * axis
+    differs = s[lead + (slice(1, None),)] != s[lead + (slice(None, -1),)]
+    edge = np.ones_like(s[lead + (slice(0, 1),)], dtype=bool)
+    starts = np.concatenate([edge, differs], axis)
+    ends = np.concatenate([differs, edge], axis)
+    position = np.arange(n).reshape([-1 if d == axis else 1 for d in range(x.ndim)])
+    start = np.maximum.accumulate(np.where(starts, position, 0), axis)
+    length = np.where(ends, position - start + 1, 0)  # a run's length at its end
+    best = np.argmax(length, axis=axis, keepdims=True)
+    pick = np.take_along_axis(order, best, axis)
+    return pick if keepdims else np.squeeze(pick, axis)
+
+
+def _running(self, dim, accumulate, result, name):
+    """(values, indices) of cummax/cummin along dim. As in torch, the index is the
+    last position holding the running extreme (a tie moves it on; so does a nan,
+    which then stays the extreme); the gradient goes back there."""
+    (axis,) = normalize_dims(dim, self.ndim) or (0,)
+    x = np.atleast_1d(self._data)  # a 0-d tensor has dims 0 and -1
+    values = accumulate(x, axis=axis)
+    hit = (x == values) | (np.isnan(x) if x.dtype.kind == "f" else False)
+    position = np.arange(x.shape[axis]).reshape(
+        [-1 if d == axis else 1 for d in range(x.ndim)]
+    )
+    idx = np.maximum.accumulate(np.where(hit, position, 0), axis)
+    where = _along(idx, axis)
+
+    def backward(xp, g):
+        return (xp.scatter(g.reshape(x.shape), x.shape, where).reshape(self.shape),)
+
+    values = self._result(values.reshape(self.shape), (self,), backward, name, False)
+    return result(values, self._result(idx.reshape(self.shape)))
+
+
+def _quantile_q(self, q):
+    """q as a 1-d tensor of self's dtype, with torch's checks."""
+    if self.dtype.kind != "f":
+        raise RuntimeError(
+            "quantile() input tensor must be either float or double dtype"
+        )
+    if not isinstance(q, ReductionOps):
+        if not 0 <= q <= 1:
+            raise RuntimeError(f"quantile() q must be in the range [0, 1] but got {q}")
+        return self._lift(float(q)).reshape(1)
+    if q.ndim > 1:
+        raise RuntimeError("quantile() q must be a scalar or 1D tensor")
+    if q.dtype != self.dtype:
+        raise RuntimeError("quantile() q tensor must be same dtype as the input tensor")
+    if not ((q._data >= 0) & (q._data <= 1)).all():
+        raise RuntimeError("quantile() q values must be in the range [0, 1]")
+    return q.reshape(-1)
+
+
 def _arg(self, arg, dim, keepdim):
     if dim is None:  # the flat index; keepdim keeps every dim, as size 1
         return self._result(
@@ -260,7 +328,8 @@ def _sorted(self, dim, descending, k, result, name):
 def _vector_norm(self, p, dim, keepdim):
     """(sum |x|^p)^(1/p) over dim (max |x| for inf, the count of non-zeros for
     0), with torch's gradient: sign(x) |x|^(p-1) / norm^(p-1), 0 where the norm
-    is 0; for +-inf, sign(x) shared among the ties at the extreme."""
+    is 0; for +-inf, sign(x) shared among the ties at the extreme; for 0 none
+    (torch's is undefined: x.grad stays None)."""
     if self.dtype.kind != "f":
         raise RuntimeError(
             "linalg.vector_norm: Expected a floating point or complex tensor as "
@@ -283,7 +352,7 @@ def _vector_norm(self, p, dim, keepdim):
             ties = xp.abs(x) == out
             return (xp.sign(x) * ties * g / ties.sum(axis=dims, keepdims=True),)
         if p == 0:
-            return (xp.zeros_like(x),)
+            return (None,)
         scale = xp.where(out == 0, 0, g * out ** (1 - p))
         return (xp.sign(x) * xp.where(x == 0, 0, xp.abs(x) ** (p - 1)) * scale,)
 
@@ -326,6 +395,33 @@ class ReductionOps:
 
         name = "MeanBackward0" if dim is None else "MeanBackward1"
         return _reduced(self, out, dims, keepdim, backward, name, saves=False)
+
+    def nansum(self, dim=None, keepdim=False, *, dtype=None):
+        """The sum with each nan counted as 0. A nan's gradient is g times 0, as
+        torch's (so nan where g is inf: nanmean of all nans)."""
+        if dtype is not None:
+            return self.to(dtype).nansum(dim, keepdim)
+        x, dims = self._data, normalize_dims(dim, self.ndim)
+        out = np.nansum(x, axis=dims, keepdims=True, dtype=_accumulator(x))
+        counted = ~np.isnan(x) if x.dtype.kind == "f" else True
+
+        def backward(xp, g):
+            return (xp.broadcast_to(g.reshape(out.shape), x.shape) * counted,)
+
+        return _reduced(self, out, dims, keepdim, backward, "NansumBackward0", False)
+
+    def nanmean(self, dim=None, keepdim=False, *, dtype=None):
+        """The mean of the values that are not nan: nansum over their count, as
+        torch computes it (so nan where all are)."""
+        if dtype is not None:
+            return self.to(dtype).nanmean(dim, keepdim)
+        if self.dtype.kind != "f":
+            raise RuntimeError(
+                "nanmean(): expected input to have floating point or complex dtype "
+                f"but got {scalar_name(self.dtype)}"
+            )
+        count = self.isnan().logical_not().sum(dim, keepdim)
+        return self.nansum(dim, keepdim) / count
 
     def trace(self):
         """The sum of a matrix's diagonal."""
@@ -391,6 +487,11 @@ class ReductionOps:
     def amin(self, dim=(), keepdim=False):
         return _extreme(self, dim, keepdim, np.min, "amin", "AminBackward0")
 
+    def aminmax(self, *, dim=None, keepdim=False):
+        """(min, max) over dim (all dims by default), amin's and amax's."""
+        dim = () if dim is None else dim
+        return AminmaxResult(self.amin(dim, keepdim), self.amax(dim, keepdim))
+
     def max(self, dim=None, keepdim=False):
         """max() reduces everything (ties share the gradient); max(dim) gives
         (values, indices) and routes the gradient to the first maximum, as in torch;
@@ -419,6 +520,39 @@ class ReductionOps:
         arg = _ranked(lambda n: (n - 1) // 2)
         return _select(self, dim, keepdim, arg, MedianResult, "MedianBackward1")
 
+    def quantile(self, q, dim=None, keepdim=False, *, interpolation="linear"):
+        """The q-quantiles along dim (of everything by default), torch's way: in the
+        sorted slice, rank q (n - 1) (the last, a nan, in a slice with a nan), its
+        value interpolated between the neighbouring ranks' (or one of them picked),
+        so that the gradient reaches them through the sort. A tensor q's quantiles
+        make the first dim."""
+        qs = _quantile_q(self, q)
+        if interpolation not in QUANTILE_ROUNDING:
+            raise RuntimeError(
+                "quantile() interpolation must be one of linear, lower, higher, "
+                f"midpoint or nearest, but got {interpolation}"
+            )
+        if not self.numel():
+            raise RuntimeError("quantile() input tensor must be non-empty")
+        x = self.reshape(-1) if dim is None else self.movedim(dim, -1)
+        ordered = x.sort().values
+        n = ordered.shape[-1]
+        nan = self._lift(np.isnan(ordered._data[..., -1:]))  # nan sorts last
+        ranks = (qs * (n - 1)).expand(*x.shape[:-1], len(qs)).masked_fill(nan, n - 1)
+        rounding, r = QUANTILE_ROUNDING[interpolation], ranks._data
+        r = r if rounding is None else rounding(r)
+        below = np.floor(r).astype(np.int64)
+        out = ordered.gather(-1, self._lift(below))
+        if rounding is None:
+            above = ordered.gather(-1, self._lift(np.ceil(r).astype(np.int64)))
+            out = out.lerp(above, 0.5 if interpolation == "midpoint" else ranks - below)
+        out = out.movedim(-1, 0)
+        if keepdim and dim is None:
+            out = out.reshape(len(qs), *(1,) * self.ndim)
+        elif keepdim:
+            out = out.unsqueeze(normalize_dims(dim, self.ndim)[0] + 1)
+        return out if isinstance(q, ReductionOps) and q.ndim else out.squeeze(0)
+
     def kthvalue(self, k, dim=-1, keepdim=False):
         """The k-th smallest value along dim and its index."""
         n = self.shape[dim] if self.ndim else 1
@@ -428,6 +562,10 @@ class ReductionOps:
             )
         arg = _ranked(lambda n: k - 1)
         return _select(self, dim, keepdim, arg, KthvalueResult, "KthvalueBackward0")
+
+    def mode(self, dim=-1, keepdim=False):
+        """The most frequent value along dim and its index."""
+        return _select(self, dim, keepdim, _mode_index, ModeResult, "ModeBackward0")
 
     def argmax(self, dim=None, keepdim=False):
         return _arg(self, np.argmax, dim, keepdim)
@@ -524,6 +662,16 @@ class ReductionOps:
 
         return self._result(out, (self,), backward, "CumprodBackward0")
 
+    def cummax(self, dim):
+        return _running(
+            self, dim, np.maximum.accumulate, CummaxResult, "CummaxBackward0"
+        )
+
+    def cummin(self, dim):
+        return _running(
+            self, dim, np.minimum.accumulate, CumminResult, "CumminBackward0"
+        )
+
     def sort(self, dim=-1, descending=False, stable=False):
         return _sorted(self, dim, descending, None, SortResult, "SortBackward0")
 
@@ -537,6 +685,15 @@ class ReductionOps:
     def norm(self, p="fro", dim=None, keepdim=False):
         """The vector p-norm over dim (all dims by default); "fro" is p=2."""
         return _vector_norm(self, 2 if p == "fro" else p, dim, keepdim)
+
+    def dist(self, other, p=2):
+        """The p-norm of self - other (broadcast)."""
+        return (self - other).norm(p)
+
+    def count_nonzero(self, dim=None):
+        """How many elements are not 0 (nan counts) over dim (all by default)."""
+        dims = normalize_dims(dim, self.ndim)
+        return self._result((self._data != 0).sum(axis=dims, dtype=np.int64))
 
     def any(self, dim=None, keepdim=False):
         return self._result(

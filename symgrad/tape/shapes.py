@@ -422,6 +422,11 @@ class ShapeOps:
 
         return self._result(out, (self,), backward, "RepeatBackward0", saves=False)
 
+    def tile(self, *dims):
+        """repeat with dims, shorter than self's, padded with leading 1s."""
+        dims = _shape_arg(dims)
+        return self.repeat((1,) * (self.ndim - len(dims)) + tuple(dims))
+
     def repeat_interleave(self, repeats=None, dim=None, *, output_size=None):
         """Each slice along dim (each element of the flattened tensor if dim is None)
         `repeats` times: an int, or a tensor of one count per slice. Without repeats
