@@ -890,12 +890,12 @@ def _unrolled(unit: Emitter) -> list:
     from . import unroll  # noqa: PLC0415 - unroll.py imports this module
 
     program = unit.program
+    size_sets = list(unroll.size_sets(program.model, unit))
+    if not size_sets:  # (then the build line shows no unroll phase)
+        return []
     with program.timed("unroll"):
         fused = unit.needed(unit.statements, {program.loss, *program.grads.values()})
-        return [
-            unroll.unroll(unit, fused, sizes)
-            for sizes in unroll.size_sets(program.model, unit)
-        ]
+        return [unroll.unroll(unit, fused, sizes) for sizes in size_sets]
 
 
 # --------------------------------------------------------------------- helpers

@@ -587,3 +587,14 @@ def test_build_line_phases_add_up_to_the_compile_time_with_hessian():
     parts = [float(v) for v in re.findall(r"[a-z]+ (\d+\.\d\d)", phases)]
     assert total == 1.6
     assert abs(sum(parts) - total) < 0.005, line
+
+
+def test_build_line_shows_the_unroll_phase_only_where_it_ran():
+    """A model without small fixed sizes is not unrolled, yet its build line said
+    "unroll 0.00"; seed_mlp's batch-1 form is unrolled, and says so."""
+    from symgrad.cli import generate
+    from symgrad.models import load
+
+    for name, unrolled in (("logistic_regression", False), ("seed_mlp", True)):
+        _, program = generate(load(name))
+        assert ("unroll" in _timing(program)) == unrolled, name
