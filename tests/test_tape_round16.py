@@ -36,7 +36,8 @@ cat, products three ways with out=, item(), add_, the NumPy bridge sharing memor
 and the Quickstart (Flatten + Sequential, Softmax, named_parameters prints,
 save/load(weights_only=True), train_loop/test_loop).
 
-Found (strict xfails below, each with the place to fix):
+Found (all but the conv/pool graphs and autograd.graph fixed since; those stay
+strict xfails below, each with the place to fix):
 
 - grad_fn graphs: F.conv2d, F.max_pool2d and F.avg_pool2d record their NumPy-level
   composition (View/UnsafeView/Add; Slice/Stack/Gather/Squeeze; Div/Sum) instead of
@@ -1046,10 +1047,7 @@ AUTOGRAD = {
     "basics: backward twice without retain_graph": (
         autograd_basics_backward_twice_without_retain
     ),
-    "mechanics: saved tensors (_saved_self, _saved_result)": (
-        mechanics_saved_tensors,
-        missing("grad_fn._saved_self / _saved_result"),
-    ),
+    "mechanics: saved tensors (_saved_self, _saved_result)": mechanics_saved_tensors,
     "mechanics: autograd.graph.saved_tensors_hooks": (
         mechanics_saved_tensors_hooks,
         missing("autograd.graph (saved_tensors_hooks)"),
@@ -1260,46 +1258,17 @@ def blitz_autograd_old(torch):
 
 
 FUNDAMENTALS = {
-    "sin graph: d.grad_fn.next_functions walked down to a": (
-        fundamentals_sin_graph_walk,
-        differs(
-            "arithmetic.py __rmul__/__radd__ lift the number and record it first: "
-            "`2 * b`'s next_functions are ((None, 0), (SinBackward0, 0)), torch's "
-            "((SinBackward0, 0), (None, 0)); the tutorial's next_functions[0][0] "
-            "chain reaches None and raises AttributeError",
-            raises=AttributeError,
-        ),
-    ),
-    "2 * b, 2 + b, 1 - b, 2 ** b: next_functions": (
-        reflected_scalar_ops_next_functions,
-        differs(
-            "arithmetic.py: __rmul__/__radd__/__rpow__ put the lifted number's None "
-            "first (torch: the tensor first, then None for mul/add, only the tensor "
-            "for PowBackward2); __rsub__'s RsubBackward1 has a second (None, 0), "
-            "torch's has only the tensor"
-        ),
-    ),
-    "grad_fn repr carries ' object at 0x...'": (
-        grad_fn_repr_has_an_address,
-        differs(
-            "autograd.py: a grad_fn prints as '<MulBackward0 object>', torch's as "
-            "'<MulBackward0 object at 0x7f...>' (the tutorials print grad_fn)"
-        ),
-    ),
+    "sin graph: d.grad_fn.next_functions walked down to a": fundamentals_sin_graph_walk,
+    "2 * b, 2 + b, 1 - b, 2 ** b: next_functions": reflected_scalar_ops_next_functions,
+    "grad_fn repr carries ' object at 0x...'": grad_fn_repr_has_an_address,
     "TinyModel: layer2 weights and grads through step, accumulation, zero_grad": (
         fundamentals_tiny_model
     ),
     "turning autograd off: no_grad, set_grad_enabled, decorator, detach": (
         fundamentals_turning_autograd_off
     ),
-    "torch.sin_ on a leaf requiring grad": (
-        fundamentals_in_place_on_a_leaf,
-        missing("torch.sin_ (torch-level in-place functions)"),
-    ),
-    "torch.sin_ / exp_ / relu_ as functions": (
-        torch_level_in_place_functions,
-        missing("torch.sin_, torch.exp_, torch.relu_ (Tensor methods exist)"),
-    ),
+    "torch.sin_ on a leaf requiring grad": fundamentals_in_place_on_a_leaf,
+    "torch.sin_ / exp_ / relu_ as functions": torch_level_in_place_functions,
     "autograd.functional.jacobian and vjp (exp_adder, doubling)": (
         fundamentals_autograd_functional
     ),
@@ -1512,13 +1481,7 @@ NEURAL_NETWORKS = {
             "weight.T), torch's is TBackward0"
         ),
     ),
-    "F.linear: the weight's transpose is a TBackward0": (
-        linear_weight_transpose_node,
-        differs(
-            "functional.py linear transposes with weight.T (shapes.py T -> permute, "
-            "PermuteBackward0); torch's F.linear uses weight.t(): TBackward0"
-        ),
-    ),
+    "F.linear: the weight's transpose is a TBackward0": linear_weight_transpose_node,
     "F.conv2d: one ConvolutionBackward0 node": (
         conv2d_node,
         differs(
@@ -2288,10 +2251,7 @@ def quickstart_train_and_test_loops(torch):
 TENSORS = {
     "initializing: lists, NumPy, *_like with a dtype override": tensors_initializing,
     "attributes: shape, dtype, device": tensors_attributes,
-    "torch.accelerator.is_available / current_accelerator": (
-        tensors_accelerator,
-        missing("torch.accelerator"),
-    ),
+    "torch.accelerator.is_available / current_accelerator": tensors_accelerator,
     "indexing and slicing, cat": tensors_indexing_slicing,
     "matrix and element-wise products three ways (out=)": tensors_arithmetic_with_out,
     "agg.item(), in-place add_": tensors_single_element_and_in_place,

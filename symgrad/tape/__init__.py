@@ -6,7 +6,17 @@ per-op backward functions, never with the symbolic compiler, so that agreement b
 the two means something. Floats default to float64 (torch: float32).
 """
 
-from . import autograd, cuda, distributions, linalg, nn, optim, testing, utils
+from . import (
+    accelerator,
+    autograd,
+    cuda,
+    distributions,
+    linalg,
+    nn,
+    optim,
+    testing,
+    utils,
+)
 from .autograd import (
     enable_grad,
     inference_mode,
@@ -102,7 +112,7 @@ from .out import with_out
 from .printing import set_printoptions
 from .serialization import load, save
 from .shapes import Size
-from .tensor import Tensor
+from .tensor import IN_PLACE, Tensor
 
 __all__ = ["Tensor", "tensor", "from_numpy", "no_grad", "is_grad_enabled", "nn"]
 __all__ += ["optim", "cat", "stack", "where", "manual_seed", "default_generator"]
@@ -131,7 +141,7 @@ __all__ += (  # torch-level functions, defined below
     "lgamma digamma polygamma"
 ).split()
 __all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load", "cuda", "utils"]
-__all__ += ["testing"]
+__all__ += ["testing", "accelerator"]
 __all__ += ["isclose", "meshgrid", "repeat_interleave", "unique", "bincount"]
 __all__ += ["det", "logdet", "slogdet", "inverse", "std_mean", "var_mean", "cdist"]
 __all__ += ["nan_to_num", "logcumsumexp", "rot90", "diagonal", "median", "kthvalue"]
@@ -243,6 +253,12 @@ diag_embed, select, fliplr, flipud = (
     Tensor.fliplr,
     Tensor.flipud,
 )
+
+
+# torch.f_(x, ...): the in-place methods as functions
+for _name in (*IN_PLACE, "relu", "clamp", "zero", "fill", "detach"):
+    globals()[f"{_name}_"] = getattr(Tensor, f"{_name}_")
+    __all__.append(f"{_name}_")
 
 
 def _function(method):

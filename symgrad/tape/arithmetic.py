@@ -342,27 +342,40 @@ class ArithmeticOps:
         return _binary(self, other, forward, rules, "XlogyBackward0", ("xy", "xy"))
 
     def __radd__(self, other):
-        return self._lift(other) + self
+        """self + other: torch records the tensor as the first input."""
+        return self + other
 
     def __rsub__(self, other):
-        """other - self, recorded as torch's rsub."""
+        """other - self for a number other: torch's RsubBackward1, whose one input is
+        the tensor."""
         _no_bool_subtraction(self, other)
-        rules = (lambda xp, g, x, y, out: -g, lambda xp, g, x, y, out: g)
-        return _binary(self, other, lambda x, y: y - x, rules, "RsubBackward1")
+        _, x, y = operands(self, other)
+
+        def backward(xp, g):
+            return (unbroadcast(-g, self.shape),)
+
+        return self._result(y - x, (self,), backward, "RsubBackward1", saves=False)
 
     def __rmul__(self, other):
-        return self._lift(other) * self
+        """self * other: torch records the tensor as the first input."""
+        return self * other
 
     def __rtruediv__(self, other):
         """other / self as torch computes it: other times the reciprocal."""
         return self.reciprocal() * other
 
     def __rpow__(self, other):
-        """other ** self, a number to a tensor power (torch's PowBackward2)."""
-        base = self._lift(other)
-        return _binary(
-            base, self, _tensor_power, _POW_RULES, "PowBackward2", ("xy", "xo")
-        )
+        """other ** self, a number to a tensor power: torch's PowBackward2, whose one
+        input is the tensor; d/dself = out * log(other), 0 where other is 0."""
+        _, exponent, base = operands(self, other)
+        with np.errstate(invalid="ignore"):  # a negative base: nan, as torch's
+            log_base = np.log(np.where(base == 0, 1.0, base))
+
+        def backward(xp, g, out):
+            return (unbroadcast(g * out * log_base, self.shape),)
+
+        out = _tensor_power(base, exponent)
+        return self._result(out, (self,), backward, "PowBackward2", ("out",))
 
     def __rmod__(self, other):
         return self._lift(other) % self

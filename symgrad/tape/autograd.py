@@ -335,7 +335,24 @@ class Node:
         return self._name.rpartition("::")[2]
 
     def __repr__(self):
-        return f"<{self._type_name()} object>"
+        return f"<{self._type_name()} object at {id(self):#x}>"
+
+    @property
+    def _saved_self(self):
+        """torch's grad_fn._saved_self: the first input, as this op saved it."""
+        first = self._saved and self._saved[0]
+        if not first or first[2]:
+            raise AttributeError(f"{self._type_name()!r} saved no '_saved_self'")
+        return first[0]
+
+    @property
+    def _saved_result(self):
+        """torch's grad_fn._saved_result: the output, as this op saved it (another
+        tensor object with its values, as in torch)."""
+        result = next((s for s in self._saved or () if s and s[2]), None)
+        if result is None:
+            raise AttributeError(f"{self._type_name()!r} saved no '_saved_result'")
+        return result[0].detach()
 
     @property
     def next_functions(self):

@@ -677,7 +677,7 @@ def scaled_dot_product_attention(
 
 
 def linear(input, weight, bias=None):
-    """input @ weight.T + bias, weight of shape (out_features, in_features). Like
+    """input @ weight.t() + bias, weight of shape (out_features, in_features). Like
     torch, the input must have the weight's dtype (no promotion inside a layer),
     and a bias makes it one addmm (a view of one, for other than 2-D inputs)."""
     if input.dtype != weight.dtype:
@@ -686,12 +686,12 @@ def linear(input, weight, bias=None):
             f"{input.dtype} != {weight.dtype}"
         )
     if bias is None or input.ndim == 0 or weight.ndim != 2:
-        out = input @ weight.T
+        out = input @ weight.t()
         return out if bias is None else out + bias
     if input.ndim == 2:
-        return addmm(bias, input, weight.T)
+        return addmm(bias, input, weight.t())
     flat = input.reshape(-1, input.shape[-1])  # addmm and a view, as torch does
-    return addmm(bias, flat, weight.T).reshape(*input.shape[:-1], weight.shape[0])
+    return addmm(bias, flat, weight.t()).reshape(*input.shape[:-1], weight.shape[0])
 
 
 def _check_reduction(reduction):

@@ -81,12 +81,20 @@ def _check_hooked(hook, g, out):
 
 
 def _in_place(name):
-    """The method x.name_(): x.name() written into x."""
+    """The method x.name_(...): x.name(...) written into x."""
 
-    def method(self):
-        return self._inplace(lambda t: getattr(t, name)())
+    def method(self, *args, **kwargs):
+        return self._inplace(lambda t: getattr(t, name)(*args, **kwargs))
 
     return method
+
+
+# elementwise methods with an in-place twin x.name_() (torch also has torch.name_)
+IN_PLACE = (
+    "sqrt exp log neg abs sigmoid tanh sin cos tan asin acos atan sinh cosh asinh "
+    "acosh atanh erf erfc expm1 log1p log2 log10 reciprocal rsqrt square floor ceil "
+    "round trunc sign clamp_min clamp_max clip nan_to_num logit"
+).split()
 
 
 DEEPCOPY_NON_LEAF = (
@@ -484,10 +492,6 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def relu_(self):
         return self._inplace(lambda t: t.relu())
 
-    sqrt_, exp_, log_ = _in_place("sqrt"), _in_place("exp"), _in_place("log")
-    neg_, abs_ = _in_place("neg"), _in_place("abs")
-    sigmoid_, tanh_ = _in_place("sigmoid"), _in_place("tanh")
-
     def pow_(self, exponent):
         return self._inplace(lambda t: t.pow(exponent), exponent)
 
@@ -735,3 +739,8 @@ class Variable(metaclass=_VariableType):
 
     def __new__(cls, data, requires_grad=False, volatile=False):
         return data.detach().requires_grad_(requires_grad)
+
+
+for _name in IN_PLACE:
+    setattr(Tensor, f"{_name}_", _in_place(_name))
+del _name
