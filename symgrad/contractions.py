@@ -111,7 +111,7 @@ def _matrix(term: str, x: Expr, batch: str, rows: str, cols: str, sizes: dict):
 def _reshaped(x: Expr, shape) -> Expr:
     """A reshape into axes grouped or split: sizes sg.reshape cannot prove (T - 3 is a
     size only where the model's slices hold, which the module checks)."""
-    return Expr(ops.reshape(x.node, shape))
+    return Expr(ops.reshape(x.node, shape, fold=False))
 
 
 def _summed_to(term: str, x: Expr, out: str) -> Expr:

@@ -149,7 +149,10 @@ def matmul(a: Node, b: Node) -> Node:
     return Node("matmul", (a, b), batch + rows + cols)
 
 
-def transpose(a: Node, perm: Sequence[int] | None = None) -> Node:
+def transpose(a: Node, perm: Sequence[int] | None = None, fold: bool = True) -> Node:
+    """a's axes permuted. ``fold`` composes a transpose of a transpose into one, for
+    adjoints (.T of .T is free); a model's own transposes keep the inner one, which
+    sg.grad may name."""
     perm = tuple(reversed(range(a.ndim))) if perm is None else tuple(perm)
     if sorted(p % a.ndim for p in perm) != list(range(a.ndim)) or len(perm) != a.ndim:
         hint = ""
@@ -165,13 +168,15 @@ def transpose(a: Node, perm: Sequence[int] | None = None) -> Node:
     perm = tuple(p % a.ndim for p in perm)
     if perm == tuple(range(a.ndim)):
         return a
-    if a.op == "transpose":  # compose, so the adjoint of .T of .T is free
+    if fold and a.op == "transpose":
         return transpose(a.args[0], [a.attrs[0][p] for p in perm])
     return Node("transpose", (a,), tuple(a.shape[p] for p in perm), a.dtype, (perm,))
 
 
-def reshape(a: Node, shape: Shape) -> Node:
-    if a.op == "reshape":  # a reshape of a reshape is one reshape
+def reshape(a: Node, shape: Shape, fold: bool = True) -> Node:
+    """a with another shape. ``fold`` makes a reshape of a reshape one reshape, for
+    adjoints; a model's own reshapes keep the inner one, which sg.grad may name."""
+    if fold and a.op == "reshape":
         a = a.args[0]
     if shape == a.shape:
         return a

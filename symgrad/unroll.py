@@ -602,7 +602,8 @@ class _Expander:
                     c: self._fresh(name + _suffix(p + c, shape)) for c in _indices(tail)
                 }
                 at = self._at(self.elem(index, p))
-                self.lines.append(_Line(f"{_pattern(tail, names)} = {table}[{at}]"))
+                target = f"{_pattern(tail, names)} = " if names else ""  # (rows of 0)
+                self.lines.append(_Line(f"{target}{table}[{at}]"))
                 values.update({p + c: self._symbol(n) for c, n in names.items()})
         else:
             axis, ishape = node.attrs[0], self.shape(index)

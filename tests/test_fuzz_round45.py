@@ -48,8 +48,9 @@ program without sort/argsort/linalg (no scalar form) is unrolled (``m.unroll()``
 must run the unrolled function, not NumPy's fallback, to the same results.
 
 Budget: 90 programs (~45-60 s on 2 cores); about 900 seeds were explored in scratch runs.
-Found, each pinned by a strict xfail below with a hand-minimised repro and filtered out
-of the fuzz (``known_bug`` and the ``empty_lookup`` flag):
+Found, each pinned by a hand-minimised regression test below (both fixed since: the
+model's own reshapes and transposes are no longer folded into one at construction,
+only adjoints' are, and an unrolled gather of an empty row is only its index check):
 
 * ``test_grad_wrt_reshape_of_reshape``: ``sg.grad(y, v)`` with ``v = p.reshape(4)`` and
   ``y`` using ``v.reshape(2, 2)`` raises "y does not use reshape(p)" where torch
@@ -456,8 +457,6 @@ class Program:
         )
         i = self.int_input(self.rng.integers(-s[0], s[0], size=shape))
         n = s[0]
-        if 0 in s:
-            self.flags.add("empty_lookup")  # see test_unrolled_gather_of_empty_rows
         return self.emit("gather", f"{x}[{i}]", lambda e: e[x][e[i] % n])
 
     def op_segsum(self, x):
@@ -466,8 +465,6 @@ class Program:
             return None
         S = int(self.rng.integers(1, 5))
         i = self.int_input(self.rng.integers(-S, S, size=(s[0],)))
-        if 0 in s:
-            self.flags.add("empty_lookup")  # see test_unrolled_gather_of_empty_rows
         return self.emit(
             "segsum",
             f"sg.segment_sum({x}, {i}, {S})",
@@ -966,18 +963,6 @@ def vectorized_only():
         symgrad.unroll.AUTO_ELEMENTS = saved
 
 
-def known_bug(program) -> str | None:
-    """Patterns of the xfailed regressions below, filtered out of the fuzz (the rest of
-    the program still runs where only one stage is affected)."""
-    try:
-        program.build()
-    except sg.ModelError as e:
-        if "does not use reshape(" in str(e):  # test_grad_wrt_reshape_of_reshape
-            return "sg.grad wrt a reshape that y reshapes again (xfail below)"
-        raise
-    return None
-
-
 def draw(seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's own warnings while drawing
@@ -996,9 +981,6 @@ def compare(module, program):
 @pytest.mark.parametrize("seed", range(N_PROGRAMS))
 def test_fuzz_round45(seed):
     program = draw(seed)
-    reason = known_bug(program)
-    if reason:
-        pytest.skip(reason)
     src = program.source()
     params, inputs = program.params, program.inputs
     try:
@@ -1018,12 +1000,7 @@ def test_fuzz_round45(seed):
             assert_second_order_agrees(
                 hmodule, program.reference, params, inputs, scaled=True
             )
-        if (
-            seed % UNROLL_EVERY == 0
-            and not program.ops & NO_UNROLL
-            and "empty_lookup"
-            not in program.flags  # test_unrolled_gather_of_empty_rows
-        ):
+        if seed % UNROLL_EVERY == 0 and not program.ops & NO_UNROLL:
             model = program.build()
             model.unroll()
             unrolled = compile_module(model)
@@ -1041,31 +1018,35 @@ def test_fuzz_round45(seed):
 # regressions found by the fuzz, hand-minimised
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sg.ModelError,
-    reason="ops.reshape folds reshape(reshape(v)) into reshape(p), so the wrt node v "
-    "= p.reshape(4) vanishes from y's graph: sg.grad raises 'y does not use "
-    "reshape(p)' where torch differentiates (and allow_unused=True silently gives "
-    "zeros, see the next test); also through tile/repeat/cumprod(axis=None), which "
-    "reshape internally",
-)
-def test_grad_wrt_reshape_of_reshape():
-    m = sg.Model("grad_reshape")
-    p = m.param("p", (2, 2))
-    v = p.reshape(4)
-    g = sg.grad(sg.sum(sg.sin(v.reshape(2, 2))), v)
-    m.loss(sg.sum(g * g))
+def test_grad_wrt_reshape_of_reshape_and_transpose_of_transpose():
+    """sg.grad with respect to v = p.reshape(4) that y reshapes again (and v = p.T that
+    y transposes again): ops folded the two into one, so v left y's graph ("y does not
+    use reshape(p)"); the model's own reshapes and transposes now stay."""
+    m = sg.Model("reshaped_twice")
+    p = m.param("p", (2, 3))
+    v, w = p.reshape(6), p.T
+    g = sg.grad(sg.sum(sg.sin(v.reshape(2, 3)) * p), v)
+    h = sg.grad(sg.sum(sg.cos(w.T) * p), w)
+    m.loss(sg.sum(g * g) + sg.sum(h * h))
+    with vectorized_only():
+        module = compile_module(m)
+
+    def reference(tp, ti):
+        tv, tw = tp["p"].reshape(6), tp["p"].T
+        (tg,) = torch.autograd.grad(
+            (torch.sin(tv.reshape(2, 3)) * tp["p"]).sum(), tv, create_graph=True
+        )
+        (th,) = torch.autograd.grad(
+            (torch.cos(tw.T) * tp["p"]).sum(), tw, create_graph=True
+        )
+        return (tg * tg).sum() + (th * th).sum(), {}
+
+    params = {"p": np.array([[0.1, 0.2, -0.3], [0.4, -0.5, 0.6]])}
+    check(module, reference, params, {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="same cause (ops.reshape folding): with allow_unused=True the gradient wrt "
-    "the folded-away reshape is zeros, so loss and gradient are silently 0 where "
-    "torch gives sum(cos(p)**2) and -2 sin(p) cos(p)",
-)
-def test_grad_wrt_reshape_of_reshape_allow_unused_is_silently_zero():
-    m = sg.Model("grad_reshape_unused")
+def test_grad_wrt_reshape_of_reshape_allow_unused():
+    m = sg.Model("reshaped_twice_unused")
     p = m.param("p", (2, 2))
     v = p.reshape(4)
     g = sg.grad(sg.sum(sg.sin(v.reshape(2, 2))), v, allow_unused=True)
@@ -1084,14 +1065,6 @@ def test_grad_wrt_reshape_of_reshape_allow_unused_is_silently_zero():
     check(module, reference, params, {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unroll.py _Expander._lookup writes one line per gathered row, "
-    "'<row's element names> = table[i]': a row with no elements (X of shape (2, 0)) "
-    "gives the line ' = t_list[i_0]', which black cannot parse; the model fails to "
-    "generate at all (it is auto-unrolled: small, fixed sizes). Vectorized code is "
-    "right. Same for sg.segment_sum of empty rows (its adjoint is that gather)",
-)
 def test_unrolled_gather_of_empty_rows():
     m = sg.Model("gather_empty")
     p = m.param("p", (2, 1))
