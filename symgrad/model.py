@@ -308,7 +308,7 @@ class Expr:
 
     @property
     def T(self) -> Expr:  # noqa: N802 - NumPy's name
-        return Expr(ops.transpose(self.node))
+        return Expr(ops.transpose(self.node, fold=False))
 
     def transpose(self, *axes) -> Expr:
         if self.ndim == 2 and axes in ((0, 1), (-2, -1), (0, -1), (-2, 1)):
@@ -320,7 +320,7 @@ class Expr:
         axes = (
             axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         )
-        return Expr(ops.transpose(self.node, axes or None))
+        return Expr(ops.transpose(self.node, axes or None, fold=False))
 
     def reshape(self, *shape) -> Expr:
         shape = (
@@ -372,6 +372,13 @@ class Expr:
             "float() cannot take it; use sg's functions (sg.exp, sg.sqrt, ...)"
         )
 
+    def __setitem__(self, key, value):
+        raise TypeError(
+            "an expression cannot be assigned into (x[...] = v, torch's way of "
+            "building an array): build it with sg.stack or sg.concatenate of its "
+            "parts, or sg.where(mask, v, x)"
+        )
+
     def __len__(self) -> int:
         if not self.node.shape:
             raise TypeError(
@@ -410,6 +417,11 @@ class Expr:
                 hint = f"sg.{name}(...)"
             else:
                 hint = f"sg.{name}(x{', ...' if len(required) > 1 else ''})"
+        if hint is None and name.endswith("_") and not name.startswith("_"):
+            hint = (  # torch's x.add_(v), x.clamp_(...)
+                f"x.{name[:-1]}(...), sg.{name[:-1]}(x, ...) or an operator: "
+                "expressions are never changed in place"
+            )
         if hint:
             raise AttributeError(f"an expression has no method {name!r}; use {hint}")
         raise AttributeError(
@@ -431,6 +443,30 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "permute": "x.transpose(...)",
     "unsqueeze": "sg.expand_dims(x, axis)",
     "clamp": "x.clip(a_min, a_max)",
+    "mm": "x @ y",
+    "bmm": "x @ y",
+    "expand_as": "sg.broadcast_to(x, y.shape)",
+    "astype": "x itself: drop .astype(...) (every expression is float64)",
+    **dict.fromkeys(
+        ("ndtri", "erfinv"),
+        "none: sg has no inverse normal CDF; compute the normal scores of data in NumPy "
+        "(scipy.special.ndtri) and pass them as an input",
+    ),
+    **dict.fromkeys(
+        ("rfft", "fft", "fft_rfft", "fft_fft"),
+        "the DFT as matrix products with cos and sin matrices passed as inputs: "
+        "re = y @ C.T, im = -(y @ S.T), C[k, n] = cos(2 pi k n / N)",
+    ),
+    **dict.fromkeys(
+        ("convolve", "correlate"),
+        "sg.einsum('...nk,k->...n', sg.sliding_window_view(x, len(h), axis=-1), h) "
+        "(correlate; reverse h for convolve, sg.pad x first for mode='full')",
+    ),
+    "sinc": "sg.where(small, 1 - x**2 / 6, sg.sin(xs) / xs) with xs = sg.where(small, "
+    "1.0, x), small = sg.abs(x) < 1e-4 (torch's sinc is of pi x)",
+    "matrix_exp": "none: there is no matrix exponential; for a 3x3 skew matrix K of "
+    "angle t, Rodrigues' I + sin(t) / t K + (1 - cos(t)) / t**2 K @ K",
+    "hypot": "sg.norm(sg.stack([a, b]), axis=0)",
     "clamp_min": "x.clip(a_min, None)",
     "clamp_max": "x.clip(None, a_max)",
     "mul": "x * y",
@@ -598,6 +634,11 @@ class Cond:
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _as_numbers
     __truediv__ = __rtruediv__ = __neg__ = __array__ = _as_numbers
     __array_ufunc__ = __array_function__ = _as_numbers
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        """torch.where(mask, x, 0.0): torch asks a condition too; name sg's twin."""
+        return Expr.__torch_function__(func, types, args, kwargs)
 
     def __getattr__(self, name: str):
         """mask.float(), mask.sum(): torch's masks are numbers, sg's conditions."""
@@ -820,7 +861,10 @@ def checked_formula(expr: sp.Basic, allowed: set, what: str) -> sp.Expr:
 
 
 def _unary(fn: Callable[[sp.Expr], sp.Expr]) -> Callable[[Expr], Expr]:
-    def op(x):
+    def op(x, *more):
+        if more:  # F.softplus(x, 20)
+            extra = _TORCH_EXTRA_ARGUMENTS.get(op.__name__, "")
+            raise TypeError(f"sg.{op.__name__}(x) takes one argument{extra}")
         return _elementwise(fn, x)
 
     op.__name__ = fn.__name__ if hasattr(fn, "__name__") else str(fn)
@@ -1131,7 +1175,7 @@ def cumsum(x: Expr, axis=None) -> Expr:
     """NumPy's cumsum; without ``axis``, of the flattened array."""
     (node,) = _values([_expr(x, "sg.cumsum")], "sg.cumsum")
     if axis is None:
-        node, axis = ops.reshape(node, (size(node.shape),)), 0
+        node, axis = ops.reshape(node, (size(node.shape),), fold=False), 0
     return Expr(ops.cumsum(node, axis))
 
 
@@ -1174,7 +1218,7 @@ def stack(xs: Sequence[Expr], axis: int = 0) -> Expr:
 
 
 def transpose(x: Expr, axes=None) -> Expr:
-    return Expr(ops.transpose(_expr(x, "sg.transpose").node, axes))
+    return Expr(ops.transpose(_expr(x, "sg.transpose").node, axes, fold=False))
 
 
 def matmul(a: Expr, b: Expr) -> Expr:
@@ -1203,7 +1247,7 @@ def reshape(x: Expr, shape) -> Expr:
                 f"cannot reshape {node.describe()} of shape {format_shape(node.shape)} "
                 f"into {format_shape(known)}: {d} is not a size of it"
             )
-    return Expr(ops.reshape(node, known))
+    return Expr(ops.reshape(node, known, fold=False))
 
 
 def _free(shape) -> set:
@@ -1595,7 +1639,8 @@ _TORCH_KEYWORDS = {  # torch's keyword: NumPy's names for it, the function's own
     "dims": ("axis", "axes", "reps"),  # flip/roll, permute, tile
     "value": ("constant_values", "fill_value"),  # F.pad, full_like
 }
-_TORCH_ONLY_KEYWORDS = {  # torch's keywords with no NumPy twin: what to write instead
+_TORCH_ONLY_KEYWORDS = {
+    "p": "sg.norm's order is NumPy's ord= (2, or 'fro' over two axes)",  # torch's keywords with no NumPy twin: what to write instead
     "descending": "-sg.sort(-x) and sg.argsort(-x) sort in descending order, keeping "
     "ties in order as torch's stable sort does",
     "stable": "sg.sort and sg.argsort are always stable",
@@ -1609,6 +1654,11 @@ _TORCH_ONLY_KEYWORDS = {  # torch's keywords with no NumPy twin: what to write i
     "only_inputs": "sg.grad(y, wrt) differentiates with respect to wrt only",
     "beta": "F.softplus(x, beta) is sg.softplus(beta * x) / beta",
     "unbiased": "unbiased=True is NumPy's ddof=1 (torch's default; sg's is ddof=0)",
+}
+
+
+_TORCH_EXTRA_ARGUMENTS = {  # torch's positional extras of an elementwise function
+    "softplus": ": " + _TORCH_ONLY_KEYWORDS["beta"],
 }
 
 

@@ -142,6 +142,13 @@ class masked_sqrt(sp.Function):  # noqa: N801
     def _eval_evalf(self, prec):
         return sp.sqrt(self.args[0])._eval_evalf(prec)
 
+    def _eval_power(self, exponent):
+        """Even powers are powers of the argument: norm(x)**2 is the smooth sum of
+        squares, whose Hessian is 2 I at 0 (the masked derivative would make it 0)."""
+        if exponent.is_integer and exponent.is_even:
+            return self.args[0] ** (exponent / 2)
+        return None
+
     def _eval_is_real(self):
         return self.args[0].is_nonnegative
 

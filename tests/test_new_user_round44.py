@@ -43,7 +43,9 @@ whose derivative is taken as 0 at 0 (symgrad/model.py norm, ew.masked_sqrt), so 
 chain rule's 2 n masked_sqrt'(s) is 0 instead of its limit 1. A zero-rest-length
 spring between coincident nodes, or Newton from w = 0 on a ridge penalty written
 lam * sg.norm(w) ** 2, gets a Hessian without that block (sg.sqrt(sg.sum(d ** 2)) ** 2
-is right: SymPy cancels it). Messages (14 strict xfails): torch.special.ndtri /
+is right: SymPy cancels it). Fixed since for sg.norm(w) ** 2 itself (masked_sqrt's
+even powers are powers of its argument); the spring, (|d| - rest) ** 2 with rest an
+input of 0, stays a strict xfail. Messages (14, all fixed since in symgrad/model.py): torch.special.ndtri /
 erfinv, torch.fft.rfft, np.convolve, torch.sinc, torch.linalg.matrix_exp and
 torch.hypot say only "use sg's functions" (no inverse normal CDF, DFT-matrix,
 sliding-window, double-where, Rodrigues or norm-of-a-stack recipe); torch.where of an
@@ -1143,6 +1145,8 @@ def test_a_spring_from_a_node_to_itself():
 
 
 NORM_SQUARED_REASON = (
+    "(sg.norm(d) ** 2 itself is fixed: symbolic.masked_sqrt's even powers are powers "
+    "of its argument; (sg.norm(d) - rest) ** 2 with rest an input of 0 is not) "
     "the Hessian of sg.norm(d) ** 2 at d = 0 is 0 where the function is the smooth "
     "|d|^2, Hessian 2 I (differences of the module's own gradient 2 d give 2 I; "
     "torch's is nan): sg.norm is masked_sqrt(sum(x ** 2)) (symgrad/model.py norm, "
@@ -1168,7 +1172,6 @@ def test_a_zero_length_spring_between_coincident_nodes_has_the_right_hessian():
     assert rel(H, _hessian_by_differences(module, params, inputs), 1e-3) < 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason=NORM_SQUARED_REASON)
 def test_newton_on_a_ridge_penalty_written_with_norm_squared_minimal():
     """The minimal repro: loss = ||X w - y||^2 / 2 + sg.norm(w) ** 2 from w = 0; one
     Newton step with the generated Hessian must solve (X^T X + 2 I) w = X^T y."""
@@ -1359,10 +1362,7 @@ UNNAMED_FIXES = {
 
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param(k, id=k, marks=pytest.mark.xfail(strict=True, reason=v[2]))
-        for k, v in UNNAMED_FIXES.items()
-    ],
+    [pytest.param(k, id=k) for k, v in UNNAMED_FIXES.items()],
 )
 def test_spellings_whose_message_names_no_fix(case):
     _, x, q, W, s = _porting_model()
