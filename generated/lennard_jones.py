@@ -59,7 +59,7 @@ def _not_mapping(**arguments):
     for group, given in arguments.items():
         if not hasattr(given, "keys"):
             raise TypeError(
-                f"{group}: expected a dict of arrays by name, got {type(given).__name__}"
+                f"{group}: expected a dict of named arrays, got {type(given).__name__}"
             )
 
 
@@ -155,7 +155,7 @@ def backward(cache, grad_loss=1.0):
         grad_loss = float(grad_loss)  # float64, whatever scalar type is given
     except (TypeError, ValueError):
         raise ValueError(
-            f"grad_loss: expected a number (the loss is a scalar), got {grad_loss!r:.80}"
+            f"grad_loss: expected a number (the loss is 0-d), got {grad_loss!r:.80}"
         ) from None
     try:
         N, i, j, pairs, pos, t3, t4 = (
