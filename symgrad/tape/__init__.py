@@ -256,7 +256,7 @@ diag_embed, select, fliplr, flipud = (
 
 
 # torch.f_(x, ...): the in-place methods as functions
-for _name in (*IN_PLACE, "relu", "clamp", "zero", "fill", "detach"):
+for _name in (*IN_PLACE, "zero", "fill", "detach"):
     globals()[f"{_name}_"] = getattr(Tensor, f"{_name}_")
     __all__.append(f"{_name}_")
 

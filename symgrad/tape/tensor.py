@@ -93,7 +93,7 @@ def _in_place(name):
 IN_PLACE = (
     "sqrt exp log neg abs sigmoid tanh sin cos tan asin acos atan sinh cosh asinh "
     "acosh atanh erf erfc expm1 log1p log2 log10 reciprocal rsqrt square floor ceil "
-    "round trunc sign clamp_min clamp_max clip nan_to_num logit"
+    "round trunc sign clamp clamp_min clamp_max clip nan_to_num logit relu"
 ).split()
 
 
@@ -485,12 +485,6 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
 
     def div_(self, other):
         return self._inplace(lambda t: t / other, other)
-
-    def clamp_(self, min=None, max=None):
-        return self._inplace(lambda t: t.clamp(min, max))
-
-    def relu_(self):
-        return self._inplace(lambda t: t.relu())
 
     def pow_(self, exponent):
         return self._inplace(lambda t: t.pow(exponent), exponent)
