@@ -1,4 +1,4 @@
-"""NumPy's linear algebra on expressions: solve, inv, slogdet, det.
+"""NumPy's linear algebra on expressions: solve, inv, slogdet, det (and norm: sg.norm).
 
 Each works on the last two axes, batched over the others as ``np.linalg``'s are, and
 prints as the ``np.linalg`` call; its gradient is built from these functions again
@@ -9,9 +9,24 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import symgrad
+
 from . import ops
 from .ir import ShapeError
-from .model import Expr, _expr, _values, with_numpy_keywords
+from .model import TORCH_SPELLINGS, Expr, _expr, _values, norm, with_numpy_keywords
+
+__all__ = ["det", "inv", "norm", "slogdet", "solve"]  # norm: np.linalg.norm, sg.norm
+
+
+def __getattr__(name):
+    """torch.linalg.cholesky, sg.linalg.einsum: name sg's twin or recipe."""
+    hint = TORCH_SPELLINGS.get(name) or (
+        f"sg.{name}" if name in symgrad.__all__ else None
+    )
+    raise AttributeError(
+        f"module 'symgrad.linalg' has no attribute {name!r}"
+        + (f"; use {hint}" if hint else "")
+    )
 
 
 def _matrices(*xs, what: str) -> list:

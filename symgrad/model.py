@@ -80,13 +80,14 @@ def _number(value) -> sp.Expr:
     5902958103587057) / 590295810358705651712``)."""
     if isinstance(value, sp.Expr) and value.is_number and value.is_real:
         value = value if value.is_Rational else float(value)  # sp.pi, sp.sqrt(2)
-    if isinstance(value, np.ndarray) and value.ndim == 0:  # np.float64(1) < x
-        value = value.item()
-    if isinstance(value, np.ndarray):
+    if hasattr(value, "__array__") and np.ndim(value) == 0:  # np.float64(1) < x
+        value = value.item()  # (torch.tensor(2.0) * x too)
+    if hasattr(value, "__array__") and np.ndim(value):  # NumPy's, torch's tensors
+        kind = "NumPy array" if isinstance(value, np.ndarray) else type(value).__name__
         raise TypeError(
-            f"expected an sg expression or a real number, got a NumPy array of shape "
-            f"{value.shape}: declare array data with m.input(name, shape) and pass it "
-            "in the inputs"
+            f"expected an sg expression or a real number, got a {kind} of shape "
+            f"{tuple(value.shape)}: declare array data with m.input(name, shape) and "
+            "pass it in the inputs"
         )
     if isinstance(value, Cond):
         raise TypeError(AS_NUMBERS)
@@ -228,6 +229,14 @@ class Expr:
     def __rpow__(self, o):
         return _elementwise(lambda a, b: a**b, o, self)  # noqa: E704
 
+    def __mod__(self, o):
+        raise TypeError(
+            "%, // and divmod are not defined on expressions (steps, with no "
+            f"gradient rule); use {TORCH_SPELLINGS['mod']}"
+        )
+
+    __rmod__ = __floordiv__ = __rfloordiv__ = __divmod__ = __rdivmod__ = __mod__
+
     def __neg__(self):
         return _elementwise(lambda a: -a, self)  # noqa: E704
 
@@ -271,6 +280,14 @@ class Expr:
         return Expr(ops.matmul(*_values([_expr(other, "@"), self], "@")))
 
     def __getitem__(self, key) -> Expr:
+        if any(
+            isinstance(k, Cond) for k in (key if isinstance(key, tuple) else (key,))
+        ):
+            raise ShapeError(
+                f"index of {self.node.describe()} by a condition (x[x > 0]): the "
+                "result's size would depend on the data; use sg.where(cond, x, 0.0) "
+                "(sg.sum of it sums the selected entries)"
+            )
         if isinstance(key, Expr):
             (source,) = _values([self], "gather")
             return Expr(ops.gather(source, key.node))
@@ -418,10 +435,14 @@ class Expr:
             else:
                 hint = f"sg.{name}(x{', ...' if len(required) > 1 else ''})"
         if hint is None and name.endswith("_") and not name.startswith("_"):
-            hint = (  # torch's x.add_(v), x.clamp_(...)
-                f"x.{name[:-1]}(...), sg.{name[:-1]}(x, ...) or an operator: "
-                "expressions are never changed in place"
-            )
+            base = name[:-1]  # torch's x.add_(v), x.clamp_(...)
+            twins = [f"x.{base}(...)"] if hasattr(Expr, base) else []
+            twins += [f"sg.{base}(x, ...)"] if base in symgrad.__all__ else []
+            hint = (
+                TORCH_SPELLINGS.get(base)
+                or " or ".join(twins)
+                or "sg's functions or an operator"
+            ) + " (expressions are never changed in place)"
         if hint:
             raise AttributeError(f"an expression has no method {name!r}; use {hint}")
         raise AttributeError(
@@ -444,6 +465,57 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "unsqueeze": "sg.expand_dims(x, axis)",
     "clamp": "x.clip(a_min, a_max)",
     "mm": "x @ y",
+    **{
+        name: f"x {operator} v"
+        for name, operator in (
+            ("eq", "=="),
+            ("ne", "!="),
+            ("lt", "<"),
+            ("le", "<="),
+            ("gt", ">"),
+            ("ge", ">="),
+        )
+    },
+    **dict.fromkeys(
+        ("new_zeros", "new_ones", "new_full", "new_empty", "zero"),
+        "sg.zeros_like(x), sg.ones_like(x) or sg.full_like(x, v) (of an expression "
+        "of the wanted shape)",
+    ),
+    "fill_diagonal": "x * (1 - sg.eye(n)) + v * sg.eye(n)",
+    "copy": "the new value itself",
+    "linear": "x @ W.T + b",
+    "cosine_similarity": "sg.sum(a * b, axis=-1) / sg.maximum(sg.norm(a, axis=-1) * "
+    "sg.norm(b, axis=-1), eps)",
+    **dict.fromkeys(
+        ("randn_like", "rand_like", "randn", "rand", "randint", "normal", "bernoulli"),
+        "noise drawn in NumPy and passed in as an input (m.input): a model is a "
+        "deterministic function of its params and inputs",
+    ),
+    "dropout": "x itself at evaluation; in training, x * keep / (1 - p) with a 0/1 "
+    "keep mask drawn in NumPy and passed as an input (m.input)",
+    "glu": "a * sg.sigmoid(b) with a, b = sg.split(x, 2, axis=-1)",
+    "baddbmm": "beta * c + alpha * (a @ b)",
+    "at": "sg.where(mask, v, x) or sg.concatenate of slices and v (JAX's "
+    "x.at[i].set(v): expressions are never changed in place)",
+    "take": "x[idx] (rows of axis 0, idx an int64 input) or sg.take_along_axis(x, idx, "
+    "axis)",
+    "power": "x ** p",
+    **dict.fromkeys(
+        ("array", "asarray", "tensor"),
+        "sg.stack([...]) for a vector of expressions; data is an input (m.input)",
+    ),
+    "inner": "a @ b (vectors) or sg.dot(a, b)",
+    "vdot": "sg.sum(a * b)",
+    "nn": "sg.relu, sg.gelu, sg.silu, sg.softplus, sg.sigmoid, sg.log_softmax, ... "
+    "(the activations are at the top level: there is no sg.nn)",
+    "interp": "hat functions over fixed knots xk (spacing h): sg.sum(fk * "
+    "sg.relu(1 - sg.abs(x[..., None] - xk) / h), axis=-1) (np.interp inside the "
+    "knots)",
+    **dict.fromkeys(
+        ("mod", "remainder", "fmod"),
+        "sg.arctan2(sg.sin(t), sg.cos(t)) to wrap an angle t to (-pi, pi]; in general "
+        "x - c * k with k = x // c computed in NumPy and passed as an input",
+    ),
     "bmm": "x @ y",
     "expand_as": "sg.broadcast_to(x, y.shape)",
     "astype": "x itself: drop .astype(...) (every expression is float64)",
@@ -1009,18 +1081,21 @@ def fixed_length(node: Node, axis: int, what: str, instead: str) -> int:
     return n
 
 
-def norm(x: Expr, axis=None, keepdims: bool = False, *, ord=None) -> Expr:  # noqa: A002
+def norm(x: Expr, ord=None, axis=None, keepdims: bool = False) -> Expr:  # noqa: A002
     """The 2-norm (np.linalg.norm's default: of vectors, Frobenius of matrices), with
-    torch's gradient 0 at the zero vector, where sqrt's is infinite. ``ord`` may only
-    name that norm: 2 over one axis, "fro" over two."""
+    torch's gradient 0 at the zero vector, where sqrt's is infinite. The arguments are
+    np.linalg.norm's, in its order (so sg.norm(x, 2) is torch.norm(x, 2) too); ``ord``
+    may only name the 2-norm: 2 over one axis, "fro" over two."""
     if ord is not None:
         axes = ops.normalize_axes(_expr(x, "sg.norm").node, axis)
         if ord != {1: 2, 2: "fro"}.get(len(axes)):
+            along = f"; the norms along axis {ord} are sg.norm(x, axis={ord})"
             raise TypeError(
                 f"sg.norm(x, ord={ord!r}): sg.norm is the 2-norm only, "
                 "np.linalg.norm's default (ord=None: ord=2 of vectors, 'fro' of "
                 "matrices); for vectors, ord=1 is sg.sum(sg.abs(x), axis) and "
                 "ord=inf sg.max(sg.abs(x), axis)"
+                + (along if isinstance(ord, int) else "")
             )
     return _elementwise(ew.masked_sqrt, sum(square(x), axis, keepdims))
 
@@ -1654,6 +1729,11 @@ _TORCH_ONLY_KEYWORDS = {
     "only_inputs": "sg.grad(y, wrt) differentiates with respect to wrt only",
     "beta": "F.softplus(x, beta) is sg.softplus(beta * x) / beta",
     "unbiased": "unbiased=True is NumPy's ddof=1 (torch's default; sg's is ddof=0)",
+    "b": "weights b > 0 of scipy's and JAX's logsumexp(a, b=b) are "
+    "sg.logsumexp(a + sg.log(b))",
+    "return_sign": "sg.logsumexp takes no signs: weights b > 0 go in as sg.log(b)",
+    "where": "NumPy's where=mask is sg.where(mask, x, 0.0) first; a masked mean is "
+    "sg.sum(sg.where(mask, x, 0.0)) / sg.sum(sg.where(mask, 1.0, 0.0))",
 }
 
 
@@ -1681,8 +1761,7 @@ def _numpy_keywords(fn: Callable, call: str) -> Callable:
                     )
         for torch_name in sorted((kwargs.keys() - own) & _TORCH_ONLY_KEYWORDS.keys()):
             raise TypeError(
-                f"{call} has no {torch_name}= (torch's): "
-                f"{_TORCH_ONLY_KEYWORDS[torch_name]}"
+                f"{call} has no {torch_name}=: " f"{_TORCH_ONLY_KEYWORDS[torch_name]}"
             )
         for name in sorted(kwargs.keys() - own):
             raise TypeError(f"{call} got an unexpected keyword argument {name!r}")
