@@ -36,15 +36,15 @@ cat, products three ways with out=, item(), add_, the NumPy bridge sharing memor
 and the Quickstart (Flatten + Sequential, Softmax, named_parameters prints,
 save/load(weights_only=True), train_loop/test_loop).
 
-Found (all but the conv/pool graphs and autograd.graph fixed since; those stay
-strict xfails below, each with the place to fix):
+Found (all but autograd.graph fixed since; that one stays a strict xfail below):
 
-- grad_fn graphs: F.conv2d, F.max_pool2d and F.avg_pool2d record their NumPy-level
+- grad_fn graphs: F.conv2d, F.max_pool2d and F.avg_pool2d recorded their NumPy-level
   composition (View/UnsafeView/Add; Slice/Stack/Gather/Squeeze; Div/Sum) instead of
   torch's single ConvolutionBackward0 / MaxPool2DWithIndicesBackward0 /
-  AvgPool2DBackward0 (nn_conv.py _conv, _max_pool, _avg_pool); F.linear's weight
-  transpose is a PermuteBackward0, torch's a TBackward0 (functional.py linear uses
-  weight.T). Walking LeNet's graph below fc1 therefore differs.
+  AvgPool2DBackward0 (fixed: nn_conv.py _convolution and _pool_node record one node
+  each, with torch's next_functions); F.linear's weight transpose was a
+  PermuteBackward0, torch's a TBackward0 (functional.py linear uses weight.T).
+  Walking LeNet's graph below fc1 therefore differed.
 - arithmetic.py reflected ops with a Python number: `2 * b` and `2 + b` list the
   number's (None, 0) first in next_functions (torch: the tensor first), `2 ** b`'s
   PowBackward2 and `1 - b`'s RsubBackward1 carry an extra (None, 0); the Fundamentals
@@ -64,7 +64,6 @@ import pytest
 from tape_scripts import (
     cases,
     check,
-    differs,
     draws,
     init_from,
     missing,
@@ -1470,41 +1469,11 @@ NEURAL_NETWORKS = {
         lenet_define_and_backward_random_gradient
     ),
     "LeNet: MSELoss and grad_fn.next_functions": lenet_loss_function_and_grad_fn_chain,
-    "LeNet: the whole backward graph by names": (
-        lenet_whole_graph,
-        differs(
-            "the graph under fc1 is not torch's: conv2d (nn_conv.py _conv) records "
-            "View/UnsafeView/Add nodes, max_pool2d (nn_conv.py _max_pool) records "
-            "Slice/Stack/Gather/Squeeze nodes, where torch has one "
-            "ConvolutionBackward0 and one MaxPool2DWithIndicesBackward0; and each "
-            "Linear's weight.T is a PermuteBackward0 (functional.py linear uses "
-            "weight.T), torch's is TBackward0"
-        ),
-    ),
+    "LeNet: the whole backward graph by names": lenet_whole_graph,
     "F.linear: the weight's transpose is a TBackward0": linear_weight_transpose_node,
-    "F.conv2d: one ConvolutionBackward0 node": (
-        conv2d_node,
-        differs(
-            "nn_conv.py _conv builds the convolution from windows, matmul and views: "
-            "grad_fn is ViewBackward0 over UnsafeViewBackward0 (AddBackward0 with a "
-            "bias), torch's is ConvolutionBackward0 with (input, weight, bias) as "
-            "next_functions"
-        ),
-    ),
-    "F.max_pool2d: one MaxPool2DWithIndicesBackward0 node": (
-        max_pool2d_node,
-        differs(
-            "nn_conv.py _max_pool records SqueezeBackward1 over GatherBackward0 "
-            "(over stacked slices); torch's is MaxPool2DWithIndicesBackward0"
-        ),
-    ),
-    "F.avg_pool2d: one AvgPool2DBackward0 node": (
-        avg_pool2d_node,
-        differs(
-            "nn_conv.py _avg_pool records DivBackward0 over SumBackward1; torch's "
-            "is AvgPool2DBackward0"
-        ),
-    ),
+    "F.conv2d: one ConvolutionBackward0 node": conv2d_node,
+    "F.max_pool2d: one MaxPool2DWithIndicesBackward0 node": max_pool2d_node,
+    "F.avg_pool2d: one AvgPool2DBackward0 node": avg_pool2d_node,
     "LeNet: conv1.bias.grad before and after backward": (
         lenet_backprop_zero_grad_before_after
     ),

@@ -8,6 +8,7 @@ the two means something. Floats default to float64 (torch: float32).
 
 from . import (
     accelerator,
+    amp,
     autograd,
     cuda,
     distributions,
@@ -17,6 +18,7 @@ from . import (
     testing,
     utils,
 )
+from .amp import autocast
 from .autograd import (
     enable_grad,
     inference_mode,
@@ -142,6 +144,7 @@ __all__ += (  # torch-level functions, defined below
 ).split()
 __all__ += ["autograd", "linalg", "einsum", "addmm", "save", "load", "cuda", "utils"]
 __all__ += ["testing", "accelerator"]
+__all__ += ["amp", "autocast"]
 __all__ += ["isclose", "meshgrid", "repeat_interleave", "unique", "bincount"]
 __all__ += ["det", "logdet", "slogdet", "inverse", "std_mean", "var_mean", "cdist"]
 __all__ += ["nan_to_num", "logcumsumexp", "rot90", "diagonal", "median", "kthvalue"]

@@ -544,6 +544,7 @@ def grad(
     grad_outputs=None,
     retain_graph=None,
     create_graph=False,
+    only_inputs=True,
     allow_unused=None,
     is_grads_batched=False,
     materialize_grads=False,
@@ -553,7 +554,8 @@ def grad(
     With create_graph they are recorded, so they can be differentiated again.
     materialize_grads gives zeros for unused inputs (allowing them).
     is_grads_batched takes grad_outputs' first dim as a batch of weightings (torch
-    vectorizes them; here they run one by one)."""
+    vectorizes them; here they run one by one). only_inputs is ignored, as in
+    torch (False only warns)."""
     from .functions import stack
     from .tensor import Tensor
 
@@ -561,7 +563,7 @@ def grad(
         weights = _tensors(grad_outputs)
         rows = [
             grad(outputs, inputs, [w[k] for w in weights], True, create_graph,
-                 allow_unused, materialize_grads=materialize_grads)
+                 allow_unused=allow_unused, materialize_grads=materialize_grads)
             for k in range(weights[0].shape[0])
         ]  # fmt: skip
         return tuple(
@@ -569,6 +571,14 @@ def grad(
             for column in zip(*rows, strict=True)
         )
 
+    if not only_inputs:
+        warnings.warn(
+            "only_inputs argument is deprecated and is ignored now (defaults to "
+            "True). To accumulate gradient for other parts of the graph, please use "
+            "torch.autograd.backward.",
+            FutureWarning,
+            stacklevel=2,
+        )
     if materialize_grads and allow_unused is False:
         raise ValueError(
             "Expected allow_unused to be True or not passed when materialize_grads="

@@ -379,6 +379,56 @@ def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
     return (x1 - x2 + eps).norm(p, dim=-1, keepdim=keepdim)
 
 
+def triplet_margin_loss(
+    anchor, positive, negative, margin=1.0, p=2, eps=1e-6, swap=False,
+    size_average=None, reduce=None, reduction="mean",
+):  # fmt: skip
+    """max(0, margin + d(anchor, positive) - d(anchor, negative)) by
+    pairwise_distance; swap takes the smaller of d(anchor, negative) and
+    d(positive, negative)."""
+    if size_average is not None or reduce is not None:
+        reduction = legacy_reduction(size_average, reduce)
+    dims = anchor.ndim, positive.ndim, negative.ndim
+    if len(set(dims)) > 1:
+        raise RuntimeError(
+            "The anchor, positive, and negative tensors are expected to have the same "
+            f"number of dimensions, but got: anchor {dims[0]}D, positive {dims[1]}D, "
+            f"and negative {dims[2]}D inputs"
+        )
+    dist_pos = pairwise_distance(anchor, positive, p, eps)
+    dist_neg = pairwise_distance(anchor, negative, p, eps)
+    if swap:
+        dist_neg = dist_neg.minimum(pairwise_distance(positive, negative, p, eps))
+    return _reduce((margin + dist_pos - dist_neg).clamp_min(0), reduction)
+
+
+def margin_ranking_loss(
+    input1, input2, target, margin=0, size_average=None, reduce=None,
+    reduction="mean",
+):  # fmt: skip
+    """max(0, -target * (input1 - input2) + margin)."""
+    if size_average is not None or reduce is not None:
+        reduction = legacy_reduction(size_average, reduce)
+    return _reduce((-target * (input1 - input2) + margin).clamp_min(0), reduction)
+
+
+def cosine_embedding_loss(
+    input1, input2, target, margin=0, size_average=None, reduce=None,
+    reduction="mean",
+):  # fmt: skip
+    """1 - cos(input1, input2) where target is 1, max(0, cos - margin) where it is
+    -1, 0 elsewhere; cos along the last dim, each squared norm + 1e-12, as torch."""
+    if size_average is not None or reduce is not None:
+        reduction = legacy_reduction(size_average, reduce)
+    dim = input1.ndim - 1
+    squares = [(x * x).sum(dim) + 1e-12 for x in (input1, input2)]
+    cos = (input1 * input2).sum(dim) / (squares[0] * squares[1]).sqrt()
+    output = where(target == 1, 1 - cos, 0.0) + where(
+        target == -1, (cos - margin).clamp_min(0), 0.0
+    )
+    return _reduce(output, reduction)
+
+
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     """Normalize each group of channels (dim 1) of each sample over its channels
     and positions (biased variance); then * weight + bias per channel."""
@@ -640,6 +690,52 @@ def batch_norm(
     out = (input - mean) / (var + eps).sqrt()
     out = out if weight is None else out * weight.reshape(along)
     return out if bias is None else out + bias.reshape(along)
+
+
+def instance_norm(
+    input,
+    running_mean=None,
+    running_var=None,
+    weight=None,
+    bias=None,
+    use_input_stats=True,
+    momentum=0.1,
+    eps=1e-5,
+):
+    """torch's way: batch_norm of the input as one sample of N*C channels, so each
+    sample's channel is normalized over its own positions, with weight, bias and
+    the running statistics repeated per sample; each repeat moves by its own
+    sample's statistics, and the running statistics become their mean."""
+    if use_input_stats and math.prod(input.shape[2:]) == 1:
+        raise ValueError(
+            "Expected more than 1 spatial element when training, got input size "
+            f"{input.shape}"
+        )
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise RuntimeError(
+            "Expected running_mean and running_var to be defined when "
+            "use_input_stats is false"
+        )
+    n, c = input.shape[:2]
+    per_sample = [
+        None if t is None else t.repeat(n)
+        for t in (weight, bias, running_mean, running_var)
+    ]
+    out = batch_norm(
+        input.reshape(1, n * c, *input.shape[2:]),
+        *per_sample[2:],
+        *per_sample[:2],
+        use_input_stats,
+        momentum,
+        eps,
+    )
+    with no_grad():
+        for stat, repeated in zip(
+            (running_mean, running_var), per_sample[2:], strict=True
+        ):
+            if stat is not None:
+                stat.copy_(repeated.reshape(n, c).mean(0))
+    return out.reshape(input.shape)
 
 
 def scaled_dot_product_attention(

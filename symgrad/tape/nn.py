@@ -998,11 +998,10 @@ class LayerNorm(Module):
         )
 
 
-class BatchNorm1d(Module):
-    """Per-channel normalization of (N, C) or (N, C, L) input by the batch's
-    statistics in training (tracked in running_mean and running_var, by
-    `momentum`, or by a cumulative average if it is None), by the running ones in
-    eval mode; then scaled by weight (ones) and shifted by bias (zeros)."""
+class _NormBase(Module):
+    """What BatchNorm and InstanceNorm share, as in torch: the per-channel weight
+    (ones) and bias (zeros) if affine, the running statistics (buffers, None
+    unless track_running_stats) and the repr."""
 
     def __init__(
         self,
@@ -1037,6 +1036,20 @@ class BatchNorm1d(Module):
             self.running_var._data[...] = 1
             self.num_batches_tracked._data[...] = 0
 
+    def extra_repr(self):
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
+
+class BatchNorm1d(_NormBase):
+    """Per-channel normalization of (N, C) or (N, C, L) input by the batch's
+    statistics in training (tracked in running_mean and running_var, by
+    `momentum`, or by a cumulative average if it is None), by the running ones in
+    eval mode; then scaled by weight (ones) and shifted by bias (zeros)."""
+
     _RANKS = {2: "2D or 3D", 3: "2D or 3D"}  # (the input ranks allowed, as said)
 
     def forward(self, input):
@@ -1061,18 +1074,94 @@ class BatchNorm1d(Module):
             self.eps,
         )
 
-    def extra_repr(self):
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
-
 
 class BatchNorm2d(BatchNorm1d):
     """BatchNorm1d's normalization of (N, C, H, W) input, per channel."""
 
     _RANKS = {4: "4D"}
+
+
+class _InstanceNorm(_NormBase):
+    """Each sample's channels normalized over their own positions
+    (F.instance_norm), an unbatched input as a batch of one; affine and
+    track_running_stats off by default. Tracked statistics move in training by
+    `momentum` (None: 0) and serve in eval mode; num_batches_tracked stays 0, as
+    in torch."""
+
+    _DIMS = 1  # the spatial dims
+
+    def __init__(
+        self,
+        num_features,
+        eps=1e-5,
+        momentum=0.1,
+        affine=False,
+        track_running_stats=False,
+        device=None,
+        dtype=None,
+        *,
+        bias=True,
+    ):
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device,
+            dtype,
+            bias=bias,
+        )
+
+    def forward(self, input):
+        unbatched = self._DIMS + 1
+        if input.ndim not in (unbatched, unbatched + 1):
+            raise ValueError(
+                f"expected {unbatched}D or {unbatched + 1}D input (got "
+                f"{input.ndim}D input)"
+            )
+        feature_dim = input.ndim - unbatched
+        if input.shape[feature_dim] != self.num_features:
+            if self.affine:
+                raise ValueError(
+                    f"expected input's size at dim={feature_dim} to match "
+                    f"num_features ({self.num_features}), but got: "
+                    f"{input.shape[feature_dim]}."
+                )
+            warnings.warn(
+                f"input's size at dim={feature_dim} does not match num_features. "
+                "You can silence this warning by not passing in num_features, which "
+                "is not used because affine=False",
+                stacklevel=2,
+            )
+        batch = input.unsqueeze(0) if input.ndim == unbatched else input
+        out = functional.instance_norm(
+            batch,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training or not self.track_running_stats,
+            0.0 if self.momentum is None else self.momentum,
+            self.eps,
+        )
+        return out.squeeze(0) if input.ndim == unbatched else out
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """Instance normalization of (N, C, L) or (C, L) input."""
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance normalization of (N, C, H, W) or (C, H, W) input."""
+
+    _DIMS = 2
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """Instance normalization of (N, C, D, H, W) or (C, D, H, W) input."""
+
+    _DIMS = 3
 
 
 class GroupNorm(Module):
@@ -1142,6 +1231,135 @@ class Flatten(Module):
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class _PadNd(Module):
+    """F.pad in the class's mode over the last _DIMS dims; padding is an int (every
+    side) or the (before, after) amounts, last dim first, as F.pad takes them."""
+
+    _MODE, _DIMS = "constant", 1
+
+    def __init__(self, padding):
+        super().__init__()
+        if isinstance(padding, int):
+            padding = (padding,) * (2 * self._DIMS)
+        self.padding = tuple(padding)
+
+    def forward(self, input):
+        return functional.pad(input, self.padding, self._MODE)
+
+    def extra_repr(self):
+        return f"{self.padding}"
+
+
+class _ReflectionPadNd(_PadNd):
+    """Pads with the input mirrored at its edges (the edges not repeated)."""
+
+    _MODE = "reflect"
+
+
+class ReflectionPad1d(_ReflectionPadNd):
+    pass
+
+
+class ReflectionPad2d(_ReflectionPadNd):
+    _DIMS = 2
+
+
+class ReflectionPad3d(_ReflectionPadNd):
+    _DIMS = 3
+
+
+class _ReplicationPadNd(_PadNd):
+    """Pads with the input's edge values repeated."""
+
+    _MODE = "replicate"
+
+
+class ReplicationPad1d(_ReplicationPadNd):
+    pass
+
+
+class ReplicationPad2d(_ReplicationPadNd):
+    _DIMS = 2
+
+
+class ReplicationPad3d(_ReplicationPadNd):
+    _DIMS = 3
+
+
+class _CircularPadNd(_PadNd):
+    """Pads with the input wrapped around; the input must be batched or one
+    unbatched sample (torch checks the rank here, not in F.pad)."""
+
+    _MODE = "circular"
+
+    def forward(self, input):
+        if input.ndim not in (self._DIMS + 1, self._DIMS + 2):
+            raise ValueError(
+                f"expected {self._DIMS + 1}D or {self._DIMS + 2}D input (got "
+                f"{input.ndim}D input)"
+            )
+        return super().forward(input)
+
+
+class CircularPad1d(_CircularPadNd):
+    pass
+
+
+class CircularPad2d(_CircularPadNd):
+    _DIMS = 2
+
+
+class CircularPad3d(_CircularPadNd):
+    _DIMS = 3
+
+
+class _ConstantPadNd(_PadNd):
+    """Pads with `value`."""
+
+    def __init__(self, padding, value):
+        super().__init__(padding)
+        self.value = value
+
+    def forward(self, input):
+        return functional.pad(input, self.padding, "constant", self.value)
+
+    def extra_repr(self):
+        return f"padding={self.padding}, value={self.value}"
+
+
+class ConstantPad1d(_ConstantPadNd):
+    pass
+
+
+class ConstantPad2d(_ConstantPadNd):
+    _DIMS = 2
+
+
+class ConstantPad3d(_ConstantPadNd):
+    _DIMS = 3
+
+
+class _ZeroPad:
+    """ZeroPadNd: its ConstantPadNd with value 0.0, printing only the padding."""
+
+    def __init__(self, padding):
+        super().__init__(padding, 0.0)
+
+    extra_repr = _PadNd.extra_repr
+
+
+class ZeroPad1d(_ZeroPad, ConstantPad1d):
+    pass
+
+
+class ZeroPad2d(_ZeroPad, ConstantPad2d):
+    pass
+
+
+class ZeroPad3d(_ZeroPad, ConstantPad3d):
+    pass
 
 
 class Sigmoid(Module):
@@ -1386,6 +1604,39 @@ class HuberLoss(_Loss):
 
     def forward(self, input, target):
         return functional.huber_loss(input, target, self.reduction, self.delta)
+
+
+class TripletMarginLoss(_Loss):
+    def __init__(
+        self, margin=1.0, p=2.0, eps=1e-6, swap=False, size_average=None,
+        reduce=None, reduction="mean",
+    ):  # fmt: skip
+        super().__init__(size_average, reduce, reduction)
+        self.margin, self.p, self.eps, self.swap = margin, p, eps, swap
+
+    def forward(self, anchor, positive, negative):
+        return functional.triplet_margin_loss(
+            anchor, positive, negative, self.margin, self.p, self.eps, self.swap,
+            reduction=self.reduction,
+        )  # fmt: skip
+
+
+class MarginRankingLoss(_Loss):
+    def __init__(self, margin=0.0, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(size_average, reduce, reduction)
+        self.margin = margin
+
+    def forward(self, input1, input2, target):
+        return functional.margin_ranking_loss(
+            input1, input2, target, self.margin, reduction=self.reduction
+        )
+
+
+class CosineEmbeddingLoss(MarginRankingLoss):
+    def forward(self, input1, input2, target):
+        return functional.cosine_embedding_loss(
+            input1, input2, target, self.margin, reduction=self.reduction
+        )
 
 
 class GaussianNLLLoss(_Loss):

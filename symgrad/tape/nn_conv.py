@@ -2,11 +2,14 @@
 F.adaptive_avg_pool1d/2d and their Modules (nn.Conv1d, nn.Conv2d, nn.MaxPool1d, ...),
 plus nn.Unflatten and nearest-neighbour F.interpolate / nn.Upsample, with torch's argument names, defaults, reprs, init and errors.
 
-Nothing here has a backward function of its own. Every layer is a composition of
-recorded ops: padding is `cat` with constant blocks, the windows of a kernel are one
-strided slice per kernel offset, stacked (an unfold without as_strided), a convolution
-is then a batched matmul with the weight, and a pool a sum or a `gather` at the argmax.
-The tape differentiates these as any other ops, to any order (create_graph).
+Every layer is a composition of ops: padding is `cat` with constant blocks, the
+windows of a kernel are one strided slice per kernel offset, stacked (an unfold
+without as_strided), a convolution is then a batched matmul with the weight (a
+transposed one that of the input dilated by the stride with the flipped kernel), and a
+pool a sum or a `gather` at the argmax. Convolutions and pools are recorded as torch
+records them, one node each (ConvolutionBackward0, MaxPool2DWithIndicesBackward0,
+AvgPool2DBackward0), whose rules are again such compositions, so that the tape
+differentiates them to any order (create_graph).
 
 Max pooling gives the gradient of each output to one element of its window, the first
 maximum in row-major order (torch's scan), by gathering at `argmax` (NumPy's argmax
@@ -17,7 +20,7 @@ import math
 
 import numpy as np
 
-from . import nn_init
+from . import autograd, nn_init
 from .functions import cat, stack
 from .nn import Module, Parameter
 from .tensor import Tensor
@@ -25,6 +28,8 @@ from .tensor import Tensor
 FUNCTIONS = (
     "conv1d",
     "conv2d",
+    "conv_transpose1d",
+    "conv_transpose2d",
     "max_pool1d",
     "max_pool2d",
     "avg_pool1d",
@@ -36,6 +41,8 @@ FUNCTIONS = (
 MODULES = (
     "Conv1d",
     "Conv2d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
     "MaxPool1d",
     "MaxPool2d",
     "AvgPool1d",
@@ -81,9 +88,14 @@ def _batched(input, d, message):
 
 def _pad(x, pads, value):
     """x with (before, after) blocks of `value` around each of its last len(pads)
-    dims: cat with constants, so the gradient flows to x alone."""
+    dims (a negative count crops instead): cat with constants, so the gradient flows
+    to x alone."""
     d = len(pads)
     for axis, (before, after) in enumerate(pads, start=x.ndim - d):
+        if before < 0 or after < 0:
+            cut = max(-before, 0)
+            x = x.narrow(axis, cut, x.shape[axis] - cut - max(-after, 0))
+            before, after = max(before, 0), max(after, 0)
         if before or after:
             shape = list(x.shape)
             blocks = []
@@ -91,6 +103,21 @@ def _pad(x, pads, value):
                 shape[axis] = size
                 blocks.append(x.new_full(tuple(shape), value))
             x = cat([blocks[0], x, blocks[1]], axis)
+    return x
+
+
+def _dilate(x, stride):
+    """x with stride - 1 zeros between neighbours along each of its last len(stride)
+    dims (a transposed convolution's input): each element and its zeros side by
+    side, flattened."""
+    d = len(stride)
+    for axis, s in enumerate(stride, start=x.ndim - d):
+        n = x.shape[axis]
+        if s > 1 and n:
+            x = x.unsqueeze(axis + 1)
+            zeros = x.new_zeros(*x.shape[: axis + 1], s - 1, *x.shape[axis + 2 :])
+            x = cat([x, zeros], axis + 1).flatten(axis, axis + 1)
+            x = x.narrow(axis, 0, (n - 1) * s + 1)
     return x
 
 
@@ -139,52 +166,163 @@ def _conv_pads(padding, kernel, stride, dilation):
     return [(p, p) for p in padding]
 
 
-def _check_weight(name, d, input, weight, bias, groups):
+def _check_weight(name, d, input, weight, bias, groups, transposed=False):
+    """torch's checks of a convolution's weight, groups and bias against the
+    input: a transposed convolution's weight is (in, out/groups, *kernel)."""
     if weight.ndim != d + 2:
         raise RuntimeError(
             f"Expected {d + 1}D (unbatched) or {d + 2}D (batched) weight to {name}, "
             f"but got weight of size: {list(weight.shape)}"
         )
-    out_channels, per_group = weight.shape[:2]
     if groups <= 0:
         raise RuntimeError("non-positive groups is not supported")
-    if out_channels % groups:
+    if weight.shape[0] % groups:
         raise RuntimeError(
             f"Given groups={groups}, expected weight to be divisible by {groups} at "
             f"dimension 0, but got weight of size [{list(weight.shape)}] instead"
         )
-    if input.shape[1] != per_group * groups:
+    given = "transposed=1" if transposed else f"groups={groups}"
+    channels = weight.shape[0] if transposed else weight.shape[1] * groups
+    if input.shape[1] != channels:
         raise RuntimeError(
-            f"Given groups={groups}, weight of size {list(weight.shape)}, expected "
-            f"input{list(input.shape)} to have {per_group * groups} channels, but got "
+            f"Given {given}, weight of size {list(weight.shape)}, expected "
+            f"input{list(input.shape)} to have {channels} channels, but got "
             f"{input.shape[1]} channels instead"
         )
+    out_channels = weight.shape[1] * groups if transposed else weight.shape[0]
     if bias is not None and (bias.ndim != 1 or bias.shape[0] != out_channels):
+        given = "Given transposed=1, weight" if transposed else "Given weight"
         raise RuntimeError(
-            f"Given weight of size {list(weight.shape)}, expected bias to be "
+            f"{given} of size {list(weight.shape)}, expected bias to be "
             f"1-dimensional with {out_channels} elements, but got bias of size "
             f"{list(bias.shape)} instead"
         )
 
 
-def _conv(name, d, input, weight, bias, stride, padding, dilation, groups):
-    """The d-dimensional cross-correlation of torch's conv{d}d: the windows of the
-    padded input (N, C, K, *out) regrouped as (N, G, C/G * K, P) and multiplied by
-    the weight (G, O/G, C/G * K), P = prod(out)."""
-    input, unbatched = _batched(
-        input,
-        d,
-        lambda x: f"Expected {d + 1}D (unbatched) or {d + 2}D (batched) input to "
-        f"{name}, but got input of size: {list(x.shape)}",
-    )
-    _check_weight(name, d, input, weight, bias, groups)
-    kernel = tuple(weight.shape[2:])
+def _geometry(d, stride, dilation):
     stride = _conv_arg(stride, d, "stride")
     dilation = _conv_arg(dilation, d, "dilation")
     if any(s <= 0 for s in stride):
         raise RuntimeError("non-positive stride is not supported")
     if any(dl <= 0 for dl in dilation):
         raise RuntimeError("non-positive dilation is not supported")
+    return stride, dilation
+
+
+def _rank_message(name, d):
+    return lambda x: (
+        f"Expected {d + 1}D (unbatched) or {d + 2}D (batched) input to {name}, but "
+        f"got input of size: {list(x.shape)}"
+    )
+
+
+def _columns(x, kernel, stride, pads, dilation, groups):
+    """The windows of x (N, C, *spatial) padded by pads ((before, after) pairs,
+    negative ones crop) as (N, G, C/G * K, P), K = prod(kernel), P = prod(out), and
+    out."""
+    x = _pad(x, pads, 0.0)
+    out = [
+        (n - dl * (k - 1) - 1) // s + 1
+        for n, k, s, dl in zip(x.shape[2:], kernel, stride, dilation, strict=True)
+    ]
+    cols = _windows(x, kernel, stride, dilation, out)
+    return cols.reshape(x.shape[0], groups, -1, math.prod(out)), out
+
+
+def _correlate(x, weight, stride, pads, dilation, groups):
+    """The cross-correlation of x with weight (O, C/G, *kernel): the windows
+    multiplied by the weight as (G, O/G, C/G * K)."""
+    cols, out = _columns(x, weight.shape[2:], stride, pads, dilation, groups)
+    o = weight.shape[0]
+    y = weight.reshape(groups, o // groups, -1) @ cols  # (N, G, O/G, P)
+    return y.reshape(x.shape[0], o, *out)
+
+
+def _correlate_weight(x, g, kernel, stride, pads, dilation, groups):
+    """The gradient of _correlate(x, weight, ...) for its weight, given its output's
+    g: g (N, G, O/G, P) times the windows of x, summed over the batch."""
+    cols, _ = _columns(x, kernel, stride, pads, dilation, groups)
+    n, o = g.shape[:2]
+    gw = (g.reshape(n, groups, o // groups, -1) @ cols.transpose(-1, -2)).sum(0)
+    return gw.reshape(o, x.shape[1] // groups, *kernel)
+
+
+def _correlate_transposed(x, weight, stride, crops, dilation, groups):
+    """The adjoint of _correlate with `weight` (in, out/groups, *kernel) and pads
+    `crops` (the output is cropped by them): x dilated by the stride and padded by
+    dilation * (k - 1) - crop, correlated with the flipped kernel, its in and out
+    swapped within each group."""
+    d = len(stride)
+    kernel = tuple(weight.shape[2:])
+    pads = [
+        (dl * (k - 1) - before, dl * (k - 1) - after)
+        for k, dl, (before, after) in zip(kernel, dilation, crops, strict=True)
+    ]
+    c, per_group = weight.shape[:2]
+    flipped = weight.reshape(groups, c // groups, per_group, *kernel).transpose(1, 2)
+    flipped = flipped.reshape(groups * per_group, c // groups, *kernel)
+    flipped = flipped.flip(*range(2, d + 2))
+    return _correlate(_dilate(x, stride), flipped, (1,) * d, pads, dilation, groups)
+
+
+def _convolution(input, weight, bias, stride, pads, dilation, groups, transposed):
+    """torch's convolution on a batched input (pads are (before, after) per dim; a
+    transposed one's output is cropped by them), recorded as torch records it: one
+    ConvolutionBackward0 node over (input, weight, bias), (None, 0) for no bias.
+
+    Its rule is torch's too, convolutions again: d input is the other convolution
+    (transposed for a plain one, plain for a transposed one) of the output's
+    gradient, d weight the windows of the plain one's input times the gradient of its
+    output, d bias a sum. They are recorded ops (this function, windows, matmul),
+    so under create_graph the gradients are differentiable again, to any order; in
+    an ordinary backward pass the same code runs untracked on the arrays."""
+    correlate = _correlate_transposed if transposed else _correlate
+    with autograd.no_grad():
+        y = correlate(input, weight, stride, pads, dilation, groups)
+        if bias is not None:
+            y = y + bias.reshape(-1, *([1] * len(stride)))
+    kernel = tuple(weight.shape[2:])
+    wanted = [t is not None and t.requires_grad for t in (input, weight, bias)]
+
+    def grads(g, x, w):
+        if transposed:  # the adjoint of the plain convolution of y's shape to x's
+            gx = _convolution(g, w, None, stride, pads, dilation, groups, False)
+            gw = _correlate_weight(g, x, kernel, stride, pads, dilation, groups)
+        else:  # the crops undo the pads, and the tail the strides never reached
+            tails = [
+                (n + a + b - dl * (k - 1) - 1) % s
+                for n, (a, b), k, s, dl in zip(
+                    x.shape[2:], pads, kernel, stride, dilation, strict=True
+                )
+            ]
+            crops = [(a, b - t) for (a, b), t in zip(pads, tails, strict=True)]
+            gx = _convolution(g, w, None, stride, crops, dilation, groups, True)
+            gw = _correlate_weight(x, g, kernel, stride, pads, dilation, groups)
+        gb = g.sum((0, *range(2, g.ndim)))
+        return [
+            v if want else None for v, want in zip((gx, gw, gb), wanted, strict=True)
+        ]
+
+    def rule(xp, g, x, w):
+        if xp.records:
+            return grads(g, x, w)
+        with autograd.no_grad():
+            found = grads(*map(Tensor._wrap, (g, x, w)))
+        return [v if v is None else v._data for v in found]
+
+    no_bias = Tensor._wrap(np.zeros(0, y._data.dtype))
+    inputs = (input, weight, no_bias if bias is None else bias)
+    return Tensor._result(
+        y._data, inputs, rule, "ConvolutionBackward0", saves=(input, weight)
+    )
+
+
+def _conv(name, d, input, weight, bias, stride, padding, dilation, groups):
+    """torch's conv{d}d: its checks, then _convolution."""
+    input, unbatched = _batched(input, d, _rank_message(name, d))
+    _check_weight(name, d, input, weight, bias, groups)
+    kernel = tuple(weight.shape[2:])
+    stride, dilation = _geometry(d, stride, dilation)
     pads = _conv_pads(padding, kernel, stride, dilation)
     spatial = input.shape[2:]
     padded = [n + a + b for n, (a, b) in zip(spatial, pads, strict=True)]
@@ -195,14 +333,7 @@ def _conv(name, d, input, weight, bias, stride, padding, dilation, groups):
             f"size: ({_size(reach)}). Kernel size can't be greater than actual input "
             "size"
         )
-    out = [(p - r) // s + 1 for p, r, s in zip(padded, reach, stride, strict=True)]
-    n, o = input.shape[0], weight.shape[0]
-    cols = _windows(_pad(input, pads, 0.0), kernel, stride, dilation, out)
-    cols = cols.reshape(n, groups, -1, math.prod(out))
-    y = weight.reshape(groups, o // groups, -1) @ cols  # (N, G, O/G, P)
-    y = y.reshape(n, o, *out)
-    if bias is not None:
-        y = y + bias.reshape(o, *([1] * d))
+    y = _convolution(input, weight, bias, stride, pads, dilation, groups, False)
     return y.squeeze(0) if unbatched else y
 
 
@@ -215,6 +346,116 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """input (N, C, H, W) or (C, H, W), weight (O, C/groups, kh, kw), bias (O,):
     (N, O, H', W')."""
     return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups)
+
+
+def _output_padding_error(output_padding, stride, dilation):
+    """torch's message, which names a 1-d convolution's sizes as the width of a 2-d
+    one (whose height has output_padding 0, stride and dilation 1)."""
+    pad = 2 - len(stride)
+    values = (
+        ("output_padding", (0,) * pad + tuple(output_padding)),
+        ("stride", (1,) * pad + tuple(stride)),
+        ("dilation", (1,) * pad + tuple(dilation)),
+    )
+    parts = [
+        f"{key}_{dim}: {v}"
+        for key, vs in values
+        for dim, v in zip(("height", "width"), vs, strict=True)
+    ]
+    return RuntimeError(
+        "output padding must be smaller than either stride or dilation, but got "
+        + " ".join(parts)
+    )
+
+
+def _conv_transpose(
+    name, d, input, weight, bias, stride, padding, output_padding, groups, dilation
+):
+    """torch's conv_transpose{d}d: its checks, then _convolution, whose output of
+    size (n - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1
+    is cropped by padding before and padding - output_padding after."""
+    input, unbatched = _batched(input, d, _rank_message(name, d))
+    if isinstance(padding, str):
+        raise TypeError(f"{name}(): argument 'padding' must be tuple of ints, not str")
+    _check_weight(name, d, input, weight, bias, groups, transposed=True)
+    stride, dilation = _geometry(d, stride, dilation)
+    padding = _conv_arg(padding, d, "padding")
+    output_padding = _conv_arg(output_padding, d, "output_padding")
+    if any(p < 0 for p in padding):
+        raise RuntimeError("negative padding is not supported")
+    if any(p < 0 for p in output_padding):
+        raise RuntimeError("negative output_padding is not supported")
+    if any(
+        p >= s and p >= dl
+        for p, s, dl in zip(output_padding, stride, dilation, strict=True)
+    ):
+        raise _output_padding_error(output_padding, stride, dilation)
+    crops = [(p, p - op) for p, op in zip(padding, output_padding, strict=True)]
+    out = [
+        (n - 1) * s + dl * (k - 1) + 1 - a - b
+        for n, k, s, dl, (a, b) in zip(
+            input.shape[2:], weight.shape[2:], stride, dilation, crops, strict=True
+        )
+    ]
+    if any(size < 1 for size in out):
+        raise RuntimeError(
+            f"Given input size per channel: ({_size(input.shape[2:])}). Calculated "
+            f"output size per channel: ({_size(out)}). Output size is too small"
+        )
+    y = _convolution(input, weight, bias, stride, crops, dilation, groups, True)
+    return y.squeeze(0) if unbatched else y
+
+
+def conv_transpose1d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+):
+    """input (N, C, L) or (C, L), weight (C, O/groups, k), bias (O,): (N, O, L'),
+    the adjoint of conv1d (its gradient with respect to its input)."""
+    return _conv_transpose(
+        "conv_transpose1d",
+        1,
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+    )
+
+
+def conv_transpose2d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+):
+    """input (N, C, H, W) or (C, H, W), weight (C, O/groups, kh, kw), bias (O,):
+    (N, O, H', W'), the adjoint of conv2d."""
+    return _conv_transpose(
+        "conv_transpose2d",
+        2,
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+    )
 
 
 # ==== pooling =========================================================================
@@ -273,17 +514,53 @@ def _max_pool_rank(name, d):
     return lambda x: "non-empty 3D or 4D (batch mode) tensor expected for input"
 
 
+def _pool_node(name, d, pool, input):
+    """pool(input), a composition of recorded ops returning (output, *others),
+    recorded as torch records a pool: one node named `name` over the input (a 1-d
+    pool being torch's 2-d one on input.unsqueeze(-2), squeezed after).
+
+    The composition runs on a private leaf sharing the input's values, and the
+    node's rule is the backward pass of that private graph, recorded under
+    create_graph. That is exact to any order: a pool's gradient is linear in the
+    output's gradient and, given which elements are the maxima, constant in the
+    input, so nothing is lost by its graph not reaching the input."""
+    if d == 1:
+
+        def pool2d(x):
+            y, *others = pool(x.squeeze(-2))
+            return (y.unsqueeze(-2), *others)
+
+        y, *others = _pool_node(name, 2, pool2d, input.unsqueeze(-2))
+        return (y.squeeze(-2), *others)
+    if not (autograd.recording() and input.requires_grad):
+        return pool(input)
+    leaf = input.detach().requires_grad_()
+    y, *others = pool(leaf)
+
+    def rule(xp, g, x):
+        return autograd.run_backward([y], [g], True, [leaf], xp.records)
+
+    return (Tensor._result(y._data, [input], rule, name), *others)
+
+
 def _max_pool(name, d, input, kernel_size, stride, padding, dilation, ceil_mode, ret):
-    input, unbatched = _batched(input, d, _max_pool_rank(name, d))
+    rank = _max_pool_rank(name, d)
     kernel, stride, padding, dilation = _pool_args(
         d, kernel_size, stride, padding, dilation
     )
-    out, pads = _pool_geometry(input, kernel, stride, padding, dilation, ceil_mode)
-    cols = _windows(_pad(input, pads, -math.inf), kernel, stride, dilation, out)
-    first = cols.argmax(2, keepdim=True)  # the first maximum (or NaN) of each window
-    y = cols.gather(2, first).squeeze(2)
+    checked = _batched(input.detach(), d, rank)[0]
+    out, pads = _pool_geometry(checked, kernel, stride, padding, dilation, ceil_mode)
+
+    def pool(x):
+        x, unbatched = _batched(x, d, rank)
+        cols = _windows(_pad(x, pads, -math.inf), kernel, stride, dilation, out)
+        first = cols.argmax(2, keepdim=True)  # the first maximum (or NaN) of each
+        y = cols.gather(2, first).squeeze(2)
+        return (y.squeeze(0) if unbatched else y), first
+
+    y, first = _pool_node("MaxPool2DWithIndicesBackward0", d, pool, input)
     if not ret:
-        return y.squeeze(0) if unbatched else y
+        return y
     # return_indices: each maximum's flat position in its channel of the input
     offsets = np.unravel_index(first.numpy()[:, :, 0], kernel)
     grid = np.meshgrid(*(np.arange(n) for n in out), indexing="ij")
@@ -291,8 +568,8 @@ def _max_pool(name, d, input, kernel_size, stride, padding, dilation, ceil_mode,
         g * s - p + o * dl
         for g, s, p, o, dl in zip(grid, stride, padding, offsets, dilation, strict=True)
     ]
-    indices = Tensor._wrap(np.ravel_multi_index(at, input.shape[2:]).astype(np.int64))
-    return (y.squeeze(0), indices.squeeze(0)) if unbatched else (y, indices)
+    indices = np.ravel_multi_index(at, checked.shape[2:]).astype(np.int64)
+    return y, Tensor._wrap(indices.reshape(y.shape))
 
 
 def max_pool1d(
@@ -363,19 +640,24 @@ def _avg_pool(name, d, input, kernel_size, stride, padding, ceil_mode, include, 
             f"tensor for argument #1 'self' (while checking arguments for {name})"
         )
 
-    input, unbatched = _batched(input, d, rank)
+    checked = _batched(input.detach(), d, rank)[0]
     kernel, stride, padding, dilation = _pool_args(d, kernel_size, stride, padding)
-    out, pads = _pool_geometry(input, kernel, stride, padding, dilation, ceil_mode)
-    cols = _windows(_pad(input, pads, 0.0), kernel, stride, dilation, out)
+    out, pads = _pool_geometry(checked, kernel, stride, padding, dilation, ceil_mode)
     if over is not None:
         if over == 0:
             raise RuntimeError("divisor must be not zero")
         divisor = float(over)
     else:
-        divisor = _avg_divisor(input, kernel, stride, padding, out, include)
-        divisor = Tensor._wrap(divisor.astype(input.detach().numpy().dtype))
-    y = cols.sum(2) / divisor
-    return y.squeeze(0) if unbatched else y
+        divisor = _avg_divisor(checked, kernel, stride, padding, out, include)
+        divisor = Tensor._wrap(divisor.astype(checked.numpy().dtype))
+
+    def pool(x):
+        x, unbatched = _batched(x, d, rank)
+        cols = _windows(_pad(x, pads, 0.0), kernel, stride, dilation, out)
+        y = cols.sum(2) / divisor
+        return ((y.squeeze(0) if unbatched else y),)
+
+    return _pool_node("AvgPool2DBackward0", d, pool, input)[0]
 
 
 def avg_pool1d(
@@ -509,9 +791,11 @@ _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 class _ConvNd(Module):
     """Conv1d/Conv2d: weight (out, in/groups, *kernel_size), bias (out,), drawn as
     torch draws them: kaiming_uniform_(a=sqrt(5)) (U(+-1/sqrt(fan_in))) then the
-    bias from U(+-1/sqrt(fan_in)), fan_in = in/groups * prod(kernel_size)."""
+    bias from U(+-1/sqrt(fan_in)), fan_in = weight.shape[1] * prod(kernel_size).
+    The transposed ones (ConvTranspose1d/2d) hold weight (in, out/groups, ...)."""
 
     _d = 0
+    transposed = False
 
     def __init__(
         self,
@@ -526,6 +810,7 @@ class _ConvNd(Module):
         padding_mode="zeros",
         device=None,
         dtype=None,
+        output_padding=0,
     ):
         super().__init__()
         d = self._d
@@ -553,6 +838,10 @@ class _ConvNd(Module):
                 "padding_mode must be one of {'zeros', 'replicate', 'reflect', "
                 f"'circular'}}, but got padding_mode={padding_mode!r}"
             )
+        if padding_mode != "zeros" and self.transposed:
+            raise ValueError(
+                f'Only "zeros" padding mode is supported for {type(self).__name__}'
+            )
         if padding_mode != "zeros":
             raise NotImplementedError(
                 f"padding_mode={padding_mode!r} is not in symgrad.tape (only 'zeros')"
@@ -560,9 +849,12 @@ class _ConvNd(Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = _ntuple(kernel_size, d)
         self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.transposed, self.output_padding = False, (0,) * d
+        self.output_padding = _ntuple(output_padding, d)
         self.groups, self.padding_mode = groups, padding_mode
-        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        shape = (out_channels, in_channels // groups)
+        if self.transposed:
+            shape = (in_channels, out_channels // groups)
+        shape = (*shape, *self.kernel_size)
         self.weight = Parameter(np.zeros(shape).astype(dtype))
         self.bias = Parameter(np.zeros(out_channels).astype(dtype)) if bias else None
         self.reset_parameters()
@@ -589,6 +881,8 @@ class _ConvNd(Module):
             s += f", padding={self.padding}"
         if self.dilation != (1,) * d:
             s += f", dilation={self.dilation}"
+        if self.output_padding != (0,) * d:
+            s += f", output_padding={self.output_padding}"
         if self.groups != 1:
             s += f", groups={self.groups}"
         if self.bias is None:
@@ -604,6 +898,98 @@ class Conv1d(_ConvNd):
 
 class Conv2d(_ConvNd):
     """Cross-correlation over the last two dims of (N, C, H, W) or (C, H, W)."""
+
+    _d = 2
+
+
+class _ConvTransposeNd(_ConvNd):
+    """ConvTranspose1d/2d: torch's argument order (output_padding after padding,
+    dilation last); forward's output_size picks the output_padding giving it."""
+
+    transposed = True
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        groups=1,
+        bias=True,
+        dilation=1,
+        padding_mode="zeros",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device,
+            dtype,
+            output_padding,
+        )
+
+    def _output_padding(self, input, output_size):
+        """The output_padding giving output_size (its last d sizes), as torch
+        finds it."""
+        if output_size is None:
+            return self.output_padding
+        d = self._d
+        output_size = list(output_size)[-d:]
+        if len(output_size) != d:
+            raise ValueError(
+                f"ConvTranspose{d}D: for {input.ndim}D input, output_size must have "
+                f"{d} or {d + 2} elements (got {len(output_size)})"
+            )
+        smallest = [
+            (n - 1) * s - 2 * p + dl * (k - 1) + 1
+            for n, s, p, dl, k in zip(
+                input.shape[-d:],
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.kernel_size,
+                strict=True,
+            )
+        ]
+        largest = [m + s - 1 for m, s in zip(smallest, self.stride, strict=True)]
+        if any(
+            not m <= size <= top
+            for m, size, top in zip(smallest, output_size, largest, strict=True)
+        ):
+            raise ValueError(
+                f"requested an output size of {output_size}, but valid sizes range "
+                f"from {smallest} to {largest} (for an input of "
+                f"torch.Size({list(input.shape[-d:])}))"
+            )
+        return tuple(size - m for size, m in zip(output_size, smallest, strict=True))
+
+    def forward(self, input, output_size=None):
+        conv = conv_transpose1d if self._d == 1 else conv_transpose2d
+        output_padding = self._output_padding(input, output_size)
+        args = (self.stride, self.padding, output_padding, self.groups, self.dilation)
+        return conv(input, self.weight, self.bias, *args)
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    """The adjoint of Conv1d over the last dim of (N, C, L) or (C, L)
+    (F.conv_transpose1d)."""
+
+    _d = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """The adjoint of Conv2d over the last two dims of (N, C, H, W) or (C, H, W)
+    (F.conv_transpose2d)."""
 
     _d = 2
 

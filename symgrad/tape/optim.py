@@ -1,5 +1,6 @@
-"""torch.optim: SGD, Adam, AdamW, RMSprop and Adagrad, following PyTorch's documented update
-rules step by step, and optimizer checkpoints (state_dict/load_state_dict).
+"""torch.optim: SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta and LBFGS, following
+PyTorch's documented update rules step by step, and optimizer checkpoints
+(state_dict/load_state_dict).
 
 Updates are in place on each parameter's array, outside the graph, and count as
 in-place writes (a graph that saved the old value then refuses to backward, as in
@@ -21,36 +22,18 @@ from .tensor import Tensor
 sys.modules[__name__ + ".lr_scheduler"] = lr_scheduler
 
 
-_FOREACH = {"foreach": None, "differentiable": False}
-_FUSED = {"fused": None}
-_CAPTURABLE = {"capturable": False}
-
-
 class Optimizer:
     """Holds param_groups (dicts of params plus hyperparameters) and per-param state.
 
-    `_FLAGS` are the keywords (with torch's defaults, kept in the groups as torch
-    keeps them) by which a subclass's torch counterpart chooses how it computes a
-    step, not what it computes, so they change nothing here; differentiable=True,
-    a step recorded for autograd, is not there. The base class has none, so the
-    groups of a user's subclass hold only its own defaults, as in torch."""
+    The built-in optimizers take torch's keywords foreach, fused, capturable and
+    differentiable, by name in their signatures as torch's do (scripts look for
+    them with inspect.signature), with torch's defaults, kept in the groups as
+    torch keeps them. They choose how torch computes a step, not what it
+    computes, so they change nothing here; differentiable=True, a step recorded
+    for autograd, is not there. The base class takes none, so the groups of a
+    user's subclass hold only its own defaults, as in torch."""
 
-    _FLAGS = {}
-    _ORDER = ()  # torch's order of the defaults' keys, where it is not ours
-
-    def __init__(self, params, defaults, flags=None):
-        flags = flags or {}
-        for name in flags.keys() - self._FLAGS.keys():
-            raise TypeError(
-                f"{type(self).__name__}.__init__() got an unexpected keyword argument "
-                f"'{name}'"
-            )
-        if flags.get("differentiable"):
-            raise NotImplementedError(
-                "optimizers with differentiable=True are not in symgrad.tape"
-            )
-        defaults = {**defaults, **self._FLAGS, **flags}
-        defaults = {k: defaults[k] for k in self._ORDER or defaults}
+    def __init__(self, params, defaults):
         if isinstance(params, Tensor):
             raise TypeError(
                 "params argument given to the optimizer should be an iterable of "
@@ -65,6 +48,8 @@ class Optimizer:
         self.param_groups = []
         for group in groups:
             self.add_param_group(group)
+        if hasattr(self, "_update"):  # a step computed here: the flags checked
+            _check_flags(defaults)
 
     def __repr__(self):
         """Each group's hyperparameters, sorted by name, as torch prints them."""
@@ -217,11 +202,24 @@ def _check(ok, what, value):
         raise ValueError(f"Invalid {what}: {value}")
 
 
+def _check_flags(defaults):
+    """torch's refusals of its flags, after the parameters' checks as in torch:
+    fused=True (accepted on CPU, float64 too) neither with differentiable nor with
+    foreach; differentiable=True is not in symgrad.tape."""
+    if defaults.get("fused"):
+        if defaults.get("differentiable"):
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if defaults.get("foreach"):
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+    if defaults.get("differentiable"):
+        raise NotImplementedError(
+            "optimizers with differentiable=True are not in symgrad.tape"
+        )
+
+
 class SGD(Optimizer):
     """g = grad + weight_decay*p; buf = momentum*buf + (1-dampening)*g (buf = g on the
     first step); g = g + momentum*buf if nesterov else buf; p -= lr*g."""
-
-    _FLAGS = _FOREACH | _FUSED
 
     def __init__(
         self,
@@ -233,7 +231,9 @@ class SGD(Optimizer):
         nesterov=False,
         *,
         maximize=False,
-        **flags,
+        foreach=None,
+        differentiable=False,
+        fused=None,
     ):
         _check(lr >= 0, "learning rate", lr)
         _check(momentum >= 0, "momentum value", momentum)
@@ -247,8 +247,11 @@ class SGD(Optimizer):
             weight_decay=weight_decay,
             nesterov=nesterov,
             maximize=maximize,
+            foreach=foreach,
+            differentiable=differentiable,
+            fused=fused,
         )
-        super().__init__(params, defaults, flags)
+        super().__init__(params, defaults)
 
     def _update(self, p, g, state, group):
         if group["weight_decay"] != 0:
@@ -271,12 +274,6 @@ class Adam(Optimizer):
     (amsgrad: v = the max of all v so far);
     p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)."""
 
-    _FLAGS = _FOREACH | _FUSED | _CAPTURABLE
-    _ORDER = tuple(
-        "lr betas eps weight_decay amsgrad maximize foreach capturable differentiable "
-        "fused decoupled_weight_decay".split()
-    )
-
     def __init__(
         self,
         params,
@@ -286,9 +283,12 @@ class Adam(Optimizer):
         weight_decay=0,
         amsgrad=False,
         *,
+        foreach=None,
         maximize=False,
+        capturable=False,
+        differentiable=False,
+        fused=None,
         decoupled_weight_decay=False,
-        **flags,
     ):
         _check(lr >= 0, "learning rate", lr)
         _check(eps >= 0, "epsilon value", eps)
@@ -302,9 +302,13 @@ class Adam(Optimizer):
             weight_decay=weight_decay,
             amsgrad=amsgrad,
             maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
         )
-        super().__init__(params, defaults, flags)
+        super().__init__(params, defaults)
 
     def _decayed(self, p, g, group):
         """The gradient with L2 weight decay added, or (decoupled, as AdamW) the
@@ -349,7 +353,10 @@ class AdamW(Adam):
         amsgrad=False,
         *,
         maximize=False,
-        **flags,
+        foreach=None,
+        capturable=False,
+        differentiable=False,
+        fused=None,
     ):
         super().__init__(
             params,
@@ -358,9 +365,12 @@ class AdamW(Adam):
             eps,
             weight_decay,
             amsgrad,
+            foreach=foreach,
             maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
             decoupled_weight_decay=True,
-            **flags,
         )
 
 
@@ -368,12 +378,6 @@ class RMSprop(Optimizer):
     """g = grad + weight_decay*p; v = alpha*v + (1-alpha)*g^2; centered: a = lerp(a,
     g, 1-alpha) and v - a^2 in place of v; d = sqrt(v) + eps; p -= lr*g/d, or with
     momentum buf = momentum*buf + g/d and p -= lr*buf."""
-
-    _FLAGS = _FOREACH | _CAPTURABLE
-    _ORDER = tuple(
-        "lr momentum alpha eps centered weight_decay capturable foreach maximize "
-        "differentiable".split()
-    )
 
     def __init__(
         self,
@@ -384,9 +388,10 @@ class RMSprop(Optimizer):
         weight_decay=0,
         momentum=0,
         centered=False,
-        *,
+        capturable=False,
+        foreach=None,
         maximize=False,
-        **flags,
+        differentiable=False,
     ):
         _check(lr >= 0, "learning rate", lr)
         _check(eps >= 0, "epsilon value", eps)
@@ -395,14 +400,17 @@ class RMSprop(Optimizer):
         _check(alpha >= 0, "alpha value", alpha)
         defaults = dict(
             lr=lr,
+            momentum=momentum,
             alpha=alpha,
             eps=eps,
-            weight_decay=weight_decay,
-            momentum=momentum,
             centered=centered,
+            weight_decay=weight_decay,
+            capturable=capturable,
+            foreach=foreach,
             maximize=maximize,
+            differentiable=differentiable,
         )
-        super().__init__(params, defaults, flags)
+        super().__init__(params, defaults)
 
     def _update(self, p, g, state, group):
         alpha, momentum = group["alpha"], group["momentum"]
@@ -435,12 +443,6 @@ class Adagrad(Optimizer):
     (sqrt(sum) + eps). As in torch, each parameter's state exists as soon as the
     parameter is added."""
 
-    _FLAGS = _FOREACH | _FUSED
-    _ORDER = tuple(
-        "lr lr_decay eps weight_decay initial_accumulator_value foreach maximize "
-        "differentiable fused".split()
-    )
-
     def __init__(
         self,
         params,
@@ -449,9 +451,11 @@ class Adagrad(Optimizer):
         weight_decay=0,
         initial_accumulator_value=0,
         eps=1e-10,
+        foreach=None,
         *,
         maximize=False,
-        **flags,
+        differentiable=False,
+        fused=None,
     ):
         _check(lr >= 0, "learning rate", lr)
         _check(lr_decay >= 0, "lr_decay value", lr_decay)
@@ -468,9 +472,12 @@ class Adagrad(Optimizer):
             eps=eps,
             weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value,
+            foreach=foreach,
             maximize=maximize,
+            differentiable=differentiable,
+            fused=fused,
         )
-        super().__init__(params, defaults, flags)
+        super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
@@ -488,6 +495,55 @@ class Adagrad(Optimizer):
         total = state["sum"]._data
         total += g * g
         p -= clr * g / (np.sqrt(total) + group["eps"])
+
+
+class Adadelta(Optimizer):
+    """g = grad + weight_decay*p; v = rho*v + (1-rho)*g^2; delta = sqrt(u + eps) /
+    sqrt(v + eps) * g; u = rho*u + (1-rho)*delta^2; p -= lr*delta."""
+
+    def __init__(
+        self,
+        params,
+        lr=1.0,
+        rho=0.9,
+        eps=1e-6,
+        weight_decay=0,
+        foreach=None,
+        *,
+        capturable=False,
+        maximize=False,
+        differentiable=False,
+    ):
+        _check(lr >= 0, "learning rate", lr)
+        _check(0 <= rho <= 1, "rho value", rho)
+        _check(eps >= 0, "epsilon value", eps)
+        _check(weight_decay >= 0, "weight_decay value", weight_decay)
+        defaults = dict(
+            lr=lr,
+            rho=rho,
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            capturable=capturable,
+            foreach=foreach,
+            differentiable=differentiable,
+        )
+        super().__init__(params, defaults)
+
+    def _update(self, p, g, state, group):
+        rho, eps = group["rho"], group["eps"]
+        if not state:
+            _init_state(state, p, ["square_avg", "acc_delta"])
+        state["step"]._data += 1
+        if group["weight_decay"] != 0:
+            g = g + group["weight_decay"] * p
+        v, u = state["square_avg"]._data, state["acc_delta"]._data
+        v *= rho
+        v += (1 - rho) * g * g
+        delta = np.sqrt(u + eps) / np.sqrt(v + eps) * g
+        u *= rho
+        u += (1 - rho) * delta * delta
+        p -= group["lr"] * delta
 
 
 class LBFGS(Optimizer):
