@@ -174,6 +174,20 @@ _MATMUL_NAMES = {
 }
 
 
+def _bmm_check(batch1, batch2):
+    """torch's checks of bmm's (and baddbmm's) operands: 3-d, batch sizes equal and
+    the inner sizes matching (no broadcasting)."""
+    for what, t in (("batch1", batch1), ("batch2", batch2)):
+        if t.ndim != 3:
+            raise RuntimeError(f"{what} must be a 3D tensor")
+    expected = [batch1.shape[0], batch1.shape[2]]
+    if list(batch2.shape[:2]) != expected:
+        raise RuntimeError(
+            "Expected size for first two dimensions of batch2 tensor to be: "
+            f"{expected} but got: {list(batch2.shape[:2])}."
+        )
+
+
 def _matmul_check(a, b):
     if a.ndim == 0 or b.ndim == 0:
         raise RuntimeError(
@@ -462,15 +476,7 @@ class ArithmeticOps:
     def bmm(self, mat2):
         """Batched matrix product of (b, n, m) and (b, m, p) tensors (no
         broadcasting)."""
-        for what, t in (("batch1", self), ("batch2", mat2)):
-            if t.ndim != 3:
-                raise RuntimeError(f"{what} must be a 3D tensor")
-        expected = [self.shape[0], self.shape[2]]
-        if list(mat2.shape[:2]) != expected:
-            raise RuntimeError(
-                "Expected size for first two dimensions of batch2 tensor to be: "
-                f"{expected} but got: {list(mat2.shape[:2])}."
-            )
+        _bmm_check(self, mat2)
         return self.matmul(mat2, "BmmBackward0")
 
     # comparisons and bitwise ops give tensors that never require grad

@@ -1,5 +1,6 @@
-"""torch.autograd.functional: vjp, jacobian, hessian, hvp and vhp of a function of
-tensors, each built on autograd.grad (hessian, hvp and vhp by double backward).
+"""torch.autograd.functional: vjp, jvp, jacobian, hessian, hvp and vhp of a function
+of tensors, each built on autograd.grad (jvp, hessian, hvp and vhp by double
+backward).
 
 As in torch, the inputs are detached copies that require grad, an input the
 function does not use gets zeros, and the results are detached unless

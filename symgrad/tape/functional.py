@@ -1,4 +1,5 @@
-"""torch.nn.functional: activations, dropout, one_hot and losses.
+"""torch.nn.functional: activations, dropout, pad, one_hot, the normalizations,
+embedding(_bag), attention, linear and the losses (conv and pooling: nn_conv.py).
 
 Everything here is finite, with finite gradients, for any finite input: softplus and
 logsigmoid are primitives written never to overflow, and the losses are built from
@@ -379,56 +380,6 @@ def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
     return (x1 - x2 + eps).norm(p, dim=-1, keepdim=keepdim)
 
 
-def triplet_margin_loss(
-    anchor, positive, negative, margin=1.0, p=2, eps=1e-6, swap=False,
-    size_average=None, reduce=None, reduction="mean",
-):  # fmt: skip
-    """max(0, margin + d(anchor, positive) - d(anchor, negative)) by
-    pairwise_distance; swap takes the smaller of d(anchor, negative) and
-    d(positive, negative)."""
-    if size_average is not None or reduce is not None:
-        reduction = legacy_reduction(size_average, reduce)
-    dims = anchor.ndim, positive.ndim, negative.ndim
-    if len(set(dims)) > 1:
-        raise RuntimeError(
-            "The anchor, positive, and negative tensors are expected to have the same "
-            f"number of dimensions, but got: anchor {dims[0]}D, positive {dims[1]}D, "
-            f"and negative {dims[2]}D inputs"
-        )
-    dist_pos = pairwise_distance(anchor, positive, p, eps)
-    dist_neg = pairwise_distance(anchor, negative, p, eps)
-    if swap:
-        dist_neg = dist_neg.minimum(pairwise_distance(positive, negative, p, eps))
-    return _reduce((margin + dist_pos - dist_neg).clamp_min(0), reduction)
-
-
-def margin_ranking_loss(
-    input1, input2, target, margin=0, size_average=None, reduce=None,
-    reduction="mean",
-):  # fmt: skip
-    """max(0, -target * (input1 - input2) + margin)."""
-    if size_average is not None or reduce is not None:
-        reduction = legacy_reduction(size_average, reduce)
-    return _reduce((-target * (input1 - input2) + margin).clamp_min(0), reduction)
-
-
-def cosine_embedding_loss(
-    input1, input2, target, margin=0, size_average=None, reduce=None,
-    reduction="mean",
-):  # fmt: skip
-    """1 - cos(input1, input2) where target is 1, max(0, cos - margin) where it is
-    -1, 0 elsewhere; cos along the last dim, each squared norm + 1e-12, as torch."""
-    if size_average is not None or reduce is not None:
-        reduction = legacy_reduction(size_average, reduce)
-    dim = input1.ndim - 1
-    squares = [(x * x).sum(dim) + 1e-12 for x in (input1, input2)]
-    cos = (input1 * input2).sum(dim) / (squares[0] * squares[1]).sqrt()
-    output = where(target == 1, 1 - cos, 0.0) + where(
-        target == -1, (cos - margin).clamp_min(0), 0.0
-    )
-    return _reduce(output, reduction)
-
-
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     """Normalize each group of channels (dim 1) of each sample over its channels
     and positions (biased variance); then * weight + bias per channel."""
@@ -795,10 +746,12 @@ def _check_reduction(reduction):
         raise ValueError(f"{reduction} is not a valid value for reduction")
 
 
-def legacy_reduction(size_average, reduce, stacklevel=3):
-    """The reduction that size_average= and reduce= (deprecated in torch, with its
-    warning) choose: both default to True, "mean"; reduce alone "sum"; reduce=False
-    "none"."""
+def legacy_reduction(size_average, reduce, reduction, stacklevel=3):
+    """`reduction`, unless size_average= or reduce= (deprecated in torch, with its
+    warning) is given: then the one they choose, both defaulting to True, "mean";
+    size_average=False "sum"; reduce=False "none"."""
+    if size_average is None and reduce is None:
+        return reduction
     size_average = True if size_average is None else size_average
     reduce = True if reduce is None else reduce
     reduction = "none" if not reduce else "mean" if size_average else "sum"
@@ -971,8 +924,7 @@ def poisson_nll_loss(
 ):  # fmt: skip
     """exp(input) - target * input for a log rate (else input - target * log(input
     + eps)); full adds Stirling's term for log(target!) where target > 1."""
-    if size_average is not None or reduce is not None:
-        reduction = legacy_reduction(size_average, reduce)
+    reduction = legacy_reduction(size_average, reduce, reduction)
     if log_input:
         loss = input.exp() - target * input
     else:
@@ -983,6 +935,53 @@ def poisson_nll_loss(
             stirling = t * np.log(t) - t + 0.5 * np.log(2 * math.pi * t)
         loss = loss + np.where(t > 1, stirling, 0)
     return _reduce(loss, reduction)
+
+
+def triplet_margin_loss(
+    anchor, positive, negative, margin=1.0, p=2, eps=1e-6, swap=False,
+    size_average=None, reduce=None, reduction="mean",
+):  # fmt: skip
+    """max(0, margin + d(anchor, positive) - d(anchor, negative)) by
+    pairwise_distance; swap takes the smaller of d(anchor, negative) and
+    d(positive, negative)."""
+    reduction = legacy_reduction(size_average, reduce, reduction)
+    dims = anchor.ndim, positive.ndim, negative.ndim
+    if len(set(dims)) > 1:
+        raise RuntimeError(
+            "The anchor, positive, and negative tensors are expected to have the same "
+            f"number of dimensions, but got: anchor {dims[0]}D, positive {dims[1]}D, "
+            f"and negative {dims[2]}D inputs"
+        )
+    dist_pos = pairwise_distance(anchor, positive, p, eps)
+    dist_neg = pairwise_distance(anchor, negative, p, eps)
+    if swap:
+        dist_neg = dist_neg.minimum(pairwise_distance(positive, negative, p, eps))
+    return _reduce((margin + dist_pos - dist_neg).clamp_min(0), reduction)
+
+
+def margin_ranking_loss(
+    input1, input2, target, margin=0, size_average=None, reduce=None,
+    reduction="mean",
+):  # fmt: skip
+    """max(0, -target * (input1 - input2) + margin)."""
+    reduction = legacy_reduction(size_average, reduce, reduction)
+    return _reduce((-target * (input1 - input2) + margin).clamp_min(0), reduction)
+
+
+def cosine_embedding_loss(
+    input1, input2, target, margin=0, size_average=None, reduce=None,
+    reduction="mean",
+):  # fmt: skip
+    """1 - cos(input1, input2) where target is 1, max(0, cos - margin) where it is
+    -1, 0 elsewhere; cos along the last dim, each squared norm + 1e-12, as torch."""
+    reduction = legacy_reduction(size_average, reduce, reduction)
+    dim = input1.ndim - 1
+    squares = [(x * x).sum(dim) + 1e-12 for x in (input1, input2)]
+    cos = (input1 * input2).sum(dim) / (squares[0] * squares[1]).sqrt()
+    output = where(target == 1, 1 - cos, 0.0) + where(
+        target == -1, (cos - margin).clamp_min(0), 0.0
+    )
+    return _reduce(output, reduction)
 
 
 def _difference_loss(name, input, target, reduction, parts):
@@ -1196,8 +1195,8 @@ def _soft_cross_entropy(logp, target, w, ignore_index, reduction, label_smoothin
 
 
 def __getattr__(name):
-    """conv1d/2d and the pools (nn_conv.py, which builds on nn): imported when first
-    asked for."""
+    """The convolutions, pools and interpolate (nn_conv.py, which builds on nn):
+    imported when first asked for."""
     from . import nn_conv
 
     if name in nn_conv.FUNCTIONS:

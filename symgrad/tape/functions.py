@@ -1,5 +1,6 @@
-"""Differentiable functions of several tensors: cat, stack, where, addmm, einsum,
-tensordot and meshgrid."""
+"""The torch functions of several tensors: joining (cat, stack, hstack, ...), where,
+meshgrid, the products (addmm, baddbmm, addmv, mv, tensordot, inner, einsum), cdist
+and std_mean/var_mean; and the index helpers triu_indices, searchsorted, bucketize."""
 
 import math
 import warnings
@@ -7,6 +8,7 @@ import warnings
 import numpy as np
 
 from .arithmetic import (
+    _bmm_check,
     _matmul_check,
     broadcast_shape,
     joined_dtype,
@@ -290,15 +292,7 @@ def addmm(input, mat1, mat2, *, beta=1, alpha=1):
 
 def baddbmm(input, batch1, batch2, *, beta=1, alpha=1):
     """beta * input + alpha * bmm(batch1, batch2)."""
-    for what, t in (("batch1", batch1), ("batch2", batch2)):
-        if t.ndim != 3:
-            raise RuntimeError(f"{what} must be a 3D tensor")
-    expected = [batch1.shape[0], batch1.shape[2]]
-    if list(batch2.shape[:2]) != expected:
-        raise RuntimeError(
-            "Expected size for first two dimensions of batch2 tensor to be: "
-            f"{expected} but got: {list(batch2.shape[:2])}."
-        )
+    _bmm_check(batch1, batch2)
     return _add_product("baddbmm", input, batch1, batch2, beta, alpha)
 
 

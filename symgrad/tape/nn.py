@@ -34,7 +34,7 @@ def __getattr__(name):
         from . import nn_attention  # likewise
 
         return getattr(nn_attention, name)
-    from . import nn_conv  # convolutions, pooling, Unflatten: likewise
+    from . import nn_conv  # convolutions and pooling: likewise
 
     if name in nn_conv.MODULES:
         return getattr(nn_conv, name)
@@ -722,7 +722,37 @@ class ParameterList(Module):
         return _parameter_lines(enumerate(self))
 
 
-class ParameterDict(Module):
+class _Dict(Module):
+    """What ParameterDict and ModuleDict share: a dict's reading side and
+    deletion, over their registry, _entries (the Module's _parameters or
+    _modules)."""
+
+    def __getitem__(self, key):
+        return self._entries[key]
+
+    def __delitem__(self, key):
+        del self._entries[key]
+
+    def __contains__(self, key):
+        return key in self._entries
+
+    def __len__(self):
+        return len(self._entries)
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def keys(self):
+        return self._entries.keys()
+
+    def values(self):
+        return self._entries.values()
+
+    def items(self):
+        return self._entries.items()
+
+
+class ParameterDict(_Dict):
     """A dict of parameters, each registered under its key so that parameters()
     finds them; a plain tensor is made a Parameter."""
 
@@ -735,32 +765,12 @@ class ParameterDict(Module):
         for key, value in items:
             self[key] = value
 
-    def __getitem__(self, key):
-        return self._parameters[key]
+    @property
+    def _entries(self):
+        return self._parameters
 
     def __setitem__(self, key, value):
         setattr(self, key, _as_parameter(value))
-
-    def __delitem__(self, key):
-        del self._parameters[key]
-
-    def __contains__(self, key):
-        return key in self._parameters
-
-    def __len__(self):
-        return len(self._parameters)
-
-    def __iter__(self):
-        return iter(self._parameters)
-
-    def keys(self):
-        return self._parameters.keys()
-
-    def values(self):
-        return self._parameters.values()
-
-    def items(self):
-        return self._parameters.items()
 
     def extra_repr(self):
         return _parameter_lines(
@@ -768,7 +778,7 @@ class ParameterDict(Module):
         )
 
 
-class ModuleDict(Module):
+class ModuleDict(_Dict):
     """A dict of modules, each registered under its key so that parameters()
     finds them; it has no forward of its own."""
 
@@ -782,32 +792,12 @@ class ModuleDict(Module):
         for name, module in items:
             self[name] = module
 
-    def __getitem__(self, name):
-        return self._modules[name]
+    @property
+    def _entries(self):
+        return self._modules
 
     def __setitem__(self, name, module):
         self.add_module(name, module)
-
-    def __delitem__(self, name):
-        del self._modules[name]
-
-    def __contains__(self, name):
-        return name in self._modules
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules)
-
-    def keys(self):
-        return self._modules.keys()
-
-    def values(self):
-        return self._modules.values()
-
-    def items(self):
-        return self._modules.items()
 
     def pop(self, name):
         return self._modules.pop(name)
@@ -1081,6 +1071,15 @@ class BatchNorm2d(BatchNorm1d):
     _RANKS = {4: "4D"}
 
 
+def _check_rank(input, dims):
+    """torch's error for an input that is neither one sample over `dims` spatial dims
+    (channels first) nor a batch of them."""
+    if input.ndim not in (dims + 1, dims + 2):
+        raise ValueError(
+            f"expected {dims + 1}D or {dims + 2}D input (got {input.ndim}D input)"
+        )
+
+
 class _InstanceNorm(_NormBase):
     """Each sample's channels normalized over their own positions
     (F.instance_norm), an unbatched input as a batch of one; affine and
@@ -1114,12 +1113,8 @@ class _InstanceNorm(_NormBase):
         )
 
     def forward(self, input):
+        _check_rank(input, self._DIMS)
         unbatched = self._DIMS + 1
-        if input.ndim not in (unbatched, unbatched + 1):
-            raise ValueError(
-                f"expected {unbatched}D or {unbatched + 1}D input (got "
-                f"{input.ndim}D input)"
-            )
         feature_dim = input.ndim - unbatched
         if input.shape[feature_dim] != self.num_features:
             if self.affine:
@@ -1233,6 +1228,22 @@ class Flatten(Module):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
+class Unflatten(Module):
+    """Dim `dim` of the input as the dims unflattened_size (one may be -1)."""
+
+    def __init__(self, dim, unflattened_size):
+        super().__init__()
+        self.dim, self.unflattened_size = dim, unflattened_size
+
+    def forward(self, input):
+        shape = list(input.shape)
+        dim = self.dim + input.ndim if self.dim < 0 else self.dim
+        return input.reshape(*shape[:dim], *self.unflattened_size, *shape[dim + 1 :])
+
+    def extra_repr(self):
+        return f"dim={self.dim}, unflattened_size={self.unflattened_size}"
+
+
 class _PadNd(Module):
     """F.pad in the class's mode over the last _DIMS dims; padding is an int (every
     side) or the (before, after) amounts, last dim first, as F.pad takes them."""
@@ -1295,11 +1306,7 @@ class _CircularPadNd(_PadNd):
     _MODE = "circular"
 
     def forward(self, input):
-        if input.ndim not in (self._DIMS + 1, self._DIMS + 2):
-            raise ValueError(
-                f"expected {self._DIMS + 1}D or {self._DIMS + 2}D input (got "
-                f"{input.ndim}D input)"
-            )
+        _check_rank(input, self._DIMS)
         return super().forward(input)
 
 
@@ -1569,13 +1576,13 @@ class LogSoftmax(Softmax):
 class _Loss(Module):
     """Base of the losses: size_average= and reduce=, deprecated in torch but
     still accepted (with its warning), choose the reduction when either is given
-    (both default to True: "mean"; reduce alone: "sum"; reduce=False: "none")."""
+    (functional.legacy_reduction)."""
 
     def __init__(self, size_average=None, reduce=None, reduction="mean"):
         super().__init__()
-        if size_average is not None or reduce is not None:
-            reduction = functional.legacy_reduction(size_average, reduce, stacklevel=4)
-        self.reduction = reduction
+        self.reduction = functional.legacy_reduction(
+            size_average, reduce, reduction, stacklevel=4
+        )
 
 
 class MSELoss(_Loss):

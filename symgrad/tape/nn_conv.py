@@ -1,6 +1,7 @@
-"""Convolutions and pooling: F.conv1d/2d, F.max_pool1d/2d, F.avg_pool1d/2d,
-F.adaptive_avg_pool1d/2d and their Modules (nn.Conv1d, nn.Conv2d, nn.MaxPool1d, ...),
-plus nn.Unflatten and nearest-neighbour F.interpolate / nn.Upsample, with torch's argument names, defaults, reprs, init and errors.
+"""Convolutions and pooling: F.conv1d/2d, F.conv_transpose1d/2d, F.max_pool1d/2d,
+F.avg_pool1d/2d, F.adaptive_avg_pool1d/2d and their Modules (nn.Conv1d,
+nn.ConvTranspose1d, nn.MaxPool1d, ...), plus nearest-neighbour F.interpolate /
+nn.Upsample, with torch's argument names, defaults, reprs, init and errors.
 
 Every layer is a composition of ops: padding is `cat` with constant blocks, the
 windows of a kernel are one strided slice per kernel offset, stacked (an unfold
@@ -49,7 +50,6 @@ MODULES = (
     "AvgPool2d",
     "AdaptiveAvgPool1d",
     "AdaptiveAvgPool2d",
-    "Unflatten",
     "Upsample",
 )
 
@@ -1165,19 +1165,3 @@ class Upsample(Module):
         if self.scale_factor is not None:
             return f"scale_factor={self.scale_factor!r}, mode={self.mode!r}"
         return f"size={self.size!r}, mode={self.mode!r}"
-
-
-class Unflatten(Module):
-    """Dim `dim` of the input as the dims unflattened_size (one may be -1)."""
-
-    def __init__(self, dim, unflattened_size):
-        super().__init__()
-        self.dim, self.unflattened_size = dim, unflattened_size
-
-    def forward(self, input):
-        shape = list(input.shape)
-        dim = self.dim + input.ndim if self.dim < 0 else self.dim
-        return input.reshape(*shape[:dim], *self.unflattened_size, *shape[dim + 1 :])
-
-    def extra_repr(self):
-        return f"dim={self.dim}, unflattened_size={self.unflattened_size}"

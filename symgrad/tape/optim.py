@@ -197,6 +197,11 @@ def _init_state(state, p, names, fill=0.0):
     state.update((name, Tensor._wrap(np.full_like(p, fill))) for name in names)
 
 
+def _with_weight_decay(p, g, group):
+    """g plus the gradient of the L2 penalty, weight_decay * p (none when it is 0)."""
+    return g + group["weight_decay"] * p if group["weight_decay"] != 0 else g
+
+
 def _check(ok, what, value):
     if not ok:
         raise ValueError(f"Invalid {what}: {value}")
@@ -254,8 +259,7 @@ class SGD(Optimizer):
         super().__init__(params, defaults)
 
     def _update(self, p, g, state, group):
-        if group["weight_decay"] != 0:
-            g = g + group["weight_decay"] * p
+        g = _with_weight_decay(p, g, group)
         momentum = group["momentum"]
         if momentum != 0:
             if "momentum_buffer" not in state:
@@ -316,7 +320,7 @@ class Adam(Optimizer):
         if group["decoupled_weight_decay"]:
             p *= 1 - group["lr"] * group["weight_decay"]
             return g
-        return g + group["weight_decay"] * p if group["weight_decay"] != 0 else g
+        return _with_weight_decay(p, g, group)
 
     def _update(self, p, g, state, group):
         beta1, beta2 = group["betas"]
@@ -419,8 +423,7 @@ class RMSprop(Optimizer):
             names += ["grad_avg"] * group["centered"]
             _init_state(state, p, names)
         state["step"]._data += 1
-        if group["weight_decay"] != 0:
-            g = g + group["weight_decay"] * p
+        g = _with_weight_decay(p, g, group)
         v = state["square_avg"]._data
         v *= alpha
         v += (1 - alpha) * g * g
@@ -489,8 +492,7 @@ class Adagrad(Optimizer):
     def _update(self, p, g, state, group):
         state["step"]._data += 1
         t = state["step"].item()
-        if group["weight_decay"] != 0:
-            g = g + group["weight_decay"] * p
+        g = _with_weight_decay(p, g, group)
         clr = group["lr"] / (1 + (t - 1) * group["lr_decay"])
         total = state["sum"]._data
         total += g * g
@@ -535,8 +537,7 @@ class Adadelta(Optimizer):
         if not state:
             _init_state(state, p, ["square_avg", "acc_delta"])
         state["step"]._data += 1
-        if group["weight_decay"] != 0:
-            g = g + group["weight_decay"] * p
+        g = _with_weight_decay(p, g, group)
         v, u = state["square_avg"]._data, state["acc_delta"]._data
         v *= rho
         v += (1 - rho) * g * g
