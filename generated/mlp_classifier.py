@@ -140,7 +140,7 @@ def forward(params, inputs):
 def backward(cache, grad_loss=1.0):
     """Gradients of grad_loss * loss; grads[name] has the shape of params[name]."""
     try:
-        grad_loss = float(grad_loss)  # float64, whatever scalar type is given
+        grad_loss = float(grad_loss + 0.0)  # float64 of any number (not of "2")
     except (TypeError, ValueError):
         raise ValueError(
             f"grad_loss: expected a number (the loss is 0-d), got {grad_loss!r:.80}"

@@ -80,15 +80,17 @@ def _number(value) -> sp.Expr:
     5902958103587057) / 590295810358705651712``)."""
     if isinstance(value, sp.Expr) and value.is_number and value.is_real:
         value = value if value.is_Rational else float(value)  # sp.pi, sp.sqrt(2)
-    if hasattr(value, "__array__") and np.ndim(value) == 0:  # np.float64(1) < x
-        value = value.item()  # (torch.tensor(2.0) * x too)
-    if hasattr(value, "__array__") and np.ndim(value):  # NumPy's, torch's tensors
-        kind = "NumPy array" if isinstance(value, np.ndarray) else type(value).__name__
-        raise TypeError(
-            f"expected an sg expression or a real number, got a {kind} of shape "
-            f"{tuple(value.shape)}: declare array data with m.input(name, shape) and "
-            "pass it in the inputs"
-        )
+    if hasattr(type(value), "__array__"):  # NumPy's and torch's arrays (not classes)
+        if np.ndim(value):
+            kind = (
+                "NumPy array" if isinstance(value, np.ndarray) else type(value).__name__
+            )
+            raise TypeError(
+                f"expected an sg expression or a real number, got a {kind} of shape "
+                f"{tuple(np.shape(value))}: declare array data with m.input(name, shape) and "
+                "pass it in the inputs"
+            )
+        value = value.item()  # np.float64(1) < x, torch.tensor(2.0) * x
     if isinstance(value, Cond):
         raise TypeError(AS_NUMBERS)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -259,7 +261,9 @@ class Expr:
         return _compare(sp.GreaterThan, self, o)  # noqa: E704
 
     def __eq__(self, o):  # a condition, as in NumPy and torch (labels == 2)
-        return _compare(sp.Eq, self, o)  # noqa: E704
+        if isinstance(o, type):  # NumPy's dtype checks ask x in (np.float64, ...)
+            return NotImplemented
+        return _compare(sp.Eq, self, o)
 
     def __ne__(self, o):
         return _compare(sp.Ne, self, o)  # noqa: E704
@@ -317,8 +321,9 @@ class Expr:
         # np.asarray(x) in NumPy or SciPy code (scipy.stats.norm.cdf(x)): no values yet
         raise TypeError(
             f"{self.node.describe()} is symbolic: NumPy and SciPy functions cannot take "
-            "it (np.asarray, np.array, scipy.stats); use sg's functions, sg.stack for "
-            "a list of expressions"
+            "it (np.asarray, np.array, scipy.stats); use sg's functions "
+            "(scipy.stats.norm.cdf(x) is 0.5 * sg.erfc(-x / sqrt(2)), a logpdf is its "
+            "formula written out), sg.stack for a list of expressions"
         )
 
     __hash__ = object.__hash__
@@ -1089,13 +1094,14 @@ def norm(x: Expr, ord=None, axis=None, keepdims: bool = False) -> Expr:  # noqa:
     if ord is not None:
         axes = ops.normalize_axes(_expr(x, "sg.norm").node, axis)
         if ord != {1: 2, 2: "fro"}.get(len(axes)):
+            ndim = _expr(x, "sg.norm").ndim
             along = f"; the norms along axis {ord} are sg.norm(x, axis={ord})"
             raise TypeError(
                 f"sg.norm(x, ord={ord!r}): sg.norm is the 2-norm only, "
                 "np.linalg.norm's default (ord=None: ord=2 of vectors, 'fro' of "
                 "matrices); for vectors, ord=1 is sg.sum(sg.abs(x), axis) and "
                 "ord=inf sg.max(sg.abs(x), axis)"
-                + (along if isinstance(ord, int) else "")
+                + (along if isinstance(ord, int) and -ndim <= ord < ndim else "")
             )
     return _elementwise(ew.masked_sqrt, sum(square(x), axis, keepdims))
 

@@ -154,7 +154,7 @@ _METHODS = (
     "addcdiv fmod tensor_split unflatten index_fill nan_to_num logcumsumexp rot90 "
     "diagonal narrow scatter is_floating_point diff logit hypot mode nanmean nansum dist "
     "cummax cummin quantile count_nonzero aminmax mv tile diag_embed select fliplr "
-    "flipud"
+    "flipud scatter_reduce index_put"
 ).split()
 for _name in _METHODS:
     globals()[_name] = getattr(Tensor, _name)
