@@ -463,6 +463,8 @@ def cumprod(x: Expr, axis=None) -> Expr:
     if axis is None:
         return cumprod(reshape(x, (-1,)), 0)
     (axis,) = _one_axis(node, axis, "sg.cumprod")
+    if node.shape[axis] == 0:
+        return x  # empty, as NumPy's
     n = fixed_length(node, axis, "sg.cumprod", "sg.exp(sg.cumsum(sg.log(x), axis))")
     running = [_along(x, axis, slice(0, 1))]
     for i in range(1, n):

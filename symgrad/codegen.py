@@ -279,9 +279,12 @@ class Emitter:
         if st.expr is not None:
             named, shapes = self._named(st.expr)
             left = [shapes[s.name] for s in named.free_symbols if s.name in shapes]
-            if broadcast_shapes(*left) != broadcast_shapes(*shapes.values()):
-                # t1 - t1 once a CSE temporary and its node print as one name: 0.0,
-                # still of t1's shape
+            node = st.target
+            natural = broadcast(*node.args) if isinstance(node, Node) else shape
+            if broadcast_shapes(*left) != natural:
+                # what is left is smaller than the value: t1 - t1 once a CSE temporary
+                # and its node print as one name (0.0), or what SymPy left of
+                # log_softmax(v) - (v - sum(v)): sums of v only
                 text = to_numpy(named, self._ranks(shapes))
                 return [f"{st.name} = np.full({format_shape(shape)}, {text})"]
         if st.expr is not None and _large(shape) and not _broadcast_map(st.target):

@@ -182,7 +182,7 @@ def _unevaluated(minmax: type) -> type:
     for milliseconds every time an expression holding it is rebuilt (compile time grew
     with the number of sigmoids in a model). Numbers are still compared."""
 
-    def new(cls, *args):
+    def new(cls, *args, **_options):  # (SymPy's rebuilds may pass evaluate=True)
         if all(sp.sympify(a).is_number for a in args):
             return minmax(*args)
         return minmax.__new__(cls, *args, evaluate=False)
