@@ -16,6 +16,7 @@ import numbers
 import operator
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -1052,7 +1053,33 @@ def max(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
     """NumPy's max; ties share the gradient equally (PyTorch's amax)."""
     _not_elementwise("max", axis)
     (node,) = _values([_expr(x, "sg.max")], "sg.max")
-    return Expr(ops.reduce_max(node, axis, keepdims))
+    return _AxisExtreme.of(ops.reduce_max(node, axis, keepdims), "max", axis)
+
+
+class _AxisExtreme(Expr):
+    """x.max(axis) or x.min(axis): NumPy's values, where torch's x.max(dim) is the
+    pair (values, indices), so a ported x.max(1)[0] would silently pick row 0."""
+
+    @classmethod
+    def of(cls, node: Node, name: str, axis) -> Expr:
+        if axis is None:
+            return Expr(node)
+        out = cls(node)
+        out.call = f"x.{name}({axis})"
+        out.argsort = "sg.argsort(-x, axis)" if name == "max" else "sg.argsort(x, axis)"
+        return out
+
+    def __getitem__(self, key) -> Expr:
+        if isinstance(key, int) and not isinstance(key, bool) and key in (0, 1):
+            torch_meaning = ("the values themselves", "the indices")[key]
+            warnings.warn(
+                f"{self.call}[{key}] is entry {key} of NumPy's values along that "
+                f"axis (sg follows NumPy); if this is torch's {self.call}[{key}], "
+                f"{torch_meaning}, write "
+                + (self.call if key == 0 else f"{self.argsort} at 0 along axis"),
+                stacklevel=2,
+            )
+        return super().__getitem__(key)
 
 
 def prod(x: Expr, axis=None, keepdims: bool = False) -> Expr:
@@ -1264,7 +1291,7 @@ def min(x: Expr, axis=None, keepdims: bool = False) -> Expr:  # noqa: A001
     """NumPy's min; ties share the gradient equally (PyTorch's amin)."""
     _not_elementwise("min", axis)
     (node,) = _values([_expr(x, "sg.min")], "sg.min")
-    return Expr(ops.reduce_max(node, axis, keepdims, op="min"))
+    return _AxisExtreme.of(ops.reduce_max(node, axis, keepdims, op="min"), "min", axis)
 
 
 def concatenate(xs: Sequence[Expr], axis: int = 0) -> Expr:

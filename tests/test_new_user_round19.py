@@ -1327,9 +1327,12 @@ def test_torch_spellings_a_porter_types_get_a_hint():
 
 def test_torch_max_with_a_dim_is_numpys_max_values_only():
     """torch.max(x, 1) is (values, indices); sg.max(x, 1) is NumPy's: the values, so a
-    ported torch.max(x, 1)[0] silently picks the first sample (documented NumPy
-    semantics, not a bug: the shapes tell)."""
+    ported torch.max(x, 1)[0] picks the first sample (documented NumPy semantics), with
+    a warning naming torch's meaning."""
     m = sg.Model("max_values_only")
     x = m.input("x", ("B", 3, 4))
     assert sg.max(x, 1).shape == ("B", 4)
-    assert sg.max(x, 1)[0].shape == (4,)
+    with pytest.warns(UserWarning, match=r"torch's x.max\(1\)\[0\], the values"):
+        assert sg.max(x, 1)[0].shape == (4,)
+    with pytest.warns(UserWarning, match=r"the indices, write sg.argsort\(x, axis\)"):
+        x.min(axis=-1)[1]
