@@ -871,7 +871,21 @@ class Program:
     }
 
     # -- drawing a whole program ------------------------------------------------------
-    def draw(self, excluded=lambda p: False):
+    STEPS = (2, 6)  # distinct ops per program: integers(*STEPS)
+
+    def draw(self):
+        self.draw_params()
+        names = list(self.OPS)
+        weights = np.array([self.OPS[n] for n in names], float)
+        n_steps = int(self.rng.integers(*self.STEPS))
+        tries = 0
+        while len({s for s in self.ops if s in self.OPS}) < n_steps and tries < 40:
+            tries += 1
+            op = names[self.rng.choice(len(names), p=weights / weights.sum())]
+            getattr(self, f"op_{op}")(self.bounded(self.operand()))
+        return self
+
+    def draw_params(self):
         for _ in range(int(self.rng.integers(1, 3))):
             rank = int(self.rng.integers(0 if self.rng.random() < 0.1 else 1, 4))
             self.param(
@@ -879,23 +893,20 @@ class Program:
                     int(self.rng.integers(1, 5 if rank < 3 else 4)) for _ in range(rank)
                 )
             )
-        names = list(self.OPS)
-        weights = np.array([self.OPS[n] for n in names], float)
-        n_steps = int(self.rng.integers(2, 6))
-        tries = 0
-        while len({s for s in self.ops if s in self.OPS}) < n_steps and tries < 40:
-            tries += 1
-            op = names[self.rng.choice(len(names), p=weights / weights.sum())]
-            x = self.pick()
-            if int(np.prod(self.shape(x))) > 40:
-                x = self.emit(
-                    "smooth",
-                    f"sg.sum(sg.sin({x}), axis=0)",
-                    lambda e, x=x: torch.sin(e[x]).sum(0),
-                )
-            x = self.bounded(x)
-            getattr(self, f"op_{op}")(x)
-        return self
+
+    def operand(self):
+        """A recent value, summed over its first axis while it is too big."""
+        x = self.pick()
+        if int(np.prod(self.shape(x))) > 40:
+            x = self.sum_of_sines(x)
+        return x
+
+    def sum_of_sines(self, x):
+        return self.emit(
+            "smooth",
+            f"sg.sum(sg.sin({x}), axis=0)",
+            lambda e: torch.sin(e[x]).sum(0),
+        )
 
     def loss_terms(self):
         """The last value and up to two others, each weighted by its own random data."""

@@ -671,27 +671,20 @@ class Program(Program45):
     }
 
     # -- drawing a whole program --------------------------------------------------------
-    def draw(self):
+    STEPS = (3, 7)
+
+    def draw_params(self):
         for _ in range(int(self.rng.integers(1, 3))):
             rank = int(self.rng.integers(1, 4))
             self.leaf(tuple(self.new_dim() for _ in range(rank)), "param")
-        names = list(self.OPS)
-        weights = np.array([self.OPS[n] for n in names], float)
-        n_steps = int(self.rng.integers(3, 7))
-        tries = 0
-        while len({s for s in self.ops if s in self.OPS}) < n_steps and tries < 40:
-            tries += 1
-            op = names[self.rng.choice(len(names), p=weights / weights.sum())]
-            x = self.pickd(lambda t: True, live=True)
-            if self.size(x) > MAX_ELEMENTS or len(self.dims[x]) > 3:
-                x = self.emit(
-                    "smooth",
-                    f"sg.sum(sg.sin({x}), axis=0)",
-                    lambda e, x=x: torch.sin(e[x]).sum(0),
-                )
-            x = self.bounded(x)
-            getattr(self, f"op_{op}")(x)
-        return self
+
+    def operand(self):
+        """A recent value that depends on a param, summed over its first axis while
+        it is too big."""
+        x = self.pickd(lambda t: True, live=True)
+        if self.size(x) > MAX_ELEMENTS or len(self.dims[x]) > 3:
+            x = self.sum_of_sines(x)
+        return x
 
     def loss_terms(self):
         """The last value that depends on a param, and maybe two more."""
