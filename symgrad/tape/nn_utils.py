@@ -1,5 +1,6 @@
 """torch.nn.utils: gradient clipping, in place on the parameters' .grad tensors, and
-the parameters as one vector; nn.utils.rnn is nn_utils_rnn.py."""
+the parameters as one vector; nn.utils.rnn is nn_utils_rnn.py, nn.utils.parametrize
+and nn.utils.parametrizations are nn_parametrize.py and nn_parametrizations.py."""
 
 import math
 import sys
@@ -12,6 +13,18 @@ from .tensor import Tensor
 
 # `import symgrad.tape.nn.utils.rnn` and `nn.utils.rnn.pad_sequence` work, as in torch.
 sys.modules[f"{__package__}.nn.utils.rnn"] = rnn = nn_utils_rnn
+
+
+def __getattr__(name):
+    """parametrize and parametrizations, which build on nn.Module: imported when
+    first asked for (nn imports this module)."""
+    if name in ("parametrize", "parametrizations"):
+        from . import nn_parametrizations, nn_parametrize
+
+        module = {"parametrize": nn_parametrize}.get(name, nn_parametrizations)
+        sys.modules[f"{__package__}.nn.utils.{name}"] = module
+        return module
+    raise AttributeError(f"module '{__name__}' has no attribute '{name}'")
 
 
 def _grads(parameters):

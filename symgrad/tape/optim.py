@@ -14,12 +14,14 @@ from collections import defaultdict
 
 import numpy as np
 
-from . import lr_scheduler
+from . import lr_scheduler, swa_utils
 from .autograd import enable_grad
 from .tensor import Tensor
 
-# `from symgrad.tape.optim import lr_scheduler` and `optim.lr_scheduler.StepLR` work.
+# `from symgrad.tape.optim import lr_scheduler` and `optim.lr_scheduler.StepLR` work;
+# likewise swa_utils.
 sys.modules[__name__ + ".lr_scheduler"] = lr_scheduler
+sys.modules[__name__ + ".swa_utils"] = swa_utils
 
 
 class Optimizer:
