@@ -1,4 +1,6 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the ``rounds`` mark: the rounds of new-user models, fuzzers and
+tape scripts (files named *round* or *fuzz*), about three quarters of the run time.
+``python -m pytest -m "not rounds"`` runs the rest while iterating."""
 
 import numpy as np
 import pytest
@@ -17,3 +19,9 @@ def torch_float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "round" in item.path.name or "fuzz" in item.path.name:
+            item.add_marker(pytest.mark.rounds)
