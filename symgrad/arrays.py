@@ -485,6 +485,14 @@ def cross(a: Expr, b: Expr, axis: int = -1) -> Expr:
             )
         parts.append([_along(v, k, i) for i in range(3)])
     (a0, a1, a2), (b0, b1, b2) = parts
+    try:
+        broadcast(a0.node, b0.node)
+    except ShapeError:  # (rather than name the components it slices out)
+        raise ShapeError(
+            f"sg.cross of {a.node.describe()} of shape {format_shape(a.node.shape)} "
+            f"and {b.node.describe()} of shape {format_shape(b.node.shape)}: their "
+            f"other axes (off axis {axis}) do not broadcast"
+        ) from None
     return stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis)
 
 

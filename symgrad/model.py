@@ -592,6 +592,11 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "median": "sg.sort(x, axis=-1)[..., n // 2] (n odd)",
     "cat": "sg.concatenate(xs, axis)",
     "cholesky": "sg.solve and sg.slogdet (there is no cholesky)",
+    "svd": "none: there is no SVD; for a best-fit rotation (Kabsch, Procrustes), "
+    "learn it as a unit quaternion or a Rodrigues vector and minimise the residual",
+    **dict.fromkeys(("deg2rad", "radians"), "x * (math.pi / 180)"),
+    **dict.fromkeys(("rad2deg", "degrees"), "x * (180 / math.pi)"),
+    "vecdot": "sg.sum(a * b, axis=-1)",
     "acos": "sg.arccos(x)",
     "asin": "sg.arcsin(x)",
     "atan": "sg.arctan(x)",
@@ -600,6 +605,10 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "atanh": "sg.arctanh(x)",
     "atan2": "sg.arctan2(y, x)",
     **dict.fromkeys(("logsigmoid", "log_sigmoid"), "-sg.softplus(-x)"),
+    "softmin": "sg.softmax(-x, axis) (a soft minimum itself: -g * sg.logsumexp(-x / g, "
+    "axis))",
+    "nan_to_num": "np.nan_to_num on the data before passing it (a nan is not found "
+    "in a model: x == x is taken as true)",
     "logcumsumexp": "a running sg.logaddexp along a fixed-size axis (y = [x[0]]; then "
     "y.append(sg.logaddexp(y[-1], x[i])); sg.stack(y)); sg.log(sg.cumsum(sg.exp(x - "
     "m))) + m with m = sg.max(x) is shorter but gives -inf where a prefix lies ~745 "
@@ -760,6 +769,12 @@ def _expr(x, what: str) -> Expr:
             "sg.full_like(e, value) (sg.zeros_like(e) for 0) of an expression e of "
             "its shape"
         )
+    if isinstance(x, (list, tuple)):
+        raise TypeError(
+            f"{what} takes one expression, got a {type(x).__name__} of "
+            f"{len(x)}: sg.stack(xs) them first, then reduce over axis 0 (or "
+            "pairwise: sg.minimum, sg.maximum, sg.logaddexp)"
+        )
     if not isinstance(x, Expr):
         raise TypeError(f"{what} needs sg expressions, got {x!r}")
     return x
@@ -878,6 +893,12 @@ def _elementwise(fn: Callable[..., sp.Expr], *operands) -> Expr:
 
 
 def _compare(relation, a, b) -> Cond:
+    if isinstance(a, Expr) and isinstance(b, Expr) and a.node is b.node:
+        raise ModelError(  # SymPy folds x == x to True, where NumPy's nan == nan is False
+            f"{a.node.describe()} compared with itself: symgrad takes x == x as "
+            "always true and x != x as always false, so it cannot find a nan; replace "
+            "nans in the data with NumPy before passing it (np.nan_to_num)"
+        )
     symbols, nodes = _lift((a, b))
     ops.map_(symbols[0] + symbols[1], nodes)  # checks that the operands broadcast
     return Cond(relation(*symbols), tuple(nodes))
@@ -938,44 +959,45 @@ def checked_formula(expr: sp.Basic, allowed: set, what: str) -> sp.Expr:
     return expr
 
 
-def _unary(fn: Callable[[sp.Expr], sp.Expr]) -> Callable[[Expr], Expr]:
+def _unary(fn: Callable[[sp.Expr], sp.Expr], name: str) -> Callable[[Expr], Expr]:
+    """sg.name: ``fn`` (SymPy's, often named otherwise: acos) on every element."""
+
     def op(x, *more):
         if more:  # F.softplus(x, 20)
-            extra = _TORCH_EXTRA_ARGUMENTS.get(op.__name__, "")
-            raise TypeError(f"sg.{op.__name__}(x) takes one argument{extra}")
+            extra = _TORCH_EXTRA_ARGUMENTS.get(name, "")
+            raise TypeError(f"sg.{name}(x) takes one argument{extra}")
         return _elementwise(fn, x)
 
-    op.__name__ = fn.__name__ if hasattr(fn, "__name__") else str(fn)
+    op.__name__ = name
     return op
 
 
-exp = _unary(sp.exp)
-log = _unary(sp.log)
-sqrt = _unary(sp.sqrt)
-sin = _unary(sp.sin)
-cos = _unary(sp.cos)
-tanh = _unary(sp.tanh)
-log1p = _unary(ew.log1p)
-expm1 = _unary(ew.expm1)
-erf = _unary(sp.erf)
-erfc = _unary(ew.erfc)
-lgamma = _unary(sp.loggamma)  # log|Gamma(x)|: torch.lgamma, scipy's gammaln
-digamma = _unary(functools.partial(sp.polygamma, 0))  # lgamma's derivative
-digamma.__name__ = "digamma"
-abs = _unary(sp.Abs)  # noqa: A001 - NumPy's name
-sign = _unary(sp.sign)
-tan = _unary(sp.tan)
-sinh = _unary(sp.sinh)
-cosh = _unary(sp.cosh)
-arcsin = _unary(sp.asin)
-arccos = _unary(sp.acos)
-arctan = _unary(sp.atan)
-arcsinh = _unary(sp.asinh)
-arccosh = _unary(sp.acosh)
-arctanh = _unary(sp.atanh)
-sigmoid = _unary(ew.sigmoid)
-softplus = _unary(ew.softplus)
-relu = _unary(ew.relu)
+exp = _unary(sp.exp, "exp")
+log = _unary(sp.log, "log")
+sqrt = _unary(sp.sqrt, "sqrt")
+sin = _unary(sp.sin, "sin")
+cos = _unary(sp.cos, "cos")
+tanh = _unary(sp.tanh, "tanh")
+log1p = _unary(ew.log1p, "log1p")
+expm1 = _unary(ew.expm1, "expm1")
+erf = _unary(sp.erf, "erf")
+erfc = _unary(ew.erfc, "erfc")
+lgamma = _unary(sp.loggamma, "lgamma")  # log|Gamma(x)|: torch.lgamma, scipy's gammaln
+digamma = _unary(functools.partial(sp.polygamma, 0), "digamma")  # lgamma's derivative
+abs = _unary(sp.Abs, "abs")  # noqa: A001 - NumPy's name
+sign = _unary(sp.sign, "sign")
+tan = _unary(sp.tan, "tan")
+sinh = _unary(sp.sinh, "sinh")
+cosh = _unary(sp.cosh, "cosh")
+arcsin = _unary(sp.asin, "arcsin")
+arccos = _unary(sp.acos, "arccos")
+arctan = _unary(sp.atan, "arctan")
+arcsinh = _unary(sp.asinh, "arcsinh")
+arccosh = _unary(sp.acosh, "arccosh")
+arctanh = _unary(sp.atanh, "arctanh")
+sigmoid = _unary(ew.sigmoid, "sigmoid")
+softplus = _unary(ew.softplus, "softplus")
+relu = _unary(ew.relu, "relu")
 
 
 def square(x) -> Expr:
@@ -1772,6 +1794,7 @@ _TORCH_ONLY_KEYWORDS = {
 
 _TORCH_EXTRA_ARGUMENTS = {  # torch's positional extras of an elementwise function
     "softplus": ": " + _TORCH_ONLY_KEYWORDS["beta"],
+    **dict.fromkeys(("arccos", "arcsin"), " (clip first: x.clip(-1.0, 1.0))"),
 }
 
 
