@@ -1,5 +1,6 @@
 """torch.nn.functional: activations, dropout, pad, one_hot, the normalizations,
-embedding(_bag), attention, linear and the losses (conv and pooling: nn_conv.py).
+embedding(_bag), attention, linear, bilinear and the losses (conv and pooling:
+nn_conv.py; unfold, fold and pixel_shuffle: nn_fold.py).
 
 Everything here is finite, with finite gradients, for any finite input: softplus and
 logsigmoid are primitives written never to overflow, and the losses are built from
@@ -15,7 +16,7 @@ from .arithmetic import broadcast_shape, operands, result_type, unbroadcast
 from .autograd import no_grad, silent
 from .creation import numpy_generator
 from .dtypes import scalar_name
-from .functions import addmm, where
+from .functions import addmm, einsum, where
 from .namespaces import NumPyOps, logsigmoid_array, sigmoid_array
 from .tensor import Tensor
 
@@ -254,6 +255,22 @@ def logsigmoid(input):
 
     out = logsigmoid_array(input._data)
     return input._result(out, (input,), backward, "LogSigmoidBackward0")
+
+
+def glu(input, dim=-1):
+    """The gated linear unit: input's first half along dim times the sigmoid of its
+    second half."""
+    if input.ndim == 0:
+        raise RuntimeError(
+            "glu does not support scalars because halving size must be even"
+        )
+    if input.shape[dim] % 2:
+        raise RuntimeError(
+            f"Halving dimension must be even, but dimension {dim % input.ndim} is size "
+            f"{input.shape[dim]}"
+        )
+    a, b = input.chunk(2, dim)
+    return a * b.sigmoid()
 
 
 def elu(input, alpha=1.0, inplace=False):
@@ -741,6 +758,23 @@ def linear(input, weight, bias=None):
     return addmm(bias, flat, weight.t()).reshape(*input.shape[:-1], weight.shape[0])
 
 
+def bilinear(input1, input2, weight, bias=None):
+    """y_o = input1 @ weight[o] @ input2 + bias_o, weight of shape (out, in1, in2),
+    the inputs with the same leading dims: one einsum."""
+    if input1.shape[:-1] != input2.shape[:-1]:
+        raise RuntimeError(
+            f"bilinear(): input batch dimensions do not match: got "
+            f"{list(input1.shape[:-1])} and {list(input2.shape[:-1])}"
+        )
+    if weight.ndim != 3 or (input1.shape[-1], input2.shape[-1]) != weight.shape[1:]:
+        raise RuntimeError(
+            f"bilinear(): input sizes {input1.shape[-1]} and {input2.shape[-1]} do "
+            f"not match the weight of size {list(weight.shape)}"
+        )
+    out = einsum("...i,oij,...j->...o", input1, weight, input2)
+    return out if bias is None else out + bias
+
+
 def _check_reduction(reduction):
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(f"{reduction} is not a valid value for reduction")
@@ -1195,10 +1229,15 @@ def _soft_cross_entropy(logp, target, w, ignore_index, reduction, label_smoothin
 
 
 def __getattr__(name):
-    """The convolutions, pools and interpolate (nn_conv.py, which builds on nn):
-    imported when first asked for."""
+    """The convolutions, pools and interpolate (nn_conv.py, which builds on nn) and
+    unfold, fold and the pixel shuffles (nn_fold.py): imported when first asked
+    for."""
     from . import nn_conv
 
     if name in nn_conv.FUNCTIONS:
         return getattr(nn_conv, name)
+    from . import nn_fold
+
+    if name in nn_fold.FUNCTIONS:
+        return getattr(nn_fold, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,5 @@
-"""torch.linalg: solve, inv, slogdet, det and cholesky with their gradients, the
-norms and cross.
+"""torch.linalg: solve, solve_triangular, inv, slogdet, det and cholesky with their
+gradients, the norms and cross.
 
 The matrix functions work on the last two dims, batched over the others (which
 broadcast, as torch's do). Their backward rules are written in `xp` (namespaces.py),
@@ -85,6 +85,23 @@ def solve(A, B, *, left=True):
 
     out = x[..., 0] if vector else x
     return Tensor._result(out, (A, B), backward, "LinalgSolveExBackward0", (A, "out"))
+
+
+def solve_triangular(A, B, *, upper, left=True, unitriangular=False):
+    """X with A @ X = B (X @ A = B if not left), reading only A's upper or lower
+    triangle (its diagonal as ones if unitriangular): solve with the triangle, so
+    that A's gradient lies in it, as torch's."""
+    if B.ndim < 2:
+        raise RuntimeError(
+            "linalg.solve_triangular: The input tensor B must have at least 2 "
+            "dimensions."
+        )
+    A = A.triu() if upper else A.tril()
+    if unitriangular:
+        A = A - A.diagonal(0, -2, -1).diag_embed() + A.new_ones(A.shape[-1]).diag()
+    if not left:
+        return solve(A.mT, B.mT).mT
+    return solve(A, B)
 
 
 def inv(A):

@@ -21,8 +21,9 @@ sys.modules[__name__ + ".utils"] = utils = nn_utils
 
 
 def __getattr__(name):
-    """The recurrent cells and layers (nn_rnn.py) and MultiheadAttention and the
-    Transformer encoder (nn_attention.py), which build on Module: imported when
+    """The recurrent cells and layers (nn_rnn.py), MultiheadAttention and the
+    Transformer encoder (nn_attention.py), the convolutions (nn_conv.py) and
+    Unfold/Fold/PixelShuffle (nn_fold.py), which build on Module: imported when
     first asked for."""
     cells = ("RNNCellBase", "RNNCell", "GRUCell", "LSTMCell")
     if name in (*cells, "RNNBase", "RNN", "GRU", "LSTM"):
@@ -38,6 +39,10 @@ def __getattr__(name):
 
     if name in nn_conv.MODULES:
         return getattr(nn_conv, name)
+    from . import nn_fold  # im2col and the pixel shuffles: likewise
+
+    if name in nn_fold.MODULES:
+        return getattr(nn_fold, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -556,6 +561,41 @@ class Linear(Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}"
+        )
+
+
+class Bilinear(Module):
+    """y = x1 @ weight[o] @ x2 + bias_o, weight (out, in1, in2); torch's init:
+    weight and bias from U(-1/sqrt(in1_features), 1/sqrt(in1_features))."""
+
+    def __init__(
+        self,
+        in1_features,
+        in2_features,
+        out_features,
+        bias=True,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.in1_features, self.in2_features = in1_features, in2_features
+        self.out_features = out_features
+        bound = 1 / math.sqrt(in1_features)
+
+        def uniform(shape):  # as Linear's
+            draws = numpy_generator().uniform(-bound, bound, shape)
+            return Parameter(draws.astype(dtype))
+
+        self.weight = uniform((out_features, in1_features, in2_features))
+        self.bias = uniform(out_features) if bias else None
+
+    def forward(self, input1, input2):
+        return functional.bilinear(input1, input2, self.weight, self.bias)
+
+    def extra_repr(self):
+        return (
+            f"in1_features={self.in1_features}, in2_features={self.in2_features}, "
+            f"out_features={self.out_features}, bias={self.bias is not None}"
         )
 
 
@@ -1571,6 +1611,25 @@ class Softmin(Softmax):
 class LogSoftmax(Softmax):
     def forward(self, input):
         return functional.log_softmax(input, self.dim)
+
+
+class LogSigmoid(Module):
+    def forward(self, input):
+        return functional.logsigmoid(input)
+
+
+class GLU(Module):
+    """The first half of the input along dim gated by the sigmoid of the second."""
+
+    def __init__(self, dim=-1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, input):
+        return functional.glu(input, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
 
 
 class _Loss(Module):

@@ -1,4 +1,5 @@
-"""torch.optim: SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta and LBFGS, following
+"""torch.optim: SGD, Adam, AdamW, NAdam, RAdam, Adamax, RMSprop, Adagrad, Adadelta
+and LBFGS, following
 PyTorch's documented update rules step by step, and optimizer checkpoints
 (state_dict/load_state_dict).
 
@@ -204,9 +205,27 @@ def _with_weight_decay(p, g, group):
     return g + group["weight_decay"] * p if group["weight_decay"] != 0 else g
 
 
+def _decayed(p, g, group):
+    """The gradient with L2 weight decay added, or (decoupled, as AdamW) the
+    gradient as it is, p decayed instead."""
+    if group["decoupled_weight_decay"]:
+        p *= 1 - group["lr"] * group["weight_decay"]
+        return g
+    return _with_weight_decay(p, g, group)
+
+
 def _check(ok, what, value):
     if not ok:
         raise ValueError(f"Invalid {what}: {value}")
+
+
+def _adam_args(lr, betas, eps, weight_decay):
+    """The checks Adam and its variants make, in torch's order."""
+    _check(lr >= 0, "learning rate", lr)
+    _check(eps >= 0, "epsilon value", eps)
+    _check(0 <= betas[0] < 1, "beta parameter at index 0", betas[0])
+    _check(0 <= betas[1] < 1, "beta parameter at index 1", betas[1])
+    _check(weight_decay >= 0, "weight_decay value", weight_decay)
 
 
 def _check_flags(defaults):
@@ -222,6 +241,18 @@ def _check_flags(defaults):
         raise NotImplementedError(
             "optimizers with differentiable=True are not in symgrad.tape"
         )
+
+
+def _moments(g, state, group):
+    """Adam's moving averages updated in place: m = lerp(m, g, 1-beta1),
+    v = beta2*v + (1-beta2)*g^2; returns m, v and the step count t."""
+    beta1, beta2 = group["betas"]
+    state["step"]._data += 1
+    m, v = state["exp_avg"]._data, state["exp_avg_sq"]._data
+    m += (1 - beta1) * (g - m)  # torch's exp_avg.lerp_(grad, 1 - beta1)
+    v *= beta2
+    v += (1 - beta2) * g * g
+    return m, v, state["step"].item()
 
 
 class SGD(Optimizer):
@@ -296,11 +327,7 @@ class Adam(Optimizer):
         fused=None,
         decoupled_weight_decay=False,
     ):
-        _check(lr >= 0, "learning rate", lr)
-        _check(eps >= 0, "epsilon value", eps)
-        _check(0 <= betas[0] < 1, "beta parameter at index 0", betas[0])
-        _check(0 <= betas[1] < 1, "beta parameter at index 1", betas[1])
-        _check(weight_decay >= 0, "weight_decay value", weight_decay)
+        _adam_args(lr, betas, eps, weight_decay)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -316,26 +343,13 @@ class Adam(Optimizer):
         )
         super().__init__(params, defaults)
 
-    def _decayed(self, p, g, group):
-        """The gradient with L2 weight decay added, or (decoupled, as AdamW) the
-        gradient as it is, p decayed instead."""
-        if group["decoupled_weight_decay"]:
-            p *= 1 - group["lr"] * group["weight_decay"]
-            return g
-        return _with_weight_decay(p, g, group)
-
     def _update(self, p, g, state, group):
         beta1, beta2 = group["betas"]
-        g = self._decayed(p, g, group)
+        g = _decayed(p, g, group)
         if not state:
             names = ["exp_avg", "exp_avg_sq"] + ["max_exp_avg_sq"] * group["amsgrad"]
             _init_state(state, p, names)
-        state["step"]._data += 1
-        t = state["step"].item()
-        m, v = state["exp_avg"]._data, state["exp_avg_sq"]._data
-        m += (1 - beta1) * (g - m)  # torch's exp_avg.lerp_(grad, 1 - beta1)
-        v *= beta2
-        v += (1 - beta2) * g * g
+        m, v, t = _moments(g, state, group)
         if group["amsgrad"]:
             v = np.maximum(
                 state["max_exp_avg_sq"]._data, v, out=state["max_exp_avg_sq"]._data
@@ -378,6 +392,155 @@ class AdamW(Adam):
             fused=fused,
             decoupled_weight_decay=True,
         )
+
+
+class NAdam(Optimizer):
+    """Adam with Nesterov momentum (Dozat): the momentum coefficient mu_t =
+    beta1 (1 - 0.5 * 0.96^(t momentum_decay)) and its running product weight the
+    gradient and the next step's momentum; p -= lr ((1-mu_t)/(1-prod mu) g +
+    mu_{t+1}/(1-prod mu * mu_{t+1}) m) / (sqrt(v/(1-beta2^t)) + eps)."""
+
+    def __init__(
+        self,
+        params,
+        lr=2e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0,
+        momentum_decay=4e-3,
+        decoupled_weight_decay=False,
+        *,
+        foreach=None,
+        maximize=False,
+        capturable=False,
+        differentiable=False,
+    ):
+        _adam_args(lr, betas, eps, weight_decay)
+        _check(momentum_decay >= 0, "momentum_decay value", momentum_decay)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum_decay=momentum_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+        )
+        super().__init__(params, defaults)
+
+    def _update(self, p, g, state, group):
+        if not state:
+            _init_state(state, p, ["mu_product", "exp_avg", "exp_avg_sq"])
+            state["mu_product"] = Tensor._wrap(np.ones((), np.float64))
+        g = _decayed(p, g, group)
+        m, v, t = _moments(g, state, group)
+        beta1, beta2 = group["betas"]
+        lr, decay = group["lr"], group["momentum_decay"]
+        mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * decay))
+        mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * decay))
+        state["mu_product"]._data *= mu
+        product = state["mu_product"].item()
+        denom = np.sqrt(v / (1 - beta2**t)) + group["eps"]
+        p -= lr * (1 - mu) / (1 - product) * g / denom
+        p -= lr * mu_next / (1 - product * mu_next) * m / denom
+
+
+class RAdam(Optimizer):
+    """Adam with the variance of its adaptive step rectified (Liu et al.): while
+    the approximated SMA length rho_t is at most 5 the step is plain momentum,
+    p -= lr m/(1-beta1^t); after, the Adam step times the rectification term."""
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0,
+        decoupled_weight_decay=False,
+        *,
+        foreach=None,
+        maximize=False,
+        capturable=False,
+        differentiable=False,
+    ):
+        _adam_args(lr, betas, eps, weight_decay)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            decoupled_weight_decay=decoupled_weight_decay,
+            differentiable=differentiable,
+        )
+        super().__init__(params, defaults)
+
+    def _update(self, p, g, state, group):
+        if not state:
+            _init_state(state, p, ["exp_avg", "exp_avg_sq"])
+        g = _decayed(p, g, group)
+        m, v, t = _moments(g, state, group)
+        beta1, beta2 = group["betas"]
+        step = group["lr"] * m / (1 - beta1**t)
+        rho_inf = 2 / (1 - beta2) - 1
+        rho = rho_inf - 2 * t * beta2**t / (1 - beta2**t)
+        if rho > 5.0:
+            rect = (
+                (rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)
+            )
+            step = step * (math.sqrt(1 - beta2**t) / (np.sqrt(v) + group["eps"]))
+            step = step * math.sqrt(rect)
+        p -= step
+
+
+class Adamax(Optimizer):
+    """Adam in the infinity norm: u = max(beta2*u, |g| + eps) in place of v;
+    p -= lr/(1-beta1^t) * m/u (weight decay as L2, added to the gradient)."""
+
+    def __init__(
+        self,
+        params,
+        lr=2e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0,
+        foreach=None,
+        *,
+        maximize=False,
+        differentiable=False,
+        capturable=False,
+    ):
+        _adam_args(lr, betas, eps, weight_decay)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+            capturable=capturable,
+        )
+        super().__init__(params, defaults)
+
+    def _update(self, p, g, state, group):
+        beta1, beta2 = group["betas"]
+        if not state:
+            _init_state(state, p, ["exp_avg", "exp_inf"])
+        state["step"]._data += 1
+        t = state["step"].item()
+        g = _with_weight_decay(p, g, group)
+        m, u = state["exp_avg"]._data, state["exp_inf"]._data
+        m += (1 - beta1) * (g - m)
+        u *= beta2
+        np.maximum(u, np.abs(g) + group["eps"], out=u)
+        p -= group["lr"] / (1 - beta1**t) * (m / u)
 
 
 class RMSprop(Optimizer):
