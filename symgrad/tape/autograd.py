@@ -431,6 +431,21 @@ def _topological_order(roots):
     return order
 
 
+def _leading_to(order, wanted):
+    """The keys of versions (in topological order) from which a wanted one is reached:
+    with `inputs`, torch runs only these, so a branch freed by an earlier backward
+    that leads elsewhere is never visited."""
+    needed = set()
+    for version in order:
+        fn = version[1]
+        if _key(version) in wanted or (
+            fn is not None
+            and any(e is not None and _key(e) in needed for e in fn.edges)
+        ):
+            needed.add(_key(version))
+    return needed
+
+
 @silent
 def run_backward(roots, grads, retain_graph=False, inputs=None, create_graph=False):
     """Propagate grads[i] (d root / d roots[i]) back through the graph. Without
@@ -445,11 +460,13 @@ def run_backward(roots, grads, retain_graph=False, inputs=None, create_graph=Fal
     for root, grad in zip(roots, grads, strict=True):
         k = _key((root, root.grad_fn))
         pending[k] = grad if k not in pending else pending[k] + grad
+    order = _topological_order(roots)
+    needed = _leading_to(order, wanted) if inputs else None
     with set_grad_enabled(create_graph):
-        for t, fn in reversed(_topological_order(roots)):
+        for t, fn in reversed(order):
             k = _key((t, fn))
             g = pending.pop(k, None)
-            if g is None:
+            if g is None or (needed is not None and k not in needed):
                 continue
             if fn is None or t.grad_fn is fn:
                 g = t._run_hooks(g)
