@@ -183,3 +183,13 @@ def init_params(seed=0):
         "b": np.zeros(()),
         "c": np.zeros(()),
     }
+
+
+def __getattr__(name):
+    """hvp and hessian are generated only when asked for: say how."""
+    if name in ("hvp", "hessian"):
+        raise AttributeError(
+            f"{name}: this module was built without second order; rebuild it with "
+            "sg.Model(..., hessian=True) or symgrad build MODEL --hessian"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

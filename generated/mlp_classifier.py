@@ -216,3 +216,13 @@ def init_params(seed=0):
         "W2": rng.uniform(-0.08838834764831845, 0.08838834764831845, (10, 128)),
         "b2": rng.uniform(-0.08838834764831845, 0.08838834764831845, (10,)),
     }
+
+
+def __getattr__(name):
+    """hvp and hessian are generated only when asked for: say how."""
+    if name in ("hvp", "hessian"):
+        raise AttributeError(
+            f"{name}: this module was built without second order; rebuild it with "
+            "sg.Model(..., hessian=True) or symgrad build MODEL --hessian"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -261,3 +261,13 @@ def init_params(seed=0):
         "W2": rng.uniform(-0.7071067811865476, 0.7071067811865476, (1, 2)),
         "b2": rng.uniform(-0.7071067811865476, 0.7071067811865476, (1,)),
     }
+
+
+def __getattr__(name):
+    """hvp and hessian are generated only when asked for: say how."""
+    if name in ("hvp", "hessian"):
+        raise AttributeError(
+            f"{name}: this module was built without second order; rebuild it with "
+            "sg.Model(..., hessian=True) or symgrad build MODEL --hessian"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

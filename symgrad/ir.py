@@ -136,6 +136,22 @@ def broadcast_shapes(*shapes: Shape) -> Shape:
     )
 
 
+def format_index(spec: tuple) -> str:
+    """``[1:, None]``: trailing full slices are left out, as a person would write it."""
+    parts = []
+    for entry in spec:
+        if entry[0] == "new":
+            parts.append("None")
+        elif entry[0] == "int":
+            parts.append(str(entry[1]))
+        else:
+            start, stop, step = ("" if v is None else str(v) for v in entry[1:])
+            parts.append(f"{start}:{stop}" + (f":{step}" if step else ""))
+    while len(parts) > 1 and parts[-1] == ":":
+        parts.pop()
+    return "[" + ", ".join(parts) + "]"
+
+
 @dataclass(frozen=True, eq=False)
 class Node:
     """One operation of the graph. ``op`` names a primitive in ``ops.PRIMITIVES``."""
@@ -172,6 +188,8 @@ class Node:
                 {sp.Symbol(f"_{i}", real=True): d for i, d in enumerate(args)}
             )
             return _DescribePrinter().doprint(formula)
+        if self.op == "index":
+            return self.args[0].describe(depth - 1) + format_index(self.attrs[0])
         inner = ", ".join(a.describe(depth - 1) for a in self.args)
         return f"{self.op}({inner})"
 

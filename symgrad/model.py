@@ -392,7 +392,8 @@ class Expr:
     def __float__(self):
         raise TypeError(
             f"{self.node.describe()} is symbolic, not a number: math functions and "
-            "float() cannot take it; use sg's functions (sg.exp, sg.sqrt, ...)"
+            "float() cannot take it; use sg's functions (sg.exp, sg.sqrt, "
+            "sg.arctan2 for math.atan2, ...)"
         )
 
     def __setitem__(self, key, value):
@@ -634,6 +635,11 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "leaky_relu": "sg.where(x > 0, x, slope * x)",
     "elu": "sg.where(x > 0, x, alpha * sg.expm1(sg.minimum(x, 0.0)))",
     "mse_loss": "sg.mean((a - b) ** 2)",
+    **dict.fromkeys(
+        ("huber_loss", "smooth_l1_loss"),
+        "sg.mean(sg.where(sg.abs(d) < delta, 0.5 * d**2, delta * (sg.abs(d) - "
+        "0.5 * delta))) with d = a - b (smooth_l1: that / delta)",
+    ),
     "gaussian_nll_loss": "0.5 * sg.mean(sg.log(var) + (y - mu) ** 2 / var)",
     "poisson_nll_loss": "sg.mean(sg.exp(z) - k * z) (z: the log rate, log_input=True)",
     "binary_cross_entropy_with_logits": "sg.mean(sg.softplus(z) - t * z) (stable for "
@@ -1194,10 +1200,13 @@ def swapaxes(x: Expr, axis1: int, axis2: int) -> Expr:
 
 def _not_elementwise(name: str, axis) -> None:
     """torch.max(a, b) is elementwise; NumPy's (and ours) reduces over the axis b."""
-    if isinstance(axis, Expr):
+    if isinstance(axis, Expr) or (
+        isinstance(axis, numbers.Real) and not isinstance(axis, numbers.Integral)
+    ):  # sg.max(z - a, 0.0): a hinge, torch's max(a, b) habit
         raise TypeError(
             f"sg.{name}(a, b) reduces a over the axis b; for the elementwise "
-            f"{name}imum of two arrays use sg.{name}imum(a, b)"
+            f"{name}imum of two arrays (or of an array and a number) use "
+            f"sg.{name}imum(a, b)"
         )
 
 
@@ -1417,7 +1426,6 @@ def grad(y: Expr, wrt, *, allow_unused: bool = False):
             shown, hint = x.describe(), ""
             if x.op == "index" and x.args[0] in used:  # X[:, 0] of an X y uses
                 source, spec = x.args[0].describe(), ops.format_index(x.attrs[0])
-                shown = source + spec
                 hint = f"a slice is a new value: slice the gradient, sg.grad(y, {source}){spec}; "
             raise ModelError(
                 f"{what}: y does not use {shown}, as torch would say; {hint}pass "

@@ -35,6 +35,7 @@ from .ir import (
     as_dim,
     broadcast,
     broadcast_shapes,
+    format_index,
     format_shape,
     is_size,
     size,
@@ -880,22 +881,6 @@ def narrow(dim) -> bool:
     return isinstance(dim, int) and 1 < dim <= 8
 
 
-def format_index(spec: tuple) -> str:
-    """``[1:, None]``: trailing full slices are left out, as a person would write it."""
-    parts = []
-    for entry in spec:
-        if entry[0] == "new":
-            parts.append("None")
-        elif entry[0] == "int":
-            parts.append(str(entry[1]))
-        else:
-            start, stop, step = ("" if v is None else str(v) for v in entry[1:])
-            parts.append(f"{start}:{stop}" + (f":{step}" if step else ""))
-    while len(parts) > 1 and parts[-1] == ":":
-        parts.pop()
-    return "[" + ", ".join(parts) + "]"
-
-
 def _numpy_transpose(args: list[str], node: Node) -> str:
     perm = node.attrs[0]
     if perm == tuple(reversed(range(len(perm)))):
@@ -926,8 +911,11 @@ def _numpy_scatter(args: list[str], node: Node) -> list[str]:
             target = f"{{out}}{format_index(kind[1])}"
             if kind[-1] != "-":
                 lines.append(f"{target} {'=' if fresh else '+='} {value}")
-            elif fresh:
-                lines.append(f"np.negative({value}, out={target})")
+            elif fresh and sum(e[0] == "int" for e in kind[1]) < len(node.shape):
+                lines.append(f"np.negative({value}, out={target})")  # (into a view)
+            elif fresh:  # one element: out[0] is a NumPy scalar, not a view
+                negated = value if value.isidentifier() else f"({value})"
+                lines.append(f"{target} = -{negated}")
             else:
                 lines.append(f"{target} -= {value}")
             if written is not None:
