@@ -49,9 +49,8 @@ distributions.Categorical, nn.MultiheadAttention (nn_attention.py), optim.LBFGS
 (without line search), clip_grad_norm_(foreach=). Conv2d/MaxPool2d and Unflatten pass
 with nn_conv.py (written alongside, not by this round).
 
-Still strict xfails: inference_mode makes no inference tensors (documented in
-autograd.py; enable_grad inside it no longer records, fixed in tape round 14);
-to('cuda') is accepted by design.
+(Its two strict xfails, inference tensors saved for backward and to('cuda') without
+CUDA, pass since tape round 20.)
 """
 
 import copy
@@ -60,7 +59,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-from tape_scripts import cases, check, differs, draws, init_from
+from tape_scripts import cases, check, draws, init_from
 
 torch = pytest.importorskip("torch")
 
@@ -355,16 +354,7 @@ AUTOGRAD = {
     ".grad after backward(create_graph=True)": grad_requires_grad_after_create_graph,
     "no_grad() decorating a generator": no_grad_decorating_a_generator,
     "set_grad_enabled(False) as a call": set_grad_enabled_as_a_call,
-    "an inference tensor saved for backward": (
-        inference_tensor_saved_for_backward,
-        differs(
-            "symgrad/tape/autograd.py: inference_mode is no_grad under another name "
-            "(documented there); torch marks tensors made inside as inference "
-            "tensors and raises RuntimeError 'Inference tensors cannot be saved for "
-            "backward' when one is saved by a recorded op",
-            raises=pytest.fail.Exception,
-        ),
-    ),
+    "an inference tensor saved for backward": inference_tensor_saved_for_backward,
     "a no_grad tensor is fine for backward": no_grad_tensor_is_fine_for_backward,
     "Tensor.register_post_accumulate_grad_hook": post_accumulate_grad_hook,
     "optimizer step in backward by post-accumulate hooks": optimizer_step_in_backward,
@@ -2461,16 +2451,7 @@ LATER = {
     "losses' size_average= and reduce=": legacy_loss_arguments,
     "Tensor.type() with no argument": type_without_arguments,
     "clip_grad_norm_(foreach=True)": clip_grad_norm_foreach,
-    "to('cuda') without CUDA": (
-        to_cuda_without_cuda,
-        differs(
-            "symgrad/tape/pointwise.py: to() ignores every device string by design; "
-            "torch without CUDA raises AssertionError 'Torch not compiled with CUDA "
-            "enabled', so a script that forgets the is_available() check runs on the "
-            "tape and fails on torch",
-            raises=pytest.fail.Exception,
-        ),
-    ),
+    "to('cuda') without CUDA": to_cuda_without_cuda,
 }
 
 

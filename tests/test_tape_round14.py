@@ -36,10 +36,7 @@ and generator= arguments (further scripts check each beyond the first repro; on 
 way, F.embedding accepted negative indices, which torch refuses, and EmbeddingBag's
 repr put padding_idx before mode).
 
-Strict xfails left (missing APIs): pack_padded_sequence, which needs PackedSequence
-(pack_padded_sequence, pad_packed_sequence) and its support in nn.RNN/LSTM/GRU (a
-per-step loop over the shrinking batch_sizes, h_n per sequence), none of which the
-tape has.
+(pack_padded_sequence, a strict xfail here until round 20, now passes.)
 """
 
 import copy
@@ -47,7 +44,7 @@ import io
 import math
 
 import pytest
-from tape_scripts import cases, check, draws, init_from, missing, no_address
+from tape_scripts import cases, check, draws, init_from, no_address
 
 torch = pytest.importorskip("torch")
 
@@ -2365,10 +2362,7 @@ MISSING = {
     "torch.tensor_split": tensor_split,
     "torch.searchsorted": searchsorted,
     "F.pad(mode='reflect')": pad_reflect,
-    "nn.utils.rnn.pack_padded_sequence": (
-        pack_padded_sequence,
-        missing("nn.utils.rnn.pack_padded_sequence (no PackedSequence in nn.RNN)"),
-    ),
+    "nn.utils.rnn.pack_padded_sequence": pack_padded_sequence,
     "EmbeddingBag(mode='max')": embedding_bag_max,
     "LBFGS(line_search_fn='strong_wolfe')": lbfgs_strong_wolfe,
     "nn.init.orthogonal_": orthogonal_init,

@@ -36,7 +36,7 @@ cat, products three ways with out=, item(), add_, the NumPy bridge sharing memor
 and the Quickstart (Flatten + Sequential, Softmax, named_parameters prints,
 save/load(weights_only=True), train_loop/test_loop).
 
-Found (all but autograd.graph fixed since; that one stays a strict xfail below):
+Found (all fixed since; autograd.graph, the last, in round 20):
 
 - grad_fn graphs: F.conv2d, F.max_pool2d and F.avg_pool2d recorded their NumPy-level
   composition (View/UnsafeView/Add; Slice/Stack/Gather/Squeeze; Div/Sum) instead of
@@ -66,7 +66,6 @@ from tape_scripts import (
     check,
     draws,
     init_from,
-    missing,
     no_address,
 )
 
@@ -1047,10 +1046,7 @@ AUTOGRAD = {
         autograd_basics_backward_twice_without_retain
     ),
     "mechanics: saved tensors (_saved_self, _saved_result)": mechanics_saved_tensors,
-    "mechanics: autograd.graph.saved_tensors_hooks": (
-        mechanics_saved_tensors_hooks,
-        missing("autograd.graph (saved_tensors_hooks)"),
-    ),
+    "mechanics: autograd.graph.saved_tensors_hooks": mechanics_saved_tensors_hooks,
     "mechanics: grad modes (no_grad, eval, inference_mode, set_grad_enabled)": (
         mechanics_requires_grad_propagates
     ),

@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from . import autograd_graph as graph  # torch.autograd.graph
 from .dtypes import scalar_name
 from .namespaces import NumPyOps, TensorOps, silent
 
@@ -142,8 +143,9 @@ class enable_grad(_GradMode):
 
 class inference_mode(_GradMode):
     """No recording inside, not even under an inner enable_grad, and grad mode off;
-    inference_mode(False) turns grad mode on, as torch's does. (torch also marks the
-    tensors made inside as never to be recorded later; the tape's are ordinary.)"""
+    inference_mode(False) turns grad mode on, as torch's does. Tensors made inside are
+    inference tensors (is_inference()), which a recorded op may not save. (torch
+    also forbids in-place writes to them outside the mode; the tape does not.)"""
 
     def __new__(cls, mode=True):
         return super().__new__(cls, mode if callable(mode) else None)
@@ -320,12 +322,9 @@ class Node:
         self._name = name
         self.edges = tuple((t, t.grad_fn) if t.requires_grad else None for t in inputs)
         self._rule = rule
-        # per saved tensor, its version and whether it is this op's `output`
-        self._saved = (
-            saved
-            if saved is None
-            else tuple(t if t is None else (t, t._version, t is output) for t in saved)
-        )
+        # per saved tensor: its version (None under saved_tensors_hooks), whether it
+        # is this op's `output`, and the call that unpacks it (None without hooks)
+        self._saved = saved and tuple(_save(t, output) for t in saved)
 
     def name(self):
         return self._name
@@ -343,7 +342,7 @@ class Node:
         first = self._saved and self._saved[0]
         if not first or first[2]:
             raise AttributeError(f"{self._type_name()!r} saved no '_saved_self'")
-        return first[0]
+        return _unpacked(first)
 
     @property
     def _saved_result(self):
@@ -352,7 +351,7 @@ class Node:
         result = next((s for s in self._saved or () if s and s[2]), None)
         if result is None:
             raise AttributeError(f"{self._type_name()!r} saved no '_saved_result'")
-        return result[0].detach()
+        return _unpacked(result).detach()
 
     @property
     def next_functions(self):
@@ -366,11 +365,11 @@ class Node:
         """The gradients for the inputs: arrays, or Tensors if create_graph."""
         if self._rule is None:
             raise RuntimeError(FREED_GRAPH)
-        saved = tuple(s and s[0] for s in self._saved or ())
-        for t, version, is_output in filter(None, self._saved or ()):
-            if t._version != version:  # torch names the saved tensor's maker
-                producer = self if is_output else t.grad_fn
+        for t, version, is_output, _ in filter(None, self._saved or ()):
+            if version is not None and t._version != version:
+                producer = self if is_output else t.grad_fn  # as torch names it
                 raise RuntimeError(_modified_inplace(t, version, producer))
+        saved = tuple(s and _read(s, create_graph) for s in self._saved or ())
         if create_graph:
             self._check_differentiable(g, saved)
             grads = self._rule(TensorOps, g, *saved)
@@ -389,6 +388,42 @@ class Node:
             g.requires_grad or any(t is not None and t.requires_grad for t in saved)
         ):
             raise RuntimeError(DOUBLE_BACKWARD.format(op=self._type_name()))
+
+
+INFERENCE_SAVED = (
+    "Inference tensors cannot be saved for backward. Please do not use Tensors "
+    "created in inference mode in computation tracked by autograd. To work around "
+    "this, you can make a clone to get a normal tensor and use it in autograd, or use "
+    "`torch.no_grad()` instead of `torch.inference_mode()`."
+)
+
+
+def _save(t, output):
+    """A saved tensor's entry in Node._saved, packed by the saved_tensors_hooks in
+    force."""
+    if t is None:
+        return None
+    if t._inference:
+        raise RuntimeError(INFERENCE_SAVED)
+    hooks = graph.current_hooks()
+    if hooks is None:
+        return t, t._version, t is output, None
+    pack, unpack = hooks
+    packed = pack(t)
+    return t, None, t is output, lambda: unpack(packed)
+
+
+def _unpacked(entry):
+    """A Node._saved entry's tensor, through its unpack hook if it has one."""
+    return entry[0] if entry[3] is None else entry[3]()
+
+
+def _read(entry, create_graph):
+    """What a rule reads for a Node._saved entry: the unpacked tensor, or under
+    create_graph the saved tensor itself, whose graph the gradient must go through
+    (unpack hooks return the same content, by torch's contract)."""
+    value = _unpacked(entry)
+    return entry[0] if create_graph else value
 
 
 class AccumulateGrad(Node):

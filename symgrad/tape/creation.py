@@ -1,11 +1,13 @@
 """Tensor factories and the seeded random generators they (and nn init) draw from.
 
 Floats default to float64, a deliberate difference from torch's float32. Every
-factory takes torch's `device=` and ignores it: the CPU is the only device.
+factory takes torch's `device=` and ignores it: the CPU is the only device (a CUDA
+one raises, as in torch without CUDA).
 """
 
 import numpy as np
 
+from .dtypes import check_device
 from .dtypes import device as _device
 from .shapes import _shape_arg
 from .tensor import Tensor, as_array
@@ -121,6 +123,7 @@ def set_rng_state(new_state):
 
 def tensor(data, dtype=None, device=None, requires_grad=False):
     """A new leaf tensor holding a copy of `data`."""
+    check_device(device)
     return Tensor._wrap(
         np.array(as_array(data), dtype=dtype, order="C"), requires_grad=requires_grad
     )
@@ -129,6 +132,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
 def as_tensor(data, dtype=None, device=None):
     """`data` itself if it is a tensor of that dtype, a tensor sharing an array's
     memory where the dtype allows, else a new tensor."""
+    check_device(device)
     if isinstance(data, Tensor):
         return data.to(dtype)
     return Tensor._wrap(np.asarray(as_array(data), dtype=dtype))
@@ -158,6 +162,7 @@ def _factory(fill):
     fill(shape): sizes given as f(2, 3), f((2, 3)) or f(size=(2, 3))."""
 
     def factory(*args, size=None, dtype=None, device=None, requires_grad=False):
+        check_device(device)
         shape = _checked_shape(_shape_arg(args if size is None else (size,)))
         return _new(fill(shape), dtype, requires_grad)
 
@@ -186,6 +191,7 @@ randn = _random(lambda rng, shape: rng.standard_normal(shape))
 
 def full(size, fill_value, dtype=None, device=None, requires_grad=False):
     """`size` filled with fill_value, whose type gives the default dtype."""
+    check_device(device)
     if not isinstance(size, tuple | list):
         raise TypeError(
             "full(): argument 'size' (position 1) must be tuple of ints, not "
@@ -211,6 +217,7 @@ empty_like, rand_like, randn_like = _like(empty), _like(rand), _like(randn)
 
 def eye(n, m=None, dtype=None, device=None, requires_grad=False):
     """The n x m (default n x n) identity matrix."""
+    check_device(device)
     for name, k in (("n", n), ("m", m)):
         if k is not None and k < 0:
             raise RuntimeError(f"{name} must be greater or equal to 0, got {k}")
@@ -219,6 +226,7 @@ def eye(n, m=None, dtype=None, device=None, requires_grad=False):
 
 def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False):
     """int64 for integer arguments, float64 otherwise."""
+    check_device(device)
     start, end = (0, start) if end is None else (start, end)
     if step == 0:
         raise RuntimeError("step must be nonzero")
@@ -229,6 +237,7 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
 
 def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
     """`steps` evenly spaced values from start to end inclusive."""
+    check_device(device)
     if steps < 0:
         raise RuntimeError("number of steps must be non-negative")
     return _new(np.linspace(start, end, steps), dtype, requires_grad)
@@ -236,6 +245,7 @@ def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
 
 def randint(*args, size=None, generator=None, dtype=None, device=None):
     """randint(high, size) or randint(low, high, size): int64 values in [low, high)."""
+    check_device(device)
     if size is None:
         *args, size = args
     low, high = (0, *args) if len(args) == 1 else args
@@ -283,5 +293,6 @@ def multinomial(input, num_samples, replacement=False, *, generator=None):
 
 def randperm(n, *, generator=None, dtype=np.int64, device=None, requires_grad=False):
     """A random permutation of 0 .. n-1."""
+    check_device(device)
     draws = numpy_generator(generator).permutation(n)
     return Tensor._wrap(draws.astype(dtype), requires_grad)

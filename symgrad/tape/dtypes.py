@@ -125,6 +125,13 @@ def set_default_dtype(d):
         )
 
 
+def check_device(device):
+    """torch built without CUDA, as the tape is, refuses to put anything on a CUDA
+    device (a script must check cuda.is_available() first)."""
+    if isinstance(device, str) and device.partition(":")[0] == "cuda":
+        raise AssertionError("Torch not compiled with CUDA enabled")
+
+
 class device:
     """torch.device: the CPU is the only one, so every tensor's .device is cpu."""
 

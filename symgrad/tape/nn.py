@@ -424,7 +424,14 @@ class Module:
     def to(self, *args, dtype=None, device=None, non_blocking=False):
         """Cast floating-point parameters (in place, so they stay the same objects)
         and buffers to `dtype`; the CPU is the only device, so non_blocking (given
-        by keyword or as a bool after the device or dtype) changes nothing."""
+        by keyword or as a bool after the device or dtype) changes nothing; a CUDA
+        device raises, as in torch without CUDA, if there is a tensor to move."""
+        if (
+            next(self.parameters(), None) is not None
+            or next(self.buffers(), None) is not None
+        ):
+            for d in (*args, device):
+                dtypes.check_device(d)
         dtype = next(
             (a for a in args if not isinstance(a, str | dtypes.device | bool)), dtype
         )
@@ -451,6 +458,9 @@ class Module:
 
     def cpu(self):
         return self
+
+    def cuda(self, device=None):
+        return self.to("cuda")
 
     def zero_grad(self, set_to_none=True):
         for param in self.parameters():

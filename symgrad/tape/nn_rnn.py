@@ -1,5 +1,5 @@
 """nn.RNNCell, nn.GRUCell, nn.LSTMCell (one time step) and nn.RNN, nn.GRU, nn.LSTM
-(whole sequences, stacked layers, both directions), with torch's parameter names,
+(whole sequences, padded or packed, stacked layers, both directions), with torch's parameter names,
 shapes, gate order (GRU: r, z, n; LSTM: i, f, g, o), init and errors, so that
 state_dicts move between the two. Each kind's gate math is written once, in a mixin
 its cell and its layer share. Built from recorded ops: the tape differentiates them
@@ -14,6 +14,7 @@ from .creation import numpy_generator
 from .functional import dropout, linear
 from .functions import cat, stack
 from .nn import Module, Parameter
+from .nn_utils_rnn import PackedSequence
 
 
 def _uniform(bound, dtype, *shape):
@@ -25,6 +26,18 @@ def _uniform(bound, dtype, *shape):
 def _map(state, fn):
     """fn on a state: h, or each of LSTM's (h, c)."""
     return tuple(map(fn, state)) if isinstance(state, tuple) else fn(state)
+
+
+def _rows(state, start, stop):
+    """Batch rows start:stop of a state."""
+    return _map(state, lambda t: t[start:stop])
+
+
+def _join(states):
+    """States of consecutive batch rows as one state."""
+    if isinstance(states[0], tuple):
+        return tuple(cat(parts) for parts in zip(*states, strict=True))
+    return cat(states)
 
 
 def _hidden(state):
@@ -243,6 +256,8 @@ class RNNBase(Module):
         """(output, h_n), LSTM's (output, (h_n, c_n)): output (seq, batch,
         directions * H) (batch first with batch_first), h_n (layers * directions,
         batch, H); an unbatched (seq, input_size) input drops the batch dims."""
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
         if input.dim() not in (2, 3):
             raise ValueError(self._INPUT_DIMS.format(input.dim()))
         batched = input.dim() == 3
@@ -254,7 +269,7 @@ class RNNBase(Module):
             hx = None if hx is None else _map(hx, lambda t: t.unsqueeze(1))
         x = input.transpose(0, 1) if self.batch_first else input
         self._check_input(x)
-        hx = self._zero_state(x) if hx is None else hx
+        hx = self._zero_state(x, x.shape[1]) if hx is None else hx
         self._check_state_sizes(hx, x.shape[1])
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
@@ -263,6 +278,26 @@ class RNNBase(Module):
         if not batched:
             output, h_n = output.squeeze(batch_dim), _map(h_n, lambda t: t.squeeze(1))
         return output, h_n
+
+    def _forward_packed(self, packed, hx):
+        """A PackedSequence in, one out (same batch_sizes and indices); each
+        sequence runs over its own steps only, so h_n holds its state at its own
+        last step (the first, for the backward direction). hx and h_n are in the
+        input's order: torch sorts hx's batch by sorted_indices and unsorts h_n."""
+        x, batch_sizes, order, unorder = packed
+        if x.dim() != 2:
+            raise RuntimeError(f"input must have 2 dimensions, got {x.dim()}")
+        self._check_input(x)
+        batch = int(batch_sizes[0])
+        if hx is None:
+            hx = self._zero_state(x, batch)
+        elif order is not None:
+            hx = _map(hx, lambda t: t.index_select(1, order))
+        self._check_state_sizes(hx, batch)
+        output, h_n = self._layers(x, hx, batch_sizes._data.tolist())
+        if unorder is not None:
+            h_n = _map(h_n, lambda t: t.index_select(1, unorder))
+        return PackedSequence(output, batch_sizes, order, unorder), h_n
 
     def _check_state_dims(self, hx, ndim):
         parts = hx if isinstance(hx, tuple) else (hx,)
@@ -289,9 +324,9 @@ class RNNBase(Module):
                 f"{self.input_size}, got {x.shape[-1]}"
             )
 
-    def _zero_state(self, x):
+    def _zero_state(self, x, batch):
         layers = self.num_layers * (2 if self.bidirectional else 1)
-        return x.new_zeros(layers, x.shape[1], self.proj_size or self.hidden_size)
+        return x.new_zeros(layers, batch, self.proj_size or self.hidden_size)
 
     def _check_state_sizes(self, hx, batch):
         layers = self.num_layers * (2 if self.bidirectional else 1)
@@ -305,10 +340,10 @@ class RNNBase(Module):
                     f"Expected {label} size {expected}, got {list(t.shape)}"
                 )
 
-    def _layers(self, x, hx):
-        """x (seq, batch, features) through every layer, each layer's directions
-        concatenated as the next one's input; dropout on each layer's output but
-        the last, in training."""
+    def _layers(self, x, hx, batch_sizes=None):
+        """x (seq, batch, features), or packed data with its batch_sizes, through
+        every layer, each layer's directions concatenated as the next one's input;
+        dropout on each layer's output but the last, in training."""
         directions = 2 if self.bidirectional else 1
         finals = []
         for layer in range(self.num_layers):
@@ -316,7 +351,9 @@ class RNNBase(Module):
             for direction in range(directions):
                 k = layer * directions + direction
                 state = _map(hx, lambda t, k=k: t[k])
-                output, state = self._direction(x, state, k, reversed=direction == 1)
+                output, state = self._direction(
+                    x, state, k, direction == 1, batch_sizes
+                )
                 outputs.append(output)
                 finals.append(state)
             x = cat(outputs, -1)
@@ -326,23 +363,36 @@ class RNNBase(Module):
             return x, tuple(stack(parts) for parts in zip(*finals, strict=True))
         return x, stack(finals)
 
-    def _direction(self, x, state, k, reversed):
+    def _direction(self, x, initial, k, reversed, batch_sizes):
         """One layer's one direction over the sequence with the k-th weights: the
         input's gate pre-activations for all steps in one linear, then the steps.
-        (the outputs, the final state)."""
+        (the outputs, the final state). Packed, step t has batch_sizes[t] rows:
+        going forward the rows of sequences that ended are set aside as their final
+        states; going backward a sequence starts from `initial` at its last step."""
         w = {
             name.rsplit("_l", 1)[0]: getattr(self, name)
             for name in self._all_weights[k]
         }
-        gi = linear(x, w["weight_ih"], w.get("bias_ih")).unbind(0)
-        out = [None] * len(gi)
+        gi = linear(x, w["weight_ih"], w.get("bias_ih"))
+        gi = gi.unbind(0) if batch_sizes is None else gi.split(batch_sizes)
+        out, ended, state = [None] * len(gi), [], initial
         for t in range(len(gi) - 1, -1, -1) if reversed else range(len(gi)):
+            rows, have = len(gi[t]), len(_hidden(state))
+            if rows < have and not reversed:
+                ended.append(_rows(state, rows, have))
+                state = _rows(state, 0, rows)
+            elif rows < have:  # the backward direction's first step
+                state = _rows(state, 0, rows)
+            elif rows > have:
+                state = _join([state, _rows(initial, have, rows)])
             gh = linear(_hidden(state), w["weight_hh"], w.get("bias_hh"))
             state = self._update(gi[t], gh, state)
             if "weight_hr" in w:
                 state = (linear(state[0], w["weight_hr"]), state[1])
             out[t] = _hidden(state)
-        return stack(out), state
+        if ended:
+            state = _join([state, *ended[::-1]])
+        return stack(out) if batch_sizes is None else cat(out), state
 
     def extra_repr(self):
         """torch's: only the options that differ from the defaults (RNN's
@@ -412,6 +462,6 @@ class LSTM(_Lstm, RNNBase):
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
 
-    def _zero_state(self, x):
-        h = super()._zero_state(x)
+    def _zero_state(self, x, batch):
+        h = super()._zero_state(x, batch)
         return h, x.new_zeros(*h.shape[:2], self.hidden_size)

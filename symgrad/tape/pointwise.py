@@ -271,7 +271,10 @@ class PointwiseOps:
     def to(self, *args, dtype=None, device=None, non_blocking=False, copy=False):
         """to(dtype), to(device) or to(device, dtype): cast to `dtype`, the gradient
         cast back; this tensor itself if nothing changes, unless copy=True. The CPU is
-        the only device, so a device string changes nothing (nor does non_blocking)."""
+        the only device, so a device string changes nothing (nor does non_blocking);
+        a CUDA one raises, as in torch without CUDA."""
+        for d in (*args, device):
+            dtypes.check_device(d)
         dtype = next((a for a in args if not isinstance(a, str | dtypes.device)), dtype)
         if isinstance(dtype, PointwiseOps):  # to(other): other's dtype
             dtype = dtype.dtype
@@ -288,6 +291,14 @@ class PointwiseOps:
     def cpu(self):
         """This tensor: the CPU is the only device."""
         return self
+
+    def cuda(self, device=None, non_blocking=False):
+        """Raises, as torch without CUDA does."""
+        if device is not None:
+            raise RuntimeError(
+                "Cannot access accelerator device when none is available."
+            )
+        dtypes.check_device("cuda")
 
     is_cuda = False
 

@@ -149,6 +149,11 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         # recording writes through it)
         self._base = self._view_fn = None
         self.requires_grad = requires_grad
+        # made in inference mode: torch never lets autograd save such a tensor
+        self._inference = autograd.is_inference_mode_enabled()
+
+    def is_inference(self):
+        return self._inference
 
     @staticmethod
     def _result(
