@@ -22,6 +22,7 @@ from .ir import (
     as_shape,
     broadcast,
     format_shape,
+    same_dim,
     toposort,
 )
 from .model import (
@@ -72,7 +73,10 @@ def broadcast_to(x: Expr, shape) -> Expr:
     model's arrays."""
     shape, node = as_shape(shape), _expr(x, "sg.broadcast_to").node
     try:
-        fits = broadcast(node, ops.const(0, shape)) == shape
+        fits = all(
+            same_dim(a, b)
+            for a, b in zip(broadcast(node, ops.const(0, shape)), shape, strict=True)
+        )
     except ShapeError:
         fits = False
     if not fits:
@@ -160,7 +164,10 @@ def roll(x: Expr, shift: int, axis=None) -> Expr:
             x = roll(x, 1 if shift > 0 else -1, axis)
         return x
     tail, head = _along(x, axis, slice(-shift, None)), _along(x, axis, slice(-shift))
-    return concatenate([tail, head], axis)
+    rolled = concatenate([tail, head], axis)
+    return _made_by(
+        rolled, node, f"sg.roll of {node.describe()} by {shift} on axis {axis}"
+    )
 
 
 _ROLL_STEPS = 8  # a longer roll of a symbolic axis needs the axis at least as long

@@ -100,6 +100,15 @@ def _prod(dims: Iterable[int]) -> int:
     return out
 
 
+def same_dim(a: Dim, b: Dim) -> bool:
+    """Equal sizes, however written: (k + 2)*(n + 1) is k*n + k + 2*n + 2."""
+    return (
+        a == b
+        or (isinstance(a, sp.Expr) or isinstance(b, sp.Expr))
+        and sp.expand(a - b) == 0
+    )
+
+
 def broadcast(*operands: Node) -> Shape:
     """NumPy broadcasting of the operands' shapes; symbolic dims must match exactly."""
     ndim = max((len(x.shape) for x in operands), default=0)
@@ -107,11 +116,13 @@ def broadcast(*operands: Node) -> Shape:
     out = []
     for axis, dims in enumerate(zip(*padded, strict=True)):
         sized = [d for d in dims if d != 1]
-        if any(d != sized[0] for d in sized):
+        if any(not same_dim(d, sized[0]) for d in sized):
             # Name the first sized operand and the first one that disagrees with it.
             sizes = [(x, p[axis]) for x, p in zip(operands, padded, strict=True)]
             a = next(x for x, d in sizes if d == sized[0])
-            b, other = next((x, d) for x, d in sizes if d not in (1, sized[0]))
+            b, other = next(
+                (x, d) for x, d in sizes if d != 1 and not same_dim(d, sized[0])
+            )
             symbolic = not isinstance(sized[0], int) and not isinstance(other, int)
             raise ShapeError(
                 f"cannot broadcast {a.describe()} of shape {format_shape(a.shape)} "

@@ -10,6 +10,7 @@ import builtins
 import functools
 import hashlib
 import inspect
+import itertools
 import keyword
 import math
 import numbers
@@ -899,7 +900,12 @@ def _elementwise(fn: Callable[..., sp.Expr], *operands) -> Expr:
 
 
 def _compare(relation, a, b) -> Cond:
-    if isinstance(a, Expr) and isinstance(b, Expr) and a.node is b.node:
+    if (
+        isinstance(a, Expr)
+        and isinstance(b, Expr)
+        and a.node is b.node
+        and relation not in (sp.StrictLessThan, sp.StrictGreaterThan)  # (false for nan)
+    ):
         raise ModelError(  # SymPy folds x == x to True, where NumPy's nan == nan is False
             f"{a.node.describe()} compared with itself: symgrad takes x == x as "
             "always true and x != x as always false, so it cannot find a nan; replace "
@@ -1373,15 +1379,13 @@ def reshape(x: Expr, shape) -> Expr:
         raise ShapeError(f"reshape of {node.describe()}: only one dimension can be -1")
     if -1 in shape:
         missing = sp.simplify(sp.sympify(size(node.shape)) / size(known))
-        if not (missing.is_integer and missing.is_nonnegative):
+        if not _is_size(missing, node.shape):
             raise ShapeError(
                 f"cannot infer -1 reshaping {node.describe()} into {shape}"
             )
         known = tuple(as_dim(missing) if d == -1 else as_dim(d) for d in shape)
     for d in known:  # a new size must follow from the old ones, as a whole number
-        if isinstance(d, sp.Expr) and not (
-            d.is_integer and d.is_nonnegative and d.free_symbols <= _free(node.shape)
-        ):
+        if isinstance(d, sp.Expr) and not _is_size(d, node.shape):
             raise ShapeError(
                 f"cannot reshape {node.describe()} of shape {format_shape(node.shape)} "
                 f"into {format_shape(known)}: {d} is not a size of it"
@@ -1391,6 +1395,19 @@ def reshape(x: Expr, shape) -> Expr:
 
 def _free(shape) -> set:
     return {s for d in shape if isinstance(d, sp.Expr) for s in d.free_symbols}
+
+
+def _is_size(d: sp.Expr, shape) -> bool:
+    """Whether ``d`` is a whole number >= 0 at every size ``shape`` can have: SymPy's
+    answer, or a product of some of its dims (n - 2 of an (n - 2, 2) window, which
+    SymPy cannot prove >= 0 for a size n >= 1, but the module checks at run time)."""
+    if not (d.is_integer and d.free_symbols <= _free(shape)):
+        return False
+    return d.is_nonnegative or any(
+        sp.expand(sp.Mul(*dims) - d) == 0
+        for r in range(1, len(shape) + 1)
+        for dims in itertools.combinations(shape, r)
+    )
 
 
 def take_along_axis(x: Expr, indices: Expr, axis: int) -> Expr:
@@ -1672,17 +1689,21 @@ class Model:
         slices of symbolic axes whose length holds only for large enough sizes, and
         divisions by a size (means)."""
         needs: dict[sp.Expr, str] = {}
+
+        def shown(node: Node) -> str:  # a value named with m.let by its name
+            return self.names.get(node) or node.describe()
+
         for node in toposort([self.loss_node, *self.outputs.values()]):
             for need in ops.size_requirements(node):
                 if node.op == "index":
                     where = ops.MADE_BY.get(node) or (
-                        node.args[0].describe() + ops.format_index(node.attrs[0])
+                        shown(node.args[0]) + ops.format_index(node.attrs[0])
                     )
                 elif node.op == "windows":
                     source = node.args[0]
                     while source.op == "windows":
                         source = source.args[0]
-                    where = f"sg.sliding_window_view of {source.describe()}"
+                    where = f"sg.sliding_window_view of {shown(source)}"
                 else:  # a map divides by the size (a mean); a max needs an element
                     size = need.lhs if isinstance(need, sp.Ne) else need + 1
                     if node.op != "map":  # a max: sg.max's, or a softmax's shift

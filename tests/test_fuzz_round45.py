@@ -620,12 +620,13 @@ class Program:
             if self.tie
             else tuple(np.round(self.rng.uniform(-0.8, 0.8, 2), 3))
         )
+        z = f"sg.sin({x})" if y == x else y  # (x == x is refused: no nan test)
         conds = [
             f"({x} > {c1})",
             f"({y} <= {c2})",
-            f"({x} == {y})",
+            f"({x} == {z})",
             f"({x} != {c2})",
-            f"({x} >= {y})",
+            f"({x} >= {z})",
             f"({y} < {c1})",
         ]
         k = int(self.rng.integers(1, 4))
