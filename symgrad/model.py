@@ -185,6 +185,11 @@ class Expr:
         """torch.tanh(x), torch.special.i0(x): torch's functions ask an expression
         for this before refusing it; name the sg twin, as for NumPy's."""
         name = getattr(func, "__name__", str(func))
+        if name in ("min", "max") and len(args) > 1 and not isinstance(args[1], int):
+            raise TypeError(  # torch.min(q1, q2): elementwise, where sg.min reduces
+                f"torch.{name} cannot take a symgrad expression; use sg.{name}imum(a, "
+                f"b) (torch.{name}(x, dim) is sg.{name}(x, axis))"
+            )
         raise _numpy_refused(
             name.removeprefix("special_").removeprefix("linalg_"), "torch."
         )
@@ -466,7 +471,9 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "double": "x itself: drop .double() (every expression is float64)",
     "dtype": "-1e30 for a mask value, not torch.finfo(x.dtype).min (every expression "
     "is float64, and exp(-1e30) is 0 just the same)",
-    "dim": "x.ndim",
+    "dim": "x.ndim (torch.distributions cannot take an expression either: "
+    "Categorical(logits=x).log_prob(a) is sg.take_along_axis(sg.log_softmax(x, "
+    "axis=-1), a[..., None], axis=-1)[..., 0], a Normal's log_prob its formula)",
     "mT": "x.swapaxes(-2, -1)",
     "rsqrt": "1 / sg.sqrt(x)",
     "permute": "x.transpose(...)",
