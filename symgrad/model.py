@@ -540,6 +540,20 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
         "(scipy.special.ndtri) and pass them as an input",
     ),
     **dict.fromkeys(
+        ("stft", "istft", "spectrogram"),
+        "frames sg.sliding_window_view(x, n_fft, axis=-1)[..., ::hop, :] * window, "
+        "then the DFT as matrix products (re = frames @ C.T, im = -(frames @ S.T); C, "
+        "S, window: inputs); an inverse, the transposed products overlap-added",
+    ),
+    **dict.fromkeys(
+        ("view_as_real", "real", "imag", "view_as_complex", "complex"),
+        "real and imaginary parts as two real arrays (re = y @ C.T, im = -(y @ S.T)): "
+        "expressions are real",
+    ),
+    "angle": "sg.arctan2(im, re) (the phase of re + i im)",
+    "lfilter": "a recursion over the samples: y = [] and y.append(b0 * x[t] - a1 * "
+    "y[-1] - ...) in a Python loop over a fixed length, then sg.stack(y)",
+    **dict.fromkeys(
         ("rfft", "fft", "fft_rfft", "fft_fft"),
         "the DFT as matrix products with cos and sin matrices passed as inputs: "
         "re = y @ C.T, im = -(y @ S.T), C[k, n] = cos(2 pi k n / N)",
@@ -1823,6 +1837,8 @@ _TORCH_ONLY_KEYWORDS = {
     "b": "weights b > 0 of scipy's and JAX's logsumexp(a, b=b) are "
     "sg.logsumexp(a + sg.log(b))",
     "return_sign": "sg.logsumexp takes no signs: weights b > 0 go in as sg.log(b)",
+    "step": "windows with a step (a hop) are a slice of all of them: "
+    "sg.sliding_window_view(x, w, axis=-1)[..., ::step, :]",
     "where": "NumPy's where=mask is sg.where(mask, x, 0.0) first; a masked mean is "
     "sg.sum(sg.where(mask, x, 0.0)) / sg.sum(sg.where(mask, 1.0, 0.0))",
 }

@@ -303,6 +303,26 @@ def check_supported(expr: sp.Basic, what: str) -> None:
 SIMPLIFY_OPS = 40
 
 
+class _RealSign(sp.Function):
+    """sign(u) while differentiating: 0 almost everywhere, also where SymPy cannot
+    prove u real (sqrt(p) - 1) and would leave the derivative unevaluated."""
+
+    def fdiff(self, argindex=1):
+        return sp.S.Zero
+
+
+class _RealAbs(sp.Function):
+    """|u| while differentiating: sign(u) u' (torch's, 0 at u = 0), also where SymPy
+    cannot prove u real (log(p) of a real p) and would take (re u re u' + im u im u')
+    / |u|, which is 0/0 at u = 0."""
+
+    def fdiff(self, argindex=1):
+        return _RealSign(self.args[0])
+
+
+_REAL = {sp.Abs: _RealAbs, sp.sign: _RealSign}  # while differentiating
+
+
 @cache
 def partial(expr: sp.Expr, i: int) -> sp.Expr:
     """d(expr)/d(_i), simplified, with ``expr`` itself replaced by ``OUT`` where it recurs.
@@ -314,7 +334,11 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
     """
     nary = lambda e: isinstance(e, sp.Max | sp.Min) and len(e.args) > 2  # noqa: E731
     binary = expr.replace(nary, _binary)
+    for function, real in _REAL.items():
+        binary = binary.replace(function, real)
     d = sp.diff(binary, arg(i)).replace(sp.DiracDelta, lambda *a: sp.S.Zero)
+    for function, real in _REAL.items():
+        d = d.replace(real, function)
     if d.has(sp.Derivative, sp.Subs):
         missing = sorted({str(x.expr.func) for x in d.atoms(sp.Derivative)})
         raise UnsupportedError(f"{', '.join(missing) or d} has no derivative")

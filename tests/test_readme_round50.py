@@ -699,7 +699,8 @@ PORTING = {
         None,
     ),
     "max_argmax_maximum": (
-        "`x.max(axis=1)` (`.values`/`.indices` name these), "
+        "`x.max(axis=1)` (`.values`/`.indices` name these; `x.max(1)[0]` is "
+        "NumPy's entry 0 of the values, with a warning), "
         "`sg.argsort(-x, axis=1)[:, 0]`, `sg.maximum(a, b)`",
         lambda P, I: sg.sum(P["x"].max(axis=1) * I["c"])
         + sg.sum(sg.maximum(P["x"], P["y"]) * I["d"])
