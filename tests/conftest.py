@@ -2,6 +2,7 @@
 tape scripts (files named *round* or *fuzz*), about three quarters of the run time.
 ``python -m pytest -m "not rounds"`` runs the rest while iterating."""
 
+import mpmath
 import numpy as np
 import pytest
 
@@ -9,6 +10,15 @@ import pytest
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _mpmath_precision():
+    """A test that sets mpmath.mp.dps (50 digits for a closed form) leaves it as it
+    found it: a quadrature elsewhere met infinities at the interval's ends."""
+    dps = mpmath.mp.dps
+    yield
+    mpmath.mp.dps = dps
 
 
 @pytest.fixture(scope="module")
