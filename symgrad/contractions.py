@@ -19,6 +19,11 @@ def einsum(subscripts: str, *operands: Expr, optimize=False) -> Expr:
     ``optimize`` (a speed hint) is accepted and ignored: symgrad's contraction order
     is its own (left to right, as matmuls)."""
     del optimize
+    if not isinstance(subscripts, str):
+        raise TypeError(
+            "sg.einsum takes the subscripts string first, sg.einsum('ij,ij->', a, "
+            "b); NumPy's sublist form einsum(a, [0, 1], b, [0, 1]) is not supported"
+        )
     inputs, arrow, output = subscripts.replace(" ", "").partition("->")
     terms = inputs.split(",")
     if len(terms) != len(operands):

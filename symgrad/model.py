@@ -157,7 +157,7 @@ def _numpy_refused(name: str, where: str = "") -> TypeError:
         hint = f"use sg.{name}"
     else:
         hint = "use " + TORCH_SPELLINGS.get(name, "sg's functions")
-    where = where or ("numpy." if hasattr(np, name) else "")
+    where = where or ("numpy." if hasattr(np, name.partition(".")[0]) else "")
     return TypeError(f"{where}{name} cannot take a symgrad expression; {hint}")
 
 
@@ -169,7 +169,9 @@ class Expr:
         Any other ufunc (np.exp(x)) cannot see inside an expression: name the sg twin.
         """
         if ufunc.__name__ not in _OPERATORS or method != "__call__" or kwargs:
-            raise _numpy_refused(ufunc.__name__)
+            raise _numpy_refused(
+                ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
+            )
         forward, reflected = _OPERATORS[ufunc.__name__]
         a, b = inputs
         if isinstance(a, Expr):
@@ -308,7 +310,7 @@ class Expr:
             raise ShapeError(
                 "index arrays are supported alone only: x[idx], not x[idx, 0]; "
                 "for pairs A[i, j], sg.take_along_axis(A[i], j[..., None], "
-                "axis=-1)[..., 0]"
+                "axis=-1)[..., 0]; the columns A[:, idx] are A.T[idx].T"
             )
         return Expr(ops.index(self.node, ops.normalize_index(self.node, key)))
 
@@ -316,6 +318,9 @@ class Expr:
         raise TypeError(
             "a symbolic expression has no truth value; use sg.where for branches"
         )
+
+    def __round__(self, ndigits=None):
+        raise TypeError(f"round() of an expression: use {TORCH_SPELLINGS['round']}")
 
     def __iter__(self):
         # without this, Python iterates by x[0], x[1], ... and a symbolic axis never ends
@@ -473,7 +478,9 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "is float64, and exp(-1e30) is 0 just the same)",
     "dim": "x.ndim (torch.distributions cannot take an expression either: "
     "Categorical(logits=x).log_prob(a) is sg.take_along_axis(sg.log_softmax(x, "
-    "axis=-1), a[..., None], axis=-1)[..., 0], a Normal's log_prob its formula)",
+    "axis=-1), a[..., None], axis=-1)[..., 0], a Normal's log_prob its formula; nor "
+    "can nn.Embedding.from_pretrained: the rows of a table E picked by an int64 "
+    "input y are E[y])",
     "mT": "x.swapaxes(-2, -1)",
     "rsqrt": "1 / sg.sqrt(x)",
     "permute": "x.transpose(...)",
@@ -608,7 +615,29 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
         ("index_add", "index_add_"),
         "x + sg.segment_sum(source, index, x.shape[0]) (rows of axis 0)",
     ),
-    "scatter_add": "sg.segment_sum(source, index, n) (rows of axis 0)",
+    **dict.fromkeys(
+        ("scatter_add", "add.at", "segment_reduce"),
+        "sg.segment_sum(source, index, n) (rows of axis 0)",
+    ),
+    **dict.fromkeys(
+        ("embedding_bag", "segment_mean"),
+        "sg.segment_sum(E[ids], bag_of_each_id, n_bags) (the rows of each bag "
+        "summed; mode='mean': divided by each bag's count, an input)",
+    ),
+    "index_select": "x[idx] (index_select(x, 0, idx); another axis: "
+    "x.swapaxes(0, axis)[idx].swapaxes(0, axis))",
+    **dict.fromkeys(
+        ("round", "rint", "floor", "ceil", "trunc"),
+        "k = np.round(x / c) (or floor) computed in NumPy and passed as an input "
+        "(rounding has no gradient): the minimum image is d - L * k",
+    ),
+    "pdist": "sg.norm(x[i] - x[j], axis=-1) with (i, j) = np.triu_indices(n, 1) "
+    "(torch.cdist: sg.norm(a[:, None] - b[None], axis=-1))",
+    "bincount": "np.bincount on the data (counts are data: pass them as an input), "
+    "or sg.segment_sum of ones",
+    "margin_ranking_loss": "sg.mean(sg.relu(-y * (x1 - x2) + margin))",
+    "triplet_margin_loss": "sg.mean(sg.relu(sg.norm(a - p, axis=-1) - sg.norm(a - "
+    "n, axis=-1) + margin))",
     "sort": "sg.sort(x, axis)",
     "argsort": "sg.argsort(x, axis)",
     "topk": "sg.flip(sg.sort(x, axis=-1), -1)[..., :k]",
@@ -648,7 +677,25 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     **dict.fromkeys(
         ("ndtr", "norm_cdf"), "0.5 * sg.erfc(-x / sqrt(2)) (the normal CDF)"
     ),
-    "log_ndtr": "sg.log(0.5 * sg.erfc(-x / sqrt(2))) (the normal CDF's log)",
+    **dict.fromkeys(
+        ("log_ndtr", "logcdf"),
+        "sg.log(0.5 * sg.erfc(-x / sqrt(2))) (the normal CDF's log)",
+    ),
+    "stats": "the formulas: the standard normal's cdf is 0.5 * sg.erfc(-x / sqrt(2)), "
+    "its logcdf sg.log(0.5 * sg.erfc(-x / sqrt(2))), a logpdf is its formula written "
+    "out",
+    "erfcx": "sg.exp(x**2) * sg.erfc(x) (inf for x < -26.6); for log erfc(x) itself "
+    "write sg.log(sg.erfc(x)), whose derivatives symgrad keeps finite in the tail",
+    **dict.fromkeys(
+        ("polygamma", "trigamma"),
+        "sg.digamma(x) for order 0; higher orders are not available (trigamma is "
+        "only sg.digamma's derivative)",
+    ),
+    "betaln": "sg.lgamma(a) + sg.lgamma(b) - sg.lgamma(a + b)",
+    "gamma": "sg.exp(sg.lgamma(x)) (x > 0)",
+    "log1mexp": "sg.log(-sg.expm1(x)) for x < 0 (near 0; below -log 2, "
+    "sg.log1p(-sg.exp(x)) is the more accurate)",
+    "xlog1py": "x * sg.log1p(sg.where(x == 0, 0.0, y)) (0 where x is 0, gradient too)",
     "argmax": "index 0 along axis of sg.argsort(-x, axis) (the first of ties)",
     "argmin": "index 0 along axis of sg.argsort(x, axis) (the first of ties)",
     "layer_norm": "(x - sg.mean(x, -1, keepdims=True)) / sg.sqrt(sg.var(x, -1, "
@@ -1006,7 +1053,48 @@ def _unary(fn: Callable[[sp.Expr], sp.Expr], name: str) -> Callable[[Expr], Expr
 
 
 exp = _unary(sp.exp, "exp")
-log = _unary(sp.log, "log")
+_log = _unary(sp.log, "log")
+
+
+def log(x, *more):
+    """sg.log. Of a product with sigmoid(u) or erfc(u) factors (composed from the maps
+    that made them, whatever fusion decides later), a sum of logs: log sigmoid(u) as
+    -softplus(-u), exact below u = -709, where sigmoid's floor exp(-709) is not; log
+    erfc(u) differentiated as a whole, finite where erfc underflows (erfc_ratio)."""
+    product = _positive_product(x.node) if isinstance(x, Expr) and not more else None
+    if product is None:
+        return _log(x, *more)
+    logs = [
+        -ew.softplus(-f.args[0]) if isinstance(f, ew.sigmoid) else sp.log(f)
+        for f in sp.Mul.make_args(product.attrs[0])
+    ]
+    return Expr(ops.map_(sp.Add(*logs), product.args, product.shape))
+
+
+_POSITIVE = (ew.sigmoid, sp.erfc)  # whose logs sg.log writes in a form of their own
+
+
+def _positive_product(node: Node) -> Node | None:
+    """``node`` as one map c * sigmoid(u) * erfc(v) ..., its factors that are such maps
+    composed into it (sg.erfc(x) / 2 is one formula), or None without such factors."""
+    if node.op != "map":
+        return None
+    formula, args, pieces = node.attrs[0], list(node.args), {}
+    factors = sp.Mul.make_args(formula)
+    for i, a in enumerate(node.args):
+        inner = _positive_product(a) if ew.arg(i) in factors else None
+        if inner is not None:
+            shift = {ew.arg(j): ew.arg(len(args) + j) for j in range(len(inner.args))}
+            pieces[ew.arg(i)] = inner.attrs[0].xreplace(shift)
+            args += inner.args
+    if pieces:
+        node = ops.map_(formula.xreplace(pieces), args, node.shape)
+    positive = node.op == "map" and any(
+        isinstance(f, _POSITIVE) for f in sp.Mul.make_args(node.attrs[0])
+    )
+    return node if positive else None
+
+
 sqrt = _unary(sp.sqrt, "sqrt")
 sin = _unary(sp.sin, "sin")
 cos = _unary(sp.cos, "cos")
@@ -1051,8 +1139,16 @@ def arctan2(y, x) -> Expr:
 
 
 def logaddexp(a, b) -> Expr:
-    """NumPy's log(exp(a) + exp(b)), as b + softplus(a - b): it never overflows."""
-    return b + softplus(a - b)
+    """NumPy's log(exp(a) + exp(b)), as the larger plus softplus(smaller - larger): it
+    never overflows, and keeps a small a where b is hugely negative (b + softplus(a -
+    b) cancels to 0 at a = 1, b = -1e17); each branch has every derivative right."""
+    return _elementwise(
+        lambda p, q: sp.Piecewise(
+            (p + ew.softplus(q - p), p >= q), (q + ew.softplus(p - q), True)
+        ),
+        a,
+        b,
+    )
 
 
 def maximum(a, b) -> Expr:
@@ -1186,6 +1282,30 @@ def norm(x: Expr, ord=None, axis=None, keepdims: bool = False) -> Expr:  # noqa:
                 + (along if isinstance(ord, int) and -ndim <= ord < ndim else "")
             )
     return _elementwise(ew.masked_sqrt, sum(square(x), axis, keepdims))
+
+
+_NORMAL = {  # scipy.stats.norm's methods, which a SciPy user may look for on sg.norm
+    "cdf": "0.5 * sg.erfc(-x / sqrt(2))",
+    "logcdf": "sg.log(0.5 * sg.erfc(-x / sqrt(2)))",
+    "sf": "0.5 * sg.erfc(x / sqrt(2))",
+    "logsf": "sg.log(0.5 * sg.erfc(x / sqrt(2)))",
+    "pdf": "sg.exp(-(x**2) / 2) / sqrt(2 pi)",
+    "logpdf": "-(x**2) / 2 - log(2 pi) / 2",
+}
+
+
+def _not_the_normal(method: str) -> Callable:
+    def refuse(*_, **__):
+        raise AttributeError(
+            f"sg.norm is the vector norm (np.linalg.norm), not scipy.stats.norm: the "
+            f"standard normal's {method}(x) is {_NORMAL[method]}"
+        )
+
+    return refuse
+
+
+for _method in _NORMAL:
+    setattr(norm, _method, _not_the_normal(_method))
 
 
 def dot(a: Expr, b: Expr) -> Expr:
@@ -1817,6 +1937,7 @@ _TORCH_KEYWORDS = {  # torch's keyword: NumPy's names for it, the function's own
     "diagonal": ("k",),
     "correction": ("ddof",),
     "dims": ("axis", "axes", "reps"),  # flip/roll, permute, tile
+    "dim_size": ("num_segments",),  # torch_scatter's scatter_add
     "value": ("constant_values", "fill_value"),  # F.pad, full_like
 }
 _TORCH_ONLY_KEYWORDS = {

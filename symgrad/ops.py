@@ -780,18 +780,26 @@ def _vjp_take_along_axis(g: Node, out: Node, i: int) -> Node | None:
 
 
 def _vjp_scatter(g: Node, out: Node, i: int) -> Node | None:
-    """Each update's value gets the cotangent picked back out; the base gets it all."""
+    """Each update's value gets the cotangent picked back out; the base gets it all.
+
+    A value may be smaller than the elements it updates: ``+=`` and ``np.add.at``
+    broadcast it (optimize.fuse drops such broadcasts, before a gradient of an
+    ``sg.grad`` is taken), so the picked cotangent is summed back to its shape.
+    """
     if out.attrs[1] and i == 0:
         return g
     position = 1 if out.attrs[1] else 0
-    for kind, _, *idx in scatter_updates(out):
+    for kind, value, *idx in scatter_updates(out):
         if i == position:
             if kind[0] == "slice":
                 picked = index(g, kind[1])
-                return apply(lambda x: -x, picked) if kind[-1] == "-" else picked
-            if kind[0] == "rows":
-                return gather(g, idx[0])
-            return take_along_axis(g, idx[0], kind[1])
+                if kind[-1] == "-":
+                    picked = apply(lambda x: -x, picked)
+            elif kind[0] == "rows":
+                picked = gather(g, idx[0])
+            else:
+                picked = take_along_axis(g, idx[0], kind[1])
+            return unbroadcast(picked, value.shape)
         position += 1 + len(idx)
     return None  # an index array
 

@@ -273,6 +273,12 @@ class NumPyPrinter(_SymPyNumPyPrinter):
     def _print_erfc(self, expr):
         return f"_erfc({self._print(expr.args[0])})"
 
+    def _print_erfc_ratio(self, expr):
+        """``_erfc_ratio(x, erfc)``, the module's helper (it takes floats too, for
+        unrolled code)."""
+        x, erfc = (self._print(a) for a in expr.args)
+        return f"_erfc_ratio({x}, {erfc})"
+
     def _print_loggamma(self, expr):
         """``_lgamma`` is math.lgamma vectorized (inf at the poles), from the template."""
         return f"_lgamma({self._print(expr.args[0])})"
@@ -320,6 +326,7 @@ class MathPrinter(PythonCodePrinter):
     _ordered = NumPyPrinter._ordered
     _print_Relational = NumPyPrinter._print_Relational
     _print_polygamma = NumPyPrinter._print_polygamma  # the module's helpers take floats
+    _print_erfc_ratio = NumPyPrinter._print_erfc_ratio
     parenthesize = NumPyPrinter.parenthesize
 
     def doprint(self, expr, assign_to=None):

@@ -164,6 +164,48 @@ class erfc(sp.erfc):  # noqa: N801
             return sp.S.One
 
 
+class erfc_ratio(sp.Function):  # noqa: N801
+    """erfc_ratio(x, erfc(x)) = exp(-x**2) / erfc(x), so d log erfc(x) = -2/sqrt(pi)
+    erfc_ratio: the module's helper takes the erfc the forward computed and stays
+    finite where exp(-x**2) and erfc(x) both underflow (x > 26.5). Its derivative
+    2/sqrt(pi) r**2 - 2 x r (all of it in the first argument) is 0, not 0 * inf, where
+    r is (x < -26.6)."""
+
+    def fdiff(self, argindex=1):
+        if argindex == 2:
+            return sp.S.Zero
+        return 2 / sp.sqrt(sp.pi) * self**2 - 2 * self.args[0] * self
+
+    def _eval_evalf(self, prec):
+        x = self.args[0]
+        return (sp.exp(-(x**2)) / sp.erfc(x))._eval_evalf(prec)
+
+    def _eval_is_positive(self):
+        return self.args[0].is_real
+
+
+class _LogErfc(sp.Function):
+    """log erfc(x) while differentiating, as _LogErfc(x, erfc(x))."""
+
+    def fdiff(self, argindex=1):
+        if argindex == 2:
+            return sp.S.Zero
+        return -2 / sp.sqrt(sp.pi) * erfc_ratio(*self.args)
+
+
+def _split_log_of_erfc(log: sp.log) -> sp.Expr:
+    """log(c erfc(x)) as log(c) + log erfc(x), the second differentiated by erfc_ratio."""
+    factors = sp.Mul.make_args(log.args[0])
+    if not any(isinstance(f, sp.erfc) for f in factors):
+        return log
+    return sp.Add(
+        *(
+            _LogErfc(f.args[0], f) if isinstance(f, sp.erfc) else sp.log(f)
+            for f in factors
+        )
+    )
+
+
 class atan2(sp.atan2):  # noqa: N801
     """SymPy's atan2(y, x) with torch's gradient 0 at the origin, where the derivatives
     x / (x**2 + y**2) and -y / (x**2 + y**2) are 0/0."""
@@ -205,14 +247,22 @@ def _binary(minmax: sp.Expr) -> sp.Expr:
 
 
 def _abs_form_sigmoid(x: sp.Expr) -> sp.Expr:
-    e = sp.exp(-sp.Abs(x))
+    e = sp.exp(-_abs(x))
     return sp.Piecewise((1, x >= 0), (e, True)) / (1 + e)
+
+
+def _abs(x: sp.Expr) -> sp.Abs:
+    """|x| written one way for a sum and its negation (|a - b| is |b - a|), so
+    softplus(a - b) and softplus(b - a) share exp(-|a - b|)."""
+    if x.is_Add:
+        x = min(x, sp.Add(*(-term for term in x.args)), key=sp.default_sort_key)
+    return sp.Abs(x)
 
 
 _LOWERED = {  # (softplus_slope first: replacing sigmoid would also take its subclass)
     softplus_slope: _abs_form_sigmoid,
     sigmoid: lambda x: 1 / (1 + sp.exp(Min(-x, 709))),  # exp(709) is finite
-    softplus: lambda x: Max(x, 0) + log1p(sp.exp(-sp.Abs(x))),
+    softplus: lambda x: Max(x, 0) + log1p(sp.exp(-_abs(x))),
     relu: lambda x: Max(x, 0),
     masked_sqrt: sp.sqrt,
 }
@@ -261,13 +311,13 @@ def without_reciprocal_functions(expr: sp.Expr) -> sp.Expr:
 
 
 # Functions an elementwise expression may use: each has a NumPy spelling in the printer
-# (erf, erfc, loggamma, polygamma: helpers of the module, as NumPy has none) and a
+# (erf, erfc, erfc_ratio, loggamma, polygamma: helpers of the module, as NumPy has none) and a
 # tape op in reference.py.
 FUNCTIONS = (
     sp.exp, sp.log, sp.sin, sp.cos, sp.tan, sp.sinh, sp.cosh, sp.tanh, sp.asin,
     sp.acos, sp.atan, sp.asinh, sp.acosh, sp.atanh, sp.atan2, sp.erf, sp.erfc, sp.Abs,
     sp.sign, sp.Heaviside, sp.Max, sp.Min, sp.floor, sp.ceiling, sigmoid, softplus,
-    relu, log1p, expm1, erfc, atan2, sp.loggamma, sp.polygamma,
+    relu, log1p, expm1, erfc, erfc_ratio, atan2, sp.loggamma, sp.polygamma,
 )  # fmt: skip
 _ATOMS = (sp.Symbol, sp.Number, sp.NumberSymbol)
 _OPERATORS = (
@@ -336,9 +386,11 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
     binary = expr.replace(nary, _binary)
     for function, real in _REAL.items():
         binary = binary.replace(function, real)
+    binary = binary.replace(sp.log, lambda x: _split_log_of_erfc(sp.log(x)))
     d = sp.diff(binary, arg(i)).replace(sp.DiracDelta, lambda *a: sp.S.Zero)
     for function, real in _REAL.items():
         d = d.replace(real, function)
+    d = d.replace(_LogErfc, lambda _, tail: sp.log(tail))
     if d.has(sp.Derivative, sp.Subs):
         missing = sorted({str(x.expr.func) for x in d.atoms(sp.Derivative)})
         raise UnsupportedError(f"{', '.join(missing) or d} has no derivative")
@@ -409,7 +461,8 @@ def relu_masked(product: sp.Mul, infinite=lambda factor, x: False) -> sp.Expr:
             def clamped(base, x=x):  # (Max(x, 0) only when asked: x may not take it)
                 return base.has(relu(x), sp.Max(x, 0))
 
-            if _may_be_infinite(rest, [x], clamped, infinite):
+            picked = h0 not in (0, 1) and _not_polynomial(rest)  # max/min's branch
+            if picked or _may_be_infinite(rest, [x], clamped, infinite):
                 kept = rest * h if h0 not in (0, 1) else rest  # (a tie's share, 1/2)
                 return sp.Piecewise((kept, x > 0 if h0 == 0 else x >= 0), (0, True))
         elif isinstance(h, sp.Piecewise) and any(e == 0 for e, _ in h.args):
@@ -419,6 +472,13 @@ def relu_masked(product: sp.Mul, infinite=lambda factor, x: False) -> sp.Expr:
                     *((0 if e == 0 else e * rest, c) for e, c in h.args)
                 )
     return product
+
+
+def _not_polynomial(rest: sp.Expr) -> bool:
+    """Whether ``rest`` may be nan where its arguments are finite (inf / inf from
+    log(1 + exp(x)) at x = 1e6): the derivative of the branch a max or min does not
+    pick is then selected away, as torch does, not multiplied by 0."""
+    return bool(rest.free_symbols) and not rest.is_polynomial(*rest.free_symbols)
 
 
 def _may_be_infinite(rest: sp.Expr, keys: list, clamped, infinite) -> bool:

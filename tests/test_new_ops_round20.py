@@ -731,17 +731,10 @@ def test_erfc_hessian_and_unrolled():
     _unrolled_check(model, reference, params, inputs, "_value_and_grad_n_3", n=3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hvp of log(erfc(b - a*t)) at b - a*t = 20 is nan in its a entry: the "
-    "generated second derivative computes exp(-2 s**2) (0) times (1/erfc(s))**2 (inf) "
-    "separately (t8 = square(1/erfc); t8 *= exp(-2 s**2)), where the -(a*t + b) "
-    "spelling keeps the ratio exp(-s**2)/erfc(s) together and is finite; the "
-    "Hessian comes out unsymmetric (H[a, :] nan, H[b, a] finite)",
-)
 def test_erfc_hessian_deep_in_the_tail_against_differences_of_the_gradient():
     """torch's double backward overflows here too (inf): the judge is the central
-    difference of the module's own gradient, which is right (checked vs torch)."""
+    difference of the module's own gradient, which is right (checked vs torch). Was a
+    strict xfail: H[a, :] was nan, exp(-2 s**2) (0) times (1/erfc(s))**2 (inf)."""
     m = sg.Model("tail", hessian=True)
     a, b = m.param("a", ()), m.param("b", ())
     t = m.input("t", ("n",))

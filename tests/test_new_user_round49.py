@@ -36,7 +36,8 @@ regression's Laplace approximation is exact; the truncated normal's normaliser
 against mpmath 30 sigma out) and Newton's method with the generated Hessian on a
 MAP logistic regression, iterate for iterate with torch's.
 
-Found (a wrong number, 2 strict xfails, one cause): the Hessian of log(erfc(x /
+Found (a wrong number, 2 strict xfails, one cause; fixed since: log erfc is
+differentiated by 1 / erfcx, symgrad/symbolic.py's erfc_ratio): the Hessian of log(erfc(x /
 sqrt 2)) (a truncated normal's or a probit's log-normaliser 30 sds out) is +900.998
 at x = 30 where it is -0.99890 (torch's log_ndtr, and differences of the module's own
 gradient, which is right): the hvp is generated as t2 * (0.798 x exp(-x^2 / 2) -
@@ -963,7 +964,7 @@ def test_log_erfc_second_derivative_is_finite_where_torchs_naive_one_is_not():
         lambda z: torch.log(torch.special.erfc(z)), torch.tensor(21.0, dtype=f64)
     )
     assert not torch.isfinite(naive)
-    # 30 sds out (the xfail below) the value and gradient of log erfc(x / sqrt 2) are
+    # 30 sds out (the test below) the value and gradient of log erfc(x / sqrt 2) are
     # right, and so are differences of that gradient
     module = _log_erfc_module(1 / SQRT2)
     tx = torch.tensor(30.0, dtype=f64, requires_grad=True)
@@ -976,19 +977,10 @@ def test_log_erfc_second_derivative_is_finite_where_torchs_naive_one_is_not():
     assert abs(_own_differences(module, 30.0) - hessian) <= 1e-6
 
 
-LOG_ERFC_REASON = (
-    "the Hessian of log(erfc(x / sqrt 2)) at x = 30 (erfc ~ 2e-197, gradient right) is "
-    "+900.998 where it is -0.99890 (torch's log_ndtr; differences of the module's own "
-    "gradient agree): the hvp is printed as t2 * (0.798 x exp(-x^2/2) - 0.637 t2 "
-    "exp(-x^2)), t2 = 1 / erfc, SymPy having merged exp(-x^2/2)^2 into exp(-x^2), which "
-    "underflows to 0 for x > 27.3 and drops the m^2 ~ 902 term (the fused elementwise "
-    "derivative in symgrad/symbolic.py, differentiated again for hvp in "
-    "symgrad/compiler.py; products of exps are combined before 1 / erfc^2 is)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=LOG_ERFC_REASON)
 def test_hessian_of_log_erfc_thirty_sds_out_minimal():
+    """Was a strict xfail (+900.998, not -0.99890): the second derivative of log erfc
+    took exp(-x^2) (0 past x = 27.3) times 1 / erfc^2; log erfc is now differentiated
+    by exp(-x^2) / erfc(x) = 1 / erfcx(x), a function of its own."""
     module = _log_erfc_module(1 / SQRT2)
     x = 30.0
     expected = _log_erfc_torch_hessian(x, 1 / SQRT2)
@@ -996,18 +988,9 @@ def test_hessian_of_log_erfc_thirty_sds_out_minimal():
     assert abs(module.hessian({"x": np.array(x)}, {})[0, 0] - expected) <= 1e-9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the truncated-normal family's Hessian (logs of erfc named by m.let) is inf "
-    "26 sds out and nan from 27 (x = 26: inf; 30: nan) where torch's log_ndtr twin and "
-    "differences of the module's own gradient give -0.9985..-0.9989: presumably the "
-    "same cause as the minimal test, products of exp(-x^2 / 2) factors merged by SymPy "
-    "and met with powers of 1 / erfc that overflow (symgrad/symbolic.py, hvp in "
-    "symgrad/compiler.py)",
-)
 def test_truncated_normal_thirty_sds_out_second_order():
-    """The truncated-normal family with intervals 30 to 31 sds right of the mean (the
-    first order agrees with torch; the Hessian is nan)."""
+    """The truncated-normal family with intervals 30 to 31 sds right of the mean (was a
+    strict xfail: the Hessian was inf 26 sds out and nan from 27)."""
     _, reference, params, inputs = FAMILIES["truncated_normal"]()
     inputs = _tails(params, inputs, 30.0)
     module = module_of("truncated_normal", hessian=True)

@@ -10,10 +10,17 @@ against torch's values and gradients. NumPy has no erf: the generated module app
 import math
 import warnings
 
+import mpmath
 import numpy as np
 import pytest
 import sympy as sp
-from helpers import assert_agrees_with_torch, compile_module, rel, torch_hessian
+from helpers import (
+    assert_agrees_with_torch,
+    compile_module,
+    rel,
+    spy_unrolled,
+    torch_hessian,
+)
 
 import symgrad as sg
 from symgrad import tape
@@ -278,6 +285,93 @@ def test_generated_erf_matches_torch_special_erf():
         assert rel(out, ref(torch.tensor(z)).numpy()) <= 1e-15
     assert fn(np.float64(0.5)).shape == ()  # a 0-d value stays 0-d
     assert fn(np.zeros((0, 3))).shape == (0, 3)
+
+
+def test_generated_erfc_ratio_matches_mpmath():
+    """The module's _erfc_ratio(x, erfc(x)) = exp(-x**2) / erfc(x), which log erfc's
+    derivatives use, against mpmath on both sides of its switch to the continued
+    fraction at 25, and against 1 / torch.special.erfcx far past erfc's underflow (where
+    it is given erfc = 0); its limits at +-inf and nan; floats stay floats (unrolled
+    code calls it)."""
+    _, module = _log_erfc_module("erfc_ratio", hessian=False)
+    z = np.concatenate([np.linspace(-26, 40, 1321), [24.999999, 25.000001]])
+    with mpmath.workdps(40):
+        exact = [float(mpmath.exp(-mpmath.mpf(x) ** 2) / mpmath.erfc(x)) for x in z]
+    assert rel(module._erfc_ratio(z, module._erfc(z)), np.array(exact)) <= 2e-15
+    far = np.array([1e3, 1e10, 1e300])
+    expected = 1 / torch.special.erfcx(torch.tensor(far)).numpy()
+    assert rel(module._erfc_ratio(far, np.zeros(3)), expected) <= 1e-15
+    edges = np.array([np.inf, -np.inf, np.nan, -45.0])
+    np.testing.assert_array_equal(
+        module._erfc_ratio(edges, module._erfc(edges)), [np.inf, 0.0, np.nan, 0.0]
+    )
+    assert isinstance(module._erfc_ratio(0.5, math.erfc(0.5)), float)
+    assert module._erfc_ratio(0.0, 1.0) == 1.0
+
+
+def _log_erfc_module(name, hessian=True, unroll=None):
+    m = sg.Model(name, hessian=hessian)
+    x = m.param("x", ("n",))
+    m.loss(sg.sum(sg.log(sg.erfc(x))))
+    if unroll:
+        m.unroll(n=unroll)
+    return m, compile_module(m)
+
+
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_log_erfc_gradient_and_hessian_in_the_far_tail_against_mpmath(unrolled):
+    """d/dx log erfc(x) = -2 / (sqrt(pi) erfcx(x)) is -2x where erfc underflows (x >
+    26.5): it was exp(-x^2) / erfc(x), 0/0, and the second derivative took exp(-2x^2)
+    times 1 / erfc^2, 0 * inf (and 0 past 27 sds of a probit's normaliser). mpmath at
+    50 digits is the judge (torch's own double backward is -inf from x = 21). Unrolled
+    code stops short of log(0) = -inf, where math raises and NumPy's code runs."""
+    at = [-30.0, -3.0, 0.0, 3.0, 15.0, 21.0, 26.0] + ([] if unrolled else [30.0, 40.0])
+    _, module = _log_erfc_module("log_erfc_tail", unroll=len(at) if unrolled else None)
+    params = {"x": np.array(at)}
+    calls, restore = spy_unrolled(module)
+    try:
+        with np.errstate(divide="ignore"):  # log erfc(30) = -inf: erfc underflows
+            _, grads = module.value_and_grad(params, {})
+    finally:
+        restore()
+    assert calls == ([f"_value_and_grad_n_{len(at)}"] if unrolled else []), calls
+    hessian = np.diag(module.hessian(params, {}))
+    with mpmath.workdps(50):
+        f = lambda z: mpmath.log(mpmath.erfc(z))  # noqa: E731
+        d1 = [float(mpmath.diff(f, mpmath.mpf(x))) for x in at]
+        d2 = [float(mpmath.diff(f, mpmath.mpf(x), 2)) for x in at]
+    assert rel(grads["x"], np.array(d1), floor=1e-300) <= 1e-14
+    assert rel(hessian, np.array(d2), floor=1e-300) <= 1e-12
+
+
+@pytest.mark.parametrize("form", ["erfc_used_twice", "m.let", "sg.grad"])
+def test_log_erfc_in_the_far_tail_when_erfc_is_its_own_value(form):
+    """log erfc of an erfc that is computed as a value of its own (used again, named,
+    or differentiated by sg.grad before fusion) is still differentiated as a whole:
+    the gradient of log(erfc(x) / 2) was exp(-x^2) / erfc(x), 0/0, past x = 26.5."""
+    at = np.array([-3.0, 0.5, 28.0, 35.0])
+    m = sg.Model(f"log_erfc_{form.replace('.', '_')}")
+    x = m.param("x", ("n",))
+    tail = sg.erfc(x) / 2
+    if form == "m.let":
+        tail = m.let("tail", tail)
+    terms = sg.log(tail)
+    if form == "sg.grad":  # d/dx log(erfc(x) / 2), squared
+        terms = sg.grad(sg.sum(terms), x) ** 2
+    loss = sg.sum(terms) + (sg.sum(tail) if form == "erfc_used_twice" else 0.0)
+    m.loss(loss)
+    with np.errstate(divide="ignore"):
+        _, grads = compile_module(m).value_and_grad({"x": at}, {})
+
+    def f(z):
+        value = mpmath.log(mpmath.erfc(z) / 2)
+        if form == "sg.grad":
+            return mpmath.diff(lambda w: mpmath.log(mpmath.erfc(w) / 2), z) ** 2
+        return value + (mpmath.erfc(z) / 2 if form == "erfc_used_twice" else 0)
+
+    with mpmath.workdps(50):
+        expected = [float(mpmath.diff(f, mpmath.mpf(z))) for z in at]
+    assert rel(grads["x"], np.array(expected)) <= 1e-13
 
 
 def test_still_unsupported_functions_are_named():

@@ -1,7 +1,8 @@
-"""The gamma function family, which NumPy lacks: lgamma, digamma, polygamma.
+"""The gamma function family, which NumPy lacks: lgamma, digamma, polygamma (and
+exp(-x**2) / erfc(x), which log erfc's derivatives need where erfc underflows).
 
-`_lgamma`, `_digamma` and `_trigamma` are also the helpers of generated modules:
-codegen copies the source of those a module calls into it, so each is self-contained
+`_lgamma`, `_digamma`, `_trigamma` and `_erfc_ratio` are also the helpers of generated
+modules: codegen copies the source of those a module calls into it, so each is self-contained
 (numpy and math only) and works on Python floats as well as arrays (unrolled code
 calls them). Values at the poles are torch's: inf or nan, with no warning.
 """
@@ -62,7 +63,32 @@ def _trigamma(x):
     return out[()]
 
 
-HELPERS = {"lgamma": _lgamma, "digamma": _digamma, "trigamma": _trigamma}
+def _erfc_ratio(x, erfc):
+    """exp(-x**2) / erfc(x), given erfc(x) (log erfc's derivative is -2/sqrt(pi) times
+    it): the quotient, x**2 taken exactly as hi + lo by Dekker's split (exp amplifies
+    its rounding: 7e-14 at x = 25), then from x = 25, where erfc nears underflow, the
+    continued fraction sqrt(pi) (x + (1/2) / (x + (2/2) / (x + (3/2) / ...))), 12
+    terms (1e-17 there). Takes floats too (unrolled code)."""
+    with np.errstate(all="ignore"):
+        near = np.minimum(np.maximum(x, -40.0), 25.0)  # (exp(-1600) is 0 already)
+        split = 134217729.0 * near
+        high = split - (split - near)
+        low = near - high
+        square = near * near
+        error = ((high * high - square) + 2.0 * high * low) + low * low
+        ratio = np.exp(-square) * (1.0 - error) / erfc
+        if np.all(x < 25.0):
+            return ratio
+        far = np.maximum(x, 25.0)
+        fraction = far
+        for k in range(12, 0, -1):
+            fraction = far + 0.5 * k / fraction
+        return np.where(x < 25.0, ratio, math.sqrt(math.pi) * fraction)[()]
+
+
+HELPERS = {
+    "lgamma": _lgamma, "digamma": _digamma, "trigamma": _trigamma, "erfc_ratio": _erfc_ratio
+}  # fmt: skip
 
 _BERNOULLI = (1 / 6, -1 / 30, 1 / 42, -1 / 30, 5 / 66, -691 / 2730, 7 / 6, -3617 / 510)
 
