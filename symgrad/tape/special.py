@@ -132,3 +132,24 @@ def polygamma_array(n, x):
     """torch.polygamma(n, x): the n-th derivative of digamma."""
     fn = {0: _digamma, 1: _trigamma}.get(n) or (lambda x: _polygamma_high(n, x))
     return _float(fn)(x)
+
+
+# ---- torch.special --------------------------------------------------------------------
+# `tape.special` is this module, so torch.special's functions (special_functions.py,
+# which builds on Tensor and so cannot be imported while this module loads) are
+# reached through the module's __getattr__, loaded at the first use.
+
+
+def __getattr__(name):
+    if not name.startswith("_"):
+        from . import special_functions
+
+        if name in special_functions.__all__:
+            return getattr(special_functions, name)
+    raise AttributeError(f"module 'torch.special' has no attribute '{name}'")
+
+
+def __dir__():
+    from . import special_functions
+
+    return sorted({*globals(), *special_functions.__all__})
