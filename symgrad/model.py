@@ -1021,7 +1021,8 @@ def elementwise(fn: Callable[..., sp.Expr], *args) -> Expr:
 
 def checked_formula(expr: sp.Basic, allowed: set, what: str) -> sp.Expr:
     """A formula from a user, which may use known functions of its own arguments only;
-    sec, csc, cot and their hyperbolic kin become the reciprocals they are."""
+    sec, csc, cot and their hyperbolic kin become the reciprocals they are, and atan2
+    symgrad's (gradient 0 at the origin, as torch's)."""
     if not isinstance(expr, sp.Expr):
         raise ModelError(f"{what}: expected a SymPy expression, got {expr!r}")
     for piecewise in expr.atoms(sp.Piecewise):
@@ -1030,7 +1031,7 @@ def checked_formula(expr: sp.Basic, allowed: set, what: str) -> sp.Expr:
                 f"{what}: {piecewise} has no value where no condition holds; "
                 "end it with an (expr, True) branch"
             )
-    expr = ew.without_reciprocal_functions(expr)
+    expr = ew.without_reciprocal_functions(expr).replace(sp.atan2, ew.atan2)
     ew.check_supported(expr, what)
     unknown = expr.free_symbols - allowed
     if unknown:

@@ -91,6 +91,14 @@ class NumPyPrinter(_SymPyNumPyPrinter):
     def doprint(self, expr, assign_to=None):
         return super().doprint(fold_numbers(sp.sympify(expr)), assign_to)
 
+    def _print_ImaginaryUnit(self, expr):
+        """SymPy may find a value complex only once formulas are combined: sqrt(-x**2
+        - 1) is I sqrt(x**2 + 1). NumPy's would be nan; refuse it by name."""
+        raise UnsupportedError(
+            "a formula of the model is complex: a root or log of a value that is "
+            "always negative?"
+        )
+
     def parenthesize(self, item, level, strict=False):
         """SymPy's, with a product judged by what it prints as: 2*(a + b) prints as
         the sum 2*a + 2*b (coefficient_into_sum), which needs parentheses where a sum

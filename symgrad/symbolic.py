@@ -515,6 +515,9 @@ def _power_rule(term: sp.Expr) -> sp.Expr:
                 quotient = sp.cancel(power.base / divisor.base)
                 if sp.fraction(quotient)[1] == 1:
                     factors[k] = power.base ** (power.exp - 1)
+                    if power.exp.free_symbols:  # p = 0 takes p * 0**(-1) as 0, as torch
+                        zero = sp.Eq(power.exp, 0)
+                        factors[k] = sp.Piecewise((0, zero), (factors[k], True))
                     factors[m] = quotient
                     return sp.Mul(*factors)
     return term
