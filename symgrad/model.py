@@ -1065,11 +1065,14 @@ def log(x, *more):
     product = _positive_product(x.node) if isinstance(x, Expr) and not more else None
     if product is None:
         return _log(x, *more)
+    factors = sp.Mul.make_args(product.attrs[0])
+    rest = sp.Mul(*(f for f in factors if not isinstance(f, _POSITIVE)))
     logs = [
         -ew.softplus(-f.args[0]) if isinstance(f, ew.sigmoid) else sp.log(f)
-        for f in sp.Mul.make_args(product.attrs[0])
-    ]
-    return Expr(ops.map_(sp.Add(*logs), product.args, product.shape))
+        for f in factors
+        if isinstance(f, _POSITIVE)
+    ]  # (the rest's sign is the product's: its factors' logs may be nan, its own not)
+    return Expr(ops.map_(sp.log(rest) + sp.Add(*logs), product.args, product.shape))
 
 
 _POSITIVE = (ew.sigmoid, sp.erfc)  # whose logs sg.log writes in a form of their own

@@ -196,14 +196,11 @@ class _LogErfc(sp.Function):
 def _split_log_of_erfc(log: sp.log) -> sp.Expr:
     """log(c erfc(x)) as log(c) + log erfc(x), the second differentiated by erfc_ratio."""
     factors = sp.Mul.make_args(log.args[0])
-    if not any(isinstance(f, sp.erfc) for f in factors):
+    tails = [f for f in factors if isinstance(f, sp.erfc)]
+    if not tails:
         return log
-    return sp.Add(
-        *(
-            _LogErfc(f.args[0], f) if isinstance(f, sp.erfc) else sp.log(f)
-            for f in factors
-        )
-    )
+    rest = sp.Mul(*(f for f in factors if not isinstance(f, sp.erfc)))
+    return sp.log(rest) + sp.Add(*(_LogErfc(f.args[0], f) for f in tails))
 
 
 class atan2(sp.atan2):  # noqa: N801
