@@ -167,9 +167,8 @@ class erfc(sp.erfc):  # noqa: N801
 class erfc_ratio(sp.Function):  # noqa: N801
     """erfc_ratio(x, erfc(x)) = exp(-x**2) / erfc(x), so d log erfc(x) = -2/sqrt(pi)
     erfc_ratio: the module's helper takes the erfc the forward computed and stays
-    finite where exp(-x**2) and erfc(x) both underflow (x > 26.5). Its derivative
-    2/sqrt(pi) r**2 - 2 x r (all of it in the first argument) is 0, not 0 * inf, where
-    r is (x < -26.6)."""
+    finite where exp(-x**2) and erfc(x) both underflow (x > 26.5). Its derivative,
+    all of it in the first argument, is 2/sqrt(pi) r**2 - 2 x r: no 0 * inf there."""
 
     def fdiff(self, argindex=1):
         if argindex == 2:
@@ -308,8 +307,8 @@ def without_reciprocal_functions(expr: sp.Expr) -> sp.Expr:
 
 
 # Functions an elementwise expression may use: each has a NumPy spelling in the printer
-# (erf, erfc, erfc_ratio, loggamma, polygamma: helpers of the module, as NumPy has none) and a
-# tape op in reference.py.
+# (erf, erfc, erfc_ratio, loggamma, polygamma: helpers of the module, as NumPy has
+# none) and a tape op in reference.py.
 FUNCTIONS = (
     sp.exp, sp.log, sp.sin, sp.cos, sp.tan, sp.sinh, sp.cosh, sp.tanh, sp.asin,
     sp.acos, sp.atan, sp.asinh, sp.acosh, sp.atanh, sp.atan2, sp.erf, sp.erfc, sp.Abs,
@@ -377,7 +376,8 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
     Simplification is limited to ``factor_terms``: ``sympy.simplify`` may rewrite stable
     forms into ones that overflow (it turns a logistic derivative into cosh(x/2)**-2).
     DiracDelta (the derivative of sign and Heaviside) is zero almost everywhere and is
-    dropped, which matches PyTorch's gradients of sign, abs and relu.
+    dropped, which matches PyTorch's gradients of sign, abs and relu. log erfc(u) is
+    differentiated as a whole (erfc_ratio), finite where erfc underflows.
     """
     nary = lambda e: isinstance(e, sp.Max | sp.Min) and len(e.args) > 2  # noqa: E731
     binary = expr.replace(nary, _binary)
