@@ -505,6 +505,7 @@ def cross(a: Expr, b: Expr, axis: int = -1) -> Expr:
 
 def outer(a: Expr, b: Expr) -> Expr:
     """NumPy's outer: of the flattened operands."""
+    a, b = (_expr(x, "sg.outer") for x in (a, b))
     return reshape(a, (-1,))[:, None] * reshape(b, (-1,))[None, :]
 
 

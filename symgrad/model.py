@@ -588,9 +588,11 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
         ("trapezoid", "trapz"), "sg.sum((f[1:] + f[:-1]) * sg.diff(t)) / 2"
     ),
     "polyval": "Horner's loop: y = c[0]; then y = y * x + c[k] for each next k",
-    "broadcast_tensors": "the log-density written out, e.g. Normal(mu, sigma)"
-    ".log_prob(y) = -0.5 * ((y - mu) / sigma) ** 2 - sg.log(sigma) - 0.5 * "
-    "log(2 pi) (torch.distributions broadcast their arguments first), or "
+    "broadcast_tensors": "the log-density written out (torch.distributions broadcast "
+    "their arguments first): Normal(mu, sigma).log_prob(y) = -0.5 * ((y - mu) / "
+    "sigma) ** 2 - sg.log(sigma) - 0.5 * log(2 pi); .rsample() is mu + sigma * eps "
+    "with the noise eps an m.input; kl_divergence(Normal(m1, s1), Normal(m2, s2)) = "
+    "sg.log(s2 / s1) + (s1 ** 2 + (m1 - m2) ** 2) / (2 * s2 ** 2) - 0.5; or "
     "sg.broadcast_to(x, shape)",
     "masked_fill": "sg.where(mask, value, x)",
     "detach": "sg.stop_gradient(x)",
@@ -608,6 +610,16 @@ TORCH_SPELLINGS = {  # torch's tensor methods, as NumPy (and sg) spell them
     "diagonal": "sg.einsum('...ii->...i', x)",
     "trace": "sg.einsum('ii', x)",
     "logdet": "sg.slogdet(x)[1] (log |det x|)",
+    **dict.fromkeys(
+        ("lu", "lu_factor", "lu_unpack"),
+        "sg.slogdet(w)[1] for log |det w| (there is no LU); Glow's LU-parameterised "
+        "w is p @ (sg.tril(l, -1) + sg.eye(n)) @ (sg.triu(u, 1) + sg.eye(n) * s), "
+        "with p a fixed permutation input",
+    ),
+    "solve_triangular": "sg.solve(a, b) (a triangular a is solved as any square one)",
+    "diag_embed": "sg.eye(n) * v[..., None, :] (v on the diagonal of each matrix)",
+    "random": "noise drawn in NumPy and passed in as an input (m.input): a model is "
+    "a deterministic function of its params and inputs",
     "inverse": "sg.inv(x)",
     "det": "sg.det(x)",
     "unfold": "sg.sliding_window_view(x, size, axis) (a step: then [..., ::step, :])",
@@ -1083,16 +1095,13 @@ def _positive_product(node: Node) -> Node | None:
     composed into it (sg.erfc(x) / 2 is one formula), or None without such factors."""
     if node.op != "map":
         return None
-    formula, args, pieces = node.attrs[0], list(node.args), {}
-    factors = sp.Mul.make_args(formula)
-    for i, a in enumerate(node.args):
-        inner = _positive_product(a) if ew.arg(i) in factors else None
-        if inner is not None:
-            shift = {ew.arg(j): ew.arg(len(args) + j) for j in range(len(inner.args))}
-            pieces[ew.arg(i)] = inner.attrs[0].xreplace(shift)
-            args += inner.args
-    if pieces:
-        node = ops.map_(formula.xreplace(pieces), args, node.shape)
+    factors = sp.Mul.make_args(node.attrs[0])
+    inner = {
+        i: _positive_product(a) for i, a in enumerate(node.args) if ew.arg(i) in factors
+    }
+    inner = {i: m for i, m in inner.items() if m is not None}
+    if inner:
+        node = ops.map_(*ops.compose(node.attrs[0], node.args, inner), node.shape)
     positive = node.op == "map" and any(
         isinstance(f, _POSITIVE) for f in sp.Mul.make_args(node.attrs[0])
     )
@@ -1308,8 +1317,7 @@ def _not_the_normal(method: str) -> Callable:
     return refuse
 
 
-for _method in _NORMAL:
-    setattr(norm, _method, _not_the_normal(_method))
+norm.__dict__.update({method: _not_the_normal(method) for method in _NORMAL})
 
 
 def dot(a: Expr, b: Expr) -> Expr:

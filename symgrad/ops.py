@@ -44,6 +44,27 @@ from .ir import (
 # --------------------------------------------------------------------------- builders
 
 
+def compose(
+    expr: sp.Expr, args: Sequence[Node], inner: dict[int, Node]
+) -> tuple[sp.Expr, list[Node]]:
+    """``expr`` over ``args`` with the maps ``inner[i]`` written in for argument ``i``,
+    their arguments taking its place: one formula, no array in between."""
+    composed_args: list[Node] = []
+    pieces = {}
+    for i, a in enumerate(args):
+        if i in inner:
+            m = inner[i]
+            shift = {
+                ew.arg(j): ew.arg(len(composed_args) + j) for j in range(len(m.args))
+            }
+            pieces[ew.arg(i)] = m.attrs[0].xreplace(shift)
+            composed_args += m.args
+        else:
+            pieces[ew.arg(i)] = ew.arg(len(composed_args))
+            composed_args.append(a)
+    return expr.xreplace(pieces), composed_args
+
+
 def leaf(op: str, name: str, shape: Shape, dtype: str = "float64") -> Node:
     return Node(op, (), shape, dtype, name=name)
 
@@ -70,13 +91,9 @@ def map_(expr: sp.Expr, args: Sequence[Node] = (), shape: Shape | None = None) -
     if len(args) > len(others) > 0 and (scalars or broadcast(*others) == tuple(shape)):
         # a 0-d constant, or an array of one value (a constant, the cotangent of a sum)
         # whose shape the others give anyway: its formula in this one
-        args, formulas = list(args), {}
-        for i, a in enumerate(tuple(args)):
-            if one_value(a):
-                shift = {ew.arg(j): ew.arg(len(args) + j) for j in range(len(a.args))}
-                formulas[ew.arg(i)] = a.attrs[0].xreplace(shift)
-                args += a.args
-        expr = expr.xreplace(formulas)
+        expr, args = compose(
+            expr, args, {i: a for i, a in enumerate(args) if one_value(a)}
+        )
     kept: list[Node] = []
     renames = {}
     present = expr.free_symbols  # once: expr.has per argument is quadratic in a fusion

@@ -173,8 +173,8 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
             return _subtract_negations(_unbroadcast_values(node))
         if node.op != "map" or not any(id(a) in fusible for a in old.args):
             return node
-        args: list[Node] = []
-        pieces = {}
+        inner: dict[int, Node] = {}
+        reads = 0  # arrays the fused formula reads so far
         for i, (a_old, a) in enumerate(zip(old.args, node.args, strict=True)):
             # A fused chain may simplify to one of its inputs (log(exp(x)) is x): an
             # input that is computed anyway is read, not inlined as a second copy.
@@ -182,16 +182,13 @@ def fuse(roots: Sequence[Node]) -> list[Node]:
                 id(a_old) in fusible
                 and a.op == "map"
                 and id(a) not in kept
-                and len(args) + len(a.args) + len(old.args) - i <= FUSED_ARGS
+                and reads + len(a.args) + len(old.args) - i <= FUSED_ARGS
             ):
-                offset = len(args)
-                args.extend(a.args)
-                sub = {ew.arg(j): ew.arg(offset + j) for j in range(len(a.args))}
-                pieces[ew.arg(i)] = a.attrs[0].xreplace(sub)
+                inner[i] = a
+                reads += len(a.args)
             else:
-                pieces[ew.arg(i)] = ew.arg(len(args))
-                args.append(a)
-        fused = ops.map_(node.attrs[0].xreplace(pieces), args, node.shape)
+                reads += 1
+        fused = ops.map_(*ops.compose(node.attrs[0], node.args, inner), node.shape)
         return fused.named(node.name)
 
     return rewrite(roots, inline)
