@@ -240,9 +240,10 @@ class Emitter:
         if not self.inline(self.program.loss):  # a constant loss is written out
             self.names.setdefault(self.program.loss, "loss")
         for pname, g in self.program.grads.items():
-            self.names.setdefault(
-                g, f"{'hvp' if self.program.vectors else 'grad'}_{pname}"
-            )
+            if not self.inline(g):
+                self.names.setdefault(
+                    g, f"{'hvp' if self.program.vectors else 'grad'}_{pname}"
+                )
         for d in self.dims:
             self.names[d] = d.name
         used = set(self.names.values())
