@@ -830,11 +830,11 @@ def render(program: Program) -> str:
         # NumPy has no erf: the module defines _erf/_erfc (math's, vectorized) if used
         context["erf"] = [f for f in ("erf", "erfc") if f"_{f}(" in text]
         # nor lgamma, digamma, trigamma: the module gets the source of those it calls
-        context["gamma"] = [
-            inspect.getsource(fn)
-            for name, fn in special.HELPERS.items()
-            if f"_{name}(" in text + scalar_text
-        ]
+        called, context["gamma"] = text + scalar_text, []
+        for name, fn in special.HELPERS.items():
+            if f"_{name}(" in called:
+                context["gamma"].append(inspect.getsource(fn))
+                called += context["gamma"][-1]  # the helpers it calls
         # unrolled max/min of several values (MathPrinter)
         context["nan_checked"] = [f for f in ("max", "min") if f"_{f}(" in scalar_text]
         context["quiet"] = _unpicked_errors(program)

@@ -1077,33 +1077,38 @@ def log(x, *more):
     product = _positive_product(x.node) if isinstance(x, Expr) and not more else None
     if product is None:
         return _log(x, *more)
-    factors = sp.Mul.make_args(product.attrs[0])
-    rest = sp.Mul(*(f for f in factors if not isinstance(f, _POSITIVE)))
-    logs = [
-        -ew.softplus(-f.args[0]) if isinstance(f, ew.sigmoid) else sp.log(f)
-        for f in factors
-        if isinstance(f, _POSITIVE)
-    ]  # (the rest's sign is the product's: its factors' logs may be nan, its own not)
-    return Expr(ops.map_(sp.log(rest) + sp.Add(*logs), product.args, product.shape))
+    logs = {f: _own_log(f) for f in sp.Mul.make_args(product.attrs[0])}
+    rest = sp.Mul(*(f for f, own in logs.items() if own is None))
+    own = sp.Add(*(own for own in logs.values() if own is not None))
+    # (the rest's sign is the product's: its factors' logs may be nan, its own not)
+    return Expr(ops.map_(sp.log(rest) + own, product.args, product.shape))
 
 
-_POSITIVE = (ew.sigmoid, sp.erfc)  # whose logs sg.log writes in a form of their own
+def _own_log(factor: sp.Expr) -> sp.Expr | None:
+    """The log of a power of sigmoid(u) or erfc(u) in a form of its own, else None."""
+    base, power = factor.as_base_exp()
+    if isinstance(base, ew.sigmoid):
+        return -power * ew.softplus(-base.args[0])
+    if isinstance(base, sp.erfc):
+        return power * ew.log_erfc(base.args[0], base)
+    return None
 
 
 def _positive_product(node: Node) -> Node | None:
-    """``node`` as one map c * sigmoid(u) * erfc(v) ..., its factors that are such maps
-    composed into it (sg.erfc(x) / 2 is one formula), or None without such factors."""
+    """``node`` as one map c * sigmoid(u)**p * erfc(v) ..., its factors that are such
+    maps composed into it (sg.erfc(x) / 2 is one formula), or None without such
+    factors."""
     if node.op != "map":
         return None
-    factors = sp.Mul.make_args(node.attrs[0])
+    bases = {f.as_base_exp()[0] for f in sp.Mul.make_args(node.attrs[0])}
     inner = {
-        i: _positive_product(a) for i, a in enumerate(node.args) if ew.arg(i) in factors
+        i: _positive_product(a) for i, a in enumerate(node.args) if ew.arg(i) in bases
     }
     inner = {i: m for i, m in inner.items() if m is not None}
     if inner:
         node = ops.map_(*ops.compose(node.attrs[0], node.args, inner), node.shape)
     positive = node.op == "map" and any(
-        isinstance(f, _POSITIVE) for f in sp.Mul.make_args(node.attrs[0])
+        _own_log(f) is not None for f in sp.Mul.make_args(node.attrs[0])
     )
     return node if positive else None
 

@@ -287,6 +287,11 @@ class NumPyPrinter(_SymPyNumPyPrinter):
         x, erfc = (self._print(a) for a in expr.args)
         return f"_erfc_ratio({x}, {erfc})"
 
+    def _print_log_erfc(self, expr):
+        """``_log_erfc(x, erfc)``, the module's helper (it takes floats too)."""
+        x, erfc = (self._print(a) for a in expr.args)
+        return f"_log_erfc({x}, {erfc})"
+
     def _print_loggamma(self, expr):
         """``_lgamma`` is math.lgamma vectorized (inf at the poles), from the template."""
         return f"_lgamma({self._print(expr.args[0])})"
@@ -335,6 +340,7 @@ class MathPrinter(PythonCodePrinter):
     _print_Relational = NumPyPrinter._print_Relational
     _print_polygamma = NumPyPrinter._print_polygamma  # the module's helpers take floats
     _print_erfc_ratio = NumPyPrinter._print_erfc_ratio
+    _print_log_erfc = NumPyPrinter._print_log_erfc
     parenthesize = NumPyPrinter.parenthesize
 
     def doprint(self, expr, assign_to=None):

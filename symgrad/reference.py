@@ -131,6 +131,7 @@ class _Interpreter:
             sp.atanh: engine.atanh, sp.atan2: engine.atan2, sp.erf: engine.erf,
             sp.erfc: engine.erfc, symbolic.erfc: engine.erfc,
             symbolic.erfc_ratio: lambda x, erfc: engine.exp(-x * x) / erfc,
+            symbolic.log_erfc: lambda x, erfc: engine.log(erfc),
             symbolic.atan2: engine.atan2, symbolic.masked_sqrt: engine.sqrt,
             sp.Abs: engine.abs, sp.sign: engine.sign,
             symbolic.sigmoid: engine.sigmoid, symbolic.relu: engine.relu,

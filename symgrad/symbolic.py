@@ -183,13 +183,18 @@ class erfc_ratio(sp.Function):  # noqa: N801
         return self.args[0].is_real
 
 
-class _LogErfc(sp.Function):
-    """log erfc(x) while differentiating, as _LogErfc(x, erfc(x))."""
+class log_erfc(sp.Function):  # noqa: N801
+    """log_erfc(x, erfc(x)) = log erfc(x): the module's helper takes the erfc the
+    forward computed and is finite where erfc(x) underflows (x > 26.5: a probit's log
+    Phi 38 sds out); its derivative is -2/sqrt(pi) erfc_ratio, finite there too."""
 
     def fdiff(self, argindex=1):
         if argindex == 2:
             return sp.S.Zero
         return -2 / sp.sqrt(sp.pi) * erfc_ratio(*self.args)
+
+    def _eval_evalf(self, prec):
+        return sp.log(sp.erfc(self.args[0]))._eval_evalf(prec)
 
 
 def _split_log_of_erfc(log: sp.log) -> sp.Expr:
@@ -199,7 +204,7 @@ def _split_log_of_erfc(log: sp.log) -> sp.Expr:
     if not tails:
         return log
     rest = sp.Mul(*(f for f in factors if not isinstance(f, sp.erfc)))
-    return sp.log(rest) + sp.Add(*(_LogErfc(f.args[0], f) for f in tails))
+    return sp.log(rest) + sp.Add(*(log_erfc(f.args[0], f) for f in tails))
 
 
 class atan2(sp.atan2):  # noqa: N801
@@ -307,13 +312,13 @@ def without_reciprocal_functions(expr: sp.Expr) -> sp.Expr:
 
 
 # Functions an elementwise expression may use: each has a NumPy spelling in the printer
-# (erf, erfc, erfc_ratio, loggamma, polygamma: helpers of the module, as NumPy has
+# (erf, erfc, erfc_ratio, log_erfc, loggamma, polygamma: helpers of the module, as NumPy has
 # none) and a tape op in reference.py.
 FUNCTIONS = (
     sp.exp, sp.log, sp.sin, sp.cos, sp.tan, sp.sinh, sp.cosh, sp.tanh, sp.asin,
     sp.acos, sp.atan, sp.asinh, sp.acosh, sp.atanh, sp.atan2, sp.erf, sp.erfc, sp.Abs,
     sp.sign, sp.Heaviside, sp.Max, sp.Min, sp.floor, sp.ceiling, sigmoid, softplus,
-    relu, log1p, expm1, erfc, erfc_ratio, atan2, sp.loggamma, sp.polygamma,
+    relu, log1p, expm1, erfc, erfc_ratio, log_erfc, atan2, sp.loggamma, sp.polygamma,
 )  # fmt: skip
 _ATOMS = (sp.Symbol, sp.Number, sp.NumberSymbol)
 _OPERATORS = (
@@ -387,7 +392,6 @@ def partial(expr: sp.Expr, i: int) -> sp.Expr:
     d = sp.diff(binary, arg(i)).replace(sp.DiracDelta, lambda *a: sp.S.Zero)
     for function, real in _REAL.items():
         d = d.replace(real, function)
-    d = d.replace(_LogErfc, lambda _, tail: sp.log(tail))
     if d.has(sp.Derivative, sp.Subs):
         missing = sorted({str(x.expr.func) for x in d.atoms(sp.Derivative)})
         raise UnsupportedError(f"{', '.join(missing) or d} has no derivative")

@@ -309,6 +309,63 @@ def test_generated_erfc_ratio_matches_mpmath():
     assert module._erfc_ratio(0.0, 1.0) == 1.0
 
 
+def test_generated_log_erfc_matches_mpmath():
+    """The module's _log_erfc(x, erfc(x)) against mpmath on both sides of its switch to
+    -x**2 - log _erfc_ratio at 25, and far past erfc's underflow (given erfc = 0)."""
+    _, module = _log_erfc_module("log_erfc_helper", hessian=False)
+    z = np.concatenate([np.linspace(-26, 40, 661), [24.999999, 25.000001, 1e3, 1e7]])
+    with mpmath.workdps(40):
+        exact = [float(mpmath.log(mpmath.erfc(x))) for x in z]
+    erfc = np.where(z < 100, module._erfc(np.minimum(z, 100)), 0.0)
+    assert rel(module._log_erfc(z, erfc), np.array(exact)) <= 1e-15
+    assert isinstance(module._log_erfc(0.5, math.erfc(0.5)), float)
+    assert module._log_erfc(40.0, 0.0) == pytest.approx(exact[660], rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    "name, formula, exact",
+    [
+        (
+            "sigmoid_squared",
+            lambda x: sg.log(sg.sigmoid(x) ** 2),
+            lambda z: 2 * mpmath.log(1 / (1 + mpmath.exp(-z))),
+        ),
+        (
+            "sqrt_sigmoid",
+            lambda x: sg.log(sg.sqrt(sg.sigmoid(x)) * 3),
+            lambda z: mpmath.log(3 * mpmath.sqrt(1 / (1 + mpmath.exp(-z)))),
+        ),
+        (
+            "erfc_squared",
+            lambda x: sg.log(sg.erfc(x) ** 2 / 4),
+            lambda z: mpmath.log(mpmath.erfc(z) ** 2 / 4),
+        ),
+        (
+            "sigmoid_cubed_erfc",
+            lambda x: sg.log(sg.sigmoid(-x) ** 3 * sg.erfc(x)),
+            lambda z: mpmath.log(mpmath.erfc(z) / (1 + mpmath.exp(z)) ** 3),
+        ),
+    ],
+)
+def test_log_of_powers_of_sigmoid_and_erfc_in_the_tails(name, formula, exact):
+    """log(sigmoid(x)**k ...) is k log sigmoid(x), written as -k softplus(-x) (was
+    2 * log(sigmoid's floor exp(-709)) = -1418 at x = -1000, and -inf at -1e4, as
+    torch's), log(erfc(x)**2) 2 log erfc(x) (was -inf past x = 26.5)."""
+    at = np.array([-1e4, -1000.0, -30.0, -0.5, 0.0, 2.0, 30.0, 40.0])
+    at = at[np.abs(at) <= 1000] if "erfc" in name else at  # erfc(-1e4) = 2 exactly
+    m = sg.Model(f"log_power_{name}")
+    x = m.param("x", ("n",))
+    m.loss(sg.sum(formula(x)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, grads = compile_module(m).value_and_grad({"x": at}, {})
+    with mpmath.workdps(60):
+        value = float(sum(exact(mpmath.mpf(z)) for z in at))
+        slopes = [float(mpmath.diff(exact, mpmath.mpf(z))) for z in at]
+    assert rel(loss, value) <= 1e-14
+    assert rel(grads["x"], np.array(slopes), floor=1e-300) <= 1e-13
+
+
 def _log_erfc_module(name, hessian=True, unroll=None):
     m = sg.Model(name, hessian=hessian)
     x = m.param("x", ("n",))
@@ -323,23 +380,26 @@ def test_log_erfc_gradient_and_hessian_in_the_far_tail_against_mpmath(unrolled):
     """d/dx log erfc(x) = -2 / (sqrt(pi) erfcx(x)) is -2x where erfc underflows (x >
     26.5): it was exp(-x^2) / erfc(x), 0/0, and the second derivative took exp(-2x^2)
     times 1 / erfc^2, 0 * inf (and 0 past 27 sds of a probit's normaliser). mpmath at
-    50 digits is the judge (torch's own double backward is -inf from x = 21). Unrolled
-    code stops short of log(0) = -inf, where math raises and NumPy's code runs."""
-    at = [-30.0, -3.0, 0.0, 3.0, 15.0, 21.0, 26.0] + ([] if unrolled else [30.0, 40.0])
+    50 digits is the judge (torch's own double backward is -inf from x = 21). The value
+    too: log erfc(x) was log(0) = -inf past 26.5 (and math raised in unrolled code)."""
+    at = [-30.0, -3.0, 0.0, 3.0, 15.0, 21.0, 26.0, 30.0, 40.0]
     _, module = _log_erfc_module("log_erfc_tail", unroll=len(at) if unrolled else None)
     params = {"x": np.array(at)}
     calls, restore = spy_unrolled(module)
     try:
-        with np.errstate(divide="ignore"):  # log erfc(30) = -inf: erfc underflows
-            _, grads = module.value_and_grad(params, {})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loss, grads = module.value_and_grad(params, {})
     finally:
         restore()
     assert calls == ([f"_value_and_grad_n_{len(at)}"] if unrolled else []), calls
     hessian = np.diag(module.hessian(params, {}))
     with mpmath.workdps(50):
         f = lambda z: mpmath.log(mpmath.erfc(z))  # noqa: E731
+        value = float(sum(f(mpmath.mpf(x)) for x in at))
         d1 = [float(mpmath.diff(f, mpmath.mpf(x))) for x in at]
         d2 = [float(mpmath.diff(f, mpmath.mpf(x), 2)) for x in at]
+    assert rel(loss, value) <= 1e-15
     assert rel(grads["x"], np.array(d1), floor=1e-300) <= 1e-14
     assert rel(hessian, np.array(d2), floor=1e-300) <= 1e-12
 

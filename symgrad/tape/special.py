@@ -1,9 +1,9 @@
 """The gamma function family, which NumPy lacks: lgamma, digamma, polygamma (and
-exp(-x**2) / erfc(x), which log erfc's derivatives need where erfc underflows).
+log erfc(x) and exp(-x**2) / erfc(x), its derivative's part, where erfc underflows).
 
-`_lgamma`, `_digamma`, `_trigamma` and `_erfc_ratio` are also the helpers of generated
-modules: codegen copies the source of those a module calls into it, so each is self-contained
-(numpy and math only) and works on Python floats as well as arrays (unrolled code
+`_lgamma`, `_digamma`, `_trigamma`, `_log_erfc` and `_erfc_ratio` are also the helpers of
+generated modules: codegen copies the source of those a module calls into it, so each is
+self-contained (numpy and math only) and works on Python floats as well as arrays (unrolled code
 calls them). Values at the poles are torch's: inf or nan, with no warning.
 """
 
@@ -86,8 +86,20 @@ def _erfc_ratio(x, erfc):
         return np.where(x < 25.0, ratio, math.sqrt(math.pi) * fraction)[()]
 
 
-HELPERS = {
-    "lgamma": _lgamma, "digamma": _digamma, "trigamma": _trigamma, "erfc_ratio": _erfc_ratio
+def _log_erfc(x, erfc):
+    """log erfc(x), given erfc(x): from x = 25, where erfc nears underflow, as
+    -x**2 - log(exp(-x**2) / erfc(x)) by _erfc_ratio. Takes floats too."""
+    with np.errstate(divide="ignore"):
+        if np.all(x < 25.0):
+            return np.log(erfc)
+        far = np.maximum(x, 25.0)
+        tail = -far * far - np.log(_erfc_ratio(far, erfc))
+        return np.where(x < 25.0, np.log(erfc), tail)[()]
+
+
+HELPERS = {  # (a helper before the helpers it calls)
+    "lgamma": _lgamma, "digamma": _digamma, "trigamma": _trigamma,
+    "log_erfc": _log_erfc, "erfc_ratio": _erfc_ratio,
 }  # fmt: skip
 
 _BERNOULLI = (1 / 6, -1 / 30, 1 / 42, -1 / 30, 5 / 66, -691 / 2730, 7 / 6, -3617 / 510)
