@@ -326,6 +326,18 @@ class Node:
         # is this op's `output`, and the call that unpacks it (None without hooks)
         self._saved = saved and tuple(_save(t, output) for t in saved)
 
+    def _resave_output(self, t):
+        """Save the output t again at its version now: an in-place op wrote t into
+        another tensor, whose version counter t has taken (torch's x.f_() saves x)."""
+
+        def resaved(entry):  # (tensor, version or None under hooks, is output, unpack)
+            if not (entry and entry[2]):
+                return entry
+            version = None if entry[1] is None else t._version
+            return (t, version, *entry[2:])
+
+        self._saved = self._saved and tuple(resaved(e) for e in self._saved)
+
     def name(self):
         return self._name
 

@@ -147,8 +147,14 @@ class PointwiseOps:
     sigmoid = _unary(
         "Sigmoid", sigmoid_array, lambda xp, g, out: g * out * (1 - out), OUT
     )
+    # torch's rule, threshold_backward(g, out, 0), is g where out is not <= 0 (nan
+    # included) and otherwise reads out with slope 0: under create_graph the
+    # gradient depends on the recorded result, so it requires grad as torch's does
     relu = _unary(
-        "Relu", lambda x: np.maximum(x, 0), lambda xp, g, out: g * (out > 0), OUT
+        "Relu",
+        lambda x: np.maximum(x, 0),
+        lambda xp, g, out: xp.where(out <= 0, out - out, g),
+        OUT,
     )
 
     def square(self):

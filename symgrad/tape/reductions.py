@@ -101,7 +101,10 @@ def _accumulator(x):
 
 def _finite_max(x, dims):
     """The max over dims as a shift for exp, 0 where it is not finite (a slice of
-    all -inf), so that the shift itself makes no inf - inf."""
+    all -inf), so that the shift itself makes no inf - inf. An empty x needs no
+    shift (NumPy's max of no elements raises; torch's results are empty or -inf)."""
+    if not x.size:
+        return 0
     m = x.max(axis=dims, keepdims=True)
     return np.where(np.isfinite(m), m, 0)
 
@@ -276,15 +279,21 @@ def _spread(self, dim, unbiased, keepdim, correction, root):
     out = np.sqrt(out) if root else out
     kept = out.shape
 
-    def backward(xp, g, x, out):
+    def backward(xp, g, x, out=None):
         dev = x - x.sum(axis=dims, keepdims=True) / count
-        if root:  # 0 where the std is 0, as torch's (sqrt's slope is infinite)
-            out = out.reshape(kept)
-            return (xp.where(out == 0, 0, g.reshape(kept) * dev / (dof * out)),)
+        if root:  # 0 where the std is 0, as torch's (sqrt's slope is infinite);
+            # dividing by 1 there keeps that 0's own derivatives 0, not 0/0
+            zero = out.reshape(kept) == 0
+            safe = xp.where(zero, 1, out.reshape(kept))
+            return (xp.where(zero, 0, g.reshape(kept) * dev / (dof * safe)),)
         return (g.reshape(kept) * (2 / dof if dof else math.inf) * dev,)
 
-    name = "StdBackward0" if root else "VarBackward0"
-    return _reduced(self, out, dims, keepdim, backward, name, (self, "out"))
+    # std's rule reads its result, var's only x (so var's result may be written)
+    if root:
+        return _reduced(
+            self, out, dims, keepdim, backward, "StdBackward0", (self, "out")
+        )
+    return _reduced(self, out, dims, keepdim, backward, "VarBackward0")
 
 
 def _cumprod_grad(xp, x, g, axis):
@@ -454,17 +463,20 @@ class ReductionOps:
             normalize_dims(dim, self.ndim)
             out = np.prod(x, dtype=_accumulator(x))
 
-            def backward(xp, g, x):
+            def backward(xp, g, x, _):
                 return (g * _others_product(xp, x.reshape(-1), 0).reshape(x.shape),)
 
-            return self._result(out, (self,), backward, "ProdBackward0")
+            saves = (self, "out")  # as torch's prod: writing to the result is an error
+            return self._result(out, (self,), backward, "ProdBackward0", saves)
         (axis,) = normalize_dims(dim, self.ndim)
         out = np.prod(x, axis=axis, keepdims=True, dtype=_accumulator(x))
 
-        def backward(xp, g, x):
+        def backward(xp, g, x, _):
             return (g.reshape(out.shape) * _others_product(xp, x, axis),)
 
-        return _reduced(self, out, (axis,), keepdim, backward, "ProdBackward1")
+        return _reduced(
+            self, out, (axis,), keepdim, backward, "ProdBackward1", (self, "out")
+        )
 
     def cumsum(self, dim, *, dtype=None):
         """Running sums along dim; the gradient is g summed from the other end."""

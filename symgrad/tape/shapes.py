@@ -57,6 +57,16 @@ def _broadcast_view(a, shape):
     return np.lib.stride_tricks.as_strided(a, shape, strides)
 
 
+def _multi_output(views, name):
+    """The views one op (grad_fn `name`) returns together, marked so that writing to
+    one refuses as torch's do ("Output 1 of Split" for split's second)."""
+    views = tuple(views)
+    for i, v in enumerate(views):
+        if v._base is not None:
+            v._multi_output = f"Output {i} of {name.removesuffix('Backward0')}"
+    return views
+
+
 def _tensors(parts):
     """The index tensors in an index, which an op that keeps them saves."""
     return tuple(p for p in parts if isinstance(p, ShapeOps))
@@ -259,6 +269,8 @@ class ShapeOps:
             raise RuntimeError(
                 "flatten() has invalid args: start_dim cannot come after end_dim"
             )
+        if start == end and self.ndim:
+            return self  # torch's: nothing to flatten, so no new tensor
         return self.reshape(shape[:start] + (-1,) + shape[end + 1 :])
 
     def unsqueeze(self, dim):
@@ -295,10 +307,11 @@ class ShapeOps:
             if isinstance(split_size_or_sections, int)
             else ("SplitWithSizesBackward0")
         )
-        return tuple(
+        views = [
             self._indexed(lead + (slice(end - size, end),), name)
             for size, end in zip(sizes, ends, strict=True)
-        )
+        ]
+        return _multi_output(views, name)
 
     def chunk(self, chunks, dim=0):
         """At most `chunks` pieces along dim, all but the last of size
@@ -314,10 +327,11 @@ class ShapeOps:
         """The slices along dim, that dim removed (views)."""
         (axis,) = normalize_dims(dim, self.ndim)
         lead = (slice(None),) * axis
-        return tuple(
+        views = [
             self._indexed(lead + (i,), "UnbindBackward0")
             for i in range(self.shape[axis])
-        )
+        ]
+        return _multi_output(views, "UnbindBackward0")
 
     def flip(self, *dims):
         """A copy with the order of elements reversed along each of dims."""
@@ -693,6 +707,9 @@ class ShapeOps:
         if any(isinstance(p, slice) and (p.step or 1) < 0 for p in parts):
             raise ValueError("step must be greater than zero")
         index = self._index(index)
+        if _is_basic(index) and not any(p is Ellipsis for p in parts):
+            # x[0] of a 1-D array is a NumPy scalar (a copy); x[0, ...] is a 0-d view
+            index = parts + (Ellipsis,)
         x = self._data
         try:
             out = x[index]

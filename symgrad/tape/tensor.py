@@ -39,11 +39,40 @@ NO_GRAD_VIEW = (
     "inside the no_grad block (if you don't want the inplace to be tracked) or both "
     "outside (if you want the inplace to be tracked)."
 )
+MULTI_OUTPUT_INPLACE = (
+    " is a view and is being modified inplace. This view is the output of a function "
+    "that returns multiple views. Such functions do not allow the output views to be "
+    "modified inplace. You should replace the inplace operation by an out-of-place one."
+)
 OVERLAPPING_WRITE = (
     "unsupported operation: more than one element of the written-to tensor refers to "
     "a single memory location. Please clone() the tensor before performing the "
     "operation."
 )
+PARTIAL_OVERLAP = (
+    "unsupported operation: some elements of the input tensor and the written-to "
+    "tensor refer to a single memory location. Please clone() the tensor before "
+    "performing the operation."
+)
+
+
+def _bounds(a):
+    """The first byte of a's elements and one past its last."""
+    start = a.__array_interface__["data"][0]
+    steps = [(n - 1) * s for n, s in zip(a.shape, a.strides, strict=True)]
+    low, high = sum(min(s, 0) for s in steps), sum(max(s, 0) for s in steps)
+    return start + low, start + high + a.itemsize
+
+
+def _partly_overlapping(a, b):
+    """Whether a and b share some memory but are not the same elements, as torch
+    tells it (for dense arrays only; strided ones are too hard, and pass)."""
+    if not (a.size and b.size):
+        return False
+    (a0, a1), (b0, b1) = _bounds(a), _bounds(b)
+    if a1 - a0 != a.nbytes or b1 - b0 != b.nbytes:
+        return False
+    return a0 < b1 and b0 < a1 and (a0, a1) != (b0, b1)
 
 
 def as_array(data, dtype=None):
@@ -148,6 +177,9 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
         # from that base's array (None if made under no_grad, when torch forbids
         # recording writes through it)
         self._base = self._view_fn = None
+        # a view from split/chunk/unbind (or of one): torch's "Output i of Split",
+        # which refuses in-place writes that autograd records
+        self._multi_output = None
         self.requires_grad = requires_grad
         # made in inference mode: torch never lets autograd save such a tensor
         self._inference = autograd.is_inference_mode_enabled()
@@ -186,6 +218,7 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def _view_of(self, src, fn):
         """Make this tensor a view of src's memory, shown by fn(src's array)."""
         self._counter = src._counter
+        self._multi_output = src._multi_output
         if src._base is None:
             self._base, self._view_fn = src, fn
         else:
@@ -409,6 +442,8 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
             raise RuntimeError(LEAF_INPLACE)
         if base is not None and base.is_leaf and base.requires_grad:
             raise RuntimeError(LEAF_VIEW_INPLACE)
+        if self._multi_output:
+            raise RuntimeError(self._multi_output + MULTI_OUTPUT_INPLACE)
         return True
 
     def __setitem__(self, index, value):
@@ -450,12 +485,15 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def zero_(self):
         return self.fill_(0)
 
-    def _inplace(self, op, other=None):
+    def _inplace(self, op, other=None, reads=None):
         """`x += y` and the `x.f_()` methods: op(x)'s result written into x. If
         tracked, op runs on a clone (whose values its closure may hold) and x takes
         op's grad_fn, or a view's base takes a CopySlices. `other` is op's tensor
-        operand, if any, that may require grad."""
+        operand, if any, that may require grad; `reads` one that an elementwise op
+        reads as it writes x, which torch refuses where it overlaps x only in part."""
         tracked = self._records_inplace(other, self._data)
+        if isinstance(reads, Tensor) and _partly_overlapping(self._data, reads._data):
+            raise RuntimeError(PARTIAL_OVERLAP)
         new = op(self.clone() if tracked else self)
         if new.shape != self.shape:
             raise RuntimeError(
@@ -469,6 +507,9 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
             )
         self._data[...] = new._data
         self._counter.value += 1
+        if tracked:  # op's result is now this memory: writes to it must be noticed
+            new._counter = self._counter
+            new.grad_fn._resave_output(new)
         if tracked and self._base is not None:
             self._base._copy_slices(self._view_fn, Ellipsis, new)
         elif tracked:
@@ -478,21 +519,21 @@ class Tensor(ArithmeticOps, PointwiseOps, ReductionOps, ShapeOps):
     def add_(self, other, *, alpha=1):
         """self += alpha * other."""
         scaled = other if alpha == 1 else other * alpha
-        return self._inplace(lambda t: t + scaled, scaled)
+        return self._inplace(lambda t: t + scaled, scaled, other)
 
     def sub_(self, other, *, alpha=1):
         """self -= alpha * other."""
         scaled = other if alpha == 1 else other * alpha
-        return self._inplace(lambda t: t - scaled, scaled)
+        return self._inplace(lambda t: t - scaled, scaled, other)
 
     def mul_(self, other):
-        return self._inplace(lambda t: t * other, other)
+        return self._inplace(lambda t: t * other, other, other)
 
     def div_(self, other):
-        return self._inplace(lambda t: t / other, other)
+        return self._inplace(lambda t: t / other, other, other)
 
     def pow_(self, exponent):
-        return self._inplace(lambda t: t.pow(exponent), exponent)
+        return self._inplace(lambda t: t.pow(exponent), exponent, exponent)
 
     def uniform_(self, low=0.0, high=1.0, *, generator=None):
         """Fill with draws from U(low, high) (torch's from, to), from `generator`
