@@ -1751,7 +1751,9 @@ class Model:
         node = _expr(x, "output").node
         if node.op in ("input", "param"):
             raise ModelError(
-                f"output {name!r} is {node.name} itself; outputs must be computed"
+                f"output {name!r} is {node.name} itself; outputs must be computed (an "
+                f"expression that simplifies to it, such as {node.name} * 1.0, is it; "
+                "the caller has its value already)"
             )
         self._known_dims(node, f"output {name!r}")
         self._name(name, node, "output")
@@ -1760,7 +1762,11 @@ class Model:
 
     def _name(self, name: str, node: Node, what: str) -> None:
         if node in self.names:
-            raise ModelError(f"{what} {name!r} is already named {self.names[node]!r}")
+            raise ModelError(
+                f"{what} {name!r} is already named {self.names[node]!r}: a value takes "
+                "one name (m.output names it as m.let does: output it in place of the "
+                "let)"
+            )
         self.names[node] = self._claim(name, what)
 
     def loss(self, x: Expr) -> Expr:

@@ -312,8 +312,8 @@ def without_reciprocal_functions(expr: sp.Expr) -> sp.Expr:
 
 
 # Functions an elementwise expression may use: each has a NumPy spelling in the printer
-# (erf, erfc, erfc_ratio, log_erfc, loggamma, polygamma: helpers of the module, as NumPy has
-# none) and a tape op in reference.py.
+# (erf, erfc, erfc_ratio, log_erfc, loggamma, polygamma: helpers of the module, as NumPy
+# has none) and a tape op in reference.py.
 FUNCTIONS = (
     sp.exp, sp.log, sp.sin, sp.cos, sp.tan, sp.sinh, sp.cosh, sp.tanh, sp.asin,
     sp.acos, sp.atan, sp.asinh, sp.acosh, sp.atanh, sp.atan2, sp.erf, sp.erfc, sp.Abs,

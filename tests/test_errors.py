@@ -322,6 +322,18 @@ def test_duplicate_names():
         sg.Model.from_expr("m", loss=a * t, params=[a], inputs=[a, t])
 
 
+def test_a_value_takes_one_name_and_outputs_are_computed():
+    """A let-named value returned as an output, and an output that simplifies to a
+    param, are refused with what to write instead."""
+    m = sg.Model("m")
+    p = m.param("p", (3,))
+    h = m.let("h", sg.sin(p))
+    with pytest.raises(sg.ModelError, match="already named 'h'.*in place of the let"):
+        m.output("o", h)
+    with pytest.raises(sg.ModelError, match=r"is p itself.*p \* 1\.0"):
+        m.output("y", p * 1.0)
+
+
 @pytest.mark.parametrize(
     "declare",
     [
